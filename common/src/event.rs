@@ -1,0 +1,261 @@
+//! The log event as it travels through Kafka (`logs.raw`) and lands in Postgres.
+//!
+//! The JSON shape is fixed by the design brief; `event_id` is unique per event and is what makes every
+//! write downstream idempotent.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// Longest accepted `event_id`, `service`, `component`, `host` (bytes).
+pub const MAX_NAME_BYTES: usize = 128;
+/// Longest accepted message (bytes). Longer messages are rejected, not truncated, so nothing is
+/// silently altered.
+pub const MAX_MESSAGE_BYTES: usize = 32 * 1024;
+/// Most attributes one event may carry.
+pub const MAX_ATTRIBUTES: usize = 64;
+
+/// Severity, ordered from least to most severe so filters can say `level >= WARN`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Level {
+    Trace,
+    Debug,
+    Info,
+    Warn,
+    Error,
+    Fatal,
+}
+
+impl Level {
+    pub const ALL: [Level; 6] = [
+        Level::Trace,
+        Level::Debug,
+        Level::Info,
+        Level::Warn,
+        Level::Error,
+        Level::Fatal,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Trace => "TRACE",
+            Level::Debug => "DEBUG",
+            Level::Info => "INFO",
+            Level::Warn => "WARN",
+            Level::Error => "ERROR",
+            Level::Fatal => "FATAL",
+        }
+    }
+}
+
+impl fmt::Display for Level {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown level {0:?}; expected one of TRACE DEBUG INFO WARN ERROR FATAL")]
+pub struct UnknownLevel(pub String);
+
+impl FromStr for Level {
+    type Err = UnknownLevel;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        // Accept the aliases real emitters use (`warning`, `err`, `critical`), case-insensitively.
+        match s.to_ascii_uppercase().as_str() {
+            "TRACE" => Ok(Level::Trace),
+            "DEBUG" => Ok(Level::Debug),
+            "INFO" | "INFORMATION" | "NOTICE" => Ok(Level::Info),
+            "WARN" | "WARNING" => Ok(Level::Warn),
+            "ERROR" | "ERR" => Ok(Level::Error),
+            "FATAL" | "CRITICAL" | "CRIT" | "EMERG" | "ALERT" => Ok(Level::Fatal),
+            _ => Err(UnknownLevel(s.to_owned())),
+        }
+    }
+}
+
+/// One log event, exactly the design brief's wire schema.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogEvent {
+    pub event_id: String,
+    pub timestamp: DateTime<Utc>,
+    pub level: Level,
+    pub service: String,
+    #[serde(default)]
+    pub component: String,
+    #[serde(default)]
+    pub host: String,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub span_id: Option<String>,
+    #[serde(default)]
+    pub attributes: Map<String, Value>,
+}
+
+/// Why an event was refused; the message names the field so a client can fix it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EventError {
+    #[error("invalid JSON: {0}")]
+    Json(String),
+    #[error("field `{0}` must not be empty")]
+    Empty(&'static str),
+    #[error("field `{field}` is {len} bytes; at most {max} allowed")]
+    TooLong {
+        field: &'static str,
+        len: usize,
+        max: usize,
+    },
+    #[error("field `attributes` has {0} entries; at most {MAX_ATTRIBUTES} allowed")]
+    TooManyAttributes(usize),
+}
+
+impl EventError {
+    /// A short, bounded name for metrics and DLQ headers (never the free-text message).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            EventError::Json(_) => "invalid_json",
+            EventError::Empty(_) => "missing_field",
+            EventError::TooLong { .. } => "too_long",
+            EventError::TooManyAttributes(_) => "too_many_attributes",
+        }
+    }
+}
+
+impl LogEvent {
+    /// A fresh, time-ordered, unique event id (ULID: sorts by creation time, which keeps the
+    /// primary-key index append-mostly in Postgres).
+    pub fn new_id() -> String {
+        ulid::Ulid::new().to_string()
+    }
+
+    /// Parse and validate one JSON payload.
+    pub fn from_json(bytes: &[u8]) -> Result<LogEvent, EventError> {
+        let event: LogEvent =
+            serde_json::from_slice(bytes).map_err(|e| EventError::Json(e.to_string()))?;
+        event.validate()?;
+        Ok(event)
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        // Serializing this struct cannot fail: every field is a plain string, number or map.
+        serde_json::to_vec(self).expect("LogEvent serializes")
+    }
+
+    pub fn validate(&self) -> Result<(), EventError> {
+        fn non_empty(field: &'static str, v: &str) -> Result<(), EventError> {
+            if v.trim().is_empty() {
+                Err(EventError::Empty(field))
+            } else {
+                Ok(())
+            }
+        }
+        fn max_len(field: &'static str, v: &str, max: usize) -> Result<(), EventError> {
+            if v.len() > max {
+                Err(EventError::TooLong {
+                    field,
+                    len: v.len(),
+                    max,
+                })
+            } else {
+                Ok(())
+            }
+        }
+        non_empty("event_id", &self.event_id)?;
+        non_empty("service", &self.service)?;
+        non_empty("message", &self.message)?;
+        max_len("event_id", &self.event_id, MAX_NAME_BYTES)?;
+        max_len("service", &self.service, MAX_NAME_BYTES)?;
+        max_len("component", &self.component, MAX_NAME_BYTES)?;
+        max_len("host", &self.host, MAX_NAME_BYTES)?;
+        max_len("message", &self.message, MAX_MESSAGE_BYTES)?;
+        if let Some(t) = &self.trace_id {
+            max_len("trace_id", t, 64)?;
+        }
+        if let Some(s) = &self.span_id {
+            max_len("span_id", s, 32)?;
+        }
+        if self.attributes.len() > MAX_ATTRIBUTES {
+            return Err(EventError::TooManyAttributes(self.attributes.len()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> LogEvent {
+        LogEvent {
+            event_id: LogEvent::new_id(),
+            timestamp: "2026-11-23T08:00:00.123Z".parse().unwrap(),
+            level: Level::Error,
+            service: "payments".into(),
+            component: "api".into(),
+            host: "gen-1".into(),
+            message: "charge declined".into(),
+            trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736".into()),
+            span_id: Some("00f067aa0ba902b7".into()),
+            attributes: serde_json::json!({"http.status": 502, "client.ip": "10.1.2.3"})
+                .as_object()
+                .unwrap()
+                .clone(),
+        }
+    }
+
+    #[test]
+    fn event_round_trips_through_the_wire_format() {
+        let e = sample();
+        let back = LogEvent::from_json(&e.to_json()).unwrap();
+        assert_eq!(back, e);
+    }
+
+    #[test]
+    fn the_design_brief_example_parses() {
+        let raw = br#"{"event_id":"01JABC","timestamp":"2026-11-23T08:00:00.123Z","level":"ERROR","service":"payments",
+ "component":"api","host":"gen-1","message":"charge declined","trace_id":"abc","span_id":"def",
+ "attributes":{"http.status":502,"client.ip":"10.1.2.3","user":"u-42"}}"#;
+        let e = LogEvent::from_json(raw).unwrap();
+        assert_eq!(e.level, Level::Error);
+        assert_eq!(e.attributes["http.status"], 502);
+    }
+
+    #[test]
+    fn empty_service_is_rejected_naming_the_field() {
+        let mut e = sample();
+        e.service = " ".into();
+        assert_eq!(e.validate(), Err(EventError::Empty("service")));
+    }
+
+    #[test]
+    fn oversized_message_is_rejected_not_truncated() {
+        let mut e = sample();
+        e.message = "x".repeat(MAX_MESSAGE_BYTES + 1);
+        let err = e.validate().unwrap_err();
+        assert_eq!(err.kind(), "too_long");
+        assert!(err.to_string().contains("message"));
+    }
+
+    #[test]
+    fn unknown_level_is_invalid_json_with_a_clear_message() {
+        let raw = br#"{"event_id":"1","timestamp":"2026-11-23T08:00:00Z","level":"LOUD","service":"s","message":"m"}"#;
+        let err = LogEvent::from_json(raw).unwrap_err();
+        assert_eq!(err.kind(), "invalid_json");
+        assert!(err.to_string().contains("LOUD"), "{err}");
+    }
+
+    #[test]
+    fn levels_order_from_trace_to_fatal_and_parse_aliases() {
+        assert!(Level::Trace < Level::Warn && Level::Error < Level::Fatal);
+        assert_eq!("warning".parse::<Level>().unwrap(), Level::Warn);
+        assert_eq!("crit".parse::<Level>().unwrap(), Level::Fatal);
+        assert!("nope".parse::<Level>().is_err());
+    }
+}

@@ -1,0 +1,107 @@
+//! Kafka settings shared by the services, rdkafka client configs built from them, and idempotent
+//! topic creation through the Admin API.
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaErrorCode;
+use serde::{Deserialize, Serialize};
+
+pub const TOPIC_RAW: &str = "logs.raw";
+pub const TOPIC_DLQ: &str = "logs.dlq";
+pub const TOPIC_ALERTS: &str = "alerts";
+
+/// Broker connection and the topic names a service uses. Topic names are configurable so each
+/// integration test runs on its own topics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaSettings {
+    /// Comma-separated bootstrap servers.
+    pub brokers: String,
+    pub raw_topic: String,
+    pub dlq_topic: String,
+    pub alerts_topic: String,
+    /// Partitions given to `raw_topic` when this service creates it.
+    pub raw_partitions: i32,
+    /// How long admin and metadata calls may take before they count as failed.
+    pub request_timeout_ms: u64,
+}
+
+impl Default for KafkaSettings {
+    fn default() -> Self {
+        Self {
+            brokers: "127.0.0.1:9092".into(),
+            raw_topic: TOPIC_RAW.into(),
+            dlq_topic: TOPIC_DLQ.into(),
+            alerts_topic: TOPIC_ALERTS.into(),
+            raw_partitions: 6,
+            request_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl KafkaSettings {
+    /// The base config every client starts from.
+    pub fn client_config(&self, client_id: &str) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers)
+            .set("client.id", client_id)
+            // Tansu advertises one broker; keep metadata fresh so a restarted broker is found fast.
+            .set("topic.metadata.refresh.interval.ms", "10000")
+            .set("socket.keepalive.enable", "true");
+        c
+    }
+
+    /// The topics this deployment uses, with their partition counts.
+    pub fn topics(&self) -> Vec<(String, i32)> {
+        vec![
+            (self.raw_topic.clone(), self.raw_partitions),
+            (self.dlq_topic.clone(), 1),
+            (self.alerts_topic.clone(), 1),
+        ]
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TopicError {
+    #[error("could not create the Kafka admin client: {0}")]
+    Client(#[source] KafkaError),
+    #[error("creating topic {topic} failed: {code}")]
+    Create { topic: String, code: RDKafkaErrorCode },
+    #[error("creating topics failed: {0}")]
+    Request(#[source] KafkaError),
+}
+
+/// Create `topics` if they do not exist. An existing topic is success, so every service can call this
+/// at start, in any order, as often as it likes.
+pub async fn ensure_topics(
+    settings: &KafkaSettings,
+    topics: &[(String, i32)],
+) -> Result<(), TopicError> {
+    let admin: AdminClient<DefaultClientContext> = settings
+        .client_config("logpipe-admin")
+        .create()
+        .map_err(TopicError::Client)?;
+    let new_topics: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(1)))
+        .collect();
+    let timeout = Duration::from_millis(settings.request_timeout_ms);
+    let opts = AdminOptions::new()
+        .operation_timeout(Some(timeout))
+        .request_timeout(Some(timeout));
+    let results = admin
+        .create_topics(&new_topics, &opts)
+        .await
+        .map_err(TopicError::Request)?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => return Err(TopicError::Create { topic, code }),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,16 @@
+//! Shared code for the logpipe services, and nothing else.
+//!
+//! - [`event`]: the log event on the wire (the design brief's JSON schema), its level and validation.
+//! - [`kafka`]: broker settings, rdkafka client configs and idempotent topic creation (Tansu has no
+//!   auto-create, so every service creates what it uses at start).
+//! - [`telemetry`]: tracing subscriber and the process-wide Prometheus recorder.
+//! - [`shutdown`]: SIGINT/SIGTERM turned into a `CancellationToken`.
+//! - [`config`]: reading the optional TOML layer of each service's configuration.
+
+pub mod config;
+pub mod event;
+pub mod kafka;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use event::{Level, LogEvent};

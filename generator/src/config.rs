@@ -1,0 +1,237 @@
+//! Generator configuration: defaults, then an optional TOML file (`--config`), then environment
+//! variables, then command-line flags (clap reads both; a flag beats its env var).
+
+use std::path::PathBuf;
+
+use logpipe_common::config::{load_toml, redact_url, ConfigError};
+use logpipe_common::kafka::KafkaSettings;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GeneratorConfig {
+    pub host: String,
+    /// 0 picks a free port (tests).
+    pub port: u16,
+    /// Names this instance in events (`host`) and in status; defaults to `gen-<hostname>`.
+    pub instance_id: String,
+    pub kafka: KafkaSettings,
+    pub producer: ProducerSettings,
+    /// Run parameters used when a start request leaves them out.
+    pub defaults: RunDefaults,
+    /// Start generating with `defaults` as soon as the service is up.
+    pub autostart: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProducerSettings {
+    pub linger_ms: u64,
+    /// none, gzip, snappy, lz4 or zstd.
+    pub compression: String,
+    /// all (required for idempotence), or 1 / 0 where the operator accepts the risk.
+    pub acks: String,
+    /// Upper bound on a record's time in the producer before it is reported failed.
+    pub delivery_timeout_ms: u64,
+    /// librdkafka's local queue; a full queue makes the run loop wait instead of growing memory.
+    pub queue_max_messages: u32,
+    /// Deadline to flush in-flight records on stop and shutdown.
+    pub flush_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RunDefaults {
+    pub rate_per_second: u32,
+    pub threads: u32,
+    pub batch_size: u32,
+}
+
+impl Default for GeneratorConfig {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 8080,
+            instance_id: default_instance_id(),
+            kafka: KafkaSettings::default(),
+            producer: ProducerSettings::default(),
+            defaults: RunDefaults::default(),
+            autostart: false,
+        }
+    }
+}
+
+impl Default for ProducerSettings {
+    fn default() -> Self {
+        Self {
+            linger_ms: 5,
+            compression: "lz4".into(),
+            acks: "all".into(),
+            delivery_timeout_ms: 30_000,
+            queue_max_messages: 200_000,
+            flush_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl Default for RunDefaults {
+    fn default() -> Self {
+        Self {
+            rate_per_second: 1_000,
+            threads: 1,
+            batch_size: 100,
+        }
+    }
+}
+
+fn default_instance_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "local".into());
+    format!("gen-{host}")
+}
+
+impl GeneratorConfig {
+    /// One line for the startup log, with credentials redacted.
+    pub fn summary(&self) -> String {
+        format!(
+            "listen={}:{} instance={} brokers={} topic={} rate={}/s threads={} batch={} compression={} acks={}",
+            self.host,
+            self.port,
+            self.instance_id,
+            redact_url(&self.kafka.brokers),
+            self.kafka.raw_topic,
+            self.defaults.rate_per_second,
+            self.defaults.threads,
+            self.defaults.batch_size,
+            self.producer.compression,
+            self.producer.acks
+        )
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        const COMPRESSIONS: [&str; 5] = ["none", "gzip", "snappy", "lz4", "zstd"];
+        if !COMPRESSIONS.contains(&self.producer.compression.as_str()) {
+            return Err(ConfigError::Invalid {
+                field: "producer.compression",
+                reason: format!("{:?} is not one of {COMPRESSIONS:?}", self.producer.compression),
+            });
+        }
+        if !["all", "-1", "1", "0"].contains(&self.producer.acks.as_str()) {
+            return Err(ConfigError::Invalid {
+                field: "producer.acks",
+                reason: format!("{:?} is not one of all, 1, 0", self.producer.acks),
+            });
+        }
+        crate::engine::RunParams::from_request(&Default::default(), &self.defaults)
+            .map(|_| ())
+            .map_err(|e| ConfigError::Invalid {
+                field: "defaults",
+                reason: e.to_string(),
+            })
+    }
+}
+
+/// Command line and environment. Every flag is optional and overrides the TOML file.
+#[derive(Debug, clap::Parser)]
+#[command(name = "logpipe-generator", version, about)]
+pub struct Cli {
+    /// Optional TOML file with any of the settings below.
+    #[arg(long, env = "LOGPIPE_GENERATOR_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[arg(long, env = "LOGPIPE_GENERATOR_HOST")]
+    pub host: Option<String>,
+    #[arg(long, env = "LOGPIPE_GENERATOR_PORT")]
+    pub port: Option<u16>,
+    #[arg(long, env = "LOGPIPE_INSTANCE_ID")]
+    pub instance_id: Option<String>,
+    #[arg(long, env = "LOGPIPE_KAFKA_BROKERS")]
+    pub brokers: Option<String>,
+    #[arg(long, env = "LOGPIPE_RAW_TOPIC")]
+    pub topic: Option<String>,
+    #[arg(long, env = "LOGPIPE_RAW_PARTITIONS")]
+    pub partitions: Option<i32>,
+    #[arg(long, env = "LOGPIPE_GENERATOR_LINGER_MS")]
+    pub linger_ms: Option<u64>,
+    #[arg(long, env = "LOGPIPE_GENERATOR_COMPRESSION")]
+    pub compression: Option<String>,
+    #[arg(long, env = "LOGPIPE_GENERATOR_ACKS")]
+    pub acks: Option<String>,
+    #[arg(long, env = "LOGPIPE_GENERATOR_RATE_PER_SECOND")]
+    pub rate_per_second: Option<u32>,
+    #[arg(long, env = "LOGPIPE_GENERATOR_THREADS")]
+    pub threads: Option<u32>,
+    #[arg(long, env = "LOGPIPE_GENERATOR_BATCH_SIZE")]
+    pub batch_size: Option<u32>,
+    #[arg(long, env = "LOGPIPE_GENERATOR_AUTOSTART")]
+    pub autostart: Option<bool>,
+}
+
+impl Cli {
+    pub fn into_config(self) -> Result<GeneratorConfig, ConfigError> {
+        let mut c: GeneratorConfig = load_toml(self.config.as_deref())?;
+        macro_rules! set {
+            ($src:expr => $dst:expr) => {
+                if let Some(v) = $src {
+                    $dst = v;
+                }
+            };
+        }
+        set!(self.host => c.host);
+        set!(self.port => c.port);
+        set!(self.instance_id => c.instance_id);
+        set!(self.brokers => c.kafka.brokers);
+        set!(self.topic => c.kafka.raw_topic);
+        set!(self.partitions => c.kafka.raw_partitions);
+        set!(self.linger_ms => c.producer.linger_ms);
+        set!(self.compression => c.producer.compression);
+        set!(self.acks => c.producer.acks);
+        set!(self.rate_per_second => c.defaults.rate_per_second);
+        set!(self.threads => c.defaults.threads);
+        set!(self.batch_size => c.defaults.batch_size);
+        set!(self.autostart => c.autostart);
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn flags_override_the_toml_file_which_overrides_defaults() {
+        let dir = std::env::temp_dir().join(format!("lp-gen-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("g.toml");
+        std::fs::write(
+            &file,
+            "port = 9999\n[defaults]\nrate_per_second = 50\nbatch_size = 7\n",
+        )
+        .unwrap();
+        let cli = Cli::try_parse_from([
+            "g",
+            "--config",
+            file.to_str().unwrap(),
+            "--rate-per-second",
+            "123",
+        ])
+        .unwrap();
+        let c = cli.into_config().unwrap();
+        assert_eq!(c.port, 9999);
+        assert_eq!(c.defaults.rate_per_second, 123);
+        assert_eq!(c.defaults.batch_size, 7);
+        assert_eq!(c.defaults.threads, 1);
+    }
+
+    #[test]
+    fn unknown_compression_is_refused_naming_the_setting() {
+        let cli = Cli::try_parse_from(["g", "--compression", "brotli"]).unwrap();
+        let err = cli.into_config().unwrap_err().to_string();
+        assert!(err.contains("producer.compression"), "{err}");
+    }
+}

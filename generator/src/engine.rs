@@ -1,0 +1,594 @@
+//! The run loop and the producer.
+//!
+//! A run is `threads` tokio tasks, each paced by its own `governor` limiter at `rate / threads`,
+//! taking permits a batch at a time, making events and handing them to one idempotent rdkafka
+//! producer. Delivery reports, not sends, decide what counts as acknowledged.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use governor::{Quota, RateLimiter};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{
+    BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer,
+};
+use rdkafka::ClientContext;
+use serde::{Deserialize, Serialize};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{GeneratorConfig, RunDefaults};
+use crate::events::EventFactory;
+use crate::telemetry;
+
+pub const MAX_RATE: u32 = 1_000_000;
+pub const MAX_THREADS: u32 = 64;
+pub const MAX_BATCH: u32 = 10_000;
+pub const MAX_DURATION_SECS: u64 = 7 * 24 * 3600;
+pub const PROFILES: [&str; 1] = ["steady"];
+
+/// The body of `POST /api/v1/generator/start`; every field is optional.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StartRequest {
+    pub rate_per_second: Option<u64>,
+    pub threads: Option<u64>,
+    pub batch_size: Option<u64>,
+    pub duration_secs: Option<u64>,
+    pub count: Option<u64>,
+    pub profile: Option<String>,
+    pub seed: Option<u64>,
+}
+
+/// A start request checked against the allowed ranges, with defaults filled in.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunParams {
+    pub rate_per_second: u32,
+    pub threads: u32,
+    pub batch_size: u32,
+    pub duration_secs: Option<u64>,
+    pub count: Option<u64>,
+    pub profile: String,
+    pub seed: u64,
+}
+
+/// A field outside its allowed range; the HTTP layer turns it into a 422.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{field}` must be {allowed}; got {got}")]
+pub struct InvalidParam {
+    pub field: &'static str,
+    pub allowed: String,
+    pub got: String,
+}
+
+fn in_range(field: &'static str, v: u64, lo: u64, hi: u64) -> Result<u64, InvalidParam> {
+    if (lo..=hi).contains(&v) {
+        Ok(v)
+    } else {
+        Err(InvalidParam {
+            field,
+            allowed: format!("between {lo} and {hi}"),
+            got: v.to_string(),
+        })
+    }
+}
+
+impl RunParams {
+    pub fn from_request(req: &StartRequest, d: &RunDefaults) -> Result<RunParams, InvalidParam> {
+        let rate = in_range(
+            "rate_per_second",
+            req.rate_per_second.unwrap_or(d.rate_per_second.into()),
+            1,
+            MAX_RATE.into(),
+        )?;
+        let threads = in_range(
+            "threads",
+            req.threads.unwrap_or(d.threads.into()),
+            1,
+            MAX_THREADS.into(),
+        )?;
+        let batch = in_range(
+            "batch_size",
+            req.batch_size.unwrap_or(d.batch_size.into()),
+            1,
+            MAX_BATCH.into(),
+        )?;
+        if threads > rate {
+            return Err(InvalidParam {
+                field: "threads",
+                allowed: format!("at most rate_per_second ({rate})"),
+                got: threads.to_string(),
+            });
+        }
+        let duration_secs = req
+            .duration_secs
+            .map(|v| in_range("duration_secs", v, 1, MAX_DURATION_SECS))
+            .transpose()?;
+        let count = req
+            .count
+            .map(|v| in_range("count", v, 1, u64::MAX / 2))
+            .transpose()?;
+        let profile = req.profile.clone().unwrap_or_else(|| "steady".into());
+        if !PROFILES.contains(&profile.as_str()) {
+            return Err(InvalidParam {
+                field: "profile",
+                allowed: format!("one of {PROFILES:?}"),
+                got: format!("{profile:?}"),
+            });
+        }
+        Ok(RunParams {
+            rate_per_second: rate as u32,
+            threads: threads as u32,
+            batch_size: batch as u32,
+            duration_secs,
+            count,
+            profile,
+            seed: req.seed.unwrap_or_else(rand::random),
+        })
+    }
+}
+
+/// Totals since the process started; delivery reports move `acked` and `failed`.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub generated: AtomicU64,
+    pub acked: AtomicU64,
+    pub failed: AtomicU64,
+    /// Measured generation rate over the last second, as f64 bits.
+    rate_bits: AtomicU64,
+}
+
+impl Counters {
+    pub fn measured_rate(&self) -> f64 {
+        f64::from_bits(self.rate_bits.load(Ordering::Relaxed))
+    }
+}
+
+/// Counts every delivery report: the only honest source of "sent".
+pub struct DeliveryCounter {
+    counters: Arc<Counters>,
+}
+
+impl ClientContext for DeliveryCounter {}
+
+impl ProducerContext for DeliveryCounter {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: Self::DeliveryOpaque) {
+        match result {
+            Ok(_) => {
+                self.counters.acked.fetch_add(1, Ordering::Relaxed);
+                telemetry::messages_sent(1);
+            }
+            Err((e, _)) => {
+                self.counters.failed.fetch_add(1, Ordering::Relaxed);
+                telemetry::send_errors(1);
+                tracing::debug!(error = %e, "delivery failed");
+            }
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("a run is already in progress; stop it first")]
+    AlreadyRunning,
+    #[error("cannot create the Kafka producer: {0}")]
+    Producer(#[source] KafkaError),
+}
+
+struct ActiveRun {
+    params: RunParams,
+    started_at: DateTime<Utc>,
+    cancel: CancellationToken,
+    /// `None` once stopped; the run stays visible in status until the next start.
+    handle: Option<JoinHandle<()>>,
+}
+
+impl ActiveRun {
+    fn is_running(&self) -> bool {
+        self.handle.as_ref().is_some_and(|h| !h.is_finished())
+    }
+}
+
+/// What `GET /api/v1/generator/status` reports.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    pub instance_id: String,
+    /// `running` or `idle`.
+    pub state: String,
+    pub topic: String,
+    pub rate_per_second: Option<u32>,
+    pub measured_rate_per_second: f64,
+    pub events_generated: u64,
+    pub events_acked: u64,
+    pub events_failed: u64,
+    pub started_at: Option<DateTime<Utc>>,
+    pub run: Option<serde_json::Value>,
+}
+
+pub struct Engine {
+    config: GeneratorConfig,
+    producer: ThreadedProducer<DeliveryCounter>,
+    counters: Arc<Counters>,
+    run: Mutex<Option<ActiveRun>>,
+    /// Stops the rate sampler when the engine is dropped.
+    sampler: CancellationToken,
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.sampler.cancel();
+    }
+}
+
+impl Engine {
+    pub fn new(config: GeneratorConfig) -> Result<Arc<Engine>, EngineError> {
+        let counters = Arc::new(Counters::default());
+        let p = &config.producer;
+        let producer: ThreadedProducer<DeliveryCounter> = config
+            .kafka
+            .client_config(&config.instance_id)
+            .set("enable.idempotence", "true")
+            .set("acks", &p.acks)
+            .set("linger.ms", p.linger_ms.to_string())
+            .set("compression.type", &p.compression)
+            .set("message.timeout.ms", p.delivery_timeout_ms.to_string())
+            .set("queue.buffering.max.messages", p.queue_max_messages.to_string())
+            .set("batch.num.messages", "10000")
+            .create_with_context(DeliveryCounter {
+                counters: counters.clone(),
+            })
+            .map_err(EngineError::Producer)?;
+        let engine = Arc::new(Engine {
+            config,
+            producer,
+            counters,
+            run: Mutex::new(None),
+            sampler: CancellationToken::new(),
+        });
+        spawn_rate_sampler(Arc::downgrade(&engine), engine.sampler.clone());
+        Ok(engine)
+    }
+
+    pub fn config(&self) -> &GeneratorConfig {
+        &self.config
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    pub fn producer(&self) -> &ThreadedProducer<DeliveryCounter> {
+        &self.producer
+    }
+
+    pub fn start(self: &Arc<Self>, params: RunParams) -> Result<Status, EngineError> {
+        {
+            let mut guard = self.run.lock().expect("run lock");
+            if guard.as_ref().is_some_and(ActiveRun::is_running) {
+                return Err(EngineError::AlreadyRunning);
+            }
+            let cancel = CancellationToken::new();
+            let handle = tokio::spawn(run(self.clone(), params.clone(), cancel.clone()));
+            *guard = Some(ActiveRun {
+                params,
+                started_at: Utc::now(),
+                cancel,
+                handle: Some(handle),
+            });
+        }
+        Ok(self.status())
+    }
+
+    /// End the current run (if any), wait for its workers, then flush what they produced.
+    pub async fn stop(&self) -> Status {
+        let handle = {
+            let mut guard = self.run.lock().expect("run lock");
+            guard.as_mut().and_then(|r| {
+                r.cancel.cancel();
+                r.handle.take()
+            })
+        };
+        if let Some(handle) = handle {
+            let _ = handle.await;
+        }
+        self.flush().await;
+        self.status()
+    }
+
+    pub async fn flush(&self) {
+        let producer = self.producer.clone();
+        let timeout = Duration::from_millis(self.config.producer.flush_timeout_ms);
+        let res = tokio::task::spawn_blocking(move || producer.flush(timeout)).await;
+        if let Ok(Err(e)) = res {
+            tracing::warn!(error = %e, "producer flush did not complete");
+        }
+    }
+
+    pub fn status(&self) -> Status {
+        let guard = self.run.lock().expect("run lock");
+        let running = guard.as_ref().is_some_and(ActiveRun::is_running);
+        Status {
+            instance_id: self.config.instance_id.clone(),
+            state: if running { "running" } else { "idle" }.into(),
+            topic: self.config.kafka.raw_topic.clone(),
+            rate_per_second: guard.as_ref().map(|r| r.params.rate_per_second),
+            measured_rate_per_second: if running {
+                self.counters.measured_rate()
+            } else {
+                0.0
+            },
+            events_generated: self.counters.generated.load(Ordering::Relaxed),
+            events_acked: self.counters.acked.load(Ordering::Relaxed),
+            events_failed: self.counters.failed.load(Ordering::Relaxed),
+            started_at: guard.as_ref().map(|r| r.started_at),
+            run: guard
+                .as_ref()
+                .map(|r| serde_json::to_value(&r.params).unwrap_or_default()),
+        }
+    }
+}
+
+/// Every second, turn the generated total into a rate for status and the gauge.
+fn spawn_rate_sampler(engine: std::sync::Weak<Engine>, stop: CancellationToken) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut last: Option<(Instant, u64)> = None;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            let Some(engine) = engine.upgrade() else { break };
+            let now = Instant::now();
+            let total = engine.counters.generated.load(Ordering::Relaxed);
+            if let Some((t, n)) = last {
+                let rate = (total - n) as f64 / now.duration_since(t).as_secs_f64();
+                engine.counters.rate_bits.store(rate.to_bits(), Ordering::Relaxed);
+                telemetry::generation_rate(rate);
+            }
+            last = Some((now, total));
+        }
+    });
+}
+
+fn worker_seed(seed: u64, instance: &str, worker: u32) -> u64 {
+    let mut h = DefaultHasher::new();
+    (seed, instance, worker).hash(&mut h);
+    h.finish()
+}
+
+async fn run(engine: Arc<Engine>, params: RunParams, cancel: CancellationToken) {
+    tracing::info!(?params, "generation started");
+    let deadline = params
+        .duration_secs
+        .map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
+    // Shared countdown so `count` holds across worker threads.
+    let remaining = Arc::new(AtomicU64::new(params.count.unwrap_or(u64::MAX)));
+    let mut workers = Vec::new();
+    for w in 0..params.threads {
+        // Spread the rate so the shares add up exactly to the target.
+        let share = params.rate_per_second / params.threads
+            + u32::from(w < params.rate_per_second % params.threads);
+        workers.push(tokio::spawn(worker(
+            engine.clone(),
+            params.clone(),
+            w,
+            share,
+            remaining.clone(),
+            cancel.clone(),
+            deadline,
+        )));
+    }
+    for w in workers {
+        let _ = w.await;
+    }
+    tracing::info!(
+        generated = engine.counters.generated.load(Ordering::Relaxed),
+        "generation finished"
+    );
+}
+
+/// Take up to `want` from the shared countdown; 0 means the count is exhausted.
+fn take(remaining: &AtomicU64, want: u64) -> u64 {
+    let mut cur = remaining.load(Ordering::Relaxed);
+    loop {
+        let n = cur.min(want);
+        if n == 0 {
+            return 0;
+        }
+        match remaining.compare_exchange_weak(cur, cur - n, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return n,
+            Err(actual) => cur = actual,
+        }
+    }
+}
+
+async fn worker(
+    engine: Arc<Engine>,
+    params: RunParams,
+    index: u32,
+    rate: u32,
+    remaining: Arc<AtomicU64>,
+    cancel: CancellationToken,
+    deadline: Option<tokio::time::Instant>,
+) {
+    let Some(rate) = NonZeroU32::new(rate) else {
+        return;
+    };
+    // The burst equals one batch: a batch is paced as a unit, so the limiter is consulted once per
+    // batch, not once per event.
+    let batch = params.batch_size.min(rate.get());
+    let burst = NonZeroU32::new(batch).expect("batch >= 1");
+    let limiter = RateLimiter::direct(Quota::per_second(rate).allow_burst(burst));
+    let mut factory = EventFactory::new(
+        worker_seed(params.seed, &engine.config.instance_id, index),
+        engine.config.instance_id.clone(),
+    );
+    let topic = engine.config.kafka.raw_topic.clone();
+    let mut buf = Vec::with_capacity(512);
+    loop {
+        if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+            break;
+        }
+        let n = take(&remaining, batch.into());
+        if n == 0 {
+            break;
+        }
+        let permits = NonZeroU32::new(n as u32).expect("n >= 1");
+        let wait = limiter.until_n_ready(permits);
+        let ready = match deadline {
+            Some(d) => tokio::select! {
+                _ = cancel.cancelled() => false,
+                _ = tokio::time::sleep_until(d) => false,
+                r = wait => r.is_ok(),
+            },
+            None => tokio::select! {
+                _ = cancel.cancelled() => false,
+                r = wait => r.is_ok(),
+            },
+        };
+        if !ready {
+            break;
+        }
+        let now = Utc::now();
+        for i in 0..n {
+            let event = factory.next_event(now);
+            buf.clear();
+            serde_json::to_writer(&mut buf, &event).expect("event serializes");
+            let traceparent = event
+                .trace_id
+                .as_ref()
+                .zip(event.span_id.as_ref())
+                .map(|(t, s)| format!("00-{t}-{s}-01"));
+            if !send(&engine, &topic, &event.service, &buf, traceparent.as_deref(), &cancel).await {
+                count_generated(&engine, i);
+                return;
+            }
+        }
+        count_generated(&engine, n);
+    }
+}
+
+fn count_generated(engine: &Engine, n: u64) {
+    engine.counters.generated.fetch_add(n, Ordering::Relaxed);
+    telemetry::events_generated(n);
+}
+
+/// Hand one record to the producer, waiting (not spinning, not growing memory) while its local
+/// queue is full. Returns false when cancelled while waiting.
+async fn send(
+    engine: &Engine,
+    topic: &str,
+    key: &str,
+    payload: &[u8],
+    traceparent: Option<&str>,
+    cancel: &CancellationToken,
+) -> bool {
+    loop {
+        let mut headers = OwnedHeaders::new_with_capacity(2).insert(Header {
+            key: "content-type",
+            value: Some("application/json"),
+        });
+        if let Some(tp) = traceparent {
+            headers = headers.insert(Header {
+                key: "traceparent",
+                value: Some(tp),
+            });
+        }
+        let record = BaseRecord::to(topic)
+            .key(key)
+            .payload(payload)
+            .headers(headers);
+        match engine.producer.send(record) {
+            Ok(()) => return true,
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                tokio::select! {
+                    _ = cancel.cancelled() => return false,
+                    _ = tokio::time::sleep(Duration::from_millis(2)) => {}
+                }
+            }
+            Err((e, _)) => {
+                // Not queued at all: no delivery report will come, so count it here.
+                engine.counters.failed.fetch_add(1, Ordering::Relaxed);
+                telemetry::send_errors(1);
+                tracing::warn!(error = %e, "produce refused");
+                return true;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn defaults() -> RunDefaults {
+        RunDefaults::default()
+    }
+
+    #[test]
+    fn empty_start_request_uses_the_configured_defaults() {
+        let p = RunParams::from_request(&StartRequest::default(), &defaults()).unwrap();
+        assert_eq!(p.rate_per_second, 1_000);
+        assert_eq!(p.threads, 1);
+        assert_eq!(p.profile, "steady");
+    }
+
+    #[test]
+    fn rate_outside_1_to_1_000_000_is_refused_naming_the_field() {
+        for bad in [0, 1_000_001] {
+            let req = StartRequest {
+                rate_per_second: Some(bad),
+                ..Default::default()
+            };
+            let err = RunParams::from_request(&req, &defaults()).unwrap_err();
+            assert_eq!(err.field, "rate_per_second");
+            assert!(err.to_string().contains("between 1 and 1000000"), "{err}");
+        }
+    }
+
+    #[test]
+    fn threads_above_64_are_refused() {
+        let req = StartRequest {
+            threads: Some(65),
+            ..Default::default()
+        };
+        assert_eq!(
+            RunParams::from_request(&req, &defaults()).unwrap_err().field,
+            "threads"
+        );
+    }
+
+    #[test]
+    fn unknown_profile_is_refused_listing_the_allowed_ones() {
+        let req = StartRequest {
+            profile: Some("chaos".into()),
+            ..Default::default()
+        };
+        let err = RunParams::from_request(&req, &defaults()).unwrap_err();
+        assert_eq!(err.field, "profile");
+        assert!(err.to_string().contains("steady"));
+    }
+
+    #[test]
+    fn countdown_never_hands_out_more_than_the_count() {
+        let remaining = AtomicU64::new(250);
+        let mut total = 0;
+        loop {
+            let n = take(&remaining, 100);
+            if n == 0 {
+                break;
+            }
+            total += n;
+        }
+        assert_eq!(total, 250);
+    }
+}

@@ -1,0 +1,129 @@
+//! The generator's HTTP API and its one error type.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
+use rdkafka::producer::Producer;
+use serde_json::json;
+
+use crate::engine::{Engine, EngineError, InvalidParam, RunParams, StartRequest, Status};
+
+#[derive(Clone)]
+pub struct AppState {
+    pub engine: Arc<Engine>,
+    pub metrics: PrometheusHandle,
+}
+
+/// Every error the API returns, as `{"error": "...", "detail": "..."}` with a precise status.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("invalid request body")]
+    BadBody(String),
+    #[error("invalid parameter")]
+    Invalid(#[from] InvalidParam),
+    #[error("conflict")]
+    Conflict(String),
+    #[error("not ready")]
+    NotReady(String),
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::AlreadyRunning => ApiError::Conflict(e.to_string()),
+            EngineError::Producer(_) => ApiError::NotReady(e.to_string()),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, error, detail) = match &self {
+            ApiError::BadBody(d) => (StatusCode::BAD_REQUEST, "bad_request", d.clone()),
+            ApiError::Invalid(e) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_parameter",
+                e.to_string(),
+            ),
+            ApiError::Conflict(d) => (StatusCode::CONFLICT, "conflict", d.clone()),
+            ApiError::NotReady(d) => (StatusCode::SERVICE_UNAVAILABLE, "not_ready", d.clone()),
+        };
+        (status, Json(json!({ "error": error, "detail": detail }))).into_response()
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/api/v1/generator/start", post(start))
+        .route("/api/v1/generator/stop", post(stop))
+        .route("/api/v1/generator/status", get(status))
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(64 * 1024))
+        .with_state(state)
+}
+
+async fn start(State(s): State<AppState>, body: Bytes) -> Result<(StatusCode, Json<Status>), ApiError> {
+    // An empty body means "use the configured defaults".
+    let req: StartRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        StartRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| match e.classify() {
+            serde_json::error::Category::Data => ApiError::Invalid(InvalidParam {
+                field: "body",
+                allowed: "a JSON object with rate_per_second, threads, batch_size, duration_secs, count, profile, seed".into(),
+                got: e.to_string(),
+            }),
+            _ => ApiError::BadBody(format!("body is not valid JSON: {e}")),
+        })?
+    };
+    let params = RunParams::from_request(&req, &s.engine.config().defaults)?;
+    Ok((StatusCode::ACCEPTED, Json(s.engine.start(params)?)))
+}
+
+async fn stop(State(s): State<AppState>) -> Json<Status> {
+    Json(s.engine.stop().await)
+}
+
+async fn status(State(s): State<AppState>) -> Json<Status> {
+    Json(s.engine.status())
+}
+
+async fn health() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// Ready when the broker answers a metadata request for our topic.
+async fn ready(State(s): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    let engine = s.engine.clone();
+    let topic = engine.config().kafka.raw_topic.clone();
+    let ok = tokio::task::spawn_blocking(move || {
+        engine
+            .producer()
+            .client()
+            .fetch_metadata(Some(&topic), Duration::from_secs(2))
+            .is_ok()
+    })
+    .await
+    .unwrap_or(false);
+    if ok {
+        Ok(Json(json!({ "status": "ready", "kafka": "up" })))
+    } else {
+        Err(ApiError::NotReady("kafka: broker did not answer within 2 s".into()))
+    }
+}
+
+async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.metrics.render(),
+    )
+}

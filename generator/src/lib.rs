@@ -1,0 +1,19 @@
+//! The logpipe generator: realistic log events at a target rate, produced to Kafka.
+//!
+//! - [`config`]: settings (defaults → TOML → env → flags) and the validated body of a start request.
+//! - [`events`]: the event factory (services, components, templates, weighted levels, attributes).
+//! - [`engine`]: the run loop (governor pacing, batching) and the idempotent producer with its
+//!   delivery-report counters.
+//! - [`http`]: `POST /api/v1/generator/start|stop`, `GET /api/v1/generator/status`, `/health`,
+//!   `/ready`, `/metrics`, and the JSON error type.
+//! - [`startup`]: `Application::build(config)` → `run_until_stopped(token)`, used by `main` and tests.
+//! - [`telemetry`]: the generator's named metrics.
+
+pub mod config;
+pub mod engine;
+pub mod events;
+pub mod http;
+pub mod startup;
+pub mod telemetry;
+
+pub use startup::Application;

@@ -1,0 +1,88 @@
+//! `Application::build(config)` → `run_until_stopped(token)`: what `main` runs and what tests start.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use logpipe_common::kafka::{ensure_topics, TopicError};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::GeneratorConfig;
+use crate::engine::{Engine, EngineError, RunParams, StartRequest};
+use crate::http::{router, AppState};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("cannot bind {addr}: {source}")]
+    Bind {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Topics(#[from] TopicError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("invalid default run parameters: {0}")]
+    Defaults(String),
+    #[error("server error: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
+pub struct Application {
+    listener: TcpListener,
+    engine: Arc<Engine>,
+    state: AppState,
+}
+
+impl Application {
+    pub async fn build(config: GeneratorConfig) -> Result<Application, StartupError> {
+        crate::telemetry::describe();
+        ensure_topics(&config.kafka, &config.kafka.topics()).await?;
+        let addr = format!("{}:{}", config.host, config.port);
+        let listener = TcpListener::bind(&addr)
+            .await
+            .map_err(|source| StartupError::Bind { addr, source })?;
+        let autostart = config.autostart;
+        let engine = Engine::new(config)?;
+        if autostart {
+            let params = RunParams::from_request(&StartRequest::default(), &engine.config().defaults)
+                .map_err(|e| StartupError::Defaults(e.to_string()))?;
+            engine.start(params)?;
+        }
+        let state = AppState {
+            engine: engine.clone(),
+            metrics: logpipe_common::telemetry::metrics_handle(),
+        };
+        Ok(Application {
+            listener,
+            engine,
+            state,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("bound listener has an address")
+    }
+
+    pub fn engine(&self) -> Arc<Engine> {
+        self.engine.clone()
+    }
+
+    /// Serve until `shutdown` fires, then stop the run and flush the producer.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), StartupError> {
+        tracing::info!(addr = %self.local_addr(), "generator listening");
+        let token = shutdown.clone();
+        let served = axum::serve(self.listener, router(self.state))
+            .with_graceful_shutdown(async move { token.cancelled().await })
+            .await;
+        let status = self.engine.stop().await;
+        tracing::info!(
+            generated = status.events_generated,
+            acked = status.events_acked,
+            failed = status.events_failed,
+            "generator stopped"
+        );
+        served.map_err(StartupError::Serve)
+    }
+}

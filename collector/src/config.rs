@@ -1,0 +1,210 @@
+//! Collector configuration: defaults, then an optional TOML file (`--config`), then environment
+//! variables, then command-line flags.
+
+use std::path::PathBuf;
+
+use logpipe_common::config::{load_toml, redact_url, ConfigError};
+use logpipe_common::kafka::KafkaSettings;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CollectorConfig {
+    pub host: String,
+    /// 0 picks a free port (tests).
+    pub port: u16,
+    pub kafka: KafkaSettings,
+    pub consumer: ConsumerSettings,
+    pub database: DatabaseSettings,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsumerSettings {
+    pub group_id: String,
+    /// A batch is written when it holds this many records...
+    pub batch_max_events: usize,
+    /// ...or when its oldest record has waited this long.
+    pub batch_max_ms: u64,
+    /// First retry delay after a failed write; doubles up to `retry_max_ms`.
+    pub retry_initial_ms: u64,
+    pub retry_max_ms: u64,
+    /// Deadline to commit the last batch on shutdown.
+    pub drain_timeout_ms: u64,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// Holds credentials: never logged as is (see `summary`).
+    pub url: String,
+    /// Postgres schema for every table; tests use one each.
+    pub schema: String,
+    pub max_connections: u32,
+}
+
+impl std::fmt::Debug for DatabaseSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseSettings")
+            .field("url", &redact_url(&self.url))
+            .field("schema", &self.schema)
+            .field("max_connections", &self.max_connections)
+            .finish()
+    }
+}
+
+impl Default for CollectorConfig {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 8082,
+            kafka: KafkaSettings::default(),
+            consumer: ConsumerSettings::default(),
+            database: DatabaseSettings::default(),
+        }
+    }
+}
+
+impl Default for ConsumerSettings {
+    fn default() -> Self {
+        Self {
+            group_id: "logpipe-collector".into(),
+            batch_max_events: 5_000,
+            batch_max_ms: 200,
+            retry_initial_ms: 100,
+            retry_max_ms: 5_000,
+            drain_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self {
+            url: "postgres://postgres@127.0.0.1:5432/logpipe".into(),
+            schema: "public".into(),
+            max_connections: 4,
+        }
+    }
+}
+
+impl CollectorConfig {
+    pub fn summary(&self) -> String {
+        format!(
+            "listen={}:{} brokers={} topic={} group={} db={} schema={} batch={}/{}ms",
+            self.host,
+            self.port,
+            self.kafka.brokers,
+            self.kafka.raw_topic,
+            self.consumer.group_id,
+            redact_url(&self.database.url),
+            self.database.schema,
+            self.consumer.batch_max_events,
+            self.consumer.batch_max_ms
+        )
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let schema_ok = !self.database.schema.is_empty()
+            && self
+                .database
+                .schema
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !schema_ok {
+            return Err(ConfigError::Invalid {
+                field: "database.schema",
+                reason: "must be letters, digits and underscores".into(),
+            });
+        }
+        if self.consumer.batch_max_events == 0 {
+            return Err(ConfigError::Invalid {
+                field: "consumer.batch_max_events",
+                reason: "must be at least 1".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, clap::Parser)]
+#[command(name = "logpipe-collector", version, about)]
+pub struct Cli {
+    /// Apply the database migrations and exit.
+    #[arg(long)]
+    pub migrate_only: bool,
+    /// Optional TOML file with any of the settings below.
+    #[arg(long, env = "LOGPIPE_COLLECTOR_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[arg(long, env = "LOGPIPE_COLLECTOR_HOST")]
+    pub host: Option<String>,
+    #[arg(long, env = "LOGPIPE_COLLECTOR_PORT")]
+    pub port: Option<u16>,
+    #[arg(long, env = "LOGPIPE_KAFKA_BROKERS")]
+    pub brokers: Option<String>,
+    #[arg(long, env = "LOGPIPE_RAW_TOPIC")]
+    pub topic: Option<String>,
+    #[arg(long, env = "LOGPIPE_RAW_PARTITIONS")]
+    pub partitions: Option<i32>,
+    #[arg(long, env = "LOGPIPE_COLLECTOR_GROUP_ID")]
+    pub group_id: Option<String>,
+    #[arg(long, env = "LOGPIPE_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    #[arg(long, env = "LOGPIPE_DATABASE_SCHEMA")]
+    pub database_schema: Option<String>,
+    #[arg(long, env = "LOGPIPE_COLLECTOR_BATCH_MAX_EVENTS")]
+    pub batch_max_events: Option<usize>,
+    #[arg(long, env = "LOGPIPE_COLLECTOR_BATCH_MAX_MS")]
+    pub batch_max_ms: Option<u64>,
+}
+
+impl Cli {
+    pub fn into_config(self) -> Result<CollectorConfig, ConfigError> {
+        let mut c: CollectorConfig = load_toml(self.config.as_deref())?;
+        macro_rules! set {
+            ($src:expr => $dst:expr) => {
+                if let Some(v) = $src {
+                    $dst = v;
+                }
+            };
+        }
+        set!(self.host => c.host);
+        set!(self.port => c.port);
+        set!(self.brokers => c.kafka.brokers);
+        set!(self.topic => c.kafka.raw_topic);
+        set!(self.partitions => c.kafka.raw_partitions);
+        set!(self.group_id => c.consumer.group_id);
+        set!(self.database_url => c.database.url);
+        set!(self.database_schema => c.database.schema);
+        set!(self.batch_max_events => c.consumer.batch_max_events);
+        set!(self.batch_max_ms => c.consumer.batch_max_ms);
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn database_password_never_appears_in_summary_or_debug() {
+        let cli = Cli::try_parse_from([
+            "c",
+            "--database-url",
+            "postgres://app:s3cret@db:5432/logpipe",
+        ])
+        .unwrap();
+        let c = cli.into_config().unwrap();
+        assert!(!c.summary().contains("s3cret"));
+        assert!(!format!("{c:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn schema_with_sql_characters_is_refused() {
+        let cli = Cli::try_parse_from(["c", "--database-schema", "x; drop table y"]).unwrap();
+        let err = cli.into_config().unwrap_err().to_string();
+        assert!(err.contains("database.schema"), "{err}");
+    }
+}

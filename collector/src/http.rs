@@ -1,0 +1,60 @@
+//! The collector's HTTP surface: `/health`, `/ready`, `/metrics`.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde_json::json;
+
+use crate::consumer::ConsumerHealth;
+use crate::db::Db;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub db: Db,
+    pub health: Arc<ConsumerHealth>,
+    pub metrics: PrometheusHandle,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+async fn health() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// Ready when Postgres answers, the consume loop runs, and its last write did not fail.
+async fn ready(State(s): State<AppState>) -> impl IntoResponse {
+    let db = s.db.ping().await;
+    let consumer = s.health.running.load(Ordering::Relaxed);
+    let writes = s.health.db_ok.load(Ordering::Relaxed);
+    let body = json!({
+        "status": if db && consumer && writes { "ready" } else { "not_ready" },
+        "postgres": if db { "up" } else { "down" },
+        "consumer": if consumer { "running" } else { "stopped" },
+        "last_write": if writes { "ok" } else { "failing" },
+        "events_stored": s.health.stored.load(Ordering::Relaxed),
+    });
+    if db && consumer && writes {
+        (StatusCode::OK, Json(body))
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, Json(body))
+    }
+}
+
+async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.metrics.render(),
+    )
+}

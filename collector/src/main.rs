@@ -1,0 +1,20 @@
+use clap::Parser;
+use logpipe_collector::{config::Cli, Application};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    logpipe_common::telemetry::init_tracing();
+    let cli = Cli::parse();
+    let migrate_only = cli.migrate_only;
+    let config = cli.into_config()?;
+    if migrate_only {
+        logpipe_collector::db::Db::connect(&config.database).await?;
+        tracing::info!("migrations applied");
+        return Ok(());
+    }
+    tracing::info!(config = %config.summary(), "starting collector");
+    let app = Application::build(config).await?;
+    app.run_until_stopped(logpipe_common::shutdown::shutdown_token())
+        .await?;
+    Ok(())
+}

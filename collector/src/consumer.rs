@@ -34,6 +34,9 @@ use crate::telemetry;
 pub struct ConsumerHealth {
     pub running: AtomicBool,
     pub db_ok: AtomicBool,
+    /// Records read from owned partitions by this process (including ones later dropped on revoke).
+    pub consumed: AtomicU64,
+    /// Rows this process inserted.
     pub stored: AtomicU64,
 }
 
@@ -280,6 +283,7 @@ impl ConsumerLoop {
             .get(&partition)
             .copied()?;
         telemetry::events_consumed(1);
+        self.health.consumed.fetch_add(1, Ordering::Relaxed);
         let payload = msg.payload().unwrap_or_default();
         let item = match LogEvent::from_json(payload) {
             Ok(event) => Item::Event(Box::new(event)),

@@ -59,6 +59,10 @@ impl Application {
         self.listener.local_addr().expect("bound listener has an address")
     }
 
+    pub fn health(&self) -> Arc<ConsumerHealth> {
+        self.health.clone()
+    }
+
     pub fn db(&self) -> Db {
         self.db.clone()
     }

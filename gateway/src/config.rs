@@ -1,0 +1,136 @@
+//! Gateway configuration: defaults, then an optional TOML file (`--config`), then environment
+//! variables, then command-line flags.
+
+use std::path::PathBuf;
+
+use logpipe_common::config::{load_toml, ConfigError};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewayConfig {
+    pub host: String,
+    /// 0 picks a free port (tests).
+    pub port: u16,
+    /// Base URLs of the generator instances this gateway controls.
+    pub generator_urls: Vec<String>,
+    /// Base URL of the collector's query API.
+    pub collector_url: String,
+    /// Per-call deadline for requests to generators and the collector.
+    pub upstream_timeout_ms: u64,
+    /// Whole-request deadline; a slower request gets 504.
+    pub request_timeout_ms: u64,
+    /// Largest accepted request body; larger gets 413.
+    pub body_limit_bytes: usize,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 8090,
+            generator_urls: vec!["http://127.0.0.1:8080".into()],
+            collector_url: "http://127.0.0.1:8082".into(),
+            upstream_timeout_ms: 5_000,
+            request_timeout_ms: 15_000,
+            body_limit_bytes: 1024 * 1024,
+        }
+    }
+}
+
+impl GatewayConfig {
+    pub fn summary(&self) -> String {
+        format!(
+            "listen={}:{} generators={:?} collector={} body_limit={}B",
+            self.host, self.port, self.generator_urls, self.collector_url, self.body_limit_bytes
+        )
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.generator_urls.is_empty() {
+            return Err(ConfigError::Invalid {
+                field: "generator_urls",
+                reason: "at least one generator instance is required".into(),
+            });
+        }
+        for url in self.generator_urls.iter().chain([&self.collector_url]) {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(ConfigError::Invalid {
+                    field: "generator_urls/collector_url",
+                    reason: format!("{url:?} is not an http(s) URL"),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, clap::Parser)]
+#[command(name = "logpipe-gateway", version, about)]
+pub struct Cli {
+    /// Optional TOML file with any of the settings below.
+    #[arg(long, env = "LOGPIPE_GATEWAY_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[arg(long, env = "LOGPIPE_GATEWAY_HOST")]
+    pub host: Option<String>,
+    #[arg(long, env = "LOGPIPE_GATEWAY_PORT")]
+    pub port: Option<u16>,
+    /// Comma-separated generator base URLs.
+    #[arg(long, env = "LOGPIPE_GENERATOR_URLS", value_delimiter = ',')]
+    pub generator_urls: Option<Vec<String>>,
+    #[arg(long, env = "LOGPIPE_COLLECTOR_URL")]
+    pub collector_url: Option<String>,
+    #[arg(long, env = "LOGPIPE_GATEWAY_BODY_LIMIT_BYTES")]
+    pub body_limit_bytes: Option<usize>,
+}
+
+impl Cli {
+    pub fn into_config(self) -> Result<GatewayConfig, ConfigError> {
+        let mut c: GatewayConfig = load_toml(self.config.as_deref())?;
+        macro_rules! set {
+            ($src:expr => $dst:expr) => {
+                if let Some(v) = $src {
+                    $dst = v;
+                }
+            };
+        }
+        set!(self.host => c.host);
+        set!(self.port => c.port);
+        set!(self.generator_urls => c.generator_urls);
+        set!(self.collector_url => c.collector_url);
+        set!(self.body_limit_bytes => c.body_limit_bytes);
+        c.generator_urls = c
+            .generator_urls
+            .iter()
+            .map(|u| u.trim().trim_end_matches('/').to_owned())
+            .filter(|u| !u.is_empty())
+            .collect();
+        c.collector_url = c.collector_url.trim_end_matches('/').to_owned();
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn generator_urls_are_split_on_commas_and_trimmed() {
+        let cli = Cli::try_parse_from([
+            "gw",
+            "--generator-urls",
+            "http://a:1/, http://b:2",
+        ])
+        .unwrap();
+        let c = cli.into_config().unwrap();
+        assert_eq!(c.generator_urls, vec!["http://a:1", "http://b:2"]);
+    }
+
+    #[test]
+    fn a_generator_url_without_scheme_is_refused() {
+        let cli = Cli::try_parse_from(["gw", "--generator-urls", "a:1"]).unwrap();
+        assert!(cli.into_config().is_err());
+    }
+}

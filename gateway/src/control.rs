@@ -1,0 +1,208 @@
+//! Generator control: start and stop reach every configured instance; status aggregates them and
+//! marks an unreachable instance as such instead of failing the whole call.
+
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures::future::join_all;
+use serde_json::{json, Value};
+
+use crate::error::ApiError;
+use crate::http::AppState;
+
+/// One instance's answer: its HTTP status and JSON body, or why it could not be reached.
+struct InstanceReply {
+    url: String,
+    result: Result<(StatusCode, Value), String>,
+}
+
+impl InstanceReply {
+    fn to_json(&self) -> Value {
+        match &self.result {
+            Ok((status, body)) => json!({
+                "url": self.url, "reachable": true, "http_status": status.as_u16(), "body": body
+            }),
+            Err(e) => json!({ "url": self.url, "reachable": false, "error": e }),
+        }
+    }
+}
+
+async fn call_all(s: &AppState, method: reqwest::Method, path: &str, body: Option<Bytes>) -> Vec<InstanceReply> {
+    let calls = s.config.generator_urls.iter().map(|base| {
+        let url = format!("{base}{path}");
+        let mut req = s
+            .client
+            .request(method.clone(), &url)
+            .timeout(Duration::from_millis(s.config.upstream_timeout_ms));
+        if let Some(b) = &body {
+            req = req
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(b.clone());
+        }
+        async move {
+            let result = match req.send().await {
+                Ok(resp) => {
+                    let status = StatusCode::from_u16(resp.status().as_u16())
+                        .unwrap_or(StatusCode::BAD_GATEWAY);
+                    let body = resp.json::<Value>().await.unwrap_or(Value::Null);
+                    Ok((status, body))
+                }
+                Err(e) => Err(upstream_error(&e)),
+            };
+            InstanceReply {
+                url: base.clone(),
+                result,
+            }
+        }
+    });
+    join_all(calls).await
+}
+
+/// A short reason without the request URL's query (never credentials).
+fn upstream_error(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        "timed out".into()
+    } else if e.is_connect() {
+        "connection refused".into()
+    } else {
+        "request failed".into()
+    }
+}
+
+/// Fan a control call out and pick one status for the client: a refusal every instance agrees on
+/// (422, 409) passes through with its body; otherwise success when any instance accepted it.
+fn fan_out_response(replies: Vec<InstanceReply>, ok_status: StatusCode) -> Response {
+    let instances: Vec<Value> = replies.iter().map(InstanceReply::to_json).collect();
+    let answered: Vec<&(StatusCode, Value)> =
+        replies.iter().filter_map(|r| r.result.as_ref().ok()).collect();
+    if answered.is_empty() {
+        return ApiError::UpstreamUnavailable(format!(
+            "{} generator instance(s) configured, none reachable",
+            replies.len()
+        ))
+        .into_response();
+    }
+    let accepted = answered.iter().filter(|(s, _)| s.is_success()).count();
+    if accepted == 0 {
+        // Every reachable instance refused: the request itself is wrong (or all are busy).
+        let (status, body) = answered[0];
+        return (*status, Json(body.clone())).into_response();
+    }
+    let status = if accepted == replies.len() {
+        ok_status
+    } else {
+        StatusCode::MULTI_STATUS
+    };
+    (
+        status,
+        Json(json!({ "accepted": accepted, "instances": instances })),
+    )
+        .into_response()
+}
+
+pub async fn start(State(s): State<AppState>, body: Bytes) -> Response {
+    let replies = call_all(&s, reqwest::Method::POST, "/api/v1/generator/start", Some(body)).await;
+    fan_out_response(replies, StatusCode::ACCEPTED)
+}
+
+pub async fn stop(State(s): State<AppState>) -> Response {
+    let replies = call_all(&s, reqwest::Method::POST, "/api/v1/generator/stop", None).await;
+    fan_out_response(replies, StatusCode::OK)
+}
+
+pub async fn status(State(s): State<AppState>) -> Response {
+    let replies = call_all(&s, reqwest::Method::GET, "/api/v1/generator/status", None).await;
+    Json(aggregate_status(&replies)).into_response()
+}
+
+fn aggregate_status(replies: &[InstanceReply]) -> Value {
+    let mut running = 0;
+    let mut reachable = 0;
+    let mut totals = [0f64; 5];
+    const FIELDS: [&str; 5] = [
+        "rate_per_second",
+        "measured_rate_per_second",
+        "events_generated",
+        "events_acked",
+        "events_failed",
+    ];
+    for r in replies {
+        if let Ok((status, body)) = &r.result {
+            if !status.is_success() {
+                continue;
+            }
+            reachable += 1;
+            if body["state"] == "running" {
+                running += 1;
+            }
+            for (i, f) in FIELDS.iter().enumerate() {
+                // The configured rate only counts for instances that are running.
+                if *f == "rate_per_second" && body["state"] != "running" {
+                    continue;
+                }
+                totals[i] += body[*f].as_f64().unwrap_or(0.0);
+            }
+        }
+    }
+    json!({
+        "state": if running > 0 { "running" } else if reachable > 0 { "idle" } else { "unreachable" },
+        "instances_total": replies.len(),
+        "instances_reachable": reachable,
+        "instances_running": running,
+        "rate_per_second": totals[0] as u64,
+        "measured_rate_per_second": totals[1],
+        "events_generated": totals[2] as u64,
+        "events_acked": totals[3] as u64,
+        "events_failed": totals[4] as u64,
+        "instances": replies.iter().map(InstanceReply::to_json).collect::<Vec<_>>(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(url: &str, body: Value) -> InstanceReply {
+        InstanceReply {
+            url: url.into(),
+            result: Ok((StatusCode::OK, body)),
+        }
+    }
+
+    #[test]
+    fn status_sums_instances_and_marks_the_unreachable_one() {
+        let replies = vec![
+            reply("http://a", json!({"state":"running","rate_per_second":100,"measured_rate_per_second":99.5,"events_generated":10,"events_acked":9,"events_failed":0})),
+            reply("http://b", json!({"state":"running","rate_per_second":50,"measured_rate_per_second":50.0,"events_generated":5,"events_acked":5,"events_failed":1})),
+            InstanceReply { url: "http://c".into(), result: Err("connection refused".into()) },
+        ];
+        let v = aggregate_status(&replies);
+        assert_eq!(v["state"], "running");
+        assert_eq!(v["rate_per_second"], 150);
+        assert_eq!(v["events_generated"], 15);
+        assert_eq!(v["events_acked"], 14);
+        assert_eq!(v["events_failed"], 1);
+        assert_eq!(v["instances_reachable"], 2);
+        assert_eq!(v["instances"][2]["reachable"], false);
+    }
+
+    #[test]
+    fn a_refusal_from_every_instance_passes_through_with_its_status() {
+        let replies = vec![InstanceReply {
+            url: "http://a".into(),
+            result: Ok((StatusCode::UNPROCESSABLE_ENTITY, json!({"error":"invalid_parameter","detail":"`threads` ..."}))),
+        }];
+        let resp = fan_out_response(replies, StatusCode::ACCEPTED);
+        assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    }
+
+    #[test]
+    fn no_reachable_instance_is_a_502() {
+        let replies = vec![InstanceReply { url: "http://a".into(), result: Err("timed out".into()) }];
+        assert_eq!(fan_out_response(replies, StatusCode::OK).status(), StatusCode::BAD_GATEWAY);
+    }
+}

@@ -1,0 +1,173 @@
+//! Helpers for the integration tests in `tests/`: where the real broker and Postgres are, unique
+//! names so tests run in parallel (own topic, schema, consumer group), and starting the services
+//! exactly as `main` does, on port 0.
+//!
+//! `LOGPIPE_TEST_BROKERS` (default `127.0.0.1:9092`) and `LOGPIPE_TEST_DATABASE_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/logpipe_test`) point at the services; the test command starts
+//! them.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use logpipe_common::kafka::KafkaSettings;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub fn brokers() -> String {
+    std::env::var("LOGPIPE_TEST_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+pub fn database_url() -> String {
+    std::env::var("LOGPIPE_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/logpipe_test".into())
+}
+
+/// A name unique to this test run: `<prefix>_<test>_<random>`, safe as topic, schema and group.
+pub fn unique(test: &str) -> String {
+    format!("t_{test}_{:08x}", rand::random::<u32>())
+}
+
+/// Kafka settings on the test broker with this test's own topics.
+pub fn kafka(name: &str, partitions: i32) -> KafkaSettings {
+    KafkaSettings {
+        brokers: brokers(),
+        raw_topic: format!("{name}.raw"),
+        dlq_topic: format!("{name}.dlq"),
+        alerts_topic: format!("{name}.alerts"),
+        raw_partitions: partitions,
+        ..KafkaSettings::default()
+    }
+}
+
+/// A running service: its address, its stop token and its task.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub token: CancellationToken,
+    pub task: JoinHandle<()>,
+}
+
+impl Running {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Cancel and wait for the service to drain and exit.
+    pub async fn stop(self) {
+        self.token.cancel();
+        tokio::time::timeout(Duration::from_secs(30), self.task)
+            .await
+            .expect("service stopped within 30 s")
+            .expect("service task did not panic");
+    }
+}
+
+pub fn spawn<F, E>(addr: SocketAddr, run: impl FnOnce(CancellationToken) -> F) -> Running
+where
+    F: Future<Output = Result<(), E>> + Send + 'static,
+    E: std::fmt::Display,
+{
+    let token = CancellationToken::new();
+    let fut = run(token.clone());
+    let task = tokio::spawn(async move {
+        if let Err(e) = fut.await {
+            panic!("service failed: {e}");
+        }
+    });
+    Running { addr, token, task }
+}
+
+pub async fn start_generator(config: logpipe_generator::config::GeneratorConfig) -> Running {
+    let app = logpipe_generator::Application::build(config)
+        .await
+        .expect("generator starts");
+    let addr = app.local_addr();
+    spawn(addr, |t| app.run_until_stopped(t))
+}
+
+pub async fn start_collector(
+    config: logpipe_collector::config::CollectorConfig,
+) -> (Running, std::sync::Arc<logpipe_collector::consumer::ConsumerHealth>) {
+    let app = logpipe_collector::Application::build(config)
+        .await
+        .expect("collector starts");
+    let addr = app.local_addr();
+    let health = app.health();
+    (spawn(addr, |t| app.run_until_stopped(t)), health)
+}
+
+pub async fn start_gateway(config: logpipe_gateway::config::GatewayConfig) -> Running {
+    let app = logpipe_gateway::Application::build(config)
+        .await
+        .expect("gateway starts");
+    let addr = app.local_addr();
+    spawn(addr, |t| app.run_until_stopped(t))
+}
+
+pub fn generator_config(name: &str, partitions: i32) -> logpipe_generator::config::GeneratorConfig {
+    logpipe_generator::config::GeneratorConfig {
+        port: 0,
+        instance_id: format!("gen-{name}"),
+        kafka: kafka(name, partitions),
+        ..Default::default()
+    }
+}
+
+pub fn collector_config(name: &str, partitions: i32) -> logpipe_collector::config::CollectorConfig {
+    let mut c = logpipe_collector::config::CollectorConfig {
+        port: 0,
+        kafka: kafka(name, partitions),
+        ..Default::default()
+    };
+    c.database.url = database_url();
+    c.database.schema = name.to_owned();
+    c.consumer.group_id = format!("{name}-group");
+    c.consumer.batch_max_ms = 100;
+    c
+}
+
+/// Poll `check` until it returns `Some`, or fail after `timeout` with `what` and the last value.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let started = Instant::now();
+    let mut last = String::new();
+    while started.elapsed() < timeout {
+        match check().await {
+            Ok(v) => return v,
+            Err(e) => last = e,
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("timed out after {timeout:?} waiting for {what}; last: {last}");
+}
+
+/// A connection to this test's schema, for assertions.
+pub async fn schema_pool(schema: &str) -> sqlx::PgPool {
+    use sqlx::postgres::PgConnectOptions;
+    use std::str::FromStr;
+    let opts = PgConnectOptions::from_str(&database_url())
+        .expect("valid url")
+        .options([("search_path", schema)]);
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect_with(opts)
+        .await
+        .expect("connect to test database")
+}
+
+/// Drop the test's schema at the end (best effort: a failed test keeps its schema for inspection).
+pub async fn drop_schema(pool: &sqlx::PgPool, schema: &str) {
+    let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+        .execute(pool)
+        .await;
+}
+
+pub async fn count_events(pool: &sqlx::PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM log_events")
+        .fetch_one(pool)
+        .await
+        .unwrap_or(-1)
+}

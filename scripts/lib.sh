@@ -1,0 +1,153 @@
+# shellcheck shell=bash
+# Shared by setup.sh, stop.sh, test.sh and the system test: installing what the native stack needs,
+# starting processes with pid files, and stopping exactly those pids. Source it; do not run it.
+
+LOGPIPE_ROOT=${LOGPIPE_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
+# Per-user cache: the Tansu binary and the Cargo target directory live here so every clone reuses them.
+LOGPIPE_CACHE=${LOGPIPE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/logpipe}
+TANSU_VERSION=0.6.0
+TANSU_BIN=${TANSU_BIN:-$LOGPIPE_CACHE/tansu-$TANSU_VERSION/bin/tansu}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$LOGPIPE_CACHE/target}
+PG_HOST=${LOGPIPE_PG_HOST:-127.0.0.1}
+PG_PORT=${LOGPIPE_PG_PORT:-5432}
+PG_USER=${LOGPIPE_PG_USER:-postgres}
+REDIS_PORT=${LOGPIPE_REDIS_PORT:-6379}
+
+log() { printf '[logpipe] %s\n' "$*"; }
+die() { printf '[logpipe] error: %s\n' "$*" >&2; exit 1; }
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+APT_UPDATED=
+apt_install() {
+    if [ -z "$APT_UPDATED" ]; then
+        log "apt-get update"
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null || die "apt-get update failed"
+        APT_UPDATED=1
+    fi
+    log "apt-get install $*"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null \
+        || die "apt-get install $* failed"
+}
+
+# Build dependencies of the rdkafka crate's bundled librdkafka (cmake-build, zstd, libz), of sqlx
+# and reqwest, plus the client tools the scripts use.
+ensure_build_deps() {
+    local pkgs=(cmake pkg-config build-essential libcurl4-openssl-dev libssl-dev zlib1g-dev libzstd-dev
+                libsasl2-dev curl postgresql-client redis-tools)
+    local missing=()
+    for p in "${pkgs[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+    done
+    [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
+    command -v cargo >/dev/null || die "cargo not found: install Rust (rustup) first"
+}
+
+pg_up() { pg_isready -q -h "$PG_HOST" -p "$PG_PORT" 2>/dev/null; }
+
+# Use the PostgreSQL reachable on 127.0.0.1 if there is one; else start the installed cluster; else
+# install Debian's package, allow trust auth on loopback, and start it.
+ensure_postgres() {
+    pg_up && return 0
+    if ! ls /etc/postgresql/*/main >/dev/null 2>&1; then
+        apt_install postgresql
+        local hba
+        hba=$(ls /etc/postgresql/*/main/pg_hba.conf | head -1)
+        as_root sed -i '1i host all all 127.0.0.1/32 trust\nhost all all ::1/128 trust' "$hba"
+    fi
+    local ver
+    ver=$(ls /etc/postgresql | sort -V | tail -1)
+    log "starting PostgreSQL $ver"
+    as_root pg_ctlcluster --skip-systemctl-redirect "$ver" main start || true
+    for _ in $(seq 1 30); do pg_up && return 0; sleep 1; done
+    die "PostgreSQL is not reachable on $PG_HOST:$PG_PORT"
+}
+
+ensure_database() {
+    local db=$1
+    psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d postgres -tAc \
+        "SELECT 1 FROM pg_database WHERE datname = '$db'" | grep -q 1 \
+        || psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d postgres -qc "CREATE DATABASE \"$db\"" >/dev/null \
+        || die "cannot create database $db"
+}
+
+redis_up() { [ "$(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping 2>/dev/null)" = PONG ]; }
+
+ensure_redis() {
+    redis_up && return 0
+    command -v redis-server >/dev/null || apt_install redis-server
+    log "starting Redis on 127.0.0.1:$REDIS_PORT"
+    as_root mkdir -p /var/lib/redis /var/log/redis
+    as_root redis-server --daemonize yes --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no \
+        --dir /var/lib/redis --logfile /var/log/redis/logpipe.log
+    for _ in $(seq 1 20); do redis_up && return 0; sleep 0.5; done
+    die "Redis is not reachable on 127.0.0.1:$REDIS_PORT"
+}
+
+# Tansu is built once per user (12-15 minutes on 2 cores) and reused by every clone and CI run.
+ensure_tansu() {
+    [ -x "$TANSU_BIN" ] && return 0
+    mkdir -p "$LOGPIPE_CACHE"
+    log "building Tansu $TANSU_VERSION into $LOGPIPE_CACHE (once per machine; 12-15 minutes on 2 cores)"
+    log "  build log: $LOGPIPE_CACHE/tansu-build.log"
+    cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore,libsql \
+        --root "$LOGPIPE_CACHE/tansu-$TANSU_VERSION" >"$LOGPIPE_CACHE/tansu-build.log" 2>&1 \
+        || { tail -30 "$LOGPIPE_CACHE/tansu-build.log" >&2; die "building Tansu failed"; }
+}
+
+port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
+
+wait_port() {
+    local host=$1 port=$2 secs=${3:-30}
+    for _ in $(seq 1 $((secs * 5))); do port_open "$host" "$port" && return 0; sleep 0.2; done
+    return 1
+}
+
+wait_http() {
+    local url=$1 secs=${2:-60}
+    for _ in $(seq 1 $((secs * 2))); do
+        curl -fsS -o /dev/null --max-time 2 "$url" 2>/dev/null && return 0
+        sleep 0.5
+    done
+    return 1
+}
+
+# True when the pid file names a live process running the expected executable (guards pid reuse).
+pid_alive() {
+    local pidfile=$1 exe=$2 pid
+    [ -f "$pidfile" ] || return 1
+    pid=$(cat "$pidfile")
+    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1
+    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "$exe"
+}
+
+# start_bg NAME DIR LOGFILE PIDFILE CMD...: start detached (own session) from DIR, record its pid.
+start_bg() {
+    local name=$1 dir=$2 logfile=$3 pidfile=$4
+    shift 4
+    (cd "$dir" && exec setsid "$@" >>"$logfile" 2>&1 </dev/null) &
+    echo $! >"$pidfile"
+    log "started $name (pid $(cat "$pidfile")), log: $logfile"
+}
+
+# stop_pid NAME PIDFILE DEADLINE_SECS: SIGTERM, wait for the drain deadline, then SIGKILL.
+stop_pid() {
+    local name=$1 pidfile=$2 deadline=${3:-20} pid
+    [ -f "$pidfile" ] || return 0
+    pid=$(cat "$pidfile")
+    if [ -z "$pid" ] || ! kill -0 "$pid" 2>/dev/null; then
+        log "$name was not running (stale pid file removed)"
+        rm -f "$pidfile"
+        return 0
+    fi
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 $((deadline * 10))); do
+        kill -0 "$pid" 2>/dev/null || { log "stopped $name (pid $pid)"; rm -f "$pidfile"; return 0; }
+        sleep 0.1
+    done
+    log "$name (pid $pid) did not exit within ${deadline}s; sending SIGKILL"
+    kill -KILL "$pid" 2>/dev/null || true
+    rm -f "$pidfile"
+}

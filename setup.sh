@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# Bring the whole logpipe stack up and start generating.
+#
+#   ./setup.sh [--durable] [--rate N] [--no-generate] [--native|--docker]
+#
+# With a Docker engine (`docker info` succeeds) it runs docker-compose; otherwise it runs natively:
+# installs what is missing (apt build deps, PostgreSQL, Redis, the Tansu broker), builds release
+# binaries, applies migrations, starts broker, collector, generator and gateway in the background with
+# pid files and logs under one run directory, waits for each /ready, and starts generation through the
+# gateway. Running it again while the stack is up is safe. ./stop.sh stops what it started.
+set -euo pipefail
+
+source "$(dirname "${BASH_SOURCE[0]}")/scripts/lib.sh"
+cd "$LOGPIPE_ROOT"
+
+MODE=auto
+DURABLE=0
+GENERATE=1
+RATE=${LOGPIPE_RATE:-1000}
+while [ $# -gt 0 ]; do
+    case $1 in
+        --durable) DURABLE=1 ;;
+        --no-generate) GENERATE=0 ;;
+        --rate) RATE=$2; shift ;;
+        --native) MODE=native ;;
+        --docker) MODE=docker ;;
+        -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+        *) die "unknown option $1 (see --help)" ;;
+    esac
+    shift
+done
+
+RUN_DIR=${LOGPIPE_RUN_DIR:-$LOGPIPE_ROOT/.run}
+BROKER_PORT=${LOGPIPE_BROKER_PORT:-9092}
+GENERATOR_PORT=${LOGPIPE_GENERATOR_PORT:-8080}
+COLLECTOR_PORT=${LOGPIPE_COLLECTOR_PORT:-8082}
+GATEWAY_PORT=${LOGPIPE_GATEWAY_PORT:-8090}
+DB_NAME=${LOGPIPE_DB_NAME:-logpipe}
+DATABASE_URL="postgres://$PG_USER@$PG_HOST:$PG_PORT/$DB_NAME"
+BROKERS="127.0.0.1:$BROKER_PORT"
+PROFILE_DIR=release
+
+if [ "$MODE" = auto ]; then
+    if command -v docker >/dev/null && docker info >/dev/null 2>&1; then MODE=docker; else MODE=native; fi
+fi
+
+if [ "$MODE" = docker ]; then
+    log "Docker engine found: running the stack with docker compose"
+    docker compose up -d --build --wait
+    if [ "$GENERATE" = 1 ]; then
+        curl -fsS -X POST -H 'content-type: application/json' \
+            -d "{\"rate_per_second\": $RATE}" "http://127.0.0.1:$GATEWAY_PORT/api/v1/generator/start" >/dev/null \
+            || log "generation already running or refused; see: curl http://127.0.0.1:$GATEWAY_PORT/api/v1/generator/status"
+    fi
+    docker compose ps
+    log "stop with: docker compose down"
+    exit 0
+fi
+
+log "native mode (no Docker engine); run directory: $RUN_DIR"
+mkdir -p "$RUN_DIR/logs" "$RUN_DIR/pids" "$RUN_DIR/broker-data"
+
+ensure_build_deps
+ensure_postgres
+ensure_redis
+ensure_tansu
+ensure_database "$DB_NAME"
+
+log "building release binaries (target dir: $CARGO_TARGET_DIR)"
+cargo build --release --locked -p logpipe-generator -p logpipe-gateway -p logpipe-collector \
+    >"$RUN_DIR/logs/build.log" 2>&1 || { tail -40 "$RUN_DIR/logs/build.log" >&2; die "build failed"; }
+BIN=$CARGO_TARGET_DIR/$PROFILE_DIR
+
+log "applying migrations to $DB_NAME"
+"$BIN/logpipe-collector" --migrate-only --database-url "$DATABASE_URL" >>"$RUN_DIR/logs/migrate.log" 2>&1 \
+    || { tail -20 "$RUN_DIR/logs/migrate.log" >&2; die "migrations failed"; }
+
+# --- broker ---------------------------------------------------------------------------------------
+if pid_alive "$RUN_DIR/pids/broker.pid" tansu; then
+    log "broker already running (pid $(cat "$RUN_DIR/pids/broker.pid"))"
+else
+    port_open 127.0.0.1 "$BROKER_PORT" && die "port $BROKER_PORT is taken by a process this setup did not start"
+    if [ "$DURABLE" = 1 ]; then
+        STORAGE="sqlite://tansu.db"   # relative to the broker's working directory, the data dir
+    else
+        STORAGE="memory://tansu/"
+    fi
+    start_bg broker "$RUN_DIR/broker-data" "$RUN_DIR/logs/broker.log" "$RUN_DIR/pids/broker.pid" \
+        "$TANSU_BIN" broker --listener-url "tcp://127.0.0.1:$BROKER_PORT" \
+        --advertised-listener-url "tcp://127.0.0.1:$BROKER_PORT" --storage-engine "$STORAGE"
+    wait_port 127.0.0.1 "$BROKER_PORT" 30 || die "broker did not open port $BROKER_PORT; see $RUN_DIR/logs/broker.log"
+fi
+
+# --- services -------------------------------------------------------------------------------------
+start_service() {
+    local name=$1 port=$2
+    shift 2
+    if pid_alive "$RUN_DIR/pids/$name.pid" "logpipe-$name"; then
+        log "$name already running (pid $(cat "$RUN_DIR/pids/$name.pid"))"
+        return 0
+    fi
+    port_open 127.0.0.1 "$port" && die "port $port is taken by a process this setup did not start"
+    start_bg "$name" "$RUN_DIR" "$RUN_DIR/logs/$name.log" "$RUN_DIR/pids/$name.pid" "$BIN/logpipe-$name" "$@"
+}
+
+start_service collector "$COLLECTOR_PORT" --port "$COLLECTOR_PORT" --brokers "$BROKERS" \
+    --database-url "$DATABASE_URL"
+start_service generator "$GENERATOR_PORT" --port "$GENERATOR_PORT" --brokers "$BROKERS" \
+    --instance-id "gen-$(hostname)-1"
+start_service gateway "$GATEWAY_PORT" --port "$GATEWAY_PORT" \
+    --generator-urls "http://127.0.0.1:$GENERATOR_PORT" --collector-url "http://127.0.0.1:$COLLECTOR_PORT"
+
+for svc in collector:$COLLECTOR_PORT generator:$GENERATOR_PORT gateway:$GATEWAY_PORT; do
+    name=${svc%%:*}
+    port=${svc##*:}
+    wait_http "http://127.0.0.1:$port/ready" 90 \
+        || die "$name is not ready after 90 s; see $RUN_DIR/logs/$name.log"
+    log "$name ready on http://127.0.0.1:$port"
+done
+
+if [ "$GENERATE" = 1 ]; then
+    code=$(curl -sS -o "$RUN_DIR/logs/start-response.json" -w '%{http_code}' -X POST \
+        -H 'content-type: application/json' -d "{\"rate_per_second\": $RATE}" \
+        "http://127.0.0.1:$GATEWAY_PORT/api/v1/generator/start")
+    case $code in
+        202) log "generation started at $RATE events/s" ;;
+        409) log "generation already running" ;;
+        *) die "starting generation failed with HTTP $code: $(cat "$RUN_DIR/logs/start-response.json")" ;;
+    esac
+fi
+
+cat <<EOF
+
+logpipe is up (native mode).
+  gateway    http://127.0.0.1:$GATEWAY_PORT   (pid $(cat "$RUN_DIR/pids/gateway.pid"))
+  generator  http://127.0.0.1:$GENERATOR_PORT   (pid $(cat "$RUN_DIR/pids/generator.pid"))
+  collector  http://127.0.0.1:$COLLECTOR_PORT   (pid $(cat "$RUN_DIR/pids/collector.pid"))
+  broker     127.0.0.1:$BROKER_PORT  Tansu, $( [ "$DURABLE" = 1 ] && echo "sqlite (durable)" || echo "memory (lost on stop)" ) (pid $(cat "$RUN_DIR/pids/broker.pid"))
+  postgres   $DATABASE_URL
+  logs       $RUN_DIR/logs/
+  status     curl http://127.0.0.1:$GATEWAY_PORT/api/v1/generator/status
+  events     psql $DATABASE_URL -c 'select count(*) from log_events'
+  stop       ./stop.sh
+EOF

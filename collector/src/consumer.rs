@@ -71,7 +71,10 @@ impl ConsumerContext for CollectorContext {
         err: RDKafkaRespErr,
         tpl: &mut TopicPartitionList,
     ) {
-        let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
         let partitions: Vec<i32> = tpl
             .elements_for_topic(&self.topic)
             .iter()
@@ -84,10 +87,17 @@ impl ConsumerContext for CollectorContext {
                 own.epoch += 1;
                 let epoch = own.epoch;
                 for (&p, &offset) in &stored {
-                    if let Err(e) = tpl.set_partition_offset(&self.topic, p, Offset::Offset(offset)) {
+                    if let Err(e) = tpl.set_partition_offset(&self.topic, p, Offset::Offset(offset))
+                    {
                         tracing::error!(partition = p, error = %e, "cannot set start offset");
                     }
-                    own.partitions.insert(p, Owned { epoch, expected: offset });
+                    own.partitions.insert(
+                        p,
+                        Owned {
+                            epoch,
+                            expected: offset,
+                        },
+                    );
                 }
                 drop(own);
                 tracing::info!(?stored, "partitions assigned; resuming from stored offsets");
@@ -107,7 +117,10 @@ impl ConsumerContext for CollectorContext {
                 }
                 own.epoch += 1;
                 drop(own);
-                tracing::info!(?partitions, "partitions revoked; their buffered records are dropped");
+                tracing::info!(
+                    ?partitions,
+                    "partitions revoked; their buffered records are dropped"
+                );
                 let res = if cooperative {
                     consumer.incremental_unassign(tpl)
                 } else {
@@ -119,7 +132,11 @@ impl ConsumerContext for CollectorContext {
             }
             other => {
                 tracing::error!(error = ?other, "rebalance error; dropping the assignment");
-                self.ownership.lock().expect("ownership lock").partitions.clear();
+                self.ownership
+                    .lock()
+                    .expect("ownership lock")
+                    .partitions
+                    .clear();
                 let _ = consumer.unassign();
             }
         }
@@ -263,7 +280,8 @@ impl ConsumerLoop {
             }
         }
         // Commit the last batch within the drain deadline, then leave the group cleanly.
-        let deadline = Instant::now() + Duration::from_millis(self.config.consumer.drain_timeout_ms);
+        let deadline =
+            Instant::now() + Duration::from_millis(self.config.consumer.drain_timeout_ms);
         self.retain_owned(&mut batch);
         if !batch.is_empty() {
             self.flush_until(&mut batch, Some(deadline));
@@ -328,8 +346,15 @@ impl ConsumerLoop {
                     batch.clear();
                     return;
                 }
-                Err(FlushError::Db(DbError::Fenced { partition, expected })) => {
-                    tracing::error!(partition, expected, "batch fenced; re-reading stored offsets");
+                Err(FlushError::Db(DbError::Fenced {
+                    partition,
+                    expected,
+                })) => {
+                    tracing::error!(
+                        partition,
+                        expected,
+                        "batch fenced; re-reading stored offsets"
+                    );
                     batch.clear();
                     self.reposition();
                     return;
@@ -355,7 +380,11 @@ impl ConsumerLoop {
         let dlq_sends: Vec<_> = batch
             .iter()
             .filter_map(|p| match &p.item {
-                Item::Poison { key, payload, error } => Some(self.send_dlq(p, key, payload, error)),
+                Item::Poison {
+                    key,
+                    payload,
+                    error,
+                } => Some(self.send_dlq(p, key, payload, error)),
                 Item::Event(_) => None,
             })
             .collect();
@@ -363,11 +392,18 @@ impl ConsumerLoop {
         for r in join_all(dlq_sends).await {
             r?;
         }
-        let own = self.ownership.lock().expect("ownership lock").partitions.clone();
+        let own = self
+            .ownership
+            .lock()
+            .expect("ownership lock")
+            .partitions
+            .clone();
         let mut moves: BTreeMap<i32, OffsetMove> = BTreeMap::new();
         let mut events = Vec::with_capacity(batch.len());
         for p in batch {
-            let Some(o) = own.get(&p.partition) else { continue };
+            let Some(o) = own.get(&p.partition) else {
+                continue;
+            };
             let m = moves.entry(p.partition).or_insert(OffsetMove {
                 partition: p.partition,
                 expected: o.expected,
@@ -385,7 +421,12 @@ impl ConsumerLoop {
         let moves: Vec<OffsetMove> = moves.into_values().collect();
         let stored = self
             .db
-            .write_batch(&self.config.consumer.group_id, &self.config.kafka.raw_topic, &events, &moves)
+            .write_batch(
+                &self.config.consumer.group_id,
+                &self.config.kafka.raw_topic,
+                &events,
+                &moves,
+            )
             .await?;
         // The new offsets are what the next batch must find stored.
         let mut own = self.ownership.lock().expect("ownership lock");
@@ -412,11 +453,26 @@ impl ConsumerLoop {
         let offset = p.offset.to_string();
         let message = error.to_string();
         let headers = OwnedHeaders::new_with_capacity(5)
-            .insert(Header { key: "source.topic", value: Some(self.config.kafka.raw_topic.as_str()) })
-            .insert(Header { key: "source.partition", value: Some(partition.as_str()) })
-            .insert(Header { key: "source.offset", value: Some(offset.as_str()) })
-            .insert(Header { key: "error.kind", value: Some(error.kind()) })
-            .insert(Header { key: "error.message", value: Some(message.as_str()) });
+            .insert(Header {
+                key: "source.topic",
+                value: Some(self.config.kafka.raw_topic.as_str()),
+            })
+            .insert(Header {
+                key: "source.partition",
+                value: Some(partition.as_str()),
+            })
+            .insert(Header {
+                key: "source.offset",
+                value: Some(offset.as_str()),
+            })
+            .insert(Header {
+                key: "error.kind",
+                value: Some(error.kind()),
+            })
+            .insert(Header {
+                key: "error.message",
+                value: Some(message.as_str()),
+            });
         let mut record = FutureRecord::to(&self.config.kafka.dlq_topic)
             .payload(payload)
             .headers(headers);
@@ -455,7 +511,13 @@ impl ConsumerLoop {
         own.epoch += 1;
         let epoch = own.epoch;
         for (p, offset) in stored {
-            own.partitions.insert(p, Owned { epoch, expected: offset });
+            own.partitions.insert(
+                p,
+                Owned {
+                    epoch,
+                    expected: offset,
+                },
+            );
             if let Err(e) = self.consumer.seek(
                 &self.config.kafka.raw_topic,
                 p,

@@ -70,7 +70,10 @@ pub enum TopicError {
     #[error("could not create the Kafka admin client: {0}")]
     Client(#[source] KafkaError),
     #[error("creating topic {topic} failed: {code}")]
-    Create { topic: String, code: RDKafkaErrorCode },
+    Create {
+        topic: String,
+        code: RDKafkaErrorCode,
+    },
     #[error("creating topics failed: {0}")]
     Request(#[source] KafkaError),
 }

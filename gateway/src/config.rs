@@ -118,12 +118,8 @@ mod tests {
 
     #[test]
     fn generator_urls_are_split_on_commas_and_trimmed() {
-        let cli = Cli::try_parse_from([
-            "gw",
-            "--generator-urls",
-            "http://a:1/, http://b:2",
-        ])
-        .unwrap();
+        let cli =
+            Cli::try_parse_from(["gw", "--generator-urls", "http://a:1/, http://b:2"]).unwrap();
         let c = cli.into_config().unwrap();
         assert_eq!(c.generator_urls, vec!["http://a:1", "http://b:2"]);
     }

@@ -31,7 +31,12 @@ impl InstanceReply {
     }
 }
 
-async fn call_all(s: &AppState, method: reqwest::Method, path: &str, body: Option<Bytes>) -> Vec<InstanceReply> {
+async fn call_all(
+    s: &AppState,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Bytes>,
+) -> Vec<InstanceReply> {
     let calls = s.config.generator_urls.iter().map(|base| {
         let url = format!("{base}{path}");
         let mut req = s
@@ -77,8 +82,10 @@ fn upstream_error(e: &reqwest::Error) -> String {
 /// (422, 409) passes through with its body; otherwise success when any instance accepted it.
 fn fan_out_response(replies: Vec<InstanceReply>, ok_status: StatusCode) -> Response {
     let instances: Vec<Value> = replies.iter().map(InstanceReply::to_json).collect();
-    let answered: Vec<&(StatusCode, Value)> =
-        replies.iter().filter_map(|r| r.result.as_ref().ok()).collect();
+    let answered: Vec<&(StatusCode, Value)> = replies
+        .iter()
+        .filter_map(|r| r.result.as_ref().ok())
+        .collect();
     if answered.is_empty() {
         return ApiError::UpstreamUnavailable(format!(
             "{} generator instance(s) configured, none reachable",
@@ -105,7 +112,13 @@ fn fan_out_response(replies: Vec<InstanceReply>, ok_status: StatusCode) -> Respo
 }
 
 pub async fn start(State(s): State<AppState>, body: Bytes) -> Response {
-    let replies = call_all(&s, reqwest::Method::POST, "/api/v1/generator/start", Some(body)).await;
+    let replies = call_all(
+        &s,
+        reqwest::Method::POST,
+        "/api/v1/generator/start",
+        Some(body),
+    )
+    .await;
     fan_out_response(replies, StatusCode::ACCEPTED)
 }
 
@@ -176,9 +189,18 @@ mod tests {
     #[test]
     fn status_sums_instances_and_marks_the_unreachable_one() {
         let replies = vec![
-            reply("http://a", json!({"state":"running","rate_per_second":100,"measured_rate_per_second":99.5,"events_generated":10,"events_acked":9,"events_failed":0})),
-            reply("http://b", json!({"state":"running","rate_per_second":50,"measured_rate_per_second":50.0,"events_generated":5,"events_acked":5,"events_failed":1})),
-            InstanceReply { url: "http://c".into(), result: Err("connection refused".into()) },
+            reply(
+                "http://a",
+                json!({"state":"running","rate_per_second":100,"measured_rate_per_second":99.5,"events_generated":10,"events_acked":9,"events_failed":0}),
+            ),
+            reply(
+                "http://b",
+                json!({"state":"running","rate_per_second":50,"measured_rate_per_second":50.0,"events_generated":5,"events_acked":5,"events_failed":1}),
+            ),
+            InstanceReply {
+                url: "http://c".into(),
+                result: Err("connection refused".into()),
+            },
         ];
         let v = aggregate_status(&replies);
         assert_eq!(v["state"], "running");
@@ -194,7 +216,10 @@ mod tests {
     fn a_refusal_from_every_instance_passes_through_with_its_status() {
         let replies = vec![InstanceReply {
             url: "http://a".into(),
-            result: Ok((StatusCode::UNPROCESSABLE_ENTITY, json!({"error":"invalid_parameter","detail":"`threads` ..."}))),
+            result: Ok((
+                StatusCode::UNPROCESSABLE_ENTITY,
+                json!({"error":"invalid_parameter","detail":"`threads` ..."}),
+            )),
         }];
         let resp = fan_out_response(replies, StatusCode::ACCEPTED);
         assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY);
@@ -202,7 +227,13 @@ mod tests {
 
     #[test]
     fn no_reachable_instance_is_a_502() {
-        let replies = vec![InstanceReply { url: "http://a".into(), result: Err("timed out".into()) }];
-        assert_eq!(fan_out_response(replies, StatusCode::OK).status(), StatusCode::BAD_GATEWAY);
+        let replies = vec![InstanceReply {
+            url: "http://a".into(),
+            result: Err("timed out".into()),
+        }];
+        assert_eq!(
+            fan_out_response(replies, StatusCode::OK).status(),
+            StatusCode::BAD_GATEWAY
+        );
     }
 }

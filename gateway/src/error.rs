@@ -34,6 +34,10 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, error) = self.parts();
-        (status, Json(json!({ "error": error, "detail": self.to_string() }))).into_response()
+        (
+            status,
+            Json(json!({ "error": error, "detail": self.to_string() })),
+        )
+            .into_response()
     }
 }

@@ -94,7 +94,11 @@ async fn json_errors(req: Request, next: Next) -> Response {
 }
 
 async fn not_found(req: Request) -> ApiError {
-    ApiError::NotFound(format!("no route for {} {}", req.method(), req.uri().path()))
+    ApiError::NotFound(format!(
+        "no route for {} {}",
+        req.method(),
+        req.uri().path()
+    ))
 }
 
 async fn health() -> Json<serde_json::Value> {
@@ -128,7 +132,8 @@ async fn ready(State(s): State<AppState>) -> Response {
         .into_iter()
         .map(|(url, ok)| (url, json!(if ok { "up" } else { "down" })))
         .collect();
-    let body = json!({ "status": if all_ok { "ready" } else { "not_ready" }, "dependencies": deps });
+    let body =
+        json!({ "status": if all_ok { "ready" } else { "not_ready" }, "dependencies": deps });
     let status = if all_ok {
         StatusCode::OK
     } else {

@@ -117,7 +117,10 @@ impl GeneratorConfig {
         if !COMPRESSIONS.contains(&self.producer.compression.as_str()) {
             return Err(ConfigError::Invalid {
                 field: "producer.compression",
-                reason: format!("{:?} is not one of {COMPRESSIONS:?}", self.producer.compression),
+                reason: format!(
+                    "{:?} is not one of {COMPRESSIONS:?}",
+                    self.producer.compression
+                ),
             });
         }
         if !["all", "-1", "1", "0"].contains(&self.producer.acks.as_str()) {

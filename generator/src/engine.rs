@@ -15,9 +15,7 @@ use chrono::{DateTime, Utc};
 use governor::{Quota, RateLimiter};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{
-    BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer,
-};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
@@ -240,7 +238,10 @@ impl Engine {
             .set("linger.ms", p.linger_ms.to_string())
             .set("compression.type", &p.compression)
             .set("message.timeout.ms", p.delivery_timeout_ms.to_string())
-            .set("queue.buffering.max.messages", p.queue_max_messages.to_string())
+            .set(
+                "queue.buffering.max.messages",
+                p.queue_max_messages.to_string(),
+            )
             .set("batch.num.messages", "10000")
             .create_with_context(DeliveryCounter {
                 counters: counters.clone(),
@@ -346,12 +347,17 @@ fn spawn_rate_sampler(engine: std::sync::Weak<Engine>, stop: CancellationToken) 
                 _ = stop.cancelled() => break,
                 _ = tick.tick() => {}
             }
-            let Some(engine) = engine.upgrade() else { break };
+            let Some(engine) = engine.upgrade() else {
+                break;
+            };
             let now = Instant::now();
             let total = engine.counters.generated.load(Ordering::Relaxed);
             if let Some((t, n)) = last {
                 let rate = (total - n) as f64 / now.duration_since(t).as_secs_f64();
-                engine.counters.rate_bits.store(rate.to_bits(), Ordering::Relaxed);
+                engine
+                    .counters
+                    .rate_bits
+                    .store(rate.to_bits(), Ordering::Relaxed);
                 telemetry::generation_rate(rate);
             }
             last = Some((now, total));
@@ -468,7 +474,16 @@ async fn worker(
                 .as_ref()
                 .zip(event.span_id.as_ref())
                 .map(|(t, s)| format!("00-{t}-{s}-01"));
-            if !send(&engine, &topic, &event.service, &buf, traceparent.as_deref(), &cancel).await {
+            if !send(
+                &engine,
+                &topic,
+                &event.service,
+                &buf,
+                traceparent.as_deref(),
+                &cancel,
+            )
+            .await
+            {
                 count_generated(&engine, i);
                 return;
             }
@@ -562,7 +577,9 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            RunParams::from_request(&req, &defaults()).unwrap_err().field,
+            RunParams::from_request(&req, &defaults())
+                .unwrap_err()
+                .field,
             "threads"
         );
     }

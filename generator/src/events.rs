@@ -101,7 +101,15 @@ impl EventFactory {
             self.rng.random_range(0..=255u8),
             self.rng.random_range(1..=254u8)
         );
-        let message = message_for(service.name, component, level, method, path, status, latency_ms);
+        let message = message_for(
+            service.name,
+            component,
+            level,
+            method,
+            path,
+            status,
+            latency_ms,
+        );
 
         let mut attributes = Map::with_capacity(6);
         attributes.insert("http.method".into(), Value::from(*method));
@@ -202,7 +210,9 @@ fn message_for(
         (_, Level::Error | Level::Fatal) => {
             format!("{method} {path} failed with {status}: upstream timeout in {component}")
         }
-        (_, Level::Warn) => format!("{method} {path} -> {status} (client error) in {latency_ms} ms"),
+        (_, Level::Warn) => {
+            format!("{method} {path} -> {status} (client error) in {latency_ms} ms")
+        }
         (_, Level::Debug | Level::Trace) => {
             format!("{component}: cache lookup for {path} took {latency_ms} ms")
         }
@@ -230,7 +240,14 @@ mod tests {
         for _ in 0..1_000 {
             let e = f.next_event(Utc::now());
             e.validate().unwrap();
-            for key in ["http.method", "http.path", "http.status", "latency_ms", "user", "client.ip"] {
+            for key in [
+                "http.method",
+                "http.path",
+                "http.status",
+                "latency_ms",
+                "user",
+                "client.ip",
+            ] {
                 assert!(e.attributes.contains_key(key), "missing {key}");
             }
             assert_eq!(e.trace_id.as_ref().unwrap().len(), 32);

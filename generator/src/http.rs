@@ -71,7 +71,10 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-async fn start(State(s): State<AppState>, body: Bytes) -> Result<(StatusCode, Json<Status>), ApiError> {
+async fn start(
+    State(s): State<AppState>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Status>), ApiError> {
     // An empty body means "use the configured defaults".
     let req: StartRequest = if body.iter().all(u8::is_ascii_whitespace) {
         StartRequest::default()
@@ -117,7 +120,9 @@ async fn ready(State(s): State<AppState>) -> Result<Json<serde_json::Value>, Api
     if ok {
         Ok(Json(json!({ "status": "ready", "kafka": "up" })))
     } else {
-        Err(ApiError::NotReady("kafka: broker did not answer within 2 s".into()))
+        Err(ApiError::NotReady(
+            "kafka: broker did not answer within 2 s".into(),
+        ))
     }
 }
 

@@ -46,8 +46,9 @@ impl Application {
         let autostart = config.autostart;
         let engine = Engine::new(config)?;
         if autostart {
-            let params = RunParams::from_request(&StartRequest::default(), &engine.config().defaults)
-                .map_err(|e| StartupError::Defaults(e.to_string()))?;
+            let params =
+                RunParams::from_request(&StartRequest::default(), &engine.config().defaults)
+                    .map_err(|e| StartupError::Defaults(e.to_string()))?;
             engine.start(params)?;
         }
         let state = AppState {
@@ -62,7 +63,9 @@ impl Application {
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("bound listener has an address")
+        self.listener
+            .local_addr()
+            .expect("bound listener has an address")
     }
 
     pub fn engine(&self) -> Arc<Engine> {

@@ -87,7 +87,10 @@ pub async fn start_generator(config: logpipe_generator::config::GeneratorConfig)
 
 pub async fn start_collector(
     config: logpipe_collector::config::CollectorConfig,
-) -> (Running, std::sync::Arc<logpipe_collector::consumer::ConsumerHealth>) {
+) -> (
+    Running,
+    std::sync::Arc<logpipe_collector::consumer::ConsumerHealth>,
+) {
     let app = logpipe_collector::Application::build(config)
         .await
         .expect("collector starts");

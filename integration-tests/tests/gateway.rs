@@ -29,7 +29,9 @@ async fn status_marks_an_unreachable_generator_instead_of_failing() {
     let generator = it::start_generator(it::generator_config(&name, 1)).await;
     let dead = closed_url().await;
     let gateway = it::start_gateway(gateway_config(vec![generator.url(""), dead.clone()])).await;
-    let resp = reqwest::get(gateway.url("/api/v1/generator/status")).await.unwrap();
+    let resp = reqwest::get(gateway.url("/api/v1/generator/status"))
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["state"], "idle");
@@ -56,7 +58,10 @@ async fn start_with_an_out_of_range_rate_returns_422_naming_the_field() {
     assert_eq!(resp.status(), 422);
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["error"], "invalid_parameter");
-    assert!(body["detail"].as_str().unwrap().contains("rate_per_second"), "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("rate_per_second"),
+        "{body}"
+    );
 
     let resp = client
         .post(gateway.url("/api/v1/generator/start"))
@@ -83,25 +88,45 @@ async fn start_stop_and_status_reach_every_generator_instance() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 202);
-    let st = it::wait_for("both instances running with a measured rate", Duration::from_secs(30), || {
-        let client = client.clone();
-        let url = gateway.url("/api/v1/generator/status");
-        async move {
-            let s: Value = client.get(&url).send().await.unwrap().json().await.unwrap();
-            if s["instances_running"] == 2 && s["measured_rate_per_second"].as_f64().unwrap_or(0.0) > 0.0 {
-                Ok(s)
-            } else {
-                Err(s.to_string())
+    let st = it::wait_for(
+        "both instances running with a measured rate",
+        Duration::from_secs(30),
+        || {
+            let client = client.clone();
+            let url = gateway.url("/api/v1/generator/status");
+            async move {
+                let s: Value = client.get(&url).send().await.unwrap().json().await.unwrap();
+                if s["instances_running"] == 2
+                    && s["measured_rate_per_second"].as_f64().unwrap_or(0.0) > 0.0
+                {
+                    Ok(s)
+                } else {
+                    Err(s.to_string())
+                }
             }
-        }
-    })
+        },
+    )
     .await;
     assert_eq!(st["rate_per_second"], 400);
-    let resp = client.post(gateway.url("/api/v1/generator/stop")).send().await.unwrap();
+    let resp = client
+        .post(gateway.url("/api/v1/generator/stop"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
-    let s: Value = client.get(gateway.url("/api/v1/generator/status")).send().await.unwrap().json().await.unwrap();
+    let s: Value = client
+        .get(gateway.url("/api/v1/generator/status"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(s["state"], "idle");
-    assert_eq!(s["events_generated"], s["events_acked"], "stop flushes every generated event");
+    assert_eq!(
+        s["events_generated"], s["events_acked"],
+        "stop flushes every generated event"
+    );
     gateway.stop().await;
     a.stop().await;
     b.stop().await;
@@ -132,5 +157,11 @@ async fn oversized_bodies_and_unknown_routes_get_json_errors() {
 }
 
 async fn resp_has_request_id(client: &reqwest::Client, url: &str) -> bool {
-    client.get(url).send().await.unwrap().headers().contains_key("x-request-id")
+    client
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .headers()
+        .contains_key("x-request-id")
 }

@@ -61,7 +61,11 @@ async fn events_started_through_the_gateway_land_in_postgres_exactly_once() {
         let pool = pool.clone();
         async move {
             let n = it::count_events(&pool).await;
-            if n == 3000 { Ok(()) } else { Err(format!("{n} rows")) }
+            if n == 3000 {
+                Ok(())
+            } else {
+                Err(format!("{n} rows"))
+            }
         }
     })
     .await;
@@ -79,7 +83,10 @@ async fn events_started_through_the_gateway_land_in_postgres_exactly_once() {
         .fetch_one(&pool)
         .await
         .unwrap();
-    assert!(services >= 5, "events come from several services, got {services}");
+    assert!(
+        services >= 5,
+        "events come from several services, got {services}"
+    );
 
     gateway.stop().await;
     generator.stop().await;
@@ -108,11 +115,19 @@ async fn a_restarted_collector_resumes_from_the_offsets_stored_in_postgres() {
                 let url = format!("{generator_url}/status");
                 async move {
                     let s = status(&client, &url).await;
-                    if s["state"] == "idle" { Ok(()) } else { Err(s.to_string()) }
+                    if s["state"] == "idle" {
+                        Ok(())
+                    } else {
+                        Err(s.to_string())
+                    }
                 }
             })
             .await;
-            client.post(format!("{generator_url}/stop")).send().await.unwrap();
+            client
+                .post(format!("{generator_url}/stop"))
+                .send()
+                .await
+                .unwrap();
         }
     };
 
@@ -125,7 +140,11 @@ async fn a_restarted_collector_resumes_from_the_offsets_stored_in_postgres() {
                 let pool = pool.clone();
                 async move {
                     let c = it::count_events(&pool).await;
-                    if c == n { Ok(()) } else { Err(format!("{c} rows")) }
+                    if c == n {
+                        Ok(())
+                    } else {
+                        Err(format!("{c} rows"))
+                    }
                 }
             })
             .await
@@ -160,10 +179,19 @@ async fn poison_records_go_to_the_dlq_with_their_headers_and_do_not_stop_the_par
                "service": "svc", "message": format!("hello {i}")})
         .to_string()
     };
-    let records = [good(1), "{not json".to_owned(), good(2), json!({"event_id": "x"}).to_string(), good(3)];
+    let records = [
+        good(1),
+        "{not json".to_owned(),
+        good(2),
+        json!({"event_id": "x"}).to_string(),
+        good(3),
+    ];
     for r in &records {
         producer
-            .send(FutureRecord::<(), _>::to(&kafka.raw_topic).payload(r), Duration::from_secs(10))
+            .send(
+                FutureRecord::<(), _>::to(&kafka.raw_topic).payload(r),
+                Duration::from_secs(10),
+            )
             .await
             .unwrap();
     }
@@ -173,7 +201,11 @@ async fn poison_records_go_to_the_dlq_with_their_headers_and_do_not_stop_the_par
         let pool = pool.clone();
         async move {
             let n = it::count_events(&pool).await;
-            if n == 3 { Ok(()) } else { Err(format!("{n} rows")) }
+            if n == 3 {
+                Ok(())
+            } else {
+                Err(format!("{n} rows"))
+            }
         }
     })
     .await;
@@ -187,7 +219,10 @@ async fn poison_records_go_to_the_dlq_with_their_headers_and_do_not_stop_the_par
     consumer.subscribe(&[&kafka.dlq_topic]).unwrap();
     let mut seen = Vec::new();
     while seen.len() < 2 {
-        let m = tokio::time::timeout(WAIT, consumer.recv()).await.expect("DLQ record").unwrap();
+        let m = tokio::time::timeout(WAIT, consumer.recv())
+            .await
+            .expect("DLQ record")
+            .unwrap();
         let headers = m.headers().expect("DLQ record has headers");
         let get = |k: &str| {
             headers
@@ -196,11 +231,17 @@ async fn poison_records_go_to_the_dlq_with_their_headers_and_do_not_stop_the_par
                 .and_then(|h| h.value)
                 .map(|v| String::from_utf8_lossy(v).into_owned())
         };
-        assert_eq!(get("source.topic").as_deref(), Some(kafka.raw_topic.as_str()));
+        assert_eq!(
+            get("source.topic").as_deref(),
+            Some(kafka.raw_topic.as_str())
+        );
         assert_eq!(get("source.partition").as_deref(), Some("0"));
         assert_eq!(get("error.kind").as_deref(), Some("invalid_json"));
         assert!(get("error.message").is_some());
-        seen.push((get("source.offset").unwrap(), m.payload().map(<[u8]>::to_vec)));
+        seen.push((
+            get("source.offset").unwrap(),
+            m.payload().map(<[u8]>::to_vec),
+        ));
     }
     seen.sort();
     assert_eq!(seen[0], ("1".into(), Some(b"{not json".to_vec())));

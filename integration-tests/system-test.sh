@@ -8,7 +8,13 @@ set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 source "$ROOT/scripts/lib.sh"
 
-export LOGPIPE_RUN_DIR=${LOGPIPE_SYSTEM_RUN_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/logpipe-system.XXXXXX")}
+if [ -n "${LOGPIPE_SYSTEM_RUN_DIR:-}" ]; then
+    export LOGPIPE_RUN_DIR=$LOGPIPE_SYSTEM_RUN_DIR
+    OWN_RUN_DIR=0
+else
+    export LOGPIPE_RUN_DIR=$(mktemp -d "${TMPDIR:-/tmp}/logpipe-system.XXXXXX")
+    OWN_RUN_DIR=1
+fi
 export LOGPIPE_BROKER_PORT=${LOGPIPE_SYSTEM_BROKER_PORT:-19192}
 export LOGPIPE_GENERATOR_PORT=${LOGPIPE_SYSTEM_GENERATOR_PORT:-18080}
 export LOGPIPE_COLLECTOR_PORT=${LOGPIPE_SYSTEM_COLLECTOR_PORT:-18082}
@@ -33,6 +39,12 @@ check() {
 
 finish() {
     bash "$ROOT/stop.sh" >/dev/null 2>&1 || true
+    # Keep the logs of a failed run for inspection; remove a passing run's directory.
+    if [ "$failed" -eq 0 ] && [ "$OWN_RUN_DIR" = 1 ]; then
+        rm -rf "$LOGPIPE_RUN_DIR"
+    else
+        echo "logs kept in $LOGPIPE_RUN_DIR/logs"
+    fi
     echo "system-test: $passed passed, $failed failed"
     [ "$failed" -eq 0 ]
     exit $?

@@ -22,14 +22,13 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{GeneratorConfig, RunDefaults};
-use crate::events::EventFactory;
+use crate::events::{EventFactory, Profile, BURST_MULTIPLIER};
 use crate::telemetry;
 
 pub const MAX_RATE: u32 = 1_000_000;
 pub const MAX_THREADS: u32 = 64;
 pub const MAX_BATCH: u32 = 10_000;
 pub const MAX_DURATION_SECS: u64 = 7 * 24 * 3600;
-pub const PROFILES: [&str; 1] = ["steady"];
 
 /// The body of `POST /api/v1/generator/start`; every field is optional.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -52,7 +51,7 @@ pub struct RunParams {
     pub batch_size: u32,
     pub duration_secs: Option<u64>,
     pub count: Option<u64>,
-    pub profile: String,
+    pub profile: Profile,
     pub seed: u64,
 }
 
@@ -112,14 +111,12 @@ impl RunParams {
             .count
             .map(|v| in_range("count", v, 1, u64::MAX / 2))
             .transpose()?;
-        let profile = req.profile.clone().unwrap_or_else(|| "steady".into());
-        if !PROFILES.contains(&profile.as_str()) {
-            return Err(InvalidParam {
-                field: "profile",
-                allowed: format!("one of {PROFILES:?}"),
-                got: format!("{profile:?}"),
-            });
-        }
+        let name = req.profile.as_deref().unwrap_or("steady");
+        let profile = Profile::parse(name).ok_or_else(|| InvalidParam {
+            field: "profile",
+            allowed: format!("one of {:?}", Profile::NAMES),
+            got: format!("{name:?}"),
+        })?;
         Ok(RunParams {
             rate_per_second: rate as u32,
             threads: threads as u32,
@@ -434,10 +431,15 @@ async fn worker(
     let batch = params.batch_size.min(rate.get());
     let burst = NonZeroU32::new(batch).expect("batch >= 1");
     let limiter = RateLimiter::direct(Quota::per_second(rate).allow_burst(burst));
+    // `burst` profile: a second limiter at ten times the rate, used while the burst is on.
+    let burst_rate = rate.saturating_mul(NonZeroU32::new(BURST_MULTIPLIER).expect("non-zero"));
+    let burst_limiter = RateLimiter::direct(Quota::per_second(burst_rate).allow_burst(burst));
     let mut factory = EventFactory::new(
         worker_seed(params.seed, &engine.config.instance_id, index),
         engine.config.instance_id.clone(),
+        params.profile,
     );
+    let started = Instant::now();
     let topic = engine.config.kafka.raw_topic.clone();
     let mut buf = Vec::with_capacity(512);
     loop {
@@ -449,7 +451,12 @@ async fn worker(
             break;
         }
         let permits = NonZeroU32::new(n as u32).expect("n >= 1");
-        let wait = limiter.until_n_ready(permits);
+        let elapsed = started.elapsed();
+        let wait = if params.profile.rate_multiplier(elapsed) > 1 {
+            burst_limiter.until_n_ready(permits)
+        } else {
+            limiter.until_n_ready(permits)
+        };
         let ready = match deadline {
             Some(d) => tokio::select! {
                 _ = cancel.cancelled() => false,
@@ -466,7 +473,7 @@ async fn worker(
         }
         let now = Utc::now();
         for i in 0..n {
-            let event = factory.next_event(now);
+            let event = factory.next_event(now, elapsed);
             buf.clear();
             serde_json::to_writer(&mut buf, &event).expect("event serializes");
             let traceparent = event
@@ -554,7 +561,7 @@ mod tests {
         let p = RunParams::from_request(&StartRequest::default(), &defaults()).unwrap();
         assert_eq!(p.rate_per_second, 1_000);
         assert_eq!(p.threads, 1);
-        assert_eq!(p.profile, "steady");
+        assert_eq!(p.profile, Profile::Steady);
     }
 
     #[test]

@@ -3,6 +3,13 @@
 //!
 //! Everything random comes from one seeded RNG, so a run with a `seed` is reproducible event for
 //! event (except the wall-clock timestamp and the time part of the id).
+//!
+//! A [`Profile`] shapes the traffic over a repeating 60-second cycle measured from the run's start:
+//! `error-spike` and `security-attack` hold their episode from second 15 to 45 of each cycle, `burst`
+//! multiplies the rate by 10 from second 20 to 30, `mixed-formats` carries Apache combined and syslog
+//! lines in a fifth of the messages, and `steady` is the background alone.
+
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use logpipe_common::{Level, LogEvent};
@@ -68,51 +75,181 @@ const LEVEL_WEIGHTS: [(Level, u32); 6] = [
     (Level::Fatal, 0),
 ];
 
+/// Traffic shapes selectable per run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Profile {
+    Steady,
+    ErrorSpike,
+    SecurityAttack,
+    Burst,
+    MixedFormats,
+}
+
+pub const CYCLE_SECS: u64 = 60;
+const EPISODE: std::ops::Range<u64> = 15..45;
+const BURST: std::ops::Range<u64> = 20..30;
+pub const BURST_MULTIPLIER: u32 = 10;
+/// The service whose errors spike in `error-spike`.
+pub const SPIKE_SERVICE: &str = "payments";
+/// Where the brute-force logins of `security-attack` come from (documentation address range).
+pub const ATTACKER_IPS: [&str; 3] = ["203.0.113.7", "203.0.113.23", "203.0.113.99"];
+const ATTACKED_USERS: [&str; 3] = ["admin", "root", "u-1"];
+const SQLI_PATHS: [&str; 4] = [
+    "/search?q=1' OR '1'='1",
+    "/items?id=1 UNION SELECT password FROM users--",
+    "/cart?id=1; DROP TABLE orders--",
+    "/search?q=admin'--",
+];
+
+impl Profile {
+    pub const NAMES: [&'static str; 5] = [
+        "steady",
+        "error-spike",
+        "security-attack",
+        "burst",
+        "mixed-formats",
+    ];
+
+    pub fn parse(name: &str) -> Option<Profile> {
+        match name {
+            "steady" => Some(Profile::Steady),
+            "error-spike" => Some(Profile::ErrorSpike),
+            "security-attack" => Some(Profile::SecurityAttack),
+            "burst" => Some(Profile::Burst),
+            "mixed-formats" => Some(Profile::MixedFormats),
+            _ => None,
+        }
+    }
+
+    /// True while this profile's episode (spike, attack) is on, `elapsed` into the run.
+    pub fn in_episode(self, elapsed: Duration) -> bool {
+        let s = elapsed.as_secs() % CYCLE_SECS;
+        match self {
+            Profile::ErrorSpike | Profile::SecurityAttack => EPISODE.contains(&s),
+            Profile::Burst => BURST.contains(&s),
+            Profile::Steady | Profile::MixedFormats => false,
+        }
+    }
+
+    /// How many times the base rate to generate at, `elapsed` into the run.
+    pub fn rate_multiplier(self, elapsed: Duration) -> u32 {
+        if self == Profile::Burst && self.in_episode(elapsed) {
+            BURST_MULTIPLIER
+        } else {
+            1
+        }
+    }
+}
+
 const METHODS: [(&str, u32); 4] = [("GET", 60), ("POST", 30), ("PUT", 6), ("DELETE", 4)];
 
 /// Makes events; one per worker thread, each with its own seeded RNG.
 pub struct EventFactory {
     rng: SmallRng,
     host: String,
+    profile: Profile,
     service_total: u32,
 }
 
 impl EventFactory {
-    pub fn new(seed: u64, host: impl Into<String>) -> Self {
+    pub fn new(seed: u64, host: impl Into<String>, profile: Profile) -> Self {
         Self {
             rng: SmallRng::seed_from_u64(seed),
             host: host.into(),
+            profile,
             service_total: SERVICES.iter().map(|s| s.weight).sum(),
         }
     }
 
-    pub fn next_event(&mut self, now: DateTime<Utc>) -> LogEvent {
-        let service = self.pick_service();
-        let component = service.components[self.rng.random_range(0..service.components.len())];
-        let level = self.pick_level();
-        let method = pick_weighted(&mut self.rng, &METHODS);
-        let path = service.paths[self.rng.random_range(0..service.paths.len())];
-        let status = status_for(level, &mut self.rng);
-        let latency_ms = latency_for(level, &mut self.rng);
-        let user = format!("u-{}", self.rng.random_range(1..5_000u32));
-        let client_ip = format!(
+    /// The next event at wall-clock `now`, `elapsed` into the run (which drives the profile).
+    pub fn next_event(&mut self, now: DateTime<Utc>, elapsed: Duration) -> LogEvent {
+        let episode = self.profile.in_episode(elapsed);
+        let mut service = self.pick_service();
+        let mut component = service.components[self.rng.random_range(0..service.components.len())];
+        let mut level = self.pick_level();
+        let mut method = *pick_weighted(&mut self.rng, &METHODS);
+        let mut path = service.paths[self.rng.random_range(0..service.paths.len())];
+        let mut user = format!("u-{}", self.rng.random_range(1..5_000u32));
+        let mut client_ip = format!(
             "10.{}.{}.{}",
             self.rng.random_range(0..4u8),
             self.rng.random_range(0..=255u8),
             self.rng.random_range(1..=254u8)
         );
-        let message = message_for(
-            service.name,
-            component,
-            level,
-            method,
-            path,
-            status,
-            latency_ms,
-        );
+        let mut message = None;
+        match self.profile {
+            Profile::ErrorSpike if episode && service.name == SPIKE_SERVICE => {
+                if self.rng.random_ratio(3, 5) {
+                    level = Level::Error;
+                }
+            }
+            Profile::SecurityAttack if episode => {
+                let roll = self.rng.random_range(0..100u32);
+                if roll < 8 {
+                    // Brute force: failed logins from a few IPs against a few accounts.
+                    service = service_named("auth");
+                    component = "login";
+                    level = Level::Warn;
+                    method = "POST";
+                    path = "/login";
+                    client_ip = ATTACKER_IPS[self.rng.random_range(0..ATTACKER_IPS.len())].into();
+                    user = ATTACKED_USERS[self.rng.random_range(0..ATTACKED_USERS.len())].into();
+                    message = Some(format!(
+                        "login failed: invalid password for user {user} from {client_ip}"
+                    ));
+                } else if roll < 10 {
+                    service = service_named("search");
+                    component = "query";
+                    level = Level::Warn;
+                    method = "GET";
+                    path = SQLI_PATHS[self.rng.random_range(0..SQLI_PATHS.len())];
+                }
+            }
+            _ => {}
+        }
+        let status = if message.is_some() {
+            401
+        } else {
+            status_for(level, &mut self.rng)
+        };
+        let latency_ms = latency_for(level, &mut self.rng);
+        let message = match message {
+            Some(m) => m,
+            None if self.profile == Profile::MixedFormats && self.rng.random_ratio(1, 5) => {
+                let line = Line {
+                    now,
+                    host: &self.host,
+                    service: service.name,
+                    client_ip: &client_ip,
+                    user: &user,
+                    method,
+                    path,
+                    status,
+                    level,
+                };
+                if self.rng.random_bool(0.5) {
+                    line.apache_combined(self.rng.random_range(200..20_000u32))
+                } else {
+                    line.syslog(
+                        self.rng.random_bool(0.5),
+                        self.rng.random_range(100..40_000u32),
+                    )
+                }
+            }
+            None => message_for(
+                service.name,
+                component,
+                level,
+                method,
+                path,
+                status,
+                latency_ms,
+            ),
+        };
 
         let mut attributes = Map::with_capacity(6);
-        attributes.insert("http.method".into(), Value::from(*method));
+        attributes.insert("http.method".into(), Value::from(method));
         attributes.insert("http.path".into(), Value::from(path));
         attributes.insert("http.status".into(), Value::from(status));
         attributes.insert("latency_ms".into(), Value::from(latency_ms));
@@ -149,6 +286,74 @@ impl EventFactory {
 
     fn pick_level(&mut self) -> Level {
         *pick_weighted(&mut self.rng, &LEVEL_WEIGHTS)
+    }
+}
+
+fn service_named(name: &str) -> &'static Service {
+    SERVICES
+        .iter()
+        .find(|s| s.name == name)
+        .unwrap_or(&SERVICES[0])
+}
+
+/// The pieces of one request, rendered as the raw log lines other systems write.
+struct Line<'a> {
+    now: DateTime<Utc>,
+    host: &'a str,
+    service: &'a str,
+    client_ip: &'a str,
+    user: &'a str,
+    method: &'a str,
+    path: &'a str,
+    status: u16,
+    level: Level,
+}
+
+impl Line<'_> {
+    fn apache_combined(&self, bytes: u32) -> String {
+        format!(
+            "{} - {} [{}] \"{} {} HTTP/1.1\" {} {} \"-\" \"Mozilla/5.0 (X11; Linux x86_64)\"",
+            self.client_ip,
+            self.user,
+            self.now.format("%d/%b/%Y:%H:%M:%S %z"),
+            self.method,
+            self.path,
+            self.status,
+            bytes
+        )
+    }
+
+    /// RFC 5424 when `modern`, else RFC 3164 (BSD), facility local0.
+    fn syslog(&self, modern: bool, pid: u32) -> String {
+        let severity = match self.level {
+            Level::Fatal => 2,
+            Level::Error => 3,
+            Level::Warn => 4,
+            Level::Info => 6,
+            Level::Debug | Level::Trace => 7,
+        };
+        let pri = 16 * 8 + severity;
+        if modern {
+            format!(
+                "<{pri}>1 {} {} {} {pid} - - {} {} -> {}",
+                self.now.format("%Y-%m-%dT%H:%M:%S%.3fZ"),
+                self.host,
+                self.service,
+                self.method,
+                self.path,
+                self.status
+            )
+        } else {
+            format!(
+                "<{pri}>{} {} {}[{pid}]: {} {} -> {}",
+                self.now.format("%b %e %H:%M:%S"),
+                self.host,
+                self.service,
+                self.method,
+                self.path,
+                self.status
+            )
+        }
     }
 }
 
@@ -227,18 +432,21 @@ mod tests {
     #[test]
     fn same_seed_makes_the_same_events() {
         let now = Utc::now();
-        let mut a = EventFactory::new(42, "gen-a");
-        let mut b = EventFactory::new(42, "gen-a");
-        for _ in 0..100 {
-            assert_eq!(a.next_event(now), b.next_event(now));
+        for profile in Profile::NAMES.map(|n| Profile::parse(n).unwrap()) {
+            let mut a = EventFactory::new(42, "gen-a", profile);
+            let mut b = EventFactory::new(42, "gen-a", profile);
+            for i in 0..500 {
+                let t = Duration::from_millis(i * 100);
+                assert_eq!(a.next_event(now, t), b.next_event(now, t));
+            }
         }
     }
 
     #[test]
     fn events_are_valid_and_carry_http_attributes() {
-        let mut f = EventFactory::new(7, "gen-a");
+        let mut f = EventFactory::new(7, "gen-a", Profile::MixedFormats);
         for _ in 0..1_000 {
-            let e = f.next_event(Utc::now());
+            let e = f.next_event(Utc::now(), Duration::ZERO);
             e.validate().unwrap();
             for key in [
                 "http.method",
@@ -256,14 +464,14 @@ mod tests {
 
     #[test]
     fn steady_mix_is_mostly_info_with_a_few_errors_and_no_fatal() {
-        let mut f = EventFactory::new(1, "gen-a");
+        let mut f = EventFactory::new(1, "gen-a", Profile::Steady);
         let n = 20_000;
         let mut info = 0;
         let mut errors = 0;
         let mut fatal = 0;
         let mut services = std::collections::HashSet::new();
         for _ in 0..n {
-            let e = f.next_event(Utc::now());
+            let e = f.next_event(Utc::now(), Duration::from_secs(30));
             services.insert(e.service.clone());
             match e.level {
                 Level::Info => info += 1,
@@ -280,10 +488,94 @@ mod tests {
 
     #[test]
     fn event_ids_are_unique() {
-        let mut f = EventFactory::new(3, "gen-a");
+        let mut f = EventFactory::new(3, "gen-a", Profile::Steady);
         let now = Utc::now();
-        let ids: std::collections::HashSet<_> =
-            (0..10_000).map(|_| f.next_event(now).event_id).collect();
+        let ids: std::collections::HashSet<_> = (0..10_000)
+            .map(|_| f.next_event(now, Duration::ZERO).event_id)
+            .collect();
         assert_eq!(ids.len(), 10_000);
+    }
+
+    fn error_rate(f: &mut EventFactory, service: &str, at: Duration) -> f64 {
+        let events: Vec<_> = (0..20_000)
+            .map(|_| f.next_event(Utc::now(), at))
+            .filter(|e| e.service == service)
+            .collect();
+        events.iter().filter(|e| e.level >= Level::Error).count() as f64 / events.len() as f64
+    }
+
+    #[test]
+    fn error_spike_raises_one_services_error_rate_only_during_the_episode() {
+        let mut f = EventFactory::new(5, "gen-a", Profile::ErrorSpike);
+        let before = error_rate(&mut f, SPIKE_SERVICE, Duration::from_secs(5));
+        let during = error_rate(&mut f, SPIKE_SERVICE, Duration::from_secs(20));
+        let other = error_rate(&mut f, "checkout", Duration::from_secs(20));
+        assert!(before < 0.08, "before {before}");
+        assert!(during > 0.5, "during {during}");
+        assert!(other < 0.08, "other service {other}");
+    }
+
+    #[test]
+    fn security_attack_brings_failed_logins_from_few_ips_and_sql_injection_paths() {
+        let mut f = EventFactory::new(9, "gen-a", Profile::SecurityAttack);
+        let during: Vec<_> = (0..10_000)
+            .map(|_| f.next_event(Utc::now(), Duration::from_secs(30)))
+            .collect();
+        let logins: Vec<_> = during
+            .iter()
+            .filter(|e| e.message.starts_with("login failed: invalid password"))
+            .collect();
+        assert!(logins.len() > 500, "{} failed logins", logins.len());
+        assert!(logins
+            .iter()
+            .all(|e| ATTACKER_IPS.contains(&e.attributes["client.ip"].as_str().unwrap())));
+        let sqli = during
+            .iter()
+            .filter(|e| SQLI_PATHS.contains(&e.attributes["http.path"].as_str().unwrap()))
+            .count();
+        assert!(sqli > 100, "{sqli} injection paths");
+        let quiet = (0..10_000)
+            .map(|_| f.next_event(Utc::now(), Duration::from_secs(50)))
+            .filter(|e| {
+                e.attributes["client.ip"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("203.0.113.")
+            })
+            .count();
+        assert_eq!(quiet, 0, "no attack outside the episode");
+    }
+
+    #[test]
+    fn burst_multiplies_the_rate_by_ten_for_ten_seconds_a_minute() {
+        let on: Vec<u64> = (0..60)
+            .filter(|s| Profile::Burst.rate_multiplier(Duration::from_secs(*s)) == BURST_MULTIPLIER)
+            .collect();
+        assert_eq!(on, (20..30).collect::<Vec<_>>());
+        assert_eq!(Profile::Steady.rate_multiplier(Duration::from_secs(25)), 1);
+    }
+
+    #[test]
+    fn mixed_formats_carries_apache_and_both_syslog_flavours_in_messages() {
+        let mut f = EventFactory::new(11, "gen-a", Profile::MixedFormats);
+        let msgs: Vec<String> = (0..5_000)
+            .map(|_| f.next_event(Utc::now(), Duration::ZERO).message)
+            .collect();
+        let apache = msgs
+            .iter()
+            .filter(|m| m.contains("\" 200 ") || m.contains(" HTTP/1.1\" "))
+            .count();
+        let rfc5424 = msgs
+            .iter()
+            .filter(|m| m.starts_with('<') && m.contains(">1 "))
+            .count();
+        let rfc3164 = msgs
+            .iter()
+            .filter(|m| m.starts_with('<') && !m.contains(">1 "))
+            .count();
+        assert!(
+            apache > 200 && rfc5424 > 100 && rfc3164 > 100,
+            "{apache} {rfc5424} {rfc3164}"
+        );
     }
 }

@@ -179,10 +179,11 @@ impl EventFactory {
         );
         let mut message = None;
         match self.profile {
-            Profile::ErrorSpike if episode && service.name == SPIKE_SERVICE => {
-                if self.rng.random_ratio(3, 5) {
-                    level = Level::Error;
-                }
+            // The spiking service's requests fail three times in five during the episode.
+            Profile::ErrorSpike
+                if episode && service.name == SPIKE_SERVICE && self.rng.random_ratio(3, 5) =>
+            {
+                level = Level::Error;
             }
             Profile::SecurityAttack if episode => {
                 let roll = self.rng.random_range(0..100u32);

@@ -7,6 +7,8 @@ use logpipe_common::config::{load_toml, redact_url, ConfigError};
 use logpipe_common::kafka::KafkaSettings;
 use serde::{Deserialize, Serialize};
 
+use crate::breaker::BreakerSettings;
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct GeneratorConfig {
@@ -17,6 +19,7 @@ pub struct GeneratorConfig {
     pub instance_id: String,
     pub kafka: KafkaSettings,
     pub producer: ProducerSettings,
+    pub breaker: BreakerSettings,
     /// Run parameters used when a start request leaves them out.
     pub defaults: RunDefaults,
     /// Start generating with `defaults` as soon as the service is up.
@@ -55,6 +58,7 @@ impl Default for GeneratorConfig {
             instance_id: default_instance_id(),
             kafka: KafkaSettings::default(),
             producer: ProducerSettings::default(),
+            breaker: BreakerSettings::default(),
             defaults: RunDefaults::default(),
             autostart: false,
         }

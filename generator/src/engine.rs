@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::breaker::{self, Permit, ProduceBreaker};
 use crate::config::{GeneratorConfig, RunDefaults};
 use crate::events::{EventFactory, Profile, BURST_MULTIPLIER};
 use crate::telemetry;
@@ -135,6 +136,8 @@ pub struct Counters {
     pub generated: AtomicU64,
     pub acked: AtomicU64,
     pub failed: AtomicU64,
+    /// Events not generated because the circuit breaker was open.
+    pub skipped: AtomicU64,
     /// Measured generation rate over the last second, as f64 bits.
     rate_bits: AtomicU64,
 }
@@ -148,14 +151,19 @@ impl Counters {
 /// Counts every delivery report: the only honest source of "sent".
 pub struct DeliveryCounter {
     counters: Arc<Counters>,
+    breaker: Arc<ProduceBreaker>,
 }
+
+/// Delivery opaque marking a half-open probe record.
+const PROBE: usize = 1;
 
 impl ClientContext for DeliveryCounter {}
 
 impl ProducerContext for DeliveryCounter {
-    type DeliveryOpaque = ();
+    type DeliveryOpaque = usize;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, _: Self::DeliveryOpaque) {
+    fn delivery(&self, result: &DeliveryResult<'_>, opaque: Self::DeliveryOpaque) {
+        self.breaker.report(result.is_ok(), opaque == PROBE);
         match result {
             Ok(_) => {
                 self.counters.acked.fetch_add(1, Ordering::Relaxed);
@@ -204,6 +212,9 @@ pub struct Status {
     pub events_generated: u64,
     pub events_acked: u64,
     pub events_failed: u64,
+    pub events_skipped: u64,
+    /// `closed`, `open` or `half-open`.
+    pub breaker_state: String,
     pub started_at: Option<DateTime<Utc>>,
     pub run: Option<serde_json::Value>,
 }
@@ -212,6 +223,7 @@ pub struct Engine {
     config: GeneratorConfig,
     producer: ThreadedProducer<DeliveryCounter>,
     counters: Arc<Counters>,
+    breaker: Arc<ProduceBreaker>,
     run: Mutex<Option<ActiveRun>>,
     /// Stops the rate sampler when the engine is dropped.
     sampler: CancellationToken,
@@ -226,6 +238,7 @@ impl Drop for Engine {
 impl Engine {
     pub fn new(config: GeneratorConfig) -> Result<Arc<Engine>, EngineError> {
         let counters = Arc::new(Counters::default());
+        let breaker = ProduceBreaker::new(config.breaker.clone());
         let p = &config.producer;
         let producer: ThreadedProducer<DeliveryCounter> = config
             .kafka
@@ -242,12 +255,14 @@ impl Engine {
             .set("batch.num.messages", "10000")
             .create_with_context(DeliveryCounter {
                 counters: counters.clone(),
+                breaker: breaker.clone(),
             })
             .map_err(EngineError::Producer)?;
         let engine = Arc::new(Engine {
             config,
             producer,
             counters,
+            breaker,
             run: Mutex::new(None),
             sampler: CancellationToken::new(),
         });
@@ -261,6 +276,10 @@ impl Engine {
 
     pub fn counters(&self) -> &Counters {
         &self.counters
+    }
+
+    pub fn breaker(&self) -> &ProduceBreaker {
+        &self.breaker
     }
 
     pub fn producer(&self) -> &ThreadedProducer<DeliveryCounter> {
@@ -326,6 +345,8 @@ impl Engine {
             events_generated: self.counters.generated.load(Ordering::Relaxed),
             events_acked: self.counters.acked.load(Ordering::Relaxed),
             events_failed: self.counters.failed.load(Ordering::Relaxed),
+            events_skipped: self.counters.skipped.load(Ordering::Relaxed),
+            breaker_state: breaker::state_name(self.breaker.state()).into(),
             started_at: guard.as_ref().map(|r| r.started_at),
             run: guard
                 .as_ref()
@@ -334,11 +355,13 @@ impl Engine {
     }
 }
 
-/// Every second, turn the generated total into a rate for status and the gauge.
+/// Every 250 ms, run the breaker's timeout watchdog; every second, turn the generated total into a
+/// rate for status and the gauge.
 fn spawn_rate_sampler(engine: std::sync::Weak<Engine>, stop: CancellationToken) {
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
         let mut last: Option<(Instant, u64)> = None;
+        let mut ticks: u64 = 0;
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
@@ -347,6 +370,11 @@ fn spawn_rate_sampler(engine: std::sync::Weak<Engine>, stop: CancellationToken) 
             let Some(engine) = engine.upgrade() else {
                 break;
             };
+            engine.breaker.check_timeout();
+            ticks += 1;
+            if ticks % 4 != 0 {
+                continue;
+            }
             let now = Instant::now();
             let total = engine.counters.generated.load(Ordering::Relaxed);
             if let Some((t, n)) = last {
@@ -446,10 +474,27 @@ async fn worker(
         if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
             break;
         }
-        let n = take(&remaining, batch.into());
-        if n == 0 {
-            break;
-        }
+        let permit = engine.breaker.permit();
+        // Open breaker: keep the pace but generate nothing, and count what was skipped. A probe
+        // while half-open is a single record.
+        let want = match permit {
+            Permit::Allowed => u64::from(batch),
+            Permit::Probe => 1,
+            Permit::Rejected => 0,
+        };
+        let n = if want == 0 {
+            u64::from(batch)
+        } else {
+            match take(&remaining, want) {
+                0 => {
+                    if permit == Permit::Probe {
+                        engine.breaker.probe_abandoned();
+                    }
+                    break;
+                }
+                n => n,
+            }
+        };
         let permits = NonZeroU32::new(n as u32).expect("n >= 1");
         let elapsed = started.elapsed();
         let wait = if params.profile.rate_multiplier(elapsed) > 1 {
@@ -469,7 +514,18 @@ async fn worker(
             },
         };
         if !ready {
+            if permit == Permit::Probe {
+                engine.breaker.probe_abandoned();
+            }
+            if want > 0 {
+                remaining.fetch_add(n, Ordering::Relaxed);
+            }
             break;
+        }
+        if permit == Permit::Rejected {
+            engine.counters.skipped.fetch_add(n, Ordering::Relaxed);
+            telemetry::events_skipped(n);
+            continue;
         }
         let now = Utc::now();
         for i in 0..n {
@@ -481,21 +537,36 @@ async fn worker(
                 .as_ref()
                 .zip(event.span_id.as_ref())
                 .map(|(t, s)| format!("00-{t}-{s}-01"));
-            if !send(
+            let outcome = send(
                 &engine,
                 &topic,
                 &event.service,
                 &buf,
                 traceparent.as_deref(),
+                permit == Permit::Probe,
                 &cancel,
             )
-            .await
-            {
-                count_generated(&engine, i);
-                return;
+            .await;
+            match outcome {
+                SendOutcome::Handled => {}
+                SendOutcome::Skipped => {
+                    // The breaker opened while the local queue was full: drop the rest of the batch
+                    // (never generated, so nothing acknowledged is lost) and give the count back.
+                    count_generated(&engine, i);
+                    engine.counters.skipped.fetch_add(n - i, Ordering::Relaxed);
+                    telemetry::events_skipped(n - i);
+                    remaining.fetch_add(n - i, Ordering::Relaxed);
+                    break;
+                }
+                SendOutcome::Cancelled => {
+                    count_generated(&engine, i);
+                    return;
+                }
+            }
+            if i + 1 == n {
+                count_generated(&engine, n);
             }
         }
-        count_generated(&engine, n);
     }
 }
 
@@ -506,14 +577,23 @@ fn count_generated(engine: &Engine, n: u64) {
 
 /// Hand one record to the producer, waiting (not spinning, not growing memory) while its local
 /// queue is full. Returns false when cancelled while waiting.
+enum SendOutcome {
+    /// Queued, or refused outright (counted as failed).
+    Handled,
+    /// Not queued because the breaker is open.
+    Skipped,
+    Cancelled,
+}
+
 async fn send(
     engine: &Engine,
     topic: &str,
     key: &str,
     payload: &[u8],
     traceparent: Option<&str>,
+    probe: bool,
     cancel: &CancellationToken,
-) -> bool {
+) -> SendOutcome {
     loop {
         let mut headers = OwnedHeaders::new_with_capacity(2).insert(Header {
             key: "content-type",
@@ -525,15 +605,29 @@ async fn send(
                 value: Some(tp),
             });
         }
-        let record = BaseRecord::to(topic)
+        let record = BaseRecord::with_opaque_to(topic, if probe { PROBE } else { 0 })
             .key(key)
             .payload(payload)
             .headers(headers);
         match engine.producer.send(record) {
-            Ok(()) => return true,
+            Ok(()) => {
+                engine.breaker.queued();
+                return SendOutcome::Handled;
+            }
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                if engine.breaker.state() == breaker::OPEN {
+                    if probe {
+                        engine.breaker.probe_abandoned();
+                    }
+                    return SendOutcome::Skipped;
+                }
                 tokio::select! {
-                    _ = cancel.cancelled() => return false,
+                    _ = cancel.cancelled() => {
+                        if probe {
+                            engine.breaker.probe_abandoned();
+                        }
+                        return SendOutcome::Cancelled;
+                    }
                     _ = tokio::time::sleep(Duration::from_millis(2)) => {}
                 }
             }
@@ -542,7 +636,11 @@ async fn send(
                 engine.counters.failed.fetch_add(1, Ordering::Relaxed);
                 telemetry::send_errors(1);
                 tracing::warn!(error = %e, "produce refused");
-                return true;
+                engine.breaker.failed_now();
+                if probe {
+                    engine.breaker.probe_abandoned();
+                }
+                return SendOutcome::Handled;
             }
         }
     }

@@ -2,6 +2,7 @@
 //!
 //! - [`config`]: settings (defaults → TOML → env → flags) and the validated body of a start request.
 //! - [`events`]: the event factory (services, components, templates, weighted levels, attributes).
+//! - [`breaker`]: the circuit breaker around produce (failsafe plus a timeout and a half-open cap).
 //! - [`engine`]: the run loop (governor pacing, batching) and the idempotent producer with its
 //!   delivery-report counters.
 //! - [`http`]: `POST /api/v1/generator/start|stop`, `GET /api/v1/generator/status`, `/health`,
@@ -9,6 +10,7 @@
 //! - [`startup`]: `Application::build(config)` → `run_until_stopped(token)`, used by `main` and tests.
 //! - [`telemetry`]: the generator's named metrics.
 
+pub mod breaker;
 pub mod config;
 pub mod engine;
 pub mod events;

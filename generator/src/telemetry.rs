@@ -19,10 +19,22 @@ pub fn send_errors(n: u64) {
     counter!("kafka_send_errors_total").increment(n);
 }
 
+/// Events not generated because the circuit breaker was open.
+pub fn events_skipped(n: u64) {
+    counter!("log_events_skipped_total", "reason" => "breaker_open").increment(n);
+}
+
+/// 0 closed, 1 open, 2 half-open.
+pub fn circuit_breaker_state(state: u8) {
+    gauge!("circuit_breaker_state").set(f64::from(state));
+}
+
 /// Register every series at zero so dashboards and alerts see them before the first event.
 pub fn describe() {
     events_generated(0);
     messages_sent(0);
     send_errors(0);
     generation_rate(0.0);
+    events_skipped(0);
+    circuit_breaker_state(0);
 }

@@ -1,0 +1,285 @@
+//! The circuit breaker around produce: `failsafe`'s state machine, plus the two things it lacks.
+//!
+//! - **A timeout.** Produce is asynchronous: a record is queued, and its delivery report comes later
+//!   (after `message.timeout.ms`, 30 s, when the broker is gone). So a watchdog counts a failure each
+//!   tick while records are in flight and no report has arrived for `call_timeout_ms`: a slow or dead
+//!   broker opens the breaker within seconds instead of half a minute.
+//! - **A cap on half-open probes.** failsafe lets every call through while half-open; here at most
+//!   `half_open_max_probes` probe records are in flight at once, and everything else waits.
+//!
+//! Delivery reports feed the state machine (`on_success`/`on_error`); the state is mirrored into an
+//! atomic for status and the `circuit_breaker_state` gauge (0 closed, 1 open, 2 half-open).
+
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use failsafe::backoff::{self, Exponential};
+use failsafe::failure_policy::{self, ConsecutiveFailures};
+use failsafe::{Config, Instrument, StateMachine};
+use serde::{Deserialize, Serialize};
+
+use crate::telemetry;
+
+pub const CLOSED: u8 = 0;
+pub const OPEN: u8 = 1;
+pub const HALF_OPEN: u8 = 2;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BreakerSettings {
+    /// Consecutive failures (failed deliveries or timed-out ticks) that open the breaker.
+    pub failure_threshold: u32,
+    /// First open period; doubles on each failed probe up to `max_open_ms`. At least 1,000 (failsafe's
+    /// exponential backoff counts in whole seconds).
+    pub open_ms: u64,
+    pub max_open_ms: u64,
+    /// No delivery report for this long while records are in flight counts as a failure.
+    pub call_timeout_ms: u64,
+    /// Probe records allowed in flight while half-open.
+    pub half_open_max_probes: u32,
+}
+
+impl Default for BreakerSettings {
+    fn default() -> Self {
+        Self {
+            failure_threshold: 5,
+            open_ms: 2_000,
+            max_open_ms: 30_000,
+            call_timeout_ms: 2_000,
+            half_open_max_probes: 1,
+        }
+    }
+}
+
+/// Mirrors failsafe's transitions into an atomic and the gauge.
+struct StateMirror(Arc<AtomicU8>);
+
+impl StateMirror {
+    fn set(&self, state: u8) {
+        let before = self.0.swap(state, Ordering::Relaxed);
+        if before != state {
+            telemetry::circuit_breaker_state(state);
+            tracing::warn!(state = state_name(state), "circuit breaker changed state");
+        }
+    }
+}
+
+impl Instrument for StateMirror {
+    fn on_call_rejected(&self) {}
+    fn on_open(&self) {
+        self.set(OPEN);
+    }
+    fn on_half_open(&self) {
+        self.set(HALF_OPEN);
+    }
+    fn on_closed(&self) {
+        self.set(CLOSED);
+    }
+}
+
+pub fn state_name(state: u8) -> &'static str {
+    match state {
+        OPEN => "open",
+        HALF_OPEN => "half-open",
+        _ => "closed",
+    }
+}
+
+/// What the breaker allows for the next record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permit {
+    Allowed,
+    /// Half-open: this record is a probe; its delivery report frees the probe slot.
+    Probe,
+    Rejected,
+}
+
+pub struct ProduceBreaker {
+    machine: StateMachine<ConsecutiveFailures<Exponential>, StateMirror>,
+    state: Arc<AtomicU8>,
+    settings: BreakerSettings,
+    probes_in_flight: AtomicU32,
+    queued: AtomicU64,
+    reported: AtomicU64,
+    /// Milliseconds since `epoch` of the last delivery report.
+    last_report_ms: AtomicU64,
+    epoch: Instant,
+}
+
+impl ProduceBreaker {
+    pub fn new(settings: BreakerSettings) -> Arc<ProduceBreaker> {
+        let state = Arc::new(AtomicU8::new(CLOSED));
+        let open_ms = settings.open_ms.max(1_000);
+        let policy = failure_policy::consecutive_failures(
+            settings.failure_threshold.max(1),
+            backoff::exponential(
+                Duration::from_millis(open_ms),
+                Duration::from_millis(settings.max_open_ms.max(open_ms)),
+            ),
+        );
+        let machine = Config::new()
+            .failure_policy(policy)
+            .instrument(StateMirror(state.clone()))
+            .build();
+        Arc::new(ProduceBreaker {
+            machine,
+            state,
+            settings,
+            probes_in_flight: AtomicU32::new(0),
+            queued: AtomicU64::new(0),
+            reported: AtomicU64::new(0),
+            last_report_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+        })
+    }
+
+    pub fn state(&self) -> u8 {
+        self.state.load(Ordering::Relaxed)
+    }
+
+    pub fn permit(&self) -> Permit {
+        if !self.machine.is_call_permitted() {
+            return Permit::Rejected;
+        }
+        if self.state() != HALF_OPEN {
+            return Permit::Allowed;
+        }
+        let max = self.settings.half_open_max_probes.max(1);
+        let taken = self
+            .probes_in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            });
+        if taken.is_ok() {
+            Permit::Probe
+        } else {
+            Permit::Rejected
+        }
+    }
+
+    /// A record was handed to the producer (its report will come).
+    pub fn queued(&self) {
+        if self.queued.fetch_add(1, Ordering::Relaxed) == self.reported.load(Ordering::Relaxed) {
+            // First record in flight after a quiet period: the timeout starts now, not at the last report.
+            self.touch();
+        }
+    }
+
+    /// A probe could not even be queued: free its slot.
+    pub fn probe_abandoned(&self) {
+        self.probes_in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// A delivery report arrived (called from the producer's delivery callback).
+    pub fn report(&self, ok: bool, probe: bool) {
+        self.reported.fetch_add(1, Ordering::Relaxed);
+        self.touch();
+        if probe {
+            self.probes_in_flight.fetch_sub(1, Ordering::AcqRel);
+        }
+        if ok {
+            self.machine.on_success();
+        } else {
+            self.machine.on_error();
+        }
+    }
+
+    /// A produce call failed synchronously (not queued at all).
+    pub fn failed_now(&self) {
+        self.machine.on_error();
+    }
+
+    fn touch(&self) {
+        self.last_report_ms
+            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// One watchdog tick: records in flight with no report for `call_timeout_ms` count as a failure.
+    pub fn check_timeout(&self) {
+        let in_flight = self
+            .queued
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.reported.load(Ordering::Relaxed));
+        let silent_ms = (self.epoch.elapsed().as_millis() as u64)
+            .saturating_sub(self.last_report_ms.load(Ordering::Relaxed));
+        if in_flight > 0 && silent_ms >= self.settings.call_timeout_ms {
+            self.machine.on_error();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fast() -> BreakerSettings {
+        BreakerSettings {
+            failure_threshold: 3,
+            open_ms: 1_000,
+            max_open_ms: 1_000,
+            call_timeout_ms: 20,
+            half_open_max_probes: 1,
+        }
+    }
+
+    #[test]
+    fn opens_after_the_threshold_of_failed_deliveries_and_rejects_calls() {
+        let b = ProduceBreaker::new(fast());
+        for _ in 0..2 {
+            b.report(false, false);
+        }
+        assert_eq!(b.state(), CLOSED);
+        b.report(false, false);
+        assert_eq!(b.state(), OPEN);
+        assert_eq!(b.permit(), Permit::Rejected);
+    }
+
+    #[test]
+    fn a_silent_broker_with_records_in_flight_counts_as_failing() {
+        let b = ProduceBreaker::new(fast());
+        b.queued();
+        for _ in 0..3 {
+            std::thread::sleep(Duration::from_millis(25));
+            b.check_timeout();
+        }
+        assert_eq!(b.state(), OPEN);
+    }
+
+    #[test]
+    fn nothing_in_flight_is_not_a_timeout() {
+        let b = ProduceBreaker::new(fast());
+        std::thread::sleep(Duration::from_millis(30));
+        for _ in 0..5 {
+            b.check_timeout();
+        }
+        assert_eq!(b.state(), CLOSED);
+    }
+
+    #[test]
+    fn half_open_allows_only_the_configured_probes_then_closes_on_success() {
+        let b = ProduceBreaker::new(fast());
+        for _ in 0..3 {
+            b.report(false, false);
+        }
+        std::thread::sleep(Duration::from_millis(1_050));
+        assert_eq!(b.permit(), Permit::Probe);
+        assert_eq!(b.state(), HALF_OPEN);
+        assert_eq!(b.permit(), Permit::Rejected, "second probe refused");
+        b.report(true, true);
+        assert_eq!(b.state(), CLOSED);
+        assert_eq!(b.permit(), Permit::Allowed);
+    }
+
+    #[test]
+    fn a_failed_probe_opens_the_breaker_again() {
+        let b = ProduceBreaker::new(fast());
+        for _ in 0..3 {
+            b.report(false, false);
+        }
+        std::thread::sleep(Duration::from_millis(1_050));
+        assert_eq!(b.permit(), Permit::Probe);
+        b.report(false, true);
+        assert_eq!(b.state(), OPEN);
+    }
+}

@@ -372,7 +372,7 @@ fn spawn_rate_sampler(engine: std::sync::Weak<Engine>, stop: CancellationToken) 
             };
             engine.breaker.check_timeout();
             ticks += 1;
-            if ticks % 4 != 0 {
+            if !ticks.is_multiple_of(4) {
                 continue;
             }
             let now = Instant::now();

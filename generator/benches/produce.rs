@@ -2,8 +2,9 @@
 //!
 //!   LOGPIPE_BENCH_BROKERS=127.0.0.1:9092 cargo bench -p logpipe-generator --bench produce [-- N]
 //!
-//! Ceiling: N pre-serialized payloads of the standard profile sent by a bare rdkafka loop (same
-//! producer settings, no generation, no pacing). Generator: the real engine producing N events with
+//! Ceiling: N pre-serialized records of the standard profile (key, payload and the same two headers
+//! the generator attaches) sent by a bare rdkafka loop (same producer settings, no generation, no
+//! pacing). Generator: the real engine producing N events with
 //! the rate set to the maximum. Both count only delivery-acknowledged records. Each phase uses its own
 //! fresh topic so neither pays for the other's data.
 
@@ -16,6 +17,7 @@ use logpipe_generator::config::GeneratorConfig;
 use logpipe_generator::engine::{Engine, RunParams, StartRequest};
 use logpipe_generator::events::{EventFactory, Profile};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 
 fn main() {
@@ -46,13 +48,18 @@ fn main() {
             .await
             .expect("topics");
         let mut factory = EventFactory::new(1, "bench", Profile::Steady);
-        let payloads: Vec<(String, Vec<u8>)> = (0..n)
+        let payloads: Vec<(String, Vec<u8>, String)> = (0..n)
             .map(|_| {
                 let e = factory.next_event(Utc::now(), Duration::ZERO);
-                (e.service.clone(), e.to_json())
+                let traceparent = format!(
+                    "00-{}-{}-01",
+                    e.trace_id.as_deref().unwrap_or_default(),
+                    e.span_id.as_deref().unwrap_or_default()
+                );
+                (e.service.clone(), e.to_json(), traceparent)
             })
             .collect();
-        let avg = payloads.iter().map(|(_, p)| p.len()).sum::<usize>() / payloads.len();
+        let avg = payloads.iter().map(|(_, p, _)| p.len()).sum::<usize>() / payloads.len();
         let p = &config.producer;
         let producer: ThreadedProducer<DefaultProducerContext> = ceiling_kafka
             .client_config("bench-ceiling")
@@ -70,9 +77,22 @@ fn main() {
         let topic = ceiling_kafka.raw_topic.clone();
         let ceiling_secs = tokio::task::spawn_blocking(move || {
             let started = Instant::now();
-            for (key, payload) in &payloads {
+            for (key, payload, traceparent) in &payloads {
                 loop {
-                    match producer.send(BaseRecord::to(&topic).key(key).payload(payload)) {
+                    let headers = OwnedHeaders::new_with_capacity(2)
+                        .insert(Header {
+                            key: "content-type",
+                            value: Some("application/json"),
+                        })
+                        .insert(Header {
+                            key: "traceparent",
+                            value: Some(traceparent.as_str()),
+                        });
+                    let record = BaseRecord::to(&topic)
+                        .key(key)
+                        .payload(payload)
+                        .headers(headers);
+                    match producer.send(record) {
                         Ok(()) => break,
                         Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                             std::thread::sleep(Duration::from_millis(1))

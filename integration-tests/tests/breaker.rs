@@ -37,7 +37,7 @@ fn start_broker(port: u16, dir: &std::path::Path) -> Child {
         .open(dir.join("broker.log"))
         .unwrap();
     let url = format!("tcp://127.0.0.1:{port}");
-    let child = Command::new(tansu_bin())
+    let mut child = Command::new(tansu_bin())
         .args([
             "broker",
             "--listener-url",
@@ -58,6 +58,8 @@ fn start_broker(port: u16, dir: &std::path::Path) -> Child {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("broker did not listen on {port}");
 }
 

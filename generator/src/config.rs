@@ -8,6 +8,7 @@ use logpipe_common::kafka::KafkaSettings;
 use serde::{Deserialize, Serialize};
 
 use crate::breaker::BreakerSettings;
+use crate::budget::BudgetSettings;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -20,6 +21,7 @@ pub struct GeneratorConfig {
     pub kafka: KafkaSettings,
     pub producer: ProducerSettings,
     pub breaker: BreakerSettings,
+    pub budget: BudgetSettings,
     /// Run parameters used when a start request leaves them out.
     pub defaults: RunDefaults,
     /// Start generating with `defaults` as soon as the service is up.
@@ -59,6 +61,7 @@ impl Default for GeneratorConfig {
             kafka: KafkaSettings::default(),
             producer: ProducerSettings::default(),
             breaker: BreakerSettings::default(),
+            budget: BudgetSettings::default(),
             defaults: RunDefaults::default(),
             autostart: false,
         }
@@ -102,7 +105,7 @@ impl GeneratorConfig {
     /// One line for the startup log, with credentials redacted.
     pub fn summary(&self) -> String {
         format!(
-            "listen={}:{} instance={} brokers={} topic={} rate={}/s threads={} batch={} compression={} acks={}",
+            "listen={}:{} instance={} brokers={} topic={} rate={}/s threads={} batch={} compression={} acks={} global_budget={}/s redis={}",
             self.host,
             self.port,
             self.instance_id,
@@ -112,7 +115,9 @@ impl GeneratorConfig {
             self.defaults.threads,
             self.defaults.batch_size,
             self.producer.compression,
-            self.producer.acks
+            self.producer.acks,
+            self.budget.global_rate_per_second,
+            redact_url(&self.budget.redis_url)
         )
     }
 
@@ -175,6 +180,13 @@ pub struct Cli {
     pub batch_size: Option<u32>,
     #[arg(long, env = "LOGPIPE_GENERATOR_AUTOSTART")]
     pub autostart: Option<bool>,
+    #[arg(long, env = "LOGPIPE_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+    /// Cap on the sum of all instances' rates, shared through Redis; 0 = off.
+    #[arg(long, env = "LOGPIPE_GLOBAL_RATE_PER_SECOND")]
+    pub global_rate_per_second: Option<u32>,
+    #[arg(long, env = "LOGPIPE_BUDGET_KEY_PREFIX")]
+    pub budget_key_prefix: Option<String>,
 }
 
 impl Cli {
@@ -200,6 +212,9 @@ impl Cli {
         set!(self.threads => c.defaults.threads);
         set!(self.batch_size => c.defaults.batch_size);
         set!(self.autostart => c.autostart);
+        set!(self.redis_url => c.budget.redis_url);
+        set!(self.global_rate_per_second => c.budget.global_rate_per_second);
+        set!(self.budget_key_prefix => c.budget.key_prefix);
         c.validate()?;
         Ok(c)
     }

@@ -22,6 +22,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::breaker::{self, Permit, ProduceBreaker};
+use crate::budget::GlobalBudget;
 use crate::config::{GeneratorConfig, RunDefaults};
 use crate::events::{EventFactory, Profile, BURST_MULTIPLIER};
 use crate::telemetry;
@@ -138,6 +139,8 @@ pub struct Counters {
     pub failed: AtomicU64,
     /// Events not generated because the circuit breaker was open.
     pub skipped: AtomicU64,
+    /// Events that waited for a later second of the global budget.
+    pub rate_limited: AtomicU64,
     /// Measured generation rate over the last second, as f64 bits.
     rate_bits: AtomicU64,
 }
@@ -213,6 +216,9 @@ pub struct Status {
     pub events_acked: u64,
     pub events_failed: u64,
     pub events_skipped: u64,
+    pub events_rate_limited: u64,
+    /// The global budget: backend (`redis` or `local`), budget and instances seen; absent when off.
+    pub budget: Option<serde_json::Value>,
     /// `closed`, `open` or `half-open`.
     pub breaker_state: String,
     pub started_at: Option<DateTime<Utc>>,
@@ -224,6 +230,7 @@ pub struct Engine {
     producer: ThreadedProducer<DeliveryCounter>,
     counters: Arc<Counters>,
     breaker: Arc<ProduceBreaker>,
+    budget: Option<GlobalBudget>,
     run: Mutex<Option<ActiveRun>>,
     /// Stops the rate sampler when the engine is dropped.
     sampler: CancellationToken,
@@ -258,11 +265,13 @@ impl Engine {
                 breaker: breaker.clone(),
             })
             .map_err(EngineError::Producer)?;
+        let budget = GlobalBudget::new(config.budget.clone(), config.instance_id.clone());
         let engine = Arc::new(Engine {
             config,
             producer,
             counters,
             breaker,
+            budget,
             run: Mutex::new(None),
             sampler: CancellationToken::new(),
         });
@@ -346,6 +355,14 @@ impl Engine {
             events_acked: self.counters.acked.load(Ordering::Relaxed),
             events_failed: self.counters.failed.load(Ordering::Relaxed),
             events_skipped: self.counters.skipped.load(Ordering::Relaxed),
+            events_rate_limited: self.counters.rate_limited.load(Ordering::Relaxed),
+            budget: self.budget.as_ref().map(|b| {
+                serde_json::json!({
+                    "backend": b.backend(),
+                    "global_rate_per_second": b.global_rate(),
+                    "instances": b.instances(),
+                })
+            }),
             breaker_state: breaker::state_name(self.breaker.state()).into(),
             started_at: guard.as_ref().map(|r| r.started_at),
             run: guard
@@ -526,6 +543,26 @@ async fn worker(
             engine.counters.skipped.fetch_add(n, Ordering::Relaxed);
             telemetry::events_skipped(n);
             continue;
+        }
+        // Several instances: this batch also needs permits from the shared budget (one round trip).
+        if let Some(budget) = &engine.budget {
+            match budget.acquire(n as u32, &cancel).await {
+                Some(0) => {}
+                Some(limited) => {
+                    engine
+                        .counters
+                        .rate_limited
+                        .fetch_add(limited, Ordering::Relaxed);
+                    telemetry::events_rate_limited(limited);
+                }
+                None => {
+                    if permit == Permit::Probe {
+                        engine.breaker.probe_abandoned();
+                    }
+                    remaining.fetch_add(n, Ordering::Relaxed);
+                    break;
+                }
+            }
         }
         let now = Utc::now();
         for i in 0..n {

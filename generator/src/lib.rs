@@ -3,6 +3,7 @@
 //! - [`config`]: settings (defaults → TOML → env → flags) and the validated body of a start request.
 //! - [`events`]: the event factory (services, components, templates, weighted levels, attributes).
 //! - [`breaker`]: the circuit breaker around produce (failsafe plus a timeout and a half-open cap).
+//! - [`budget`]: the global rate budget shared by all instances through Redis, with a local fallback.
 //! - [`engine`]: the run loop (governor pacing, batching) and the idempotent producer with its
 //!   delivery-report counters.
 //! - [`http`]: `POST /api/v1/generator/start|stop`, `GET /api/v1/generator/status`, `/health`,
@@ -11,6 +12,7 @@
 //! - [`telemetry`]: the generator's named metrics.
 
 pub mod breaker;
+pub mod budget;
 pub mod config;
 pub mod engine;
 pub mod events;

@@ -19,6 +19,17 @@ pub fn send_errors(n: u64) {
     counter!("kafka_send_errors_total").increment(n);
 }
 
+/// Events that had to wait for a later second of the global budget.
+pub fn events_rate_limited(n: u64) {
+    counter!("log_events_rate_limited_total").increment(n);
+}
+
+/// Which backend holds the budget: Redis (global) or this process (local fallback).
+pub fn budget_backend(local: bool) {
+    gauge!("generator_budget_backend", "backend" => "redis").set(if local { 0.0 } else { 1.0 });
+    gauge!("generator_budget_backend", "backend" => "local").set(if local { 1.0 } else { 0.0 });
+}
+
 /// Events not generated because the circuit breaker was open.
 pub fn events_skipped(n: u64) {
     counter!("log_events_skipped_total", "reason" => "breaker_open").increment(n);
@@ -36,5 +47,6 @@ pub fn describe() {
     send_errors(0);
     generation_rate(0.0);
     events_skipped(0);
+    events_rate_limited(0);
     circuit_breaker_state(0);
 }

@@ -20,6 +20,8 @@ ensure_postgres
 ensure_redis
 ensure_tansu
 ensure_database logpipe_test
+# The budget tests run a private redis-server of their own, to stop and restart it.
+command -v redis-server >/dev/null || apt_install redis-server
 
 TEST_RUN=$(mktemp -d "${TMPDIR:-/tmp}/logpipe-test.XXXXXX")
 BROKER_PORT=${LOGPIPE_TEST_BROKER_PORT:-19092}

@@ -471,14 +471,19 @@ async fn worker(
     let Some(rate) = NonZeroU32::new(rate) else {
         return;
     };
-    // The burst equals one batch: a batch is paced as a unit, so the limiter is consulted once per
-    // batch, not once per event.
+    // A batch is paced as a unit, so the limiter is consulted once per batch, not once per event.
+    // Capacity is two batches, one of them drained at start: a timer that wakes late (tokio sleeps
+    // in whole milliseconds, a large share of a 5 ms batch period) leaves credit for the next batch
+    // instead of losing it, so the long-run rate holds the target.
     let batch = params.batch_size.min(rate.get());
-    let burst = NonZeroU32::new(batch).expect("batch >= 1");
-    let limiter = RateLimiter::direct(Quota::per_second(rate).allow_burst(burst));
+    let one_batch = NonZeroU32::new(batch).expect("batch >= 1");
+    let capacity = NonZeroU32::new(batch.saturating_mul(2)).expect("non-zero");
+    let limiter = RateLimiter::direct(Quota::per_second(rate).allow_burst(capacity));
+    let _ = limiter.check_n(one_batch);
     // `burst` profile: a second limiter at ten times the rate, used while the burst is on.
     let burst_rate = rate.saturating_mul(NonZeroU32::new(BURST_MULTIPLIER).expect("non-zero"));
-    let burst_limiter = RateLimiter::direct(Quota::per_second(burst_rate).allow_burst(burst));
+    let burst_limiter = RateLimiter::direct(Quota::per_second(burst_rate).allow_burst(capacity));
+    let _ = burst_limiter.check_n(one_batch);
     let mut factory = EventFactory::new(
         worker_seed(params.seed, &engine.config.instance_id, index),
         engine.config.instance_id.clone(),

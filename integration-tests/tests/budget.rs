@@ -145,3 +145,109 @@ async fn without_redis_an_instance_falls_back_to_its_local_share_and_keeps_gener
     assert_eq!(s.budget.as_ref().unwrap()["backend"], "local");
     engine.stop().await;
 }
+
+/// A private Redis on a free port, so this test can stop and restart it without touching the shared one.
+fn start_redis(port: u16) -> std::process::Child {
+    let mut child = std::process::Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server is installed (./test.sh installs it)");
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return child;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("redis-server did not listen on {port}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_rejoins_the_global_budget_when_redis_comes_back() {
+    let name = it::unique("budgetrejoin");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut redis = start_redis(port);
+    let config = budgeted(&name, "a", format!("redis://127.0.0.1:{port}"), 2_000);
+    let app = logpipe_generator::Application::build(config.clone())
+        .await
+        .unwrap();
+    let engine = app.engine();
+    let req = StartRequest {
+        rate_per_second: Some(500),
+        batch_size: Some(20),
+        ..Default::default()
+    };
+    engine
+        .start(RunParams::from_request(&req, &config.defaults).unwrap())
+        .unwrap();
+    let backend = |engine: &std::sync::Arc<logpipe_generator::engine::Engine>| {
+        engine.status().budget.unwrap()["backend"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let wait = Duration::from_secs(30);
+    it::wait_for("budget from Redis", wait, || {
+        let b = backend(&engine);
+        async move {
+            if b == "redis" {
+                Ok(())
+            } else {
+                Err(b)
+            }
+        }
+    })
+    .await;
+
+    redis.kill().unwrap();
+    redis.wait().unwrap();
+    it::wait_for("local fallback", wait, || {
+        let b = backend(&engine);
+        async move {
+            if b == "local" {
+                Ok(())
+            } else {
+                Err(b)
+            }
+        }
+    })
+    .await;
+    let on_local = engine.status().events_generated;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        engine.status().events_generated > on_local,
+        "keeps generating on the local share"
+    );
+
+    let mut redis = start_redis(port);
+    it::wait_for("back on Redis", wait, || {
+        let b = backend(&engine);
+        async move {
+            if b == "redis" {
+                Ok(())
+            } else {
+                Err(b)
+            }
+        }
+    })
+    .await;
+    engine.stop().await;
+    redis.kill().unwrap();
+    let _ = redis.wait();
+}

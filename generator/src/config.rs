@@ -138,6 +138,21 @@ impl GeneratorConfig {
                 reason: format!("{:?} is not one of all, 1, 0", self.producer.acks),
             });
         }
+        if self.breaker.open_ms < 1_000 {
+            return Err(ConfigError::Invalid {
+                field: "breaker.open_ms",
+                reason: format!(
+                    "{} ms; at least 1000 (failsafe backs off in whole seconds)",
+                    self.breaker.open_ms
+                ),
+            });
+        }
+        if self.breaker.failure_threshold == 0 || self.breaker.half_open_max_probes == 0 {
+            return Err(ConfigError::Invalid {
+                field: "breaker",
+                reason: "failure_threshold and half_open_max_probes must be at least 1".into(),
+            });
+        }
         crate::engine::RunParams::from_request(&Default::default(), &self.defaults)
             .map(|_| ())
             .map_err(|e| ConfigError::Invalid {
@@ -187,6 +202,16 @@ pub struct Cli {
     pub global_rate_per_second: Option<u32>,
     #[arg(long, env = "LOGPIPE_BUDGET_KEY_PREFIX")]
     pub budget_key_prefix: Option<String>,
+    #[arg(long, env = "LOGPIPE_BREAKER_FAILURE_THRESHOLD")]
+    pub breaker_failure_threshold: Option<u32>,
+    #[arg(long, env = "LOGPIPE_BREAKER_OPEN_MS")]
+    pub breaker_open_ms: Option<u64>,
+    #[arg(long, env = "LOGPIPE_BREAKER_MAX_OPEN_MS")]
+    pub breaker_max_open_ms: Option<u64>,
+    #[arg(long, env = "LOGPIPE_BREAKER_CALL_TIMEOUT_MS")]
+    pub breaker_call_timeout_ms: Option<u64>,
+    #[arg(long, env = "LOGPIPE_BREAKER_HALF_OPEN_MAX_PROBES")]
+    pub breaker_half_open_max_probes: Option<u32>,
 }
 
 impl Cli {
@@ -215,6 +240,11 @@ impl Cli {
         set!(self.redis_url => c.budget.redis_url);
         set!(self.global_rate_per_second => c.budget.global_rate_per_second);
         set!(self.budget_key_prefix => c.budget.key_prefix);
+        set!(self.breaker_failure_threshold => c.breaker.failure_threshold);
+        set!(self.breaker_open_ms => c.breaker.open_ms);
+        set!(self.breaker_max_open_ms => c.breaker.max_open_ms);
+        set!(self.breaker_call_timeout_ms => c.breaker.call_timeout_ms);
+        set!(self.breaker_half_open_max_probes => c.breaker.half_open_max_probes);
         c.validate()?;
         Ok(c)
     }
@@ -248,6 +278,15 @@ mod tests {
         assert_eq!(c.defaults.rate_per_second, 123);
         assert_eq!(c.defaults.batch_size, 7);
         assert_eq!(c.defaults.threads, 1);
+    }
+
+    #[test]
+    fn breaker_flags_override_defaults_and_a_sub_second_open_period_is_refused() {
+        let cli = Cli::try_parse_from(["g", "--breaker-failure-threshold", "9"]).unwrap();
+        assert_eq!(cli.into_config().unwrap().breaker.failure_threshold, 9);
+        let cli = Cli::try_parse_from(["g", "--breaker-open-ms", "500"]).unwrap();
+        let err = cli.into_config().unwrap_err().to_string();
+        assert!(err.contains("breaker.open_ms"), "{err}");
     }
 
     #[test]

@@ -161,23 +161,18 @@ pub struct Cli {
 impl Cli {
     pub fn into_config(self) -> Result<CollectorConfig, ConfigError> {
         let mut c: CollectorConfig = load_toml(self.config.as_deref())?;
-        macro_rules! set {
-            ($src:expr => $dst:expr) => {
-                if let Some(v) = $src {
-                    $dst = v;
-                }
-            };
-        }
-        set!(self.host => c.host);
-        set!(self.port => c.port);
-        set!(self.brokers => c.kafka.brokers);
-        set!(self.topic => c.kafka.raw_topic);
-        set!(self.partitions => c.kafka.raw_partitions);
-        set!(self.group_id => c.consumer.group_id);
-        set!(self.database_url => c.database.url);
-        set!(self.database_schema => c.database.schema);
-        set!(self.batch_max_events => c.consumer.batch_max_events);
-        set!(self.batch_max_ms => c.consumer.batch_max_ms);
+        logpipe_common::overlay!(
+            self.host => c.host,
+            self.port => c.port,
+            self.brokers => c.kafka.brokers,
+            self.topic => c.kafka.raw_topic,
+            self.partitions => c.kafka.raw_partitions,
+            self.group_id => c.consumer.group_id,
+            self.database_url => c.database.url,
+            self.database_schema => c.database.schema,
+            self.batch_max_events => c.consumer.batch_max_events,
+            self.batch_max_ms => c.consumer.batch_max_ms,
+        );
         c.validate()?;
         Ok(c)
     }

@@ -37,6 +37,17 @@ pub fn load_toml<T: DeserializeOwned + Default>(path: Option<&Path>) -> Result<T
     })
 }
 
+/// Overlay optional values (env or flags, as clap parsed them) onto a config that already holds
+/// defaults and the TOML file: `overlay!(cli.port => config.port, ...)`.
+#[macro_export]
+macro_rules! overlay {
+    ($($src:expr => $dst:expr),* $(,)?) => {
+        $(if let Some(v) = $src {
+            $dst = v;
+        })*
+    };
+}
+
 /// `postgres://user:secret@host/db` → `postgres://user:***@host/db`, for logs.
 pub fn redact_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {

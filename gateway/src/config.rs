@@ -87,18 +87,13 @@ pub struct Cli {
 impl Cli {
     pub fn into_config(self) -> Result<GatewayConfig, ConfigError> {
         let mut c: GatewayConfig = load_toml(self.config.as_deref())?;
-        macro_rules! set {
-            ($src:expr => $dst:expr) => {
-                if let Some(v) = $src {
-                    $dst = v;
-                }
-            };
-        }
-        set!(self.host => c.host);
-        set!(self.port => c.port);
-        set!(self.generator_urls => c.generator_urls);
-        set!(self.collector_url => c.collector_url);
-        set!(self.body_limit_bytes => c.body_limit_bytes);
+        logpipe_common::overlay!(
+            self.host => c.host,
+            self.port => c.port,
+            self.generator_urls => c.generator_urls,
+            self.collector_url => c.collector_url,
+            self.body_limit_bytes => c.body_limit_bytes,
+        );
         c.generator_urls = c
             .generator_urls
             .iter()

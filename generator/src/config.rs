@@ -217,34 +217,29 @@ pub struct Cli {
 impl Cli {
     pub fn into_config(self) -> Result<GeneratorConfig, ConfigError> {
         let mut c: GeneratorConfig = load_toml(self.config.as_deref())?;
-        macro_rules! set {
-            ($src:expr => $dst:expr) => {
-                if let Some(v) = $src {
-                    $dst = v;
-                }
-            };
-        }
-        set!(self.host => c.host);
-        set!(self.port => c.port);
-        set!(self.instance_id => c.instance_id);
-        set!(self.brokers => c.kafka.brokers);
-        set!(self.topic => c.kafka.raw_topic);
-        set!(self.partitions => c.kafka.raw_partitions);
-        set!(self.linger_ms => c.producer.linger_ms);
-        set!(self.compression => c.producer.compression);
-        set!(self.acks => c.producer.acks);
-        set!(self.rate_per_second => c.defaults.rate_per_second);
-        set!(self.threads => c.defaults.threads);
-        set!(self.batch_size => c.defaults.batch_size);
-        set!(self.autostart => c.autostart);
-        set!(self.redis_url => c.budget.redis_url);
-        set!(self.global_rate_per_second => c.budget.global_rate_per_second);
-        set!(self.budget_key_prefix => c.budget.key_prefix);
-        set!(self.breaker_failure_threshold => c.breaker.failure_threshold);
-        set!(self.breaker_open_ms => c.breaker.open_ms);
-        set!(self.breaker_max_open_ms => c.breaker.max_open_ms);
-        set!(self.breaker_call_timeout_ms => c.breaker.call_timeout_ms);
-        set!(self.breaker_half_open_max_probes => c.breaker.half_open_max_probes);
+        logpipe_common::overlay!(
+            self.host => c.host,
+            self.port => c.port,
+            self.instance_id => c.instance_id,
+            self.brokers => c.kafka.brokers,
+            self.topic => c.kafka.raw_topic,
+            self.partitions => c.kafka.raw_partitions,
+            self.linger_ms => c.producer.linger_ms,
+            self.compression => c.producer.compression,
+            self.acks => c.producer.acks,
+            self.rate_per_second => c.defaults.rate_per_second,
+            self.threads => c.defaults.threads,
+            self.batch_size => c.defaults.batch_size,
+            self.autostart => c.autostart,
+            self.redis_url => c.budget.redis_url,
+            self.global_rate_per_second => c.budget.global_rate_per_second,
+            self.budget_key_prefix => c.budget.key_prefix,
+            self.breaker_failure_threshold => c.breaker.failure_threshold,
+            self.breaker_open_ms => c.breaker.open_ms,
+            self.breaker_max_open_ms => c.breaker.max_open_ms,
+            self.breaker_call_timeout_ms => c.breaker.call_timeout_ms,
+            self.breaker_half_open_max_probes => c.breaker.half_open_max_probes,
+        );
         c.validate()?;
         Ok(c)
     }

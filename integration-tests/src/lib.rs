@@ -174,3 +174,26 @@ pub async fn count_events(pool: &sqlx::PgPool) -> i64 {
         .await
         .unwrap_or(-1)
 }
+
+/// A port nothing listens on right now (bound, read, released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind a free port")
+        .port()
+}
+
+/// Start a server process (a private broker or Redis a test may kill and restart) and wait until it
+/// listens on `port`; a process that never listens is reaped and the test fails.
+pub fn spawn_listening(cmd: &mut std::process::Command, port: u16) -> std::process::Child {
+    let mut child = cmd.spawn().expect("start server process");
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return child;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("{cmd:?} did not listen on port {port}");
+}

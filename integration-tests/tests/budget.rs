@@ -148,40 +148,18 @@ async fn without_redis_an_instance_falls_back_to_its_local_share_and_keeps_gener
 
 /// A private Redis on a free port, so this test can stop and restart it without touching the shared one.
 fn start_redis(port: u16) -> std::process::Child {
-    let mut child = std::process::Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
+    let mut cmd = std::process::Command::new("redis-server");
+    cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("redis-server is installed (./test.sh installs it)");
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return child;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("redis-server did not listen on {port}");
+        .stderr(std::process::Stdio::null());
+    it::spawn_listening(&mut cmd, port)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_rejoins_the_global_budget_when_redis_comes_back() {
     let name = it::unique("budgetrejoin");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = it::free_port();
     let mut redis = start_redis(port);
     let config = budgeted(&name, "a", format!("redis://127.0.0.1:{port}"), 2_000);
     let app = logpipe_generator::Application::build(config.clone())

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use logpipe_common::config::{load_toml, ConfigError};
 use serde::{Deserialize, Serialize};
 
+use crate::ratelimit::RateLimitSettings;
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct GatewayConfig {
@@ -22,6 +24,7 @@ pub struct GatewayConfig {
     pub request_timeout_ms: u64,
     /// Largest accepted request body; larger gets 413.
     pub body_limit_bytes: usize,
+    pub rate_limit: RateLimitSettings,
 }
 
 impl Default for GatewayConfig {
@@ -34,6 +37,7 @@ impl Default for GatewayConfig {
             upstream_timeout_ms: 5_000,
             request_timeout_ms: 15_000,
             body_limit_bytes: 1024 * 1024,
+            rate_limit: RateLimitSettings::default(),
         }
     }
 }
@@ -82,6 +86,10 @@ pub struct Cli {
     pub collector_url: Option<String>,
     #[arg(long, env = "LOGPIPE_GATEWAY_BODY_LIMIT_BYTES")]
     pub body_limit_bytes: Option<usize>,
+    #[arg(long, env = "LOGPIPE_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+    #[arg(long, env = "LOGPIPE_GATEWAY_RATE_LIMIT_ENABLED")]
+    pub rate_limit_enabled: Option<bool>,
 }
 
 impl Cli {
@@ -93,6 +101,8 @@ impl Cli {
             self.generator_urls => c.generator_urls,
             self.collector_url => c.collector_url,
             self.body_limit_bytes => c.body_limit_bytes,
+            self.redis_url => c.rate_limit.redis_url,
+            self.rate_limit_enabled => c.rate_limit.enabled,
         );
         c.generator_urls = c
             .generator_urls

@@ -17,6 +17,11 @@ pub enum ApiError {
     PayloadTooLarge(usize),
     #[error("request took longer than {0} ms")]
     Timeout(u64),
+    #[error("rate limit for {class} requests exceeded; retry in {retry_after_secs} s")]
+    RateLimited {
+        class: &'static str,
+        retry_after_secs: u64,
+    },
 }
 
 impl ApiError {
@@ -27,6 +32,7 @@ impl ApiError {
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             ApiError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
+            ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
         }
     }
 }

@@ -3,7 +3,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -17,11 +19,13 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use crate::config::GatewayConfig;
 use crate::control;
 use crate::error::ApiError;
+use crate::ratelimit::{Decision, RateLimiterService, RouteClass};
 use crate::telemetry;
 
 #[derive(Clone)]
 pub struct AppState {
     pub config: Arc<GatewayConfig>,
+    pub limiter: Arc<RateLimiterService>,
     pub client: reqwest::Client,
     pub metrics: PrometheusHandle,
 }
@@ -37,6 +41,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(state.config.body_limit_bytes))
+        .layer(middleware::from_fn_with_state(state.clone(), rate_limit))
         .layer(middleware::from_fn_with_state(state.clone(), deadline))
         .layer(middleware::from_fn(json_errors))
         .layer(middleware::from_fn(record_metrics))
@@ -55,6 +60,65 @@ async fn record_metrics(req: Request, next: Next) -> Response {
     let started = Instant::now();
     let resp = next.run(req).await;
     telemetry::http_request(&route, resp.status().as_u16(), started.elapsed());
+    resp
+}
+
+fn route_class(route: &str) -> Option<RouteClass> {
+    match route {
+        "/api/v1/generator/start" | "/api/v1/generator/stop" => Some(RouteClass::Control),
+        "/api/v1/generator/status" => Some(RouteClass::Query),
+        _ => None,
+    }
+}
+
+/// Who the limit applies to: the API key when one is sent (hashed before use), else the peer address.
+fn client_key(req: &Request) -> String {
+    if let Some(key) = req.headers().get("x-api-key").and_then(|v| v.to_str().ok()) {
+        return format!("key:{key}");
+    }
+    match req.extensions().get::<ConnectInfo<SocketAddr>>() {
+        Some(ConnectInfo(addr)) => format!("ip:{}", addr.ip()),
+        None => "ip:unknown".into(),
+    }
+}
+
+fn rate_limit_headers(resp: &mut Response, d: &Decision) {
+    let h = resp.headers_mut();
+    h.insert("ratelimit-limit", HeaderValue::from(d.limit));
+    h.insert("ratelimit-remaining", HeaderValue::from(d.remaining));
+    h.insert("ratelimit-reset", HeaderValue::from(d.reset_secs));
+}
+
+/// Every limited route passes the client's sliding window first; a refusal is 429 with
+/// `Retry-After` and the `RateLimit-*` headers.
+async fn rate_limit(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    let Some(route) = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+    else {
+        return next.run(req).await;
+    };
+    let Some(class) = route_class(&route).filter(|_| s.limiter.enabled()) else {
+        return next.run(req).await;
+    };
+    let decision = s.limiter.check(class, &client_key(&req), 1).await;
+    if !decision.allowed {
+        telemetry::rate_limited(&route);
+        let mut resp = ApiError::RateLimited {
+            class: class.as_str(),
+            retry_after_secs: decision.reset_secs.max(1),
+        }
+        .into_response();
+        rate_limit_headers(&mut resp, &decision);
+        resp.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(decision.reset_secs.max(1)),
+        );
+        return resp;
+    }
+    let mut resp = next.run(req).await;
+    rate_limit_headers(&mut resp, &decision);
     resp
 }
 

@@ -7,6 +7,7 @@
 //! - [`error`]: the one API error type, rendered as `{"error": "...", "detail": "..."}`.
 //! - [`http`]: the router, middleware (body limit, timeout, request id, metrics), `/health`, `/ready`,
 //!   `/metrics`.
+//! - [`ratelimit`]: per-client limits per route class: exact sliding window in Redis, local fallback.
 //! - [`startup`]: `Application::build(config)` → `run_until_stopped(token)`.
 //! - [`telemetry`]: the gateway's named metrics.
 
@@ -14,6 +15,7 @@ pub mod config;
 pub mod control;
 pub mod error;
 pub mod http;
+pub mod ratelimit;
 pub mod startup;
 pub mod telemetry;
 

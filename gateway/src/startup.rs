@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::GatewayConfig;
 use crate::http::{router, AppState};
+use crate::ratelimit::RateLimiterService;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -40,7 +41,10 @@ impl Application {
             .pool_idle_timeout(Duration::from_secs(30))
             .build()
             .map_err(StartupError::Client)?;
+        let limiter = Arc::new(RateLimiterService::new(config.rate_limit.clone()));
+        limiter.connect().await;
         let state = AppState {
+            limiter,
             config: Arc::new(config),
             client,
             metrics: logpipe_common::telemetry::metrics_handle(),
@@ -56,7 +60,8 @@ impl Application {
 
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), StartupError> {
         tracing::info!(addr = %self.local_addr(), "gateway listening");
-        axum::serve(self.listener, router(self.state))
+        let app = router(self.state).into_make_service_with_connect_info::<SocketAddr>();
+        axum::serve(self.listener, app)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
             .await
             .map_err(StartupError::Serve)

@@ -3,7 +3,17 @@
 
 use std::time::Duration;
 
-use metrics::{counter, histogram};
+use metrics::{counter, gauge, histogram};
+
+pub fn rate_limited(route: &str) {
+    counter!("gateway_rate_limited_total", "route" => route.to_owned()).increment(1);
+}
+
+/// 1 on the backend deciding limits now, 0 on the other.
+pub fn rate_limit_backend(local: bool) {
+    gauge!("gateway_rate_limit_backend", "backend" => "redis").set(if local { 0.0 } else { 1.0 });
+    gauge!("gateway_rate_limit_backend", "backend" => "local").set(if local { 1.0 } else { 0.0 });
+}
 
 pub fn http_request(route: &str, status: u16, took: Duration) {
     counter!("http_requests_total", "route" => route.to_owned(), "status" => status.to_string())

@@ -22,13 +22,14 @@ async fn events_started_through_the_gateway_land_in_postgres_exactly_once() {
     let name = it::unique("e2e");
     let (collector, _) = it::start_collector(it::collector_config(&name, 3)).await;
     let generator = it::start_generator(it::generator_config(&name, 3)).await;
-    let gateway = it::start_gateway(logpipe_gateway::config::GatewayConfig {
+    let mut gateway_config = logpipe_gateway::config::GatewayConfig {
         port: 0,
         generator_urls: vec![generator.url("")],
         collector_url: collector.url(""),
         ..Default::default()
-    })
-    .await;
+    };
+    gateway_config.rate_limit.key_prefix = name.clone();
+    let gateway = it::start_gateway(gateway_config).await;
     let client = reqwest::Client::new();
 
     let resp = client

@@ -197,3 +197,21 @@ pub fn spawn_listening(cmd: &mut std::process::Command, port: u16) -> std::proce
     let _ = child.wait();
     panic!("{cmd:?} did not listen on port {port}");
 }
+
+/// Build a generator exactly as `main` does (not serving HTTP) and start one run on its engine.
+pub async fn generator_running(
+    config: &logpipe_generator::config::GeneratorConfig,
+    req: &logpipe_generator::engine::StartRequest,
+) -> (
+    logpipe_generator::Application,
+    std::sync::Arc<logpipe_generator::engine::Engine>,
+) {
+    let app = logpipe_generator::Application::build(config.clone())
+        .await
+        .expect("generator starts");
+    let engine = app.engine();
+    let params = logpipe_generator::engine::RunParams::from_request(req, &config.defaults)
+        .expect("valid run parameters");
+    engine.start(params).expect("run starts");
+    (app, engine)
+}

@@ -110,22 +110,14 @@ async fn two_instances_share_one_exact_budget_held_in_redis() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_redis_an_instance_falls_back_to_its_local_share_and_keeps_generating() {
     let name = it::unique("budgetlocal");
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let dead = format!("redis://{}", l.local_addr().unwrap());
-    drop(l);
+    let dead = format!("redis://127.0.0.1:{}", it::free_port());
     let config = budgeted(&name, "a", dead, 500);
-    let app = logpipe_generator::Application::build(config.clone())
-        .await
-        .unwrap();
-    let engine = app.engine();
     let req = StartRequest {
         rate_per_second: Some(1_000),
         count: Some(300),
         ..Default::default()
     };
-    engine
-        .start(RunParams::from_request(&req, &config.defaults).unwrap())
-        .unwrap();
+    let (_app, engine) = it::generator_running(&config, &req).await;
     let s = it::wait_for(
         "300 events generated on the local share",
         Duration::from_secs(30),
@@ -162,18 +154,12 @@ async fn an_instance_rejoins_the_global_budget_when_redis_comes_back() {
     let port = it::free_port();
     let mut redis = start_redis(port);
     let config = budgeted(&name, "a", format!("redis://127.0.0.1:{port}"), 2_000);
-    let app = logpipe_generator::Application::build(config.clone())
-        .await
-        .unwrap();
-    let engine = app.engine();
     let req = StartRequest {
         rate_per_second: Some(500),
         batch_size: Some(20),
         ..Default::default()
     };
-    engine
-        .start(RunParams::from_request(&req, &config.defaults).unwrap())
-        .unwrap();
+    let (_app, engine) = it::generator_running(&config, &req).await;
     let backend = |engine: &std::sync::Arc<logpipe_generator::engine::Engine>| {
         engine.status().budget.unwrap()["backend"]
             .as_str()

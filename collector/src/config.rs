@@ -7,6 +7,10 @@ use logpipe_common::config::{load_toml, redact_url, ConfigError};
 use logpipe_common::kafka::KafkaSettings;
 use serde::{Deserialize, Serialize};
 
+pub use crate::detect::AlertSettings;
+pub use crate::filter::FilterRules;
+pub use crate::windows::WindowSettings;
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CollectorConfig {
@@ -16,6 +20,13 @@ pub struct CollectorConfig {
     pub kafka: KafkaSettings,
     pub consumer: ConsumerSettings,
     pub database: DatabaseSettings,
+    /// Which events are stored raw (every event feeds windows and alerts regardless).
+    pub filter: FilterRules,
+    /// When set, filter rules come from this TOML file instead of `[filter]`, and are re-read on
+    /// SIGHUP or `POST /admin/filters/reload`.
+    pub filter_file: Option<PathBuf>,
+    pub windows: WindowSettings,
+    pub alerts: AlertSettings,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -61,6 +72,10 @@ impl Default for CollectorConfig {
             kafka: KafkaSettings::default(),
             consumer: ConsumerSettings::default(),
             database: DatabaseSettings::default(),
+            filter: FilterRules::default(),
+            filter_file: None,
+            windows: WindowSettings::default(),
+            alerts: AlertSettings::default(),
         }
     }
 }
@@ -117,6 +132,28 @@ impl CollectorConfig {
                 reason: "must be letters, digits and underscores".into(),
             });
         }
+        self.windows
+            .validate()
+            .map_err(|reason| ConfigError::Invalid {
+                field: "windows",
+                reason,
+            })?;
+        if !self
+            .windows
+            .tumbling_secs
+            .contains(&self.alerts.error_rate_window_secs)
+        {
+            return Err(ConfigError::Invalid {
+                field: "alerts.error_rate_window_secs",
+                reason: "must be one of windows.tumbling_secs".into(),
+            });
+        }
+        if self.alerts.brute_force_window_secs == 0 || self.alerts.episode_gap_secs == 0 {
+            return Err(ConfigError::Invalid {
+                field: "alerts",
+                reason: "brute_force_window_secs and episode_gap_secs must be at least 1".into(),
+            });
+        }
         if self.consumer.batch_max_events == 0 {
             return Err(ConfigError::Invalid {
                 field: "consumer.batch_max_events",
@@ -156,6 +193,12 @@ pub struct Cli {
     pub batch_max_events: Option<usize>,
     #[arg(long, env = "LOGPIPE_COLLECTOR_BATCH_MAX_MS")]
     pub batch_max_ms: Option<u64>,
+    /// TOML file with the filter rules, re-read on SIGHUP.
+    #[arg(long, env = "LOGPIPE_COLLECTOR_FILTER_FILE")]
+    pub filter_file: Option<PathBuf>,
+    /// Store raw only events at or above this level (windows and alerts still see every event).
+    #[arg(long, env = "LOGPIPE_COLLECTOR_MIN_LEVEL")]
+    pub min_level: Option<logpipe_common::Level>,
 }
 
 impl Cli {
@@ -172,7 +215,11 @@ impl Cli {
             self.database_schema => c.database.schema,
             self.batch_max_events => c.consumer.batch_max_events,
             self.batch_max_ms => c.consumer.batch_max_ms,
+            self.min_level => c.filter.min_level,
         );
+        if self.filter_file.is_some() {
+            c.filter_file = self.filter_file;
+        }
         c.validate()?;
         Ok(c)
     }

@@ -2,19 +2,29 @@
 //! callbacks (served inside `poll`) can wait for Postgres without stalling the async runtime.
 //!
 //! - On assignment, each partition starts at the offset stored in Postgres, never Kafka's.
-//! - Records are parsed into events; a record that cannot be parsed goes to the DLQ (acknowledged
-//!   before its offset commits) and never stops the partition.
-//! - A batch is written when it is full or its oldest record has waited `batch_max_ms`.
+//! - Records are parsed into events (JSON, or an Apache/syslog line); a record that cannot be parsed
+//!   goes to the DLQ (acknowledged before its offset commits) and never stops the partition.
+//! - A batch is written when it is full or its oldest record has waited `batch_max_ms`: the filter
+//!   picks the rows stored raw, every on-time event feeds the windows and detectors, and rows,
+//!   window deltas, alerts and offsets commit in one transaction.
+//! - Event time per partition: its newest event time, stored with the offset. Events older than
+//!   that minus the allowed lateness are late (stored raw, not windowed). An idle partition's event
+//!   time moves to the wall clock so its last windows close.
+//! - When Postgres fails, the assigned partitions are paused (nothing more is fetched, memory stays
+//!   bounded) while the loop keeps polling for rebalances; the write is retried with backoff and the
+//!   partitions resume by themselves once it succeeds.
 //! - On revocation, buffered records of the revoked partitions are dropped before anything else is
 //!   written: the next owner resumes from the stored offset, so nothing is lost or doubled.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
 use futures::future::join_all;
 use logpipe_common::event::EventError;
+use logpipe_common::formats::{derived_id, parse_line, LineContext};
 use logpipe_common::LogEvent;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::KafkaError;
@@ -26,8 +36,11 @@ use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::CollectorConfig;
-use crate::db::{Db, DbError, OffsetMove, StoredEvent};
+use crate::db::{BatchWrite, Db, DbError, OffsetMove, Stored, StoredEvent};
+use crate::detect::Detector;
+use crate::filter::FilterHandle;
 use crate::telemetry;
+use crate::windows::{Aggregator, Spec};
 
 /// Liveness of the loop and of its last write, read by `/ready`.
 #[derive(Debug, Default)]
@@ -47,10 +60,29 @@ struct Ownership {
     partitions: HashMap<i32, Owned>,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Owned {
     epoch: u64,
+    /// Stored next offset: what the next write must find in Postgres.
     expected: i64,
+    /// Stored event-time progress (newest event time seen).
+    max_ts: Option<DateTime<Utc>>,
+    /// When the last record of this partition arrived (idle detection).
+    last_record: Instant,
+    /// Services seen on this partition: whose error-rate windows it closes.
+    services: BTreeSet<String>,
+}
+
+impl Owned {
+    fn new(epoch: u64, stored: Stored) -> Owned {
+        Owned {
+            epoch,
+            expected: stored.next_offset,
+            max_ts: stored.max_event_ts,
+            last_record: Instant::now(),
+            services: BTreeSet::new(),
+        }
+    }
 }
 
 struct CollectorContext {
@@ -86,18 +118,13 @@ impl ConsumerContext for CollectorContext {
                 let mut own = self.ownership.lock().expect("ownership lock");
                 own.epoch += 1;
                 let epoch = own.epoch;
-                for (&p, &offset) in &stored {
-                    if let Err(e) = tpl.set_partition_offset(&self.topic, p, Offset::Offset(offset))
+                for (&p, &st) in &stored {
+                    if let Err(e) =
+                        tpl.set_partition_offset(&self.topic, p, Offset::Offset(st.next_offset))
                     {
                         tracing::error!(partition = p, error = %e, "cannot set start offset");
                     }
-                    own.partitions.insert(
-                        p,
-                        Owned {
-                            epoch,
-                            expected: offset,
-                        },
-                    );
+                    own.partitions.insert(p, Owned::new(epoch, st));
                 }
                 drop(own);
                 tracing::info!(?stored, "partitions assigned; resuming from stored offsets");
@@ -146,7 +173,7 @@ impl ConsumerContext for CollectorContext {
 impl CollectorContext {
     /// Postgres must answer before we can start a partition at the right place; keep asking (the
     /// partition is not consumed meanwhile) until it does or we are shutting down.
-    fn claim_with_retry(&self, partitions: &[i32]) -> BTreeMap<i32, i64> {
+    fn claim_with_retry(&self, partitions: &[i32]) -> BTreeMap<i32, Stored> {
         let mut delay = Duration::from_millis(100);
         loop {
             match self
@@ -174,6 +201,8 @@ struct Pending {
     offset: i64,
     epoch: u64,
     item: Item,
+    /// Poison records: whether the DLQ already acknowledged it (a retried batch does not resend).
+    dlq_done: bool,
 }
 
 enum Item {
@@ -192,8 +221,17 @@ pub struct ConsumerLoop {
     dlq: FutureProducer,
     ownership: Arc<Mutex<Ownership>>,
     health: Arc<ConsumerHealth>,
+    filter: FilterHandle,
+    detector: Detector,
+    specs: Vec<Spec>,
     rt: Handle,
     cancel: CancellationToken,
+}
+
+/// A failed write leaves the partitions paused until this moment.
+struct Backoff {
+    until: Instant,
+    delay: Duration,
 }
 
 impl ConsumerLoop {
@@ -201,6 +239,8 @@ impl ConsumerLoop {
         config: CollectorConfig,
         db: Db,
         health: Arc<ConsumerHealth>,
+        filter: FilterHandle,
+        detector: Detector,
         cancel: CancellationToken,
     ) -> Result<ConsumerLoop, KafkaError> {
         let rt = Handle::current();
@@ -234,6 +274,7 @@ impl ConsumerLoop {
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .create()?;
+        let specs = config.windows.specs();
         Ok(ConsumerLoop {
             config,
             db,
@@ -241,6 +282,9 @@ impl ConsumerLoop {
             dlq,
             ownership,
             health,
+            filter,
+            detector,
+            specs,
             rt,
             cancel,
         })
@@ -255,6 +299,9 @@ impl ConsumerLoop {
         let mut batch: Vec<Pending> = Vec::with_capacity(max_events);
         let mut oldest: Option<Instant> = None;
         let mut seen_epoch = 0;
+        let mut backoff: Option<Backoff> = None;
+        let mut last_lag = Instant::now();
+        let mut last_idle_check = Instant::now();
         while !self.cancel.is_cancelled() {
             let polled = self.consumer.poll(Duration::from_millis(50));
             // A rebalance inside poll may have revoked partitions: forget their buffered records.
@@ -262,6 +309,10 @@ impl ConsumerLoop {
             if epoch != seen_epoch {
                 seen_epoch = epoch;
                 self.retain_owned(&mut batch);
+                if backoff.is_some() {
+                    // Newly assigned partitions wait for the database too.
+                    self.pause_all();
+                }
             }
             match polled {
                 Some(Ok(msg)) => {
@@ -273,22 +324,178 @@ impl ConsumerLoop {
                 Some(Err(e)) => tracing::warn!(error = %e, "consume error"),
                 None => {}
             }
+            if last_lag.elapsed() >= Duration::from_secs(5) {
+                last_lag = Instant::now();
+                self.report_lag();
+            }
+            if let Some(b) = &backoff {
+                if Instant::now() < b.until {
+                    continue;
+                }
+            } else if batch.is_empty() && last_idle_check.elapsed() >= Duration::from_secs(1) {
+                last_idle_check = Instant::now();
+                self.advance_idle_partitions();
+            }
             let due = oldest.is_some_and(|t| t.elapsed() >= max_wait);
-            if batch.len() >= max_events || (due && !batch.is_empty()) {
-                self.flush(&mut batch);
-                oldest = None;
+            if batch.len() >= max_events || (due && !batch.is_empty()) || backoff.is_some() {
+                match self.flush(&mut batch) {
+                    Ok(()) => {
+                        oldest = None;
+                        if backoff.take().is_some() {
+                            tracing::info!("database writes succeed again; resuming partitions");
+                            self.resume_all();
+                        }
+                    }
+                    Err(e) => {
+                        let delay = match &backoff {
+                            None => Duration::from_millis(self.config.consumer.retry_initial_ms),
+                            Some(b) => (b.delay * 2)
+                                .min(Duration::from_millis(self.config.consumer.retry_max_ms)),
+                        };
+                        if backoff.is_none() {
+                            self.pause_all();
+                        }
+                        tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64,
+                            pending = batch.len(), "batch write failed; partitions paused");
+                        backoff = Some(Backoff {
+                            until: Instant::now() + delay,
+                            delay,
+                        });
+                    }
+                }
             }
         }
         // Commit the last batch within the drain deadline, then leave the group cleanly.
         let deadline =
             Instant::now() + Duration::from_millis(self.config.consumer.drain_timeout_ms);
         self.retain_owned(&mut batch);
-        if !batch.is_empty() {
-            self.flush_until(&mut batch, Some(deadline));
+        let mut delay = Duration::from_millis(self.config.consumer.retry_initial_ms);
+        while !batch.is_empty() {
+            match self.flush(&mut batch) {
+                Ok(()) => break,
+                Err(e) if Instant::now() + delay >= deadline => {
+                    tracing::error!(error = %e, pending = batch.len(),
+                        "drain deadline passed; last batch not stored (it will be re-read)");
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "last batch write failed; retrying");
+                    std::thread::sleep(delay);
+                    delay *= 2;
+                }
+            }
         }
         self.consumer.unsubscribe();
         self.health.running.store(false, Ordering::Relaxed);
         tracing::info!("consumer stopped");
+    }
+
+    fn assignment(&self) -> Option<TopicPartitionList> {
+        self.consumer
+            .assignment()
+            .ok()
+            .filter(|tpl| tpl.count() > 0)
+    }
+
+    fn pause_all(&self) {
+        if let Some(tpl) = self.assignment() {
+            if let Err(e) = self.consumer.pause(&tpl) {
+                tracing::error!(error = %e, "pause failed");
+            }
+        }
+    }
+
+    fn resume_all(&self) {
+        if let Some(tpl) = self.assignment() {
+            if let Err(e) = self.consumer.resume(&tpl) {
+                tracing::error!(error = %e, "resume failed");
+            }
+        }
+    }
+
+    /// Lag per owned partition: the broker's high watermark (as last seen by the fetcher) minus the
+    /// next offset stored in Postgres.
+    fn report_lag(&self) {
+        let owned: Vec<(i32, i64)> = self
+            .ownership
+            .lock()
+            .expect("ownership lock")
+            .partitions
+            .iter()
+            .map(|(p, o)| (*p, o.expected))
+            .collect();
+        for (p, expected) in owned {
+            // A broker round trip each; a short timeout, and no more tries this round on failure.
+            match self.consumer.fetch_watermarks(
+                &self.config.kafka.raw_topic,
+                p,
+                Duration::from_millis(300),
+            ) {
+                Ok((_, high)) if high >= 0 => telemetry::consumer_lag(p, (high - expected).max(0)),
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// Partitions that have been quiet for `idle_timeout_secs` move their event time to now: a
+    /// write with no records that only advances their stored event time and closes their windows.
+    fn advance_idle_partitions(&self) {
+        let idle = Duration::from_secs(u64::from(self.config.windows.idle_timeout_secs));
+        let now = Utc::now();
+        let width = i64::from(self.config.alerts.error_rate_window_secs);
+        let lateness = i64::from(self.config.windows.allowed_lateness_secs);
+        let moves: Vec<i32> = self
+            .ownership
+            .lock()
+            .expect("ownership lock")
+            .partitions
+            .iter()
+            .filter(|(_, o)| {
+                o.last_record.elapsed() >= idle
+                    && !o.services.is_empty()
+                    && closed_upto(o.max_ts, lateness, width)
+                        < closed_upto(Some(now), lateness, width)
+            })
+            .map(|(p, _)| *p)
+            .collect();
+        if moves.is_empty() {
+            return;
+        }
+        tracing::debug!(partitions = ?moves, "idle partitions: event time moves to now");
+        let write = self.rt.block_on(self.write_idle(&moves, now));
+        if let Err(e) = write {
+            tracing::warn!(error = %e, "idle advance failed; will retry");
+        }
+    }
+
+    async fn write_idle(&self, partitions: &[i32], now: DateTime<Utc>) -> Result<(), FlushError> {
+        let width = i64::from(self.config.alerts.error_rate_window_secs);
+        let lateness = i64::from(self.config.windows.allowed_lateness_secs);
+        let mut write = BatchWrite::default();
+        let mut closed: BTreeMap<String, DateTime<Utc>> = BTreeMap::new();
+        {
+            let own = self.ownership.lock().expect("ownership lock");
+            for p in partitions {
+                let Some(o) = own.partitions.get(p) else {
+                    continue;
+                };
+                write.moves.push(OffsetMove {
+                    partition: *p,
+                    expected: o.expected,
+                    next: o.expected,
+                    max_event_ts: Some(now),
+                });
+                if let Some(upto) = closed_window(Some(now), lateness, width) {
+                    for s in &o.services {
+                        let e = closed.entry(s.clone()).or_insert(upto);
+                        *e = (*e).max(upto);
+                    }
+                }
+            }
+        }
+        write.closed = closed.into_iter().collect();
+        self.commit(&write).await
     }
 
     fn accept(&self, msg: &rdkafka::message::BorrowedMessage<'_>) -> Option<Pending> {
@@ -298,12 +505,20 @@ impl ConsumerLoop {
             .lock()
             .expect("ownership lock")
             .partitions
-            .get(&partition)
-            .copied()?;
+            .get_mut(&partition)
+            .map(|o| {
+                o.last_record = Instant::now();
+                o.epoch
+            })?;
         telemetry::events_consumed(1);
         self.health.consumed.fetch_add(1, Ordering::Relaxed);
         let payload = msg.payload().unwrap_or_default();
-        let item = match LogEvent::from_json(payload) {
+        let parsed = if is_raw_line(msg, payload) {
+            self.parse_raw(msg, payload)
+        } else {
+            LogEvent::from_json(payload)
+        };
+        let item = match parsed {
             Ok(event) => Item::Event(Box::new(event)),
             Err(error) => Item::Poison {
                 key: msg.key().map(<[u8]>::to_vec),
@@ -314,9 +529,52 @@ impl ConsumerLoop {
         Some(Pending {
             partition,
             offset: msg.offset(),
-            epoch: owned.epoch,
+            epoch: owned,
             item,
+            dlq_done: false,
         })
+    }
+
+    /// An Apache or syslog line. Its id derives from where it was read, so a replay after a crash
+    /// stores the same row; its service is the record key when there is one.
+    fn parse_raw(
+        &self,
+        msg: &rdkafka::message::BorrowedMessage<'_>,
+        payload: &[u8],
+    ) -> Result<LogEvent, EventError> {
+        let line = std::str::from_utf8(payload).map_err(|e| EventError::Unparseable {
+            format: "text",
+            reason: format!("not UTF-8: {e}"),
+        })?;
+        let key = msg
+            .key()
+            .and_then(|k| std::str::from_utf8(k).ok())
+            .filter(|k| !k.trim().is_empty())
+            .unwrap_or("unknown");
+        let received_at = msg
+            .timestamp()
+            .to_millis()
+            .and_then(DateTime::from_timestamp_millis)
+            .unwrap_or_else(Utc::now);
+        let mut event = parse_line(
+            line,
+            &LineContext {
+                event_id: String::new(),
+                default_service: key,
+                received_at,
+            },
+        )?;
+        event.event_id = derived_id(
+            event.timestamp,
+            format!(
+                "{}/{}/{}",
+                self.config.kafka.raw_topic,
+                msg.partition(),
+                msg.offset()
+            )
+            .as_bytes(),
+        );
+        Ok(event)
     }
 
     fn retain_owned(&self, batch: &mut Vec<Pending>) {
@@ -328,70 +586,119 @@ impl ConsumerLoop {
         });
     }
 
-    fn flush(&self, batch: &mut Vec<Pending>) {
-        self.flush_until(batch, None);
-    }
-
-    /// Write the batch, retrying with backoff while Postgres or the DLQ is unavailable. Gives up only
-    /// at `deadline` (shutdown) or when the batch is fenced: both leave the stored offsets untouched,
-    /// so the records are read again by whoever owns the partition next.
-    fn flush_until(&self, batch: &mut Vec<Pending>, deadline: Option<Instant>) {
-        let mut delay = Duration::from_millis(self.config.consumer.retry_initial_ms);
-        let max_delay = Duration::from_millis(self.config.consumer.retry_max_ms);
-        loop {
-            match self.rt.block_on(self.write(batch)) {
-                Ok(stored) => {
-                    self.health.db_ok.store(true, Ordering::Relaxed);
-                    self.health.stored.fetch_add(stored, Ordering::Relaxed);
-                    batch.clear();
-                    return;
-                }
-                Err(FlushError::Db(DbError::Fenced {
+    /// Write the batch once. On success the batch is cleared; on a fence it is dropped and the
+    /// partitions re-read their stored offsets (the records come again to whoever owns them); any
+    /// other error leaves the batch for a retry.
+    fn flush(&self, batch: &mut Vec<Pending>) -> Result<(), FlushError> {
+        match self.rt.block_on(self.write(batch)) {
+            Ok(()) => {
+                self.health.db_ok.store(true, Ordering::Relaxed);
+                batch.clear();
+                Ok(())
+            }
+            Err(FlushError::Db(DbError::Fenced {
+                partition,
+                expected,
+            })) => {
+                tracing::error!(
                     partition,
                     expected,
-                })) => {
-                    tracing::error!(
-                        partition,
-                        expected,
-                        "batch fenced; re-reading stored offsets"
-                    );
-                    batch.clear();
-                    self.reposition();
-                    return;
-                }
-                Err(e) => {
-                    self.health.db_ok.store(false, Ordering::Relaxed);
-                    if self.cancel.is_cancelled() && deadline.is_some_and(|d| Instant::now() >= d) {
-                        tracing::error!(error = %e, pending = batch.len(),
-                            "drain deadline passed; last batch not stored (it will be re-read)");
-                        return;
-                    }
-                    tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "batch write failed");
-                    std::thread::sleep(delay);
-                    delay = (delay * 2).min(max_delay);
-                }
+                    "batch fenced; re-reading stored offsets"
+                );
+                batch.clear();
+                self.reposition();
+                Ok(())
+            }
+            Err(e) => {
+                self.health.db_ok.store(false, Ordering::Relaxed);
+                Err(e)
             }
         }
     }
 
-    async fn write(&self, batch: &[Pending]) -> Result<u64, FlushError> {
-        let started = Instant::now();
+    async fn write(&self, batch: &mut [Pending]) -> Result<(), FlushError> {
         // Poison records first: their offsets may only move once the DLQ has them.
         let dlq_sends: Vec<_> = batch
             .iter()
-            .filter_map(|p| match &p.item {
+            .enumerate()
+            .filter_map(|(i, p)| match &p.item {
                 Item::Poison {
                     key,
                     payload,
                     error,
-                } => Some(self.send_dlq(p, key, payload, error)),
-                Item::Event(_) => None,
+                } if !p.dlq_done => {
+                    Some(async move { self.send_dlq(p, key, payload, error).await.map(|()| i) })
+                }
+                _ => None,
             })
             .collect();
         let dlq_count = dlq_sends.len() as u64;
+        let mut first_err = None;
+        let mut done = Vec::new();
         for r in join_all(dlq_sends).await {
-            r?;
+            match r {
+                Ok(i) => done.push(i),
+                Err(e) => first_err = first_err.or(Some(e)),
+            }
         }
+        for i in done {
+            batch[i].dlq_done = true;
+        }
+        telemetry::dlq(dlq_count);
+        if let Some(e) = first_err {
+            return Err(e);
+        }
+        let plan = self.plan(batch);
+        self.commit(&plan.write).await?;
+        telemetry::events_filtered(plan.filtered);
+        telemetry::late_events(plan.late);
+        // The new offsets and event times are what the next batch must find stored.
+        let mut own = self.ownership.lock().expect("ownership lock");
+        for (p, services) in plan.services {
+            if let Some(o) = own.partitions.get_mut(&p) {
+                o.services.extend(services);
+            }
+        }
+        Ok(())
+    }
+
+    /// Commit one write and move the owned partitions' expected state on.
+    async fn commit(&self, write: &BatchWrite<'_>) -> Result<(), FlushError> {
+        let started = Instant::now();
+        let outcome = self
+            .db
+            .write_batch(
+                &self.config.consumer.group_id,
+                &self.config.kafka.raw_topic,
+                write,
+                &self.config.alerts,
+            )
+            .await?;
+        let mut own = self.ownership.lock().expect("ownership lock");
+        for m in &write.moves {
+            if let Some(o) = own.partitions.get_mut(&m.partition) {
+                o.expected = m.next;
+                o.max_ts = m.max_event_ts;
+            }
+        }
+        drop(own);
+        self.health
+            .stored
+            .fetch_add(outcome.stored, Ordering::Relaxed);
+        telemetry::events_stored(outcome.stored);
+        telemetry::batch_committed(started.elapsed());
+        for kind in outcome.raised {
+            telemetry::alert_raised(kind);
+        }
+        Ok(())
+    }
+
+    /// What a batch writes: rows kept by the filter, window deltas and detector findings from every
+    /// on-time event, offset and event-time moves, and the error-rate windows that close.
+    fn plan<'a>(&self, batch: &'a [Pending]) -> Plan<'a> {
+        let filter = self.filter.current();
+        let lateness =
+            chrono::Duration::seconds(i64::from(self.config.windows.allowed_lateness_secs));
         let own = self
             .ownership
             .lock()
@@ -399,7 +706,14 @@ impl ConsumerLoop {
             .partitions
             .clone();
         let mut moves: BTreeMap<i32, OffsetMove> = BTreeMap::new();
-        let mut events = Vec::with_capacity(batch.len());
+        let mut services: BTreeMap<i32, BTreeSet<String>> = BTreeMap::new();
+        let mut agg = Aggregator::default();
+        let mut plan = Plan {
+            write: BatchWrite::default(),
+            services: BTreeMap::new(),
+            filtered: 0,
+            late: 0,
+        };
         for p in batch {
             let Some(o) = own.get(&p.partition) else {
                 continue;
@@ -408,38 +722,63 @@ impl ConsumerLoop {
                 partition: p.partition,
                 expected: o.expected,
                 next: p.offset + 1,
+                max_event_ts: o.max_ts,
             });
             m.next = m.next.max(p.offset + 1);
-            if let Item::Event(e) = &p.item {
-                events.push(StoredEvent {
-                    event: (**e).clone(),
+            let Item::Event(e) = &p.item else {
+                continue;
+            };
+            self.detector.inspect(e, &mut plan.write.findings);
+            let late = m
+                .max_event_ts
+                .is_some_and(|max| e.timestamp < max - lateness);
+            if late {
+                plan.late += 1;
+            } else {
+                agg.add(e, self.config.windows.latency_ms(e));
+                m.max_event_ts = Some(m.max_event_ts.map_or(e.timestamp, |t| t.max(e.timestamp)));
+                let s = services.entry(p.partition).or_default();
+                if !s.contains(&e.service) {
+                    s.insert(e.service.clone());
+                }
+            }
+            if filter.stores(e) {
+                plan.write.events.push(StoredEvent {
+                    event: e,
                     partition: p.partition,
                     offset: p.offset,
                 });
+            } else {
+                plan.filtered += 1;
             }
         }
-        let moves: Vec<OffsetMove> = moves.into_values().collect();
-        let stored = self
-            .db
-            .write_batch(
-                &self.config.consumer.group_id,
-                &self.config.kafka.raw_topic,
-                &events,
-                &moves,
-            )
-            .await?;
-        // The new offsets are what the next batch must find stored.
-        let mut own = self.ownership.lock().expect("ownership lock");
-        for m in &moves {
-            if let Some(o) = own.partitions.get_mut(&m.partition) {
-                o.expected = m.next;
+        // Error-rate windows that close because a partition's event time moved past them.
+        let width = i64::from(self.config.alerts.error_rate_window_secs);
+        let lateness_secs = i64::from(self.config.windows.allowed_lateness_secs);
+        let mut closed: BTreeMap<String, DateTime<Utc>> = BTreeMap::new();
+        for m in moves.values() {
+            let Some(o) = own.get(&m.partition) else {
+                continue;
+            };
+            let before = closed_upto(o.max_ts, lateness_secs, width);
+            let after = closed_upto(m.max_event_ts, lateness_secs, width);
+            if after <= before {
+                continue;
+            }
+            let Some(upto) = closed_window(m.max_event_ts, lateness_secs, width) else {
+                continue;
+            };
+            let seen = services.get(&m.partition);
+            for s in o.services.iter().chain(seen.into_iter().flatten()) {
+                let e = closed.entry(s.clone()).or_insert(upto);
+                *e = (*e).max(upto);
             }
         }
-        drop(own);
-        telemetry::events_stored(stored);
-        telemetry::dlq(dlq_count);
-        telemetry::batch_committed(started.elapsed());
-        Ok(stored)
+        plan.write.windows = agg.into_deltas(&self.specs);
+        plan.write.moves = moves.into_values().collect();
+        plan.write.closed = closed.into_iter().collect();
+        plan.services = services;
+        plan
     }
 
     async fn send_dlq(
@@ -510,18 +849,19 @@ impl ConsumerLoop {
         let mut own = self.ownership.lock().expect("ownership lock");
         own.epoch += 1;
         let epoch = own.epoch;
-        for (p, offset) in stored {
-            own.partitions.insert(
-                p,
-                Owned {
-                    epoch,
-                    expected: offset,
-                },
-            );
+        for (p, st) in stored {
+            let services = own
+                .partitions
+                .get(&p)
+                .map(|o| o.services.clone())
+                .unwrap_or_default();
+            let mut o = Owned::new(epoch, st);
+            o.services = services;
+            own.partitions.insert(p, o);
             if let Err(e) = self.consumer.seek(
                 &self.config.kafka.raw_topic,
                 p,
-                Offset::Offset(offset),
+                Offset::Offset(st.next_offset),
                 Duration::from_secs(5),
             ) {
                 tracing::error!(partition = p, error = %e, "seek failed");
@@ -536,4 +876,72 @@ enum FlushError {
     Db(#[from] DbError),
     #[error("DLQ produce failed: {0}")]
     Dlq(KafkaError),
+}
+
+/// A batch turned into its write, plus what the loop learns from it.
+struct Plan<'a> {
+    write: BatchWrite<'a>,
+    services: BTreeMap<i32, BTreeSet<String>>,
+    filtered: u64,
+    late: u64,
+}
+
+/// Records are JSON unless they say `text/plain` or do not start with `{`.
+fn is_raw_line(msg: &rdkafka::message::BorrowedMessage<'_>, payload: &[u8]) -> bool {
+    use rdkafka::message::Headers;
+    if let Some(h) = msg.headers() {
+        for header in h.iter() {
+            if header.key.eq_ignore_ascii_case("content-type") {
+                return header.value.is_some_and(|v| v.starts_with(b"text/plain"));
+            }
+        }
+    }
+    payload
+        .iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .is_some_and(|b| *b != b'{')
+}
+
+/// Index of the last closed error-rate window (window start / width) for an event-time progress:
+/// windows end at or before `max_ts - lateness`.
+fn closed_upto(max_ts: Option<DateTime<Utc>>, lateness_secs: i64, width: i64) -> i64 {
+    match max_ts {
+        None => i64::MIN,
+        Some(t) => (t.timestamp() - lateness_secs).div_euclid(width) - 1,
+    }
+}
+
+/// Start of the last closed error-rate window.
+fn closed_window(
+    max_ts: Option<DateTime<Utc>>,
+    lateness_secs: i64,
+    width: i64,
+) -> Option<DateTime<Utc>> {
+    let idx = closed_upto(max_ts, lateness_secs, width);
+    if idx == i64::MIN {
+        return None;
+    }
+    DateTime::from_timestamp(idx * width, 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_window_closes_once_event_time_passes_its_end_plus_lateness() {
+        let t = |s: &str| Some(s.parse::<DateTime<Utc>>().unwrap());
+        // 08:00:25 minus 10 s lateness = 08:00:15: the window [08:00:00, 08:00:10) is closed.
+        let w = closed_window(t("2026-11-23T08:00:25Z"), 10, 10).unwrap();
+        assert_eq!(w, "2026-11-23T08:00:00Z".parse::<DateTime<Utc>>().unwrap());
+        assert_eq!(
+            closed_upto(t("2026-11-23T08:00:29Z"), 10, 10),
+            closed_upto(t("2026-11-23T08:00:20Z"), 10, 10)
+        );
+        assert!(
+            closed_upto(t("2026-11-23T08:00:30Z"), 10, 10)
+                > closed_upto(t("2026-11-23T08:00:29Z"), 10, 10)
+        );
+        assert_eq!(closed_window(None, 10, 10), None);
+    }
 }

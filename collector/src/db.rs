@@ -8,11 +8,16 @@ use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use logpipe_common::LogEvent;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{ConnectOptions, Connection, PgPool};
+use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
 
+use crate::alerts;
 use crate::config::DatabaseSettings;
+use crate::copy::{CopyEncoder, LOG_EVENT_COLUMNS};
+use crate::detect::{AlertKind, AlertSettings, Findings};
+use crate::windows::{Stats, WindowKey};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -29,20 +34,46 @@ pub enum DbError {
 }
 
 /// One event with the Kafka coordinates it came from.
-#[derive(Debug, Clone)]
-pub struct StoredEvent {
-    pub event: LogEvent,
+#[derive(Debug, Clone, Copy)]
+pub struct StoredEvent<'a> {
+    pub event: &'a LogEvent,
     pub partition: i32,
     pub offset: i64,
 }
 
 /// The offset move for one partition inside a batch: from the stored value this consumer expects to
-/// the offset after the batch's last record.
+/// the offset after the batch's last record, and the partition's event-time progress.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OffsetMove {
     pub partition: i32,
     pub expected: i64,
     pub next: i64,
+    pub max_event_ts: Option<DateTime<Utc>>,
+}
+
+/// Where a partition stands in Postgres.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stored {
+    pub next_offset: i64,
+    pub max_event_ts: Option<DateTime<Utc>>,
+}
+
+/// Everything one batch writes.
+#[derive(Debug, Default)]
+pub struct BatchWrite<'a> {
+    pub events: Vec<StoredEvent<'a>>,
+    pub windows: Vec<(WindowKey, Stats)>,
+    pub findings: Findings,
+    pub moves: Vec<OffsetMove>,
+    /// Services whose error-rate windows closed up to (and including) this window start.
+    pub closed: Vec<(String, DateTime<Utc>)>,
+}
+
+/// What a committed batch did.
+#[derive(Debug, Default)]
+pub struct BatchOutcome {
+    pub stored: u64,
+    pub raised: Vec<AlertKind>,
 }
 
 #[derive(Clone)]
@@ -93,7 +124,7 @@ impl Db {
         group: &str,
         topic: &str,
         partitions: &[i32],
-    ) -> Result<BTreeMap<i32, i64>, DbError> {
+    ) -> Result<BTreeMap<i32, Stored>, DbError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO consumer_offsets (consumer_group, topic, kafka_partition, next_offset)
@@ -105,8 +136,8 @@ impl Db {
         .bind(partitions)
         .execute(&mut *tx)
         .await?;
-        let rows: Vec<(i32, i64)> = sqlx::query_as(
-            "SELECT kafka_partition, next_offset FROM consumer_offsets
+        let rows: Vec<(i32, i64, Option<DateTime<Utc>>)> = sqlx::query_as(
+            "SELECT kafka_partition, next_offset, max_event_ts FROM consumer_offsets
              WHERE consumer_group = $1 AND topic = $2 AND kafka_partition = ANY($3)",
         )
         .bind(group)
@@ -115,35 +146,44 @@ impl Db {
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(rows.into_iter().collect())
+        Ok(rows
+            .into_iter()
+            .map(|(p, next_offset, max_event_ts)| {
+                (
+                    p,
+                    Stored {
+                        next_offset,
+                        max_event_ts,
+                    },
+                )
+            })
+            .collect())
     }
 
-    /// Write a batch: its events (duplicates by `event_id` are skipped) and each partition's offset
-    /// move, all in one transaction. Returns how many rows were new.
+    /// Write a batch in one transaction: the offset moves first (fenced: a stale owner stops here),
+    /// then the events, the window deltas, the alert findings and the error-rate judgement of the
+    /// windows that closed.
     pub async fn write_batch(
         &self,
         group: &str,
         topic: &str,
-        events: &[StoredEvent],
-        moves: &[OffsetMove],
-    ) -> Result<u64, DbError> {
+        batch: &BatchWrite<'_>,
+        settings: &AlertSettings,
+    ) -> Result<BatchOutcome, DbError> {
         let mut tx = self.pool.begin().await?;
-        let inserted = if events.is_empty() {
-            0
-        } else {
-            insert_events(&mut tx, events).await?
-        };
-        for m in moves {
+        for m in &batch.moves {
             let updated = sqlx::query(
-                "UPDATE consumer_offsets SET next_offset = $4, updated_at = now()
-                 WHERE consumer_group = $1 AND topic = $2 AND kafka_partition = $3
-                   AND next_offset = $5",
+                "UPDATE consumer_offsets
+                    SET next_offset = $4, max_event_ts = $6, updated_at = now()
+                  WHERE consumer_group = $1 AND topic = $2 AND kafka_partition = $3
+                    AND next_offset = $5",
             )
             .bind(group)
             .bind(topic)
             .bind(m.partition)
             .bind(m.next)
             .bind(m.expected)
+            .bind(m.max_event_ts)
             .execute(&mut *tx)
             .await?
             .rows_affected();
@@ -155,15 +195,72 @@ impl Db {
                 });
             }
         }
+        let mut outcome = BatchOutcome::default();
+        if !batch.events.is_empty() {
+            outcome.stored = insert_events(&mut tx, &batch.events).await?;
+        }
+        if !batch.windows.is_empty() {
+            upsert_windows(&mut tx, &batch.windows).await?;
+        }
+        alerts::record_findings(&mut tx, &batch.findings, settings, &mut outcome.raised).await?;
+        for (service, upto) in &batch.closed {
+            alerts::judge_error_rate(&mut tx, settings, service, *upto, &mut outcome.raised)
+                .await?;
+        }
         tx.commit().await?;
-        Ok(inserted)
+        Ok(outcome)
+    }
+}
+
+/// COPY (binary) into `log_events`. COPY cannot skip duplicates, so it runs under a savepoint; if an
+/// `event_id` is already stored (a client re-sent an event), the batch falls back to one
+/// `INSERT … ON CONFLICT DO NOTHING` over arrays. Returns how many rows were new.
+async fn insert_events(
+    tx: &mut PgConnection,
+    events: &[StoredEvent<'_>],
+) -> Result<u64, sqlx::Error> {
+    let mut enc = CopyEncoder::with_capacity(events.len());
+    for e in events {
+        enc.row(e);
+    }
+    let data = enc.finish();
+    sqlx::query("SAVEPOINT copy_events")
+        .execute(&mut *tx)
+        .await?;
+    let copied = async {
+        let mut copy = tx
+            .copy_in_raw(&format!(
+                "COPY log_events ({LOG_EVENT_COLUMNS}) FROM STDIN WITH (FORMAT binary)"
+            ))
+            .await?;
+        if let Err(e) = copy.send(data.as_slice()).await {
+            let _ = copy.abort(e.to_string()).await;
+            return Err(e);
+        }
+        copy.finish().await
+    }
+    .await;
+    match copied {
+        Ok(n) => {
+            sqlx::query("RELEASE SAVEPOINT copy_events")
+                .execute(&mut *tx)
+                .await?;
+            Ok(n)
+        }
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("23505") => {
+            sqlx::query("ROLLBACK TO SAVEPOINT copy_events")
+                .execute(&mut *tx)
+                .await?;
+            insert_events_skipping_duplicates(tx, events).await
+        }
+        Err(e) => Err(e),
     }
 }
 
 /// One statement for the whole batch: columns as arrays, unnested server-side.
-async fn insert_events(
-    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    events: &[StoredEvent],
+async fn insert_events_skipping_duplicates(
+    tx: &mut PgConnection,
+    events: &[StoredEvent<'_>],
 ) -> Result<u64, sqlx::Error> {
     let n = events.len();
     let mut ids = Vec::with_capacity(n);
@@ -179,7 +276,7 @@ async fn insert_events(
     let mut partitions = Vec::with_capacity(n);
     let mut offsets = Vec::with_capacity(n);
     for s in events {
-        let e = &s.event;
+        let e = s.event;
         ids.push(e.event_id.as_str());
         ts.push(e.timestamp);
         levels.push(e.level.as_str());
@@ -214,7 +311,66 @@ async fn insert_events(
     .bind(&attributes)
     .bind(&partitions)
     .bind(&offsets)
-    .execute(&mut **tx)
+    .execute(&mut *tx)
     .await?;
     Ok(result.rows_affected())
+}
+
+/// Add the batch's partial window statistics to their rows, creating rows as needed.
+async fn upsert_windows(
+    tx: &mut PgConnection,
+    rows: &[(WindowKey, Stats)],
+) -> Result<(), sqlx::Error> {
+    let n = rows.len();
+    let mut widths = Vec::with_capacity(n);
+    let mut slides = Vec::with_capacity(n);
+    let mut starts = Vec::with_capacity(n);
+    let mut services = Vec::with_capacity(n);
+    let mut levels = Vec::with_capacity(n);
+    let mut counts = Vec::with_capacity(n);
+    let mut lat_counts = Vec::with_capacity(n);
+    let mut lat_sums = Vec::with_capacity(n);
+    let mut lat_maxes = Vec::with_capacity(n);
+    let mut hists = Vec::with_capacity(n);
+    for (k, s) in rows {
+        widths.push(k.spec.width as i32);
+        slides.push(k.spec.slide as i32);
+        starts.push(DateTime::from_timestamp(k.start_secs, 0).unwrap_or_default());
+        services.push(k.service.as_str());
+        levels.push(k.level.as_str());
+        counts.push(s.count);
+        lat_counts.push(s.latency_count);
+        lat_sums.push(s.latency_sum_ms);
+        lat_maxes.push(s.latency_max_ms);
+        hists.push(s.hist_literal());
+    }
+    sqlx::query(
+        "INSERT INTO window_stats AS w (width_secs, slide_secs, window_start, service, level,
+                                       event_count, latency_count, latency_sum_ms, latency_max_ms,
+                                       latency_hist)
+         SELECT wi, sl, st, sv, lv, c, lc, ls, lm, h::int8[]
+         FROM UNNEST($1::int4[], $2::int4[], $3::timestamptz[], $4::text[], $5::text[],
+                     $6::int8[], $7::int8[], $8::float8[], $9::float8[], $10::text[])
+              AS u(wi, sl, st, sv, lv, c, lc, ls, lm, h)
+         ON CONFLICT (width_secs, slide_secs, window_start, service, level) DO UPDATE SET
+             event_count = w.event_count + EXCLUDED.event_count,
+             latency_count = w.latency_count + EXCLUDED.latency_count,
+             latency_sum_ms = w.latency_sum_ms + EXCLUDED.latency_sum_ms,
+             latency_max_ms = GREATEST(w.latency_max_ms, EXCLUDED.latency_max_ms),
+             latency_hist = hist_add(w.latency_hist, EXCLUDED.latency_hist),
+             updated_at = now()",
+    )
+    .bind(&widths)
+    .bind(&slides)
+    .bind(&starts)
+    .bind(&services)
+    .bind(&levels)
+    .bind(&counts)
+    .bind(&lat_counts)
+    .bind(&lat_sums)
+    .bind(&lat_maxes)
+    .bind(&hists)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
 }

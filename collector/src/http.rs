@@ -1,4 +1,5 @@
-//! The collector's HTTP surface: `/health`, `/ready`, `/metrics`.
+//! The collector's HTTP surface: the query API (see [`crate::query`]), filter administration,
+//! `/health`, `/ready`, `/metrics`.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -6,27 +7,46 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 
 use crate::consumer::ConsumerHealth;
 use crate::db::Db;
+use crate::filter::FilterHandle;
+use crate::query;
 
 #[derive(Clone)]
 pub struct AppState {
     pub db: Db,
     pub health: Arc<ConsumerHealth>,
     pub metrics: PrometheusHandle,
+    pub filter: FilterHandle,
+    /// Tumbling window whose rows the stats endpoints sum.
+    pub stats_window_secs: i32,
 }
 
 pub fn router(state: AppState) -> Router {
     Router::new()
+        .route("/api/v1/stats", get(query::stats))
+        .route("/api/v1/stats/{service}", get(query::service_stats))
+        .route("/api/v1/alerts", get(query::alerts))
+        .route("/api/v1/events", get(query::events))
+        .route("/admin/filters", get(query::filter_rules))
+        .route("/admin/filters/reload", post(query::reload_filters))
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
+        .fallback(not_found)
         .with_state(state)
+}
+
+async fn not_found() -> impl IntoResponse {
+    (
+        StatusCode::NOT_FOUND,
+        Json(json!({ "error": "not_found", "detail": "no such route" })),
+    )
 }
 
 async fn health() -> Json<serde_json::Value> {

@@ -5,16 +5,29 @@
 //! - [`db`]: the pool, migrations, the batch write (rows and offsets in one transaction, fenced on the
 //!   expected offset) and the offset claim used on assignment.
 //! - [`consumer`]: the consume loop on its own thread: rebalance handling, parsing, batching by size
-//!   and time, DLQ for poison records.
-//! - [`http`]: `/health`, `/ready`, `/metrics`.
+//!   and time, event time per partition, pause/resume when Postgres fails, DLQ for poison records.
+//! - [`copy`]: binary COPY encoding of raw event rows.
+//! - [`filter`]: which events are stored raw; reloadable rules.
+//! - [`windows`]: event-time window assignment and additive window statistics.
+//! - [`detect`]: per-event alert detectors and the alert settings.
+//! - [`alerts`]: alert episodes and error-rate judgement inside the batch transaction; the outbox
+//!   that publishes alerts to Kafka.
+//! - [`query`]: the query API (stats, alerts, events) and filter administration.
+//! - [`http`]: the router, `/health`, `/ready`, `/metrics`.
 //! - [`startup`]: `Application::build(config)` → `run_until_stopped(token)`.
 //! - [`telemetry`]: the collector's named metrics.
 
+pub mod alerts;
 pub mod config;
 pub mod consumer;
+pub mod copy;
 pub mod db;
+pub mod detect;
+pub mod filter;
 pub mod http;
+pub mod query;
 pub mod startup;
 pub mod telemetry;
+pub mod windows;
 
 pub use startup::Application;

@@ -11,6 +11,8 @@ use tokio_util::sync::CancellationToken;
 use crate::config::CollectorConfig;
 use crate::consumer::{ConsumerHealth, ConsumerLoop};
 use crate::db::{Db, DbError};
+use crate::detect::{Detector, PatternError};
+use crate::filter::{FilterError, FilterHandle};
 use crate::http::{router, AppState};
 
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +31,10 @@ pub enum StartupError {
     Consumer(#[from] KafkaError),
     #[error("server error: {0}")]
     Serve(#[source] std::io::Error),
+    #[error(transparent)]
+    Filter(#[from] FilterError),
+    #[error(transparent)]
+    Pattern(#[from] PatternError),
 }
 
 pub struct Application {
@@ -36,11 +42,15 @@ pub struct Application {
     config: CollectorConfig,
     db: Db,
     health: Arc<ConsumerHealth>,
+    filter: FilterHandle,
 }
 
 impl Application {
     pub async fn build(config: CollectorConfig) -> Result<Application, StartupError> {
         crate::telemetry::describe();
+        let filter = FilterHandle::new(config.filter.clone(), config.filter_file.clone())?;
+        // Compile the detector patterns now so a bad pattern fails the start, not the first batch.
+        Detector::new(&config.alerts)?;
         let db = Db::connect(&config.database).await?;
         ensure_topics(&config.kafka, &config.kafka.topics()).await?;
         let addr = format!("{}:{}", config.host, config.port);
@@ -52,6 +62,7 @@ impl Application {
             config,
             db,
             health: Arc::new(ConsumerHealth::default()),
+            filter,
         })
     }
 
@@ -76,14 +87,38 @@ impl Application {
             self.config.clone(),
             self.db.clone(),
             self.health.clone(),
+            self.filter.clone(),
+            Detector::new(&self.config.alerts)?,
             shutdown.clone(),
         )?;
         // The loop blocks (poll, and rebalance callbacks that wait for Postgres): give it a thread.
         let consumer_task = tokio::task::spawn_blocking(move || consumer.run());
+        let outbox_stop = CancellationToken::new();
+        let outbox = tokio::spawn(crate::alerts::run_outbox(
+            self.db.pool().clone(),
+            self.config
+                .kafka
+                .client_config("logpipe-collector-alerts")
+                .set("enable.idempotence", "true")
+                .set("acks", "all")
+                .create()?,
+            self.config.kafka.alerts_topic.clone(),
+            outbox_stop.clone(),
+        ));
+        tokio::spawn(reload_on_sighup(self.filter.clone(), shutdown.clone()));
         let state = AppState {
             db: self.db.clone(),
             health: self.health.clone(),
             metrics: logpipe_common::telemetry::metrics_handle(),
+            filter: self.filter.clone(),
+            stats_window_secs: self
+                .config
+                .windows
+                .tumbling_secs
+                .iter()
+                .min()
+                .copied()
+                .unwrap_or(10) as i32,
         };
         let token = shutdown.clone();
         let served = axum::serve(self.listener, router(state))
@@ -94,6 +129,34 @@ impl Application {
         if let Err(e) = consumer_task.await {
             tracing::error!(error = %e, "consumer thread panicked");
         }
+        // After the last batch committed: publish its alerts, then stop.
+        outbox_stop.cancel();
+        let _ = outbox.await;
         served.map_err(StartupError::Serve)
+    }
+}
+
+/// SIGHUP re-reads the filter file (as nginx or Vector do with their configs).
+async fn reload_on_sighup(filter: FilterHandle, shutdown: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = hup.recv() => {
+                    if let Err(e) = filter.reload() {
+                        tracing::error!(error = %e, "SIGHUP: filter reload failed; old rules stay");
+                    }
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (filter, shutdown);
     }
 }

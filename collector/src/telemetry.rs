@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use metrics::{counter, histogram};
+use metrics::{counter, gauge, histogram};
+
+use crate::detect::AlertKind;
 
 pub fn events_consumed(n: u64) {
     counter!("collector_events_consumed_total").increment(n);
@@ -20,9 +22,31 @@ pub fn batch_committed(took: Duration) {
     histogram!("collector_batch_commit_seconds").record(took.as_secs_f64());
 }
 
+pub fn events_filtered(n: u64) {
+    counter!("collector_events_filtered_total").increment(n);
+}
+
+pub fn late_events(n: u64) {
+    counter!("collector_late_events_total").increment(n);
+}
+
+/// Records between the broker's high watermark and the next offset stored in Postgres.
+pub fn consumer_lag(partition: i32, lag: i64) {
+    gauge!("collector_consumer_lag", "partition" => partition.to_string()).set(lag as f64);
+}
+
+pub fn alert_raised(kind: AlertKind) {
+    counter!("alerts_raised_total", "kind" => kind.as_str()).increment(1);
+}
+
 /// Register the counters at zero so they are scraped before the first event.
 pub fn describe() {
     events_consumed(0);
     events_stored(0);
+    events_filtered(0);
+    late_events(0);
     dlq(0);
+    for kind in AlertKind::ALL {
+        counter!("alerts_raised_total", "kind" => kind.as_str()).increment(0);
+    }
 }

@@ -114,6 +114,11 @@ pub enum EventError {
     },
     #[error("field `attributes` has {0} entries; at most {MAX_ATTRIBUTES} allowed")]
     TooManyAttributes(usize),
+    #[error("not a valid {format} line: {reason}")]
+    Unparseable {
+        format: &'static str,
+        reason: String,
+    },
 }
 
 impl EventError {
@@ -124,6 +129,7 @@ impl EventError {
             EventError::Empty(_) => "missing_field",
             EventError::TooLong { .. } => "too_long",
             EventError::TooManyAttributes(_) => "too_many_attributes",
+            EventError::Unparseable { .. } => "unparseable_line",
         }
     }
 }

@@ -1,0 +1,341 @@
+//! Per-event alert detectors and their settings: FATAL events, SQL-injection signatures, failed
+//! logins (counted per IP and per user for brute force). Error-rate spikes are judged on closed
+//! windows instead (see `alerts`).
+//!
+//! Detectors only collect what a batch saw; turning that into alerts (once per episode) happens in
+//! the batch's transaction.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use logpipe_common::{Level, LogEvent};
+use regex::{Regex, RegexSet};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AlertSettings {
+    /// Tumbling window (one of `windows.tumbling_secs`) on which error rates are judged.
+    pub error_rate_window_secs: u32,
+    /// A window needs at least this many errors to alert: one error never does.
+    pub error_rate_min_errors: i64,
+    /// ...and an error rate at least `factor` × the service's baseline...
+    pub error_rate_factor: f64,
+    /// ...and at least this much above it (absolute, 0..1).
+    pub error_rate_min_increase: f64,
+    /// Baseline before a service has history.
+    pub error_rate_default_baseline: f64,
+    /// Weight of each normal window in the moving baseline (exponential average).
+    pub error_rate_baseline_alpha: f64,
+    /// Failed logins from one IP, or for one user, within `brute_force_window_secs` that alert.
+    pub brute_force_threshold: i64,
+    pub brute_force_window_secs: u32,
+    /// Messages that are failed logins.
+    pub failed_login_pattern: String,
+    /// SQL-injection signatures, looked for in the message and in `http.path`/`url`.
+    pub sql_injection_patterns: Vec<String>,
+    /// Event-time quiet gap that ends an episode of a per-event alert: a detection after a longer
+    /// quiet period is a new alert, a detection within it extends the open one.
+    pub episode_gap_secs: u32,
+}
+
+impl Default for AlertSettings {
+    fn default() -> Self {
+        Self {
+            error_rate_window_secs: 10,
+            error_rate_min_errors: 20,
+            error_rate_factor: 3.0,
+            error_rate_min_increase: 0.10,
+            error_rate_default_baseline: 0.05,
+            error_rate_baseline_alpha: 0.2,
+            brute_force_threshold: 20,
+            brute_force_window_secs: 60,
+            failed_login_pattern:
+                r"(?i)(login failed|failed login|authentication failed|invalid password)".into(),
+            sql_injection_patterns: vec![
+                r"(?i)\bunion\b(\s|\+|%20)+(all(\s|\+|%20)+)?select\b".into(),
+                r"(?i)'\s*or\s+'?\w+'?\s*=\s*'?\w+".into(),
+                r"(?i);\s*(drop|delete|truncate|alter|shutdown)\s+\w+".into(),
+                r"(?i)'\s*(--|#|/\*)".into(),
+                r"(?i)\b(sleep|benchmark|pg_sleep)\s*\(\s*\d+".into(),
+                r"(?i)\b(xp_cmdshell|information_schema)\b".into(),
+            ],
+            episode_gap_secs: 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertKind {
+    ErrorRateSpike,
+    SqlInjection,
+    BruteForce,
+    FatalEvent,
+}
+
+impl AlertKind {
+    pub const ALL: [AlertKind; 4] = [
+        AlertKind::ErrorRateSpike,
+        AlertKind::SqlInjection,
+        AlertKind::BruteForce,
+        AlertKind::FatalEvent,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertKind::ErrorRateSpike => "error_rate_spike",
+            AlertKind::SqlInjection => "sql_injection",
+            AlertKind::BruteForce => "brute_force",
+            AlertKind::FatalEvent => "fatal_event",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<AlertKind> {
+        AlertKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    pub fn severity(self) -> &'static str {
+        match self {
+            AlertKind::FatalEvent | AlertKind::SqlInjection | AlertKind::BruteForce => "critical",
+            AlertKind::ErrorRateSpike => "warning",
+        }
+    }
+}
+
+/// What a batch saw of one (kind, subject): how often, when, and one example.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Detection {
+    pub kind: AlertKind,
+    pub subject: String,
+    pub service: String,
+    pub first_seen: DateTime<Utc>,
+    pub last_seen: DateTime<Utc>,
+    pub count: i64,
+    pub example: String,
+}
+
+/// Failed logins of one subject in one brute-force window.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FailedLogins {
+    pub subject: String,
+    pub service: String,
+    pub window_start: DateTime<Utc>,
+    pub hits: i64,
+    pub last_seen: DateTime<Utc>,
+}
+
+#[derive(Debug)]
+pub struct Detector {
+    sqli: RegexSet,
+    failed_login: Regex,
+    brute_window_secs: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid alert pattern in {field}: {source}")]
+pub struct PatternError {
+    field: &'static str,
+    #[source]
+    source: regex::Error,
+}
+
+/// Everything the detectors found in one batch, keyed for a stable write order.
+#[derive(Debug, Default)]
+pub struct Findings {
+    pub detections: BTreeMap<(AlertKind, String), Detection>,
+    pub failed_logins: BTreeMap<(String, i64), FailedLogins>,
+}
+
+impl Findings {
+    pub fn is_empty(&self) -> bool {
+        self.detections.is_empty() && self.failed_logins.is_empty()
+    }
+
+    fn detect(&mut self, kind: AlertKind, subject: &str, e: &LogEvent, example: &str) {
+        let d = self
+            .detections
+            .entry((kind, subject.to_owned()))
+            .or_insert_with(|| Detection {
+                kind,
+                subject: subject.to_owned(),
+                service: e.service.clone(),
+                first_seen: e.timestamp,
+                last_seen: e.timestamp,
+                count: 0,
+                example: example.chars().take(300).collect(),
+            });
+        d.count += 1;
+        d.first_seen = d.first_seen.min(e.timestamp);
+        d.last_seen = d.last_seen.max(e.timestamp);
+    }
+}
+
+impl Detector {
+    pub fn new(s: &AlertSettings) -> Result<Detector, PatternError> {
+        Ok(Detector {
+            sqli: RegexSet::new(&s.sql_injection_patterns).map_err(|source| PatternError {
+                field: "alerts.sql_injection_patterns",
+                source,
+            })?,
+            failed_login: Regex::new(&s.failed_login_pattern).map_err(|source| PatternError {
+                field: "alerts.failed_login_pattern",
+                source,
+            })?,
+            brute_window_secs: i64::from(s.brute_force_window_secs.max(1)),
+        })
+    }
+
+    pub fn inspect(&self, e: &LogEvent, out: &mut Findings) {
+        if e.level == Level::Fatal {
+            out.detect(AlertKind::FatalEvent, &e.service, e, &e.message);
+        }
+        let path = e
+            .attributes
+            .get("http.path")
+            .or_else(|| e.attributes.get("url"))
+            .and_then(|v| v.as_str())
+            .unwrap_or("");
+        // Cheap gate: every signature needs a quote, a semicolon or a parenthesis, or the word union.
+        let suspicious =
+            |s: &str| s.contains(['\'', ';', '(']) || s.contains("union") || s.contains("UNION");
+        if (suspicious(path) && self.sqli.is_match(path))
+            || (suspicious(&e.message) && self.sqli.is_match(&e.message))
+        {
+            let example = if path.is_empty() { &e.message } else { path };
+            out.detect(AlertKind::SqlInjection, &e.service, e, example);
+        }
+        if self.failed_login.is_match(&e.message) {
+            let ts = e.timestamp.timestamp();
+            let start = ts.div_euclid(self.brute_window_secs) * self.brute_window_secs;
+            let window_start = DateTime::from_timestamp(start, 0).unwrap_or(e.timestamp);
+            let subjects = [
+                e.attributes
+                    .get("client.ip")
+                    .and_then(|v| v.as_str())
+                    .map(|ip| format!("ip:{ip}")),
+                e.attributes
+                    .get("user")
+                    .and_then(|v| v.as_str())
+                    .map(|u| format!("user:{u}")),
+            ];
+            for subject in subjects.into_iter().flatten() {
+                let f = out
+                    .failed_logins
+                    .entry((subject.clone(), start))
+                    .or_insert_with(|| FailedLogins {
+                        subject,
+                        service: e.service.clone(),
+                        window_start,
+                        hits: 0,
+                        last_seen: e.timestamp,
+                    });
+                f.hits += 1;
+                f.last_seen = f.last_seen.max(e.timestamp);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(level: Level, service: &str, message: &str, path: &str) -> LogEvent {
+        LogEvent {
+            event_id: "1".into(),
+            timestamp: "2026-11-23T08:00:05Z".parse().unwrap(),
+            level,
+            service: service.into(),
+            component: String::new(),
+            host: String::new(),
+            message: message.into(),
+            trace_id: None,
+            span_id: None,
+            attributes:
+                serde_json::json!({"http.path": path, "client.ip": "203.0.113.7", "user": "admin"})
+                    .as_object()
+                    .unwrap()
+                    .clone(),
+        }
+    }
+
+    fn findings(events: &[LogEvent]) -> Findings {
+        let d = Detector::new(&AlertSettings::default()).unwrap();
+        let mut f = Findings::default();
+        for e in events {
+            d.inspect(e, &mut f);
+        }
+        f
+    }
+
+    #[test]
+    fn sql_injection_signatures_in_paths_are_detected_per_service() {
+        let f = findings(&[
+            event(Level::Warn, "search", "GET", "/search?q=1' OR '1'='1"),
+            event(
+                Level::Warn,
+                "search",
+                "GET",
+                "/items?id=1 UNION SELECT password FROM users--",
+            ),
+            event(
+                Level::Warn,
+                "search",
+                "GET",
+                "/cart?id=1; DROP TABLE orders--",
+            ),
+            event(Level::Warn, "search", "GET", "/search?q=admin'--"),
+        ]);
+        let d = &f.detections[&(AlertKind::SqlInjection, "search".to_string())];
+        assert_eq!(d.count, 4);
+    }
+
+    #[test]
+    fn ordinary_requests_raise_nothing() {
+        let f = findings(&[
+            event(
+                Level::Info,
+                "search",
+                "GET /search -> 200 in 12 ms",
+                "/search",
+            ),
+            event(
+                Level::Error,
+                "payments",
+                "charge declined (status 502)",
+                "/v1/charges",
+            ),
+            event(
+                Level::Info,
+                "checkout",
+                "user's cart (2 items) updated",
+                "/cart/items",
+            ),
+        ]);
+        assert!(f.is_empty(), "{f:?}");
+    }
+
+    #[test]
+    fn failed_logins_count_per_ip_and_per_user_in_their_window() {
+        let e = event(
+            Level::Warn,
+            "auth",
+            "login failed: invalid password for user admin",
+            "/login",
+        );
+        let f = findings(&[e.clone(), e]);
+        assert_eq!(f.failed_logins.len(), 2);
+        assert!(f.failed_logins.values().all(|c| c.hits == 2));
+        let c = f.failed_logins.values().next().unwrap();
+        assert_eq!(c.window_start.timestamp() % 60, 0);
+    }
+
+    #[test]
+    fn a_fatal_event_is_a_detection_of_its_service() {
+        let f = findings(&[event(Level::Fatal, "payments", "ledger corrupted", "/")]);
+        assert!(f
+            .detections
+            .contains_key(&(AlertKind::FatalEvent, "payments".to_string())));
+    }
+}

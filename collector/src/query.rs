@@ -1,0 +1,474 @@
+//! The query API the gateway forwards to: stats (overall and per service), alerts and events, with
+//! filters and cursor pagination. Counts come from the window rows (they include events the filter
+//! did not store raw); messages and events come from the raw rows.
+//!
+//! Parameters are checked by hand so every mistake gets a 400 naming the parameter; unknown
+//! parameters are refused too, since a typo'd filter silently returning everything is worse.
+
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::{DateTime, Duration, Utc};
+use logpipe_common::Level;
+use serde::Serialize;
+use serde_json::{json, Value};
+use sqlx::{PgPool, QueryBuilder, Row};
+
+use crate::alerts::{Alert, ALERT_COLUMNS};
+use crate::detect::AlertKind;
+use crate::http::AppState;
+use crate::windows::Stats;
+
+pub const DEFAULT_LIMIT: i64 = 50;
+pub const MAX_LIMIT: i64 = 1000;
+/// Rows read at most to rank top messages (the most recent in the range).
+const TOP_MESSAGES_SAMPLE: i64 = 100_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("parameter `{param}`: {reason}")]
+    BadParam { param: String, reason: String },
+    #[error("database unavailable: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Unprocessable(String),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, error) = match &self {
+            ApiError::BadParam { .. } => (StatusCode::BAD_REQUEST, "invalid_parameter"),
+            ApiError::Db(_) => (StatusCode::SERVICE_UNAVAILABLE, "database_unavailable"),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ApiError::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_rules"),
+        };
+        if let ApiError::Db(e) = &self {
+            tracing::warn!(error = %e, "query failed");
+        }
+        (
+            status,
+            Json(json!({ "error": error, "detail": self.to_string() })),
+        )
+            .into_response()
+    }
+}
+
+fn bad(param: &str, reason: impl Into<String>) -> ApiError {
+    ApiError::BadParam {
+        param: param.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+/// Query parameters, checked against the names an endpoint accepts.
+struct Params(HashMap<String, String>);
+
+impl Params {
+    fn new(raw: HashMap<String, String>, allowed: &[&str]) -> Result<Params, ApiError> {
+        if let Some(k) = raw.keys().find(|k| !allowed.contains(&k.as_str())) {
+            return Err(bad(
+                k,
+                format!("unknown parameter; expected one of {}", allowed.join(", ")),
+            ));
+        }
+        Ok(Params(raw))
+    }
+
+    fn str(&self, k: &str) -> Option<&str> {
+        self.0.get(k).map(String::as_str).filter(|v| !v.is_empty())
+    }
+
+    fn time(&self, k: &str) -> Result<Option<DateTime<Utc>>, ApiError> {
+        self.str(k)
+            .map(|v| {
+                DateTime::parse_from_rfc3339(v)
+                    .map(|t| t.with_timezone(&Utc))
+                    .map_err(|e| bad(k, format!("not an RFC 3339 time ({e})")))
+            })
+            .transpose()
+    }
+
+    /// `from`/`to`, defaulting to the last hour; `from` must be before `to`.
+    fn range(&self) -> Result<(DateTime<Utc>, DateTime<Utc>), ApiError> {
+        let to = self.time("to")?.unwrap_or_else(Utc::now);
+        let from = self.time("from")?.unwrap_or(to - Duration::hours(1));
+        if from >= to {
+            return Err(bad("from", "must be before `to`"));
+        }
+        Ok((from, to))
+    }
+
+    fn level(&self, k: &str) -> Result<Option<Level>, ApiError> {
+        self.str(k)
+            .map(|v| v.parse::<Level>().map_err(|e| bad(k, e.to_string())))
+            .transpose()
+    }
+
+    fn limit(&self) -> Result<i64, ApiError> {
+        match self.str("limit") {
+            None => Ok(DEFAULT_LIMIT),
+            Some(v) => v
+                .parse::<i64>()
+                .ok()
+                .filter(|n| (1..=MAX_LIMIT).contains(n))
+                .ok_or_else(|| bad("limit", format!("must be an integer from 1 to {MAX_LIMIT}"))),
+        }
+    }
+
+    /// Cursor `<micros>.<id>`: the sort key of the last item of the previous page.
+    fn cursor(&self) -> Result<Option<(DateTime<Utc>, String)>, ApiError> {
+        let Some(c) = self.str("cursor") else {
+            return Ok(None);
+        };
+        let invalid = || bad("cursor", "not a cursor returned by this API");
+        let (micros, id) = c.split_once('.').ok_or_else(invalid)?;
+        let micros: i64 = micros.parse().map_err(|_| invalid())?;
+        let ts = DateTime::from_timestamp_micros(micros).ok_or_else(invalid)?;
+        if id.is_empty() {
+            return Err(invalid());
+        }
+        Ok(Some((ts, id.to_owned())))
+    }
+}
+
+fn cursor_of(ts: DateTime<Utc>, id: &str) -> String {
+    format!("{}.{id}", ts.timestamp_micros())
+}
+
+#[derive(Debug, Serialize)]
+struct ServiceCount {
+    service: String,
+    total: i64,
+    errors: i64,
+    error_rate: f64,
+}
+
+/// `GET /api/v1/stats`
+pub async fn stats(
+    State(s): State<AppState>,
+    Query(raw): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let p = Params::new(raw, &["from", "to"])?;
+    let (from, to) = p.range()?;
+    Ok(Json(stats_body(&s, from, to, None).await?))
+}
+
+/// `GET /api/v1/stats/{service}`
+pub async fn service_stats(
+    State(s): State<AppState>,
+    Path(service): Path<String>,
+    Query(raw): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let p = Params::new(raw, &["from", "to"])?;
+    let (from, to) = p.range()?;
+    Ok(Json(stats_body(&s, from, to, Some(&service)).await?))
+}
+
+async fn stats_body(
+    s: &AppState,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    service: Option<&str>,
+) -> Result<Value, ApiError> {
+    let pool = s.db.pool();
+    // Counts from the smallest tumbling window: its rows partition the range without overlap.
+    let width = s.stats_window_secs;
+    let rows = sqlx::query(
+        "SELECT service, level, SUM(event_count)::int8 AS n, SUM(latency_count)::int8 AS lc,
+                SUM(latency_sum_ms) AS ls, MAX(latency_max_ms) AS lm
+           FROM window_stats
+          WHERE width_secs = $1 AND slide_secs = $1 AND window_start >= $2 AND window_start < $3
+            AND ($4::text IS NULL OR service = $4)
+          GROUP BY service, level",
+    )
+    .bind(width)
+    .bind(from)
+    .bind(to)
+    .bind(service)
+    .fetch_all(pool)
+    .await?;
+    let mut by_level: HashMap<&'static str, i64> =
+        Level::ALL.iter().map(|l| (l.as_str(), 0)).collect();
+    let mut per_service: HashMap<String, (i64, i64)> = HashMap::new();
+    let mut latency = Stats::default();
+    let mut total = 0i64;
+    for r in &rows {
+        let level: String = r.get("level");
+        let n: i64 = r.get("n");
+        let svc: String = r.get("service");
+        total += n;
+        let lvl = level.parse::<Level>().unwrap_or(Level::Info);
+        *by_level.entry(lvl.as_str()).or_default() += n;
+        let e = per_service.entry(svc).or_default();
+        e.0 += n;
+        if lvl >= Level::Error {
+            e.1 += n;
+        }
+        if service.is_some() {
+            latency.merge(&Stats {
+                count: n,
+                latency_count: r.get("lc"),
+                latency_sum_ms: r.get::<Option<f64>, _>("ls").unwrap_or(0.0),
+                latency_max_ms: r.get("lm"),
+                hist: Vec::new(),
+            });
+        }
+    }
+    if let Some(svc) = service {
+        // Histograms of different lengths cannot be aggregated as one array: summed per bucket.
+        latency.hist = merged_hist(pool, width, from, to, svc).await?;
+    }
+    let errors = by_level["ERROR"] + by_level["FATAL"];
+    let mut services: Vec<ServiceCount> = per_service
+        .into_iter()
+        .map(|(service, (total, errors))| ServiceCount {
+            error_rate: ratio(errors, total),
+            service,
+            total,
+            errors,
+        })
+        .collect();
+    services.sort_by(|a, b| b.total.cmp(&a.total).then(a.service.cmp(&b.service)));
+    let top = top_messages(pool, from, to, service).await?;
+    let mut body = json!({
+        "from": from,
+        "to": to,
+        "window_secs": width,
+        "total": total,
+        "by_level": by_level,
+        "errors": errors,
+        "error_rate": ratio(errors, total),
+        "top_messages": top,
+    });
+    match service {
+        Some(svc) => {
+            body["service"] = json!(svc);
+            body["latency_ms"] = json!({
+                "count": latency.latency_count,
+                "avg": (latency.latency_count > 0)
+                    .then(|| latency.latency_sum_ms / latency.latency_count as f64),
+                "p50": latency.quantile_ms(0.5),
+                "p95": latency.quantile_ms(0.95),
+                "max": latency.latency_max_ms,
+            });
+        }
+        None => body["services"] = json!(services),
+    }
+    Ok(body)
+}
+
+fn ratio(part: i64, whole: i64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        part as f64 / whole as f64
+    }
+}
+
+/// Element-wise sum of a service's histograms over the range, done in SQL.
+async fn merged_hist(
+    pool: &PgPool,
+    width: i32,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    service: &str,
+) -> Result<Vec<i64>, sqlx::Error> {
+    let rows: Vec<(i64,)> = sqlx::query_as(
+        "SELECT COALESCE(SUM(x), 0)::int8
+           FROM window_stats w, unnest(w.latency_hist) WITH ORDINALITY AS h(x, i)
+          WHERE w.width_secs = $1 AND w.slide_secs = $1 AND w.window_start >= $2
+            AND w.window_start < $3 AND w.service = $4
+          GROUP BY i ORDER BY i",
+    )
+    .bind(width)
+    .bind(from)
+    .bind(to)
+    .bind(service)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(|(n,)| n).collect())
+}
+
+async fn top_messages(
+    pool: &PgPool,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    service: Option<&str>,
+) -> Result<Value, sqlx::Error> {
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT message, COUNT(*)::int8 AS n FROM (
+             SELECT message FROM log_events
+              WHERE ts >= $1 AND ts < $2 AND ($3::text IS NULL OR service = $3)
+              ORDER BY ts DESC LIMIT $4) recent
+          GROUP BY message ORDER BY n DESC, message LIMIT 10",
+    )
+    .bind(from)
+    .bind(to)
+    .bind(service)
+    .bind(TOP_MESSAGES_SAMPLE)
+    .fetch_all(pool)
+    .await?;
+    Ok(json!(rows
+        .into_iter()
+        .map(|(message, count)| json!({"message": message, "count": count}))
+        .collect::<Vec<_>>()))
+}
+
+/// `GET /api/v1/alerts`
+pub async fn alerts(
+    State(s): State<AppState>,
+    Query(raw): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let p = Params::new(raw, &["from", "to", "kind", "service", "limit", "cursor"])?;
+    let (from, to) = p.range()?;
+    let kind = p
+        .str("kind")
+        .map(|k| {
+            AlertKind::parse(k).ok_or_else(|| {
+                let names: Vec<_> = AlertKind::ALL.iter().map(|k| k.as_str()).collect();
+                bad("kind", format!("expected one of {}", names.join(", ")))
+            })
+        })
+        .transpose()?;
+    let limit = p.limit()?;
+    let cursor = p.cursor()?;
+    let mut q = QueryBuilder::new(format!(
+        "SELECT {ALERT_COLUMNS} FROM alerts WHERE first_seen >= "
+    ));
+    q.push_bind(from).push(" AND first_seen < ").push_bind(to);
+    if let Some(k) = kind {
+        q.push(" AND kind = ").push_bind(k.as_str());
+    }
+    if let Some(svc) = p.str("service") {
+        q.push(" AND service = ").push_bind(svc.to_owned());
+    }
+    if let Some((ts, id)) = cursor {
+        q.push(" AND (first_seen, alert_id) < (")
+            .push_bind(ts)
+            .push(", ")
+            .push_bind(id)
+            .push(")");
+    }
+    q.push(" ORDER BY first_seen DESC, alert_id DESC LIMIT ")
+        .push_bind(limit + 1);
+    let mut rows: Vec<Alert> = q.build_query_as().fetch_all(s.db.pool()).await?;
+    let next = (rows.len() as i64 > limit).then(|| {
+        rows.truncate(limit as usize);
+        rows.last()
+            .map(|a| cursor_of(a.first_seen, &a.alert_id))
+            .unwrap_or_default()
+    });
+    Ok(Json(json!({ "alerts": rows, "next_cursor": next })))
+}
+
+/// `GET /api/v1/events`
+pub async fn events(
+    State(s): State<AppState>,
+    Query(raw): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let p = Params::new(
+        raw,
+        &[
+            "from",
+            "to",
+            "service",
+            "level",
+            "min_level",
+            "q",
+            "limit",
+            "cursor",
+        ],
+    )?;
+    let (from, to) = p.range()?;
+    let level = p.level("level")?;
+    let min_level = p.level("min_level")?;
+    let limit = p.limit()?;
+    let cursor = p.cursor()?;
+    let mut q = QueryBuilder::new(
+        "SELECT event_id, ts, level, service, component, host, message, trace_id, span_id,
+                attributes, kafka_partition, kafka_offset
+           FROM log_events WHERE ts >= ",
+    );
+    q.push_bind(from).push(" AND ts < ").push_bind(to);
+    if let Some(svc) = p.str("service") {
+        q.push(" AND service = ").push_bind(svc.to_owned());
+    }
+    if let Some(l) = level {
+        q.push(" AND level = ").push_bind(l.as_str());
+    }
+    if let Some(min) = min_level {
+        let levels: Vec<&str> = Level::ALL
+            .iter()
+            .filter(|l| **l >= min)
+            .map(|l| l.as_str())
+            .collect();
+        q.push(" AND level = ANY(").push_bind(levels).push(")");
+    }
+    if let Some(text) = p.str("q") {
+        if text.len() > 200 {
+            return Err(bad("q", "at most 200 bytes"));
+        }
+        // A substring, not a pattern: escape LIKE's wildcards.
+        let escaped = text
+            .replace('\\', "\\\\")
+            .replace('%', "\\%")
+            .replace('_', "\\_");
+        q.push(" AND message ILIKE ")
+            .push_bind(format!("%{escaped}%"));
+    }
+    if let Some((ts, id)) = cursor {
+        q.push(" AND (ts, event_id) < (")
+            .push_bind(ts)
+            .push(", ")
+            .push_bind(id)
+            .push(")");
+    }
+    q.push(" ORDER BY ts DESC, event_id DESC LIMIT ")
+        .push_bind(limit + 1);
+    let rows = q.build().fetch_all(s.db.pool()).await?;
+    let mut events: Vec<Value> = Vec::with_capacity(rows.len());
+    let mut last: Option<(DateTime<Utc>, String)> = None;
+    for r in rows.iter().take(limit as usize) {
+        let ts: DateTime<Utc> = r.get("ts");
+        let id: String = r.get("event_id");
+        events.push(json!({
+            "event_id": id,
+            "timestamp": ts,
+            "level": r.get::<String, _>("level"),
+            "service": r.get::<String, _>("service"),
+            "component": r.get::<String, _>("component"),
+            "host": r.get::<String, _>("host"),
+            "message": r.get::<String, _>("message"),
+            "trace_id": r.get::<Option<String>, _>("trace_id"),
+            "span_id": r.get::<Option<String>, _>("span_id"),
+            "attributes": r.get::<Value, _>("attributes"),
+            "kafka": {"partition": r.get::<i32, _>("kafka_partition"),
+                      "offset": r.get::<i64, _>("kafka_offset")},
+        }));
+        last = Some((ts, id));
+    }
+    let next = (rows.len() as i64 > limit)
+        .then(|| last.map(|(ts, id)| cursor_of(ts, &id)))
+        .flatten();
+    Ok(Json(json!({ "events": events, "next_cursor": next })))
+}
+
+/// `GET /admin/filters`
+pub async fn filter_rules(State(s): State<AppState>) -> Json<Value> {
+    Json(json!({ "rules": s.filter.current().rules() }))
+}
+
+/// `POST /admin/filters/reload`
+pub async fn reload_filters(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
+    use crate::filter::FilterError;
+    match s.filter.reload() {
+        Ok(rules) => Ok(Json(json!({ "reloaded": true, "rules": rules }))),
+        Err(e @ FilterError::NoFile) => Err(ApiError::Conflict(e.to_string())),
+        Err(e) => Err(ApiError::Unprocessable(e.to_string())),
+    }
+}

@@ -58,10 +58,10 @@ CREATE INDEX IF NOT EXISTS alerts_first_seen_idx ON alerts (first_seen DESC, ale
 CREATE INDEX IF NOT EXISTS alerts_unpublished_idx ON alerts (raised_at) WHERE published_at IS NULL;
 
 -- Error-rate state per service: the moving baseline (learned from normal windows only), the last
--- window judged, and whether an episode is open.
+-- window judged (NULL before the first), and whether an episode is open.
 CREATE TABLE IF NOT EXISTS error_rate_state (
     service            TEXT             NOT NULL PRIMARY KEY,
-    last_window_start  TIMESTAMPTZ      NOT NULL,
+    last_window_start  TIMESTAMPTZ,
     baseline           DOUBLE PRECISION NOT NULL,
     baseline_windows   BIGINT           NOT NULL,
     open_alert_id      TEXT

@@ -179,7 +179,7 @@ async fn record_detection(
 
 #[derive(sqlx::FromRow)]
 struct RateState {
-    last_window_start: DateTime<Utc>,
+    last_window_start: Option<DateTime<Utc>>,
     baseline: f64,
     baseline_windows: i64,
     open_alert_id: Option<String>,
@@ -196,7 +196,7 @@ pub async fn judge_error_rate(
     let width = i64::from(s.error_rate_window_secs);
     sqlx::query(
         "INSERT INTO error_rate_state (service, last_window_start, baseline, baseline_windows)
-         VALUES ($1, '-infinity', $2, 0) ON CONFLICT DO NOTHING",
+         VALUES ($1, NULL, $2, 0) ON CONFLICT DO NOTHING",
     )
     .bind(service)
     .bind(s.error_rate_default_baseline)
@@ -209,7 +209,7 @@ pub async fn judge_error_rate(
     .bind(service)
     .fetch_one(&mut *tx)
     .await?;
-    if upto <= st.last_window_start {
+    if st.last_window_start.is_some_and(|last| upto <= last) {
         return Ok(());
     }
     let windows: Vec<(DateTime<Utc>, i64, i64)> = sqlx::query_as(
@@ -217,7 +217,7 @@ pub async fn judge_error_rate(
                 COALESCE(SUM(event_count) FILTER (WHERE level IN ('ERROR', 'FATAL')), 0)::int8
            FROM window_stats
           WHERE width_secs = $1 AND slide_secs = $1 AND service = $2
-            AND window_start > $3 AND window_start <= $4
+            AND ($3::timestamptz IS NULL OR window_start > $3) AND window_start <= $4
           GROUP BY window_start ORDER BY window_start",
     )
     .bind(width as i32)

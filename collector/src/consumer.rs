@@ -559,7 +559,8 @@ impl ConsumerLoop {
         let mut event = parse_line(
             line,
             &LineContext {
-                event_id: String::new(),
+                // Replaced below: the id derives from the parsed timestamp.
+                event_id: "pending".into(),
                 default_service: key,
                 received_at,
             },

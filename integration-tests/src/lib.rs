@@ -7,6 +7,8 @@
 //! them.
 
 use std::future::Future;
+
+use futures::StreamExt;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -91,6 +93,9 @@ pub async fn start_collector(
     Running,
     std::sync::Arc<logpipe_collector::consumer::ConsumerHealth>,
 ) {
+    if std::env::var_os("LOGPIPE_TEST_LOG").is_some() {
+        logpipe_common::telemetry::init_tracing();
+    }
     let app = logpipe_collector::Application::build(config)
         .await
         .expect("collector starts");
@@ -214,4 +219,81 @@ pub async fn generator_running(
         .expect("valid run parameters");
     engine.start(params).expect("run starts");
     (app, engine)
+}
+
+/// An idempotent producer on the test broker.
+pub fn producer(kafka: &KafkaSettings) -> rdkafka::producer::FutureProducer {
+    kafka
+        .client_config("test-producer")
+        .set("linger.ms", "5")
+        .create()
+        .expect("test producer")
+}
+
+/// Produce records (key, payload, content type) and wait until the broker acknowledged all of them.
+pub async fn produce_all(
+    producer: &rdkafka::producer::FutureProducer,
+    topic: &str,
+    records: impl IntoIterator<Item = (String, Vec<u8>, &'static str)>,
+) {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::FutureRecord;
+    let sends = records
+        .into_iter()
+        .map(|(key, payload, content_type)| async move {
+            let headers = OwnedHeaders::new().insert(Header {
+                key: "content-type",
+                value: Some(content_type),
+            });
+            producer
+                .send(
+                    FutureRecord::to(topic)
+                        .key(&key)
+                        .payload(&payload)
+                        .headers(headers),
+                    Duration::from_secs(30),
+                )
+                .await
+                .map_err(|(e, _)| e)
+                .expect("record acknowledged");
+        });
+    futures::stream::iter(sends)
+        .buffer_unordered(1000)
+        .collect::<Vec<()>>()
+        .await;
+}
+
+/// Events as JSON records keyed by service, the way the generator writes them.
+pub async fn produce_events(
+    producer: &rdkafka::producer::FutureProducer,
+    topic: &str,
+    events: &[logpipe_common::LogEvent],
+) {
+    produce_all(
+        producer,
+        topic,
+        events
+            .iter()
+            .map(|e| (e.service.clone(), e.to_json(), "application/json")),
+    )
+    .await;
+}
+
+/// `n` events of a generator profile over simulated time: event `i` happens at
+/// `start + i * span / n`, so minutes of a profile's cycle are produced in a moment.
+pub fn profile_events(
+    profile: logpipe_generator::events::Profile,
+    seed: u64,
+    start: chrono::DateTime<chrono::Utc>,
+    span: Duration,
+    n: usize,
+) -> Vec<logpipe_common::LogEvent> {
+    let mut f = logpipe_generator::events::EventFactory::new(seed, "gen-test", profile);
+    (0..n)
+        .map(|i| {
+            let elapsed = span.mul_f64(i as f64 / n as f64);
+            let now = start + chrono::Duration::from_std(elapsed).expect("small duration");
+            f.next_event(now, elapsed)
+        })
+        .collect()
 }

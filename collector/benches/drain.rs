@@ -1,0 +1,230 @@
+//! Collector throughput against its ceilings, in one run, on a real broker and Postgres.
+//!
+//!   LOGPIPE_BENCH_BROKERS=127.0.0.1:9092 \
+//!   LOGPIPE_BENCH_DATABASE_URL=postgres://postgres@127.0.0.1:5432/logpipe_bench \
+//!   cargo bench -p logpipe-collector --bench drain [-- N]
+//!
+//! The topic (6 partitions) is filled with N events of the generator's `steady` profile first; then,
+//! each on the same records:
+//! - ceiling "consume": a bare rdkafka consumer loop reading all N records (no parsing);
+//! - ceiling "copy": the same rows COPYed into a fresh `log_events` in batches of 5,000, one
+//!   transaction each (no windows, no alerts, no offsets);
+//! - "collector": the real collector (windows and alerts on, every event stored raw) draining the
+//!   topic into a fresh schema, timed from its first record to the last offset committed;
+//! - "collector WARN+": the same with `min_level = WARN` (windows and alerts still see everything).
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use logpipe_collector::config::CollectorConfig;
+use logpipe_collector::copy::{CopyEncoder, LOG_EVENT_COLUMNS};
+use logpipe_collector::db::{Db, StoredEvent};
+use logpipe_common::kafka::{ensure_topics, KafkaSettings};
+use logpipe_common::{Level, LogEvent};
+use logpipe_generator::events::{EventFactory, Profile};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::Message;
+use tokio_util::sync::CancellationToken;
+
+const PARTITIONS: i32 = 6;
+
+fn main() {
+    let n: usize = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(300_000);
+    let brokers =
+        std::env::var("LOGPIPE_BENCH_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
+    let db_url = std::env::var("LOGPIPE_BENCH_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/logpipe_bench".into());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async move {
+        let tag = format!("{:06x}", rand::random::<u32>() & 0xffffff);
+        let topic = format!("bench.drain.{tag}");
+        let kafka = KafkaSettings {
+            brokers,
+            raw_topic: topic.clone(),
+            dlq_topic: format!("{topic}.dlq"),
+            alerts_topic: format!("{topic}.alerts"),
+            raw_partitions: PARTITIONS,
+            ..KafkaSettings::default()
+        };
+        ensure_topics(&kafka, &kafka.topics())
+            .await
+            .expect("topics");
+        let start = Utc::now() - chrono::Duration::minutes(10);
+        let mut factory = EventFactory::new(1, "bench", Profile::Steady);
+        // Spread over 5 minutes of event time, as a live stream at N/300 events/s would be.
+        let events: Vec<LogEvent> = (0..n)
+            .map(|i| {
+                let elapsed = Duration::from_secs(300).mul_f64(i as f64 / n as f64);
+                factory.next_event(
+                    start + chrono::Duration::from_std(elapsed).unwrap(),
+                    elapsed,
+                )
+            })
+            .collect();
+        let warn_share = events.iter().filter(|e| e.level >= Level::Warn).count() as f64 / n as f64;
+        fill(&kafka, &events);
+        println!(
+            "filled {topic}: {n} events, {:.0} bytes each on average, {:.1}% WARN and above",
+            events.iter().map(|e| e.to_json().len()).sum::<usize>() as f64 / n as f64,
+            warn_share * 100.0
+        );
+
+        let consume = bare_consume(&kafka, n, &tag);
+        println!("ceiling  consume          {:>9.0} events/s", consume);
+        let copy = bare_copy(&db_url, &tag, &events).await;
+        println!("ceiling  copy             {:>9.0} rows/s", copy);
+        let all = collector(&kafka, &db_url, &format!("b_all_{tag}"), Level::Trace, n).await;
+        println!(
+            "collector (all stored)     {:>9.0} events/s  = {:.2} x consume, {:.2} x copy",
+            all,
+            all / consume,
+            all / copy
+        );
+        let warn = collector(&kafka, &db_url, &format!("b_warn_{tag}"), Level::Warn, n).await;
+        println!(
+            "collector (WARN+ stored)   {:>9.0} events/s  = {:.2} x consume, {:.2} x copy",
+            warn,
+            warn / consume,
+            warn / copy
+        );
+    });
+}
+
+fn fill(kafka: &KafkaSettings, events: &[LogEvent]) {
+    let producer: ThreadedProducer<DefaultProducerContext> = kafka
+        .client_config("bench-fill")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "20")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()
+        .expect("producer");
+    for e in events {
+        let payload = e.to_json();
+        let mut record = BaseRecord::to(&kafka.raw_topic)
+            .key(e.service.as_str())
+            .payload(&payload);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    record = r;
+                    producer.poll(Duration::from_millis(10));
+                }
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(120)).expect("flush");
+}
+
+/// Events per second a bare consumer reads, from its first record to its N-th.
+fn bare_consume(kafka: &KafkaSettings, n: usize, tag: &str) -> f64 {
+    let consumer: BaseConsumer = kafka
+        .client_config("bench-consume")
+        .set("group.id", format!("bench-consume-{tag}"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[&kafka.raw_topic]).expect("subscribe");
+    let mut first: Option<Instant> = None;
+    let mut seen = 0usize;
+    let mut bytes = 0usize;
+    while seen < n {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            first.get_or_insert_with(Instant::now);
+            bytes += m.payload().map_or(0, <[u8]>::len);
+            seen += 1;
+        }
+    }
+    std::hint::black_box(bytes);
+    n as f64 / first.expect("records").elapsed().as_secs_f64()
+}
+
+/// Rows per second of a bare COPY of the same rows into a fresh, migrated schema.
+async fn bare_copy(db_url: &str, tag: &str, events: &[LogEvent]) -> f64 {
+    let mut settings = CollectorConfig::default().database;
+    settings.url = db_url.to_owned();
+    settings.schema = format!("b_copy_{tag}");
+    let db = Db::connect(&settings).await.expect("bench database");
+    let started = Instant::now();
+    for (i, chunk) in events.chunks(5000).enumerate() {
+        let mut enc = CopyEncoder::with_capacity(chunk.len());
+        for (j, e) in chunk.iter().enumerate() {
+            enc.row(&StoredEvent {
+                event: e,
+                partition: 0,
+                offset: (i * 5000 + j) as i64,
+            });
+        }
+        let data = enc.finish();
+        let mut tx = db.pool().begin().await.expect("begin");
+        let mut copy = tx
+            .copy_in_raw(&format!(
+                "COPY log_events ({LOG_EVENT_COLUMNS}) FROM STDIN WITH (FORMAT binary)"
+            ))
+            .await
+            .expect("copy");
+        copy.send(data.as_slice()).await.expect("send");
+        copy.finish().await.expect("finish");
+        tx.commit().await.expect("commit");
+    }
+    let rate = events.len() as f64 / started.elapsed().as_secs_f64();
+    drop_schema(&db, &settings.schema).await;
+    rate
+}
+
+/// Events per second the collector drains: from its first consumed record until the offsets stored
+/// in Postgres cover all N.
+async fn collector(kafka: &KafkaSettings, db_url: &str, schema: &str, min: Level, n: usize) -> f64 {
+    let mut config = CollectorConfig {
+        port: 0,
+        kafka: kafka.clone(),
+        ..Default::default()
+    };
+    config.database.url = db_url.to_owned();
+    config.database.schema = schema.to_owned();
+    config.consumer.group_id = format!("{schema}-group");
+    config.filter.min_level = min;
+    let app = logpipe_collector::Application::build(config)
+        .await
+        .expect("collector");
+    let health = app.health();
+    let db = app.db();
+    let token = CancellationToken::new();
+    let task = tokio::spawn(app.run_until_stopped(token.clone()));
+    while health.consumed.load(Ordering::Relaxed) == 0 {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let started = Instant::now();
+    loop {
+        let stored: i64 =
+            sqlx::query_scalar("SELECT COALESCE(sum(next_offset), 0)::int8 FROM consumer_offsets")
+                .fetch_one(db.pool())
+                .await
+                .expect("offsets");
+        if stored as usize >= n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    token.cancel();
+    let _ = task.await;
+    drop_schema(&db, schema).await;
+    rate
+}
+
+async fn drop_schema(db: &Db, schema: &str) {
+    let _ = sqlx::query(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
+        .execute(db.pool())
+        .await;
+}

@@ -1,0 +1,627 @@
+//! The collector against the real broker and Postgres: windows that add up to the raw rows, raw
+//! lines, filters and their reload, alerts once per episode for the generator's profiles, the query
+//! API, and a Postgres outage that loses nothing.
+//!
+//! Profile runs use simulated time: the generator's own event factory makes the events of minutes of
+//! its cycle with event timestamps spread over those minutes, produced at once. Windows, lateness and
+//! alerts all run on event time, so this is the same stream a live run would give, only faster.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use logpipe_generator::events::Profile;
+use logpipe_integration_tests as it;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use serde_json::Value;
+use sqlx::PgPool;
+
+const WAIT: Duration = Duration::from_secs(90);
+
+/// A start time aligned to the minute, an hour ago: profile cycles line up with the windows.
+fn aligned_start() -> DateTime<Utc> {
+    let now = Utc::now().timestamp() - 3600;
+    DateTime::from_timestamp(now - now.rem_euclid(60), 0).unwrap()
+}
+
+async fn wait_rows(pool: &PgPool, sql: &str, want: i64) {
+    it::wait_for(&format!("`{sql}` = {want}"), WAIT, || {
+        let pool = pool.clone();
+        let sql = sql.to_owned();
+        async move {
+            let n: i64 = sqlx::query_scalar(&sql)
+                .fetch_one(&pool)
+                .await
+                .map_err(|e| e.to_string())?;
+            if n == want {
+                Ok(())
+            } else {
+                Err(format!("{n}"))
+            }
+        }
+    })
+    .await;
+}
+
+/// Wait until the collector stored offsets past all `records` produced to its topic.
+async fn wait_drained(pool: &PgPool, records: usize) {
+    wait_rows(
+        pool,
+        "SELECT COALESCE(sum(next_offset), 0)::int8 FROM consumer_offsets",
+        records as i64,
+    )
+    .await;
+}
+
+async fn alert_counts(pool: &PgPool) -> Vec<(String, String, i64)> {
+    sqlx::query_as(
+        "SELECT kind, subject, count(*)::int8 FROM alerts GROUP BY kind, subject ORDER BY kind, subject",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn window_counts_equal_counts_recomputed_from_the_raw_events_after_a_seeded_run() {
+    let name = it::unique("windows");
+    let config = it::collector_config(&name, 3);
+    let kafka = config.kafka.clone();
+    let (collector, _) = it::start_collector(config).await;
+    let events = it::profile_events(
+        Profile::MixedFormats,
+        42,
+        aligned_start(),
+        Duration::from_secs(150),
+        6000,
+    );
+    let producer = it::producer(&kafka);
+    it::produce_events(&producer, &kafka.raw_topic, &events).await;
+    let pool = it::schema_pool(&name).await;
+    wait_rows(&pool, "SELECT count(*) FROM log_events", 6000).await;
+    wait_drained(&pool, events.len()).await;
+
+    for width in [10, 60] {
+        let mismatches: i64 = sqlx::query_scalar(
+            "WITH raw AS (
+                 SELECT date_bin(make_interval(secs => $1), ts, 'epoch') AS ws, service, level,
+                        count(*)::int8 AS n
+                   FROM log_events GROUP BY 1, 2, 3),
+             win AS (
+                 SELECT window_start AS ws, service, level, event_count AS n
+                   FROM window_stats WHERE width_secs = $1 AND slide_secs = $1)
+             SELECT count(*) FROM raw FULL JOIN win USING (ws, service, level)
+              WHERE raw.n IS DISTINCT FROM win.n",
+        )
+        .bind(width as f64)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!(
+            mismatches, 0,
+            "{width}-second windows differ from the raw rows"
+        );
+    }
+    // Hopping 60/30: every event is in exactly two windows.
+    let hopping: i64 = sqlx::query_scalar(
+        "SELECT sum(event_count)::int8 FROM window_stats WHERE width_secs = 60 AND slide_secs = 30",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(hopping, 12_000);
+    // Latency statistics come from the events' latency_ms attribute.
+    let (lc, max): (i64, f64) = sqlx::query_as(
+        "SELECT sum(latency_count)::int8, max(latency_max_ms) FROM window_stats
+          WHERE width_secs = 60 AND slide_secs = 60",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let want_max = events
+        .iter()
+        .map(|e| e.attributes["latency_ms"].as_f64().unwrap())
+        .fold(0.0, f64::max);
+    assert_eq!(lc, 6000);
+    assert_eq!(max, want_max);
+
+    // The stats endpoint sums the same rows.
+    let client = reqwest::Client::new();
+    let from = (aligned_start() - chrono::Duration::minutes(1)).to_rfc3339();
+    let stats: Value = client
+        .get(collector.url("/api/v1/stats"))
+        .query(&[("from", from.as_str())])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats["total"], 6000, "{stats}");
+    let per_level: i64 = stats["by_level"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_i64().unwrap())
+        .sum();
+    assert_eq!(per_level, 6000);
+    let payments: Value = client
+        .get(collector.url("/api/v1/stats/payments"))
+        .query(&[("from", from.as_str())])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let p50 = payments["latency_ms"]["p50"].as_f64().unwrap();
+    let p95 = payments["latency_ms"]["p95"].as_f64().unwrap();
+    assert!(p50 > 0.0 && p50 <= p95, "{payments}");
+    collector.stop().await;
+    it::drop_schema(&pool, &name).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn apache_and_syslog_records_are_parsed_and_unparseable_lines_go_to_the_dlq() {
+    let name = it::unique("lines");
+    let config = it::collector_config(&name, 1);
+    let kafka = config.kafka.clone();
+    let (collector, _) = it::start_collector(config).await;
+    let producer = it::producer(&kafka);
+    let lines = [
+        r#"10.1.2.3 - alice [23/Nov/2026:08:00:00 +0000] "GET /cart HTTP/1.1" 503 12 "-" "curl/8""#,
+        "<131>1 2026-11-23T08:00:01.000Z web-1 billing 42 - - invoice failed",
+        "<14>Nov 23 08:00:02 web-2 cron[7]: job done",
+        "this is not a log line",
+    ];
+    it::produce_all(
+        &producer,
+        &kafka.raw_topic,
+        lines
+            .iter()
+            .map(|l| ("web".to_string(), l.as_bytes().to_vec(), "text/plain")),
+    )
+    .await;
+    let pool = it::schema_pool(&name).await;
+    wait_drained(&pool, lines.len()).await;
+    let rows: Vec<(String, String, String)> =
+        sqlx::query_as("SELECT service, level, component FROM log_events ORDER BY ts")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        rows,
+        vec![
+            ("web".into(), "ERROR".into(), "access".into()),
+            ("billing".into(), "ERROR".into(), "syslog".into()),
+            ("cron".into(), "INFO".into(), "syslog".into()),
+        ]
+    );
+    // The unparseable line is in the DLQ, named as such.
+    let consumer: rdkafka::consumer::StreamConsumer = kafka
+        .client_config("test-dlq")
+        .set("group.id", format!("{name}-dlq"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[&kafka.dlq_topic]).unwrap();
+    let msg = tokio::time::timeout(WAIT, consumer.recv())
+        .await
+        .expect("a DLQ record")
+        .unwrap();
+    use rdkafka::message::{Headers, Message};
+    let headers = msg.headers().unwrap();
+    let kind = headers
+        .iter()
+        .find(|h| h.key == "error.kind")
+        .and_then(|h| h.value)
+        .unwrap();
+    assert_eq!(kind, b"unparseable_line");
+    assert_eq!(msg.payload().unwrap(), lines[3].as_bytes());
+    collector.stop().await;
+    it::drop_schema(&pool, &name).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn filter_rules_decide_raw_storage_windows_count_everything_and_reload_applies_new_rules() {
+    let name = it::unique("filter");
+    let dir = std::env::temp_dir().join(&name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let rules = dir.join("filter.toml");
+    std::fs::write(
+        &rules,
+        "min_level = \"WARN\"\nexclude_services = [\"search\"]\nkeep_messages = [\"^keep me\"]\n",
+    )
+    .unwrap();
+    let mut config = it::collector_config(&name, 1);
+    config.filter_file = Some(rules.clone());
+    let kafka = config.kafka.clone();
+    let (collector, _) = it::start_collector(config).await;
+    let start = aligned_start();
+    let event = |i: i64, level: &str, service: &str, message: &str| {
+        logpipe_common::LogEvent::from_json(
+            serde_json::json!({
+                "event_id": format!("{name}-{i}"), "timestamp": start + chrono::Duration::seconds(i),
+                "level": level, "service": service, "message": message,
+            })
+            .to_string()
+            .as_bytes(),
+        )
+        .unwrap()
+    };
+    let first = vec![
+        event(0, "INFO", "payments", "ok"),
+        event(1, "INFO", "payments", "keep me please"),
+        event(2, "WARN", "payments", "slow"),
+        event(3, "ERROR", "search", "excluded service"),
+        event(4, "ERROR", "payments", "boom"),
+    ];
+    let producer = it::producer(&kafka);
+    it::produce_events(&producer, &kafka.raw_topic, &first).await;
+    let pool = it::schema_pool(&name).await;
+    wait_drained(&pool, first.len()).await;
+    let stored: Vec<String> = sqlx::query_scalar("SELECT message FROM log_events ORDER BY ts")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, vec!["keep me please", "slow", "boom"]);
+    let windowed: i64 = sqlx::query_scalar(
+        "SELECT sum(event_count)::int8 FROM window_stats WHERE width_secs = 10 AND slide_secs = 10",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(windowed, 5, "windows count filtered events too");
+
+    let client = reqwest::Client::new();
+    std::fs::write(&rules, "min_level = \"INFO\"\n").unwrap();
+    let resp = client
+        .post(collector.url("/admin/filters/reload"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    it::produce_events(
+        &producer,
+        &kafka.raw_topic,
+        &[
+            event(5, "INFO", "search", "now stored"),
+            event(6, "DEBUG", "search", "not yet"),
+        ],
+    )
+    .await;
+    wait_drained(&pool, first.len() + 2).await;
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM log_events WHERE service = 'search'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+
+    // A broken file is refused with the reason, and the rules in force stay.
+    std::fs::write(&rules, "min_level = \"LOUD\"\n").unwrap();
+    let resp = client
+        .post(collector.url("/admin/filters/reload"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 422);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"], "invalid_rules");
+    let current: Value = client
+        .get(collector.url("/admin/filters"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(current["rules"]["min_level"], "INFO");
+    collector.stop().await;
+    it::drop_schema(&pool, &name).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Run a profile for `span` of simulated time through a fresh collector; return the alerts per
+/// (kind, subject) and the alerts published to the alerts topic.
+async fn alerts_for(
+    profile: Profile,
+    test: &str,
+    span_secs: u64,
+    n: usize,
+) -> Vec<(String, String, i64)> {
+    let name = it::unique(test);
+    let config = it::collector_config(&name, 3);
+    let kafka = config.kafka.clone();
+    let (collector, _) = it::start_collector(config).await;
+    let events = it::profile_events(
+        profile,
+        7,
+        aligned_start(),
+        Duration::from_secs(span_secs),
+        n,
+    );
+    let producer = it::producer(&kafka);
+    it::produce_events(&producer, &kafka.raw_topic, &events).await;
+    let pool = it::schema_pool(&name).await;
+    wait_drained(&pool, events.len()).await;
+    let counts = alert_counts(&pool).await;
+    let total: i64 = counts.iter().map(|c| c.2).sum();
+    // Every alert is published once to the alerts topic (the outbox marks it).
+    wait_rows(
+        &pool,
+        "SELECT count(*) FROM alerts WHERE published_at IS NOT NULL",
+        total,
+    )
+    .await;
+    let consumer: BaseConsumer = kafka.client_config("test-alerts").create().unwrap();
+    let (_, published) = consumer
+        .fetch_watermarks(&kafka.alerts_topic, 0, Duration::from_secs(10))
+        .unwrap();
+    assert_eq!(published, total, "alerts on the topic");
+
+    // The alerts endpoint pages through them with a cursor.
+    let client = reqwest::Client::new();
+    let from = (aligned_start() - chrono::Duration::minutes(1)).to_rfc3339();
+    let mut seen = 0;
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut q = vec![("from", from.clone()), ("limit", "2".to_string())];
+        if let Some(c) = &cursor {
+            q.push(("cursor", c.clone()));
+        }
+        let page: Value = client
+            .get(collector.url("/api/v1/alerts"))
+            .query(&q)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        seen += page["alerts"].as_array().unwrap().len() as i64;
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(seen, total);
+    collector.stop().await;
+    it::drop_schema(&pool, &name).await;
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn error_spike_profile_raises_one_alert_per_episode_for_the_spiking_service_only() {
+    // Two cycles: episodes at 15-45 s and 75-105 s.
+    let counts = alerts_for(Profile::ErrorSpike, "spike", 130, 26_000).await;
+    assert_eq!(
+        counts,
+        vec![("error_rate_spike".into(), "payments".into(), 2)],
+        "{counts:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn security_attack_profile_raises_brute_force_and_sql_injection_alerts_once_per_episode() {
+    let counts = alerts_for(Profile::SecurityAttack, "attack", 130, 26_000).await;
+    let mut want: Vec<(String, String, i64)> = [
+        "ip:203.0.113.23",
+        "ip:203.0.113.7",
+        "ip:203.0.113.99",
+        "user:admin",
+        "user:root",
+        "user:u-1",
+    ]
+    .iter()
+    .map(|s| ("brute_force".to_string(), s.to_string(), 2))
+    .collect();
+    want.push(("sql_injection".into(), "search".into(), 2));
+    want.sort();
+    assert_eq!(counts, want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn steady_profile_raises_no_alert() {
+    let counts = alerts_for(Profile::Steady, "steady", 130, 26_000).await;
+    assert!(counts.is_empty(), "{counts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn events_query_filters_by_service_level_and_text_and_pages_with_a_cursor() {
+    let name = it::unique("events");
+    let config = it::collector_config(&name, 2);
+    let kafka = config.kafka.clone();
+    let (collector, _) = it::start_collector(config).await;
+    let events = it::profile_events(
+        Profile::Steady,
+        3,
+        aligned_start(),
+        Duration::from_secs(60),
+        2000,
+    );
+    let producer = it::producer(&kafka);
+    it::produce_events(&producer, &kafka.raw_topic, &events).await;
+    let pool = it::schema_pool(&name).await;
+    wait_drained(&pool, events.len()).await;
+    let want: Vec<&str> = {
+        let mut v: Vec<_> = events
+            .iter()
+            .filter(|e| {
+                e.service == "payments"
+                    && e.level >= logpipe_common::Level::Warn
+                    && e.message.contains("declined")
+            })
+            .collect();
+        v.sort_by(|a, b| (b.timestamp, &b.event_id).cmp(&(a.timestamp, &a.event_id)));
+        v.into_iter().map(|e| e.event_id.as_str()).collect()
+    };
+    assert!(want.len() > 3, "the sample needs a few matches");
+    let client = reqwest::Client::new();
+    let from = (aligned_start() - chrono::Duration::minutes(1)).to_rfc3339();
+    let mut got: Vec<String> = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut q = vec![
+            ("from", from.clone()),
+            ("service", "payments".into()),
+            ("min_level", "warn".into()),
+            ("q", "DECLINED".into()),
+            ("limit", "3".into()),
+        ];
+        if let Some(c) = &cursor {
+            q.push(("cursor", c.clone()));
+        }
+        let page: Value = client
+            .get(collector.url("/api/v1/events"))
+            .query(&q)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        for e in page["events"].as_array().unwrap() {
+            got.push(e["event_id"].as_str().unwrap().to_owned());
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(got, want);
+
+    // Bad parameters get a 400 naming the parameter.
+    for (param, value) in [
+        ("level", "LOUD"),
+        ("from", "yesterday"),
+        ("limit", "0"),
+        ("cursor", "nope"),
+        ("servcie", "typo"),
+    ] {
+        let resp = client
+            .get(collector.url("/api/v1/events"))
+            .query(&[(param, value)])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 400, "{param}={value}");
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["error"], "invalid_parameter");
+        assert!(body["detail"].as_str().unwrap().contains(param), "{body}");
+    }
+    collector.stop().await;
+    it::drop_schema(&pool, &name).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_postgres_outage_pauses_the_collector_and_loses_nothing() {
+    // Its own database, so closing it to connections disturbs no other test.
+    let name = it::unique("outage");
+    let admin = sqlx::PgPool::connect(&it::database_url()).await.unwrap();
+    sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+        .execute(&admin)
+        .await
+        .unwrap();
+    let db_url = {
+        let base = it::database_url();
+        let (prefix, _) = base.rsplit_once('/').unwrap();
+        format!("{prefix}/{name}")
+    };
+    let mut config = it::collector_config(&name, 2);
+    config.database.url = db_url.clone();
+    config.database.schema = "public".into();
+    config.consumer.retry_max_ms = 500;
+    let kafka = config.kafka.clone();
+    let (collector, health) = it::start_collector(config).await;
+    let producer = it::producer(&kafka);
+    let start = aligned_start();
+    let batch = |from: usize| {
+        it::profile_events(
+            Profile::Steady,
+            from as u64,
+            start,
+            Duration::from_secs(60),
+            2000,
+        )
+    };
+    it::produce_events(&producer, &kafka.raw_topic, &batch(1)).await;
+    let pool = sqlx::PgPool::connect(&db_url).await.unwrap();
+    wait_rows(&pool, "SELECT count(*) FROM log_events", 2000).await;
+    pool.close().await;
+
+    // Outage: no new connections, existing ones terminated.
+    sqlx::query(&format!(
+        "ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS false"
+    ))
+    .execute(&admin)
+    .await
+    .unwrap();
+    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1")
+        .bind(&name)
+        .execute(&admin)
+        .await
+        .unwrap();
+    it::produce_events(&producer, &kafka.raw_topic, &batch(2)).await;
+    let client = reqwest::Client::new();
+    it::wait_for("/ready to report 503", WAIT, || {
+        let client = client.clone();
+        let url = collector.url("/ready");
+        async move {
+            let s = client
+                .get(&url)
+                .send()
+                .await
+                .map_err(|e| e.to_string())?
+                .status();
+            if s == 503 {
+                Ok(())
+            } else {
+                Err(s.to_string())
+            }
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!health.db_ok.load(std::sync::atomic::Ordering::Relaxed));
+
+    sqlx::query(&format!("ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS true"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    let pool = sqlx::PgPool::connect(&db_url).await.unwrap();
+    wait_rows(&pool, "SELECT count(*) FROM log_events", 4000).await;
+    wait_drained(&pool, 4000).await;
+    let distinct: i64 = sqlx::query_scalar("SELECT count(DISTINCT event_id) FROM log_events")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(distinct, 4000);
+    // Nothing good went to the DLQ because the database was down.
+    let consumer: BaseConsumer = kafka.client_config("test-dlq-marks").create().unwrap();
+    let (_, dlq) = consumer
+        .fetch_watermarks(&kafka.dlq_topic, 0, Duration::from_secs(10))
+        .unwrap();
+    assert_eq!(dlq, 0);
+    it::wait_for("/ready to recover", WAIT, || {
+        let client = client.clone();
+        let url = collector.url("/ready");
+        async move {
+            let s = client
+                .get(&url)
+                .send()
+                .await
+                .map_err(|e| e.to_string())?
+                .status();
+            if s == 200 {
+                Ok(())
+            } else {
+                Err(s.to_string())
+            }
+        }
+    })
+    .await;
+    collector.stop().await;
+    pool.close().await;
+    let _ = sqlx::query(&format!("DROP DATABASE \"{name}\" WITH (FORCE)"))
+        .execute(&admin)
+        .await;
+}

@@ -112,9 +112,8 @@ impl Filter {
             return true;
         }
         let r = &self.rules;
-        if r.exclude_services.iter().any(|s| *s == e.service)
-            || (!r.include_services.is_empty()
-                && !r.include_services.iter().any(|s| *s == e.service))
+        if r.exclude_services.contains(&e.service)
+            || (!r.include_services.is_empty() && !r.include_services.contains(&e.service))
         {
             return false;
         }
@@ -124,7 +123,8 @@ impl Filter {
         let attrs_match = r.match_attributes.iter().all(|(k, want)| {
             e.attributes.get(k).is_some_and(|v| match v {
                 Value::String(s) => s == want,
-                other => other.to_string() == *want,
+                // Numbers and booleans compare by their JSON text.
+                other => want.as_str() == other.to_string().as_str(),
             })
         });
         if !attrs_match {

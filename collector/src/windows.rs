@@ -329,11 +329,13 @@ mod tests {
 
     #[test]
     fn hopping_slide_must_divide_the_size() {
-        let mut w = WindowSettings::default();
-        w.hopping = vec![Hopping {
-            size_secs: 50,
-            slide_secs: 20,
-        }];
+        let w = WindowSettings {
+            hopping: vec![Hopping {
+                size_secs: 50,
+                slide_secs: 20,
+            }],
+            ..Default::default()
+        };
         assert!(w.validate().is_err());
     }
 }

@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Crash test for the collector's exactly-once delivery: N events (default 1,000,000) are produced by
+# the release generator to a private broker while the release collector drains them into its own
+# database; the collector is killed with SIGKILL at random moments (KILLS times, default 3) and
+# restarted each time. Passes when Postgres ends with exactly N rows, N distinct event ids, and the
+# stored offsets cover all N records. Needs the release binaries (setup.sh builds them).
+# Ends with "crash-test: N passed, M failed".
+set -uo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+source "$ROOT/scripts/lib.sh"
+
+N=${LOGPIPE_CRASH_EVENTS:-1000000}
+KILLS=${LOGPIPE_CRASH_KILLS:-3}
+RUN=$(mktemp -d "${TMPDIR:-/tmp}/logpipe-crash.XXXXXX")
+DB=logpipe_crash_test
+DB_URL="postgres://$PG_USER@$PG_HOST:$PG_PORT/$DB"
+BIN=$CARGO_TARGET_DIR/release
+BROKER_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+GEN_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+COL_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+export LOGPIPE_KAFKA_BROKERS=127.0.0.1:$BROKER_PORT LOGPIPE_DATABASE_URL=$DB_URL RUST_LOG=warn
+
+passed=0
+failed=0
+check() {
+    local what=$1
+    shift
+    if "$@"; then echo "ok - $what"; passed=$((passed + 1)); else echo "not ok - $what"; failed=$((failed + 1)); fi
+}
+finish() {
+    stop_pid collector "$RUN/collector.pid" 15 >/dev/null
+    stop_pid generator "$RUN/generator.pid" 15 >/dev/null
+    stop_pid broker "$RUN/broker.pid" 5 >/dev/null
+    if [ "$failed" -eq 0 ]; then rm -rf "$RUN"; else echo "logs kept in $RUN"; fi
+    echo "crash-test: $passed passed, $failed failed"
+    [ "$failed" -eq 0 ]
+    exit $?
+}
+trap finish EXIT
+sql() { psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d "$DB" -tAc "$1" 2>/dev/null; }
+
+[ -x "$BIN/logpipe-collector" ] && [ -x "$BIN/logpipe-generator" ] \
+    || { check "release binaries exist (run setup.sh first)" false; exit 1; }
+psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d postgres -qc "DROP DATABASE IF EXISTS $DB" >/dev/null
+ensure_database "$DB"
+
+start_bg broker "$RUN" "$RUN/broker.log" "$RUN/broker.pid" "$TANSU_BIN" broker \
+    --listener-url "tcp://127.0.0.1:$BROKER_PORT" --advertised-listener-url "tcp://127.0.0.1:$BROKER_PORT" \
+    --storage-engine memory://tansu/ >/dev/null
+wait_port 127.0.0.1 "$BROKER_PORT" 30 || { check "broker starts" false; exit 1; }
+
+start_collector() {
+    start_bg collector "$RUN" "$RUN/collector.log" "$RUN/collector.pid" \
+        "$BIN/logpipe-collector" --port "$COL_PORT" >/dev/null
+}
+start_collector
+wait_http "http://127.0.0.1:$COL_PORT/ready" 60 || { check "collector starts" false; exit 1; }
+start_bg generator "$RUN" "$RUN/generator.log" "$RUN/generator.pid" \
+    "$BIN/logpipe-generator" --port "$GEN_PORT" >/dev/null
+wait_http "http://127.0.0.1:$GEN_PORT/ready" 60 || { check "generator starts" false; exit 1; }
+curl -fsS -o /dev/null -X POST "http://127.0.0.1:$GEN_PORT/api/v1/generator/start" \
+    -H 'content-type: application/json' \
+    -d "{\"rate_per_second\": 100000, \"count\": $N, \"batch_size\": 1000, \"threads\": 2}" \
+    || { check "generation starts" false; exit 1; }
+
+stored() { sql "SELECT COALESCE(sum(next_offset), 0) FROM consumer_offsets" || echo 0; }
+for k in $(seq 1 "$KILLS"); do
+    # A random moment: 2-6 s after the previous (re)start.
+    sleep "$(python3 -c 'import random; print(round(random.uniform(2, 6), 2))')"
+    echo "kill -9 collector #$k at $(stored) stored offsets"
+    kill -KILL "$(cat "$RUN/collector.pid")" 2>/dev/null
+    sleep 0.5
+    start_collector
+done
+
+deadline=$((SECONDS + 300))
+while [ $SECONDS -lt $deadline ]; do
+    acked=$(curl -fsS "http://127.0.0.1:$GEN_PORT/api/v1/generator/status" | python3 -c 'import json,sys; s=json.load(sys.stdin); print(s["events_acked"] if s["state"]=="idle" else -1)' 2>/dev/null || echo -1)
+    [ "$acked" = "$N" ] && [ "$(stored)" = "$N" ] && break
+    sleep 1
+done
+check "generator acknowledged all $N events" [ "$acked" = "$N" ]
+check "stored offsets cover all $N records" [ "$(stored)" = "$N" ]
+check "exactly $N rows" [ "$(sql 'SELECT count(*) FROM log_events')" = "$N" ]
+check "$N distinct event ids" [ "$(sql 'SELECT count(DISTINCT event_id) FROM log_events')" = "$N" ]

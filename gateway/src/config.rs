@@ -6,6 +6,11 @@ use std::path::PathBuf;
 use logpipe_common::config::{load_toml, ConfigError};
 use serde::{Deserialize, Serialize};
 
+use logpipe_common::config::redact_url;
+use logpipe_common::kafka::KafkaSettings;
+
+use crate::auth::AuthSettings;
+use crate::ingest::IngestSettings;
 use crate::ratelimit::RateLimitSettings;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -24,7 +29,12 @@ pub struct GatewayConfig {
     pub request_timeout_ms: u64,
     /// Largest accepted request body; larger gets 413.
     pub body_limit_bytes: usize,
+    /// API requests in flight at once; more are shed with 503 (health and metrics are exempt).
+    pub max_concurrent_requests: usize,
     pub rate_limit: RateLimitSettings,
+    pub auth: AuthSettings,
+    pub kafka: KafkaSettings,
+    pub ingest: IngestSettings,
 }
 
 impl Default for GatewayConfig {
@@ -36,8 +46,12 @@ impl Default for GatewayConfig {
             collector_url: "http://127.0.0.1:8082".into(),
             upstream_timeout_ms: 5_000,
             request_timeout_ms: 15_000,
-            body_limit_bytes: 1024 * 1024,
+            body_limit_bytes: 4 * 1024 * 1024,
+            max_concurrent_requests: 1024,
             rate_limit: RateLimitSettings::default(),
+            auth: AuthSettings::default(),
+            kafka: KafkaSettings::default(),
+            ingest: IngestSettings::default(),
         }
     }
 }
@@ -45,8 +59,19 @@ impl Default for GatewayConfig {
 impl GatewayConfig {
     pub fn summary(&self) -> String {
         format!(
-            "listen={}:{} generators={:?} collector={} body_limit={}B",
-            self.host, self.port, self.generator_urls, self.collector_url, self.body_limit_bytes
+            "listen={}:{} generators={:?} collector={} brokers={} topic={} body_limit={}B max_events={} \
+             concurrency={} redis={} api_keys={}",
+            self.host,
+            self.port,
+            self.generator_urls,
+            self.collector_url,
+            redact_url(&self.kafka.brokers),
+            self.kafka.raw_topic,
+            self.body_limit_bytes,
+            self.ingest.max_events,
+            self.max_concurrent_requests,
+            redact_url(&self.rate_limit.redis_url),
+            self.auth.keys.len()
         )
     }
 
@@ -65,6 +90,16 @@ impl GatewayConfig {
                 });
             }
         }
+        if self.ingest.max_events == 0 {
+            return Err(ConfigError::Invalid {
+                field: "ingest.max_events",
+                reason: "must be at least 1".into(),
+            });
+        }
+        crate::auth::Authenticator::new(&self.auth).map_err(|e| ConfigError::Invalid {
+            field: "auth.keys",
+            reason: e.to_string(),
+        })?;
         Ok(())
     }
 }
@@ -90,6 +125,18 @@ pub struct Cli {
     pub redis_url: Option<String>,
     #[arg(long, env = "LOGPIPE_GATEWAY_RATE_LIMIT_ENABLED")]
     pub rate_limit_enabled: Option<bool>,
+    #[arg(long, env = "LOGPIPE_KAFKA_BROKERS")]
+    pub brokers: Option<String>,
+    #[arg(long, env = "LOGPIPE_RAW_TOPIC")]
+    pub topic: Option<String>,
+    #[arg(long, env = "LOGPIPE_RAW_PARTITIONS")]
+    pub partitions: Option<i32>,
+    #[arg(long, env = "LOGPIPE_GATEWAY_MAX_EVENTS")]
+    pub max_events: Option<usize>,
+    #[arg(long, env = "LOGPIPE_GATEWAY_MAX_CONCURRENT_REQUESTS")]
+    pub max_concurrent_requests: Option<usize>,
+    #[arg(long, env = "LOGPIPE_GATEWAY_REQUEST_TIMEOUT_MS")]
+    pub request_timeout_ms: Option<u64>,
 }
 
 impl Cli {
@@ -103,6 +150,12 @@ impl Cli {
             self.body_limit_bytes => c.body_limit_bytes,
             self.redis_url => c.rate_limit.redis_url,
             self.rate_limit_enabled => c.rate_limit.enabled,
+            self.brokers => c.kafka.brokers,
+            self.topic => c.kafka.raw_topic,
+            self.partitions => c.kafka.raw_partitions,
+            self.max_events => c.ingest.max_events,
+            self.max_concurrent_requests => c.max_concurrent_requests,
+            self.request_timeout_ms => c.request_timeout_ms,
         );
         c.generator_urls = c
             .generator_urls

@@ -5,14 +5,15 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::future::join_all;
 use serde_json::{json, Value};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::http::AppState;
+use crate::ingest::traceparent;
 
 /// One instance's answer: its HTTP status and JSON body, or why it could not be reached.
 struct InstanceReply {
@@ -33,16 +34,21 @@ impl InstanceReply {
 
 async fn call_all(
     s: &AppState,
+    headers: &HeaderMap,
     method: reqwest::Method,
     path: &str,
     body: Option<Bytes>,
 ) -> Vec<InstanceReply> {
+    let tp = traceparent(headers);
     let calls = s.config.generator_urls.iter().map(|base| {
         let url = format!("{base}{path}");
         let mut req = s
             .client
             .request(method.clone(), &url)
             .timeout(Duration::from_millis(s.config.upstream_timeout_ms));
+        if let Some(tp) = &tp {
+            req = req.header("traceparent", tp.as_str());
+        }
         if let Some(b) = &body {
             req = req
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
@@ -111,9 +117,23 @@ fn fan_out_response(replies: Vec<InstanceReply>, ok_status: StatusCode) -> Respo
         .into_response()
 }
 
-pub async fn start(State(s): State<AppState>, body: Bytes) -> Response {
+/// Start generating on every instance (the body is the generator's run request).
+#[utoipa::path(post, path = "/api/v1/generator/start", tag = "control",
+    request_body(content = serde_json::Value, description = "Run parameters: rate_per_second, threads, batch_size, profile, duration_secs"),
+    responses(
+        (status = 202, description = "Every instance started", body = serde_json::Value),
+        (status = 207, description = "Some instances started; `instances` says which", body = serde_json::Value),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        (status = 403, description = "The key lacks the `admin` scope", body = ErrorBody),
+        (status = 409, description = "Every instance refused (already running)", body = ErrorBody),
+        (status = 422, description = "Every instance refused the parameters", body = ErrorBody),
+        (status = 429, description = "Control rate limit spent", body = ErrorBody),
+        (status = 502, description = "No instance reachable", body = ErrorBody),
+    ))]
+pub async fn start(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
     let replies = call_all(
         &s,
+        &headers,
         reqwest::Method::POST,
         "/api/v1/generator/start",
         Some(body),
@@ -122,13 +142,43 @@ pub async fn start(State(s): State<AppState>, body: Bytes) -> Response {
     fan_out_response(replies, StatusCode::ACCEPTED)
 }
 
-pub async fn stop(State(s): State<AppState>) -> Response {
-    let replies = call_all(&s, reqwest::Method::POST, "/api/v1/generator/stop", None).await;
+/// Stop generating on every instance.
+#[utoipa::path(post, path = "/api/v1/generator/stop", tag = "control",
+    responses(
+        (status = 200, description = "Every instance stopped", body = serde_json::Value),
+        (status = 207, description = "Some instances stopped", body = serde_json::Value),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        (status = 403, description = "The key lacks the `admin` scope", body = ErrorBody),
+        (status = 502, description = "No instance reachable", body = ErrorBody),
+    ))]
+pub async fn stop(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    let replies = call_all(
+        &s,
+        &headers,
+        reqwest::Method::POST,
+        "/api/v1/generator/stop",
+        None,
+    )
+    .await;
     fan_out_response(replies, StatusCode::OK)
 }
 
-pub async fn status(State(s): State<AppState>) -> Response {
-    let replies = call_all(&s, reqwest::Method::GET, "/api/v1/generator/status", None).await;
+/// Every instance's status and the totals; an unreachable instance is marked, not fatal.
+#[utoipa::path(get, path = "/api/v1/generator/status", tag = "control",
+    responses(
+        (status = 200, description = "Per-instance and total status", body = serde_json::Value),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        (status = 429, description = "Query rate limit spent", body = ErrorBody),
+    ))]
+pub async fn status(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    let replies = call_all(
+        &s,
+        &headers,
+        reqwest::Method::GET,
+        "/api/v1/generator/status",
+        None,
+    )
+    .await;
     Json(aggregate_status(&replies)).into_response()
 }
 

@@ -1,13 +1,25 @@
-//! The gateway's one error type. Every failure leaves as `{"error": "...", "detail": "..."}`.
+//! The gateway's one error type. Every failure leaves as `{"error": "...", "detail": "..."}`, with
+//! `Retry-After` where waiting helps and `WWW-Authenticate` on a 401.
 
-use axum::http::StatusCode;
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
+use crate::auth::AuthError;
+
+/// The JSON body of every error (for the OpenAPI document).
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// Short, stable error kind, e.g. `rate_limited`, `invalid_parameter`.
+    pub error: String,
+    /// What went wrong, for a human.
+    pub detail: String,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    #[error("no generator instance answered: {0}")]
+    #[error("{0}")]
     UpstreamUnavailable(String),
     #[error("not ready: {0}")]
     NotReady(String),
@@ -15,13 +27,33 @@ pub enum ApiError {
     NotFound(String),
     #[error("request body exceeds {0} bytes")]
     PayloadTooLarge(usize),
+    #[error("{0}")]
+    TooManyEvents(String),
     #[error("request took longer than {0} ms")]
     Timeout(u64),
+    #[error("the request body did not arrive within {0} ms")]
+    RequestTimeout(u64),
     #[error("rate limit for {class} requests exceeded; retry in {retry_after_secs} s")]
     RateLimited {
         class: &'static str,
         retry_after_secs: u64,
     },
+    #[error("too many failed authentications from this client; retry in {0} s")]
+    AuthBlocked(u64),
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    InvalidParameter(String),
+    #[error(
+        "unsupported content type {0:?}: send application/json, application/x-ndjson or text/plain"
+    )]
+    UnsupportedMediaType(String),
+    #[error("{0}; nothing from this request is acknowledged, resend it unchanged")]
+    KafkaUnavailable(String),
+    #[error("the gateway is at its concurrency limit; retry shortly")]
+    Overloaded,
 }
 
 impl ApiError {
@@ -31,8 +63,32 @@ impl ApiError {
             ApiError::NotReady(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::TooManyEvents(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_many_events"),
             ApiError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
+            ApiError::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            ApiError::AuthBlocked(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_auth_failures"),
+            ApiError::Auth(AuthError::Missing) => (StatusCode::UNAUTHORIZED, "unauthenticated"),
+            ApiError::Auth(AuthError::Invalid) => (StatusCode::UNAUTHORIZED, "invalid_api_key"),
+            ApiError::Auth(AuthError::Forbidden(_)) => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ApiError::InvalidParameter(_) => (StatusCode::BAD_REQUEST, "invalid_parameter"),
+            ApiError::UnsupportedMediaType(_) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
+            ApiError::KafkaUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "kafka_unavailable"),
+            ApiError::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
+        }
+    }
+
+    fn retry_after(&self) -> Option<u64> {
+        match self {
+            ApiError::RateLimited {
+                retry_after_secs, ..
+            } => Some(*retry_after_secs),
+            ApiError::AuthBlocked(s) => Some(*s),
+            ApiError::KafkaUnavailable(_) | ApiError::Overloaded | ApiError::NotReady(_) => Some(1),
+            _ => None,
         }
     }
 }
@@ -40,10 +96,21 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, error) = self.parts();
-        (
+        let mut resp = (
             status,
             Json(json!({ "error": error, "detail": self.to_string() })),
         )
-            .into_response()
+            .into_response();
+        if let Some(secs) = self.retry_after() {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"logpipe\""),
+            );
+        }
+        resp
     }
 }

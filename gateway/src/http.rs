@@ -1,48 +1,114 @@
-//! The gateway router and its middleware.
+//! The gateway router and its middleware: request id → metrics → JSON errors → (API routes only)
+//! load shedding at the concurrency limit → deadline → authentication and rate limit → handler.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use std::net::SocketAddr;
-
+use axum::error_handling::HandleErrorLayer;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{BoxError, Json, Router};
 use futures::future::join_all;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
+use tower::limit::GlobalConcurrencyLimitLayer;
+use tower::load_shed::LoadShedLayer;
+use tower::ServiceBuilder;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::auth::{AuthError, Authenticator, Principal, Scope};
 use crate::config::GatewayConfig;
-use crate::control;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
+use crate::ingest::{IngestAccepted, IngestProducer, Rejected};
 use crate::ratelimit::{Decision, RateLimiterService, RouteClass};
-use crate::telemetry;
+use crate::{control, ingest, query, telemetry};
 
 #[derive(Clone)]
 pub struct AppState {
     pub config: Arc<GatewayConfig>,
     pub limiter: Arc<RateLimiterService>,
+    pub auth: Arc<Authenticator>,
+    pub producer: Arc<IngestProducer>,
     pub client: reqwest::Client,
     pub metrics: PrometheusHandle,
 }
 
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "logpipe gateway",
+        description = "The public entry of logpipe: generator control, log ingest and queries. \
+            Send the API key as `Authorization: Bearer <key>` or `X-API-Key`. Limited routes answer with \
+            `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset`; a refusal is 429 with `Retry-After`. \
+            Every error is `{\"error\": \"...\", \"detail\": \"...\"}`."
+    ),
+    components(schemas(ErrorBody, Rejected, IngestAccepted))
+)]
+struct ApiDoc;
+
+/// The API routes, registered together with their OpenAPI operations so the document cannot drift
+/// from what is served.
+fn api_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(control::start))
+        .routes(routes!(control::stop))
+        .routes(routes!(control::status))
+        .routes(routes!(ingest::ingest_logs))
+        .routes(routes!(query::stats))
+        .routes(routes!(query::service_stats))
+        .routes(routes!(query::alerts))
+        .routes(routes!(query::events))
+}
+
+fn ops_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(health))
+        .routes(routes!(ready))
+        .routes(routes!(metrics))
+        .routes(routes!(openapi_json))
+}
+
+/// The OpenAPI document of every route this gateway serves.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let (_, mut doc) = api_routes().split_for_parts();
+    let (_, ops) = ops_routes().split_for_parts();
+    doc.merge(ops);
+    doc
+}
+
 pub fn router(state: AppState) -> Router {
     let x_request_id = header::HeaderName::from_static("x-request-id");
-    Router::new()
-        .route("/api/v1/generator/start", post(control::start))
-        .route("/api/v1/generator/stop", post(control::stop))
-        .route("/api/v1/generator/status", get(control::status))
-        .route("/health", get(health))
-        .route("/ready", get(ready))
-        .route("/metrics", get(metrics))
+    let (api, _) = api_routes().split_for_parts();
+    let (ops, _) = ops_routes().split_for_parts();
+    let doc = Arc::new(openapi());
+    // Only API routes shed load: /health, /ready and /metrics must answer while the API is busy.
+    let api = api
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth_and_limit,
+        ))
+        .layer(middleware::from_fn_with_state(state.clone(), deadline))
+        .layer(
+            ServiceBuilder::new()
+                .layer(HandleErrorLayer::new(|_: BoxError| async {
+                    ApiError::Overloaded
+                }))
+                .layer(LoadShedLayer::new())
+                .layer(GlobalConcurrencyLimitLayer::new(
+                    state.config.max_concurrent_requests.max(1),
+                )),
+        );
+    api.merge(ops)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(state.config.body_limit_bytes))
-        .layer(middleware::from_fn_with_state(state.clone(), rate_limit))
-        .layer(middleware::from_fn_with_state(state.clone(), deadline))
+        .layer(axum::Extension(doc))
         .layer(middleware::from_fn(json_errors))
         .layer(middleware::from_fn(record_metrics))
         .layer(PropagateRequestIdLayer::new(x_request_id.clone()))
@@ -66,32 +132,62 @@ async fn record_metrics(req: Request, next: Next) -> Response {
 fn route_class(route: &str) -> Option<RouteClass> {
     match route {
         "/api/v1/generator/start" | "/api/v1/generator/stop" => Some(RouteClass::Control),
-        "/api/v1/generator/status" => Some(RouteClass::Query),
+        "/api/v1/logs" => Some(RouteClass::Ingest),
+        "/api/v1/generator/status"
+        | "/api/v1/stats"
+        | "/api/v1/stats/{service}"
+        | "/api/v1/alerts"
+        | "/api/v1/events" => Some(RouteClass::Query),
         _ => None,
     }
 }
 
-/// Who the limit applies to: the API key when one is sent (hashed before use), else the peer address.
-fn client_key(req: &Request) -> String {
-    if let Some(key) = req.headers().get("x-api-key").and_then(|v| v.to_str().ok()) {
-        return format!("key:{key}");
-    }
-    match req.extensions().get::<ConnectInfo<SocketAddr>>() {
-        Some(ConnectInfo(addr)) => format!("ip:{}", addr.ip()),
-        None => "ip:unknown".into(),
+fn scope_for(class: RouteClass) -> Scope {
+    match class {
+        RouteClass::Control => Scope::Admin,
+        RouteClass::Ingest => Scope::Ingest,
+        RouteClass::Query | RouteClass::AuthFailure => Scope::Read,
     }
 }
 
-fn rate_limit_headers(resp: &mut Response, d: &Decision) {
+fn peer_ip(req: &Request) -> IpAddr {
+    req.extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(a)| a.ip())
+        .unwrap_or(IpAddr::from([0, 0, 0, 0]))
+}
+
+/// Who a limit applies to: the key's name when authenticated by key, else the peer address.
+pub fn limit_identity(principal: &Principal, ip: IpAddr) -> String {
+    match &principal.key_name {
+        Some(name) => format!("key:{name}"),
+        None => format!("ip:{ip}"),
+    }
+}
+
+pub fn rate_limit_headers(resp: &mut Response, d: &Decision) {
     let h = resp.headers_mut();
     h.insert("ratelimit-limit", HeaderValue::from(d.limit));
     h.insert("ratelimit-remaining", HeaderValue::from(d.remaining));
     h.insert("ratelimit-reset", HeaderValue::from(d.reset_secs));
 }
 
-/// Every limited route passes the client's sliding window first; a refusal is 429 with
-/// `Retry-After` and the `RateLimit-*` headers.
-async fn rate_limit(State(s): State<AppState>, req: Request, next: Next) -> Response {
+/// The refusal for a spent limit: 429 with `Retry-After` and the `RateLimit-*` headers.
+pub fn refused(route: &str, class: RouteClass, d: &Decision) -> Response {
+    telemetry::rate_limited(route);
+    let mut resp = ApiError::RateLimited {
+        class: class.as_str(),
+        retry_after_secs: d.reset_secs.max(1),
+    }
+    .into_response();
+    rate_limit_headers(&mut resp, d);
+    resp
+}
+
+/// Authenticate, authorize the route's scope, then pass the client's sliding window (ingest is
+/// limited in its handler, by events). Repeated bad keys from one address are limited on their own
+/// and then refused outright until that window frees up.
+async fn auth_and_limit(State(s): State<AppState>, mut req: Request, next: Next) -> Response {
     let Some(route) = req
         .extensions()
         .get::<MatchedPath>()
@@ -99,23 +195,38 @@ async fn rate_limit(State(s): State<AppState>, req: Request, next: Next) -> Resp
     else {
         return next.run(req).await;
     };
-    let Some(class) = route_class(&route).filter(|_| s.limiter.enabled()) else {
+    let Some(class) = route_class(&route) else {
         return next.run(req).await;
     };
-    let decision = s.limiter.check(class, &client_key(&req), 1).await;
-    if !decision.allowed {
-        telemetry::rate_limited(&route);
-        let mut resp = ApiError::RateLimited {
-            class: class.as_str(),
-            retry_after_secs: decision.reset_secs.max(1),
+    let ip = peer_ip(&req);
+    if let Some(secs) = s.auth.blocked_for(ip) {
+        return ApiError::AuthBlocked(secs).into_response();
+    }
+    let principal = match s.auth.authorize(req.headers(), scope_for(class)) {
+        Ok(p) => p,
+        Err(e) => {
+            telemetry::auth_failure(&route, &e);
+            if e == AuthError::Invalid && s.limiter.enabled() {
+                let d = s
+                    .limiter
+                    .check(RouteClass::AuthFailure, &format!("ip:{ip}"), 1)
+                    .await;
+                if !d.allowed {
+                    s.auth.block(ip, d.reset_secs);
+                    return ApiError::AuthBlocked(d.reset_secs.max(1)).into_response();
+                }
+            }
+            return ApiError::Auth(e).into_response();
         }
-        .into_response();
-        rate_limit_headers(&mut resp, &decision);
-        resp.headers_mut().insert(
-            header::RETRY_AFTER,
-            HeaderValue::from(decision.reset_secs.max(1)),
-        );
-        return resp;
+    };
+    let identity = limit_identity(&principal, ip);
+    req.extensions_mut().insert(principal);
+    if class == RouteClass::Ingest || !s.limiter.enabled() {
+        return next.run(req).await;
+    }
+    let decision = s.limiter.check(class, &identity, 1).await;
+    if !decision.allowed {
+        return refused(&route, class, &decision);
     }
     let mut resp = next.run(req).await;
     rate_limit_headers(&mut resp, &decision);
@@ -165,11 +276,18 @@ async fn not_found(req: Request) -> ApiError {
     ))
 }
 
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/health", tag = "ops", responses((status = 200, description = "Alive")))]
 async fn health() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// Ready when every generator instance and the collector answer.
+/// Readiness: Kafka, every generator instance and the collector answer. Redis is reported but does
+/// not make the gateway unready: without it, limits fall back to the local limiter.
+#[utoipa::path(get, path = "/ready", tag = "ops", responses(
+    (status = 200, description = "Every dependency answers", body = serde_json::Value),
+    (status = 503, description = "A dependency is down; the body names it", body = serde_json::Value),
+))]
 async fn ready(State(s): State<AppState>) -> Response {
     let timeout = Duration::from_millis(s.config.upstream_timeout_ms.min(2_000));
     let checks = s
@@ -190,12 +308,21 @@ async fn ready(State(s): State<AppState>) -> Response {
                 (url, ok)
             }
         });
-    let results = join_all(checks).await;
-    let all_ok = results.iter().all(|(_, ok)| *ok);
-    let deps: serde_json::Map<String, serde_json::Value> = results
+    let (results, kafka_ok) = tokio::join!(join_all(checks), s.producer.reachable(timeout));
+    let all_ok = kafka_ok && results.iter().all(|(_, ok)| *ok);
+    let mut deps: serde_json::Map<String, serde_json::Value> = results
         .into_iter()
         .map(|(url, ok)| (url, json!(if ok { "up" } else { "down" })))
         .collect();
+    deps.insert("kafka".into(), json!(if kafka_ok { "up" } else { "down" }));
+    if s.limiter.enabled() {
+        let redis = if s.limiter.backend() == "redis" {
+            "up"
+        } else {
+            "down (limiting locally)"
+        };
+        deps.insert("redis".into(), json!(redis));
+    }
     let body =
         json!({ "status": if all_ok { "ready" } else { "not_ready" }, "dependencies": deps });
     let status = if all_ok {
@@ -206,6 +333,8 @@ async fn ready(State(s): State<AppState>) -> Response {
     (status, Json(body)).into_response()
 }
 
+/// Prometheus metrics in the text exposition format.
+#[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, description = "Metrics", body = String)))]
 async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
     (
         [(
@@ -214,4 +343,12 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
         )],
         s.metrics.render(),
     )
+}
+
+/// This document.
+#[utoipa::path(get, path = "/api/v1/openapi.json", tag = "ops", responses((status = 200, description = "The OpenAPI 3 document", body = serde_json::Value)))]
+async fn openapi_json(
+    axum::Extension(doc): axum::Extension<Arc<utoipa::openapi::OpenApi>>,
+) -> Json<utoipa::openapi::OpenApi> {
+    Json((*doc).clone())
 }

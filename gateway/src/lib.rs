@@ -1,20 +1,26 @@
 //! The logpipe gateway: the one public HTTP entry (port 8090).
 //!
+//! - [`auth`]: API keys (stored hashed, compared in constant time) and their scopes.
 //! - [`config`]: settings (defaults → TOML → env → flags): listen address, generator instances,
-//!   collector address, timeouts and body limit.
+//!   collector address, Kafka, timeouts, limits, keys.
 //! - [`control`]: `POST /api/v1/generator/start|stop` fanned out to every generator instance and
 //!   `GET /api/v1/generator/status` aggregated over them.
 //! - [`error`]: the one API error type, rendered as `{"error": "...", "detail": "..."}`.
-//! - [`http`]: the router, middleware (body limit, timeout, request id, metrics), `/health`, `/ready`,
-//!   `/metrics`.
+//! - [`http`]: the router (its OpenAPI document is generated from the same route list), middleware
+//!   (request id, metrics, load shedding, deadline, auth and rate limit), `/health`, `/ready`, `/metrics`.
+//! - [`ingest`]: `POST /api/v1/logs`: body formats, per-event validation, the idempotent producer.
+//! - [`query`]: stats, alerts and events, forwarded to the collector.
 //! - [`ratelimit`]: per-client limits per route class: exact sliding window in Redis, local fallback.
 //! - [`startup`]: `Application::build(config)` → `run_until_stopped(token)`.
 //! - [`telemetry`]: the gateway's named metrics.
 
+pub mod auth;
 pub mod config;
 pub mod control;
 pub mod error;
 pub mod http;
+pub mod ingest;
+pub mod query;
 pub mod ratelimit;
 pub mod startup;
 pub mod telemetry;

@@ -28,6 +28,8 @@ pub enum RouteClass {
     Control,
     Ingest,
     Query,
+    /// Failed authentications per client address: repeated bad keys are themselves limited.
+    AuthFailure,
 }
 
 impl RouteClass {
@@ -36,6 +38,7 @@ impl RouteClass {
             RouteClass::Control => "control",
             RouteClass::Ingest => "ingest",
             RouteClass::Query => "query",
+            RouteClass::AuthFailure => "auth_failure",
         }
     }
 }
@@ -60,6 +63,7 @@ pub struct RateLimitSettings {
     pub control: Limit,
     pub ingest: Limit,
     pub query: Limit,
+    pub auth_failures: Limit,
 }
 
 impl Default for RateLimitSettings {
@@ -81,6 +85,10 @@ impl Default for RateLimitSettings {
                 limit: 6_000,
                 window_ms: 60_000,
             },
+            auth_failures: Limit {
+                limit: 20,
+                window_ms: 60_000,
+            },
         }
     }
 }
@@ -91,6 +99,7 @@ impl RateLimitSettings {
             RouteClass::Control => self.control,
             RouteClass::Ingest => self.ingest,
             RouteClass::Query => self.query,
+            RouteClass::AuthFailure => self.auth_failures,
         }
     }
 }
@@ -105,24 +114,43 @@ pub struct Decision {
     pub reset_secs: u64,
 }
 
+/// KEYS[1]: the window log (one member per accepted request, `<unique>:<cost>`, scored by time in
+/// microseconds); KEYS[2]: the sum of the costs in the log. Ingest requests cost one unit per event,
+/// so a 1,000-event batch is one member, not a thousand. Returns {allowed, remaining, reset_ms}.
 const SCRIPT: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local limit = tonumber(ARGV[1])
 local window = tonumber(ARGV[2]) * 1000
 local cost = tonumber(ARGV[3])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
-local count = redis.call('ZCARD', KEYS[1])
-local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-local reset = tonumber(ARGV[2])
-if oldest[2] then reset = math.ceil((tonumber(oldest[2]) + window - now) / 1000) end
+local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - window)
+if #expired > 0 then
+  local gone = 0
+  for _, m in ipairs(expired) do gone = gone + tonumber(string.match(m, ':(%d+)$')) end
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+  redis.call('DECRBY', KEYS[2], gone)
+end
+local count = tonumber(redis.call('GET', KEYS[2]) or '0')
 if count + cost > limit then
+  -- Room for `cost` comes back when enough of the oldest members have left the window.
+  local need = count + cost - limit
+  local reset = tonumber(ARGV[2])
+  local oldest = redis.call('ZRANGE', KEYS[1], 0, 999, 'WITHSCORES')
+  for i = 1, #oldest, 2 do
+    need = need - tonumber(string.match(oldest[i], ':(%d+)$'))
+    if need <= 0 then
+      reset = math.ceil((tonumber(oldest[i + 1]) + window - now) / 1000)
+      break
+    end
+  end
   return {0, limit - count, reset}
 end
-for i = 1, cost do
-  redis.call('ZADD', KEYS[1], now, ARGV[4] .. ':' .. i)
-end
+redis.call('ZADD', KEYS[1], now, ARGV[4] .. ':' .. cost)
+redis.call('INCRBY', KEYS[2], cost)
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+local reset = math.ceil((tonumber(first[2]) + window - now) / 1000)
 return {1, limit - count - cost, reset}
 "#;
 
@@ -136,7 +164,7 @@ pub struct RateLimiterService {
     instance_nonce: u64,
     sequence: AtomicU64,
     /// Indexed by `RouteClass as usize`.
-    local: [DefaultKeyedRateLimiter<u64>; 3],
+    local: [DefaultKeyedRateLimiter<u64>; 4],
 }
 
 fn local_limiter(limit: Limit) -> DefaultKeyedRateLimiter<u64> {
@@ -155,6 +183,7 @@ impl RateLimiterService {
             local_limiter(settings.control),
             local_limiter(settings.ingest),
             local_limiter(settings.query),
+            local_limiter(settings.auth_failures),
         ];
         RateLimiterService {
             script: redis::Script::new(SCRIPT),
@@ -204,6 +233,10 @@ impl RateLimiterService {
             .set_connection_timeout(t)
             .set_number_of_retries(1);
         ConnectionManager::new_with_config(c, config).await
+    }
+
+    pub fn limit(&self, class: RouteClass) -> Limit {
+        self.settings.limit_for(class)
     }
 
     pub fn enabled(&self) -> bool {
@@ -266,8 +299,9 @@ impl RateLimiterService {
         limit: Limit,
         cost: u32,
     ) -> redis::RedisResult<(i64, i64, i64)> {
+        // One hash tag for both keys, so a Redis Cluster keeps them on one shard.
         let key = format!(
-            "{}:{}:{:016x}",
+            "{}:{{{}:{:016x}}}",
             self.settings.key_prefix,
             class.as_str(),
             client
@@ -285,7 +319,8 @@ impl RateLimiterService {
         }
         let conn = guard.as_mut().expect("connected above");
         self.script
-            .key(key)
+            .key(format!("{key}:log"))
+            .key(format!("{key}:sum"))
             .arg(limit.limit)
             .arg(limit.window_ms)
             .arg(cost)

@@ -7,8 +7,10 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::Authenticator;
 use crate::config::GatewayConfig;
 use crate::http::{router, AppState};
+use crate::ingest::IngestProducer;
 use crate::ratelimit::RateLimiterService;
 
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +23,10 @@ pub enum StartupError {
     },
     #[error("cannot build the HTTP client: {0}")]
     Client(#[source] reqwest::Error),
+    #[error("cannot create the Kafka producer: {0}")]
+    Producer(#[source] rdkafka::error::KafkaError),
+    #[error("invalid API key settings: {0}")]
+    Auth(#[source] crate::auth::BadKeyHash),
     #[error("server error: {0}")]
     Serve(#[source] std::io::Error),
 }
@@ -43,8 +49,27 @@ impl Application {
             .map_err(StartupError::Client)?;
         let limiter = Arc::new(RateLimiterService::new(config.rate_limit.clone()));
         limiter.connect().await;
+        let auth = Authenticator::new(&config.auth).map_err(StartupError::Auth)?;
+        if auth.is_open() {
+            tracing::warn!("no API keys configured: every client may use every route");
+        }
+        let producer =
+            IngestProducer::new(&config.kafka, &config.ingest).map_err(StartupError::Producer)?;
+        // Ingest needs the raw topic. Create it in the background: a broker that is down now must
+        // not hold up the start (ingest answers 503 until Kafka takes the events).
+        let (kafka, topic) = (
+            config.kafka.clone(),
+            (config.kafka.raw_topic.clone(), config.kafka.raw_partitions),
+        );
+        tokio::spawn(async move {
+            if let Err(e) = logpipe_common::kafka::ensure_topics(&kafka, &[topic]).await {
+                tracing::warn!(error = %e, "could not create the raw topic at start");
+            }
+        });
         let state = AppState {
             limiter,
+            auth: Arc::new(auth),
+            producer: Arc::new(producer),
             config: Arc::new(config),
             client,
             metrics: logpipe_common::telemetry::metrics_handle(),
@@ -60,10 +85,14 @@ impl Application {
 
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), StartupError> {
         tracing::info!(addr = %self.local_addr(), "gateway listening");
+        let producer = self.state.producer.clone();
         let app = router(self.state).into_make_service_with_connect_info::<SocketAddr>();
-        axum::serve(self.listener, app)
+        let served = axum::serve(self.listener, app)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
             .await
-            .map_err(StartupError::Serve)
+            .map_err(StartupError::Serve);
+        // In-flight ingest requests have had their answers; flush whatever is still queued.
+        producer.flush(Duration::from_secs(5)).await;
+        served
     }
 }

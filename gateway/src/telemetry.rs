@@ -21,3 +21,22 @@ pub fn http_request(route: &str, status: u16, took: Duration) {
     histogram!("http_request_duration_seconds", "route" => route.to_owned())
         .record(took.as_secs_f64());
 }
+
+/// Events through `POST /api/v1/logs` by outcome: `accepted` (in Kafka), `rejected` (invalid),
+/// `failed` (Kafka did not acknowledge; the client resends).
+pub fn ingest_events(outcome: &'static str, n: usize) {
+    if n > 0 {
+        counter!("ingest_events_total", "outcome" => outcome).increment(n as u64);
+    }
+}
+
+/// A refused authentication, by route template and reason (never the key).
+pub fn auth_failure(route: &str, e: &crate::auth::AuthError) {
+    let reason = match e {
+        crate::auth::AuthError::Missing => "missing",
+        crate::auth::AuthError::Invalid => "invalid",
+        crate::auth::AuthError::Forbidden(_) => "forbidden",
+    };
+    counter!("gateway_auth_failures_total", "route" => route.to_owned(), "reason" => reason)
+        .increment(1);
+}

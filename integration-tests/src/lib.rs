@@ -297,3 +297,54 @@ pub fn profile_events(
         })
         .collect()
 }
+
+/// Read `n` records of `topic` from the beginning (fails after `timeout`).
+pub async fn consume_n(
+    kafka: &KafkaSettings,
+    topic: &str,
+    n: usize,
+    timeout: Duration,
+) -> Vec<rdkafka::message::OwnedMessage> {
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    let consumer: StreamConsumer = kafka
+        .client_config("test-reader")
+        .set(
+            "group.id",
+            format!("{topic}-reader-{:08x}", rand::random::<u32>()),
+        )
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("test consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let deadline = Instant::now() + timeout;
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, consumer.recv()).await {
+            Ok(Ok(m)) => out.push(m.detach()),
+            Ok(Err(e)) => panic!("consuming {topic}: {e}"),
+            Err(_) => panic!(
+                "only {} of {n} records in {topic} after {timeout:?}",
+                out.len()
+            ),
+        }
+    }
+    out
+}
+
+/// A gateway on port 0 with this test's own topics and limiter keys, and no upstreams listening.
+pub fn gateway_config(name: &str) -> logpipe_gateway::config::GatewayConfig {
+    let mut c = logpipe_gateway::config::GatewayConfig {
+        port: 0,
+        generator_urls: vec!["http://127.0.0.1:9".into()],
+        collector_url: "http://127.0.0.1:9".into(),
+        upstream_timeout_ms: 1_000,
+        kafka: kafka(name, 2),
+        ..Default::default()
+    };
+    c.rate_limit.key_prefix = name.to_owned();
+    // A burst into a debug build on 2 cores can keep a Redis check waiting past the 50 ms default.
+    c.rate_limit.redis_timeout_ms = 2_000;
+    c
+}

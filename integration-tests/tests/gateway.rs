@@ -6,14 +6,8 @@ use logpipe_integration_tests as it;
 use serde_json::{json, Value};
 
 fn gateway_config(generators: Vec<String>) -> logpipe_gateway::config::GatewayConfig {
-    let mut c = logpipe_gateway::config::GatewayConfig {
-        port: 0,
-        generator_urls: generators,
-        collector_url: "http://127.0.0.1:1".into(),
-        upstream_timeout_ms: 1_000,
-        ..Default::default()
-    };
-    c.rate_limit.key_prefix = it::unique("gwtest");
+    let mut c = it::gateway_config(&it::unique("gwtest"));
+    c.generator_urls = generators;
     c
 }
 

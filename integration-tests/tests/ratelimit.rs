@@ -12,23 +12,12 @@ fn limited_gateway(
     redis_url: String,
     limit: u32,
 ) -> logpipe_gateway::config::GatewayConfig {
-    let mut c = logpipe_gateway::config::GatewayConfig {
-        port: 0,
-        // No generator listens here: status still answers 200, marking it unreachable.
-        generator_urls: vec!["http://127.0.0.1:9".into()],
-        collector_url: "http://127.0.0.1:9".into(),
-        upstream_timeout_ms: 500,
-        ..Default::default()
-    };
+    let mut c = it::gateway_config(name);
     c.rate_limit.redis_url = redis_url;
-    c.rate_limit.key_prefix = name.to_owned();
     c.rate_limit.query = Limit {
         limit,
         window_ms: 60_000,
     };
-    // These tests are about the exactness of the Redis path; a burst of 200 requests into a debug
-    // build on 2 cores can keep a check waiting longer than the default 50 ms.
-    c.rate_limit.redis_timeout_ms = 2_000;
     c
 }
 

@@ -1,0 +1,734 @@
+//! `POST /api/v1/logs`: external events into `logs.raw`.
+//!
+//! The body is one JSON event, a JSON array of events, NDJSON (`application/x-ndjson`), or raw Apache
+//! / syslog lines (`text/plain`, one per line). Every event is validated on its own; the valid ones are
+//! produced and the response (202) is sent only after Kafka acknowledged every one of them. If Kafka
+//! cannot take them all, the answer is 503 with `Retry-After` and the request counts as not accepted:
+//! the client resends it unchanged. Events that did reach Kafka before the failure are not doubled by
+//! that resend when their ids are stable — the client's own `event_id`s, or, for events without one,
+//! ids derived from the request's `Idempotency-Key` header and the event's position — because the
+//! collector stores each `event_id` once.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{ConnectInfo, Query, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use chrono::{DateTime, Utc};
+use futures::future::join_all;
+use logpipe_common::event::{EventError, LogEvent, MAX_NAME_BYTES};
+use logpipe_common::formats::{derived_id, parse_line, LineContext};
+use logpipe_common::kafka::KafkaSettings;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::ClientConfig;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::auth::Principal;
+use crate::error::{ApiError, ErrorBody};
+use crate::http::{limit_identity, rate_limit_headers, refused, AppState};
+use crate::ratelimit::RouteClass;
+use crate::telemetry;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestSettings {
+    /// Most events one request may carry; more is a 413.
+    pub max_events: usize,
+    /// A client slower than this to send its body gets 408.
+    pub body_read_timeout_ms: u64,
+    /// Event timestamps further ahead of the gateway's clock than this are rejected.
+    pub max_future_secs: i64,
+    pub linger_ms: u64,
+    /// How long Kafka may take to acknowledge a record before the request fails with 503.
+    pub delivery_timeout_ms: u64,
+    pub queue_max_messages: u32,
+    pub compression: String,
+}
+
+impl Default for IngestSettings {
+    fn default() -> Self {
+        Self {
+            max_events: 10_000,
+            body_read_timeout_ms: 10_000,
+            max_future_secs: 300,
+            linger_ms: 2,
+            delivery_timeout_ms: 5_000,
+            queue_max_messages: 200_000,
+            compression: "lz4".into(),
+        }
+    }
+}
+
+/// The body formats `POST /api/v1/logs` accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFormat {
+    Json,
+    Ndjson,
+    Lines,
+}
+
+impl BodyFormat {
+    /// From `Content-Type`; `None` for anything else (415).
+    pub fn from_content_type(ct: Option<&str>) -> Option<BodyFormat> {
+        let essence = ct
+            .unwrap_or("application/json")
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        match essence.as_str() {
+            "application/json" => Some(BodyFormat::Json),
+            "application/x-ndjson" | "application/ndjson" | "application/jsonlines" => {
+                Some(BodyFormat::Ndjson)
+            }
+            "text/plain" => Some(BodyFormat::Lines),
+            _ => None,
+        }
+    }
+}
+
+/// One refused event: where it was in the body and why.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct Rejected {
+    /// Zero-based position among the body's events (blank lines are not events).
+    pub index: usize,
+    /// Short error kind: `invalid_json`, `missing_field`, `too_long`, `unparseable_line`, ...
+    pub error: &'static str,
+    pub detail: String,
+}
+
+/// The outcome of parsing a body: valid events (with their index) and the rejected ones.
+#[derive(Debug, Default)]
+pub struct Parsed {
+    pub events: Vec<LogEvent>,
+    pub rejected: Vec<Rejected>,
+}
+
+/// Problems with the body as a whole (as opposed to one event in it).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BodyError {
+    #[error("the body holds no events")]
+    Empty,
+    #[error("the body holds {count} events; at most {max} are accepted per request")]
+    TooManyEvents { count: usize, max: usize },
+    #[error("the body is not valid JSON: {0}")]
+    Json(String),
+    #[error("the body is not valid UTF-8")]
+    Utf8,
+}
+
+/// Everything that shapes how a body becomes events.
+#[derive(Debug, Clone)]
+pub struct ParseContext<'a> {
+    pub received_at: DateTime<Utc>,
+    pub max_events: usize,
+    pub max_future_secs: i64,
+    /// Service for lines that name none (`?service=`).
+    pub default_service: &'a str,
+    /// Seeds stable ids for events without one; `None` means fresh random ids.
+    pub id_seed: Option<Vec<u8>>,
+    /// The trace the request belongs to, for events that carry none.
+    pub trace_id: Option<String>,
+}
+
+impl ParseContext<'_> {
+    fn id_for(&self, index: usize, ts: DateTime<Utc>) -> String {
+        match &self.id_seed {
+            Some(seed) => {
+                let mut s = seed.clone();
+                s.extend_from_slice(&(index as u64).to_be_bytes());
+                derived_id(ts, &s)
+            }
+            None => LogEvent::new_id(),
+        }
+    }
+
+    fn finish(
+        &self,
+        index: usize,
+        mut event: LogEvent,
+        had_id: bool,
+    ) -> Result<LogEvent, EventError> {
+        if !had_id {
+            event.event_id = self.id_for(index, event.timestamp);
+        }
+        if event.trace_id.is_none() {
+            event.trace_id.clone_from(&self.trace_id);
+        }
+        let ahead = (event.timestamp - self.received_at).num_seconds();
+        if ahead > self.max_future_secs {
+            return Err(EventError::Unparseable {
+                format: "event",
+                reason: format!(
+                    "`timestamp` is {ahead} s ahead of the gateway's clock; at most {} s allowed",
+                    self.max_future_secs
+                ),
+            });
+        }
+        event.validate()?;
+        Ok(event)
+    }
+
+    fn event_from_value(&self, index: usize, mut v: Value) -> Result<LogEvent, EventError> {
+        let Some(obj) = v.as_object_mut() else {
+            return Err(EventError::Json("an event must be a JSON object".into()));
+        };
+        let had_id = matches!(obj.get("event_id"), Some(Value::String(s)) if !s.is_empty());
+        if !had_id {
+            // A placeholder the real id replaces once the timestamp is known.
+            obj.insert("event_id".into(), Value::String("pending".into()));
+        }
+        let event: LogEvent =
+            serde_json::from_value(v).map_err(|e| EventError::Json(e.to_string()))?;
+        self.finish(index, event, had_id)
+    }
+
+    fn event_from_line(&self, index: usize, line: &str) -> Result<LogEvent, EventError> {
+        let ctx = LineContext {
+            event_id: "pending".into(),
+            default_service: self.default_service,
+            received_at: self.received_at,
+        };
+        let event = parse_line(line, &ctx)?;
+        self.finish(index, event, false)
+    }
+
+    /// Split, parse and validate a body.
+    pub fn parse(&self, format: BodyFormat, body: &[u8]) -> Result<Parsed, BodyError> {
+        let mut parsed = Parsed::default();
+        let mut push = |index: usize, r: Result<LogEvent, EventError>| match r {
+            Ok(e) => parsed.events.push(e),
+            Err(e) => parsed.rejected.push(Rejected {
+                index,
+                error: e.kind(),
+                detail: e.to_string(),
+            }),
+        };
+        match format {
+            BodyFormat::Json => {
+                let value: Value =
+                    serde_json::from_slice(body).map_err(|e| BodyError::Json(e.to_string()))?;
+                let items = match value {
+                    Value::Array(items) => items,
+                    one => vec![one],
+                };
+                self.check_count(items.len())?;
+                for (i, v) in items.into_iter().enumerate() {
+                    push(i, self.event_from_value(i, v));
+                }
+            }
+            BodyFormat::Ndjson | BodyFormat::Lines => {
+                let text = std::str::from_utf8(body).map_err(|_| BodyError::Utf8)?;
+                let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+                self.check_count(lines.len())?;
+                for (i, line) in lines.into_iter().enumerate() {
+                    let r = if format == BodyFormat::Ndjson {
+                        serde_json::from_str::<Value>(line)
+                            .map_err(|e| EventError::Json(e.to_string()))
+                            .and_then(|v| self.event_from_value(i, v))
+                    } else {
+                        self.event_from_line(i, line)
+                    };
+                    push(i, r);
+                }
+            }
+        }
+        Ok(parsed)
+    }
+
+    fn check_count(&self, count: usize) -> Result<(), BodyError> {
+        if count == 0 {
+            Err(BodyError::Empty)
+        } else if count > self.max_events {
+            Err(BodyError::TooManyEvents {
+                count,
+                max: self.max_events,
+            })
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// A W3C `traceparent` header, when present and well formed.
+pub fn traceparent(headers: &HeaderMap) -> Option<String> {
+    let v = headers.get("traceparent")?.to_str().ok()?.trim();
+    let parts: Vec<&str> = v.split('-').collect();
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    let ok = parts.len() == 4
+        && hex(parts[0], 2)
+        && hex(parts[1], 32)
+        && hex(parts[2], 16)
+        && hex(parts[3], 2)
+        && parts[1] != "00000000000000000000000000000000";
+    ok.then(|| v.to_ascii_lowercase())
+}
+
+/// The `?service=` of a lines upload, checked like an event's service.
+pub fn default_service(service: Option<&str>) -> Result<&str, String> {
+    match service {
+        None => Ok("unknown"),
+        Some(s) if s.trim().is_empty() => Err("`service` must not be empty".into()),
+        Some(s) if s.len() > MAX_NAME_BYTES => Err(format!(
+            "`service` is {} bytes; at most {MAX_NAME_BYTES} allowed",
+            s.len()
+        )),
+        Some(s) => Ok(s),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProduceError {
+    #[error("Kafka did not acknowledge {failed} of {total} events: {reason}")]
+    NotAcknowledged {
+        failed: usize,
+        total: usize,
+        reason: String,
+    },
+}
+
+/// The idempotent producer behind ingest.
+pub struct IngestProducer {
+    producer: FutureProducer,
+    topic: String,
+    delivery_timeout: Duration,
+}
+
+impl IngestProducer {
+    pub fn new(
+        kafka: &KafkaSettings,
+        settings: &IngestSettings,
+    ) -> Result<IngestProducer, rdkafka::error::KafkaError> {
+        let mut config: ClientConfig = kafka.client_config("logpipe-gateway");
+        let producer: FutureProducer = config
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", settings.linger_ms.to_string())
+            .set("compression.type", &settings.compression)
+            .set(
+                "message.timeout.ms",
+                settings.delivery_timeout_ms.to_string(),
+            )
+            .set(
+                "queue.buffering.max.messages",
+                settings.queue_max_messages.to_string(),
+            )
+            .create()?;
+        Ok(IngestProducer {
+            producer,
+            topic: kafka.raw_topic.clone(),
+            delivery_timeout: Duration::from_millis(settings.delivery_timeout_ms),
+        })
+    }
+
+    /// Produce every event and wait for every acknowledgement; `Ok` only when all were acknowledged.
+    pub async fn produce_all(
+        &self,
+        events: &[LogEvent],
+        traceparent: Option<&str>,
+    ) -> Result<(), ProduceError> {
+        let total = events.len();
+        let mut pending = Vec::with_capacity(total);
+        let mut refused: Option<String> = None;
+        for event in events {
+            let payload = event.to_json();
+            let mut headers = OwnedHeaders::new_with_capacity(2).insert(Header {
+                key: "content-type",
+                value: Some("application/json"),
+            });
+            if let Some(tp) = traceparent {
+                headers = headers.insert(Header {
+                    key: "traceparent",
+                    value: Some(tp),
+                });
+            }
+            let record = FutureRecord::to(&self.topic)
+                .key(event.service.as_bytes())
+                .payload(&payload)
+                .headers(headers);
+            match self.producer.send_result(record) {
+                Ok(f) => pending.push(f),
+                Err((e, _)) => {
+                    // Queue full or producer failed: the request fails; what was queued still
+                    // completes (or times out) on its own and is harmless to resend.
+                    refused = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        let queued = pending.len();
+        let wait = self.delivery_timeout + Duration::from_secs(1);
+        let results = tokio::time::timeout(wait, join_all(pending)).await;
+        let (acked, reason) = match results {
+            Ok(results) => {
+                let mut reason = refused;
+                let mut acked = 0;
+                for r in results {
+                    match r {
+                        Ok(Ok(_)) => acked += 1,
+                        Ok(Err((e, _))) => reason = Some(e.to_string()),
+                        Err(_) => reason = Some("producer dropped the record".into()),
+                    }
+                }
+                (acked, reason)
+            }
+            Err(_) => (0, Some("delivery timed out".into())),
+        };
+        if acked == total {
+            return Ok(());
+        }
+        Err(ProduceError::NotAcknowledged {
+            failed: total - acked.min(queued),
+            total,
+            reason: reason.unwrap_or_else(|| "unknown".into()),
+        })
+    }
+
+    /// True when the broker answers a metadata request for the topic.
+    pub async fn reachable(&self, timeout: Duration) -> bool {
+        let producer = self.producer.clone();
+        let topic = self.topic.clone();
+        tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(Some(&topic), timeout)
+                .is_ok()
+        })
+        .await
+        .unwrap_or(false)
+    }
+
+    /// Wait for queued records on shutdown.
+    pub async fn flush(&self, timeout: Duration) {
+        let producer = self.producer.clone();
+        let _ = tokio::task::spawn_blocking(move || producer.flush(timeout)).await;
+    }
+}
+
+/// The request body as bytes, or why not: a slow client is 408, a large one 413.
+pub async fn read_body(
+    body: axum::body::Body,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Bytes, crate::error::ApiError> {
+    use crate::error::ApiError;
+    match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
+        Err(_) => Err(ApiError::RequestTimeout(timeout.as_millis() as u64)),
+        Ok(Ok(b)) => Ok(b),
+        Ok(Err(e)) => {
+            // axum reports the limit as an error in the source chain; match on it without
+            // depending on http-body-util's type.
+            let mut cause: Option<&dyn std::error::Error> = Some(&e);
+            let mut too_large = false;
+            while let Some(c) = cause {
+                too_large |= c.to_string().contains("length limit");
+                cause = c.source();
+            }
+            if too_large {
+                Err(ApiError::PayloadTooLarge(limit))
+            } else {
+                Err(ApiError::BadRequest(format!(
+                    "could not read the body: {e}"
+                )))
+            }
+        }
+    }
+}
+
+/// A 202's body: how many events Kafka acknowledged, and each refused one.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct IngestAccepted {
+    pub accepted: usize,
+    pub rejected: Vec<Rejected>,
+}
+
+/// Query parameters of `POST /api/v1/logs`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestQuery {
+    /// Service for raw lines that name none.
+    pub service: Option<String>,
+}
+
+/// Ingest log events into `logs.raw`.
+///
+/// One JSON event or an array (`application/json`), NDJSON (`application/x-ndjson`), or Apache
+/// combined / syslog lines (`text/plain`, `?service=` names their service). Each event is validated;
+/// refused ones are listed with their index. 202 is sent only after Kafka acknowledged every accepted
+/// event; 503 means none of the request counts as accepted — resend it unchanged (with the same
+/// `Idempotency-Key` when events carry no `event_id`). Ingest limits count events, not requests.
+#[utoipa::path(post, path = "/api/v1/logs", tag = "ingest",
+    params(
+        ("service" = Option<String>, Query, description = "Service of `text/plain` lines that name none (default `unknown`)"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes ids of events without `event_id` stable across resends"),
+    ),
+    request_body(content = String, description = "JSON event, JSON array, NDJSON, or raw lines",
+        content_type = "application/json"),
+    responses(
+        (status = 202, description = "Every accepted event is in Kafka", body = IngestAccepted),
+        (status = 400, description = "The body is not JSON / UTF-8, holds no events, or a bad parameter", body = ErrorBody),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        (status = 403, description = "The key lacks the `ingest` scope", body = ErrorBody),
+        (status = 408, description = "The body arrived too slowly", body = ErrorBody),
+        (status = 413, description = "Body larger than the limit, or too many events", body = ErrorBody),
+        (status = 415, description = "Unsupported content type", body = ErrorBody),
+        (status = 422, description = "Every event was refused; `rejected` says why", body = serde_json::Value),
+        (status = 429, description = "The ingest limit (events per window) is spent", body = ErrorBody),
+        (status = 503, description = "Kafka did not acknowledge; resend", body = ErrorBody),
+    ))]
+pub async fn ingest_logs(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Extension(principal): Extension<Principal>,
+    query: Result<Query<IngestQuery>, QueryRejection>,
+    req: Request,
+) -> Response {
+    match ingest(&s, peer, &principal, query, req).await {
+        Ok(resp) => resp,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn ingest(
+    s: &AppState,
+    peer: SocketAddr,
+    principal: &Principal,
+    query: Result<Query<IngestQuery>, QueryRejection>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::InvalidParameter(e.body_text()))?;
+    let settings = &s.config.ingest;
+    let (parts, body) = req.into_parts();
+    let content_type = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let format = BodyFormat::from_content_type(content_type).ok_or_else(|| {
+        ApiError::UnsupportedMediaType(content_type.unwrap_or_default().to_owned())
+    })?;
+    let service = default_service(query.service.as_deref()).map_err(ApiError::InvalidParameter)?;
+    let body = read_body(
+        body,
+        s.config.body_limit_bytes,
+        Duration::from_millis(settings.body_read_timeout_ms),
+    )
+    .await?;
+    let tp = traceparent(&parts.headers);
+    let identity = limit_identity(principal, peer.ip());
+    let id_seed = parts
+        .headers
+        .get("idempotency-key")
+        .map(|k| [identity.as_bytes(), b"\n", k.as_bytes()].concat());
+    let ctx = ParseContext {
+        received_at: Utc::now(),
+        max_events: settings.max_events,
+        max_future_secs: settings.max_future_secs,
+        default_service: service,
+        id_seed,
+        trace_id: tp.as_deref().map(|t| t[3..35].to_owned()),
+    };
+    let parsed = ctx.parse(format, &body).map_err(|e| match e {
+        BodyError::TooManyEvents { .. } => ApiError::TooManyEvents(e.to_string()),
+        other => ApiError::BadRequest(other.to_string()),
+    })?;
+    telemetry::ingest_events("rejected", parsed.rejected.len());
+    if parsed.events.is_empty() {
+        let body = json!({
+            "error": "invalid_events",
+            "detail": format!("all {} events were refused", parsed.rejected.len()),
+            "accepted": 0,
+            "rejected": parsed.rejected,
+        });
+        return Ok((StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response());
+    }
+    let route = "/api/v1/logs";
+    let mut decision = None;
+    if s.limiter.enabled() {
+        let limit = s.limiter.limit(RouteClass::Ingest);
+        if parsed.events.len() > limit.limit as usize {
+            return Err(ApiError::TooManyEvents(format!(
+                "{} events exceed the ingest limit of {} per {} ms window",
+                parsed.events.len(),
+                limit.limit,
+                limit.window_ms
+            )));
+        }
+        let d = s
+            .limiter
+            .check(RouteClass::Ingest, &identity, parsed.events.len() as u32)
+            .await;
+        if !d.allowed {
+            return Ok(refused(route, RouteClass::Ingest, &d));
+        }
+        decision = Some(d);
+    }
+    if let Err(e) = s.producer.produce_all(&parsed.events, tp.as_deref()).await {
+        telemetry::ingest_events("failed", parsed.events.len());
+        tracing::warn!(error = %e, "ingest not acknowledged by Kafka");
+        return Err(ApiError::KafkaUnavailable(e.to_string()));
+    }
+    telemetry::ingest_events("accepted", parsed.events.len());
+    let mut resp = (
+        StatusCode::ACCEPTED,
+        Json(IngestAccepted {
+            accepted: parsed.events.len(),
+            rejected: parsed.rejected,
+        }),
+    )
+        .into_response();
+    if let Some(d) = &decision {
+        rate_limit_headers(&mut resp, d);
+    }
+    Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx() -> ParseContext<'static> {
+        ParseContext {
+            received_at: "2026-11-23T08:00:00Z".parse().unwrap(),
+            max_events: 5,
+            max_future_secs: 300,
+            default_service: "edge",
+            id_seed: None,
+            trace_id: None,
+        }
+    }
+
+    const GOOD: &str = r#"{"event_id":"e1","timestamp":"2026-11-23T07:59:00Z","level":"INFO","service":"api","message":"ok"}"#;
+
+    #[test]
+    fn a_json_array_reports_each_bad_event_by_index() {
+        let body = format!(
+            r#"[{GOOD},{{"timestamp":"2026-11-23T07:59:00Z","level":"LOUD","service":"api","message":"m"}},{{"timestamp":"2026-11-23T07:59:00Z","level":"INFO","service":"","message":"m"}},7]"#
+        );
+        let p = ctx().parse(BodyFormat::Json, body.as_bytes()).unwrap();
+        assert_eq!(p.events.len(), 1);
+        let idx: Vec<(usize, &str)> = p.rejected.iter().map(|r| (r.index, r.error)).collect();
+        assert_eq!(
+            idx,
+            vec![
+                (1, "invalid_json"),
+                (2, "missing_field"),
+                (3, "invalid_json")
+            ]
+        );
+        assert!(p.rejected[0].detail.contains("LOUD"));
+        assert!(p.rejected[1].detail.contains("service"));
+    }
+
+    #[test]
+    fn ndjson_skips_blank_lines_and_assigns_ids_to_events_without_one() {
+        let body = format!(
+            "{GOOD}\n\n{}\n",
+            r#"{"timestamp":"2026-11-23T07:59:00Z","level":"WARN","service":"api","message":"no id"}"#
+        );
+        let p = ctx().parse(BodyFormat::Ndjson, body.as_bytes()).unwrap();
+        assert_eq!(p.events.len(), 2);
+        assert_eq!(p.events[0].event_id, "e1");
+        assert_eq!(p.events[1].event_id.len(), 26, "a ULID");
+    }
+
+    #[test]
+    fn an_idempotency_seed_gives_the_same_ids_on_a_resend() {
+        let body = br#"{"timestamp":"2026-11-23T07:59:00Z","level":"WARN","service":"api","message":"no id"}"#;
+        let mut c = ctx();
+        c.id_seed = Some(b"key-1".to_vec());
+        let a = c.parse(BodyFormat::Json, body).unwrap();
+        let b = c.parse(BodyFormat::Json, body).unwrap();
+        assert_eq!(a.events[0].event_id, b.events[0].event_id);
+        c.id_seed = Some(b"key-2".to_vec());
+        let other = c.parse(BodyFormat::Json, body).unwrap();
+        assert_ne!(a.events[0].event_id, other.events[0].event_id);
+    }
+
+    #[test]
+    fn text_lines_become_events_with_the_default_service() {
+        let body = concat!(
+            "10.0.0.1 - - [23/Nov/2026:07:59:00 +0000] \"GET /x HTTP/1.1\" 500 12 \"-\" \"curl\"\n",
+            "<13>Nov 23 07:58:00 web-1 sshd[42]: Failed password for root\n",
+            "garbage\n"
+        );
+        let p = ctx().parse(BodyFormat::Lines, body.as_bytes()).unwrap();
+        assert_eq!(p.events.len(), 2);
+        assert_eq!(p.events[0].service, "edge");
+        assert_eq!(p.rejected.len(), 1);
+        assert_eq!(
+            (p.rejected[0].index, p.rejected[0].error),
+            (2, "unparseable_line")
+        );
+    }
+
+    #[test]
+    fn too_many_events_and_empty_bodies_are_body_errors() {
+        let body = format!("[{}]", [GOOD; 6].join(","));
+        assert_eq!(
+            ctx().parse(BodyFormat::Json, body.as_bytes()).unwrap_err(),
+            BodyError::TooManyEvents { count: 6, max: 5 }
+        );
+        assert_eq!(
+            ctx().parse(BodyFormat::Ndjson, b"\n \n").unwrap_err(),
+            BodyError::Empty
+        );
+        assert!(matches!(
+            ctx().parse(BodyFormat::Json, b"{oops").unwrap_err(),
+            BodyError::Json(_)
+        ));
+    }
+
+    #[test]
+    fn a_timestamp_far_in_the_future_is_rejected() {
+        let body =
+            br#"{"timestamp":"2026-11-24T08:00:00Z","level":"INFO","service":"api","message":"m"}"#;
+        let p = ctx().parse(BodyFormat::Json, body).unwrap();
+        assert!(p.rejected[0].detail.contains("ahead"), "{:?}", p.rejected);
+    }
+
+    #[test]
+    fn the_request_trace_fills_events_without_one() {
+        let mut c = ctx();
+        c.trace_id = Some("4bf92f3577b34da6a3ce929d0e0e4736".into());
+        let p = c.parse(BodyFormat::Json, GOOD.as_bytes()).unwrap();
+        assert_eq!(p.events[0].trace_id, c.trace_id);
+    }
+
+    #[test]
+    fn traceparent_is_taken_only_when_well_formed() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+                .parse()
+                .unwrap(),
+        );
+        assert!(traceparent(&h).is_some());
+        h.insert("traceparent", "00-zz-00f067aa0ba902b7-01".parse().unwrap());
+        assert!(traceparent(&h).is_none());
+    }
+
+    #[test]
+    fn content_types_map_to_formats() {
+        assert_eq!(
+            BodyFormat::from_content_type(Some("application/json; charset=utf-8")),
+            Some(BodyFormat::Json)
+        );
+        assert_eq!(
+            BodyFormat::from_content_type(Some("application/x-ndjson")),
+            Some(BodyFormat::Ndjson)
+        );
+        assert_eq!(
+            BodyFormat::from_content_type(Some("text/plain")),
+            Some(BodyFormat::Lines)
+        );
+        assert_eq!(BodyFormat::from_content_type(Some("text/csv")), None);
+    }
+}

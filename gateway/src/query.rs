@@ -1,0 +1,163 @@
+//! Queries, forwarded to the collector's query API with the query string untouched: the collector
+//! validates parameters (a 400 names the bad one) and its status and JSON body pass through. A
+//! collector that cannot be reached is a 502, one that is too slow a 504.
+
+use std::time::Duration;
+
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use crate::error::{ApiError, ErrorBody};
+use crate::http::AppState;
+use crate::ingest::traceparent;
+
+/// Percent-encode one path segment (RFC 3986 unreserved characters pass as they are).
+fn encode_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+async fn forward(s: &AppState, headers: &HeaderMap, path: &str, query: Option<String>) -> Response {
+    let mut url = format!("{}{path}", s.config.collector_url);
+    if let Some(q) = query.filter(|q| !q.is_empty()) {
+        url.push('?');
+        url.push_str(&q);
+    }
+    let timeout = Duration::from_millis(s.config.upstream_timeout_ms);
+    let mut req = s.client.get(&url).timeout(timeout);
+    if let Some(tp) = traceparent(headers) {
+        req = req.header("traceparent", tp);
+    }
+    let resp = match req.send().await {
+        Ok(r) => r,
+        Err(e) if e.is_timeout() => {
+            return ApiError::Timeout(timeout.as_millis() as u64).into_response()
+        }
+        Err(_) => {
+            return ApiError::UpstreamUnavailable("the collector is unreachable".into())
+                .into_response()
+        }
+    };
+    let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let content_type = resp.headers().get(reqwest::header::CONTENT_TYPE).cloned();
+    match resp.bytes().await {
+        Ok(body) => {
+            let mut out = (status, body).into_response();
+            let ct = content_type
+                .and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok())
+                .unwrap_or(HeaderValue::from_static("application/json"));
+            out.headers_mut().insert(header::CONTENT_TYPE, ct);
+            out
+        }
+        Err(_) => ApiError::UpstreamUnavailable("the collector's answer was cut off".into())
+            .into_response(),
+    }
+}
+
+/// Counts by level over a range, error rate and top messages, over all services.
+#[utoipa::path(get, path = "/api/v1/stats", tag = "query",
+    params(
+        ("from" = Option<String>, Query, description = "RFC 3339 start (default: an hour ago)"),
+        ("to" = Option<String>, Query, description = "RFC 3339 end (default: now)"),
+    ),
+    responses(
+        (status = 200, description = "Totals and per-service counts", body = serde_json::Value),
+        (status = 400, description = "A bad parameter, named", body = ErrorBody),
+        (status = 502, description = "Collector unreachable", body = ErrorBody),
+    ))]
+pub async fn stats(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Response {
+    forward(&s, &headers, "/api/v1/stats", q).await
+}
+
+/// One service: counts by level, error rate, latency percentiles, top messages.
+#[utoipa::path(get, path = "/api/v1/stats/{service}", tag = "query",
+    params(
+        ("service" = String, Path, description = "Service name"),
+        ("from" = Option<String>, Query, description = "RFC 3339 start"),
+        ("to" = Option<String>, Query, description = "RFC 3339 end"),
+    ),
+    responses(
+        (status = 200, description = "The service's stats", body = serde_json::Value),
+        (status = 400, description = "A bad parameter, named", body = ErrorBody),
+        (status = 502, description = "Collector unreachable", body = ErrorBody),
+    ))]
+pub async fn service_stats(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(service): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Response {
+    let path = format!("/api/v1/stats/{}", encode_segment(&service));
+    forward(&s, &headers, &path, q).await
+}
+
+/// Alerts, newest first, with cursor pagination.
+#[utoipa::path(get, path = "/api/v1/alerts", tag = "query",
+    params(
+        ("from" = Option<String>, Query, description = "RFC 3339 start"),
+        ("to" = Option<String>, Query, description = "RFC 3339 end"),
+        ("kind" = Option<String>, Query, description = "error_rate_spike, sql_injection, brute_force or fatal_event"),
+        ("service" = Option<String>, Query, description = "Only this service"),
+        ("limit" = Option<u32>, Query, description = "Page size (1-1000, default 50)"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+    ),
+    responses(
+        (status = 200, description = "A page of alerts", body = serde_json::Value),
+        (status = 400, description = "A bad parameter, named", body = ErrorBody),
+        (status = 502, description = "Collector unreachable", body = ErrorBody),
+    ))]
+pub async fn alerts(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Response {
+    forward(&s, &headers, "/api/v1/alerts", q).await
+}
+
+/// Stored events, newest first, with filters, text search and cursor pagination.
+#[utoipa::path(get, path = "/api/v1/events", tag = "query",
+    params(
+        ("from" = Option<String>, Query, description = "RFC 3339 start"),
+        ("to" = Option<String>, Query, description = "RFC 3339 end"),
+        ("service" = Option<String>, Query, description = "Only this service"),
+        ("level" = Option<String>, Query, description = "Exactly this level"),
+        ("min_level" = Option<String>, Query, description = "This level or more severe"),
+        ("q" = Option<String>, Query, description = "Case-insensitive substring of the message"),
+        ("limit" = Option<u32>, Query, description = "Page size (1-1000, default 50)"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+    ),
+    responses(
+        (status = 200, description = "A page of events", body = serde_json::Value),
+        (status = 400, description = "A bad parameter, named", body = ErrorBody),
+        (status = 502, description = "Collector unreachable", body = ErrorBody),
+    ))]
+pub async fn events(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Response {
+    forward(&s, &headers, "/api/v1/events", q).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_segments_are_percent_encoded() {
+        assert_eq!(encode_segment("pay ments/../x"), "pay%20ments%2F..%2Fx");
+        assert_eq!(encode_segment("auth-v2_1.a~b"), "auth-v2_1.a~b");
+    }
+}

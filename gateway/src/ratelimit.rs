@@ -157,7 +157,11 @@ return {1, limit - count - cost, reset}
 pub struct RateLimiterService {
     settings: RateLimitSettings,
     script: redis::Script,
-    conn: tokio::sync::Mutex<Option<ConnectionManager>>,
+    /// The multiplexed connection; calls run on clones of it, so concurrent checks pipeline over
+    /// one socket instead of waiting for each other's round trips.
+    conn: Mutex<Option<ConnectionManager>>,
+    /// Held while (re)connecting, so a burst opens one connection, not one per request.
+    connecting: tokio::sync::Mutex<()>,
     local_backend: AtomicBool,
     retry_redis_at: Mutex<Option<Instant>>,
     /// Makes every Redis member unique across requests and gateway instances.
@@ -187,7 +191,8 @@ impl RateLimiterService {
         ];
         RateLimiterService {
             script: redis::Script::new(SCRIPT),
-            conn: tokio::sync::Mutex::new(None),
+            conn: Mutex::new(None),
+            connecting: tokio::sync::Mutex::new(()),
             local_backend: AtomicBool::new(false),
             retry_redis_at: Mutex::new(None),
             instance_nonce: rand::random(),
@@ -204,13 +209,9 @@ impl RateLimiterService {
         }
         let timeout = Duration::from_millis(self.settings.redis_timeout_ms.max(1) * 10);
         let result = tokio::time::timeout(timeout, async {
-            let mut guard = self.conn.lock().await;
-            if guard.is_none() {
-                let mut conn = self.open().await?;
-                // Load the script once up front, so a first burst does not all hit NOSCRIPT.
-                self.script.prepare_invoke().load_async(&mut conn).await?;
-                *guard = Some(conn);
-            }
+            let mut conn = self.connection().await?;
+            // Load the script once up front, so a first burst does not all hit NOSCRIPT.
+            self.script.prepare_invoke().load_async(&mut conn).await?;
             Ok::<(), redis::RedisError>(())
         })
         .await;
@@ -311,13 +312,7 @@ impl RateLimiterService {
             self.instance_nonce,
             self.sequence.fetch_add(1, Ordering::Relaxed)
         );
-        // Calls go one at a time over the connection (see the closing note of the session that
-        // wrote this: concurrent calls through cloned managers stalled under bursts).
-        let mut guard = self.conn.lock().await;
-        if guard.is_none() {
-            *guard = Some(self.open().await?);
-        }
-        let conn = guard.as_mut().expect("connected above");
+        let mut conn = self.connection().await?;
         self.script
             .key(format!("{key}:log"))
             .key(format!("{key}:sum"))
@@ -325,8 +320,22 @@ impl RateLimiterService {
             .arg(limit.window_ms)
             .arg(cost)
             .arg(member)
-            .invoke_async(conn)
+            .invoke_async(&mut conn)
             .await
+    }
+
+    /// A handle on the shared connection, opening it first if there is none.
+    async fn connection(&self) -> redis::RedisResult<ConnectionManager> {
+        if let Some(c) = self.conn.lock().expect("lock").as_ref() {
+            return Ok(c.clone());
+        }
+        let _connecting = self.connecting.lock().await;
+        if let Some(c) = self.conn.lock().expect("lock").as_ref() {
+            return Ok(c.clone());
+        }
+        let c = self.open().await?;
+        *self.conn.lock().expect("lock") = Some(c.clone());
+        Ok(c)
     }
 
     fn fall_back(&self, why: &str) -> Option<Decision> {

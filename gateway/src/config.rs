@@ -19,7 +19,8 @@ pub struct GatewayConfig {
     pub host: String,
     /// 0 picks a free port (tests).
     pub port: u16,
-    /// Base URLs of the generator instances this gateway controls.
+    /// Base URLs of the generator instances this gateway controls; `dns+http://name:port` means
+    /// every address `name` resolves to (scaled compose services).
     pub generator_urls: Vec<String>,
     /// Base URL of the collector's query API.
     pub collector_url: String,
@@ -83,7 +84,10 @@ impl GatewayConfig {
             });
         }
         for url in self.generator_urls.iter().chain([&self.collector_url]) {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
+            let ok = ["http://", "https://", "dns+http://"]
+                .iter()
+                .any(|p| url.starts_with(p));
+            if !ok {
                 return Err(ConfigError::Invalid {
                     field: "generator_urls/collector_url",
                     reason: format!("{url:?} is not an http(s) URL"),

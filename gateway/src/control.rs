@@ -40,7 +40,8 @@ async fn call_all(
     body: Option<Bytes>,
 ) -> Vec<InstanceReply> {
     let tp = traceparent(headers);
-    let calls = s.config.generator_urls.iter().map(|base| {
+    let instances = instances(&s.config.generator_urls).await;
+    let calls = instances.iter().map(|base| {
         let url = format!("{base}{path}");
         let mut req = s
             .client
@@ -71,6 +72,34 @@ async fn call_all(
         }
     });
     join_all(calls).await
+}
+
+/// The generator instances behind the configured URLs. A `dns+http://host:port` URL stands for every
+/// address the name resolves to now (docker-compose's `--scale generator=N` gives one name N
+/// addresses), so start and stop reach each of them; other URLs are one instance each.
+pub async fn instances(urls: &[String]) -> Vec<String> {
+    let mut out = Vec::with_capacity(urls.len());
+    for url in urls {
+        let Some(rest) = url.strip_prefix("dns+http://") else {
+            out.push(url.clone());
+            continue;
+        };
+        let host_port = rest.split('/').next().unwrap_or(rest);
+        match tokio::net::lookup_host(host_port).await {
+            Ok(addrs) => {
+                let mut found: Vec<String> = addrs.map(|a| format!("http://{a}")).collect();
+                found.sort();
+                found.dedup();
+                if found.is_empty() {
+                    out.push(format!("http://{host_port}"));
+                }
+                out.extend(found);
+            }
+            // Unresolvable now: keep it as one instance, which then reports as unreachable.
+            Err(_) => out.push(format!("http://{host_port}")),
+        }
+    }
+    out
 }
 
 /// A short reason without the request URL's query (never credentials).
@@ -273,6 +302,18 @@ mod tests {
         }];
         let resp = fan_out_response(replies, StatusCode::ACCEPTED);
         assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    }
+
+    #[tokio::test]
+    async fn a_dns_url_stands_for_every_address_of_the_name() {
+        let urls = vec![
+            "dns+http://127.0.0.1:8080".to_owned(),
+            "http://gen-b:8080".to_owned(),
+        ];
+        assert_eq!(
+            instances(&urls).await,
+            vec!["http://127.0.0.1:8080", "http://gen-b:8080"]
+        );
     }
 
     #[test]

@@ -290,10 +290,9 @@ async fn health() -> Json<serde_json::Value> {
 ))]
 async fn ready(State(s): State<AppState>) -> Response {
     let timeout = Duration::from_millis(s.config.upstream_timeout_ms.min(2_000));
-    let checks = s
-        .config
-        .generator_urls
-        .iter()
+    let checks = control::instances(&s.config.generator_urls)
+        .await
+        .into_iter()
         .map(|u| format!("{u}/health"))
         .chain([format!("{}/health", s.config.collector_url)])
         .map(|url| {

@@ -39,6 +39,7 @@ check() {
 
 finish() {
     bash "$ROOT/stop.sh" >/dev/null 2>&1 || true
+    kill "${ZIPKIN_PID:-0}" 2>/dev/null || true
     # Keep the logs of a failed run for inspection; remove a passing run's directory.
     if [ "$failed" -eq 0 ] && [ "$OWN_RUN_DIR" = 1 ]; then
         rm -rf "$LOGPIPE_RUN_DIR"
@@ -49,6 +50,15 @@ finish() {
     [ "$failed" -eq 0 ]
     exit $?
 }
+
+# Spans go to a Zipkin stand-in (POST /api/v2/spans) that writes them to a file. New traces are not
+# sampled (ratio 0); the requests below send a sampled `traceparent`, which the services follow.
+ZIPKIN_PORT=${LOGPIPE_SYSTEM_ZIPKIN_PORT:-19411}
+SPANS="$LOGPIPE_RUN_DIR/spans.jsonl"
+python3 "$ROOT/integration-tests/zipkin/receiver.py" "$ZIPKIN_PORT" "$SPANS" &
+ZIPKIN_PID=$!
+export LOGPIPE_ZIPKIN_ENDPOINT="http://127.0.0.1:$ZIPKIN_PORT/api/v2/spans"
+export LOGPIPE_TRACE_SAMPLE_RATIO=0
 
 # A clean database each run, so counts mean this run.
 ensure_postgres
@@ -81,6 +91,47 @@ pids_before=$(cat "$LOGPIPE_RUN_DIR"/pids/*.pid | sort | tr '\n' ' ')
 check "a second setup.sh while the stack is up exits 0" bash "$ROOT/setup.sh" --native --rate 500
 pids_after=$(cat "$LOGPIPE_RUN_DIR"/pids/*.pid | sort | tr '\n' ' ')
 check "the second setup.sh kept the same processes" test "$pids_before" = "$pids_after"
+
+# One trace per path, across processes: ingest (gateway → Kafka → collector → Postgres) and control
+# (gateway → generator → Kafka → collector → Postgres).
+wait_chain() {
+    local trace=$1 root=$2
+    shift 2
+    for _ in $(seq 1 60); do
+        [ -f "$SPANS" ] && python3 "$ROOT/integration-tests/zipkin/check.py" "$SPANS" "$trace" "$root" "$@" >/dev/null && return 0
+        sleep 0.5
+    done
+    [ -f "$SPANS" ] && python3 "$ROOT/integration-tests/zipkin/check.py" "$SPANS" "$trace" "$root" "$@"
+    return 1
+}
+T1=$(python3 -c 'import secrets; print(secrets.token_hex(16))')
+P1=$(python3 -c 'import secrets; print(secrets.token_hex(8))')
+now=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+curl -fsS -o /dev/null -H "traceparent: 00-$T1-$P1-01" -H 'content-type: application/json' \
+    -d "{\"timestamp\":\"$now\",\"level\":\"ERROR\",\"service\":\"traced\",\"message\":\"trace me\"}" \
+    "$GATEWAY/api/v1/logs"
+check "an ingested event's trace links gateway request, publish, collector process and store" \
+    wait_chain "$T1" "$P1" \
+    "logpipe-gateway|POST /api/v1/logs|SERVER|http.route=/api/v1/logs" \
+    "logpipe-gateway|publish |PRODUCER|messaging.system=kafka" \
+    "logpipe-collector|process |CONSUMER|messaging.kafka.offset=,messaging.destination.partition.id=" \
+    "logpipe-collector|COPY log_events|CLIENT|db.system.name=postgresql"
+check "the stored row keeps the trace id" \
+    test "$(psql "$DB_URL" -tAc "SELECT count(*) FROM log_events WHERE trace_id = '$T1'")" = 1
+
+T2=$(python3 -c 'import secrets; print(secrets.token_hex(16))')
+P2=$(python3 -c 'import secrets; print(secrets.token_hex(8))')
+curl -fsS -o /dev/null -XPOST "$GATEWAY/api/v1/generator/stop"
+curl -fsS -o /dev/null -H "traceparent: 00-$T2-$P2-01" -H 'content-type: application/json' \
+    -d '{"rate_per_second": 200, "count": 200, "batch_size": 50}' "$GATEWAY/api/v1/generator/start"
+check "a start request's trace links gateway, generator batch, collector process and store" \
+    wait_chain "$T2" "$P2" \
+    "logpipe-gateway|POST /api/v1/generator/start|SERVER" \
+    "logpipe-gateway|POST|CLIENT|url.full=" \
+    "logpipe-generator|POST /api/v1/generator/start|SERVER" \
+    "logpipe-generator|publish |PRODUCER|messaging.batch.message_count=" \
+    "logpipe-collector|process |CONSUMER" \
+    "logpipe-collector|COPY log_events|CLIENT"
 
 check "stop.sh exits 0" bash "$ROOT/stop.sh"
 alive=""

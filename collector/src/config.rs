@@ -14,6 +14,8 @@ pub use crate::windows::WindowSettings;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CollectorConfig {
+    /// Span export (Zipkin) and sampling.
+    pub tracing: logpipe_common::telemetry::TracingSettings,
     pub host: String,
     /// 0 picks a free port (tests).
     pub port: u16,
@@ -67,6 +69,7 @@ impl std::fmt::Debug for DatabaseSettings {
 impl Default for CollectorConfig {
     fn default() -> Self {
         Self {
+            tracing: Default::default(),
             host: "127.0.0.1".into(),
             port: 8082,
             kafka: KafkaSettings::default(),
@@ -167,6 +170,12 @@ impl CollectorConfig {
 #[derive(Debug, clap::Parser)]
 #[command(name = "logpipe-collector", version, about)]
 pub struct Cli {
+    /// Zipkin span endpoint (`http://host:9411/api/v2/spans`); unset = no span export.
+    #[arg(long, env = "LOGPIPE_ZIPKIN_ENDPOINT")]
+    pub zipkin_endpoint: Option<String>,
+    /// Share of new traces sampled, 0.0-1.0 (requests that arrive traced keep their decision).
+    #[arg(long, env = "LOGPIPE_TRACE_SAMPLE_RATIO")]
+    pub trace_sample_ratio: Option<f64>,
     /// Apply the database migrations and exit.
     #[arg(long)]
     pub migrate_only: bool,
@@ -205,6 +214,8 @@ impl Cli {
     pub fn into_config(self) -> Result<CollectorConfig, ConfigError> {
         let mut c: CollectorConfig = load_toml(self.config.as_deref())?;
         logpipe_common::overlay!(
+            self.zipkin_endpoint.map(Some) => c.tracing.zipkin_endpoint,
+            self.trace_sample_ratio => c.tracing.sample_ratio,
             self.host => c.host,
             self.port => c.port,
             self.brokers => c.kafka.brokers,

@@ -203,6 +203,9 @@ struct Pending {
     item: Item,
     /// Poison records: whether the DLQ already acknowledged it (a retried batch does not resend).
     dlq_done: bool,
+    /// The record's processing span, when its `traceparent` says the trace is sampled. It lives
+    /// until the batch holding the record is committed.
+    trace: Option<tracing::Span>,
 }
 
 enum Item {
@@ -526,12 +529,31 @@ impl ConsumerLoop {
                 error,
             },
         };
+        let trace = traceparent(msg)
+            .filter(|tp| logpipe_common::telemetry::is_sampled(tp))
+            .map(|tp| {
+                let span = tracing::info_span!(
+                    parent: None,
+                    "kafka.process",
+                    otel.name = %format!("process {}", self.config.kafka.raw_topic),
+                    otel.kind = "consumer",
+                    messaging.system = "kafka",
+                    messaging.operation.type = "process",
+                    messaging.destination.name = %self.config.kafka.raw_topic,
+                    messaging.destination.partition.id = partition,
+                    messaging.kafka.offset = msg.offset(),
+                    messaging.consumer.group.name = %self.config.consumer.group_id,
+                );
+                logpipe_common::telemetry::set_remote_parent(&span, Some(&tp));
+                span
+            });
         Some(Pending {
             partition,
             offset: msg.offset(),
             epoch: owned,
             item,
             dlq_done: false,
+            trace,
         })
     }
 
@@ -650,7 +672,30 @@ impl ConsumerLoop {
             return Err(e);
         }
         let plan = self.plan(batch);
+        // One store span per sampled trace in the batch, covering the transaction.
+        let mut traced = BTreeSet::new();
+        let store_spans: Vec<tracing::Span> = batch
+            .iter()
+            .filter_map(|p| p.trace.as_ref())
+            .filter(|span| {
+                logpipe_common::telemetry::trace_id_of(span).is_none_or(|t| traced.insert(t))
+            })
+            .map(|process| {
+                tracing::info_span!(
+                    parent: process,
+                    "db.write",
+                    otel.name = "COPY log_events",
+                    otel.kind = "client",
+                    db.system.name = "postgresql",
+                    db.namespace = %self.config.database.schema,
+                    db.collection.name = "log_events",
+                    db.operation.name = "COPY",
+                    db.operation.batch.size = plan.write.events.len(),
+                )
+            })
+            .collect();
         self.commit(&plan.write).await?;
+        drop(store_spans);
         telemetry::events_filtered(plan.filtered);
         telemetry::late_events(plan.late);
         // The new offsets and event times are what the next batch must find stored.
@@ -688,6 +733,10 @@ impl ConsumerLoop {
             .fetch_add(outcome.stored, Ordering::Relaxed);
         telemetry::events_stored(outcome.stored);
         telemetry::batch_committed(started.elapsed());
+        if let Some(newest) = write.events.iter().map(|e| e.event.timestamp).max() {
+            let age = (Utc::now() - newest).to_std().unwrap_or_default();
+            telemetry::event_age(age);
+        }
         for kind in outcome.raised {
             telemetry::alert_raised(kind);
         }
@@ -885,6 +934,17 @@ struct Plan<'a> {
     services: BTreeMap<i32, BTreeSet<String>>,
     filtered: u64,
     late: u64,
+}
+
+/// The record's `traceparent` header, if any.
+fn traceparent(msg: &rdkafka::message::BorrowedMessage<'_>) -> Option<String> {
+    use rdkafka::message::Headers;
+    msg.headers()?
+        .iter()
+        .find(|h| h.key == "traceparent")
+        .and_then(|h| h.value)
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .map(str::to_owned)
 }
 
 /// Records are JSON unless they say `text/plain` or do not start with `{`.

@@ -3,10 +3,11 @@ use logpipe_collector::{config::Cli, Application};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    logpipe_common::telemetry::init_tracing();
     let cli = Cli::parse();
     let migrate_only = cli.migrate_only;
     let config = cli.into_config()?;
+    let _tracing =
+        logpipe_common::telemetry::init_tracing_for("logpipe-collector", &config.tracing);
     if migrate_only {
         logpipe_collector::db::Db::connect(&config.database).await?;
         tracing::info!("migrations applied");

@@ -22,6 +22,12 @@ pub fn batch_committed(took: Duration) {
     histogram!("collector_batch_commit_seconds").record(took.as_secs_f64());
 }
 
+/// End-to-end lag, sampled once per committed batch: how old (by its own timestamp) the batch's
+/// newest stored event was when its row committed.
+pub fn event_age(age: Duration) {
+    histogram!("collector_event_age_seconds").record(age.as_secs_f64());
+}
+
 pub fn events_filtered(n: u64) {
     counter!("collector_events_filtered_total").increment(n);
 }

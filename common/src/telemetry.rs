@@ -1,22 +1,187 @@
-//! Logging and metrics setup shared by the services.
+//! Logging, tracing export and metrics setup shared by the services.
+//!
+//! Spans go to Zipkin (v2 JSON over HTTP) when `zipkin_endpoint` is set, sampled parent-based: a
+//! request or record that arrives with a `traceparent` follows its sampled flag, a new trace is
+//! sampled with `sample_ratio`. Unset, nothing is exported and nothing complains. The helpers at the
+//! end turn a span into a W3C `traceparent` and back, for HTTP and Kafka headers.
+
+use opentelemetry::trace::{
+    SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState, TracerProvider as _,
+};
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+use serde::{Deserialize, Serialize};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::Layer;
+use tracing_subscriber::util::SubscriberInitExt;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TracingSettings {
+    /// Zipkin's span endpoint, e.g. `http://127.0.0.1:9411/api/v2/spans`; unset = no export.
+    pub zipkin_endpoint: Option<String>,
+    /// Share of new traces that are sampled (0.0-1.0); traces started upstream keep their decision.
+    pub sample_ratio: f64,
+}
+
+impl Default for TracingSettings {
+    fn default() -> Self {
+        Self {
+            zipkin_endpoint: None,
+            sample_ratio: 0.01,
+        }
+    }
+}
+
+/// Flushes and stops the span exporter when dropped (end of `main`).
+#[must_use]
+pub struct TracingGuard(Option<SdkTracerProvider>);
+
+impl Drop for TracingGuard {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = p.shutdown();
+        }
+    }
+}
+
+fn env_filter() -> tracing_subscriber::EnvFilter {
+    tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rdkafka=warn,sqlx=warn"))
+}
+
+fn fmt_layer<S>() -> impl tracing_subscriber::Layer<S>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    tracing_subscriber::fmt::layer()
+        .with_target(false)
+        // Colour only on a terminal: the scripts send logs to files.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+}
+
+/// Logs only (tests, tools). `RUST_LOG` overrides the default `info`. Safe to call twice.
+pub fn init_tracing() {
+    let _ = tracing_subscriber::registry()
+        .with(env_filter())
+        .with(fmt_layer())
+        .try_init();
+}
+
+/// Logs, plus span export to Zipkin as `service` when the settings name an endpoint. A bad endpoint
+/// is reported once and tracing stays off.
+pub fn init_tracing_for(service: &str, settings: &TracingSettings) -> TracingGuard {
+    let Some(endpoint) = settings
+        .zipkin_endpoint
+        .as_deref()
+        .filter(|e| !e.trim().is_empty())
+    else {
+        init_tracing();
+        return TracingGuard(None);
+    };
+    let exporter = match opentelemetry_zipkin::ZipkinExporter::builder()
+        .with_collector_endpoint(endpoint)
+        .build()
+    {
+        Ok(e) => e,
+        Err(e) => {
+            init_tracing();
+            tracing::error!(error = %e, endpoint, "Zipkin exporter not started; tracing is off");
+            return TracingGuard(None);
+        }
+    };
+    let ratio = settings.sample_ratio.clamp(0.0, 1.0);
+    let provider = SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+            ratio,
+        ))))
+        .with_resource(
+            opentelemetry_sdk::Resource::builder()
+                .with_service_name(service.to_owned())
+                .build(),
+        )
+        .build();
+    let tracer = provider.tracer("logpipe");
+    // Only spans go to Zipkin; the fmt layer still decides what is logged.
+    let otel = tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_filter(tracing_subscriber::filter::Targets::new().with_default(tracing::Level::INFO));
+    let _ = tracing_subscriber::registry()
+        .with(fmt_layer().with_filter(env_filter()))
+        .with(otel)
+        .try_init();
+    tracing::info!(endpoint, sample_ratio = ratio, "exporting spans to Zipkin");
+    TracingGuard(Some(provider))
+}
+
+/// The W3C `traceparent` of `span`, when it belongs to a trace (tracing export on).
+pub fn traceparent_of(span: &tracing::Span) -> Option<String> {
+    let cx = span.context();
+    let sc = cx.span().span_context().clone();
+    sc.is_valid().then(|| {
+        format!(
+            "00-{}-{}-{:02x}",
+            sc.trace_id(),
+            sc.span_id(),
+            sc.trace_flags().to_u8()
+        )
+    })
+}
+
+/// The remote parent a `traceparent` header names, if well formed.
+pub fn parse_traceparent(tp: &str) -> Option<SpanContext> {
+    let mut parts = tp.trim().split('-');
+    let (version, trace, span, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    if version != "00" || trace.len() != 32 || span.len() != 16 || flags.len() != 2 {
+        return None;
+    }
+    let sc = SpanContext::new(
+        TraceId::from_hex(trace).ok()?,
+        SpanId::from_hex(span).ok()?,
+        TraceFlags::new(u8::from_str_radix(flags, 16).ok()?),
+        true,
+        TraceState::default(),
+    );
+    sc.is_valid().then_some(sc)
+}
+
+/// Make `span` a child of the trace `traceparent` names (no-op when absent or malformed).
+pub fn set_remote_parent(span: &tracing::Span, traceparent: Option<&str>) {
+    if let Some(sc) = traceparent.and_then(parse_traceparent) {
+        let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(sc));
+    }
+}
+
+/// True when the `traceparent` says its trace is sampled (worth spans downstream).
+pub fn is_sampled(traceparent: &str) -> bool {
+    parse_traceparent(traceparent).is_some_and(|sc| sc.is_sampled())
+}
+
+pub use opentelemetry::Context as TraceContext;
+
+/// The trace context of the current span (what a task started now should continue).
+pub fn current_context() -> TraceContext {
+    tracing::Span::current().context()
+}
+
+/// Make `span` a child of `cx` (a context captured with [`current_context`]).
+pub fn set_parent_context(span: &tracing::Span, cx: TraceContext) {
+    if cx.span().span_context().is_valid() {
+        let _ = span.set_parent(cx);
+    }
+}
+
+/// The trace id part of `span`'s context, for storing with an event.
+pub fn trace_id_of(span: &tracing::Span) -> Option<String> {
+    let cx = span.context();
+    let sc = cx.span().span_context().clone();
+    sc.is_valid().then(|| sc.trace_id().to_string())
+}
 
 use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use tracing_subscriber::EnvFilter;
-
-/// Install the fmt subscriber once; `RUST_LOG` overrides the default `info`. Safe to call twice
-/// (tests start several services in one process).
-pub fn init_tracing() {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,rdkafka=warn,sqlx=warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        // Colour only on a terminal: the scripts send logs to files.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-        .try_init();
-}
 
 static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -42,4 +207,25 @@ pub fn metrics_handle() -> PrometheusHandle {
             handle
         })
         .clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparent_parses_and_keeps_the_sampled_flag() {
+        let sc = parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
+        assert!(sc.is_sampled() && sc.is_remote());
+        assert_eq!(sc.trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert!(!is_sampled("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"));
+        assert!(parse_traceparent("00-00000000000000000000000000000000-00f067aa0ba902b7-01").is_none());
+        assert!(parse_traceparent("garbage").is_none());
+    }
+
+    #[test]
+    fn without_export_a_span_has_no_traceparent() {
+        let span = tracing::info_span!("x");
+        assert_eq!(traceparent_of(&span), None);
+    }
 }

@@ -16,6 +16,8 @@ use crate::ratelimit::RateLimitSettings;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct GatewayConfig {
+    /// Span export (Zipkin) and sampling.
+    pub tracing: logpipe_common::telemetry::TracingSettings,
     pub host: String,
     /// 0 picks a free port (tests).
     pub port: u16,
@@ -41,6 +43,7 @@ pub struct GatewayConfig {
 impl Default for GatewayConfig {
     fn default() -> Self {
         Self {
+            tracing: Default::default(),
             host: "127.0.0.1".into(),
             port: 8090,
             generator_urls: vec!["http://127.0.0.1:8080".into()],
@@ -111,6 +114,12 @@ impl GatewayConfig {
 #[derive(Debug, clap::Parser)]
 #[command(name = "logpipe-gateway", version, about)]
 pub struct Cli {
+    /// Zipkin span endpoint (`http://host:9411/api/v2/spans`); unset = no span export.
+    #[arg(long, env = "LOGPIPE_ZIPKIN_ENDPOINT")]
+    pub zipkin_endpoint: Option<String>,
+    /// Share of new traces sampled, 0.0-1.0 (requests that arrive traced keep their decision).
+    #[arg(long, env = "LOGPIPE_TRACE_SAMPLE_RATIO")]
+    pub trace_sample_ratio: Option<f64>,
     /// Optional TOML file with any of the settings below.
     #[arg(long, env = "LOGPIPE_GATEWAY_CONFIG")]
     pub config: Option<PathBuf>,
@@ -147,6 +156,8 @@ impl Cli {
     pub fn into_config(self) -> Result<GatewayConfig, ConfigError> {
         let mut c: GatewayConfig = load_toml(self.config.as_deref())?;
         logpipe_common::overlay!(
+            self.zipkin_endpoint.map(Some) => c.tracing.zipkin_endpoint,
+            self.trace_sample_ratio => c.tracing.sample_ratio,
             self.host => c.host,
             self.port => c.port,
             self.generator_urls => c.generator_urls,

@@ -12,8 +12,8 @@ use futures::future::join_all;
 use serde_json::{json, Value};
 
 use crate::error::{ApiError, ErrorBody};
-use crate::http::AppState;
-use crate::ingest::traceparent;
+use crate::http::{client_span, AppState};
+use tracing::Instrument;
 
 /// One instance's answer: its HTTP status and JSON body, or why it could not be reached.
 struct InstanceReply {
@@ -39,7 +39,6 @@ async fn call_all(
     path: &str,
     body: Option<Bytes>,
 ) -> Vec<InstanceReply> {
-    let tp = traceparent(headers);
     let instances = instances(&s.config.generator_urls).await;
     let calls = instances.iter().map(|base| {
         let url = format!("{base}{path}");
@@ -47,6 +46,7 @@ async fn call_all(
             .client
             .request(method.clone(), &url)
             .timeout(Duration::from_millis(s.config.upstream_timeout_ms));
+        let (span, tp) = client_span(method.as_str(), &url, headers);
         if let Some(tp) = &tp {
             req = req.header("traceparent", tp.as_str());
         }
@@ -56,7 +56,7 @@ async fn call_all(
                 .body(b.clone());
         }
         async move {
-            let result = match req.send().await {
+            let result = match req.send().instrument(span).await {
                 Ok(resp) => {
                     let status = StatusCode::from_u16(resp.status().as_u16())
                         .unwrap_or(StatusCode::BAD_GATEWAY);

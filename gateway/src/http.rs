@@ -7,14 +7,16 @@ use std::time::{Duration, Instant};
 
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::{BoxError, Json, Router};
 use futures::future::join_all;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
+use logpipe_common::telemetry::set_remote_parent;
 use tower::limit::GlobalConcurrencyLimitLayer;
+use tracing::Instrument;
 use tower::load_shed::LoadShedLayer;
 use tower::ServiceBuilder;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -111,9 +113,57 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::Extension(doc))
         .layer(middleware::from_fn(json_errors))
         .layer(middleware::from_fn(record_metrics))
+        .layer(middleware::from_fn(trace_request))
         .layer(PropagateRequestIdLayer::new(x_request_id.clone()))
         .layer(SetRequestIdLayer::new(x_request_id, MakeRequestUuid))
         .with_state(state)
+}
+
+/// A client span for a call to an upstream, and the `traceparent` to send with it: this span's
+/// when tracing is on, else the caller's own header passed through.
+pub fn client_span(method: &str, url: &str, incoming: &HeaderMap) -> (tracing::Span, Option<String>) {
+    let span = tracing::info_span!(
+        "http.client",
+        otel.name = %method,
+        otel.kind = "client",
+        http.request.method = %method,
+        url.full = %url,
+    );
+    let tp = logpipe_common::telemetry::traceparent_of(&span).or_else(|| ingest::traceparent(incoming));
+    (span, tp)
+}
+
+/// One server span per request, continuing the caller's trace when it sends `traceparent`
+/// (OpenTelemetry HTTP semantic conventions; the span name is the route template).
+async fn trace_request(req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = req.method().clone();
+    let span = tracing::info_span!(
+        "http.server",
+        otel.name = %format!("{method} {route}"),
+        otel.kind = "server",
+        http.request.method = %method,
+        http.route = %route,
+        url.path = %req.uri().path(),
+        http.response.status_code = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    );
+    set_remote_parent(
+        &span,
+        req.headers()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok()),
+    );
+    let resp = next.run(req).instrument(span.clone()).await;
+    span.record("http.response.status_code", resp.status().as_u16());
+    if resp.status().is_server_error() {
+        span.record("otel.status_code", "ERROR");
+    }
+    resp
 }
 
 /// `http_requests_total{route,status}` and the latency histogram, labelled by route template.

@@ -34,6 +34,7 @@ use crate::error::{ApiError, ErrorBody};
 use crate::http::{limit_identity, rate_limit_headers, refused, AppState};
 use crate::ratelimit::RouteClass;
 use crate::telemetry;
+use tracing::Instrument;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -520,7 +521,9 @@ async fn ingest(
         Duration::from_millis(settings.body_read_timeout_ms),
     )
     .await?;
-    let tp = traceparent(&parts.headers);
+    // The trace events belong to: this request's span when tracing is on, else the caller's header.
+    let tp = logpipe_common::telemetry::traceparent_of(&tracing::Span::current())
+        .or_else(|| traceparent(&parts.headers));
     let identity = limit_identity(principal, peer.ip());
     let id_seed = parts
         .headers
@@ -569,7 +572,22 @@ async fn ingest(
         }
         decision = Some(d);
     }
-    if let Err(e) = s.producer.produce_all(&parsed.events, tp.as_deref()).await {
+    let publish = tracing::info_span!(
+        "kafka.publish",
+        otel.name = %format!("publish {}", s.config.kafka.raw_topic),
+        otel.kind = "producer",
+        messaging.system = "kafka",
+        messaging.operation.type = "send",
+        messaging.destination.name = %s.config.kafka.raw_topic,
+        messaging.batch.message_count = parsed.events.len(),
+    );
+    let header_tp = logpipe_common::telemetry::traceparent_of(&publish).or(tp);
+    let produced = s
+        .producer
+        .produce_all(&parsed.events, header_tp.as_deref())
+        .instrument(publish)
+        .await;
+    if let Err(e) = produced {
         telemetry::ingest_events("failed", parsed.events.len());
         tracing::warn!(error = %e, "ingest not acknowledged by Kafka");
         return Err(ApiError::KafkaUnavailable(e.to_string()));

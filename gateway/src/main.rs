@@ -3,8 +3,8 @@ use logpipe_gateway::{config::Cli, Application};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    logpipe_common::telemetry::init_tracing();
     let config = Cli::parse().into_config()?;
+    let _tracing = logpipe_common::telemetry::init_tracing_for("logpipe-gateway", &config.tracing);
     tracing::info!(config = %config.summary(), "starting gateway");
     let app = Application::build(config).await?;
     app.run_until_stopped(logpipe_common::shutdown::shutdown_token())

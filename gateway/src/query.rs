@@ -9,8 +9,8 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use crate::error::{ApiError, ErrorBody};
-use crate::http::AppState;
-use crate::ingest::traceparent;
+use crate::http::{client_span, AppState};
+use tracing::Instrument;
 
 /// Percent-encode one path segment (RFC 3986 unreserved characters pass as they are).
 fn encode_segment(s: &str) -> String {
@@ -33,10 +33,11 @@ async fn forward(s: &AppState, headers: &HeaderMap, path: &str, query: Option<St
     }
     let timeout = Duration::from_millis(s.config.upstream_timeout_ms);
     let mut req = s.client.get(&url).timeout(timeout);
-    if let Some(tp) = traceparent(headers) {
+    let (span, tp) = client_span("GET", &url, headers);
+    if let Some(tp) = tp {
         req = req.header("traceparent", tp);
     }
-    let resp = match req.send().await {
+    let resp = match req.send().instrument(span).await {
         Ok(r) => r,
         Err(e) if e.is_timeout() => {
             return ApiError::Timeout(timeout.as_millis() as u64).into_response()

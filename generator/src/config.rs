@@ -13,6 +13,8 @@ use crate::budget::BudgetSettings;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct GeneratorConfig {
+    /// Span export (Zipkin) and sampling.
+    pub tracing: logpipe_common::telemetry::TracingSettings,
     pub host: String,
     /// 0 picks a free port (tests).
     pub port: u16,
@@ -55,6 +57,7 @@ pub struct RunDefaults {
 impl Default for GeneratorConfig {
     fn default() -> Self {
         Self {
+            tracing: Default::default(),
             host: "127.0.0.1".into(),
             port: 8080,
             instance_id: default_instance_id(),
@@ -166,6 +169,12 @@ impl GeneratorConfig {
 #[derive(Debug, clap::Parser)]
 #[command(name = "logpipe-generator", version, about)]
 pub struct Cli {
+    /// Zipkin span endpoint (`http://host:9411/api/v2/spans`); unset = no span export.
+    #[arg(long, env = "LOGPIPE_ZIPKIN_ENDPOINT")]
+    pub zipkin_endpoint: Option<String>,
+    /// Share of new traces sampled, 0.0-1.0 (requests that arrive traced keep their decision).
+    #[arg(long, env = "LOGPIPE_TRACE_SAMPLE_RATIO")]
+    pub trace_sample_ratio: Option<f64>,
     /// Optional TOML file with any of the settings below.
     #[arg(long, env = "LOGPIPE_GENERATOR_CONFIG")]
     pub config: Option<PathBuf>,
@@ -218,6 +227,8 @@ impl Cli {
     pub fn into_config(self) -> Result<GeneratorConfig, ConfigError> {
         let mut c: GeneratorConfig = load_toml(self.config.as_deref())?;
         logpipe_common::overlay!(
+            self.zipkin_endpoint.map(Some) => c.tracing.zipkin_endpoint,
+            self.trace_sample_ratio => c.tracing.sample_ratio,
             self.host => c.host,
             self.port => c.port,
             self.instance_id => c.instance_id,

@@ -302,7 +302,9 @@ impl Engine {
                 return Err(EngineError::AlreadyRunning);
             }
             let cancel = CancellationToken::new();
-            let handle = tokio::spawn(run(self.clone(), params.clone(), cancel.clone()));
+            // The run continues the trace of the request that started it (first batches only).
+            let parent = logpipe_common::telemetry::current_context();
+            let handle = tokio::spawn(run(self.clone(), params.clone(), cancel.clone(), parent));
             *guard = Some(ActiveRun {
                 params,
                 started_at: Utc::now(),
@@ -413,7 +415,12 @@ fn worker_seed(seed: u64, instance: &str, worker: u32) -> u64 {
     h.finish()
 }
 
-async fn run(engine: Arc<Engine>, params: RunParams, cancel: CancellationToken) {
+async fn run(
+    engine: Arc<Engine>,
+    params: RunParams,
+    cancel: CancellationToken,
+    parent: logpipe_common::telemetry::TraceContext,
+) {
     tracing::info!(?params, "generation started");
     let deadline = params
         .duration_secs
@@ -433,6 +440,7 @@ async fn run(engine: Arc<Engine>, params: RunParams, cancel: CancellationToken) 
             remaining.clone(),
             cancel.clone(),
             deadline,
+            parent.clone(),
         )));
     }
     for w in workers {
@@ -467,7 +475,11 @@ async fn worker(
     remaining: Arc<AtomicU64>,
     cancel: CancellationToken,
     deadline: Option<tokio::time::Instant>,
+    parent: logpipe_common::telemetry::TraceContext,
 ) {
+    // Each worker's first batch is a child of the start request; later batches start traces of
+    // their own (sampled by ratio), so a long run is not one trace of millions of spans.
+    let mut parent = Some(parent);
     let Some(rate) = NonZeroU32::new(rate) else {
         return;
     };
@@ -570,15 +582,38 @@ async fn worker(
             }
         }
         let now = Utc::now();
+        let batch_span = tracing::info_span!(
+            parent: None,
+            "kafka.publish",
+            otel.name = %format!("publish {topic}"),
+            otel.kind = "producer",
+            messaging.system = "kafka",
+            messaging.operation.type = "send",
+            messaging.destination.name = %topic,
+            messaging.batch.message_count = n,
+        );
+        if let Some(p) = parent.take() {
+            logpipe_common::telemetry::set_parent_context(&batch_span, p);
+        }
+        let batch_tp = logpipe_common::telemetry::traceparent_of(&batch_span);
         for i in 0..n {
-            let event = factory.next_event(now, elapsed);
+            let mut event = factory.next_event(now, elapsed);
+            let traceparent = match &batch_tp {
+                // The event joins the pipeline's trace, so its row leads to the trace.
+                Some(tp) => {
+                    event.trace_id = Some(tp[3..35].to_owned());
+                    event.span_id = Some(tp[36..52].to_owned());
+                    Some(tp.clone())
+                }
+                // Tracing off: the simulated ids travel as a trace nobody samples.
+                None => event
+                    .trace_id
+                    .as_ref()
+                    .zip(event.span_id.as_ref())
+                    .map(|(t, s)| format!("00-{t}-{s}-00")),
+            };
             buf.clear();
             serde_json::to_writer(&mut buf, &event).expect("event serializes");
-            let traceparent = event
-                .trace_id
-                .as_ref()
-                .zip(event.span_id.as_ref())
-                .map(|(t, s)| format!("00-{t}-{s}-01"));
             let outcome = send(
                 &engine,
                 &topic,

@@ -107,7 +107,7 @@ start_service collector "$COLLECTOR_PORT" --port "$COLLECTOR_PORT" --brokers "$B
     --database-url "$DATABASE_URL"
 start_service generator "$GENERATOR_PORT" --port "$GENERATOR_PORT" --brokers "$BROKERS" \
     --instance-id "gen-$(hostname)-1"
-start_service gateway "$GATEWAY_PORT" --port "$GATEWAY_PORT" \
+start_service gateway "$GATEWAY_PORT" --port "$GATEWAY_PORT" --brokers "$BROKERS" \
     --generator-urls "http://127.0.0.1:$GENERATOR_PORT" --collector-url "http://127.0.0.1:$COLLECTOR_PORT"
 
 for svc in collector:$COLLECTOR_PORT generator:$GENERATOR_PORT gateway:$GATEWAY_PORT; do

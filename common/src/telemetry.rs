@@ -12,8 +12,8 @@ use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use serde::{Deserialize, Serialize};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::Layer;
 use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::Layer;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -79,7 +79,12 @@ pub fn init_tracing_for(service: &str, settings: &TracingSettings) -> TracingGua
         init_tracing();
         return TracingGuard(None);
     };
+    let client = NamedZipkinClient {
+        inner: reqwest::blocking::Client::new(),
+        service: service.to_owned(),
+    };
     let exporter = match opentelemetry_zipkin::ZipkinExporter::builder()
+        .with_http_client(client)
         .with_collector_endpoint(endpoint)
         .build()
     {
@@ -104,8 +109,13 @@ pub fn init_tracing_for(service: &str, settings: &TracingSettings) -> TracingGua
         .build();
     let tracer = provider.tracer("logpipe");
     // Only spans go to Zipkin; the fmt layer still decides what is logged.
+    // Only what the semantic conventions name: no code locations, threads or busy/idle timings.
     let otel = tracing_opentelemetry::layer()
         .with_tracer(tracer)
+        .with_location(false)
+        .with_threads(false)
+        .with_target(false)
+        .with_tracked_inactivity(false)
         .with_filter(tracing_subscriber::filter::Targets::new().with_default(tracing::Level::INFO));
     let _ = tracing_subscriber::registry()
         .with(fmt_layer().with_filter(env_filter()))
@@ -113,6 +123,46 @@ pub fn init_tracing_for(service: &str, settings: &TracingSettings) -> TracingGua
         .try_init();
     tracing::info!(endpoint, sample_ratio = ratio, "exporting spans to Zipkin");
     TracingGuard(Some(provider))
+}
+
+/// The HTTP client the Zipkin exporter posts through. opentelemetry-zipkin 0.31 sends
+/// `localEndpoint` without `serviceName` (the resource's `service.name` is not mapped), which leaves
+/// every span in Zipkin under an empty service; this client fills it in before posting.
+#[derive(Debug)]
+struct NamedZipkinClient {
+    inner: reqwest::blocking::Client,
+    service: String,
+}
+
+#[async_trait::async_trait]
+impl opentelemetry_http::HttpClient for NamedZipkinClient {
+    async fn send_bytes(
+        &self,
+        request: http::Request<bytes::Bytes>,
+    ) -> Result<http::Response<bytes::Bytes>, opentelemetry_http::HttpError> {
+        let (parts, body) = request.into_parts();
+        let body = with_service_name(&body, &self.service)
+            .map(bytes::Bytes::from)
+            .unwrap_or(body);
+        self.inner
+            .send_bytes(http::Request::from_parts(parts, body))
+            .await
+    }
+}
+
+/// Zipkin v2 JSON spans with `localEndpoint.serviceName` set; `None` if the body is not such JSON.
+fn with_service_name(body: &[u8], service: &str) -> Option<Vec<u8>> {
+    let mut spans: serde_json::Value = serde_json::from_slice(body).ok()?;
+    for span in spans.as_array_mut()? {
+        let endpoint = span
+            .as_object_mut()?
+            .entry("localEndpoint")
+            .or_insert_with(|| serde_json::json!({}));
+        endpoint
+            .as_object_mut()?
+            .insert("serviceName".into(), service.into());
+    }
+    serde_json::to_vec(&spans).ok()
 }
 
 /// The W3C `traceparent` of `span`, when it belongs to a trace (tracing export on).
@@ -132,7 +182,8 @@ pub fn traceparent_of(span: &tracing::Span) -> Option<String> {
 /// The remote parent a `traceparent` header names, if well formed.
 pub fn parse_traceparent(tp: &str) -> Option<SpanContext> {
     let mut parts = tp.trim().split('-');
-    let (version, trace, span, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let (version, trace, span, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
     if version != "00" || trace.len() != 32 || span.len() != 16 || flags.len() != 2 {
         return None;
     }
@@ -215,12 +266,30 @@ mod tests {
 
     #[test]
     fn traceparent_parses_and_keeps_the_sampled_flag() {
-        let sc = parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
+        let sc =
+            parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
         assert!(sc.is_sampled() && sc.is_remote());
-        assert_eq!(sc.trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
-        assert!(!is_sampled("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"));
-        assert!(parse_traceparent("00-00000000000000000000000000000000-00f067aa0ba902b7-01").is_none());
+        assert_eq!(
+            sc.trace_id().to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        assert!(!is_sampled(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"
+        ));
+        assert!(
+            parse_traceparent("00-00000000000000000000000000000000-00f067aa0ba902b7-01").is_none()
+        );
         assert!(parse_traceparent("garbage").is_none());
+    }
+
+    #[test]
+    fn spans_posted_to_zipkin_get_the_service_name() {
+        let body = br#"[{"traceId":"a","id":"b","localEndpoint":{}},{"traceId":"a","id":"c"}]"#;
+        let out: serde_json::Value =
+            serde_json::from_slice(&with_service_name(body, "logpipe-gateway").unwrap()).unwrap();
+        assert_eq!(out[0]["localEndpoint"]["serviceName"], "logpipe-gateway");
+        assert_eq!(out[1]["localEndpoint"]["serviceName"], "logpipe-gateway");
+        assert_eq!(with_service_name(b"not json", "x"), None);
     }
 
     #[test]

@@ -12,14 +12,14 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::{BoxError, Json, Router};
 use futures::future::join_all;
+use logpipe_common::telemetry::set_remote_parent;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
-use logpipe_common::telemetry::set_remote_parent;
 use tower::limit::GlobalConcurrencyLimitLayer;
-use tracing::Instrument;
 use tower::load_shed::LoadShedLayer;
 use tower::ServiceBuilder;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tracing::Instrument;
 
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
@@ -121,7 +121,11 @@ pub fn router(state: AppState) -> Router {
 
 /// A client span for a call to an upstream, and the `traceparent` to send with it: this span's
 /// when tracing is on, else the caller's own header passed through.
-pub fn client_span(method: &str, url: &str, incoming: &HeaderMap) -> (tracing::Span, Option<String>) {
+pub fn client_span(
+    method: &str,
+    url: &str,
+    incoming: &HeaderMap,
+) -> (tracing::Span, Option<String>) {
     let span = tracing::info_span!(
         "http.client",
         otel.name = %method,
@@ -129,7 +133,8 @@ pub fn client_span(method: &str, url: &str, incoming: &HeaderMap) -> (tracing::S
         http.request.method = %method,
         url.full = %url,
     );
-    let tp = logpipe_common::telemetry::traceparent_of(&span).or_else(|| ingest::traceparent(incoming));
+    let tp =
+        logpipe_common::telemetry::traceparent_of(&span).or_else(|| ingest::traceparent(incoming));
     (span, tp)
 }
 

@@ -20,7 +20,12 @@ fn read(rel: &str) -> String {
 fn declared() -> BTreeSet<String> {
     let re = regex::Regex::new(r#"(counter|gauge|histogram)!\(\s*"([a-z_]+)""#).unwrap();
     let mut names = BTreeSet::new();
-    for dir in ["common/src", "generator/src", "gateway/src", "collector/src"] {
+    for dir in [
+        "common/src",
+        "generator/src",
+        "gateway/src",
+        "collector/src",
+    ] {
         for entry in std::fs::read_dir(root().join(dir)).unwrap() {
             let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
             for c in re.captures_iter(&text) {
@@ -43,7 +48,9 @@ fn referenced(promql: &str) -> BTreeSet<String> {
         r"\b[a-z][a-z_]*_(total|seconds|seconds_bucket|seconds_sum|seconds_count|state|lag|backend|current)\b",
     )
     .unwrap();
-    re.find_iter(promql).map(|m| m.as_str().to_owned()).collect()
+    re.find_iter(promql)
+        .map(|m| m.as_str().to_owned())
+        .collect()
 }
 
 #[test]
@@ -58,10 +65,16 @@ fn the_dashboard_queries_only_metrics_the_services_export() {
         }
     }
     let used = referenced(&exprs);
-    assert!(used.len() >= 10, "the dashboard covers the pipeline: {used:?}");
+    assert!(
+        used.len() >= 10,
+        "the dashboard covers the pipeline: {used:?}"
+    );
     let declared = declared();
     let unknown: Vec<_> = used.difference(&declared).collect();
-    assert!(unknown.is_empty(), "dashboard uses unknown metrics {unknown:?}");
+    assert!(
+        unknown.is_empty(),
+        "dashboard uses unknown metrics {unknown:?}"
+    );
 }
 
 #[test]
@@ -83,13 +96,21 @@ fn the_alert_rules_query_only_metrics_the_services_export() {
     }
     let declared = declared();
     let unknown: Vec<_> = used.difference(&declared).collect();
-    assert!(unknown.is_empty(), "alert rules use unknown metrics {unknown:?}");
+    assert!(
+        unknown.is_empty(),
+        "alert rules use unknown metrics {unknown:?}"
+    );
 }
 
 #[test]
 fn prometheus_scrapes_every_service_and_loads_the_rules() {
     let config = read("deploy/prometheus/prometheus.yml");
-    for job in ["job_name: gateway", "job_name: generator", "job_name: collector", "alerts.yml"] {
+    for job in [
+        "job_name: gateway",
+        "job_name: generator",
+        "job_name: collector",
+        "alerts.yml",
+    ] {
         assert!(config.contains(job), "prometheus.yml lacks {job}");
     }
 }

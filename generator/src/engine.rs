@@ -437,10 +437,12 @@ async fn run(
             params.clone(),
             w,
             share,
-            remaining.clone(),
-            cancel.clone(),
-            deadline,
-            parent.clone(),
+            Shared {
+                remaining: remaining.clone(),
+                cancel: cancel.clone(),
+                deadline,
+                parent: parent.clone(),
+            },
         )));
     }
     for w in workers {
@@ -467,16 +469,29 @@ fn take(remaining: &AtomicU64, want: u64) -> u64 {
     }
 }
 
+/// What every worker of one run shares.
+struct Shared {
+    /// Countdown so `count` holds across workers.
+    remaining: Arc<AtomicU64>,
+    cancel: CancellationToken,
+    deadline: Option<tokio::time::Instant>,
+    /// The trace of the request that started the run.
+    parent: logpipe_common::telemetry::TraceContext,
+}
+
 async fn worker(
     engine: Arc<Engine>,
     params: RunParams,
     index: u32,
     rate: u32,
-    remaining: Arc<AtomicU64>,
-    cancel: CancellationToken,
-    deadline: Option<tokio::time::Instant>,
-    parent: logpipe_common::telemetry::TraceContext,
+    shared: Shared,
 ) {
+    let Shared {
+        remaining,
+        cancel,
+        deadline,
+        parent,
+    } = shared;
     // Each worker's first batch is a child of the start request; later batches start traces of
     // their own (sampled by ratio), so a long run is not one trace of millions of spans.
     let mut parent = Some(parent);

@@ -13,7 +13,7 @@
 //!    1,000, produce and wait for Kafka's acks), closed loop with 8 connections; the same body to the
 //!    bare body route → ratio.
 //! 3. latency: each of the two at half its goal rate (10,000 requests/s; 25 batches/s = 25,000
-//!    events/s), paced, p50/p99/max.
+//!    events/s), paced, p50/p99/max; status also at half the rate measured in step 1.
 //!
 //! The client shares the 2 cores with the servers, so absolute numbers are lower than a remote
 //! client would see; the ratios compare like with like.
@@ -115,9 +115,18 @@ async fn run(secs: Duration, brokers: String) {
         limit: 1_000_000_000,
         window_ms: 1_000,
     };
+    // A second gateway without the limiter, to show what the Redis check costs.
+    let mut unlimited = config.clone();
+    unlimited.rate_limit.enabled = false;
     let gateway = logpipe_gateway::Application::build(config)
         .await
         .expect("gateway");
+    let unlimited = logpipe_gateway::Application::build(unlimited)
+        .await
+        .expect("gateway");
+    let gw_free = unlimited.local_addr();
+    let t = token.clone();
+    tokio::spawn(async move { unlimited.run_until_stopped(t).await });
     let gw = gateway.local_addr();
     let t = token.clone();
     tokio::spawn(async move { gateway.run_until_stopped(t).await });
@@ -144,7 +153,17 @@ async fn run(secs: Duration, brokers: String) {
     )
     .await;
     let s_gw = closed_loop(&client, Req::get(&status_url), 64, secs).await;
+    let h_gw = closed_loop(&client, Req::get(&format!("http://{gw}/health")), 64, secs).await;
+    let s_free = closed_loop(
+        &client,
+        Req::get(&format!("http://{gw_free}/api/v1/generator/status")),
+        64,
+        secs,
+    )
+    .await;
     report("status, bare axum (ceiling)", &s_bare, 1);
+    report("gateway /health (middleware only)", &h_gw, 1);
+    report("status, gateway without the Redis check", &s_free, 1);
     report("status, gateway", &s_gw, 1);
     println!(
         "  status ratio gateway/bare: {:.3}   goal 20,000 req/s: {}",
@@ -179,6 +198,13 @@ async fn run(secs: Duration, brokers: String) {
     let s_half = paced(&client, Req::get(&status_url), 10_000.0, secs).await;
     report("status at 10,000 req/s (half the goal)", &s_half, 1);
     println!("  p99 under 5 ms: {}", verdict(s_half.p(0.99) < 5.0));
+    let half_measured = (s_gw.rate() / 2.0).floor().max(1.0);
+    let s_half_m = paced(&client, Req::get(&status_url), half_measured, secs).await;
+    report(
+        &format!("status at {half_measured:.0} req/s (half of what this run measured)"),
+        &s_half_m,
+        1,
+    );
     let i_half = paced(&client, Req::post(&logs_url, &batch), 25.0, secs).await;
     report(
         "ingest at 25 batches/s = 25,000 events/s (half the goal)",

@@ -1,6 +1,7 @@
 //! Generator control: start and stop reach every configured instance; status aggregates them and
 //! marks an unreachable instance as such instead of failing the whole call.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -9,6 +10,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::future::join_all;
+use futures::FutureExt;
 use serde_json::{json, Value};
 
 use crate::error::{ApiError, ErrorBody};
@@ -200,16 +202,41 @@ pub async fn stop(State(s): State<AppState>, headers: HeaderMap) -> Response {
         (status = 429, description = "Query rate limit spent", body = ErrorBody),
     ))]
 pub async fn status(State(s): State<AppState>, headers: HeaderMap) -> Response {
-    let replies = call_all(
-        &s,
-        &headers,
-        reqwest::Method::GET,
-        "/api/v1/generator/status",
-        None,
-    )
-    .await;
-    Json(aggregate_status(&replies)).into_response()
+    let flight = {
+        let mut current = s.status_flight.lock().expect("status flight lock");
+        match current.as_ref() {
+            // A fan-out is on its way: this request shares its answer.
+            Some(f) if f.peek().is_none() => f.clone(),
+            _ => {
+                let state = s.clone();
+                let f = async move {
+                    let replies = call_all(
+                        &state,
+                        &headers,
+                        reqwest::Method::GET,
+                        "/api/v1/generator/status",
+                        None,
+                    )
+                    .await;
+                    Arc::new(aggregate_status(&replies))
+                }
+                .boxed()
+                .shared();
+                *current = Some(f.clone());
+                f
+            }
+        }
+    };
+    let body = flight.await;
+    Json((*body).clone()).into_response()
 }
+
+/// Status requests that arrive while a status fan-out is in flight wait for that one instead of
+/// starting their own (request coalescing): the answer is at most one upstream round trip old,
+/// and a burst of pollers costs the generators one call per round trip, not one per poller.
+pub type StatusFlight = std::sync::Mutex<
+    Option<futures::future::Shared<futures::future::BoxFuture<'static, Arc<Value>>>>,
+>;
 
 fn aggregate_status(replies: &[InstanceReply]) -> Value {
     let mut running = 0;

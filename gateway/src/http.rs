@@ -40,6 +40,7 @@ pub struct AppState {
     pub producer: Arc<IngestProducer>,
     pub client: reqwest::Client,
     pub metrics: PrometheusHandle,
+    pub status_flight: Arc<control::StatusFlight>,
 }
 
 #[derive(OpenApi)]

@@ -73,6 +73,7 @@ impl Application {
             config: Arc::new(config),
             client,
             metrics: logpipe_common::telemetry::metrics_handle(),
+            status_flight: Arc::default(),
         };
         Ok(Application { listener, state })
     }

@@ -479,13 +479,7 @@ struct Shared {
     parent: logpipe_common::telemetry::TraceContext,
 }
 
-async fn worker(
-    engine: Arc<Engine>,
-    params: RunParams,
-    index: u32,
-    rate: u32,
-    shared: Shared,
-) {
+async fn worker(engine: Arc<Engine>, params: RunParams, index: u32, rate: u32, shared: Shared) {
     let Shared {
         remaining,
         cancel,

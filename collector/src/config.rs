@@ -44,6 +44,13 @@ pub struct ConsumerSettings {
     pub retry_max_ms: u64,
     /// Deadline to commit the last batch on shutdown.
     pub drain_timeout_ms: u64,
+    /// On assignment, fetch from this many records before the stored offset and skip up to it.
+    /// Tansu 0.6 answers a fetch that starts inside a producer's record batch with nothing (it
+    /// only returns batches that begin at or after the offset), so resuming mid-batch would skip
+    /// the rest of that batch; starting a batch's length earlier gets the whole batch back. Must
+    /// be at least the producers' `batch.num.messages` (librdkafka default 10,000); 0 with a broker
+    /// that returns the containing batch, as Kafka does.
+    pub resume_lookback_records: i64,
 }
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -92,6 +99,7 @@ impl Default for ConsumerSettings {
             retry_initial_ms: 100,
             retry_max_ms: 5_000,
             drain_timeout_ms: 10_000,
+            resume_lookback_records: 10_000,
         }
     }
 }

@@ -65,6 +65,9 @@ struct Owned {
     epoch: u64,
     /// Stored next offset: what the next write must find in Postgres.
     expected: i64,
+    /// Records below this offset are re-read only to find the start (see
+    /// `resume_lookback_records`) and are skipped.
+    resume_from: i64,
     /// Stored event-time progress (newest event time seen).
     max_ts: Option<DateTime<Utc>>,
     /// When the last record of this partition arrived (idle detection).
@@ -78,6 +81,7 @@ impl Owned {
         Owned {
             epoch,
             expected: stored.next_offset,
+            resume_from: stored.next_offset,
             max_ts: stored.max_event_ts,
             last_record: Instant::now(),
             services: BTreeSet::new(),
@@ -90,8 +94,14 @@ struct CollectorContext {
     rt: Handle,
     group: String,
     topic: String,
+    lookback: i64,
     ownership: Arc<Mutex<Ownership>>,
     cancel: CancellationToken,
+}
+
+/// Where to fetch from to resume at `next`: a lookback earlier (see `resume_lookback_records`).
+fn fetch_start(next: i64, lookback: i64) -> Offset {
+    Offset::Offset(next.saturating_sub(lookback.max(0)).max(0))
 }
 
 impl ClientContext for CollectorContext {}
@@ -119,9 +129,11 @@ impl ConsumerContext for CollectorContext {
                 own.epoch += 1;
                 let epoch = own.epoch;
                 for (&p, &st) in &stored {
-                    if let Err(e) =
-                        tpl.set_partition_offset(&self.topic, p, Offset::Offset(st.next_offset))
-                    {
+                    if let Err(e) = tpl.set_partition_offset(
+                        &self.topic,
+                        p,
+                        fetch_start(st.next_offset, self.lookback),
+                    ) {
                         tracing::error!(partition = p, error = %e, "cannot set start offset");
                     }
                     own.partitions.insert(p, Owned::new(epoch, st));
@@ -253,6 +265,7 @@ impl ConsumerLoop {
             rt: rt.clone(),
             group: config.consumer.group_id.clone(),
             topic: config.kafka.raw_topic.clone(),
+            lookback: config.consumer.resume_lookback_records,
             ownership: ownership.clone(),
             cancel: cancel.clone(),
         };
@@ -511,8 +524,13 @@ impl ConsumerLoop {
             .get_mut(&partition)
             .map(|o| {
                 o.last_record = Instant::now();
-                o.epoch
+                (o.epoch, o.resume_from)
             })?;
+        let (owned, resume_from) = owned;
+        if msg.offset() < resume_from {
+            // Re-read only to reach the stored offset; already stored.
+            return None;
+        }
         telemetry::events_consumed(1);
         self.health.consumed.fetch_add(1, Ordering::Relaxed);
         let payload = msg.payload().unwrap_or_default();
@@ -911,7 +929,7 @@ impl ConsumerLoop {
             if let Err(e) = self.consumer.seek(
                 &self.config.kafka.raw_topic,
                 p,
-                Offset::Offset(st.next_offset),
+                fetch_start(st.next_offset, self.config.consumer.resume_lookback_records),
                 Duration::from_secs(5),
             ) {
                 tracing::error!(partition = p, error = %e, "seek failed");

@@ -255,3 +255,68 @@ async fn poison_records_go_to_the_dlq_with_their_headers_and_do_not_stop_the_par
     collector.stop().await;
     it::drop_schema(&pool, &name).await;
 }
+
+/// Tansu answers a fetch that starts inside a producer's record batch with nothing; the collector
+/// starts a lookback earlier and skips to its stored offset, so the rest of that batch is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_resuming_inside_a_producer_batch_stores_the_rest_of_that_batch() {
+    let name = it::unique("midbatch");
+    let config = it::collector_config(&name, 1);
+    let kafka = config.kafka.clone();
+    logpipe_common::kafka::ensure_topics(&kafka, &kafka.topics())
+        .await
+        .unwrap();
+    // One record batch of 1,000 events: a long linger lets the producer gather them all.
+    let producer: rdkafka::producer::FutureProducer = kafka
+        .client_config("test-batch-producer")
+        .set("linger.ms", "500")
+        .create()
+        .unwrap();
+    let start = chrono::Utc::now() - chrono::Duration::seconds(60);
+    let events = it::profile_events(
+        logpipe_generator::events::Profile::Steady,
+        7,
+        start,
+        Duration::from_secs(50),
+        1_000,
+    );
+    it::produce_events(&producer, &kafka.raw_topic, &events).await;
+
+    // A previous run stored the first 400 records.
+    logpipe_collector::db::Db::connect(&config.database)
+        .await
+        .unwrap();
+    let pool = it::schema_pool(&name).await;
+    sqlx::query(
+        "INSERT INTO consumer_offsets (consumer_group, topic, kafka_partition, next_offset)
+         VALUES ($1, $2, 0, 400)",
+    )
+    .bind(&config.consumer.group_id)
+    .bind(&kafka.raw_topic)
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    let (collector, health) = it::start_collector(config).await;
+    it::wait_for("600 rows", WAIT, || {
+        let pool = pool.clone();
+        async move {
+            let c = it::count_events(&pool).await;
+            if c == 600 {
+                Ok(())
+            } else {
+                Err(format!("{c} rows"))
+            }
+        }
+    })
+    .await;
+    let (lo, hi): (i64, i64) =
+        sqlx::query_as("SELECT min(kafka_offset), max(kafka_offset) FROM log_events")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!((lo, hi), (400, 999));
+    assert_eq!(health.consumed.load(Ordering::Relaxed), 600);
+    collector.stop().await;
+    it::drop_schema(&pool, &name).await;
+}

@@ -8,7 +8,10 @@
 # 2. starts a private in-memory broker on its own port for the run, and stops it at the end;
 # 3. runs `cargo test --workspace` (each integration test uses its own topics, schema, group);
 # 4. runs integration-tests/system-test.sh, which brings a whole stack up with setup.sh on its own
-#    ports and run directory, checks it, and tears it down with stop.sh.
+#    ports and run directory, checks it (including both trace chains, through a Zipkin stand-in),
+#    and tears it down with stop.sh;
+# 5. runs integration-tests/crash-test.sh: 1,000,000 events, the collector SIGKILLed 3 times,
+#    exactly 1,000,000 distinct rows at the end.
 # Exits non-zero on any failure; the last line is the summary over all of it.
 set -uo pipefail
 
@@ -49,17 +52,22 @@ log "system test"
 bash integration-tests/system-test.sh 2>&1 | tee "$TEST_RUN/system-test.log"
 system_rc=${PIPESTATUS[0]}
 
+log "crash test (kill -9 of the collector during a 1,000,000-event run)"
+bash integration-tests/crash-test.sh 2>&1 | tee "$TEST_RUN/crash-test.log"
+crash_rc=${PIPESTATUS[0]}
+
 passed=0
 failed=0
 while read -r p f; do
     passed=$((passed + p))
     failed=$((failed + f))
 done < <(sed -nE 's/^test result: [a-zA-Z]+\. ([0-9]+) passed; ([0-9]+) failed.*/\1 \2/p' "$TEST_RUN/cargo-test.log"
-         sed -nE 's/^system-test: ([0-9]+) passed, ([0-9]+) failed$/\1 \2/p' "$TEST_RUN/system-test.log")
+         sed -nE 's/^system-test: ([0-9]+) passed, ([0-9]+) failed$/\1 \2/p' "$TEST_RUN/system-test.log"
+         sed -nE 's/^crash-test: ([0-9]+) passed, ([0-9]+) failed$/\1 \2/p' "$TEST_RUN/crash-test.log")
 # A crash that printed no result line still fails the run.
-if [ "$cargo_rc" -ne 0 ] || [ "$system_rc" -ne 0 ]; then
+if [ "$cargo_rc" -ne 0 ] || [ "$system_rc" -ne 0 ] || [ "$crash_rc" -ne 0 ]; then
     [ "$failed" -gt 0 ] || failed=1
 fi
 echo
 echo "summary: $passed passed, $failed failed"
-[ "$cargo_rc" -eq 0 ] && [ "$system_rc" -eq 0 ]
+[ "$cargo_rc" -eq 0 ] && [ "$system_rc" -eq 0 ] && [ "$crash_rc" -eq 0 ]

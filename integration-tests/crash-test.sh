@@ -32,6 +32,7 @@ finish() {
     stop_pid collector "$RUN/collector.pid" 15 >/dev/null
     stop_pid generator "$RUN/generator.pid" 15 >/dev/null
     stop_pid broker "$RUN/broker.pid" 5 >/dev/null
+    echo "offset gaps re-fetched by the collector: $(grep -c 'offset gap' "$RUN/collector.log" 2>/dev/null || true)"
     if [ "$failed" -eq 0 ]; then rm -rf "$RUN"; else echo "logs kept in $RUN"; fi
     echo "crash-test: $passed passed, $failed failed"
     [ "$failed" -eq 0 ]
@@ -66,10 +67,13 @@ curl -fsS -o /dev/null -X POST "http://127.0.0.1:$GEN_PORT/api/v1/generator/star
 
 stored() { sql "SELECT COALESCE(sum(next_offset), 0) FROM consumer_offsets" || echo 0; }
 for k in $(seq 1 "$KILLS"); do
-    # A random moment: 2-6 s after the previous (re)start.
-    sleep "$(python3 -c 'import random; print(round(random.uniform(2, 6), 2))')"
+    # A random moment 3-12 s after the previous (re)start: long enough, at times, for the new
+    # collector to get its partitions back (the killed member leaves the group after the 10 s
+    # session timeout) and to be killed mid-batch again.
+    sleep "$(python3 -c 'import random; print(round(random.uniform(3, 12), 2))')"
     echo "kill -9 collector #$k at $(stored) stored offsets"
     kill -KILL "$(cat "$RUN/collector.pid")" 2>/dev/null
+    wait "$(cat "$RUN/collector.pid")" 2>/dev/null
     sleep 0.5
     start_collector
 done

@@ -51,6 +51,11 @@ pub struct ConsumerSettings {
     /// be at least the producers' `batch.num.messages` (librdkafka default 10,000); 0 with a broker
     /// that returns the containing batch, as Kafka does.
     pub resume_lookback_records: i64,
+    /// A record whose offset skips ahead of the next expected one makes the collector fetch the
+    /// missing offsets again, up to this many times (2 s apart) before it accepts the gap. Tansu
+    /// 0.6 can serve a later record batch before an earlier one; Kafka leaves gaps only for
+    /// transaction markers and compaction. 0 accepts gaps at once.
+    pub gap_repair_retries: u32,
 }
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -100,6 +105,7 @@ impl Default for ConsumerSettings {
             retry_max_ms: 5_000,
             drain_timeout_ms: 10_000,
             resume_lookback_records: 10_000,
+            gap_repair_retries: 5,
         }
     }
 }

@@ -65,9 +65,11 @@ struct Owned {
     epoch: u64,
     /// Stored next offset: what the next write must find in Postgres.
     expected: i64,
-    /// Records below this offset are re-read only to find the start (see
-    /// `resume_lookback_records`) and are skipped.
-    resume_from: i64,
+    /// The offset the next record must have. Lower ones were re-read on purpose (the lookback, a
+    /// repair) and are skipped; a higher one is a gap, re-fetched (see `accept`).
+    next_fetch: i64,
+    /// The gap being repaired: its position, how often it was re-fetched, and when last.
+    gap: Option<(i64, u32, Instant)>,
     /// Stored event-time progress (newest event time seen).
     max_ts: Option<DateTime<Utc>>,
     /// When the last record of this partition arrived (idle detection).
@@ -81,7 +83,8 @@ impl Owned {
         Owned {
             epoch,
             expected: stored.next_offset,
-            resume_from: stored.next_offset,
+            next_fetch: stored.next_offset,
+            gap: None,
             max_ts: stored.max_event_ts,
             last_record: Instant::now(),
             services: BTreeSet::new(),
@@ -98,6 +101,17 @@ struct CollectorContext {
     ownership: Arc<Mutex<Ownership>>,
     cancel: CancellationToken,
 }
+
+/// How a consumed record relates to the offset its partition expects next.
+enum Arrival {
+    Take(u64),
+    Skip,
+    Repair(i64),
+}
+
+/// After a repair seek, records fetched before it may still arrive; they are skipped for this long
+/// before another re-fetch counts.
+const GAP_REPAIR_WAIT: Duration = Duration::from_secs(2);
 
 /// Where to fetch from to resume at `next`: a lookback earlier (see `resume_lookback_records`).
 fn fetch_start(next: i64, lookback: i64) -> Offset {
@@ -516,21 +530,74 @@ impl ConsumerLoop {
 
     fn accept(&self, msg: &rdkafka::message::BorrowedMessage<'_>) -> Option<Pending> {
         let partition = msg.partition();
-        let owned = self
-            .ownership
-            .lock()
-            .expect("ownership lock")
-            .partitions
-            .get_mut(&partition)
-            .map(|o| {
-                o.last_record = Instant::now();
-                (o.epoch, o.resume_from)
-            })?;
-        let (owned, resume_from) = owned;
-        if msg.offset() < resume_from {
-            // Re-read only to reach the stored offset; already stored.
-            return None;
-        }
+        let offset = msg.offset();
+        let arrival = {
+            let mut own = self.ownership.lock().expect("ownership lock");
+            let o = own.partitions.get_mut(&partition)?;
+            o.last_record = Instant::now();
+            if offset < o.next_fetch {
+                Arrival::Skip
+            } else if offset == o.next_fetch {
+                o.next_fetch = offset + 1;
+                o.gap = None;
+                Arrival::Take(o.epoch)
+            } else {
+                let retries = self.config.consumer.gap_repair_retries;
+                match o.gap {
+                    // A repair is under way: records fetched before it are still arriving.
+                    Some((at, _, since))
+                        if at == o.next_fetch && since.elapsed() < GAP_REPAIR_WAIT =>
+                    {
+                        Arrival::Skip
+                    }
+                    Some((at, n, _)) if at == o.next_fetch && n >= retries => {
+                        tracing::warn!(
+                            partition,
+                            from = o.next_fetch,
+                            to = offset,
+                            "offsets missing after {n} re-fetches; accepting the gap"
+                        );
+                        o.gap = None;
+                        o.next_fetch = offset + 1;
+                        Arrival::Take(o.epoch)
+                    }
+                    _ if retries == 0 => {
+                        o.next_fetch = offset + 1;
+                        Arrival::Take(o.epoch)
+                    }
+                    gap => {
+                        let n = gap.filter(|g| g.0 == o.next_fetch).map_or(0, |g| g.1);
+                        o.gap = Some((o.next_fetch, n + 1, Instant::now()));
+                        Arrival::Repair(o.next_fetch)
+                    }
+                }
+            }
+        };
+        let owned = match arrival {
+            Arrival::Take(epoch) => epoch,
+            Arrival::Skip => return None,
+            Arrival::Repair(from) => {
+                // Tansu can hand out a later record batch before an earlier one is readable;
+                // taking it would move the stored offset past records never seen. Fetch again
+                // from the missing offset (a lookback earlier, see `resume_lookback_records`).
+                tracing::warn!(
+                    partition,
+                    expected = from,
+                    got = offset,
+                    "offset gap; re-fetching"
+                );
+                telemetry::offset_gap();
+                if let Err(e) = self.consumer.seek(
+                    &self.config.kafka.raw_topic,
+                    partition,
+                    fetch_start(from, self.config.consumer.resume_lookback_records),
+                    Duration::from_secs(5),
+                ) {
+                    tracing::error!(partition, error = %e, "seek for a gap repair failed");
+                }
+                return None;
+            }
+        };
         telemetry::events_consumed(1);
         self.health.consumed.fetch_add(1, Ordering::Relaxed);
         let payload = msg.payload().unwrap_or_default();

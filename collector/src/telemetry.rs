@@ -56,3 +56,8 @@ pub fn describe() {
         counter!("alerts_raised_total", "kind" => kind.as_str()).increment(0);
     }
 }
+
+/// A partition's records arrived with offsets missing and were fetched again.
+pub fn offset_gap() {
+    counter!("collector_offset_gaps_total").increment(1);
+}

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Bring the whole logpipe stack up and start generating.
 #
-#   ./setup.sh [--durable] [--rate N] [--no-generate] [--native|--docker]
+#   ./setup.sh [--durable] [--rate N] [--no-generate] [--with-prometheus] [--native|--docker]
 #
 # With a Docker engine (`docker info` succeeds) it runs docker-compose; otherwise it runs natively:
 # installs what is missing (apt build deps, PostgreSQL, Redis, the Tansu broker), builds release
 # binaries, applies migrations, starts broker, collector, generator and gateway in the background with
 # pid files and logs under one run directory, waits for each /ready, and starts generation through the
-# gateway. Running it again while the stack is up is safe. ./stop.sh stops what it started.
+# gateway. --with-prometheus also starts Prometheus from Debian's package (installed if missing),
+# scraping the three services and loading the alert rules. Running it again while the stack is up is
+# safe. ./stop.sh stops what it started.
 set -euo pipefail
 
 source "$(dirname "${BASH_SOURCE[0]}")/scripts/lib.sh"
@@ -16,6 +18,7 @@ cd "$LOGPIPE_ROOT"
 MODE=auto
 DURABLE=0
 GENERATE=1
+PROMETHEUS=0
 RATE=${LOGPIPE_RATE:-1000}
 while [ $# -gt 0 ]; do
     case $1 in
@@ -24,7 +27,8 @@ while [ $# -gt 0 ]; do
         --rate) RATE=$2; shift ;;
         --native) MODE=native ;;
         --docker) MODE=docker ;;
-        -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+        --with-prometheus) PROMETHEUS=1 ;;
+        -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
         *) die "unknown option $1 (see --help)" ;;
     esac
     shift
@@ -35,6 +39,7 @@ BROKER_PORT=${LOGPIPE_BROKER_PORT:-9092}
 GENERATOR_PORT=${LOGPIPE_GENERATOR_PORT:-8080}
 COLLECTOR_PORT=${LOGPIPE_COLLECTOR_PORT:-8082}
 GATEWAY_PORT=${LOGPIPE_GATEWAY_PORT:-8090}
+PROMETHEUS_PORT=${LOGPIPE_PROMETHEUS_PORT:-9090}
 DB_NAME=${LOGPIPE_DB_NAME:-logpipe}
 DATABASE_URL="postgres://$PG_USER@$PG_HOST:$PG_PORT/$DB_NAME"
 BROKERS="127.0.0.1:$BROKER_PORT"
@@ -118,6 +123,37 @@ for svc in collector:$COLLECTOR_PORT generator:$GENERATOR_PORT gateway:$GATEWAY_
     log "$name ready on http://127.0.0.1:$port"
 done
 
+if [ "$PROMETHEUS" = 1 ]; then
+    command -v prometheus >/dev/null || apt_install prometheus
+    if pid_alive "$RUN_DIR/pids/prometheus.pid" prometheus; then
+        log "prometheus already running (pid $(cat "$RUN_DIR/pids/prometheus.pid"))"
+    else
+        port_open 127.0.0.1 "$PROMETHEUS_PORT" && die "port $PROMETHEUS_PORT is taken by a process this setup did not start"
+        # The compose config with this run's addresses (compose names become 127.0.0.1 ports).
+        mkdir -p "$RUN_DIR/prometheus/data"
+        cp deploy/prometheus/alerts.yml "$RUN_DIR/prometheus/alerts.yml"
+        cat >"$RUN_DIR/prometheus/prometheus.yml" <<PROM
+global:
+  scrape_interval: 2s
+rule_files:
+  - alerts.yml
+scrape_configs:
+  - job_name: gateway
+    static_configs: [{ targets: ["127.0.0.1:$GATEWAY_PORT"] }]
+  - job_name: generator
+    static_configs: [{ targets: ["127.0.0.1:$GENERATOR_PORT"] }]
+  - job_name: collector
+    static_configs: [{ targets: ["127.0.0.1:$COLLECTOR_PORT"] }]
+PROM
+        start_bg prometheus "$RUN_DIR/prometheus" "$RUN_DIR/logs/prometheus.log" "$RUN_DIR/pids/prometheus.pid" \
+            "$(command -v prometheus)" --config.file="$RUN_DIR/prometheus/prometheus.yml" \
+            --storage.tsdb.path="$RUN_DIR/prometheus/data" --web.listen-address="127.0.0.1:$PROMETHEUS_PORT"
+        wait_http "http://127.0.0.1:$PROMETHEUS_PORT/-/ready" 60 \
+            || die "prometheus is not ready after 60 s; see $RUN_DIR/logs/prometheus.log"
+        log "prometheus ready on http://127.0.0.1:$PROMETHEUS_PORT"
+    fi
+fi
+
 if [ "$GENERATE" = 1 ]; then
     code=$(curl -sS -o "$RUN_DIR/logs/start-response.json" -w '%{http_code}' -X POST \
         -H 'content-type: application/json' -d "{\"rate_per_second\": $RATE}" \
@@ -134,7 +170,7 @@ cat <<EOF
 logpipe is up (native mode).
   gateway    http://127.0.0.1:$GATEWAY_PORT   (pid $(cat "$RUN_DIR/pids/gateway.pid"))
   generator  http://127.0.0.1:$GENERATOR_PORT   (pid $(cat "$RUN_DIR/pids/generator.pid"))
-  collector  http://127.0.0.1:$COLLECTOR_PORT   (pid $(cat "$RUN_DIR/pids/collector.pid"))
+  collector  http://127.0.0.1:$COLLECTOR_PORT   (pid $(cat "$RUN_DIR/pids/collector.pid"))$( [ "$PROMETHEUS" = 1 ] && printf '\n  prometheus http://127.0.0.1:%s' "$PROMETHEUS_PORT")
   broker     127.0.0.1:$BROKER_PORT  Tansu, $( [ "$DURABLE" = 1 ] && echo "sqlite (durable)" || echo "memory (lost on stop)" ) (pid $(cat "$RUN_DIR/pids/broker.pid"))
   postgres   $DATABASE_URL
   logs       $RUN_DIR/logs/

@@ -23,7 +23,7 @@ if [ ! -d "$RUN_DIR/pids" ] || [ -z "$(ls -A "$RUN_DIR/pids" 2>/dev/null)" ]; th
     exit 0
 fi
 
-for name in gateway generator collector broker; do
+for name in prometheus gateway generator collector broker; do
     stop_pid "$name" "$RUN_DIR/pids/$name.pid" "$DEADLINE"
 done
 log "all stopped; logs kept in $RUN_DIR/logs"

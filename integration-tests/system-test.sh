@@ -19,6 +19,7 @@ export LOGPIPE_BROKER_PORT=${LOGPIPE_SYSTEM_BROKER_PORT:-19192}
 export LOGPIPE_GENERATOR_PORT=${LOGPIPE_SYSTEM_GENERATOR_PORT:-18080}
 export LOGPIPE_COLLECTOR_PORT=${LOGPIPE_SYSTEM_COLLECTOR_PORT:-18082}
 export LOGPIPE_GATEWAY_PORT=${LOGPIPE_SYSTEM_GATEWAY_PORT:-18090}
+export LOGPIPE_PROMETHEUS_PORT=${LOGPIPE_SYSTEM_PROMETHEUS_PORT:-19090}
 export LOGPIPE_DB_NAME=logpipe_system_test
 DB_URL="postgres://$PG_USER@$PG_HOST:$PG_PORT/$LOGPIPE_DB_NAME"
 GATEWAY="http://127.0.0.1:$LOGPIPE_GATEWAY_PORT"
@@ -64,7 +65,7 @@ export LOGPIPE_TRACE_SAMPLE_RATIO=0
 ensure_postgres
 psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d postgres -qc "DROP DATABASE IF EXISTS $LOGPIPE_DB_NAME" >/dev/null
 
-if ! bash "$ROOT/setup.sh" --native --rate 500; then
+if ! bash "$ROOT/setup.sh" --native --rate 500 --with-prometheus; then
     check "setup.sh exits 0" false
     for f in "$LOGPIPE_RUN_DIR"/logs/*.log; do echo "--- $f"; tail -20 "$f"; done
     finish
@@ -86,6 +87,30 @@ check "the event count keeps growing ($first -> $second)" test "$second" -gt "$f
 status=$(curl -fsS "$GATEWAY/api/v1/generator/status" || echo '{}')
 rate=$(printf '%s' "$status" | python3 -c 'import json,sys; print(json.load(sys.stdin).get("measured_rate_per_second", 0))' 2>/dev/null || echo 0)
 check "status shows a positive measured rate ($rate/s)" python3 -c "import sys; sys.exit(0 if float('$rate') > 0 else 1)"
+
+# Prometheus (Debian's package, started by --with-prometheus) scrapes every service, and the key
+# series of each stage are non-zero after this short run.
+PROM="http://127.0.0.1:$LOGPIPE_PROMETHEUS_PORT"
+prom_targets_up() {
+    curl -fsS "$PROM/api/v1/targets" | python3 -c '
+import json, sys
+t = json.load(sys.stdin)["data"]["activeTargets"]
+up = sorted(x["labels"]["job"] for x in t if x["health"] == "up")
+sys.exit(0 if up == ["collector", "gateway", "generator"] else 1)'
+}
+prom_positive() {
+    curl -fsS --data-urlencode "query=$1" "$PROM/api/v1/query" | python3 -c '
+import json, sys
+r = json.load(sys.stdin)["data"]["result"]
+sys.exit(0 if r and float(r[0]["value"][1]) > 0 else 1)'
+}
+wait_true() { for _ in $(seq 1 40); do "$@" && return 0; sleep 0.5; done; return 1; }
+check "Prometheus scrapes gateway, generator and collector, all up" wait_true prom_targets_up
+for q in 'sum(log_events_generated_total)' 'sum(kafka_messages_sent_total)' \
+         'sum(collector_events_stored_total)' 'sum(http_requests_total)' \
+         'sum(collector_batch_commit_seconds_count)'; do
+    check "Prometheus has $q > 0" wait_true prom_positive "$q"
+done
 
 pids_before=$(cat "$LOGPIPE_RUN_DIR"/pids/*.pid | sort | tr '\n' ' ')
 check "a second setup.sh while the stack is up exits 0" bash "$ROOT/setup.sh" --native --rate 500

@@ -14,6 +14,7 @@ set -euo pipefail
 
 source "$(dirname "${BASH_SOURCE[0]}")/scripts/lib.sh"
 cd "$LOGPIPE_ROOT"
+export COMPOSE_PROJECT_NAME=${COMPOSE_PROJECT_NAME:-logpipe}
 
 MODE=auto
 DURABLE=0

@@ -9,6 +9,7 @@ set -euo pipefail
 
 source "$(dirname "${BASH_SOURCE[0]}")/scripts/lib.sh"
 cd "$LOGPIPE_ROOT"
+export COMPOSE_PROJECT_NAME=${COMPOSE_PROJECT_NAME:-logpipe}
 
 RUN_DIR=${LOGPIPE_RUN_DIR:-$LOGPIPE_ROOT/.run}
 DEADLINE=${LOGPIPE_STOP_DEADLINE_SECS:-20}

@@ -61,6 +61,31 @@ ZIPKIN_PID=$!
 export LOGPIPE_ZIPKIN_ENDPOINT="http://127.0.0.1:$ZIPKIN_PORT/api/v2/spans"
 export LOGPIPE_TRACE_SAMPLE_RATIO=0
 
+# The compose file is valid: `docker compose config` (v2 plugin) or, where only Debian's package can
+# be installed, `docker-compose config` (1.29).
+if docker compose version >/dev/null 2>&1; then
+    COMPOSE=(docker compose)
+else
+    command -v docker-compose >/dev/null || apt_install docker-compose
+    COMPOSE=(docker-compose)
+fi
+check "${COMPOSE[*]} config accepts docker-compose.yml" "${COMPOSE[@]}" -f "$ROOT/docker-compose.yml" config -q
+# What `config` resolved: the scaled services publish no fixed host port (two replicas could not).
+scaled_without_ports() {
+    "${COMPOSE[@]}" -f "$ROOT/docker-compose.yml" config | python3 -c '
+import re, sys
+service, bad = None, []
+for line in sys.stdin:
+    m = re.match(r"^  ([A-Za-z0-9_-]+):\s*$", line)
+    if m:
+        service = m.group(1)
+    elif service in ("collector", "generator") and re.match(r"^    ports:", line):
+        bad.append(service)
+sys.exit(1 if bad else 0)'
+}
+check "the services scaled with --scale collector=3 --scale generator=2 publish no fixed host ports" \
+    scaled_without_ports
+
 # A clean database each run, so counts mean this run.
 ensure_postgres
 psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d postgres -qc "DROP DATABASE IF EXISTS $LOGPIPE_DB_NAME" >/dev/null

@@ -197,6 +197,37 @@ pub fn parse_traceparent(tp: &str) -> Option<SpanContext> {
     sc.is_valid().then_some(sc)
 }
 
+/// The server span of one HTTP request (OpenTelemetry HTTP conventions; named by route template),
+/// continuing the caller's trace when it sent a `traceparent`. The caller records
+/// `http.response.status_code` (and `otel.status_code` on a 5xx) when the response is known.
+pub fn http_server_span(
+    method: &str,
+    route: &str,
+    path: &str,
+    traceparent: Option<&str>,
+) -> tracing::Span {
+    let span = tracing::info_span!(
+        "http.server",
+        otel.name = %format!("{method} {route}"),
+        otel.kind = "server",
+        http.request.method = %method,
+        http.route = %route,
+        url.path = %path,
+        http.response.status_code = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    );
+    set_remote_parent(&span, traceparent);
+    span
+}
+
+/// Record the response status on a span made by [`http_server_span`].
+pub fn record_http_status(span: &tracing::Span, status: u16) {
+    span.record("http.response.status_code", status);
+    if status >= 500 {
+        span.record("otel.status_code", "ERROR");
+    }
+}
+
 /// Make `span` a child of the trace `traceparent` names (no-op when absent or malformed).
 pub fn set_remote_parent(span: &tracing::Span, traceparent: Option<&str>) {
     if let Some(sc) = traceparent.and_then(parse_traceparent) {

@@ -12,14 +12,12 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::{BoxError, Json, Router};
 use futures::future::join_all;
-use logpipe_common::telemetry::set_remote_parent;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 use tower::limit::GlobalConcurrencyLimitLayer;
 use tower::load_shed::LoadShedLayer;
 use tower::ServiceBuilder;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tracing::Instrument;
 
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
@@ -147,28 +145,16 @@ async fn trace_request(req: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".into());
-    let method = req.method().clone();
-    let span = tracing::info_span!(
-        "http.server",
-        otel.name = %format!("{method} {route}"),
-        otel.kind = "server",
-        http.request.method = %method,
-        http.route = %route,
-        url.path = %req.uri().path(),
-        http.response.status_code = tracing::field::Empty,
-        otel.status_code = tracing::field::Empty,
-    );
-    set_remote_parent(
-        &span,
+    let span = logpipe_common::telemetry::http_server_span(
+        req.method().as_str(),
+        &route,
+        req.uri().path(),
         req.headers()
             .get("traceparent")
             .and_then(|v| v.to_str().ok()),
     );
-    let resp = next.run(req).instrument(span.clone()).await;
-    span.record("http.response.status_code", resp.status().as_u16());
-    if resp.status().is_server_error() {
-        span.record("otel.status_code", "ERROR");
-    }
+    let resp = tracing::Instrument::instrument(next.run(req), span.clone()).await;
+    logpipe_common::telemetry::record_http_status(&span, resp.status().as_u16());
     resp
 }
 

@@ -79,23 +79,16 @@ async fn trace_request(req: axum::extract::Request, next: axum::middleware::Next
         .get::<axum::extract::MatchedPath>()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".into());
-    let method = req.method().clone();
-    let span = tracing::info_span!(
-        "http.server",
-        otel.name = %format!("{method} {route}"),
-        otel.kind = "server",
-        http.request.method = %method,
-        http.route = %route,
-        http.response.status_code = tracing::field::Empty,
-    );
-    logpipe_common::telemetry::set_remote_parent(
-        &span,
+    let span = logpipe_common::telemetry::http_server_span(
+        req.method().as_str(),
+        &route,
+        req.uri().path(),
         req.headers()
             .get("traceparent")
             .and_then(|v| v.to_str().ok()),
     );
     let resp = tracing::Instrument::instrument(next.run(req), span.clone()).await;
-    span.record("http.response.status_code", resp.status().as_u16());
+    logpipe_common::telemetry::record_http_status(&span, resp.status().as_u16());
     resp
 }
 

@@ -348,3 +348,25 @@ pub fn gateway_config(name: &str) -> logpipe_gateway::config::GatewayConfig {
     c.rate_limit.redis_timeout_ms = 2_000;
     c
 }
+
+/// Wait until `GET url` answers `status`.
+pub async fn wait_status(url: &str, status: u16, timeout: Duration) {
+    let client = reqwest::Client::new();
+    wait_for(&format!("{url} to answer {status}"), timeout, || {
+        let (client, url) = (client.clone(), url.to_owned());
+        async move {
+            let s = client
+                .get(&url)
+                .send()
+                .await
+                .map_err(|e| e.to_string())?
+                .status();
+            if s.as_u16() == status {
+                Ok(())
+            } else {
+                Err(s.to_string())
+            }
+        }
+    })
+    .await;
+}

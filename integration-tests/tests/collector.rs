@@ -561,25 +561,7 @@ async fn a_postgres_outage_pauses_the_collector_and_loses_nothing() {
         .await
         .unwrap();
     it::produce_events(&producer, &kafka.raw_topic, &batch(2)).await;
-    let client = reqwest::Client::new();
-    it::wait_for("/ready to report 503", WAIT, || {
-        let client = client.clone();
-        let url = collector.url("/ready");
-        async move {
-            let s = client
-                .get(&url)
-                .send()
-                .await
-                .map_err(|e| e.to_string())?
-                .status();
-            if s == 503 {
-                Ok(())
-            } else {
-                Err(s.to_string())
-            }
-        }
-    })
-    .await;
+    it::wait_status(&collector.url("/ready"), 503, WAIT).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(!health.db_ok.load(std::sync::atomic::Ordering::Relaxed));
 
@@ -601,24 +583,7 @@ async fn a_postgres_outage_pauses_the_collector_and_loses_nothing() {
         .fetch_watermarks(&kafka.dlq_topic, 0, Duration::from_secs(10))
         .unwrap();
     assert_eq!(dlq, 0);
-    it::wait_for("/ready to recover", WAIT, || {
-        let client = client.clone();
-        let url = collector.url("/ready");
-        async move {
-            let s = client
-                .get(&url)
-                .send()
-                .await
-                .map_err(|e| e.to_string())?
-                .status();
-            if s == 200 {
-                Ok(())
-            } else {
-                Err(s.to_string())
-            }
-        }
-    })
-    .await;
+    it::wait_status(&collector.url("/ready"), 200, WAIT).await;
     collector.stop().await;
     pool.close().await;
     let _ = sqlx::query(&format!("DROP DATABASE \"{name}\" WITH (FORCE)"))

@@ -221,11 +221,13 @@ pub async fn generator_running(
     (app, engine)
 }
 
-/// An idempotent producer on the test broker.
+/// A producer on the test broker that keeps each partition's records in the order they were sent,
+/// retries included (one request in flight), so event-time tests see the order they produced.
 pub fn producer(kafka: &KafkaSettings) -> rdkafka::producer::FutureProducer {
     kafka
         .client_config("test-producer")
         .set("linger.ms", "5")
+        .set("max.in.flight.requests.per.connection", "1")
         .create()
         .expect("test producer")
 }

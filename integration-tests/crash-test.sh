@@ -67,13 +67,14 @@ curl -fsS -o /dev/null -X POST "http://127.0.0.1:$GEN_PORT/api/v1/generator/star
 
 stored() { sql "SELECT COALESCE(sum(next_offset), 0) FROM consumer_offsets" || echo 0; }
 for k in $(seq 1 "$KILLS"); do
-    # A random moment 3-12 s after the previous (re)start: long enough, at times, for the new
-    # collector to get its partitions back (the killed member leaves the group after the 10 s
-    # session timeout) and to be killed mid-batch again.
-    sleep "$(python3 -c 'import random; print(round(random.uniform(3, 12), 2))')"
+    # Each kill hits a collector that is writing: wait until the stored offsets move (the restarted
+    # collector got its partitions back, after the killed member's 10 s session timeout), then
+    # pick a random moment 0.5-4 s later.
+    before=$(stored)
+    for _ in $(seq 1 120); do [ "$(stored)" != "$before" ] && break; sleep 0.5; done
+    sleep "$(python3 -c 'import random; print(round(random.uniform(0.5, 4), 2))')"
     echo "kill -9 collector #$k at $(stored) stored offsets"
     kill -KILL "$(cat "$RUN/collector.pid")" 2>/dev/null
-    wait "$(cat "$RUN/collector.pid")" 2>/dev/null
     sleep 0.5
     start_collector
 done

@@ -4,7 +4,8 @@
 //! - [`formats`]: Apache combined and syslog (RFC 5424 / 3164) lines parsed into the event.
 //! - [`kafka`]: broker settings, rdkafka client configs and idempotent topic creation (Tansu has no
 //!   auto-create, so every service creates what it uses at start).
-//! - [`telemetry`]: tracing subscriber and the process-wide Prometheus recorder.
+//! - [`telemetry`]: tracing subscriber, Zipkin export, trace-context helpers and the HTTP server-span
+//!   middleware, and the process-wide Prometheus recorder.
 //! - [`shutdown`]: SIGINT/SIGTERM turned into a `CancellationToken`.
 //! - [`config`]: reading the optional TOML layer of each service's configuration.
 

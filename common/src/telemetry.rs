@@ -220,6 +220,30 @@ pub fn http_server_span(
     span
 }
 
+/// Axum middleware: each request runs inside its [`http_server_span`], named by the matched route
+/// template, and the span gets the response status. Gateway and generator both use it.
+pub async fn trace_http(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".into());
+    let span = http_server_span(
+        req.method().as_str(),
+        &route,
+        req.uri().path(),
+        req.headers()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok()),
+    );
+    let resp = tracing::Instrument::instrument(next.run(req), span.clone()).await;
+    record_http_status(&span, resp.status().as_u16());
+    resp
+}
+
 /// Record the response status on a span made by [`http_server_span`].
 pub fn record_http_status(span: &tracing::Span, status: u16) {
     span.record("http.response.status_code", status);

@@ -112,7 +112,7 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::Extension(doc))
         .layer(middleware::from_fn(json_errors))
         .layer(middleware::from_fn(record_metrics))
-        .layer(middleware::from_fn(trace_request))
+        .layer(middleware::from_fn(logpipe_common::telemetry::trace_http))
         .layer(PropagateRequestIdLayer::new(x_request_id.clone()))
         .layer(SetRequestIdLayer::new(x_request_id, MakeRequestUuid))
         .with_state(state)
@@ -135,27 +135,6 @@ pub fn client_span(
     let tp =
         logpipe_common::telemetry::traceparent_of(&span).or_else(|| ingest::traceparent(incoming));
     (span, tp)
-}
-
-/// One server span per request, continuing the caller's trace when it sends `traceparent`
-/// (OpenTelemetry HTTP semantic conventions; the span name is the route template).
-async fn trace_request(req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".into());
-    let span = logpipe_common::telemetry::http_server_span(
-        req.method().as_str(),
-        &route,
-        req.uri().path(),
-        req.headers()
-            .get("traceparent")
-            .and_then(|v| v.to_str().ok()),
-    );
-    let resp = tracing::Instrument::instrument(next.run(req), span.clone()).await;
-    logpipe_common::telemetry::record_http_status(&span, resp.status().as_u16());
-    resp
 }
 
 /// `http_requests_total{route,status}` and the latency histogram, labelled by route template.

@@ -68,28 +68,10 @@ pub fn router(state: AppState) -> Router {
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(64 * 1024))
-        .layer(axum::middleware::from_fn(trace_request))
+        .layer(axum::middleware::from_fn(
+            logpipe_common::telemetry::trace_http,
+        ))
         .with_state(state)
-}
-
-/// One server span per request, continuing the caller's `traceparent`.
-async fn trace_request(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<axum::extract::MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".into());
-    let span = logpipe_common::telemetry::http_server_span(
-        req.method().as_str(),
-        &route,
-        req.uri().path(),
-        req.headers()
-            .get("traceparent")
-            .and_then(|v| v.to_str().ok()),
-    );
-    let resp = tracing::Instrument::instrument(next.run(req), span.clone()).await;
-    logpipe_common::telemetry::record_http_status(&span, resp.status().as_u16());
-    resp
 }
 
 async fn start(

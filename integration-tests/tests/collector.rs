@@ -23,6 +23,37 @@ fn aligned_start() -> DateTime<Utc> {
     DateTime::from_timestamp(now - now.rem_euclid(60), 0).unwrap()
 }
 
+/// Every item of a cursor-paginated listing (`items` key, `next_cursor`), page after page.
+async fn all_pages(
+    client: &reqwest::Client,
+    url: &str,
+    query: &[(&str, String)],
+    items: &str,
+) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut q = query.to_vec();
+        if let Some(c) = &cursor {
+            q.push(("cursor", c.clone()));
+        }
+        let page: Value = client
+            .get(url)
+            .query(&q)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        out.extend(page[items].as_array().unwrap().iter().cloned());
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => return out,
+        }
+    }
+}
+
 async fn wait_rows(pool: &PgPool, sql: &str, want: i64) {
     it::wait_for(&format!("`{sql}` = {want}"), WAIT, || {
         let pool = pool.clone();
@@ -361,28 +392,14 @@ async fn alerts_for(
     // The alerts endpoint pages through them with a cursor.
     let client = reqwest::Client::new();
     let from = (aligned_start() - chrono::Duration::minutes(1)).to_rfc3339();
-    let mut seen = 0;
-    let mut cursor: Option<String> = None;
-    loop {
-        let mut q = vec![("from", from.clone()), ("limit", "2".to_string())];
-        if let Some(c) = &cursor {
-            q.push(("cursor", c.clone()));
-        }
-        let page: Value = client
-            .get(collector.url("/api/v1/alerts"))
-            .query(&q)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        seen += page["alerts"].as_array().unwrap().len() as i64;
-        match page["next_cursor"].as_str() {
-            Some(c) => cursor = Some(c.to_owned()),
-            None => break,
-        }
-    }
+    let alerts = all_pages(
+        &client,
+        &collector.url("/api/v1/alerts"),
+        &[("from", from), ("limit", "2".into())],
+        "alerts",
+    )
+    .await;
+    let seen = alerts.len() as i64;
     assert_eq!(seen, total);
     collector.stop().await;
     it::drop_schema(&pool, &name).await;
@@ -457,36 +474,22 @@ async fn events_query_filters_by_service_level_and_text_and_pages_with_a_cursor(
     assert!(want.len() > 3, "the sample needs a few matches");
     let client = reqwest::Client::new();
     let from = (aligned_start() - chrono::Duration::minutes(1)).to_rfc3339();
-    let mut got: Vec<String> = Vec::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let mut q = vec![
-            ("from", from.clone()),
+    let got: Vec<String> = all_pages(
+        &client,
+        &collector.url("/api/v1/events"),
+        &[
+            ("from", from),
             ("service", "payments".into()),
             ("min_level", "warn".into()),
             ("q", "DECLINED".into()),
             ("limit", "3".into()),
-        ];
-        if let Some(c) = &cursor {
-            q.push(("cursor", c.clone()));
-        }
-        let page: Value = client
-            .get(collector.url("/api/v1/events"))
-            .query(&q)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        for e in page["events"].as_array().unwrap() {
-            got.push(e["event_id"].as_str().unwrap().to_owned());
-        }
-        match page["next_cursor"].as_str() {
-            Some(c) => cursor = Some(c.to_owned()),
-            None => break,
-        }
-    }
+        ],
+        "events",
+    )
+    .await
+    .iter()
+    .map(|e| e["event_id"].as_str().unwrap().to_owned())
+    .collect();
     assert_eq!(got, want);
 
     // Bad parameters get a 400 naming the parameter.

@@ -51,7 +51,10 @@ impl KafkaSettings {
             .set("client.id", client_id)
             // Tansu advertises one broker; keep metadata fresh so a restarted broker is found fast.
             .set("topic.metadata.refresh.interval.ms", "10000")
-            .set("socket.keepalive.enable", "true");
+            .set("socket.keepalive.enable", "true")
+            // librdkafka batches records itself (linger.ms); Nagle on top only delays a small
+            // request, such as the last records of a batch, until the previous one is acked.
+            .set("socket.nagle.disable", "true");
         c
     }
 

@@ -1,48 +1,129 @@
-//! Gateway throughput and latency against a bare axum route, in one run, on real Redis and Kafka.
+//! Gateway throughput and latency against its ceilings, in one run, on real Redis and Kafka.
 //!
-//!   LOGPIPE_BENCH_BROKERS=127.0.0.1:9092 cargo bench -p logpipe-gateway --bench http [-- SECS]
+//!   LOGPIPE_BENCH_BROKERS=127.0.0.1:9092 cargo bench -p logpipe-gateway --bench http [-- SECS [PHASE..]]
 //!
-//! Started in-process: a bare axum server (the ceiling: a route that answers a small JSON, and one
-//! that reads a body and answers 202), one idle generator, and the real gateway with its Redis
-//! sliding-window limiter on (limits far above the load, so every request pays the Redis check and
-//! none is refused). The load comes from this process too, over loopback keep-alive connections:
+//! PHASE is `status`, `ingest` or `latency` (default: all three, in that order).
+//!
+//! The servers run on a two-worker runtime, as the gateway binary does: a bare axum server (the
+//! ceiling: a route that answers a small JSON, and one that reads a body and answers 202), one idle
+//! generator, and the real gateway with its Redis sliding-window limiter on (limits far above the
+//! load, so every request pays the Redis check and none is refused), plus a second gateway with the
+//! limiter off to show what the check costs.
+//!
+//! The load comes from this process's own thread and single-threaded runtime (the role `wrk -t1`
+//! plays), over keep-alive HTTP/1.1 connections made with hyper's connection API, so the client costs
+//! as little as a client can:
 //!
 //! 1. status: `GET /api/v1/generator/status` (auth, Redis check, fan-out to the generator), closed
-//!    loop with 64 connections for SECS seconds; the same against the bare route → ratio.
-//! 2. ingest: `POST /api/v1/logs` with 1,000-event JSON batches (validation, Redis check counting
-//!    1,000, produce and wait for Kafka's acks), closed loop with 8 connections; the same body to the
-//!    bare body route → ratio.
-//! 3. latency: each of the two at half its goal rate (10,000 requests/s; 25 batches/s = 25,000
-//!    events/s), paced, p50/p99/max; status also at half the rate measured in step 1.
+//!    loop over 64 connections for SECS seconds; the same against the bare route → ratio.
+//! 2. ingest: `POST /api/v1/logs` with 1,000-event JSON batches (parse, validation, Redis check
+//!    counting 1,000, produce and wait for Kafka's acks), closed loop over 8 connections; ceilings:
+//!    the same body to the bare route, and the gateway's own producer sending the same 1,000 events
+//!    and awaiting the acks with no HTTP in front (what Kafka alone allows).
+//! 3. latency: each at half its goal rate (10,000 requests/s; 25 batches/s = 25,000 events/s),
+//!    paced: every connection sends on a fixed schedule and a request held up by a slow previous one
+//!    counts from its scheduled start,
+//!    so a stall shows up as latency rather than as a lower rate (wrk2's correction). The produce
+//!    ceiling is paced the same way.
 //!
-//! The client shares the 2 cores with the servers, so absolute numbers are lower than a remote
-//! client would see; the ratios compare like with like.
+//! The client shares the 2 cores with the servers, Redis and the broker, so absolute numbers are
+//! lower than a remote client would see; the ratios compare like with like.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::routing::{get, post};
 use axum::Router;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use logpipe_common::event::LogEvent;
 use logpipe_common::kafka::KafkaSettings;
 use logpipe_gateway::config::GatewayConfig;
+use logpipe_gateway::ingest::IngestProducer;
 use logpipe_gateway::ratelimit::Limit;
 use serde_json::{json, Value};
+use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 
+// The allocator the gateway binary runs with.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const STATUS_GOAL: f64 = 20_000.0;
+const INGEST_GOAL: f64 = 50_000.0;
+const BATCH: usize = 1_000;
+
 fn main() {
-    let secs: u64 = std::env::args()
-        .skip(1)
-        .find_map(|a| a.parse().ok())
-        .unwrap_or(10);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let secs: u64 = args.iter().find_map(|a| a.parse().ok()).unwrap_or(10);
+    let mut phases: Vec<Phase> = args.iter().filter_map(|a| Phase::parse(a)).collect();
+    if phases.is_empty() {
+        phases = vec![Phase::Status, Phase::Ingest, Phase::Latency];
+    }
     let brokers =
         std::env::var("LOGPIPE_BENCH_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    let servers = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()
-        .expect("runtime");
-    rt.block_on(run(Duration::from_secs(secs), brokers));
+        .expect("server runtime");
+    let token = CancellationToken::new();
+    let targets = servers.block_on(start_servers(brokers, token.clone()));
+    let client = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("client runtime");
+    let secs = Duration::from_secs(secs);
+    let batch = Bytes::from(batch_body(BATCH, false));
+    println!(
+        "gateway benchmark: {}s per phase, batch body {} bytes",
+        secs.as_secs(),
+        batch.len()
+    );
+    for phase in phases {
+        let servers = servers.handle().clone();
+        client.block_on(async {
+            match phase {
+                Phase::Status => status(secs, &targets).await,
+                Phase::Ingest => ingest(secs, &targets, &batch, &servers).await,
+                Phase::Latency => latency(secs, &targets, &batch, &servers).await,
+            }
+        });
+    }
+    token.cancel();
+    servers.block_on(async {
+        targets.producer.flush(Duration::from_secs(5)).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    });
+}
+
+#[derive(Clone, Copy)]
+enum Phase {
+    Status,
+    Ingest,
+    Latency,
+}
+
+impl Phase {
+    fn parse(s: &str) -> Option<Phase> {
+        match s {
+            "status" => Some(Phase::Status),
+            "ingest" => Some(Phase::Ingest),
+            "latency" => Some(Phase::Latency),
+            _ => None,
+        }
+    }
+}
+
+struct Targets {
+    bare: SocketAddr,
+    gateway: SocketAddr,
+    unlimited: SocketAddr,
+    producer: Arc<IngestProducer>,
+    events: Arc<Vec<LogEvent>>,
 }
 
 async fn serve(router: Router, token: CancellationToken) -> SocketAddr {
@@ -57,8 +138,7 @@ async fn serve(router: Router, token: CancellationToken) -> SocketAddr {
     addr
 }
 
-async fn run(secs: Duration, brokers: String) {
-    let token = CancellationToken::new();
+async fn start_servers(brokers: String, token: CancellationToken) -> Targets {
     let tag = format!("{:06x}", rand::random::<u32>() & 0xffffff);
     let kafka = KafkaSettings {
         brokers,
@@ -115,7 +195,7 @@ async fn run(secs: Duration, brokers: String) {
         limit: 1_000_000_000,
         window_ms: 1_000,
     };
-    // A second gateway without the limiter, to show what the Redis check costs.
+    let producer = Arc::new(IngestProducer::new(&kafka, &config.ingest).expect("producer"));
     let mut unlimited = config.clone();
     unlimited.rate_limit.enabled = false;
     let gateway = logpipe_gateway::Application::build(config)
@@ -124,96 +204,150 @@ async fn run(secs: Duration, brokers: String) {
     let unlimited = logpipe_gateway::Application::build(unlimited)
         .await
         .expect("gateway");
-    let gw_free = unlimited.local_addr();
+    let targets = Targets {
+        bare,
+        gateway: gateway.local_addr(),
+        unlimited: unlimited.local_addr(),
+        producer,
+        events: Arc::new(serde_json::from_slice(&batch_body(BATCH, true)).expect("events")),
+    };
     let t = token.clone();
     tokio::spawn(async move { unlimited.run_until_stopped(t).await });
-    let gw = gateway.local_addr();
-    let t = token.clone();
-    tokio::spawn(async move { gateway.run_until_stopped(t).await });
+    tokio::spawn(async move { gateway.run_until_stopped(token).await });
+    targets
+}
 
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(256)
-        .build()
-        .unwrap();
-    let batch = batch_body(1_000);
-    println!(
-        "gateway benchmark: {}s per phase, batch body {} bytes",
-        secs.as_secs(),
-        batch.len()
-    );
+const WARM: Duration = Duration::from_secs(1);
 
-    let status_url = format!("http://{gw}/api/v1/generator/status");
-    // Warm up connections, the limiter script and the generator.
-    closed_loop(&client, Req::get(&status_url), 16, Duration::from_secs(1)).await;
-    let s_bare = closed_loop(
-        &client,
-        Req::get(&format!("http://{bare}/status")),
+/// Throughput of a rate-limited status request against the bare route.
+async fn status(secs: Duration, t: &Targets) {
+    let status = Target::get(t.gateway, "/api/v1/generator/status");
+    http(&status, 16, Load::Closed(WARM)).await;
+
+    let s_bare = http(&Target::get(t.bare, "/status"), 64, Load::Closed(secs)).await;
+    let h_gw = http(&Target::get(t.gateway, "/health"), 64, Load::Closed(secs)).await;
+    let s_free = http(
+        &Target::get(t.unlimited, "/api/v1/generator/status"),
         64,
-        secs,
+        Load::Closed(secs),
     )
     .await;
-    let s_gw = closed_loop(&client, Req::get(&status_url), 64, secs).await;
-    let h_gw = closed_loop(&client, Req::get(&format!("http://{gw}/health")), 64, secs).await;
-    let s_free = closed_loop(
-        &client,
-        Req::get(&format!("http://{gw_free}/api/v1/generator/status")),
-        64,
-        secs,
-    )
-    .await;
+    let s_gw = http(&status, 64, Load::Closed(secs)).await;
     report("status, bare axum (ceiling)", &s_bare, 1);
     report("gateway /health (middleware only)", &h_gw, 1);
     report("status, gateway without the Redis check", &s_free, 1);
     report("status, gateway", &s_gw, 1);
     println!(
-        "  status ratio gateway/bare: {:.3}   goal 20,000 req/s: {}",
+        "  status ratio gateway/bare: {:.3}   goal {STATUS_GOAL:.0} req/s: {}",
         s_gw.rate() / s_bare.rate(),
-        verdict(s_gw.rate() >= 20_000.0)
+        verdict(s_gw.rate() >= STATUS_GOAL)
     );
+}
 
-    let logs_url = format!("http://{gw}/api/v1/logs");
-    closed_loop(
-        &client,
-        Req::post(&logs_url, &batch),
-        4,
-        Duration::from_secs(1),
-    )
-    .await;
-    let i_bare = closed_loop(
-        &client,
-        Req::post(&format!("http://{bare}/logs"), &batch),
+/// Throughput of 1,000-event batches against the bare body route and the producer alone.
+async fn ingest(secs: Duration, t: &Targets, batch: &Bytes, servers: &Handle) {
+    let logs = Target::post(t.gateway, "/api/v1/logs", batch.clone());
+    http(&logs, 4, Load::Closed(WARM)).await;
+    let i_bare = http(
+        &Target::post(t.bare, "/logs", batch.clone()),
         8,
-        secs,
+        Load::Closed(secs),
     )
     .await;
-    let i_gw = closed_loop(&client, Req::post(&logs_url, &batch), 8, secs).await;
-    report("ingest, bare axum (ceiling)", &i_bare, 1_000);
-    report("ingest, gateway", &i_gw, 1_000);
-    println!(
-        "  ingest ratio gateway/bare: {:.3}   goal 50,000 events/s: {}",
-        i_gw.rate() / i_bare.rate(),
-        verdict(i_gw.rate() * 1_000.0 >= 50_000.0)
-    );
-
-    let s_half = paced(&client, Req::get(&status_url), 10_000.0, secs).await;
-    report("status at 10,000 req/s (half the goal)", &s_half, 1);
-    println!("  p99 under 5 ms: {}", verdict(s_half.p(0.99) < 5.0));
-    let half_measured = (s_gw.rate() / 2.0).floor().max(1.0);
-    let s_half_m = paced(&client, Req::get(&status_url), half_measured, secs).await;
+    let i_kafka = produce(t, servers, 8, Load::Closed(secs)).await;
+    let i_gw = http(&logs, 8, Load::Closed(secs)).await;
+    report("ingest, bare axum body route (ceiling)", &i_bare, BATCH);
     report(
-        &format!("status at {half_measured:.0} req/s (half of what this run measured)"),
-        &s_half_m,
+        "ingest, producer alone: 1,000 events to Kafka acks (ceiling)",
+        &i_kafka,
+        BATCH,
+    );
+    report("ingest, gateway", &i_gw, BATCH);
+    println!(
+        "  ingest ratio gateway/bare: {:.3}, gateway/producer alone: {:.3}   goal {INGEST_GOAL:.0} events/s: {}",
+        i_gw.rate() / i_bare.rate(),
+        i_gw.rate() / i_kafka.rate(),
+        verdict(i_gw.rate() * BATCH as f64 >= INGEST_GOAL)
+    );
+}
+
+/// Latency at half of each goal, paced, against the same ceilings.
+async fn latency(secs: Duration, t: &Targets, batch: &Bytes, servers: &Handle) {
+    let status = Target::get(t.gateway, "/api/v1/generator/status");
+    let logs = Target::post(t.gateway, "/api/v1/logs", batch.clone());
+    http(&status, 16, Load::Closed(WARM)).await;
+    let half = STATUS_GOAL / 2.0;
+    let s_bare_half = http(
+        &Target::get(t.bare, "/status"),
+        64,
+        Load::Paced {
+            per_sec: half,
+            dur: secs,
+        },
+    )
+    .await;
+    let s_half = http(
+        &status,
+        64,
+        Load::Paced {
+            per_sec: half,
+            dur: secs,
+        },
+    )
+    .await;
+    report(
+        &format!("status at {half:.0} req/s, bare axum (ceiling)"),
+        &s_bare_half,
         1,
     );
-    let i_half = paced(&client, Req::post(&logs_url, &batch), 25.0, secs).await;
     report(
-        "ingest at 25 batches/s = 25,000 events/s (half the goal)",
-        &i_half,
-        1_000,
+        &format!("status at {half:.0} req/s (half the goal), gateway"),
+        &s_half,
+        1,
     );
-    println!("  p99 under 5 ms: {}", verdict(i_half.p(0.99) < 5.0));
-    token.cancel();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    println!(
+        "  p99 under 5 ms: {}   p99 ratio gateway/bare: {:.2}",
+        verdict(s_half.p(0.99) < 5.0),
+        s_half.p(0.99) / s_bare_half.p(0.99)
+    );
+    let batches_per_sec = INGEST_GOAL / 2.0 / BATCH as f64;
+    let i_kafka_half = produce(
+        t,
+        servers,
+        8,
+        Load::Paced {
+            per_sec: batches_per_sec,
+            dur: secs,
+        },
+    )
+    .await;
+    let i_half = http(
+        &logs,
+        8,
+        Load::Paced {
+            per_sec: batches_per_sec,
+            dur: secs,
+        },
+    )
+    .await;
+    report(
+        &format!("ingest at {batches_per_sec:.0} batches/s, producer alone (ceiling)"),
+        &i_kafka_half,
+        BATCH,
+    );
+    report(
+        &format!(
+            "ingest at {batches_per_sec:.0} batches/s = {:.0} events/s (half the goal), gateway",
+            INGEST_GOAL / 2.0
+        ),
+        &i_half,
+        BATCH,
+    );
+    println!(
+        "  p99 under 5 ms: {}   p99 ratio gateway/producer alone: {:.2}",
+        verdict(i_half.p(0.99) < 5.0),
+        i_half.p(0.99) / i_kafka_half.p(0.99)
+    );
 }
 
 fn verdict(ok: bool) -> &'static str {
@@ -224,58 +358,124 @@ fn verdict(ok: bool) -> &'static str {
     }
 }
 
-fn batch_body(n: usize) -> Vec<u8> {
+/// `n` events as a JSON array; with ids when they are to be produced directly.
+fn batch_body(n: usize, with_ids: bool) -> Vec<u8> {
     let now = chrono::Utc::now();
     let events: Vec<Value> = (0..n)
         .map(|i| {
-            json!({"timestamp": now.to_rfc3339(), "level": if i % 10 == 0 { "ERROR" } else { "INFO" },
+            let mut e = json!({"timestamp": now.to_rfc3339(),
+                   "level": if i % 10 == 0 { "ERROR" } else { "INFO" },
                    "service": format!("svc-{}", i % 8), "component": "api", "host": "bench-1",
                    "message": format!("request {i} served in {} ms", i % 97),
-                   "attributes": {"http.status": 200, "latency_ms": i % 97}})
+                   "attributes": {"http.status": 200, "latency_ms": i % 97}});
+            if with_ids {
+                e["event_id"] = json!(LogEvent::new_id());
+            }
+            e
         })
         .collect();
     serde_json::to_vec(&events).unwrap()
 }
 
+/// One kind of request to one server.
 #[derive(Clone)]
-struct Req {
-    url: String,
-    body: Option<bytes::Bytes>,
+struct Target {
+    addr: SocketAddr,
+    method: hyper::Method,
+    path: &'static str,
+    body: Bytes,
 }
 
-impl Req {
-    fn get(url: &str) -> Req {
-        Req {
-            url: url.into(),
-            body: None,
+impl Target {
+    fn get(addr: SocketAddr, path: &'static str) -> Target {
+        Target {
+            addr,
+            method: hyper::Method::GET,
+            path,
+            body: Bytes::new(),
         }
     }
-    fn post(url: &str, body: &[u8]) -> Req {
-        Req {
-            url: url.into(),
-            body: Some(bytes::Bytes::copy_from_slice(body)),
+
+    fn post(addr: SocketAddr, path: &'static str, body: Bytes) -> Target {
+        Target {
+            addr,
+            method: hyper::Method::POST,
+            path,
+            body,
         }
     }
-    async fn send(&self, client: &reqwest::Client) -> bool {
-        let r = match &self.body {
-            None => client.get(&self.url).send().await,
-            Some(b) => {
-                client
-                    .post(&self.url)
-                    .header("content-type", "application/json")
-                    .body(b.clone())
-                    .send()
-                    .await
-            }
-        };
-        match r {
-            Ok(resp) => {
-                let ok = resp.status().is_success();
-                let _ = resp.bytes().await;
-                ok
-            }
-            Err(_) => false,
+
+    fn request(&self) -> hyper::Request<Full<Bytes>> {
+        let mut b = hyper::Request::builder()
+            .method(self.method.clone())
+            .uri(self.path)
+            .header(hyper::header::HOST, "bench");
+        if !self.body.is_empty() {
+            b = b.header(hyper::header::CONTENT_TYPE, "application/json");
         }
+        b.body(Full::new(self.body.clone())).expect("request")
+    }
+}
+
+/// One keep-alive connection; reopened after an error.
+struct Conn {
+    target: Target,
+    sender: Option<SendRequest<Full<Bytes>>>,
+}
+
+/// What a load worker does once per request; true when it succeeded.
+trait Op: Send + 'static {
+    fn run(&mut self) -> impl std::future::Future<Output = bool> + Send;
+}
+
+impl Op for Conn {
+    /// True when the answer was a 2xx and its body was read.
+    async fn run(&mut self) -> bool {
+        match self.try_send().await {
+            Ok(ok) => ok,
+            Err(_) => {
+                self.sender = None;
+                false
+            }
+        }
+    }
+}
+
+/// The gateway's producer sending the same batch with no HTTP in front of it.
+struct Produce {
+    producer: Arc<IngestProducer>,
+    events: Arc<Vec<LogEvent>>,
+}
+
+impl Op for Produce {
+    async fn run(&mut self) -> bool {
+        self.producer.produce_all(&self.events, None).await.is_ok()
+    }
+}
+
+impl Conn {
+    fn new(target: &Target) -> Conn {
+        Conn {
+            target: target.clone(),
+            sender: None,
+        }
+    }
+
+    async fn try_send(&mut self) -> Result<bool, Box<dyn std::error::Error + Send + Sync>> {
+        if self.sender.is_none() {
+            let stream = tokio::net::TcpStream::connect(self.target.addr).await?;
+            stream.set_nodelay(true)?;
+            let (sender, conn) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+            tokio::spawn(conn);
+            self.sender = Some(sender);
+        }
+        let sender = self.sender.as_mut().expect("connected");
+        sender.ready().await?;
+        let resp = sender.send_request(self.target.request()).await?;
+        let ok = resp.status().is_success();
+        resp.into_body().collect().await?;
+        Ok(ok)
     }
 }
 
@@ -298,9 +498,25 @@ impl Outcome {
         let i = ((self.latencies.len() as f64 - 1.0) * q).round() as usize;
         self.latencies[i]
     }
+
+    fn from_workers(parts: Vec<(Vec<f64>, u64)>, took: Duration) -> Outcome {
+        let mut latencies = Vec::new();
+        let mut failed = 0;
+        for (l, f) in parts {
+            latencies.extend(l);
+            failed += f;
+        }
+        latencies.sort_by(f64::total_cmp);
+        Outcome {
+            ok: latencies.len() as u64,
+            failed,
+            took,
+            latencies,
+        }
+    }
 }
 
-fn report(what: &str, o: &Outcome, per_request: u64) {
+fn report(what: &str, o: &Outcome, per_request: usize) {
     println!(
         "{what}: {:.0} req/s ({:.0} events/s), {} failed; latency ms p50 {:.2} p99 {:.2} max {:.2}",
         o.rate(),
@@ -312,77 +528,84 @@ fn report(what: &str, o: &Outcome, per_request: u64) {
     );
 }
 
-/// `conns` workers each send back to back for `dur`.
-async fn closed_loop(client: &reqwest::Client, req: Req, conns: usize, dur: Duration) -> Outcome {
-    let stop = Arc::new(AtomicBool::new(false));
-    let failed = Arc::new(AtomicU64::new(0));
-    let started = Instant::now();
-    let workers: Vec<_> = (0..conns)
-        .map(|_| {
-            let (client, req, stop, failed) =
-                (client.clone(), req.clone(), stop.clone(), failed.clone());
-            tokio::spawn(async move {
-                let mut lat = Vec::new();
-                while !stop.load(Ordering::Relaxed) {
-                    let t = Instant::now();
-                    if req.send(&client).await {
-                        lat.push(t.elapsed().as_secs_f64() * 1e3);
+#[derive(Clone, Copy)]
+enum Load {
+    /// Each worker sends back to back for this long.
+    Closed(Duration),
+    /// `per_sec` requests per second shared by the workers, for `dur` (open loop): worker `i` of
+    /// `n` sends its k-th request at `(k * n + i) / per_sec`; when it is late because the previous
+    /// request was slow, latency counts from that due time (wrk2's correction).
+    Paced { per_sec: f64, dur: Duration },
+}
+
+/// Run one worker per op on `rt` under `load`.
+async fn drive<T: Op>(rt: &Handle, load: Load, ops: Vec<T>) -> Outcome {
+    let n = ops.len();
+    // Paced workers start together a moment from now, so the first due times are not already past.
+    let started = Instant::now() + Duration::from_millis(50);
+    let workers: Vec<_> = ops
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut op)| {
+            rt.spawn(async move {
+                let (mut lat, mut failed) = (Vec::new(), 0u64);
+                for k in 0.. {
+                    let from = match load {
+                        Load::Closed(dur) => {
+                            let now = Instant::now();
+                            if now >= started + dur {
+                                break;
+                            }
+                            now
+                        }
+                        Load::Paced { per_sec, dur } => {
+                            let at = Duration::from_secs_f64((k * n + i) as f64 / per_sec);
+                            if at >= dur {
+                                break;
+                            }
+                            let due = started + at;
+                            if due > Instant::now() {
+                                // On time: count from when the timer let us go, so the timer's
+                                // own coarseness (a millisecond) is not charged to the server.
+                                tokio::time::sleep_until(due.into()).await;
+                                Instant::now()
+                            } else {
+                                // Late because the last request took too long: that wait is
+                                // the server's, so it counts.
+                                due
+                            }
+                        }
+                    };
+                    if op.run().await {
+                        lat.push(from.elapsed().as_secs_f64() * 1e3);
                     } else {
-                        failed.fetch_add(1, Ordering::Relaxed);
+                        failed += 1;
                     }
                 }
-                lat
+                (lat, failed)
             })
         })
         .collect();
-    tokio::time::sleep(dur).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut latencies = Vec::new();
+    let mut parts = Vec::new();
     for w in workers {
-        latencies.extend(w.await.unwrap());
+        parts.push(w.await.expect("worker"));
     }
-    let took = started.elapsed();
-    latencies.sort_by(f64::total_cmp);
-    Outcome {
-        ok: latencies.len() as u64,
-        failed: failed.load(Ordering::Relaxed),
-        took,
-        latencies,
-    }
+    Outcome::from_workers(parts, started.elapsed())
 }
 
-/// Requests started at a fixed rate (open loop) for `dur`; latency is measured from each request's
-/// scheduled start, so a stall shows up as latency rather than as a lower rate.
-async fn paced(client: &reqwest::Client, req: Req, per_sec: f64, dur: Duration) -> Outcome {
-    let n = (per_sec * dur.as_secs_f64()) as u64;
-    let interval = Duration::from_secs_f64(1.0 / per_sec);
-    let started = Instant::now();
-    let mut tasks = Vec::with_capacity(n as usize);
-    for i in 0..n {
-        let due = started + interval.mul_f64(i as f64);
-        tokio::time::sleep_until(due.into()).await;
-        let (client, req) = (client.clone(), req.clone());
-        tasks.push(tokio::spawn(async move {
-            let ok = req.send(&client).await;
-            (ok, due.elapsed().as_secs_f64() * 1e3)
-        }));
-    }
-    let mut latencies = Vec::new();
-    let mut failed = 0;
-    for t in tasks {
-        let (ok, ms) = t.await.unwrap();
-        if ok {
-            latencies.push(ms);
-        } else {
-            failed += 1;
-        }
-    }
-    let took = started.elapsed();
-    latencies.sort_by(f64::total_cmp);
-    Outcome {
-        ok: latencies.len() as u64,
-        failed,
-        took,
-        latencies,
-    }
+/// Load over `conns` connections from this (the client's) runtime.
+async fn http(target: &Target, conns: usize, load: Load) -> Outcome {
+    let ops = (0..conns).map(|_| Conn::new(target)).collect();
+    drive(&Handle::current(), load, ops).await
+}
+
+/// The produce ceiling: `workers` batches in flight, on the servers' runtime.
+async fn produce(t: &Targets, servers: &Handle, workers: usize, load: Load) -> Outcome {
+    let ops = (0..workers)
+        .map(|_| Produce {
+            producer: t.producer.clone(),
+            events: t.events.clone(),
+        })
+        .collect();
+    drive(servers, load, ops).await
 }

@@ -1,12 +1,11 @@
 //! Generator control: start and stop reach every configured instance; status aggregates them and
 //! marks an unreachable instance as such instead of failing the whole call.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::future::join_all;
@@ -218,7 +217,10 @@ pub async fn status(State(s): State<AppState>, headers: HeaderMap) -> Response {
                         None,
                     )
                     .await;
-                    Arc::new(aggregate_status(&replies))
+                    // Serialized once; every request sharing this flight sends the same bytes.
+                    Bytes::from(
+                        serde_json::to_vec(&aggregate_status(&replies)).expect("JSON value"),
+                    )
                 }
                 .boxed()
                 .shared();
@@ -228,15 +230,21 @@ pub async fn status(State(s): State<AppState>, headers: HeaderMap) -> Response {
         }
     };
     let body = flight.await;
-    Json((*body).clone()).into_response()
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
 }
 
 /// Status requests that arrive while a status fan-out is in flight wait for that one instead of
 /// starting their own (request coalescing): the answer is at most one upstream round trip old,
 /// and a burst of pollers costs the generators one call per round trip, not one per poller.
-pub type StatusFlight = std::sync::Mutex<
-    Option<futures::future::Shared<futures::future::BoxFuture<'static, Arc<Value>>>>,
->;
+pub type StatusFlight =
+    std::sync::Mutex<Option<futures::future::Shared<futures::future::BoxFuture<'static, Bytes>>>>;
 
 fn aggregate_status(replies: &[InstanceReply]) -> Value {
     let mut running = 0;

@@ -1,5 +1,5 @@
-//! The gateway router and its middleware: request id → metrics → JSON errors → (API routes only)
-//! load shedding at the concurrency limit → deadline → authentication and rate limit → handler.
+//! The gateway router and its middleware: request id → span, metrics and JSON errors → (API routes
+//! only) load shedding at the concurrency limit → deadline, authentication and rate limit → handler.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -17,8 +17,11 @@ use serde_json::json;
 use tower::limit::GlobalConcurrencyLimitLayer;
 use tower::load_shed::LoadShedLayer;
 use tower::ServiceBuilder;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
 
+use tracing::Instrument;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -30,15 +33,32 @@ use crate::ingest::{IngestAccepted, IngestProducer, Rejected};
 use crate::ratelimit::{Decision, RateLimiterService, RouteClass};
 use crate::{control, ingest, query, telemetry};
 
+/// What every handler shares. Extractors and middleware clone the state on every request, so it is
+/// one `Arc`: one reference count to bump, not one per field.
 #[derive(Clone)]
-pub struct AppState {
-    pub config: Arc<GatewayConfig>,
-    pub limiter: Arc<RateLimiterService>,
-    pub auth: Arc<Authenticator>,
+pub struct AppState(Arc<Shared>);
+
+pub struct Shared {
+    pub config: GatewayConfig,
+    pub limiter: RateLimiterService,
+    pub auth: Authenticator,
     pub producer: Arc<IngestProducer>,
     pub client: reqwest::Client,
     pub metrics: PrometheusHandle,
-    pub status_flight: Arc<control::StatusFlight>,
+    pub status_flight: control::StatusFlight,
+}
+
+impl AppState {
+    pub fn new(shared: Shared) -> AppState {
+        AppState(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
 }
 
 #[derive(OpenApi)]
@@ -91,11 +111,7 @@ pub fn router(state: AppState) -> Router {
     let doc = Arc::new(openapi());
     // Only API routes shed load: /health, /ready and /metrics must answer while the API is busy.
     let api = api
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            auth_and_limit,
-        ))
-        .layer(middleware::from_fn_with_state(state.clone(), deadline))
+        .layer(middleware::from_fn_with_state(state.clone(), guard))
         .layer(
             ServiceBuilder::new()
                 .layer(HandleErrorLayer::new(|_: BoxError| async {
@@ -110,12 +126,38 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(state.config.body_limit_bytes))
         .layer(axum::Extension(doc))
-        .layer(middleware::from_fn(json_errors))
-        .layer(middleware::from_fn(record_metrics))
-        .layer(middleware::from_fn(logpipe_common::telemetry::trace_http))
+        .layer(middleware::from_fn(observe))
         .layer(PropagateRequestIdLayer::new(x_request_id.clone()))
-        .layer(SetRequestIdLayer::new(x_request_id, MakeRequestUuid))
+        .layer(SetRequestIdLayer::new(
+            x_request_id,
+            SequentialRequestId::new(),
+        ))
         .with_state(state)
+}
+
+/// Request ids: a random 64-bit prefix per process and a counter, as 32 hex digits. Unique across
+/// instances like a UUID, without a `getrandom` system call per request.
+#[derive(Clone)]
+struct SequentialRequestId {
+    prefix: u64,
+    next: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl SequentialRequestId {
+    fn new() -> SequentialRequestId {
+        SequentialRequestId {
+            prefix: rand::random(),
+            next: Arc::default(),
+        }
+    }
+}
+
+impl MakeRequestId for SequentialRequestId {
+    fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<RequestId> {
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = format!("{:016x}{n:016x}", self.prefix);
+        HeaderValue::from_str(&id).ok().map(RequestId::new)
+    }
 }
 
 /// A client span for a call to an upstream, and the `traceparent` to send with it: this span's
@@ -137,16 +179,28 @@ pub fn client_span(
     (span, tp)
 }
 
-/// `http_requests_total{route,status}` and the latency histogram, labelled by route template.
-async fn record_metrics(req: Request, next: Next) -> Response {
+/// Every request: its server span (named by the route template), errors in the JSON shape, and
+/// `http_requests_total{route,status}` with the latency histogram. One middleware rather than three:
+/// each axum middleware layer clones the boxed inner service on every request.
+async fn observe(req: Request, next: Next) -> Response {
     let route = req
         .extensions()
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".into());
+    let span = logpipe_common::telemetry::http_server_span(
+        req.method().as_str(),
+        &route,
+        req.uri().path(),
+        req.headers()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok()),
+    );
     let started = Instant::now();
-    let resp = next.run(req).await;
-    telemetry::http_request(&route, resp.status().as_u16(), started.elapsed());
+    let resp = json_errors(next.run(req).instrument(span.clone()).await);
+    let status = resp.status().as_u16();
+    logpipe_common::telemetry::record_http_status(&span, status);
+    telemetry::http_request(&route, status, started.elapsed());
     resp
 }
 
@@ -205,10 +259,20 @@ pub fn refused(route: &str, class: RouteClass, d: &Decision) -> Response {
     resp
 }
 
+/// API routes: the whole request, limiter check included, must finish within
+/// `request_timeout_ms`, else 504.
+async fn guard(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    let ms = s.config.request_timeout_ms;
+    match tokio::time::timeout(Duration::from_millis(ms), auth_and_limit(&s, req, next)).await {
+        Ok(resp) => resp,
+        Err(_) => ApiError::Timeout(ms).into_response(),
+    }
+}
+
 /// Authenticate, authorize the route's scope, then pass the client's sliding window (ingest is
 /// limited in its handler, by events). Repeated bad keys from one address are limited on their own
 /// and then refused outright until that window frees up.
-async fn auth_and_limit(State(s): State<AppState>, mut req: Request, next: Next) -> Response {
+async fn auth_and_limit(s: &AppState, mut req: Request, next: Next) -> Response {
     let Some(route) = req
         .extensions()
         .get::<MatchedPath>()
@@ -254,18 +318,8 @@ async fn auth_and_limit(State(s): State<AppState>, mut req: Request, next: Next)
     resp
 }
 
-/// The whole request must finish within `request_timeout_ms`, else 504.
-async fn deadline(State(s): State<AppState>, req: Request, next: Next) -> Response {
-    let ms = s.config.request_timeout_ms;
-    match tokio::time::timeout(Duration::from_millis(ms), next.run(req)).await {
-        Ok(resp) => resp,
-        Err(_) => ApiError::Timeout(ms).into_response(),
-    }
-}
-
 /// axum's own rejections (body too large, wrong method) are plain text; give them our JSON shape.
-async fn json_errors(req: Request, next: Next) -> Response {
-    let resp = next.run(req).await;
+fn json_errors(resp: Response) -> Response {
     let is_json = resp
         .headers()
         .get(header::CONTENT_TYPE)

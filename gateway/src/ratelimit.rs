@@ -1,9 +1,11 @@
 //! Per-client rate limits: an exact sliding-window log in Redis, with a local fallback.
 //!
 //! Each (route class, client) pair has a sorted set in Redis whose members are the requests (or, for
-//! ingest, the events) accepted inside the window. One Lua script trims what left the window, counts,
-//! and adds, atomically and with Redis's own clock (`TIME`), so any number of gateway instances share
-//! one exact limit and their clocks do not matter.
+//! ingest, the events) accepted inside the window. Each check is one Lua script that trims what left
+//! the window, counts, and adds, atomically and with Redis's own clock (`TIME`), so any number of
+//! gateway instances share one exact limit and their clocks do not matter. Classes counted in
+//! requests use a five-command script (the set's size is the count); ingest, counted in events, keeps
+//! a running sum beside the set.
 //!
 //! When Redis does not answer within `redis_timeout_ms`, decisions move to a local `governor` limiter
 //! with the same limit per window (approximate, per instance), `gateway_rate_limit_backend` says
@@ -114,10 +116,37 @@ pub struct Decision {
     pub reset_secs: u64,
 }
 
-/// KEYS[1]: the window log (one member per accepted request, `<unique>:<cost>`, scored by time in
-/// microseconds); KEYS[2]: the sum of the costs in the log. Ingest requests cost one unit per event,
-/// so a 1,000-event batch is one member, not a thousand. Returns {allowed, remaining, reset_ms}.
-const SCRIPT: &str = r#"
+/// For classes where every request costs one (control, query, auth failures): KEYS[1] is the window
+/// log, one member per accepted request scored by time in microseconds, and its size is the count.
+/// ARGV: limit, window_ms, member. Returns {allowed, remaining, reset_ms}. Five commands when
+/// allowed: the per-request price of the exact limit on the hottest routes.
+const UNIT_SCRIPT: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local limit = tonumber(ARGV[1])
+local window = tonumber(ARGV[2]) * 1000
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+local count = redis.call('ZCARD', KEYS[1])
+if count >= limit then
+  -- Room comes back when the oldest member past the limit leaves the window.
+  local oldest = redis.call('ZRANGE', KEYS[1], count - limit, count - limit, 'WITHSCORES')
+  return {0, 0, math.ceil((tonumber(oldest[2]) + window - now) / 1000)}
+end
+redis.call('ZADD', KEYS[1], now, ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+local reset = tonumber(ARGV[2])
+if count > 0 then
+  local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  reset = math.ceil((tonumber(first[2]) + window - now) / 1000)
+end
+return {1, limit - count - 1, reset}
+"#;
+
+/// For ingest, where a request costs one unit per event: KEYS[1] is the window log (one member per
+/// accepted request, `<unique>:<cost>`, scored by time in microseconds); KEYS[2] the sum of the
+/// costs in the log, so a 1,000-event batch is one member, not a thousand. ARGV: limit, window_ms,
+/// cost, member. Returns {allowed, remaining, reset_ms}.
+const COST_SCRIPT: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local limit = tonumber(ARGV[1])
@@ -156,7 +185,8 @@ return {1, limit - count - cost, reset}
 
 pub struct RateLimiterService {
     settings: RateLimitSettings,
-    script: redis::Script,
+    unit_script: redis::Script,
+    cost_script: redis::Script,
     /// The multiplexed connection; calls run on clones of it, so concurrent checks pipeline over
     /// one socket instead of waiting for each other's round trips.
     conn: Mutex<Option<ConnectionManager>>,
@@ -190,7 +220,8 @@ impl RateLimiterService {
             local_limiter(settings.auth_failures),
         ];
         RateLimiterService {
-            script: redis::Script::new(SCRIPT),
+            unit_script: redis::Script::new(UNIT_SCRIPT),
+            cost_script: redis::Script::new(COST_SCRIPT),
             conn: Mutex::new(None),
             connecting: tokio::sync::Mutex::new(()),
             local_backend: AtomicBool::new(false),
@@ -210,8 +241,15 @@ impl RateLimiterService {
         let timeout = Duration::from_millis(self.settings.redis_timeout_ms.max(1) * 10);
         let result = tokio::time::timeout(timeout, async {
             let mut conn = self.connection().await?;
-            // Load the script once up front, so a first burst does not all hit NOSCRIPT.
-            self.script.prepare_invoke().load_async(&mut conn).await?;
+            // Load the scripts once up front, so a first burst does not all hit NOSCRIPT.
+            self.unit_script
+                .prepare_invoke()
+                .load_async(&mut conn)
+                .await?;
+            self.cost_script
+                .prepare_invoke()
+                .load_async(&mut conn)
+                .await?;
             Ok::<(), redis::RedisError>(())
         })
         .await;
@@ -313,15 +351,25 @@ impl RateLimiterService {
             self.sequence.fetch_add(1, Ordering::Relaxed)
         );
         let mut conn = self.connection().await?;
-        self.script
-            .key(format!("{key}:log"))
-            .key(format!("{key}:sum"))
-            .arg(limit.limit)
-            .arg(limit.window_ms)
-            .arg(cost)
-            .arg(member)
-            .invoke_async(&mut conn)
-            .await
+        if class == RouteClass::Ingest {
+            self.cost_script
+                .key(format!("{key}:log"))
+                .key(format!("{key}:sum"))
+                .arg(limit.limit)
+                .arg(limit.window_ms)
+                .arg(cost)
+                .arg(member)
+                .invoke_async(&mut conn)
+                .await
+        } else {
+            self.unit_script
+                .key(format!("{key}:log"))
+                .arg(limit.limit)
+                .arg(limit.window_ms)
+                .arg(member)
+                .invoke_async(&mut conn)
+                .await
+        }
     }
 
     /// A handle on the shared connection, opening it first if there is none.

@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::Authenticator;
 use crate::config::GatewayConfig;
-use crate::http::{router, AppState};
+use crate::http::{router, AppState, Shared};
 use crate::ingest::IngestProducer;
 use crate::ratelimit::RateLimiterService;
 
@@ -47,7 +47,7 @@ impl Application {
             .pool_idle_timeout(Duration::from_secs(30))
             .build()
             .map_err(StartupError::Client)?;
-        let limiter = Arc::new(RateLimiterService::new(config.rate_limit.clone()));
+        let limiter = RateLimiterService::new(config.rate_limit.clone());
         limiter.connect().await;
         let auth = Authenticator::new(&config.auth).map_err(StartupError::Auth)?;
         if auth.is_open() {
@@ -66,15 +66,15 @@ impl Application {
                 tracing::warn!(error = %e, "could not create the raw topic at start");
             }
         });
-        let state = AppState {
+        let state = AppState::new(Shared {
             limiter,
-            auth: Arc::new(auth),
+            auth,
             producer: Arc::new(producer),
-            config: Arc::new(config),
+            config,
             client,
             metrics: logpipe_common::telemetry::metrics_handle(),
-            status_flight: Arc::default(),
-        };
+            status_flight: Default::default(),
+        });
         Ok(Application { listener, state })
     }
 

@@ -203,6 +203,16 @@ pub fn spawn_listening(cmd: &mut std::process::Command, port: u16) -> std::proce
     panic!("{cmd:?} did not listen on port {port}");
 }
 
+/// A private Redis on `port`, so a test can stop and restart it without touching the shared one.
+pub fn start_redis(port: u16) -> std::process::Child {
+    let mut cmd = std::process::Command::new("redis-server");
+    cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    spawn_listening(&mut cmd, port)
+}
+
 /// Build a generator exactly as `main` does (not serving HTTP) and start one run on its engine.
 pub async fn generator_running(
     config: &logpipe_generator::config::GeneratorConfig,

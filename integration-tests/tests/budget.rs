@@ -138,21 +138,11 @@ async fn without_redis_an_instance_falls_back_to_its_local_share_and_keeps_gener
     engine.stop().await;
 }
 
-/// A private Redis on a free port, so this test can stop and restart it without touching the shared one.
-fn start_redis(port: u16) -> std::process::Child {
-    let mut cmd = std::process::Command::new("redis-server");
-    cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    it::spawn_listening(&mut cmd, port)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_rejoins_the_global_budget_when_redis_comes_back() {
     let name = it::unique("budgetrejoin");
     let port = it::free_port();
-    let mut redis = start_redis(port);
+    let mut redis = it::start_redis(port);
     let config = budgeted(&name, "a", format!("redis://127.0.0.1:{port}"), 2_000);
     let req = StartRequest {
         rate_per_second: Some(500),
@@ -199,7 +189,7 @@ async fn an_instance_rejoins_the_global_budget_when_redis_comes_back() {
         "keeps generating on the local share"
     );
 
-    let mut redis = start_redis(port);
+    let mut redis = it::start_redis(port);
     it::wait_for("back on Redis", wait, || {
         let b = backend(&engine);
         async move {

@@ -1,11 +1,11 @@
 //! Per-client rate limits: an exact sliding-window log in Redis, with a local fallback.
 //!
 //! Each (route class, client) pair has a sorted set in Redis whose members are the requests (or, for
-//! ingest, the events) accepted inside the window. Each check is one Lua script that trims what left
-//! the window, counts, and adds, atomically and with Redis's own clock (`TIME`), so any number of
-//! gateway instances share one exact limit and their clocks do not matter. Classes counted in
-//! requests use a five-command script (the set's size is the count); ingest, counted in events, keeps
-//! a running sum beside the set.
+//! ingest, the events) accepted inside the window. One Lua script trims what left the window, counts,
+//! and adds, atomically and with Redis's own clock (`TIME`), so any number of gateway instances share
+//! one exact limit and their clocks do not matter. Classes counted in requests take five commands
+//! (the set's size is the count); ingest, counted in events, keeps a running sum beside the set.
+//! Checks that arrive while a script call is in flight share the next call (`redis_batch_max`).
 //!
 //! When Redis does not answer within `redis_timeout_ms`, decisions move to a local `governor` limiter
 //! with the same limit per window (approximate, per instance), `gateway_rate_limit_backend` says
@@ -15,12 +15,13 @@ use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::telemetry;
 
@@ -62,6 +63,9 @@ pub struct RateLimitSettings {
     pub key_prefix: String,
     /// A Redis call slower than this switches to the local limiter.
     pub redis_timeout_ms: u64,
+    /// Most checks sent to Redis in one script call while another call is on its way (1: every
+    /// check on its own, for a Redis Cluster, where one call must stay on one shard).
+    pub redis_batch_max: usize,
     pub control: Limit,
     pub ingest: Limit,
     pub query: Limit,
@@ -75,6 +79,7 @@ impl Default for RateLimitSettings {
             redis_url: "redis://127.0.0.1:6379".into(),
             key_prefix: "logpipe:rl".into(),
             redis_timeout_ms: 50,
+            redis_batch_max: 64,
             control: Limit {
                 limit: 60,
                 window_ms: 60_000,
@@ -116,82 +121,92 @@ pub struct Decision {
     pub reset_secs: u64,
 }
 
-/// For classes where every request costs one (control, query, auth failures): KEYS[1] is the window
-/// log, one member per accepted request scored by time in microseconds, and its size is the count.
-/// ARGV: limit, window_ms, member. Returns {allowed, remaining, reset_ms}. Five commands when
-/// allowed: the per-request price of the exact limit on the hottest routes.
-const UNIT_SCRIPT: &str = r#"
+/// Any number of checks in one call (see [`Batcher`]), each atomic and all of them together.
+/// Per check: KEYS `log` and `sum`; ARGV `mode`, `limit`, `window_ms`, `cost`, `member`. Returns
+/// {allowed, remaining, reset_ms} per check, in order. Redis's clock is read once per call.
+///
+/// `u` (control, query, auth failures: every request costs one): the log holds one member per
+/// accepted request scored by time in microseconds, and its size is the count; five commands when
+/// allowed. `c` (ingest: a request costs one unit per event): members are `<unique>:<cost>` and
+/// `sum` holds the sum of the costs in the log, so a 1,000-event batch is one member, not a thousand.
+const SCRIPT: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local limit = tonumber(ARGV[1])
-local window = tonumber(ARGV[2]) * 1000
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
-local count = redis.call('ZCARD', KEYS[1])
-if count >= limit then
-  -- Room comes back when the oldest member past the limit leaves the window.
-  local oldest = redis.call('ZRANGE', KEYS[1], count - limit, count - limit, 'WITHSCORES')
-  return {0, 0, math.ceil((tonumber(oldest[2]) + window - now) / 1000)}
-end
-redis.call('ZADD', KEYS[1], now, ARGV[3])
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-local reset = tonumber(ARGV[2])
-if count > 0 then
-  local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-  reset = math.ceil((tonumber(first[2]) + window - now) / 1000)
-end
-return {1, limit - count - 1, reset}
-"#;
 
-/// For ingest, where a request costs one unit per event: KEYS[1] is the window log (one member per
-/// accepted request, `<unique>:<cost>`, scored by time in microseconds); KEYS[2] the sum of the
-/// costs in the log, so a 1,000-event batch is one member, not a thousand. ARGV: limit, window_ms,
-/// cost, member. Returns {allowed, remaining, reset_ms}.
-const COST_SCRIPT: &str = r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local limit = tonumber(ARGV[1])
-local window = tonumber(ARGV[2]) * 1000
-local cost = tonumber(ARGV[3])
-local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - window)
-if #expired > 0 then
-  local gone = 0
-  for _, m in ipairs(expired) do gone = gone + tonumber(string.match(m, ':(%d+)$')) end
-  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
-  redis.call('DECRBY', KEYS[2], gone)
-end
-local count = tonumber(redis.call('GET', KEYS[2]) or '0')
-if count + cost > limit then
-  -- Room for `cost` comes back when enough of the oldest members have left the window.
-  local need = count + cost - limit
-  local reset = tonumber(ARGV[2])
-  local oldest = redis.call('ZRANGE', KEYS[1], 0, 999, 'WITHSCORES')
-  for i = 1, #oldest, 2 do
-    need = need - tonumber(string.match(oldest[i], ':(%d+)$'))
-    if need <= 0 then
-      reset = math.ceil((tonumber(oldest[i + 1]) + window - now) / 1000)
-      break
-    end
+local function unit(log, limit, window_ms, member)
+  local window = window_ms * 1000
+  redis.call('ZREMRANGEBYSCORE', log, '-inf', now - window)
+  local count = redis.call('ZCARD', log)
+  if count >= limit then
+    -- Room comes back when the oldest member past the limit leaves the window.
+    local oldest = redis.call('ZRANGE', log, count - limit, count - limit, 'WITHSCORES')
+    return 0, 0, math.ceil((tonumber(oldest[2]) + window - now) / 1000)
   end
-  return {0, limit - count, reset}
+  redis.call('ZADD', log, now, member)
+  redis.call('PEXPIRE', log, window_ms)
+  local reset = window_ms
+  if count > 0 then
+    local first = redis.call('ZRANGE', log, 0, 0, 'WITHSCORES')
+    reset = math.ceil((tonumber(first[2]) + window - now) / 1000)
+  end
+  return 1, limit - count - 1, reset
 end
-redis.call('ZADD', KEYS[1], now, ARGV[4] .. ':' .. cost)
-redis.call('INCRBY', KEYS[2], cost)
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-redis.call('PEXPIRE', KEYS[2], ARGV[2])
-local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-local reset = math.ceil((tonumber(first[2]) + window - now) / 1000)
-return {1, limit - count - cost, reset}
+
+local function costed(log, sum, limit, window_ms, cost, member)
+  local window = window_ms * 1000
+  local expired = redis.call('ZRANGEBYSCORE', log, '-inf', now - window)
+  if #expired > 0 then
+    local gone = 0
+    for _, m in ipairs(expired) do gone = gone + tonumber(string.match(m, ':(%d+)$')) end
+    redis.call('ZREMRANGEBYSCORE', log, '-inf', now - window)
+    redis.call('DECRBY', sum, gone)
+  end
+  local count = tonumber(redis.call('GET', sum) or '0')
+  if count + cost > limit then
+    -- Room for `cost` comes back when enough of the oldest members have left the window.
+    local need = count + cost - limit
+    local reset = window_ms
+    local oldest = redis.call('ZRANGE', log, 0, 999, 'WITHSCORES')
+    for i = 1, #oldest, 2 do
+      need = need - tonumber(string.match(oldest[i], ':(%d+)$'))
+      if need <= 0 then
+        reset = math.ceil((tonumber(oldest[i + 1]) + window - now) / 1000)
+        break
+      end
+    end
+    return 0, limit - count, reset
+  end
+  redis.call('ZADD', log, now, member .. ':' .. cost)
+  redis.call('INCRBY', sum, cost)
+  redis.call('PEXPIRE', log, window_ms)
+  redis.call('PEXPIRE', sum, window_ms)
+  local first = redis.call('ZRANGE', log, 0, 0, 'WITHSCORES')
+  return 1, limit - count - cost, math.ceil((tonumber(first[2]) + window - now) / 1000)
+end
+
+local out = {}
+for i = 0, #KEYS / 2 - 1 do
+  local log, sum = KEYS[2 * i + 1], KEYS[2 * i + 2]
+  local a = 5 * i
+  local limit, window_ms = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
+  local allowed, remaining, reset
+  if ARGV[a + 1] == 'u' then
+    allowed, remaining, reset = unit(log, limit, window_ms, ARGV[a + 5])
+  else
+    allowed, remaining, reset = costed(log, sum, limit, window_ms, tonumber(ARGV[a + 4]), ARGV[a + 5])
+  end
+  out[#out + 1] = allowed
+  out[#out + 1] = remaining
+  out[#out + 1] = reset
+end
+return out
 "#;
 
 pub struct RateLimiterService {
     settings: RateLimitSettings,
-    unit_script: redis::Script,
-    cost_script: redis::Script,
-    /// The multiplexed connection; calls run on clones of it, so concurrent checks pipeline over
-    /// one socket instead of waiting for each other's round trips.
-    conn: Mutex<Option<ConnectionManager>>,
-    /// Held while (re)connecting, so a burst opens one connection, not one per request.
-    connecting: tokio::sync::Mutex<()>,
+    redis: Arc<Redis>,
+    /// Checks on their way to the [`Batcher`].
+    batches: mpsc::UnboundedSender<Pending>,
     local_backend: AtomicBool,
     retry_redis_at: Mutex<Option<Instant>>,
     /// Makes every Redis member unique across requests and gateway instances.
@@ -210,7 +225,109 @@ fn local_limiter(limit: Limit) -> DefaultKeyedRateLimiter<u64> {
     RateLimiter::keyed(quota)
 }
 
+/// The connection to Redis and the script.
+struct Redis {
+    url: String,
+    timeout: Duration,
+    script: redis::Script,
+    /// The multiplexed connection, opened on first use and reopened by the manager.
+    conn: Mutex<Option<ConnectionManager>>,
+    /// Held while (re)connecting, so a burst opens one connection, not one per request.
+    connecting: tokio::sync::Mutex<()>,
+}
+
+impl Redis {
+    async fn open(&self) -> redis::RedisResult<ConnectionManager> {
+        let c = redis::Client::open(self.url.as_str())?;
+        // No response timeout inside the manager: the deadline is applied per check instead.
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(self.timeout)
+            .set_number_of_retries(1);
+        ConnectionManager::new_with_config(c, config).await
+    }
+
+    /// A handle on the shared connection, opening it first if there is none.
+    async fn connection(&self) -> redis::RedisResult<ConnectionManager> {
+        if let Some(c) = self.conn.lock().expect("lock").as_ref() {
+            return Ok(c.clone());
+        }
+        let _connecting = self.connecting.lock().await;
+        if let Some(c) = self.conn.lock().expect("lock").as_ref() {
+            return Ok(c.clone());
+        }
+        let c = self.open().await?;
+        *self.conn.lock().expect("lock") = Some(c.clone());
+        Ok(c)
+    }
+
+    /// One script call for every check in `batch`; three numbers per check.
+    async fn run(&self, batch: &[Pending]) -> redis::RedisResult<Vec<i64>> {
+        let mut call = self.script.prepare_invoke();
+        for p in batch {
+            call.key(&p.log_key).key(&p.sum_key);
+            call.arg(if p.class == RouteClass::Ingest {
+                "c"
+            } else {
+                "u"
+            })
+            .arg(p.limit.limit)
+            .arg(p.limit.window_ms)
+            .arg(p.cost)
+            .arg(&p.member);
+        }
+        let mut conn = self.connection().await?;
+        call.invoke_async(&mut conn).await
+    }
+}
+
+/// One check waiting for its batch.
+struct Pending {
+    class: RouteClass,
+    log_key: String,
+    sum_key: String,
+    limit: Limit,
+    cost: u32,
+    member: String,
+    reply: oneshot::Sender<Result<(i64, i64, i64), String>>,
+}
+
+/// Checks that arrive while a script call is on its way to Redis wait and go together in the next
+/// call (up to `redis_batch_max`), like Nagle's algorithm with no timer: an idle gateway sends each
+/// check at once, a busy one pays one round trip, one script call and one reply for many. Each
+/// check is still atomic and exact; the script runs them in arrival order.
+struct Batcher {
+    redis: Arc<Redis>,
+    queue: mpsc::UnboundedReceiver<Pending>,
+    max: usize,
+}
+
+impl Batcher {
+    async fn run(mut self) {
+        let mut batch = Vec::with_capacity(self.max);
+        // A call stuck on a hung Redis must not hold every later check: they time out and go
+        // local on their own, and the batcher moves on after this.
+        let bound = (self.redis.timeout * 10).max(Duration::from_millis(500));
+        while self.queue.recv_many(&mut batch, self.max).await > 0 {
+            let result = match tokio::time::timeout(bound, self.redis.run(&batch)).await {
+                Ok(Ok(v)) if v.len() == 3 * batch.len() => Ok(v),
+                Ok(Ok(v)) => Err(format!("script returned {} values", v.len())),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err("timed out".to_owned()),
+            };
+            for (i, p) in batch.drain(..).enumerate() {
+                let r = match &result {
+                    Ok(v) => Ok((v[3 * i], v[3 * i + 1], v[3 * i + 2])),
+                    Err(e) => Err(e.clone()),
+                };
+                // The check may have given up waiting; nothing to tell it then.
+                let _ = p.reply.send(r);
+            }
+        }
+    }
+}
+
 impl RateLimiterService {
+    /// Starts the batcher task, so it must be called inside a Tokio runtime.
     pub fn new(settings: RateLimitSettings) -> RateLimiterService {
         telemetry::rate_limit_backend(false);
         let local = [
@@ -219,11 +336,28 @@ impl RateLimiterService {
             local_limiter(settings.query),
             local_limiter(settings.auth_failures),
         ];
-        RateLimiterService {
-            unit_script: redis::Script::new(UNIT_SCRIPT),
-            cost_script: redis::Script::new(COST_SCRIPT),
+        let redis = Arc::new(Redis {
+            url: settings.redis_url.clone(),
+            timeout: Duration::from_millis(settings.redis_timeout_ms.max(1)),
+            script: redis::Script::new(SCRIPT),
             conn: Mutex::new(None),
             connecting: tokio::sync::Mutex::new(()),
+        });
+        let (batches, queue) = mpsc::unbounded_channel();
+        if settings.enabled {
+            // Ends when the service (the only sender) is dropped.
+            tokio::spawn(
+                Batcher {
+                    redis: redis.clone(),
+                    queue,
+                    max: settings.redis_batch_max.max(1),
+                }
+                .run(),
+            );
+        }
+        RateLimiterService {
+            redis,
+            batches,
             local_backend: AtomicBool::new(false),
             retry_redis_at: Mutex::new(None),
             instance_nonce: rand::random(),
@@ -240,13 +374,10 @@ impl RateLimiterService {
         }
         let timeout = Duration::from_millis(self.settings.redis_timeout_ms.max(1) * 10);
         let result = tokio::time::timeout(timeout, async {
-            let mut conn = self.connection().await?;
-            // Load the scripts once up front, so a first burst does not all hit NOSCRIPT.
-            self.unit_script
-                .prepare_invoke()
-                .load_async(&mut conn)
-                .await?;
-            self.cost_script
+            let mut conn = self.redis.connection().await?;
+            // Load the script once up front, so a first burst does not all hit NOSCRIPT.
+            self.redis
+                .script
                 .prepare_invoke()
                 .load_async(&mut conn)
                 .await?;
@@ -262,16 +393,6 @@ impl RateLimiterService {
                 self.fall_back("connect timed out");
             }
         }
-    }
-
-    async fn open(&self) -> redis::RedisResult<ConnectionManager> {
-        let c = redis::Client::open(self.settings.redis_url.as_str())?;
-        let t = Duration::from_millis(self.settings.redis_timeout_ms.max(1));
-        // No response timeout inside the manager: the deadline is applied per check instead.
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(t)
-            .set_number_of_retries(1);
-        ConnectionManager::new_with_config(c, config).await
     }
 
     pub fn limit(&self, class: RouteClass) -> Limit {
@@ -312,9 +433,33 @@ impl RateLimiterService {
                 return None;
             }
         }
+        // One hash tag for both keys, so a Redis Cluster keeps them on one shard.
+        let key = format!(
+            "{}:{{{}:{:016x}}}",
+            self.settings.key_prefix,
+            class.as_str(),
+            client
+        );
+        let (reply, answer) = oneshot::channel();
+        let pending = Pending {
+            class,
+            log_key: format!("{key}:log"),
+            sum_key: format!("{key}:sum"),
+            limit,
+            cost,
+            member: format!(
+                "{:016x}-{}",
+                self.instance_nonce,
+                self.sequence.fetch_add(1, Ordering::Relaxed)
+            ),
+            reply,
+        };
+        if self.batches.send(pending).is_err() {
+            return self.fall_back("limiter batcher stopped");
+        }
         let timeout = Duration::from_millis(self.settings.redis_timeout_ms);
-        match tokio::time::timeout(timeout, self.invoke(class, client, limit, cost)).await {
-            Ok(Ok((allowed, remaining, reset_ms))) => {
+        match tokio::time::timeout(timeout, answer).await {
+            Ok(Ok(Ok((allowed, remaining, reset_ms)))) => {
                 if self.local_backend.swap(false, Ordering::Relaxed) {
                     tracing::info!("Redis is back: rate limits are exact and shared again");
                     telemetry::rate_limit_backend(false);
@@ -326,64 +471,10 @@ impl RateLimiterService {
                     reset_secs: (reset_ms.max(0) as u64).div_ceil(1000),
                 })
             }
-            Ok(Err(e)) => self.fall_back(&e.to_string()),
+            Ok(Ok(Err(e))) => self.fall_back(&e),
+            Ok(Err(_)) => self.fall_back("limiter batcher stopped"),
             Err(_) => self.fall_back("timed out"),
         }
-    }
-
-    async fn invoke(
-        &self,
-        class: RouteClass,
-        client: u64,
-        limit: Limit,
-        cost: u32,
-    ) -> redis::RedisResult<(i64, i64, i64)> {
-        // One hash tag for both keys, so a Redis Cluster keeps them on one shard.
-        let key = format!(
-            "{}:{{{}:{:016x}}}",
-            self.settings.key_prefix,
-            class.as_str(),
-            client
-        );
-        let member = format!(
-            "{:016x}-{}",
-            self.instance_nonce,
-            self.sequence.fetch_add(1, Ordering::Relaxed)
-        );
-        let mut conn = self.connection().await?;
-        if class == RouteClass::Ingest {
-            self.cost_script
-                .key(format!("{key}:log"))
-                .key(format!("{key}:sum"))
-                .arg(limit.limit)
-                .arg(limit.window_ms)
-                .arg(cost)
-                .arg(member)
-                .invoke_async(&mut conn)
-                .await
-        } else {
-            self.unit_script
-                .key(format!("{key}:log"))
-                .arg(limit.limit)
-                .arg(limit.window_ms)
-                .arg(member)
-                .invoke_async(&mut conn)
-                .await
-        }
-    }
-
-    /// A handle on the shared connection, opening it first if there is none.
-    async fn connection(&self) -> redis::RedisResult<ConnectionManager> {
-        if let Some(c) = self.conn.lock().expect("lock").as_ref() {
-            return Ok(c.clone());
-        }
-        let _connecting = self.connecting.lock().await;
-        if let Some(c) = self.conn.lock().expect("lock").as_ref() {
-            return Ok(c.clone());
-        }
-        let c = self.open().await?;
-        *self.conn.lock().expect("lock") = Some(c.clone());
-        Ok(c)
     }
 
     fn fall_back(&self, why: &str) -> Option<Decision> {

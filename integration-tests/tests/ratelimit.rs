@@ -38,8 +38,20 @@ async fn hammer(urls: &[String], n: usize) -> Vec<reqwest::Response> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_hundred_parallel_requests_against_a_limit_of_100_accept_exactly_100() {
+    two_hundred_against_100(64).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_limit_is_as_exact_with_one_check_per_script_call() {
+    two_hundred_against_100(1).await;
+}
+
+/// 200 parallel status requests against a limit of 100, with checks batched up to `batch_max`.
+async fn two_hundred_against_100(batch_max: usize) {
     let name = it::unique("rl");
-    let gw = it::start_gateway(limited_gateway(&name, redis_url(), 100)).await;
+    let mut config = limited_gateway(&name, redis_url(), 100);
+    config.rate_limit.redis_batch_max = batch_max;
+    let gw = it::start_gateway(config).await;
     let responses = hammer(&[gw.url("/api/v1/generator/status")], 200).await;
     let ok = responses.iter().filter(|r| r.status() == 200).count();
     let refused: Vec<_> = responses

@@ -47,7 +47,7 @@ pub async fn record_findings(
     settings: &AlertSettings,
     raised: &mut Vec<AlertKind>,
 ) -> Result<(), sqlx::Error> {
-    for d in findings.detections.values() {
+    for d in findings.detections.values().flatten() {
         if record_detection(tx, d, settings).await? {
             raised.push(d.kind);
         }
@@ -91,7 +91,7 @@ pub async fn record_findings(
             kind: AlertKind::BruteForce,
             subject: subject.clone(),
             service: f.service.clone(),
-            first_seen: f.last_seen,
+            first_seen: f.first_seen,
             last_seen: f.last_seen,
             count: f.hits,
             example: format!(

@@ -122,6 +122,8 @@ pub struct FailedLogins {
     pub service: String,
     pub window_start: DateTime<Utc>,
     pub hits: i64,
+    /// The first and last failed login of this window in this batch: the detection's range.
+    pub first_seen: DateTime<Utc>,
     pub last_seen: DateTime<Utc>,
 }
 
@@ -130,6 +132,7 @@ pub struct Detector {
     sqli: RegexSet,
     failed_login: Regex,
     brute_window_secs: i64,
+    episode_gap: chrono::Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -143,7 +146,10 @@ pub struct PatternError {
 /// Everything the detectors found in one batch, keyed for a stable write order.
 #[derive(Debug, Default)]
 pub struct Findings {
-    pub detections: BTreeMap<(AlertKind, String), Detection>,
+    /// Per (kind, subject), runs of detections no further apart in event time than the episode
+    /// gap: a batch that holds the end of one episode and the start of the next (a backlog read
+    /// in large batches) reports them apart, as smaller batches would.
+    pub detections: BTreeMap<(AlertKind, String), Vec<Detection>>,
     pub failed_logins: BTreeMap<(String, i64), FailedLogins>,
 }
 
@@ -152,22 +158,38 @@ impl Findings {
         self.detections.is_empty() && self.failed_logins.is_empty()
     }
 
-    fn detect(&mut self, kind: AlertKind, subject: &str, e: &LogEvent, example: &str) {
-        let d = self
+    fn detect(
+        &mut self,
+        kind: AlertKind,
+        subject: &str,
+        e: &LogEvent,
+        example: &str,
+        gap: chrono::Duration,
+    ) {
+        let runs = self
             .detections
             .entry((kind, subject.to_owned()))
-            .or_insert_with(|| Detection {
+            .or_default();
+        let t = e.timestamp;
+        let run = runs
+            .iter_mut()
+            .find(|d| t >= d.first_seen - gap && t <= d.last_seen + gap);
+        match run {
+            Some(d) => {
+                d.count += 1;
+                d.first_seen = d.first_seen.min(t);
+                d.last_seen = d.last_seen.max(t);
+            }
+            None => runs.push(Detection {
                 kind,
                 subject: subject.to_owned(),
                 service: e.service.clone(),
-                first_seen: e.timestamp,
-                last_seen: e.timestamp,
-                count: 0,
+                first_seen: t,
+                last_seen: t,
+                count: 1,
                 example: example.chars().take(300).collect(),
-            });
-        d.count += 1;
-        d.first_seen = d.first_seen.min(e.timestamp);
-        d.last_seen = d.last_seen.max(e.timestamp);
+            }),
+        }
     }
 }
 
@@ -183,12 +205,19 @@ impl Detector {
                 source,
             })?,
             brute_window_secs: i64::from(s.brute_force_window_secs.max(1)),
+            episode_gap: chrono::Duration::seconds(i64::from(s.episode_gap_secs)),
         })
     }
 
     pub fn inspect(&self, e: &LogEvent, out: &mut Findings) {
         if e.level == Level::Fatal {
-            out.detect(AlertKind::FatalEvent, &e.service, e, &e.message);
+            out.detect(
+                AlertKind::FatalEvent,
+                &e.service,
+                e,
+                &e.message,
+                self.episode_gap,
+            );
         }
         let path = e
             .attributes
@@ -203,7 +232,13 @@ impl Detector {
             || (suspicious(&e.message) && self.sqli.is_match(&e.message))
         {
             let example = if path.is_empty() { &e.message } else { path };
-            out.detect(AlertKind::SqlInjection, &e.service, e, example);
+            out.detect(
+                AlertKind::SqlInjection,
+                &e.service,
+                e,
+                example,
+                self.episode_gap,
+            );
         }
         if self.failed_login.is_match(&e.message) {
             let ts = e.timestamp.timestamp();
@@ -228,9 +263,11 @@ impl Detector {
                         service: e.service.clone(),
                         window_start,
                         hits: 0,
+                        first_seen: e.timestamp,
                         last_seen: e.timestamp,
                     });
                 f.hits += 1;
+                f.first_seen = f.first_seen.min(e.timestamp);
                 f.last_seen = f.last_seen.max(e.timestamp);
             }
         }
@@ -288,7 +325,8 @@ mod tests {
             event(Level::Warn, "search", "GET", "/search?q=admin'--"),
         ]);
         let d = &f.detections[&(AlertKind::SqlInjection, "search".to_string())];
-        assert_eq!(d.count, 4);
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].count, 4);
     }
 
     #[test]
@@ -329,6 +367,36 @@ mod tests {
         assert!(f.failed_logins.values().all(|c| c.hits == 2));
         let c = f.failed_logins.values().next().unwrap();
         assert_eq!(c.window_start.timestamp() % 60, 0);
+    }
+
+    #[test]
+    fn detections_further_apart_than_the_episode_gap_stay_apart_within_one_batch() {
+        let at = |secs: i64, path: &str| {
+            let mut e = event(Level::Warn, "search", "GET", path);
+            e.timestamp += chrono::Duration::seconds(secs);
+            e
+        };
+        // Gap 20 s: 0, 10 and 25 s are one run (each within 20 s of it); 60 and 70 s another.
+        let f = findings(&[
+            at(0, "/q?a=1'--"),
+            at(60, "/q?a=2'--"),
+            at(10, "/q?a=3'--"),
+            at(25, "/q?a=4'--"),
+            at(70, "/q?a=5'--"),
+        ]);
+        let runs = &f.detections[&(AlertKind::SqlInjection, "search".to_string())];
+        let spans: Vec<(i64, i64, i64)> = runs
+            .iter()
+            .map(|d| {
+                let base = runs[0].first_seen.timestamp();
+                (
+                    d.first_seen.timestamp() - base,
+                    d.last_seen.timestamp() - base,
+                    d.count,
+                )
+            })
+            .collect();
+        assert_eq!(spans, vec![(0, 25, 3), (60, 70, 2)]);
     }
 
     #[test]

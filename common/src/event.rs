@@ -82,6 +82,8 @@ impl FromStr for Level {
 /// One log event, exactly the design brief's wire schema.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LogEvent {
+    /// Absent or null reads as empty, which `validate` refuses: the gateway fills it in first.
+    #[serde(default, deserialize_with = "string_or_null")]
     pub event_id: String,
     pub timestamp: DateTime<Utc>,
     pub level: Level,
@@ -97,6 +99,10 @@ pub struct LogEvent {
     pub span_id: Option<String>,
     #[serde(default)]
     pub attributes: Map<String, Value>,
+}
+
+fn string_or_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.unwrap_or_default())
 }
 
 /// Why an event was refused; the message names the field so a client can fix it.

@@ -27,7 +27,8 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::ClientConfig;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::json;
+use serde_json::value::RawValue;
 
 use crate::auth::Principal;
 use crate::error::{ApiError, ErrorBody};
@@ -177,17 +178,19 @@ impl ParseContext<'_> {
         Ok(event)
     }
 
-    fn event_from_value(&self, index: usize, mut v: Value) -> Result<LogEvent, EventError> {
-        let Some(obj) = v.as_object_mut() else {
-            return Err(EventError::Json("an event must be a JSON object".into()));
-        };
-        let had_id = matches!(obj.get("event_id"), Some(Value::String(s)) if !s.is_empty());
-        if !had_id {
-            // A placeholder the real id replaces once the timestamp is known.
-            obj.insert("event_id".into(), Value::String("pending".into()));
+    /// One event's JSON, straight into the event type (no intermediate `Value` tree).
+    fn event_from_json(&self, index: usize, json: &str) -> Result<LogEvent, EventError> {
+        if !json.trim_start().starts_with('{') {
+            return Err(EventError::Json(
+                match serde_json::from_str::<serde::de::IgnoredAny>(json) {
+                    Err(e) => e.to_string(),
+                    Ok(_) => "an event must be a JSON object".into(),
+                },
+            ));
         }
         let event: LogEvent =
-            serde_json::from_value(v).map_err(|e| EventError::Json(e.to_string()))?;
+            serde_json::from_str(json).map_err(|e| EventError::Json(e.to_string()))?;
+        let had_id = !event.event_id.is_empty();
         self.finish(index, event, had_id)
     }
 
@@ -214,15 +217,18 @@ impl ParseContext<'_> {
         };
         match format {
             BodyFormat::Json => {
-                let value: Value =
-                    serde_json::from_slice(body).map_err(|e| BodyError::Json(e.to_string()))?;
-                let items = match value {
-                    Value::Array(items) => items,
-                    one => vec![one],
-                };
+                // The body is checked as JSON and split into events without building a tree;
+                // each event is then read on its own, so one bad event refuses only itself.
+                let is_array = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
+                let items: Vec<&RawValue> = if is_array {
+                    serde_json::from_slice(body)
+                } else {
+                    serde_json::from_slice(body).map(|one| vec![one])
+                }
+                .map_err(|e| BodyError::Json(e.to_string()))?;
                 self.check_count(items.len())?;
-                for (i, v) in items.into_iter().enumerate() {
-                    push(i, self.event_from_value(i, v));
+                for (i, raw) in items.into_iter().enumerate() {
+                    push(i, self.event_from_json(i, raw.get()));
                 }
             }
             BodyFormat::Ndjson | BodyFormat::Lines => {
@@ -231,9 +237,7 @@ impl ParseContext<'_> {
                 self.check_count(lines.len())?;
                 for (i, line) in lines.into_iter().enumerate() {
                     let r = if format == BodyFormat::Ndjson {
-                        serde_json::from_str::<Value>(line)
-                            .map_err(|e| EventError::Json(e.to_string()))
-                            .and_then(|v| self.event_from_value(i, v))
+                        self.event_from_json(i, line)
                     } else {
                         self.event_from_line(i, line)
                     };
@@ -642,6 +646,35 @@ mod tests {
         );
         assert!(p.rejected[0].detail.contains("LOUD"));
         assert!(p.rejected[1].detail.contains("service"));
+    }
+
+    #[test]
+    fn a_single_object_body_with_a_null_id_gets_an_id_and_a_non_object_line_names_why() {
+        let body = r#" {"event_id":null,"timestamp":"2026-11-23T07:59:00Z","level":"INFO","service":"api","message":"ok"}"#;
+        let p = ctx().parse(BodyFormat::Json, body.as_bytes()).unwrap();
+        assert_eq!(p.events.len(), 1);
+        assert_eq!(p.events[0].event_id.len(), 26, "a fresh ULID");
+        let p = ctx()
+            .parse(
+                BodyFormat::Ndjson,
+                format!("{GOOD}\n[1]\nnot json\n").as_bytes(),
+            )
+            .unwrap();
+        assert_eq!(p.events[0].event_id, "e1", "a given id is kept");
+        let details: Vec<(usize, &str)> = p
+            .rejected
+            .iter()
+            .map(|r| (r.index, r.detail.as_str()))
+            .collect();
+        assert_eq!(
+            details[0],
+            (1, "invalid JSON: an event must be a JSON object")
+        );
+        assert_eq!(details[1].0, 2);
+        assert!(
+            details[1].1.starts_with("invalid JSON: expected"),
+            "{details:?}"
+        );
     }
 
     #[test]

@@ -21,10 +21,9 @@
 //!    the same body to the bare route, and the gateway's own producer sending the same 1,000 events
 //!    and awaiting the acks with no HTTP in front (what Kafka alone allows).
 //! 3. latency: each at half its goal rate (10,000 requests/s; 25 batches/s = 25,000 events/s),
-//!    paced: every connection sends on a fixed schedule and a request held up by a slow previous one
-//!    counts from its scheduled start,
-//!    so a stall shows up as latency rather than as a lower rate (wrk2's correction). The produce
-//!    ceiling is paced the same way.
+//!    paced: every connection sends on a fixed schedule, and a request held up by a slow previous
+//!    one counts from its scheduled start, so a stall shows up as latency rather than as a lower
+//!    rate (wrk2's correction). The produce ceiling is paced the same way.
 //!
 //! The client shares the 2 cores with the servers, Redis and the broker, so absolute numbers are
 //! lower than a remote client would see; the ratios compare like with like.

@@ -308,6 +308,12 @@ impl Batcher {
         // local on their own, and the batcher moves on after this.
         let bound = (self.redis.timeout * 10).max(Duration::from_millis(500));
         while self.queue.recv_many(&mut batch, self.max).await > 0 {
+            // A check that stopped waiting (timed out, decided locally) must not be counted in
+            // Redis after the fact.
+            batch.retain(|p| !p.reply.is_closed());
+            if batch.is_empty() {
+                continue;
+            }
             let result = match tokio::time::timeout(bound, self.redis.run(&batch)).await {
                 Ok(Ok(v)) if v.len() == 3 * batch.len() => Ok(v),
                 Ok(Ok(v)) => Err(format!("script returned {} values", v.len())),

@@ -53,7 +53,7 @@ wait_port 127.0.0.1 "$BROKER_PORT" 30 || { check "broker starts" false; exit 1; 
 
 start_collector() {
     start_bg collector "$RUN" "$RUN/collector.log" "$RUN/collector.pid" \
-        "$BIN/logpipe-collector" --port "$COL_PORT" >/dev/null
+        "$BIN/logpipe-collector" --port "$COL_PORT" --group-instance-id crash-collector >/dev/null
 }
 start_collector
 wait_http "http://127.0.0.1:$COL_PORT/ready" 60 || { check "collector starts" false; exit 1; }
@@ -68,8 +68,8 @@ curl -fsS -o /dev/null -X POST "http://127.0.0.1:$GEN_PORT/api/v1/generator/star
 stored() { sql "SELECT COALESCE(sum(next_offset), 0) FROM consumer_offsets" || echo 0; }
 for k in $(seq 1 "$KILLS"); do
     # Each kill hits a collector that is writing: wait until the stored offsets move (the restarted
-    # collector got its partitions back, after the killed member's 10 s session timeout), then
-    # pick a random moment 0.5-4 s later.
+    # collector, a static member with the killed one's group.instance.id, took its partitions back),
+    # then pick a random moment 0.5-4 s later.
     before=$(stored)
     for _ in $(seq 1 120); do [ "$(stored)" != "$before" ] && break; sleep 0.5; done
     sleep "$(python3 -c 'import random; print(round(random.uniform(0.5, 4), 2))')"

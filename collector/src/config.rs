@@ -35,6 +35,11 @@ pub struct CollectorConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct ConsumerSettings {
     pub group_id: String,
+    /// Static group membership (Kafka's `group.instance.id`): a collector restarted with the same
+    /// id takes its old place and partitions back at once, instead of waiting for the group to
+    /// notice the old member is gone (after a SIGKILL, Tansu 0.6 sometimes never hands the
+    /// partitions on). Must be unique per running instance (a pod or host name); unset = dynamic.
+    pub group_instance_id: Option<String>,
     /// A batch is written when it holds this many records...
     pub batch_max_events: usize,
     /// ...or when its oldest record has waited this long.
@@ -99,6 +104,7 @@ impl Default for ConsumerSettings {
     fn default() -> Self {
         Self {
             group_id: "logpipe-collector".into(),
+            group_instance_id: None,
             batch_max_events: 5_000,
             batch_max_ms: 200,
             retry_initial_ms: 100,
@@ -208,6 +214,9 @@ pub struct Cli {
     pub partitions: Option<i32>,
     #[arg(long, env = "LOGPIPE_COLLECTOR_GROUP_ID")]
     pub group_id: Option<String>,
+    /// Static group membership id, unique per instance (see `consumer.group_instance_id`).
+    #[arg(long, env = "LOGPIPE_COLLECTOR_GROUP_INSTANCE_ID")]
+    pub group_instance_id: Option<String>,
     #[arg(long, env = "LOGPIPE_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
     #[arg(long, env = "LOGPIPE_DATABASE_SCHEMA")]
@@ -236,6 +245,7 @@ impl Cli {
             self.topic => c.kafka.raw_topic,
             self.partitions => c.kafka.raw_partitions,
             self.group_id => c.consumer.group_id,
+            self.group_instance_id.map(Some) => c.consumer.group_instance_id,
             self.database_url => c.database.url,
             self.database_schema => c.database.schema,
             self.batch_max_events => c.consumer.batch_max_events,

@@ -283,9 +283,11 @@ impl ConsumerLoop {
             ownership: ownership.clone(),
             cancel: cancel.clone(),
         };
-        let consumer: BaseConsumer<CollectorContext> = config
-            .kafka
-            .client_config("logpipe-collector")
+        let mut client = config.kafka.client_config("logpipe-collector");
+        if let Some(id) = &config.consumer.group_instance_id {
+            client.set("group.instance.id", id);
+        }
+        let consumer: BaseConsumer<CollectorContext> = client
             .set("group.id", &config.consumer.group_id)
             .set("partition.assignment.strategy", "cooperative-sticky")
             // Offsets live in Postgres; Kafka's committed offsets are never read or written.

@@ -197,25 +197,34 @@ pub fn parse_traceparent(tp: &str) -> Option<SpanContext> {
     sc.is_valid().then_some(sc)
 }
 
-/// The server span of one HTTP request (OpenTelemetry HTTP conventions; named by route template),
-/// continuing the caller's trace when it sent a `traceparent`. The caller records
-/// `http.response.status_code` (and `otel.status_code` on a 5xx) when the response is known.
-pub fn http_server_span(
-    method: &str,
-    route: &str,
-    path: &str,
-    traceparent: Option<&str>,
-) -> tracing::Span {
+/// The route template axum matched for `req` (`unmatched` when none): the bounded label metrics and
+/// spans use, never the raw path.
+pub fn matched_route(req: &axum::extract::Request) -> String {
+    req.extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".into())
+}
+
+/// The server span of one HTTP request (OpenTelemetry HTTP conventions; named by its route
+/// template), continuing the caller's trace when it sent a `traceparent`. The caller records
+/// `http.response.status_code` (and `otel.status_code` on a 5xx) with [`record_http_status`].
+pub fn http_server_span(req: &axum::extract::Request, route: &str) -> tracing::Span {
+    let method = req.method().as_str();
     let span = tracing::info_span!(
         "http.server",
         otel.name = %format!("{method} {route}"),
         otel.kind = "server",
         http.request.method = %method,
         http.route = %route,
-        url.path = %path,
+        url.path = %req.uri().path(),
         http.response.status_code = tracing::field::Empty,
         otel.status_code = tracing::field::Empty,
     );
+    let traceparent = req
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok());
     set_remote_parent(&span, traceparent);
     span
 }
@@ -226,19 +235,8 @@ pub async fn trace_http(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    let route = req
-        .extensions()
-        .get::<axum::extract::MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".into());
-    let span = http_server_span(
-        req.method().as_str(),
-        &route,
-        req.uri().path(),
-        req.headers()
-            .get("traceparent")
-            .and_then(|v| v.to_str().ok()),
-    );
+    let route = matched_route(&req);
+    let span = http_server_span(&req, &route);
     let resp = tracing::Instrument::instrument(next.run(req), span.clone()).await;
     record_http_status(&span, resp.status().as_u16());
     resp

@@ -183,19 +183,8 @@ pub fn client_span(
 /// `http_requests_total{route,status}` with the latency histogram. One middleware rather than three:
 /// each axum middleware layer clones the boxed inner service on every request.
 async fn observe(req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".into());
-    let span = logpipe_common::telemetry::http_server_span(
-        req.method().as_str(),
-        &route,
-        req.uri().path(),
-        req.headers()
-            .get("traceparent")
-            .and_then(|v| v.to_str().ok()),
-    );
+    let route = logpipe_common::telemetry::matched_route(&req);
+    let span = logpipe_common::telemetry::http_server_span(&req, &route);
     let started = Instant::now();
     let resp = json_errors(next.run(req).instrument(span.clone()).await);
     let status = resp.status().as_u16();

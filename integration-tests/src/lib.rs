@@ -54,6 +54,16 @@ impl Running {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// The service's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(self.url("/metrics"))
+            .await
+            .expect("metrics answered")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
     /// Cancel and wait for the service to drain and exit.
     pub async fn stop(self) {
         self.token.cancel();

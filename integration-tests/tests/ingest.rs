@@ -330,12 +330,7 @@ async fn keys_are_checked_by_scope_and_repeated_bad_keys_are_limited() {
     assert_eq!(status(Some("read-secret")).await.unwrap().status(), 429);
 
     // Keys never appear in metrics.
-    let metrics = reqwest::get(gw.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gw.metrics().await;
     assert!(metrics.contains("gateway_auth_failures_total"));
     assert!(!metrics.contains("secret") && !metrics.contains("guess"));
     gw.stop().await;

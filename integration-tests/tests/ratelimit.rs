@@ -105,12 +105,7 @@ async fn without_redis_the_gateway_keeps_serving_on_the_local_limiter() {
         ok, 5,
         "the local limiter still holds the limit per instance"
     );
-    let metrics = reqwest::get(gw.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gw.metrics().await;
     assert!(
         metrics.contains("gateway_rate_limit_backend{backend=\"local\"} 1"),
         "{metrics}"
@@ -198,16 +193,21 @@ async fn no_window_long_interval_accepts_more_than_the_limit_across_two_instance
     b.stop().await;
 }
 
-async fn backend_gauge(gw: &it::Running, backend: &str) -> bool {
-    let metrics = reqwest::get(gw.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    metrics.contains(&format!(
-        "gateway_rate_limit_backend{{backend=\"{backend}\"}} 1"
-    ))
+/// Wait until `gateway_rate_limit_backend` names `backend`.
+async fn wait_backend(gw: &it::Running, backend: &str) {
+    let gauge = format!("gateway_rate_limit_backend{{backend=\"{backend}\"}} 1");
+    it::wait_for(
+        &format!("the {backend} limiter"),
+        Duration::from_secs(30),
+        || async {
+            if gw.metrics().await.contains(&gauge) {
+                Ok(())
+            } else {
+                Err(format!("not on {backend}"))
+            }
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -219,15 +219,7 @@ async fn killing_redis_mid_load_keeps_the_gateway_serving_locally_until_redis_re
     config.rate_limit.redis_timeout_ms = 50;
     let gw = it::start_gateway(config).await;
     let url = gw.url("/api/v1/generator/status");
-    let wait = Duration::from_secs(30);
-    it::wait_for("the Redis limiter", wait, || async {
-        if backend_gauge(&gw, "redis").await {
-            Ok(())
-        } else {
-            Err("not on redis yet".to_owned())
-        }
-    })
-    .await;
+    wait_backend(&gw, "redis").await;
 
     // Steady load from four clients for the whole test; every answer is recorded.
     let stop = Arc::new(AtomicBool::new(false));
@@ -254,14 +246,7 @@ async fn killing_redis_mid_load_keeps_the_gateway_serving_locally_until_redis_re
     redis.kill().unwrap();
     redis.wait().unwrap();
     let killed = Instant::now();
-    it::wait_for("the local limiter", wait, || async {
-        if backend_gauge(&gw, "local").await {
-            Ok(())
-        } else {
-            Err("still on redis".to_owned())
-        }
-    })
-    .await;
+    wait_backend(&gw, "local").await;
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     let served_without_redis = answers
         .lock()
@@ -272,14 +257,7 @@ async fn killing_redis_mid_load_keeps_the_gateway_serving_locally_until_redis_re
 
     let mut redis = it::start_redis(port);
     let back = Instant::now();
-    it::wait_for("back on Redis", wait, || async {
-        if backend_gauge(&gw, "redis").await {
-            Ok(())
-        } else {
-            Err("still local".to_owned())
-        }
-    })
-    .await;
+    wait_backend(&gw, "redis").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::Relaxed);
     for l in load {

@@ -61,6 +61,22 @@ pub struct ConsumerSettings {
     /// 0.6 can serve a later record batch before an earlier one; Kafka leaves gaps only for
     /// transaction markers and compaction. 0 accepts gaps at once.
     pub gap_repair_retries: u32,
+    /// What to do when a partition's stored offset does not fit the broker's log: past its end
+    /// (the broker lost its data, e.g. an in-memory broker restarted, or the topic was recreated)
+    /// or before its start (retention deleted records never stored). Either way it is logged at
+    /// ERROR; `reset-to-start` (default) then stores from the log start and records the reset in
+    /// `offset_resets`; `refuse` pauses the partition and keeps `/ready` failing until an
+    /// operator sets `consumer_offsets.next_offset` and restarts the collector.
+    pub offset_out_of_range: OffsetPolicy,
+}
+
+/// See [`ConsumerSettings::offset_out_of_range`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum OffsetPolicy {
+    #[default]
+    ResetToStart,
+    Refuse,
 }
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -112,6 +128,7 @@ impl Default for ConsumerSettings {
             drain_timeout_ms: 10_000,
             resume_lookback_records: 10_000,
             gap_repair_retries: 5,
+            offset_out_of_range: OffsetPolicy::ResetToStart,
         }
     }
 }
@@ -225,6 +242,9 @@ pub struct Cli {
     pub batch_max_events: Option<usize>,
     #[arg(long, env = "LOGPIPE_COLLECTOR_BATCH_MAX_MS")]
     pub batch_max_ms: Option<u64>,
+    /// A stored offset outside the broker's log: `reset-to-start` or `refuse`.
+    #[arg(long, env = "LOGPIPE_COLLECTOR_OFFSET_OUT_OF_RANGE", value_enum)]
+    pub offset_out_of_range: Option<OffsetPolicy>,
     /// TOML file with the filter rules, re-read on SIGHUP.
     #[arg(long, env = "LOGPIPE_COLLECTOR_FILTER_FILE")]
     pub filter_file: Option<PathBuf>,
@@ -251,6 +271,7 @@ impl Cli {
             self.batch_max_events => c.consumer.batch_max_events,
             self.batch_max_ms => c.consumer.batch_max_ms,
             self.min_level => c.filter.min_level,
+            self.offset_out_of_range => c.consumer.offset_out_of_range,
         );
         if self.filter_file.is_some() {
             c.filter_file = self.filter_file;

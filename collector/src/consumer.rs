@@ -15,8 +15,17 @@
 //!   partitions resume by themselves once it succeeds.
 //! - On revocation, buffered records of the revoked partitions are dropped before anything else is
 //!   written: the next owner resumes from the stored offset, so nothing is lost or doubled.
+//! - A batch the database refuses for good (a data or integrity error, or the same error twice) is
+//!   split until the refused records stand alone; those go to the DLQ and the rest commit, so one
+//!   bad record never stalls a partition. A record whose parser panics is dead-lettered too.
+//! - A stored offset outside the broker's log (past its end after the broker lost its data, before
+//!   its start after retention) is found on assignment, on a fetch the broker refuses, and every
+//!   5 s against the watermarks; it is logged at ERROR, counted, and reset to the log start (and
+//!   recorded in `offset_resets`) or refused, per `consumer.offset_out_of_range`. Never skipped.
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -30,13 +39,13 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtoc
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::types::RDKafkaRespErr;
+use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::CollectorConfig;
-use crate::db::{BatchWrite, Db, DbError, OffsetMove, Stored, StoredEvent};
+use crate::config::{CollectorConfig, OffsetPolicy};
+use crate::db::{BatchWrite, Db, DbError, OffsetMove, OffsetReset, Stored, StoredEvent};
 use crate::detect::Detector;
 use crate::filter::FilterHandle;
 use crate::telemetry;
@@ -51,6 +60,20 @@ pub struct ConsumerHealth {
     pub consumed: AtomicU64,
     /// Rows this process inserted.
     pub stored: AtomicU64,
+    /// Owned partitions held paused because their stored offset does not fit the broker's log.
+    pub refused_partitions: AtomicU64,
+}
+
+/// Marks the loop stopped however it ends, a panic included, so `/ready` fails at once.
+struct RunningGuard(Arc<ConsumerHealth>);
+
+impl Drop for RunningGuard {
+    fn drop(&mut self) {
+        self.0.running.store(false, Ordering::Relaxed);
+        if std::thread::panicking() {
+            tracing::error!("the consume loop panicked; the collector is not ready and exits");
+        }
+    }
 }
 
 /// Partitions this consumer owns: assignment epoch and the stored offset its next write must see.
@@ -76,6 +99,10 @@ struct Owned {
     last_record: Instant,
     /// Services seen on this partition: whose error-rate windows it closes.
     services: BTreeSet<String>,
+    /// The broker's log start when last seen: fetches never start before it.
+    log_start: i64,
+    /// Why the partition is held paused (its stored offset does not fit the log), if it is.
+    refused: Option<&'static str>,
 }
 
 impl Owned {
@@ -88,7 +115,21 @@ impl Owned {
             max_ts: stored.max_event_ts,
             last_record: Instant::now(),
             services: BTreeSet::new(),
+            log_start: 0,
+            refused: None,
         }
+    }
+}
+
+/// Whether a stored next offset fits the broker's log `[low, high]` (high = the next offset the
+/// broker will assign). `None` when it fits; else the reason, as counted and recorded.
+fn offset_misfit(stored: i64, low: i64, high: i64) -> Option<&'static str> {
+    if stored > high {
+        Some("past_log_end")
+    } else if stored < low {
+        Some("before_log_start")
+    } else {
+        None
     }
 }
 
@@ -98,6 +139,7 @@ struct CollectorContext {
     group: String,
     topic: String,
     lookback: i64,
+    policy: OffsetPolicy,
     ownership: Arc<Mutex<Ownership>>,
     cancel: CancellationToken,
 }
@@ -106,16 +148,22 @@ struct CollectorContext {
 enum Arrival {
     Take(u64),
     Skip,
-    Repair(i64),
+    /// Re-fetch from this offset (the partition's log start is the second field).
+    Repair(i64, i64),
 }
 
 /// After a repair seek, records fetched before it may still arrive; they are skipped for this long
 /// before another re-fetch counts.
 const GAP_REPAIR_WAIT: Duration = Duration::from_secs(2);
 
-/// Where to fetch from to resume at `next`: a lookback earlier (see `resume_lookback_records`).
-fn fetch_start(next: i64, lookback: i64) -> Offset {
-    Offset::Offset(next.saturating_sub(lookback.max(0)).max(0))
+/// Where to fetch from to resume at `next`: a lookback earlier (see `resume_lookback_records`),
+/// never before the log's start (Kafka refuses such a fetch).
+fn fetch_start(next: i64, lookback: i64, log_start: i64) -> Offset {
+    Offset::Offset(
+        next.saturating_sub(lookback.max(0))
+            .max(log_start.min(next))
+            .max(0),
+    )
 }
 
 impl ClientContext for CollectorContext {}
@@ -138,19 +186,27 @@ impl ConsumerContext for CollectorContext {
             .collect();
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                let stored = self.claim_with_retry(&partitions);
+                let mut stored = self.claim_with_retry(&partitions);
+                let mut fitted = BTreeMap::new();
+                for (&p, st) in stored.iter_mut() {
+                    fitted.insert(p, self.fit_on_assign(consumer, p, st));
+                }
                 let mut own = self.ownership.lock().expect("ownership lock");
                 own.epoch += 1;
                 let epoch = own.epoch;
                 for (&p, &st) in &stored {
+                    let (log_start, refused) = fitted[&p];
                     if let Err(e) = tpl.set_partition_offset(
                         &self.topic,
                         p,
-                        fetch_start(st.next_offset, self.lookback),
+                        fetch_start(st.next_offset, self.lookback, log_start),
                     ) {
                         tracing::error!(partition = p, error = %e, "cannot set start offset");
                     }
-                    own.partitions.insert(p, Owned::new(epoch, st));
+                    let mut o = Owned::new(epoch, st);
+                    o.log_start = log_start;
+                    o.refused = refused;
+                    own.partitions.insert(p, o);
                 }
                 drop(own);
                 tracing::info!(?stored, "partitions assigned; resuming from stored offsets");
@@ -197,6 +253,96 @@ impl ConsumerContext for CollectorContext {
 }
 
 impl CollectorContext {
+    /// On assignment: check the stored offset against the broker's log and, if it does not fit,
+    /// apply the policy (the stored offset is moved in place). Returns the log start and why the
+    /// partition must stay paused, if it must.
+    fn fit_on_assign(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        partition: i32,
+        stored: &mut Stored,
+    ) -> (i64, Option<&'static str>) {
+        let (low, high) = match consumer.fetch_watermarks(
+            &self.topic,
+            partition,
+            Duration::from_secs(5),
+        ) {
+            Ok(w) => w,
+            Err(e) => {
+                // The periodic check (every 5 s) tries again.
+                tracing::warn!(partition, error = %e, "cannot read the log's bounds on assignment");
+                return (0, None);
+            }
+        };
+        let Some(reason) = offset_misfit(stored.next_offset, low, high) else {
+            return (low, None);
+        };
+        match self.apply_policy(partition, stored.next_offset, low, high, reason) {
+            Ok(new) => {
+                stored.next_offset = new;
+                (low, None)
+            }
+            Err(()) => (low, Some(reason)),
+        }
+    }
+
+    /// A stored offset outside `[low, high]`: log it at ERROR, then reset it to the log start
+    /// (recorded in Postgres, counted) and return the new offset, or, with the `refuse` policy or
+    /// when the reset cannot be recorded, return `Err` (the partition stays paused).
+    fn apply_policy(
+        &self,
+        partition: i32,
+        stored: i64,
+        low: i64,
+        high: i64,
+        reason: &'static str,
+    ) -> Result<i64, ()> {
+        if self.policy == OffsetPolicy::Refuse {
+            tracing::error!(
+                partition,
+                stored,
+                log_start = low,
+                log_end = high,
+                reason,
+                "stored offset is outside the broker's log; partition paused (offset_out_of_range \
+                 = refuse): set consumer_offsets.next_offset and restart the collector"
+            );
+            return Err(());
+        }
+        let reset = OffsetReset {
+            partition,
+            old_offset: stored,
+            new_offset: low,
+            log_start: low,
+            log_end: high,
+            reason,
+        };
+        match self
+            .rt
+            .block_on(self.db.reset_offset(&self.group, &self.topic, &reset))
+        {
+            Ok(()) => {
+                tracing::error!(
+                    partition,
+                    stored,
+                    log_start = low,
+                    log_end = high,
+                    reason,
+                    "stored offset is outside the broker's log (did the broker lose its data?); \
+                     reset to the log start and recorded in offset_resets"
+                );
+                telemetry::offset_reset(partition, reason);
+                Ok(low)
+            }
+            Err(e) => {
+                tracing::error!(partition, stored, reason, error = %e,
+                    "stored offset is outside the broker's log and the reset cannot be recorded; \
+                     partition paused until it can");
+                Err(())
+            }
+        }
+    }
+
     /// Postgres must answer before we can start a partition at the right place; keep asking (the
     /// partition is not consumed meanwhile) until it does or we are shutting down.
     fn claim_with_retry(&self, partitions: &[i32]) -> BTreeMap<i32, Stored> {
@@ -236,10 +382,12 @@ struct Pending {
 
 enum Item {
     Event(Box<LogEvent>),
+    /// A record that cannot be stored: it goes to the DLQ with `kind` and `message` as headers.
     Poison {
         key: Option<Vec<u8>>,
         payload: Vec<u8>,
-        error: EventError,
+        kind: &'static str,
+        message: String,
     },
 }
 
@@ -255,6 +403,11 @@ pub struct ConsumerLoop {
     specs: Vec<Spec>,
     rt: Handle,
     cancel: CancellationToken,
+    /// SQLSTATE of the last failed write: the same error twice in a row means the rows, not the
+    /// database, are at fault.
+    last_failure: Cell<Option<String>>,
+    /// Set when the broker refused a fetch position: check every partition's offsets now.
+    check_offsets_now: Cell<bool>,
 }
 
 /// A failed write leaves the partitions paused until this moment.
@@ -280,6 +433,7 @@ impl ConsumerLoop {
             group: config.consumer.group_id.clone(),
             topic: config.kafka.raw_topic.clone(),
             lookback: config.consumer.resume_lookback_records,
+            policy: config.consumer.offset_out_of_range,
             ownership: ownership.clone(),
             cancel: cancel.clone(),
         };
@@ -293,7 +447,9 @@ impl ConsumerLoop {
             // Offsets live in Postgres; Kafka's committed offsets are never read or written.
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
+            // A fetch position outside the log is an error we handle (see `check_offsets`), never
+            // a silent jump: `earliest`/`latest` would move the position without a word.
+            .set("auto.offset.reset", "error")
             .set("session.timeout.ms", "10000")
             .set("max.poll.interval.ms", "300000")
             // Bounds what librdkafka prefetches, so a stalled database means bounded memory.
@@ -319,12 +475,15 @@ impl ConsumerLoop {
             specs,
             rt,
             cancel,
+            last_failure: Cell::new(None),
+            check_offsets_now: Cell::new(false),
         })
     }
 
     /// Consume until cancelled, then write the last batch and leave the group.
     pub fn run(self) {
         self.health.running.store(true, Ordering::Relaxed);
+        let _running = RunningGuard(self.health.clone());
         self.health.db_ok.store(true, Ordering::Relaxed);
         let max_events = self.config.consumer.batch_max_events;
         let max_wait = Duration::from_millis(self.config.consumer.batch_max_ms);
@@ -345,6 +504,7 @@ impl ConsumerLoop {
                     // Newly assigned partitions wait for the database too.
                     self.pause_all();
                 }
+                self.pause_refused();
             }
             match polled {
                 Some(Ok(msg)) => {
@@ -353,12 +513,17 @@ impl ConsumerLoop {
                         oldest.get_or_insert_with(Instant::now);
                     }
                 }
+                Some(Err(KafkaError::MessageConsumption(RDKafkaErrorCode::AutoOffsetReset))) => {
+                    // The broker refused a fetch position (the partition is not named here).
+                    tracing::warn!("the broker refused a fetch offset; checking every partition");
+                    self.check_offsets_now.set(true);
+                }
                 Some(Err(e)) => tracing::warn!(error = %e, "consume error"),
                 None => {}
             }
-            if last_lag.elapsed() >= Duration::from_secs(5) {
+            if last_lag.elapsed() >= Duration::from_secs(5) || self.check_offsets_now.take() {
                 last_lag = Instant::now();
-                self.report_lag();
+                self.check_offsets(&mut batch);
             }
             if let Some(b) = &backoff {
                 if Instant::now() < b.until {
@@ -376,6 +541,7 @@ impl ConsumerLoop {
                         if backoff.take().is_some() {
                             tracing::info!("database writes succeed again; resuming partitions");
                             self.resume_all();
+                            self.pause_refused();
                         }
                     }
                     Err(e) => {
@@ -445,9 +611,38 @@ impl ConsumerLoop {
         }
     }
 
-    /// Lag per owned partition: the broker's high watermark (as last seen by the fetcher) minus the
-    /// next offset stored in Postgres.
-    fn report_lag(&self) {
+    fn partition_list(&self, p: i32) -> TopicPartitionList {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&self.config.kafka.raw_topic, p);
+        tpl
+    }
+
+    /// Hold the partitions whose stored offset does not fit the log (see `check_offsets`).
+    fn pause_refused(&self) {
+        let refused: Vec<i32> = self
+            .ownership
+            .lock()
+            .expect("ownership lock")
+            .partitions
+            .iter()
+            .filter(|(_, o)| o.refused.is_some())
+            .map(|(p, _)| *p)
+            .collect();
+        for p in &refused {
+            if let Err(e) = self.consumer.pause(&self.partition_list(*p)) {
+                tracing::error!(partition = p, error = %e, "pause failed");
+            }
+        }
+        self.health
+            .refused_partitions
+            .store(refused.len() as u64, Ordering::Relaxed);
+        telemetry::partitions_refused(refused.len());
+    }
+
+    /// Per owned partition: lag (the broker's high watermark minus the next offset stored in
+    /// Postgres; negative when the stored offset is past the log's end) and whether the stored
+    /// offset still fits the log. One that does not is handled by the policy, never skipped.
+    fn check_offsets(&self, batch: &mut Vec<Pending>) {
         let owned: Vec<(i32, i64)> = self
             .ownership
             .lock()
@@ -458,14 +653,111 @@ impl ConsumerLoop {
             .collect();
         for (p, expected) in owned {
             // A broker round trip each; a short timeout, and no more tries this round on failure.
-            match self.consumer.fetch_watermarks(
+            let (low, high) = match self.consumer.fetch_watermarks(
                 &self.config.kafka.raw_topic,
                 p,
                 Duration::from_millis(300),
             ) {
-                Ok((_, high)) if high >= 0 => telemetry::consumer_lag(p, (high - expected).max(0)),
-                Ok(_) => {}
+                Ok((low, high)) if high >= 0 => (low.max(0), high),
+                Ok(_) => continue,
                 Err(_) => break,
+            };
+            telemetry::consumer_lag(p, high - expected);
+            let refused = {
+                let mut own = self.ownership.lock().expect("ownership lock");
+                let Some(o) = own.partitions.get_mut(&p) else {
+                    continue;
+                };
+                o.log_start = low;
+                o.refused
+            };
+            if let Some(reason) = offset_misfit(expected, low, high) {
+                self.handle_misfit(batch, p, low, high, reason);
+            } else if let Some(reason) = refused
+                .filter(|_| self.config.consumer.offset_out_of_range == OffsetPolicy::ResetToStart)
+            {
+                // An earlier reset could not be recorded and the offset fits again (the new log
+                // grew past it): the log is still not the one the offset was stored against.
+                self.handle_misfit(batch, p, low, high, reason);
+            }
+        }
+        self.pause_refused();
+    }
+
+    /// A stored offset outside the broker's log `[low, high]`: apply the policy.
+    fn handle_misfit(
+        &self,
+        batch: &mut Vec<Pending>,
+        p: i32,
+        low: i64,
+        high: i64,
+        reason: &'static str,
+    ) {
+        let ctx = self.consumer.context();
+        if self.config.consumer.offset_out_of_range == OffsetPolicy::Refuse {
+            let expected = {
+                let mut own = self.ownership.lock().expect("ownership lock");
+                match own.partitions.get_mut(&p) {
+                    Some(o) if o.refused.is_none() => {
+                        o.refused = Some(reason);
+                        o.expected
+                    }
+                    _ => return,
+                }
+            };
+            let _ = ctx.apply_policy(p, expected, low, high, reason);
+            return;
+        }
+        // Records buffered from the lost log were acknowledged by it: store them first.
+        if batch.iter().any(|r| r.partition == p) && self.flush(batch).is_err() {
+            return;
+        }
+        let Some(expected) = self
+            .ownership
+            .lock()
+            .expect("ownership lock")
+            .partitions
+            .get(&p)
+            .map(|o| o.expected)
+        else {
+            return;
+        };
+        match ctx.apply_policy(p, expected, low, high, reason) {
+            Ok(new) => {
+                let mut own = self.ownership.lock().expect("ownership lock");
+                own.epoch += 1;
+                let epoch = own.epoch;
+                if let Some(o) = own.partitions.get_mut(&p) {
+                    o.epoch = epoch;
+                    o.expected = new;
+                    o.next_fetch = new;
+                    o.gap = None;
+                    o.log_start = low;
+                    o.refused = None;
+                }
+                drop(own);
+                if let Err(e) = self.consumer.seek(
+                    &self.config.kafka.raw_topic,
+                    p,
+                    Offset::Offset(new),
+                    Duration::from_secs(5),
+                ) {
+                    tracing::error!(partition = p, error = %e, "seek after an offset reset failed");
+                }
+                if let Err(e) = self.consumer.resume(&self.partition_list(p)) {
+                    tracing::error!(partition = p, error = %e, "resume failed");
+                }
+            }
+            Err(()) => {
+                if let Some(o) = self
+                    .ownership
+                    .lock()
+                    .expect("ownership lock")
+                    .partitions
+                    .get_mut(&p)
+                {
+                    o.refused = Some(reason);
+                }
             }
         }
     }
@@ -536,6 +828,10 @@ impl ConsumerLoop {
         let arrival = {
             let mut own = self.ownership.lock().expect("ownership lock");
             let o = own.partitions.get_mut(&partition)?;
+            if o.refused.is_some() {
+                // Fetched before the pause took effect; its offset is not trusted.
+                return None;
+            }
             o.last_record = Instant::now();
             if offset < o.next_fetch {
                 Arrival::Skip
@@ -570,7 +866,7 @@ impl ConsumerLoop {
                     gap => {
                         let n = gap.filter(|g| g.0 == o.next_fetch).map_or(0, |g| g.1);
                         o.gap = Some((o.next_fetch, n + 1, Instant::now()));
-                        Arrival::Repair(o.next_fetch)
+                        Arrival::Repair(o.next_fetch, o.log_start)
                     }
                 }
             }
@@ -578,7 +874,7 @@ impl ConsumerLoop {
         let owned = match arrival {
             Arrival::Take(epoch) => epoch,
             Arrival::Skip => return None,
-            Arrival::Repair(from) => {
+            Arrival::Repair(from, log_start) => {
                 // Tansu can hand out a later record batch before an earlier one is readable;
                 // taking it would move the stored offset past records never seen. Fetch again
                 // from the missing offset (a lookback earlier, see `resume_lookback_records`).
@@ -592,7 +888,11 @@ impl ConsumerLoop {
                 if let Err(e) = self.consumer.seek(
                     &self.config.kafka.raw_topic,
                     partition,
-                    fetch_start(from, self.config.consumer.resume_lookback_records),
+                    fetch_start(
+                        from,
+                        self.config.consumer.resume_lookback_records,
+                        log_start,
+                    ),
                     Duration::from_secs(5),
                 ) {
                     tracing::error!(partition, error = %e, "seek for a gap repair failed");
@@ -603,18 +903,31 @@ impl ConsumerLoop {
         telemetry::events_consumed(1);
         self.health.consumed.fetch_add(1, Ordering::Relaxed);
         let payload = msg.payload().unwrap_or_default();
-        let parsed = if is_raw_line(msg, payload) {
-            self.parse_raw(msg, payload)
-        } else {
-            LogEvent::from_json(payload)
+        // A parser bug must not stop the partition: a record that panics it is dead-lettered.
+        let parsed = catch_unwind(AssertUnwindSafe(|| {
+            if is_raw_line(msg, payload) {
+                self.parse_raw(msg, payload)
+            } else {
+                LogEvent::from_json(payload)
+            }
+        }));
+        let poison = |kind: &'static str, message: String| Item::Poison {
+            key: msg.key().map(<[u8]>::to_vec),
+            payload: payload.to_vec(),
+            kind,
+            message,
         };
         let item = match parsed {
-            Ok(event) => Item::Event(Box::new(event)),
-            Err(error) => Item::Poison {
-                key: msg.key().map(<[u8]>::to_vec),
-                payload: payload.to_vec(),
-                error,
-            },
+            Ok(Ok(event)) => Item::Event(Box::new(event)),
+            Ok(Err(error)) => poison(error.kind(), error.to_string()),
+            Err(_) => {
+                tracing::error!(
+                    partition,
+                    offset,
+                    "the parser panicked on a record; sent to the DLQ"
+                );
+                poison("parser_panic", "the record made the parser panic".into())
+            }
         };
         let trace = traceparent(msg)
             .filter(|tp| logpipe_common::telemetry::is_sampled(tp))
@@ -696,13 +1009,14 @@ impl ConsumerLoop {
         });
     }
 
-    /// Write the batch once. On success the batch is cleared; on a fence it is dropped and the
-    /// partitions re-read their stored offsets (the records come again to whoever owns them); any
-    /// other error leaves the batch for a retry.
+    /// Write the batch. On success the batch is cleared; on a fence it is dropped and the
+    /// partitions re-read their stored offsets (the records come again to whoever owns them); a
+    /// transient error leaves the batch (less what committed) for a retry.
     fn flush(&self, batch: &mut Vec<Pending>) -> Result<(), FlushError> {
-        match self.rt.block_on(self.write(batch)) {
+        match self.write_isolating(batch) {
             Ok(()) => {
                 self.health.db_ok.store(true, Ordering::Relaxed);
+                self.last_failure.set(None);
                 batch.clear();
                 Ok(())
             }
@@ -721,9 +1035,90 @@ impl ConsumerLoop {
             }
             Err(e) => {
                 self.health.db_ok.store(false, Ordering::Relaxed);
+                if let FlushError::Db(db) = &e {
+                    self.last_failure.set(db.sqlstate());
+                }
                 Err(e)
             }
         }
+    }
+
+    /// Write the batch; if the database refuses it for good, split it until each refused record
+    /// stands alone, send those to the DLQ and commit everything else in order. On an error the
+    /// records that committed are removed from the batch.
+    fn write_isolating(&self, batch: &mut Vec<Pending>) -> Result<(), FlushError> {
+        let err = match self.rt.block_on(self.write(batch)) {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        let previous = self.last_failure.take();
+        if !refused_for_good(&err, previous.as_deref()) {
+            return Err(err);
+        }
+        let trigger = match &err {
+            FlushError::Db(db) => db.sqlstate(),
+            FlushError::Dlq(_) => None,
+        };
+        tracing::warn!(error = %err, records = batch.len(),
+            "the database refused the batch; splitting it to isolate the refused records");
+        let mut done = 0;
+        let len = batch.len();
+        let result = self.write_split(batch, 0, len, trigger.as_deref(), &mut done);
+        batch.drain(..done);
+        result
+    }
+
+    /// Write `batch[lo..hi]`, known to hold a refused record, as two halves in order.
+    fn write_split(
+        &self,
+        batch: &mut [Pending],
+        lo: usize,
+        hi: usize,
+        trigger: Option<&str>,
+        done: &mut usize,
+    ) -> Result<(), FlushError> {
+        if hi - lo == 1 {
+            return self.dead_letter(batch, lo, trigger, done);
+        }
+        let mid = lo + (hi - lo) / 2;
+        for (a, b) in [(lo, mid), (mid, hi)] {
+            match self.rt.block_on(self.write(&mut batch[a..b])) {
+                Ok(()) => *done = b,
+                Err(e) if refused_for_good(&e, trigger) => {
+                    self.write_split(batch, a, b, trigger, done)?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// One record the database refuses for good: to the DLQ with the reason, its offset committed.
+    fn dead_letter(
+        &self,
+        batch: &mut [Pending],
+        at: usize,
+        trigger: Option<&str>,
+        done: &mut usize,
+    ) -> Result<(), FlushError> {
+        let p = &mut batch[at];
+        if let Item::Event(e) = &p.item {
+            tracing::error!(partition = p.partition, offset = p.offset, event_id = %e.event_id,
+                sqlstate = trigger.unwrap_or("-"), "record refused by the database; sent to the DLQ");
+            p.item = Item::Poison {
+                key: Some(e.service.as_bytes().to_vec()),
+                payload: e.to_json(),
+                kind: "refused_by_database",
+                message: format!(
+                    "PostgreSQL refused the row (SQLSTATE {})",
+                    trigger.unwrap_or("unknown")
+                ),
+            };
+            telemetry::refused_by_database(1);
+        }
+        self.rt.block_on(self.write(&mut batch[at..=at]))?;
+        *done = at + 1;
+        Ok(())
     }
 
     async fn write(&self, batch: &mut [Pending]) -> Result<(), FlushError> {
@@ -735,10 +1130,13 @@ impl ConsumerLoop {
                 Item::Poison {
                     key,
                     payload,
-                    error,
-                } if !p.dlq_done => {
-                    Some(async move { self.send_dlq(p, key, payload, error).await.map(|()| i) })
-                }
+                    kind,
+                    message,
+                } if !p.dlq_done => Some(async move {
+                    self.send_dlq(p, key.as_deref(), payload, kind, message)
+                        .await
+                        .map(|()| i)
+                }),
                 _ => None,
             })
             .collect();
@@ -921,13 +1319,13 @@ impl ConsumerLoop {
     async fn send_dlq(
         &self,
         p: &Pending,
-        key: &Option<Vec<u8>>,
+        key: Option<&[u8]>,
         payload: &[u8],
-        error: &EventError,
+        kind: &str,
+        message: &str,
     ) -> Result<(), FlushError> {
         let partition = p.partition.to_string();
         let offset = p.offset.to_string();
-        let message = error.to_string();
         let headers = OwnedHeaders::new_with_capacity(5)
             .insert(Header {
                 key: "source.topic",
@@ -943,17 +1341,17 @@ impl ConsumerLoop {
             })
             .insert(Header {
                 key: "error.kind",
-                value: Some(error.kind()),
+                value: Some(kind),
             })
             .insert(Header {
                 key: "error.message",
-                value: Some(message.as_str()),
+                value: Some(message),
             });
         let mut record = FutureRecord::to(&self.config.kafka.dlq_topic)
             .payload(payload)
             .headers(headers);
         if let Some(k) = key {
-            record = record.key(k.as_slice());
+            record = record.key(k);
         }
         self.dlq
             .send(record, Duration::from_secs(10))
@@ -987,18 +1385,22 @@ impl ConsumerLoop {
         own.epoch += 1;
         let epoch = own.epoch;
         for (p, st) in stored {
-            let services = own
-                .partitions
-                .get(&p)
-                .map(|o| o.services.clone())
-                .unwrap_or_default();
             let mut o = Owned::new(epoch, st);
-            o.services = services;
+            if let Some(old) = own.partitions.get(&p) {
+                o.services.clone_from(&old.services);
+                o.log_start = old.log_start;
+                o.refused = old.refused;
+            }
+            let log_start = o.log_start;
             own.partitions.insert(p, o);
             if let Err(e) = self.consumer.seek(
                 &self.config.kafka.raw_topic,
                 p,
-                fetch_start(st.next_offset, self.config.consumer.resume_lookback_records),
+                fetch_start(
+                    st.next_offset,
+                    self.config.consumer.resume_lookback_records,
+                    log_start,
+                ),
                 Duration::from_secs(5),
             ) {
                 tracing::error!(partition = p, error = %e, "seek failed");
@@ -1013,6 +1415,19 @@ enum FlushError {
     Db(#[from] DbError),
     #[error("DLQ produce failed: {0}")]
     Dlq(KafkaError),
+}
+
+/// Whether a failed write is the rows' fault, so retrying the same rows cannot succeed: a data or
+/// integrity error, or the same (non-transient) SQLSTATE as the failure before it.
+fn refused_for_good(e: &FlushError, previous: Option<&str>) -> bool {
+    let FlushError::Db(db) = e else {
+        return false;
+    };
+    if matches!(db, DbError::Fenced { .. }) {
+        return false;
+    }
+    db.is_permanent()
+        || (!db.is_transient() && previous.is_some() && db.sqlstate().as_deref() == previous)
 }
 
 /// A batch turned into its write, plus what the loop learns from it.
@@ -1091,5 +1506,27 @@ mod tests {
                 > closed_upto(t("2026-11-23T08:00:29Z"), 10, 10)
         );
         assert_eq!(closed_window(None, 10, 10), None);
+    }
+
+    #[test]
+    fn a_stored_offset_fits_from_the_log_start_up_to_its_end() {
+        assert_eq!(offset_misfit(0, 0, 0), None);
+        assert_eq!(offset_misfit(5, 0, 5), None);
+        assert_eq!(offset_misfit(3, 3, 10), None);
+        // The in-memory broker came back empty: stored 213,980, log end 38,800.
+        assert_eq!(offset_misfit(213_980, 0, 38_800), Some("past_log_end"));
+        assert_eq!(offset_misfit(1, 0, 0), Some("past_log_end"));
+        // Retention removed records never stored.
+        assert_eq!(offset_misfit(2, 5, 10), Some("before_log_start"));
+    }
+
+    #[test]
+    fn a_resume_fetch_looks_back_but_never_before_the_log_start() {
+        assert_eq!(fetch_start(100, 10, 0), Offset::Offset(90));
+        assert_eq!(fetch_start(5, 10, 0), Offset::Offset(0));
+        assert_eq!(fetch_start(100, 10, 95), Offset::Offset(95));
+        assert_eq!(fetch_start(100, 0, 0), Offset::Offset(100));
+        // A log start past the offset (a misfit being handled) never moves the fetch forward.
+        assert_eq!(fetch_start(3, 10, 8), Offset::Offset(3));
     }
 }

@@ -33,6 +33,38 @@ pub enum DbError {
     Fenced { partition: i32, expected: i64 },
 }
 
+impl DbError {
+    /// The SQLSTATE of an error the server reported, if any.
+    pub fn sqlstate(&self) -> Option<String> {
+        match self {
+            DbError::Sql(sqlx::Error::Database(e)) => e.code().map(|c| c.into_owned()),
+            _ => None,
+        }
+    }
+
+    /// An error that retrying the same rows cannot cure: data exceptions (class 22), integrity
+    /// violations (class 23; the duplicate-id conflict is handled before it gets here) and program
+    /// limits (class 54, e.g. an index row too large). Connection, timeout and serialization
+    /// failures are transient: the batch is retried as it is.
+    pub fn is_permanent(&self) -> bool {
+        self.sqlstate()
+            .is_some_and(|c| c.starts_with("22") || c.starts_with("23") || c.starts_with("54"))
+    }
+
+    /// Errors that are never the rows' fault, however often they repeat: connection exceptions
+    /// (08), transaction rollbacks such as serialization failures (40), insufficient resources
+    /// (53), operator intervention such as a shutdown (57), system errors (58), and anything
+    /// without a SQLSTATE (I/O, pool timeouts).
+    pub fn is_transient(&self) -> bool {
+        match self.sqlstate() {
+            None => true,
+            Some(c) => ["08", "40", "53", "57", "58"]
+                .iter()
+                .any(|p| c.starts_with(p)),
+        }
+    }
+}
+
 /// One event with the Kafka coordinates it came from.
 #[derive(Debug, Clone, Copy)]
 pub struct StoredEvent<'a> {
@@ -56,6 +88,17 @@ pub struct OffsetMove {
 pub struct Stored {
     pub next_offset: i64,
     pub max_event_ts: Option<DateTime<Utc>>,
+}
+
+/// A stored offset moved because it did not fit the broker's log `[log_start, log_end]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OffsetReset {
+    pub partition: i32,
+    pub old_offset: i64,
+    pub new_offset: i64,
+    pub log_start: i64,
+    pub log_end: i64,
+    pub reason: &'static str,
 }
 
 /// Everything one batch writes.
@@ -158,6 +201,53 @@ impl Db {
                 )
             })
             .collect())
+    }
+
+    /// Move a partition's stored offset from `old` to `new` after it was found outside the
+    /// broker's log, and record why; fenced like a batch (a stale owner changes nothing).
+    pub async fn reset_offset(
+        &self,
+        group: &str,
+        topic: &str,
+        reset: &OffsetReset,
+    ) -> Result<(), DbError> {
+        let mut tx = self.pool.begin().await?;
+        let updated = sqlx::query(
+            "UPDATE consumer_offsets SET next_offset = $4, updated_at = now()
+              WHERE consumer_group = $1 AND topic = $2 AND kafka_partition = $3
+                AND next_offset = $5",
+        )
+        .bind(group)
+        .bind(topic)
+        .bind(reset.partition)
+        .bind(reset.new_offset)
+        .bind(reset.old_offset)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if updated != 1 {
+            return Err(DbError::Fenced {
+                partition: reset.partition,
+                expected: reset.old_offset,
+            });
+        }
+        sqlx::query(
+            "INSERT INTO offset_resets (consumer_group, topic, kafka_partition, old_offset,
+                                        new_offset, log_start, log_end, reason)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(group)
+        .bind(topic)
+        .bind(reset.partition)
+        .bind(reset.old_offset)
+        .bind(reset.new_offset)
+        .bind(reset.log_start)
+        .bind(reset.log_end)
+        .bind(reset.reason)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Write a batch in one transaction: the offset moves first (fenced: a stale owner stops here),

@@ -53,19 +53,24 @@ async fn health() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// Ready when Postgres answers, the consume loop runs, and its last write did not fail.
+/// Ready when Postgres answers, the consume loop runs, its last write did not fail, and no partition
+/// is held for an offset outside the broker's log.
 async fn ready(State(s): State<AppState>) -> impl IntoResponse {
     let db = s.db.ping().await;
     let consumer = s.health.running.load(Ordering::Relaxed);
     let writes = s.health.db_ok.load(Ordering::Relaxed);
+    let refused = s.health.refused_partitions.load(Ordering::Relaxed);
+    let ok = db && consumer && writes && refused == 0;
     let body = json!({
-        "status": if db && consumer && writes { "ready" } else { "not_ready" },
+        "status": if ok { "ready" } else { "not_ready" },
         "postgres": if db { "up" } else { "down" },
         "consumer": if consumer { "running" } else { "stopped" },
         "last_write": if writes { "ok" } else { "failing" },
         "events_stored": s.health.stored.load(Ordering::Relaxed),
+        // Partitions paused because their stored offset does not fit the broker's log.
+        "partitions_refused": refused,
     });
-    if db && consumer && writes {
+    if ok {
         (StatusCode::OK, Json(body))
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, Json(body))

@@ -35,6 +35,10 @@ pub enum StartupError {
     Filter(#[from] FilterError),
     #[error(transparent)]
     Pattern(#[from] PatternError),
+    /// The consume loop died (a bug): the process exits non-zero so a supervisor restarts it,
+    /// rather than serving a collector that stores nothing.
+    #[error("the consume loop stopped unexpectedly: {0}")]
+    ConsumerDied(String),
 }
 
 pub struct Application {
@@ -93,6 +97,19 @@ impl Application {
         )?;
         // The loop blocks (poll, and rebalance callbacks that wait for Postgres): give it a thread.
         let consumer_task = tokio::task::spawn_blocking(move || consumer.run());
+        // If the loop ends before shutdown was asked for (it panicked), stop everything now: the
+        // guard in the loop has already turned `/ready` off.
+        let watch = shutdown.clone();
+        let consumer_task = tokio::spawn(async move {
+            let result = consumer_task.await;
+            let died = !watch.is_cancelled();
+            watch.cancel();
+            match result {
+                Err(e) => Err(e.to_string()),
+                Ok(()) if died => Err("the loop returned before shutdown".into()),
+                Ok(()) => Ok(()),
+            }
+        });
         let outbox_stop = CancellationToken::new();
         let outbox = tokio::spawn(crate::alerts::run_outbox(
             self.db.pool().clone(),
@@ -126,12 +143,14 @@ impl Application {
             .await;
         // If the server failed on its own, stop the consumer too.
         shutdown.cancel();
-        if let Err(e) = consumer_task.await {
-            tracing::error!(error = %e, "consumer thread panicked");
-        }
+        let consumer_result = consumer_task.await.unwrap_or_else(|e| Err(e.to_string()));
         // After the last batch committed: publish its alerts, then stop.
         outbox_stop.cancel();
         let _ = outbox.await;
+        if let Err(e) = consumer_result {
+            tracing::error!(error = %e, "consume loop died; exiting");
+            return Err(StartupError::ConsumerDied(e));
+        }
         served.map_err(StartupError::Serve)
     }
 }

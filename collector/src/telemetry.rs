@@ -36,7 +36,9 @@ pub fn late_events(n: u64) {
     counter!("collector_late_events_total").increment(n);
 }
 
-/// Records between the broker's high watermark and the next offset stored in Postgres.
+/// Records between the broker's high watermark and the next offset stored in Postgres. Negative
+/// when the stored offset is past the log's end: an alarm (the offset is then reset or refused),
+/// never shown as 0.
 pub fn consumer_lag(partition: i32, lag: i64) {
     gauge!("collector_consumer_lag", "partition" => partition.to_string()).set(lag as f64);
 }
@@ -52,6 +54,8 @@ pub fn describe() {
     events_filtered(0);
     late_events(0);
     dlq(0);
+    refused_by_database(0);
+    partitions_refused(0);
     for kind in AlertKind::ALL {
         counter!("alerts_raised_total", "kind" => kind.as_str()).increment(0);
     }
@@ -60,4 +64,22 @@ pub fn describe() {
 /// A partition's records arrived with offsets missing and were fetched again.
 pub fn offset_gap() {
     counter!("collector_offset_gaps_total").increment(1);
+}
+
+/// A partition's stored offset did not fit the broker's log and was moved to the log start
+/// (`reason`: `past_log_end` or `before_log_start`).
+pub fn offset_reset(partition: i32, reason: &'static str) {
+    counter!("collector_offset_resets_total", "partition" => partition.to_string(), "reason" => reason)
+        .increment(1);
+}
+
+/// Partitions held paused because their stored offset does not fit the log and the policy is
+/// `refuse`.
+pub fn partitions_refused(n: usize) {
+    gauge!("collector_partitions_refused").set(n as f64);
+}
+
+/// Records the database refused for good, isolated from their batch and sent to the DLQ.
+pub fn refused_by_database(n: u64) {
+    counter!("collector_refused_by_database_total").increment(n);
 }

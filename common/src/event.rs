@@ -17,6 +17,14 @@ pub const MAX_NAME_BYTES: usize = 128;
 pub const MAX_MESSAGE_BYTES: usize = 32 * 1024;
 /// Most attributes one event may carry.
 pub const MAX_ATTRIBUTES: usize = 64;
+/// Most bytes of keys and strings one event's attributes may hold in all.
+pub const MAX_ATTRIBUTES_BYTES: usize = 16 * 1024;
+/// Deepest nesting of objects and arrays inside `attributes`.
+pub const MAX_ATTRIBUTES_DEPTH: usize = 16;
+/// Event timestamps must fall in years 0001..=9999: RFC 3339's range, and well inside what
+/// PostgreSQL's `timestamptz` holds (4713 BC to 294276 AD), so the database never refuses one.
+pub const MIN_YEAR: i32 = 1;
+pub const MAX_YEAR: i32 = 9999;
 
 /// Severity, ordered from least to most severe so filters can say `level >= WARN`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -101,6 +109,53 @@ pub struct LogEvent {
     pub attributes: Map<String, Value>,
 }
 
+/// One attribute value, recursively: no NUL in any key or string, bounded depth and size. The path
+/// for the error is built only when there is an error.
+fn check_attribute(
+    key: &str,
+    value: &Value,
+    depth: usize,
+    bytes: &mut usize,
+    path: &mut dyn FnMut() -> String,
+) -> Result<(), EventError> {
+    if depth > MAX_ATTRIBUTES_DEPTH {
+        return Err(EventError::TooDeep);
+    }
+    *bytes += key.len();
+    if key.contains('\0') {
+        return Err(EventError::NulCharacter(path()));
+    }
+    match value {
+        Value::String(s) => {
+            *bytes += s.len();
+            if s.contains('\0') {
+                return Err(EventError::NulCharacter(path()));
+            }
+        }
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                check_attribute("", item, depth + 1, bytes, &mut || {
+                    format!("{}[{i}]", path())
+                })?;
+            }
+        }
+        Value::Object(map) => {
+            for (k, v) in map {
+                check_attribute(k, v, depth + 1, bytes, &mut || format!("{}.{k}", path()))?;
+            }
+        }
+        Value::Null | Value::Bool(_) | Value::Number(_) => *bytes += 8,
+    }
+    if *bytes > MAX_ATTRIBUTES_BYTES {
+        return Err(EventError::TooLong {
+            field: "attributes",
+            len: *bytes,
+            max: MAX_ATTRIBUTES_BYTES,
+        });
+    }
+    Ok(())
+}
+
 fn string_or_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     Ok(Option::<String>::deserialize(d)?.unwrap_or_default())
 }
@@ -125,6 +180,14 @@ pub enum EventError {
         format: &'static str,
         reason: String,
     },
+    /// PostgreSQL's text and jsonb cannot hold U+0000; refusing it here means the database never
+    /// sees it (it would refuse the whole batch).
+    #[error("field `{0}` contains a NUL character (U+0000), which cannot be stored")]
+    NulCharacter(String),
+    #[error("field `timestamp` {0} is outside years {MIN_YEAR:04}..={MAX_YEAR}")]
+    TimestampOutOfRange(String),
+    #[error("field `attributes` nests deeper than {MAX_ATTRIBUTES_DEPTH} levels")]
+    TooDeep,
 }
 
 impl EventError {
@@ -136,6 +199,9 @@ impl EventError {
             EventError::TooLong { .. } => "too_long",
             EventError::TooManyAttributes(_) => "too_many_attributes",
             EventError::Unparseable { .. } => "unparseable_line",
+            EventError::NulCharacter(_) => "nul_character",
+            EventError::TimestampOutOfRange(_) => "timestamp_out_of_range",
+            EventError::TooDeep => "too_deep",
         }
     }
 }
@@ -160,6 +226,8 @@ impl LogEvent {
         serde_json::to_vec(self).expect("LogEvent serializes")
     }
 
+    /// Everything PostgreSQL would refuse is refused here, naming the field: the gateway answers
+    /// 422 with it, the collector sends such records to the DLQ. Shared so the two never disagree.
     pub fn validate(&self) -> Result<(), EventError> {
         fn non_empty(field: &'static str, v: &str) -> Result<(), EventError> {
             if v.trim().is_empty() {
@@ -195,6 +263,27 @@ impl LogEvent {
         }
         if self.attributes.len() > MAX_ATTRIBUTES {
             return Err(EventError::TooManyAttributes(self.attributes.len()));
+        }
+        let year = chrono::Datelike::year(&self.timestamp);
+        if !(MIN_YEAR..=MAX_YEAR).contains(&year) {
+            return Err(EventError::TimestampOutOfRange(self.timestamp.to_rfc3339()));
+        }
+        for (field, v) in [
+            ("event_id", self.event_id.as_str()),
+            ("service", &self.service),
+            ("component", &self.component),
+            ("host", &self.host),
+            ("message", &self.message),
+            ("trace_id", self.trace_id.as_deref().unwrap_or_default()),
+            ("span_id", self.span_id.as_deref().unwrap_or_default()),
+        ] {
+            if v.contains('\0') {
+                return Err(EventError::NulCharacter(field.to_owned()));
+            }
+        }
+        let mut bytes = 0;
+        for (k, v) in &self.attributes {
+            check_attribute(k, v, 1, &mut bytes, &mut || format!("attributes.{k}"))?;
         }
         Ok(())
     }
@@ -261,6 +350,71 @@ mod tests {
         let err = LogEvent::from_json(raw).unwrap_err();
         assert_eq!(err.kind(), "invalid_json");
         assert!(err.to_string().contains("LOUD"), "{err}");
+    }
+
+    #[test]
+    fn a_nul_character_anywhere_is_refused_naming_its_field() {
+        let mut e = sample();
+        e.message = "a\0b".into();
+        assert_eq!(
+            e.validate(),
+            Err(EventError::NulCharacter("message".into()))
+        );
+        let raw =
+            br#"{"event_id":"1","timestamp":"2026-11-23T08:00:00Z","level":"INFO","service":"s",
+            "message":"m","attributes":{"req":{"headers":[{"x":"ok"},{"y":"a\u0000"}]}}}"#;
+        let err = LogEvent::from_json(raw).unwrap_err();
+        assert_eq!(
+            err,
+            EventError::NulCharacter("attributes.req.headers[1].y".into())
+        );
+        assert_eq!(err.kind(), "nul_character");
+        let key =
+            br#"{"event_id":"1","timestamp":"2026-11-23T08:00:00Z","level":"INFO","service":"s",
+            "message":"m","attributes":{"k\u0000":1}}"#;
+        assert_eq!(
+            LogEvent::from_json(key).unwrap_err().kind(),
+            "nul_character"
+        );
+    }
+
+    #[test]
+    fn timestamps_outside_years_1_to_9999_are_refused() {
+        for (ts, ok) in [
+            ("-5000-01-01T00:00:00Z", false),
+            ("0000-12-31T23:59:59Z", false),
+            ("0001-01-01T00:00:00Z", true),
+            ("9999-12-31T23:59:59.999Z", true),
+            ("+10000-01-01T00:00:00Z", false),
+        ] {
+            let Ok(t) = ts.parse::<DateTime<Utc>>() else {
+                assert!(!ok, "{ts} should parse");
+                continue;
+            };
+            let mut e = sample();
+            e.timestamp = t;
+            assert_eq!(e.validate().is_ok(), ok, "{ts}");
+            if !ok {
+                assert_eq!(e.validate().unwrap_err().kind(), "timestamp_out_of_range");
+            }
+        }
+    }
+
+    #[test]
+    fn attributes_too_deep_or_too_large_are_refused() {
+        let mut e = sample();
+        let mut v = Value::String("leaf".into());
+        for _ in 0..MAX_ATTRIBUTES_DEPTH + 1 {
+            v = serde_json::json!([v]);
+        }
+        e.attributes.insert("deep".into(), v);
+        assert_eq!(e.validate(), Err(EventError::TooDeep));
+        let mut e = sample();
+        e.attributes.insert(
+            "big".into(),
+            Value::String("x".repeat(MAX_ATTRIBUTES_BYTES)),
+        );
+        assert_eq!(e.validate().unwrap_err().kind(), "too_long");
     }
 
     #[test]

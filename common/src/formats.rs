@@ -221,6 +221,11 @@ pub fn parse_syslog(line: &str, ctx: &LineContext<'_>) -> Result<LogEvent, Event
         if rest.len() < 16 {
             return Err(bad(F, "line too short for an RFC 3164 header"));
         }
+        // A multibyte character across the 15-byte header's end is not a timestamp (and would
+        // panic `split_at`).
+        if !rest.is_char_boundary(15) {
+            return Err(bad(F, "bad RFC 3164 timestamp (non-ASCII)"));
+        }
         let (stamp, r) = rest.split_at(15);
         let timestamp = bsd_timestamp(stamp, ctx.received_at)
             .ok_or_else(|| bad(F, format!("bad timestamp {stamp:?}")))?;
@@ -322,6 +327,22 @@ mod tests {
             default_service: "web",
             received_at: "2026-11-23T10:00:00Z".parse().unwrap(),
         }
+    }
+
+    #[test]
+    fn a_multibyte_character_in_any_header_position_is_an_error_not_a_panic() {
+        let base = "<13>Nov 23 07:58:01 host app: x";
+        for cut in 0..base.len() {
+            for ch in ["é", "€", "😀"] {
+                let mut line = base.to_owned();
+                if line.is_char_boundary(cut) {
+                    line.insert_str(cut, ch);
+                    let _ = parse_line(&line, &ctx());
+                }
+            }
+        }
+        let err = parse_line("<13>Nov 23 07:58:0é host app: x", &ctx()).unwrap_err();
+        assert_eq!(err.kind(), "unparseable_line");
     }
 
     #[test]

@@ -213,6 +213,52 @@ pub fn spawn_listening(cmd: &mut std::process::Command, port: u16) -> std::proce
     panic!("{cmd:?} did not listen on port {port}");
 }
 
+/// The Tansu binary `./test.sh` builds into the per-user cache (or `TANSU_BIN`).
+pub fn tansu_bin() -> std::path::PathBuf {
+    use std::path::PathBuf;
+    if let Ok(p) = std::env::var("TANSU_BIN") {
+        return p.into();
+    }
+    let cache = std::env::var("LOGPIPE_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").expect("HOME")).join(".cache/logpipe")
+        });
+    let bin = cache.join("tansu-0.6.0/bin/tansu");
+    assert!(
+        bin.exists(),
+        "Tansu not found at {}; ./test.sh builds it",
+        bin.display()
+    );
+    bin
+}
+
+/// A private Tansu broker on `port`, run from `dir` (its log goes to `dir/broker.log`), with the
+/// given storage engine (`memory://tansu/`, or `sqlite://tansu.db` to survive a restart).
+pub fn start_tansu(port: u16, dir: &std::path::Path, storage: &str) -> std::process::Child {
+    use std::process::{Command, Stdio};
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("broker.log"))
+        .expect("broker log");
+    let url = format!("tcp://127.0.0.1:{port}");
+    let mut cmd = Command::new(tansu_bin());
+    cmd.args([
+        "broker",
+        "--listener-url",
+        &url,
+        "--advertised-listener-url",
+        &url,
+    ])
+    .args(["--storage-engine", storage])
+    .current_dir(dir)
+    .stdin(Stdio::null())
+    .stdout(log.try_clone().expect("broker log"))
+    .stderr(log);
+    spawn_listening(&mut cmd, port)
+}
+
 /// A private Redis on `port`, so a test can stop and restart it without touching the shared one.
 pub fn start_redis(port: u16) -> std::process::Child {
     let mut cmd = std::process::Command::new("redis-server");
@@ -351,6 +397,37 @@ pub async fn consume_n(
                 out.len()
             ),
         }
+    }
+    out
+}
+
+/// Every record of `topic` from the beginning: read until none has arrived for `quiet`.
+pub async fn read_topic(
+    kafka: &KafkaSettings,
+    topic: &str,
+    quiet: Duration,
+) -> Vec<rdkafka::message::OwnedMessage> {
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    let consumer: StreamConsumer = kafka
+        .client_config("test-reader")
+        .set(
+            "group.id",
+            format!("{topic}-reader-{:08x}", rand::random::<u32>()),
+        )
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("test consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let mut out = Vec::new();
+    // The group join takes a moment before the first record can arrive.
+    let mut wait = quiet.max(Duration::from_secs(10));
+    while let Ok(next) = tokio::time::timeout(wait, consumer.recv()).await {
+        out.push(
+            next.unwrap_or_else(|e| panic!("consuming {topic}: {e}"))
+                .detach(),
+        );
+        wait = quiet;
     }
     out
 }

@@ -3,8 +3,7 @@
 //! SIGKILL mid-run, and starts it again on the same port and data directory.
 
 use std::collections::HashSet;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::Duration;
 
 use logpipe_generator::engine::{RunParams, StartRequest};
@@ -12,45 +11,8 @@ use logpipe_integration_tests as it;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::Message;
 
-fn tansu_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("TANSU_BIN") {
-        return p.into();
-    }
-    let cache = std::env::var("LOGPIPE_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            PathBuf::from(std::env::var("HOME").expect("HOME")).join(".cache/logpipe")
-        });
-    let bin = cache.join("tansu-0.6.0/bin/tansu");
-    assert!(
-        bin.exists(),
-        "Tansu not found at {}; ./test.sh builds it",
-        bin.display()
-    );
-    bin
-}
-
 fn start_broker(port: u16, dir: &std::path::Path) -> Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("broker.log"))
-        .unwrap();
-    let url = format!("tcp://127.0.0.1:{port}");
-    let mut cmd = Command::new(tansu_bin());
-    cmd.args([
-        "broker",
-        "--listener-url",
-        &url,
-        "--advertised-listener-url",
-        &url,
-    ])
-    .args(["--storage-engine", "sqlite://tansu.db"])
-    .current_dir(dir)
-    .stdin(Stdio::null())
-    .stdout(log.try_clone().unwrap())
-    .stderr(log);
-    it::spawn_listening(&mut cmd, port)
+    it::start_tansu(port, dir, "sqlite://tansu.db")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -109,6 +109,8 @@ start_service() {
     start_bg "$name" "$RUN_DIR" "$RUN_DIR/logs/$name.log" "$RUN_DIR/pids/$name.pid" "$BIN/logpipe-$name" "$@"
 }
 
+# stop.sh reads where the collector listens, to wait for it to drain before the broker stops.
+echo "COLLECTOR_PORT=$COLLECTOR_PORT" >"$RUN_DIR/ports.env"
 start_service collector "$COLLECTOR_PORT" --port "$COLLECTOR_PORT" --brokers "$BROKERS" \
     --database-url "$DATABASE_URL"
 start_service generator "$GENERATOR_PORT" --port "$GENERATOR_PORT" --brokers "$BROKERS" \

@@ -649,6 +649,26 @@ mod tests {
     }
 
     #[test]
+    fn what_postgres_would_refuse_is_refused_by_index_naming_the_field() {
+        let body = format!(
+            r#"[{GOOD},{{"timestamp":"2026-11-23T07:59:00Z","level":"ERROR","service":"payments","message":"a\u0000b"}},{{"timestamp":"2026-11-23T07:59:00Z","level":"INFO","service":"api","message":"m","attributes":{{"a":[{{"b":"\u0000"}}]}}}},{{"timestamp":"-5000-01-01T00:00:00Z","level":"INFO","service":"api","message":"m"}}]"#
+        );
+        let p = ctx().parse(BodyFormat::Json, body.as_bytes()).unwrap();
+        assert_eq!(p.events.len(), 1);
+        let got: Vec<(usize, &str, &str)> = p
+            .rejected
+            .iter()
+            .map(|r| (r.index, r.error, r.detail.as_str()))
+            .collect();
+        assert_eq!(got[0].0, 1);
+        assert_eq!(got[0].1, "nul_character");
+        assert!(got[0].2.contains("`message`"), "{got:?}");
+        assert_eq!(got[1].0, 2);
+        assert!(got[1].2.contains("`attributes.a[0].b`"), "{got:?}");
+        assert_eq!((got[2].0, got[2].1), (3, "timestamp_out_of_range"));
+    }
+
+    #[test]
     fn a_single_object_body_with_a_null_id_gets_an_id_and_a_non_object_line_names_why() {
         let body = r#" {"event_id":null,"timestamp":"2026-11-23T07:59:00Z","level":"INFO","service":"api","message":"ok"}"#;
         let p = ctx().parse(BodyFormat::Json, body.as_bytes()).unwrap();

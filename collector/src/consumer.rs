@@ -18,6 +18,8 @@
 //! - A batch the database refuses for good (a data or integrity error, or the same error twice) is
 //!   split until the refused records stand alone; those go to the DLQ and the rest commit, so one
 //!   bad record never stalls a partition. A record whose parser panics is dead-lettered too.
+//! - When the connection to the broker drops, fetching pauses until the broker answers metadata
+//!   with the topic present (recreated if the broker came back empty); see `BrokerHold`.
 //! - A stored offset outside the broker's log (past its end after the broker lost its data, before
 //!   its start after retention) is found on assignment, on a fetch the broker refuses, and every
 //!   5 s against the watermarks; it is logged at ERROR, counted, and reset to the log start (and
@@ -35,6 +37,7 @@ use futures::future::join_all;
 use logpipe_common::event::EventError;
 use logpipe_common::formats::{derived_id, parse_line, LineContext};
 use logpipe_common::LogEvent;
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Message, OwnedHeaders};
@@ -103,6 +106,9 @@ struct Owned {
     log_start: i64,
     /// Why the partition is held paused (its stored offset does not fit the log), if it is.
     refused: Option<&'static str>,
+    /// A misfit seen in one statistics snapshot, with the stored offset then: acted on only if
+    /// the next snapshot confirms it (see `confirmed_misfit`).
+    suspect: Option<(&'static str, i64)>,
 }
 
 impl Owned {
@@ -117,7 +123,27 @@ impl Owned {
             services: BTreeSet::new(),
             log_start: 0,
             refused: None,
+            suspect: None,
         }
+    }
+}
+
+/// A misfit is acted on only when two statistics snapshots in a row show it: librdkafka reads a
+/// partition's bounds for a snapshot without ordering that against the records it queues, so one
+/// snapshot can lag behind records already consumed; the next one (a second later) cannot.
+/// `previous` is the misfit and stored offset seen at the last snapshot.
+fn confirmed_misfit(
+    previous: Option<(&'static str, i64)>,
+    expected: i64,
+    low: i64,
+    high: i64,
+) -> (Option<&'static str>, Option<(&'static str, i64)>) {
+    let Some(reason) = offset_misfit(expected, low, high) else {
+        return (None, None);
+    };
+    match previous {
+        Some((_, before)) if offset_misfit(before, low, high).is_some() => (Some(reason), None),
+        _ => (None, Some((reason, expected))),
     }
 }
 
@@ -142,6 +168,23 @@ struct CollectorContext {
     policy: OffsetPolicy,
     ownership: Arc<Mutex<Ownership>>,
     cancel: CancellationToken,
+    /// Set from librdkafka's threads when a broker connection fails (see `BrokerHold`).
+    broker_lost: AtomicBool,
+    /// The log's bounds per partition as the latest fetch responses told them (see `Bounds`).
+    bounds: Mutex<Bounds>,
+}
+
+/// Each partition's log start and end as carried by fetch responses, from librdkafka's statistics
+/// (once a second). The offset-fit check and the lag use these, not a ListOffsets query: Tansu
+/// 0.6's in-memory engine answers ListOffsets(latest) with the base offset of the newest record
+/// batch plus one, short of the log's end by the rest of that batch (the "short ListOffsets"
+/// workaround); its fetch responses carry the true high watermark, as Kafka's do.
+#[derive(Debug, Default)]
+struct Bounds {
+    /// Counts statistics snapshots, so the loop knows a new one arrived.
+    snapshot: u64,
+    /// partition -> (log start, log end); -1 when not known (no fetch response yet, or an error).
+    partitions: HashMap<i32, (i64, i64)>,
 }
 
 /// How a consumed record relates to the offset its partition expects next.
@@ -166,7 +209,70 @@ fn fetch_start(next: i64, lookback: i64, log_start: i64) -> Offset {
     )
 }
 
-impl ClientContext for CollectorContext {}
+/// Tansu workaround, the "unknown-topic fetch crash": Tansu 0.6 answers a fetch for a topic it
+/// does not have (an in-memory broker restarted, before anyone recreated the topic) with a zero
+/// topic id and a `CurrentLeader` tag; librdkafka 2.12 turns that tag into a metadata update for a
+/// topic with no name and crashes (SIGSEGV in `rd_kafka_metadata_cache_find`). So when a broker
+/// connection fails, the loop pauses every partition before librdkafka reconnects (reconnect
+/// backoff 1 s), and resumes only once the broker answers metadata with the topic present,
+/// creating it again if it is missing. On Apache Kafka the pause lasts one metadata round trip.
+#[derive(Debug, Default)]
+struct BrokerHold {
+    held: bool,
+    next_probe: Option<Instant>,
+}
+
+impl ClientContext for CollectorContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        // librdkafka logs every broker connection failure (a disconnect, a refused connect)
+        // under the FAIL facility, at once and from the broker's thread.
+        if fac == "FAIL" {
+            self.broker_lost.store(true, Ordering::Relaxed);
+        }
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => {
+                tracing::error!(target: "librdkafka", "librdkafka: {fac} {log_message}");
+            }
+            RDKafkaLogLevel::Warning => {
+                tracing::warn!(target: "librdkafka", "librdkafka: {fac} {log_message}");
+            }
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!(target: "librdkafka", "librdkafka: {fac} {log_message}");
+            }
+            RDKafkaLogLevel::Debug => {
+                tracing::debug!(target: "librdkafka", "librdkafka: {fac} {log_message}");
+            }
+        }
+    }
+
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let Some(topic) = statistics.topics.get(&self.topic) else {
+            return;
+        };
+        let mut bounds = self.bounds.lock().expect("bounds lock");
+        bounds.snapshot += 1;
+        for (&p, part) in &topic.partitions {
+            if p >= 0 {
+                bounds
+                    .partitions
+                    .insert(p, (part.lo_offset, part.hi_offset));
+            }
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        if matches!(
+            error.rdkafka_error_code(),
+            Some(RDKafkaErrorCode::BrokerTransportFailure | RDKafkaErrorCode::AllBrokersDown)
+        ) {
+            self.broker_lost.store(true, Ordering::Relaxed);
+        }
+        tracing::error!(target: "librdkafka", "librdkafka: {error}: {reason}");
+    }
+}
 
 impl ConsumerContext for CollectorContext {
     fn rebalance(
@@ -186,27 +292,21 @@ impl ConsumerContext for CollectorContext {
             .collect();
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                let mut stored = self.claim_with_retry(&partitions);
-                let mut fitted = BTreeMap::new();
-                for (&p, st) in stored.iter_mut() {
-                    fitted.insert(p, self.fit_on_assign(consumer, p, st));
-                }
+                let stored = self.claim_with_retry(&partitions);
                 let mut own = self.ownership.lock().expect("ownership lock");
                 own.epoch += 1;
                 let epoch = own.epoch;
                 for (&p, &st) in &stored {
-                    let (log_start, refused) = fitted[&p];
+                    // Whether the stored offset fits the log is checked once the first fetch
+                    // response tells the log's bounds (see `check_offsets`).
                     if let Err(e) = tpl.set_partition_offset(
                         &self.topic,
                         p,
-                        fetch_start(st.next_offset, self.lookback, log_start),
+                        fetch_start(st.next_offset, self.lookback, 0),
                     ) {
                         tracing::error!(partition = p, error = %e, "cannot set start offset");
                     }
-                    let mut o = Owned::new(epoch, st);
-                    o.log_start = log_start;
-                    o.refused = refused;
-                    own.partitions.insert(p, o);
+                    own.partitions.insert(p, Owned::new(epoch, st));
                 }
                 drop(own);
                 tracing::info!(?stored, "partitions assigned; resuming from stored offsets");
@@ -253,39 +353,6 @@ impl ConsumerContext for CollectorContext {
 }
 
 impl CollectorContext {
-    /// On assignment: check the stored offset against the broker's log and, if it does not fit,
-    /// apply the policy (the stored offset is moved in place). Returns the log start and why the
-    /// partition must stay paused, if it must.
-    fn fit_on_assign(
-        &self,
-        consumer: &BaseConsumer<Self>,
-        partition: i32,
-        stored: &mut Stored,
-    ) -> (i64, Option<&'static str>) {
-        let (low, high) = match consumer.fetch_watermarks(
-            &self.topic,
-            partition,
-            Duration::from_secs(5),
-        ) {
-            Ok(w) => w,
-            Err(e) => {
-                // The periodic check (every 5 s) tries again.
-                tracing::warn!(partition, error = %e, "cannot read the log's bounds on assignment");
-                return (0, None);
-            }
-        };
-        let Some(reason) = offset_misfit(stored.next_offset, low, high) else {
-            return (low, None);
-        };
-        match self.apply_policy(partition, stored.next_offset, low, high, reason) {
-            Ok(new) => {
-                stored.next_offset = new;
-                (low, None)
-            }
-            Err(()) => (low, Some(reason)),
-        }
-    }
-
     /// A stored offset outside `[low, high]`: log it at ERROR, then reset it to the log start
     /// (recorded in Postgres, counted) and return the new offset, or, with the `refuse` policy or
     /// when the reset cannot be recorded, return `Err` (the partition stays paused).
@@ -408,6 +475,7 @@ pub struct ConsumerLoop {
     last_failure: Cell<Option<String>>,
     /// Set when the broker refused a fetch position: check every partition's offsets now.
     check_offsets_now: Cell<bool>,
+    hold: std::cell::RefCell<BrokerHold>,
 }
 
 /// A failed write leaves the partitions paused until this moment.
@@ -436,8 +504,13 @@ impl ConsumerLoop {
             policy: config.consumer.offset_out_of_range,
             ownership: ownership.clone(),
             cancel: cancel.clone(),
+            broker_lost: AtomicBool::new(false),
+            bounds: Mutex::default(),
         };
         let mut client = config.kafka.client_config("logpipe-collector");
+        // Connection failures must reach `CollectorContext::log` (see `BrokerHold`) whatever the
+        // log filter; the context forwards them to tracing, which filters.
+        client.set_log_level(RDKafkaLogLevel::Info);
         if let Some(id) = &config.consumer.group_instance_id {
             client.set("group.instance.id", id);
         }
@@ -454,6 +527,10 @@ impl ConsumerLoop {
             .set("max.poll.interval.ms", "300000")
             // Bounds what librdkafka prefetches, so a stalled database means bounded memory.
             .set("queued.max.messages.kbytes", "65536")
+            // Time for the loop to pause fetching after a connection failure (see `BrokerHold`).
+            .set("reconnect.backoff.ms", "1000")
+            // Each partition's log bounds from fetch responses, once a second (see `Bounds`).
+            .set("statistics.interval.ms", "1000")
             .create_with_context(context)?;
         consumer.subscribe(&[&config.kafka.raw_topic])?;
         let dlq: FutureProducer = config
@@ -477,6 +554,7 @@ impl ConsumerLoop {
             cancel,
             last_failure: Cell::new(None),
             check_offsets_now: Cell::new(false),
+            hold: Default::default(),
         })
     }
 
@@ -491,17 +569,18 @@ impl ConsumerLoop {
         let mut oldest: Option<Instant> = None;
         let mut seen_epoch = 0;
         let mut backoff: Option<Backoff> = None;
-        let mut last_lag = Instant::now();
+        let mut last_snapshot = 0;
         let mut last_idle_check = Instant::now();
         while !self.cancel.is_cancelled() {
             let polled = self.consumer.poll(Duration::from_millis(50));
+            self.watch_broker(backoff.is_some());
             // A rebalance inside poll may have revoked partitions: forget their buffered records.
             let epoch = self.ownership.lock().expect("ownership lock").epoch;
             if epoch != seen_epoch {
                 seen_epoch = epoch;
                 self.retain_owned(&mut batch);
-                if backoff.is_some() {
-                    // Newly assigned partitions wait for the database too.
+                if backoff.is_some() || self.hold.borrow().held {
+                    // Newly assigned partitions wait for the database (or the broker) too.
                     self.pause_all();
                 }
                 self.pause_refused();
@@ -521,8 +600,18 @@ impl ConsumerLoop {
                 Some(Err(e)) => tracing::warn!(error = %e, "consume error"),
                 None => {}
             }
-            if last_lag.elapsed() >= Duration::from_secs(5) || self.check_offsets_now.take() {
-                last_lag = Instant::now();
+            if self.check_offsets_now.take() {
+                self.check_offsets_by_query(&mut batch);
+            }
+            let snapshot = self
+                .consumer
+                .context()
+                .bounds
+                .lock()
+                .expect("bounds lock")
+                .snapshot;
+            if snapshot != last_snapshot {
+                last_snapshot = snapshot;
                 self.check_offsets(&mut batch);
             }
             if let Some(b) = &backoff {
@@ -538,7 +627,7 @@ impl ConsumerLoop {
                 match self.flush(&mut batch) {
                     Ok(()) => {
                         oldest = None;
-                        if backoff.take().is_some() {
+                        if backoff.take().is_some() && !self.hold.borrow().held {
                             tracing::info!("database writes succeed again; resuming partitions");
                             self.resume_all();
                             self.pause_refused();
@@ -611,6 +700,66 @@ impl ConsumerLoop {
         }
     }
 
+    /// See `BrokerHold`: pause on a connection failure; while held, probe the broker every 500 ms
+    /// and resume once it has the topic (creating it again if it came back without it).
+    fn watch_broker(&self, db_backoff: bool) {
+        let ctx = self.consumer.context();
+        if ctx.broker_lost.swap(false, Ordering::Relaxed) && !self.hold.borrow().held {
+            tracing::warn!("a broker connection failed; fetching paused until the broker answers with the topic");
+            self.pause_all();
+            *self.hold.borrow_mut() = BrokerHold {
+                held: true,
+                next_probe: Some(Instant::now() + Duration::from_millis(500)),
+            };
+            return;
+        }
+        let due = {
+            let h = self.hold.borrow();
+            h.held && h.next_probe.is_none_or(|t| Instant::now() >= t)
+        };
+        if !due {
+            return;
+        }
+        self.hold.borrow_mut().next_probe = Some(Instant::now() + Duration::from_millis(500));
+        let topic = &self.config.kafka.raw_topic;
+        let present = match self
+            .consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(1))
+        {
+            Ok(md) => md
+                .topics()
+                .iter()
+                .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty()),
+            Err(e) => {
+                tracing::debug!(error = %e, "broker not answering yet");
+                return;
+            }
+        };
+        if !present {
+            tracing::warn!(
+                topic,
+                "the broker answers without the topic (did it lose its data?); creating it"
+            );
+            let topics = self.config.kafka.topics();
+            if let Err(e) = self.rt.block_on(logpipe_common::kafka::ensure_topics(
+                &self.config.kafka,
+                &topics,
+            )) {
+                tracing::error!(error = %e, "cannot create the topics again; retrying");
+            }
+            return;
+        }
+        tracing::info!("the broker answers with the topic; fetching resumes");
+        *self.hold.borrow_mut() = BrokerHold::default();
+        // Anything swallowed while held is looked at again now.
+        ctx.broker_lost.store(false, Ordering::Relaxed);
+        if !db_backoff {
+            self.resume_all();
+        }
+        self.pause_refused();
+        self.check_offsets_now.set(true);
+    }
+
     fn partition_list(&self, p: i32) -> TopicPartitionList {
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition(&self.config.kafka.raw_topic, p);
@@ -639,10 +788,63 @@ impl ConsumerLoop {
         telemetry::partitions_refused(refused.len());
     }
 
-    /// Per owned partition: lag (the broker's high watermark minus the next offset stored in
-    /// Postgres; negative when the stored offset is past the log's end) and whether the stored
-    /// offset still fits the log. One that does not is handled by the policy, never skipped.
+    /// On each statistics snapshot, per owned partition: lag (the log's end, as the latest fetch
+    /// response told it, minus the next offset stored in Postgres; negative when the stored
+    /// offset is past the log's end) and whether the stored offset fits the log. One that does
+    /// not, confirmed by the next snapshot, is handled by the policy, never skipped.
     fn check_offsets(&self, batch: &mut Vec<Pending>) {
+        let bounds = self
+            .consumer
+            .context()
+            .bounds
+            .lock()
+            .expect("bounds lock")
+            .partitions
+            .clone();
+        let mut misfits = Vec::new();
+        {
+            let mut own = self.ownership.lock().expect("ownership lock");
+            for (p, o) in own.partitions.iter_mut() {
+                let Some(&(low, high)) = bounds.get(p) else {
+                    continue;
+                };
+                if high < 0 {
+                    continue;
+                }
+                let low = low.max(0);
+                o.log_start = low;
+                let (misfit, suspect) = confirmed_misfit(o.suspect, o.expected, low, high);
+                o.suspect = suspect;
+                // An unconfirmed misfit may be a stale snapshot: no alarm for it yet.
+                let lag = if suspect.is_some() {
+                    0
+                } else {
+                    high - o.expected
+                };
+                telemetry::consumer_lag(*p, lag);
+                if let Some(reason) = misfit {
+                    misfits.push((*p, low, high, reason));
+                } else if let Some(reason) = o.refused.filter(|_| {
+                    suspect.is_none()
+                        && self.config.consumer.offset_out_of_range == OffsetPolicy::ResetToStart
+                }) {
+                    // An earlier reset could not be recorded and the offset fits again (the new
+                    // log grew past it): the log is still not the one the offset was stored
+                    // against, so reset it now rather than skip.
+                    misfits.push((*p, low, high, reason));
+                }
+            }
+        }
+        for (p, low, high, reason) in misfits {
+            self.handle_misfit(batch, p, low, high, reason);
+        }
+        self.pause_refused();
+    }
+
+    /// After the broker refused a fetch position (Kafka's OFFSET_OUT_OF_RANGE; the error does not
+    /// name the partition): ask the broker for each partition's bounds. The answer is trusted only
+    /// where the fetch responses do not contradict it (see `Bounds` for why).
+    fn check_offsets_by_query(&self, batch: &mut Vec<Pending>) {
         let owned: Vec<(i32, i64)> = self
             .ownership
             .lock()
@@ -651,33 +853,29 @@ impl ConsumerLoop {
             .iter()
             .map(|(p, o)| (*p, o.expected))
             .collect();
+        let bounds = self
+            .consumer
+            .context()
+            .bounds
+            .lock()
+            .expect("bounds lock")
+            .partitions
+            .clone();
         for (p, expected) in owned {
-            // A broker round trip each; a short timeout, and no more tries this round on failure.
-            let (low, high) = match self.consumer.fetch_watermarks(
+            let Ok((low, high)) = self.consumer.fetch_watermarks(
                 &self.config.kafka.raw_topic,
                 p,
-                Duration::from_millis(300),
-            ) {
-                Ok((low, high)) if high >= 0 => (low.max(0), high),
-                Ok(_) => continue,
-                Err(_) => break,
+                Duration::from_secs(2),
+            ) else {
+                continue;
             };
-            telemetry::consumer_lag(p, high - expected);
-            let refused = {
-                let mut own = self.ownership.lock().expect("ownership lock");
-                let Some(o) = own.partitions.get_mut(&p) else {
-                    continue;
-                };
-                o.log_start = low;
-                o.refused
+            let low = low.max(0);
+            let Some(reason) = offset_misfit(expected, low, high) else {
+                continue;
             };
-            if let Some(reason) = offset_misfit(expected, low, high) {
-                self.handle_misfit(batch, p, low, high, reason);
-            } else if let Some(reason) = refused
-                .filter(|_| self.config.consumer.offset_out_of_range == OffsetPolicy::ResetToStart)
-            {
-                // An earlier reset could not be recorded and the offset fits again (the new log
-                // grew past it): the log is still not the one the offset was stored against.
+            let fetched = bounds.get(&p).copied().filter(|b| b.1 >= 0);
+            if fetched.is_none_or(|(l, h)| offset_misfit(expected, l.max(0), h).is_some()) {
+                telemetry::consumer_lag(p, high - expected);
                 self.handle_misfit(batch, p, low, high, reason);
             }
         }
@@ -734,6 +932,7 @@ impl ConsumerLoop {
                     o.gap = None;
                     o.log_start = low;
                     o.refused = None;
+                    o.suspect = None;
                 }
                 drop(own);
                 if let Err(e) = self.consumer.seek(
@@ -1528,5 +1727,22 @@ mod tests {
         assert_eq!(fetch_start(100, 0, 0), Offset::Offset(100));
         // A log start past the offset (a misfit being handled) never moves the fetch forward.
         assert_eq!(fetch_start(3, 10, 8), Offset::Offset(3));
+    }
+
+    #[test]
+    fn a_misfit_counts_only_when_the_next_snapshot_confirms_it() {
+        // First sight: suspected, not acted on.
+        let (act, suspect) = confirmed_misfit(None, 200, 0, 100);
+        assert_eq!(act, None);
+        assert_eq!(suspect, Some(("past_log_end", 200)));
+        // A later snapshot caught up with the records already consumed: no misfit at all.
+        assert_eq!(confirmed_misfit(suspect, 250, 0, 260), (None, None));
+        // The next snapshot shows it again (even with more stored since): act.
+        let (act, suspect) = confirmed_misfit(Some(("past_log_end", 200)), 200, 0, 40);
+        assert_eq!((act, suspect), (Some("past_log_end"), None));
+        // A snapshot whose end passed the earlier offset, with the new one still past it: the
+        // earlier sighting was a stale snapshot; start over.
+        let (act, suspect) = confirmed_misfit(Some(("past_log_end", 200)), 300, 0, 250);
+        assert_eq!((act, suspect), (None, Some(("past_log_end", 300))));
     }
 }

@@ -47,6 +47,9 @@ pub struct Running {
     pub addr: SocketAddr,
     pub token: CancellationToken,
     pub task: JoinHandle<()>,
+    /// A test that fails (panics) still stops its services: a blocking thread that waits for
+    /// shutdown would otherwise keep the test's runtime, and the whole run, from ending.
+    _stop_on_drop: tokio_util::sync::DropGuard,
 }
 
 impl Running {
@@ -86,7 +89,12 @@ where
             panic!("service failed: {e}");
         }
     });
-    Running { addr, token, task }
+    Running {
+        addr,
+        _stop_on_drop: token.clone().drop_guard(),
+        token,
+        task,
+    }
 }
 
 pub async fn start_generator(config: logpipe_generator::config::GeneratorConfig) -> Running {

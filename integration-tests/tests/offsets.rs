@@ -193,14 +193,19 @@ async fn with_the_refuse_policy_a_broker_that_comes_back_empty_pauses_the_partit
     .unwrap();
     s.restart_broker_empty().await;
     produce(&s.kafka, &events(3, 100)).await;
-    it::wait_status(&s.collector.url("/ready"), 503, WAIT).await;
-    let body: serde_json::Value = reqwest::get(s.collector.url("/ready"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(body["partitions_refused"], 2, "{body}");
+    // Each partition is found on its own check (assignment, a refused fetch, or the 5 s round).
+    let ready = s.collector.url("/ready");
+    it::wait_for("both partitions refused", WAIT, || async {
+        let r = reqwest::get(&ready).await.map_err(|e| e.to_string())?;
+        let status = r.status().as_u16();
+        let body: serde_json::Value = r.json().await.map_err(|e| e.to_string())?;
+        if status == 503 && body["partitions_refused"] == 2 {
+            Ok(())
+        } else {
+            Err(format!("{status} {body}"))
+        }
+    })
+    .await;
     // Nothing moved: no rows stored from the new log, no offset changed, no reset recorded.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(

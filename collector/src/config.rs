@@ -40,10 +40,18 @@ pub struct ConsumerSettings {
     /// notice the old member is gone (after a SIGKILL, Tansu 0.6 sometimes never hands the
     /// partitions on). Must be unique per running instance (a pod or host name); unset = dynamic.
     pub group_instance_id: Option<String>,
-    /// A batch is written when it holds this many records...
+    /// A batch is written when it holds this many records, or when the consumer has caught up
+    /// (nothing more is queued: an idle pipeline writes each event at once)...
     pub batch_max_events: usize,
     /// ...or when its oldest record has waited this long.
     pub batch_max_ms: u64,
+    /// How long the broker may hold a fetch when it has nothing new (librdkafka
+    /// `fetch.wait.max.ms`). Bounds the latency of an event on a quiet pipeline. Tansu 0.6 also
+    /// spends about this long on every fetch, data or not, so it is kept short.
+    pub fetch_wait_max_ms: u32,
+    /// Most bytes fetched per partition per request (`max.partition.fetch.bytes`): large, so a
+    /// backlog drains in few round trips.
+    pub max_partition_fetch_bytes: u32,
     /// First retry delay after a failed write; doubles up to `retry_max_ms`.
     pub retry_initial_ms: u64,
     pub retry_max_ms: u64,
@@ -123,6 +131,8 @@ impl Default for ConsumerSettings {
             group_instance_id: None,
             batch_max_events: 5_000,
             batch_max_ms: 200,
+            fetch_wait_max_ms: 20,
+            max_partition_fetch_bytes: 10 * 1024 * 1024,
             retry_initial_ms: 100,
             retry_max_ms: 5_000,
             drain_timeout_ms: 10_000,

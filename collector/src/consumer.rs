@@ -470,13 +470,15 @@ pub struct ConsumerLoop {
     specs: Vec<Spec>,
     rt: Handle,
     cancel: CancellationToken,
-    /// SQLSTATE of the last failed write: the same error twice in a row means the rows, not the
-    /// database, are at fault.
-    last_failure: Cell<Option<String>>,
     /// Set when the broker refused a fetch position: check every partition's offsets now.
     check_offsets_now: Cell<bool>,
     hold: std::cell::RefCell<BrokerHold>,
+    /// Records dead-lettered one after another while splitting a refused batch.
+    refused_in_a_row: Cell<u32>,
 }
+
+/// See `ConsumerLoop::dead_letter`.
+const MAX_REFUSED_IN_A_ROW: u32 = 32;
 
 /// A failed write leaves the partitions paused until this moment.
 struct Backoff {
@@ -531,6 +533,14 @@ impl ConsumerLoop {
             .set("reconnect.backoff.ms", "1000")
             // Each partition's log bounds from fetch responses, once a second (see `Bounds`).
             .set("statistics.interval.ms", "1000")
+            .set(
+                "fetch.wait.max.ms",
+                config.consumer.fetch_wait_max_ms.to_string(),
+            )
+            .set(
+                "max.partition.fetch.bytes",
+                config.consumer.max_partition_fetch_bytes.to_string(),
+            )
             .create_with_context(context)?;
         consumer.subscribe(&[&config.kafka.raw_topic])?;
         let dlq: FutureProducer = config
@@ -552,9 +562,9 @@ impl ConsumerLoop {
             specs,
             rt,
             cancel,
-            last_failure: Cell::new(None),
             check_offsets_now: Cell::new(false),
             hold: Default::default(),
+            refused_in_a_row: Cell::new(0),
         })
     }
 
@@ -572,7 +582,16 @@ impl ConsumerLoop {
         let mut last_snapshot = 0;
         let mut last_idle_check = Instant::now();
         while !self.cancel.is_cancelled() {
-            let polled = self.consumer.poll(Duration::from_millis(50));
+            // With records in hand, only look at what is already queued: when nothing is, the
+            // consumer has caught up and the batch is written now (low latency when quiet,
+            // batches as large as the backlog when not).
+            let timeout = if batch.is_empty() {
+                Duration::from_millis(50)
+            } else {
+                Duration::ZERO
+            };
+            let polled = self.consumer.poll(timeout);
+            let caught_up = polled.is_none();
             self.watch_broker(backoff.is_some());
             // A rebalance inside poll may have revoked partitions: forget their buffered records.
             let epoch = self.ownership.lock().expect("ownership lock").epoch;
@@ -622,7 +641,7 @@ impl ConsumerLoop {
                 last_idle_check = Instant::now();
                 self.advance_idle_partitions();
             }
-            let due = oldest.is_some_and(|t| t.elapsed() >= max_wait);
+            let due = caught_up || oldest.is_some_and(|t| t.elapsed() >= max_wait);
             if batch.len() >= max_events || (due && !batch.is_empty()) || backoff.is_some() {
                 match self.flush(&mut batch) {
                     Ok(()) => {
@@ -1215,7 +1234,7 @@ impl ConsumerLoop {
         match self.write_isolating(batch) {
             Ok(()) => {
                 self.health.db_ok.store(true, Ordering::Relaxed);
-                self.last_failure.set(None);
+                self.refused_in_a_row.set(0);
                 batch.clear();
                 Ok(())
             }
@@ -1234,9 +1253,6 @@ impl ConsumerLoop {
             }
             Err(e) => {
                 self.health.db_ok.store(false, Ordering::Relaxed);
-                if let FlushError::Db(db) = &e {
-                    self.last_failure.set(db.sqlstate());
-                }
                 Err(e)
             }
         }
@@ -1250,13 +1266,12 @@ impl ConsumerLoop {
             Ok(()) => return Ok(()),
             Err(e) => e,
         };
-        let previous = self.last_failure.take();
-        if !refused_for_good(&err, previous.as_deref()) {
+        if !refused_for_good(&err) {
             return Err(err);
         }
         let trigger = match &err {
             FlushError::Db(db) => db.sqlstate(),
-            FlushError::Dlq(_) => None,
+            _ => None,
         };
         tracing::warn!(error = %err, records = batch.len(),
             "the database refused the batch; splitting it to isolate the refused records");
@@ -1282,8 +1297,11 @@ impl ConsumerLoop {
         let mid = lo + (hi - lo) / 2;
         for (a, b) in [(lo, mid), (mid, hi)] {
             match self.rt.block_on(self.write(&mut batch[a..b])) {
-                Ok(()) => *done = b,
-                Err(e) if refused_for_good(&e, trigger) => {
+                Ok(()) => {
+                    *done = b;
+                    self.refused_in_a_row.set(0);
+                }
+                Err(e) if refused_for_good(&e) => {
                     self.write_split(batch, a, b, trigger, done)?;
                 }
                 Err(e) => return Err(e),
@@ -1300,6 +1318,18 @@ impl ConsumerLoop {
         trigger: Option<&str>,
         done: &mut usize,
     ) -> Result<(), FlushError> {
+        // A database that refuses every record alone is not refusing records: a schema change or
+        // a bug. Stall loudly (the batch is retried, `/ready` fails) rather than empty the topic
+        // into the DLQ.
+        let refused = self.refused_in_a_row.get() + 1;
+        self.refused_in_a_row.set(refused);
+        if refused > MAX_REFUSED_IN_A_ROW {
+            tracing::error!(
+                refused,
+                "the database refuses every record on its own; not dead-lettering more"
+            );
+            return Err(FlushError::RefusesEverything(refused));
+        }
         let p = &mut batch[at];
         if let Item::Event(e) = &p.item {
             tracing::error!(partition = p.partition, offset = p.offset, event_id = %e.event_id,
@@ -1614,19 +1644,20 @@ enum FlushError {
     Db(#[from] DbError),
     #[error("DLQ produce failed: {0}")]
     Dlq(KafkaError),
+    #[error("the database refused {0} records in a row, each on its own")]
+    RefusesEverything(u32),
 }
 
-/// Whether a failed write is the rows' fault, so retrying the same rows cannot succeed: a data or
-/// integrity error, or the same (non-transient) SQLSTATE as the failure before it.
-fn refused_for_good(e: &FlushError, previous: Option<&str>) -> bool {
-    let FlushError::Db(db) = e else {
-        return false;
-    };
-    if matches!(db, DbError::Fenced { .. }) {
-        return false;
+/// Whether a failed write is the rows' fault, so retrying the same rows cannot succeed: a data
+/// exception, an integrity violation or a program limit (see `DbError::is_permanent`). "The same
+/// error twice" is not enough: a database that refuses connections (SQLSTATE 55000 while it is
+/// closed to them, 57P03 while starting) fails the same way every time with nothing wrong in the
+/// rows, and splitting then would dead-letter good events (the outage test caught this).
+fn refused_for_good(e: &FlushError) -> bool {
+    match e {
+        FlushError::Db(db) => db.is_permanent(),
+        _ => false,
     }
-    db.is_permanent()
-        || (!db.is_transient() && previous.is_some() && db.sqlstate().as_deref() == previous)
 }
 
 /// A batch turned into its write, plus what the loop learns from it.

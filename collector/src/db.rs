@@ -50,19 +50,6 @@ impl DbError {
         self.sqlstate()
             .is_some_and(|c| c.starts_with("22") || c.starts_with("23") || c.starts_with("54"))
     }
-
-    /// Errors that are never the rows' fault, however often they repeat: connection exceptions
-    /// (08), transaction rollbacks such as serialization failures (40), insufficient resources
-    /// (53), operator intervention such as a shutdown (57), system errors (58), and anything
-    /// without a SQLSTATE (I/O, pool timeouts).
-    pub fn is_transient(&self) -> bool {
-        match self.sqlstate() {
-            None => true,
-            Some(c) => ["08", "40", "53", "57", "58"]
-                .iter()
-                .any(|p| c.starts_with(p)),
-        }
-    }
 }
 
 /// One event with the Kafka coordinates it came from.

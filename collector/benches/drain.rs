@@ -32,6 +32,10 @@ use tokio_util::sync::CancellationToken;
 
 const PARTITIONS: i32 = 6;
 
+// The collector binary's allocator, so the in-process collector runs as it does in production.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let n: usize = std::env::args()
         .skip(1)

@@ -606,9 +606,10 @@ impl ConsumerLoop {
             }
             match polled {
                 Some(Ok(msg)) => {
-                    if let Some(p) = self.accept(&msg) {
+                    let now = Instant::now();
+                    if let Some(p) = self.accept(&msg, now) {
                         batch.push(p);
-                        oldest.get_or_insert_with(Instant::now);
+                        oldest.get_or_insert(now);
                     }
                 }
                 Some(Err(KafkaError::MessageConsumption(RDKafkaErrorCode::AutoOffsetReset))) => {
@@ -1040,7 +1041,7 @@ impl ConsumerLoop {
         self.commit(&write).await
     }
 
-    fn accept(&self, msg: &rdkafka::message::BorrowedMessage<'_>) -> Option<Pending> {
+    fn accept(&self, msg: &rdkafka::message::BorrowedMessage<'_>, now: Instant) -> Option<Pending> {
         let partition = msg.partition();
         let offset = msg.offset();
         let arrival = {
@@ -1050,7 +1051,7 @@ impl ConsumerLoop {
                 // Fetched before the pause took effect; its offset is not trusted.
                 return None;
             }
-            o.last_record = Instant::now();
+            o.last_record = now;
             if offset < o.next_fetch {
                 Arrival::Skip
             } else if offset == o.next_fetch {

@@ -1,6 +1,11 @@
 use clap::Parser;
 use logpipe_collector::{config::Cli, Application};
 
+// Every record is parsed into small strings and maps that die with its batch: glibc's malloc and
+// free were about a fifth of the collector's CPU in the drain bench's profile; mimalloc costs less.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();

@@ -13,7 +13,11 @@
 //!   table, same indexes), one transaction; batches of 5,000 are measured too, for reference;
 //! - "collector": the real collector (windows and alerts on, every event stored raw) draining the
 //!   topic into a fresh schema, timed from its first record to the last offset committed;
-//! - "collector WARN+": the same with `min_level = WARN` (windows and alerts still see everything).
+//! - "collector WARN+": the same with `min_level = WARN` (windows and alerts still see everything);
+//! - alert latency: FATAL events (each of its own service, so each raises its own alert) sent 100 ms
+//!   apart to a running collector, first on an idle topic, then while a producer loads the topic at
+//!   half the all-stored rate just measured; the latency is the alert row's `raised_at` minus the
+//!   event's timestamp, set when it was sent (p50/p99/max).
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -41,6 +45,8 @@ fn main() {
         .skip(1)
         .find_map(|a| a.parse().ok())
         .unwrap_or(300_000);
+    // `-- alerts RATE`: only the alert-latency phases, with RATE events/s of background load.
+    let alerts_only = std::env::args().any(|a| a == "alerts");
     let brokers =
         std::env::var("LOGPIPE_BENCH_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
     let db_url = std::env::var("LOGPIPE_BENCH_DATABASE_URL")
@@ -63,6 +69,15 @@ fn main() {
         ensure_topics(&kafka, &kafka.topics())
             .await
             .expect("topics");
+        if alerts_only {
+            let idle = alert_latency(&kafka, &db_url, &format!("b_alert_idle_{tag}"), 0.0).await;
+            println!("FATAL -> alert row, idle pipeline             {idle}");
+            let half = n as f64;
+            let loaded =
+                alert_latency(&kafka, &db_url, &format!("b_alert_load_{tag}"), half).await;
+            println!("FATAL -> alert row, under {half:>6.0} events/s     {loaded}");
+            return;
+        }
         let start = Utc::now() - chrono::Duration::minutes(10);
         let mut factory = EventFactory::new(1, "bench", Profile::Steady);
         // Spread over 5 minutes of event time, as a live stream at N/300 events/s would be.
@@ -108,6 +123,11 @@ fn main() {
             warn / copy,
             warn / floor
         );
+        let idle = alert_latency(&kafka, &db_url, &format!("b_alert_idle_{tag}"), 0.0).await;
+        println!("FATAL -> alert row, idle pipeline             {idle}");
+        let half = all / 2.0;
+        let loaded = alert_latency(&kafka, &db_url, &format!("b_alert_load_{tag}"), half).await;
+        println!("FATAL -> alert row, under {half:>6.0} events/s     {loaded}");
     });
 }
 
@@ -248,4 +268,150 @@ async fn drop_schema(db: &Db, schema: &str) {
     let _ = sqlx::query(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
         .execute(db.pool())
         .await;
+}
+
+/// Send 50 FATAL events, 100 ms apart, each of its own service, to a running collector on a fresh
+/// topic, with a background load of `load_per_sec` steady events/s; report the spread of
+/// `raised_at - timestamp` of their alert rows.
+async fn alert_latency(
+    kafka: &KafkaSettings,
+    db_url: &str,
+    schema: &str,
+    load_per_sec: f64,
+) -> String {
+    const FATALS: usize = 50;
+    let topic = format!("{}.{schema}", kafka.raw_topic);
+    let kafka = KafkaSettings {
+        raw_topic: topic.clone(),
+        dlq_topic: format!("{topic}.dlq"),
+        alerts_topic: format!("{topic}.alerts"),
+        ..kafka.clone()
+    };
+    ensure_topics(&kafka, &kafka.topics())
+        .await
+        .expect("topics");
+    let mut config = CollectorConfig {
+        port: 0,
+        kafka: kafka.clone(),
+        ..Default::default()
+    };
+    config.database.url = db_url.to_owned();
+    config.database.schema = schema.to_owned();
+    config.consumer.group_id = format!("{schema}-group");
+    let app = logpipe_collector::Application::build(config)
+        .await
+        .expect("collector");
+    let db = app.db();
+    let token = CancellationToken::new();
+    let task = tokio::spawn(app.run_until_stopped(token.clone()));
+    // Let the group settle before timing anything.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let stop_load = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = (load_per_sec > 0.0).then(|| {
+        let (kafka, stop) = (kafka.clone(), stop_load.clone());
+        std::thread::spawn(move || background_load(&kafka, load_per_sec, &stop))
+    });
+    if load.is_some() {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    let producer: rdkafka::producer::FutureProducer = kafka
+        .client_config("bench-fatal")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "0")
+        .create()
+        .expect("producer");
+    let mut factory = EventFactory::new(2, "bench", Profile::Steady);
+    // A first record connects the producer, so no FATAL's time includes that.
+    let warm = factory.next_event(Utc::now(), Duration::ZERO).to_json();
+    producer
+        .send(
+            rdkafka::producer::FutureRecord::to(&topic)
+                .key("warm-up")
+                .payload(&warm),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("warm-up acknowledged");
+    for i in 0..FATALS {
+        let mut e = factory.next_event(Utc::now(), Duration::ZERO);
+        e.level = Level::Fatal;
+        e.service = format!("fatal-{i}");
+        e.timestamp = Utc::now();
+        let payload = e.to_json();
+        producer
+            .send(
+                rdkafka::producer::FutureRecord::to(&topic)
+                    .key(e.event_id.as_str())
+                    .payload(&payload),
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("fatal event acknowledged");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut latencies: Vec<f64> = Vec::new();
+    for _ in 0..200 {
+        latencies = sqlx::query_scalar(
+            "SELECT EXTRACT(EPOCH FROM (raised_at - first_seen))::float8 * 1000
+               FROM alerts WHERE kind = 'fatal_event'",
+        )
+        .fetch_all(db.pool())
+        .await
+        .expect("alerts");
+        if latencies.len() >= FATALS {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop_load.store(true, std::sync::atomic::Ordering::Relaxed);
+    if let Some(l) = load {
+        let _ = l.join();
+    }
+    token.cancel();
+    let _ = task.await;
+    drop_schema(&db, schema).await;
+    if latencies.len() < FATALS {
+        return format!("only {} of {FATALS} alerts raised", latencies.len());
+    }
+    latencies.sort_by(f64::total_cmp);
+    let pct =
+        |q: f64| latencies[((latencies.len() as f64 * q).ceil() as usize).min(latencies.len()) - 1];
+    format!(
+        "p50 {:>5.1} ms  p99 {:>5.1} ms  max {:>5.1} ms  ({} alerts)",
+        pct(0.50),
+        pct(0.99),
+        latencies[latencies.len() - 1],
+        latencies.len()
+    )
+}
+
+/// Produce steady events at `per_sec` until told to stop (paced in 10 ms steps).
+fn background_load(kafka: &KafkaSettings, per_sec: f64, stop: &std::sync::atomic::AtomicBool) {
+    let producer: ThreadedProducer<DefaultProducerContext> = kafka
+        .client_config("bench-load")
+        .set("linger.ms", "5")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()
+        .expect("producer");
+    let mut factory = EventFactory::new(3, "bench", Profile::Steady);
+    let started = Instant::now();
+    let mut sent = 0u64;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let due = (started.elapsed().as_secs_f64() * per_sec) as u64;
+        while sent < due {
+            let e = factory.next_event(Utc::now(), started.elapsed());
+            let payload = e.to_json();
+            let record = BaseRecord::to(&kafka.raw_topic)
+                .key(e.event_id.as_str())
+                .payload(&payload);
+            if producer.send(record).is_err() {
+                producer.poll(Duration::from_millis(5));
+                break;
+            }
+            sent += 1;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = producer.flush(Duration::from_secs(30));
 }

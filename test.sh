@@ -12,6 +12,9 @@
 #    and tears it down with stop.sh;
 # 5. runs integration-tests/crash-test.sh: 1,000,000 events while the collector is SIGKILLed 3 times
 #    (release binaries, built by step 4), then exactly 1,000,000 rows and offsets covering them;
+# 6. runs integration-tests/broker-restart-test.sh memory (short form, 30 s at 10,000 events/s): the
+#    in-memory broker SIGKILLed and restarted empty mid-run; the resets are recorded and every record
+#    of the new log is stored;
 # Exits non-zero on any failure; the last line is the summary over all of it.
 set -uo pipefail
 
@@ -56,6 +59,11 @@ log "crash test"
 bash integration-tests/crash-test.sh 2>&1 | tee "$TEST_RUN/crash-test.log"
 crash_rc=${PIPESTATUS[0]}
 
+log "broker restart test (in-memory broker, short form)"
+LOGPIPE_RESTART_SECS=${LOGPIPE_RESTART_SECS:-30} bash integration-tests/broker-restart-test.sh memory 2>&1 \
+    | tee "$TEST_RUN/restart-test.log"
+restart_rc=${PIPESTATUS[0]}
+
 passed=0
 failed=0
 while read -r p f; do
@@ -63,11 +71,12 @@ while read -r p f; do
     failed=$((failed + f))
 done < <(sed -nE 's/^test result: [a-zA-Z]+\. ([0-9]+) passed; ([0-9]+) failed.*/\1 \2/p' "$TEST_RUN/cargo-test.log"
          sed -nE 's/^system-test: ([0-9]+) passed, ([0-9]+) failed$/\1 \2/p' "$TEST_RUN/system-test.log"
-         sed -nE 's/^crash-test: ([0-9]+) passed, ([0-9]+) failed$/\1 \2/p' "$TEST_RUN/crash-test.log")
+         sed -nE 's/^crash-test: ([0-9]+) passed, ([0-9]+) failed$/\1 \2/p' "$TEST_RUN/crash-test.log"
+         sed -nE 's/^broker-restart-test \(memory\): ([0-9]+) passed, ([0-9]+) failed$/\1 \2/p' "$TEST_RUN/restart-test.log")
 # A crash that printed no result line still fails the run.
-if [ "$cargo_rc" -ne 0 ] || [ "$system_rc" -ne 0 ] || [ "$crash_rc" -ne 0 ]; then
+if [ "$cargo_rc" -ne 0 ] || [ "$system_rc" -ne 0 ] || [ "$crash_rc" -ne 0 ] || [ "$restart_rc" -ne 0 ]; then
     [ "$failed" -gt 0 ] || failed=1
 fi
 echo
 echo "summary: $passed passed, $failed failed"
-[ "$cargo_rc" -eq 0 ] && [ "$system_rc" -eq 0 ] && [ "$crash_rc" -eq 0 ]
+[ "$cargo_rc" -eq 0 ] && [ "$system_rc" -eq 0 ] && [ "$crash_rc" -eq 0 ] && [ "$restart_rc" -eq 0 ]

@@ -227,7 +227,8 @@ pub struct Status {
 
 pub struct Engine {
     config: GeneratorConfig,
-    producer: ThreadedProducer<DeliveryCounter>,
+    /// Replaced when librdkafka declares it fatally failed (see `replace_failed_producer`).
+    producer: std::sync::RwLock<ThreadedProducer<DeliveryCounter>>,
     counters: Arc<Counters>,
     breaker: Arc<ProduceBreaker>,
     budget: Option<GlobalBudget>,
@@ -246,29 +247,11 @@ impl Engine {
     pub fn new(config: GeneratorConfig) -> Result<Arc<Engine>, EngineError> {
         let counters = Arc::new(Counters::default());
         let breaker = ProduceBreaker::new(config.breaker.clone());
-        let p = &config.producer;
-        let producer: ThreadedProducer<DeliveryCounter> = config
-            .kafka
-            .client_config(&config.instance_id)
-            .set("enable.idempotence", "true")
-            .set("acks", &p.acks)
-            .set("linger.ms", p.linger_ms.to_string())
-            .set("compression.type", &p.compression)
-            .set("message.timeout.ms", p.delivery_timeout_ms.to_string())
-            .set(
-                "queue.buffering.max.messages",
-                p.queue_max_messages.to_string(),
-            )
-            .set("batch.num.messages", "10000")
-            .create_with_context(DeliveryCounter {
-                counters: counters.clone(),
-                breaker: breaker.clone(),
-            })
-            .map_err(EngineError::Producer)?;
+        let producer = new_producer(&config, &counters, &breaker)?;
         let budget = GlobalBudget::new(config.budget.clone(), config.instance_id.clone());
         let engine = Arc::new(Engine {
             config,
-            producer,
+            producer: std::sync::RwLock::new(producer),
             counters,
             breaker,
             budget,
@@ -291,8 +274,39 @@ impl Engine {
         &self.breaker
     }
 
-    pub fn producer(&self) -> &ThreadedProducer<DeliveryCounter> {
-        &self.producer
+    /// The current producer (a cheap handle; the producer may be replaced after a fatal error).
+    pub fn producer(&self) -> ThreadedProducer<DeliveryCounter> {
+        self.producer.read().expect("producer lock").clone()
+    }
+
+    /// An idempotent producer that librdkafka declares fatally failed (for instance the broker
+    /// answered UNKNOWN_PRODUCER_ID: an in-memory broker restarted and forgot the producer) never
+    /// sends again. Replace it with a fresh one (a new producer id); its queued records fail with
+    /// delivery reports, so they count as failed, never as acknowledged.
+    ///
+    /// `stuck` replaces it also when it has not failed fatally but nothing was acknowledged for
+    /// `STUCK_PRODUCER` while the breaker stayed open: Tansu 0.6 restarted in memory answers the
+    /// old producer id with UNKNOWN_PRODUCER_ID for ever, and librdkafka keeps retrying it.
+    fn replace_producer(&self, stuck: bool) {
+        let mut guard = self.producer.write().expect("producer lock");
+        let why = match guard.client().fatal_error() {
+            Some((code, reason)) => format!("failed fatally ({code:?}: {reason})"),
+            None if stuck => format!(
+                "acknowledged nothing for {} s with the breaker open",
+                STUCK_PRODUCER.as_secs()
+            ),
+            None => return, // another worker replaced it already
+        };
+        match new_producer(&self.config, &self.counters, &self.breaker) {
+            Ok(fresh) => {
+                tracing::error!(
+                    "the producer {why}; replaced by a new one (its queued records are not acknowledged)"
+                );
+                telemetry::producer_replaced();
+                *guard = fresh;
+            }
+            Err(e) => tracing::error!(error = %e, "cannot create a new producer; retrying"),
+        }
     }
 
     pub fn start(self: &Arc<Self>, params: RunParams) -> Result<Status, EngineError> {
@@ -332,7 +346,7 @@ impl Engine {
     }
 
     pub async fn flush(&self) {
-        let producer = self.producer.clone();
+        let producer = self.producer();
         let timeout = Duration::from_millis(self.config.producer.flush_timeout_ms);
         let res = tokio::task::spawn_blocking(move || producer.flush(timeout)).await;
         if let Ok(Err(e)) = res {
@@ -381,6 +395,8 @@ fn spawn_rate_sampler(engine: std::sync::Weak<Engine>, stop: CancellationToken) 
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         let mut last: Option<(Instant, u64)> = None;
         let mut ticks: u64 = 0;
+        // Acknowledged count and when it last moved, for the stuck-producer check below.
+        let mut acked_moved: (u64, Instant) = (0, Instant::now());
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
@@ -390,6 +406,14 @@ fn spawn_rate_sampler(engine: std::sync::Weak<Engine>, stop: CancellationToken) 
                 break;
             };
             engine.breaker.check_timeout();
+            let acked = engine.counters.acked.load(Ordering::Relaxed);
+            if acked != acked_moved.0 || engine.breaker.state() == breaker::CLOSED {
+                acked_moved = (acked, Instant::now());
+            } else if acked_moved.1.elapsed() >= STUCK_PRODUCER {
+                // The breaker has stayed open or half-open with no acknowledgement at all.
+                engine.replace_producer(true);
+                acked_moved = (acked, Instant::now());
+            }
             ticks += 1;
             if !ticks.is_multiple_of(4) {
                 continue;
@@ -695,7 +719,8 @@ async fn send(
             .key(key)
             .payload(payload)
             .headers(headers);
-        match engine.producer.send(record) {
+        let producer = engine.producer();
+        match producer.send(record) {
             Ok(()) => {
                 engine.breaker.queued();
                 return SendOutcome::Handled;
@@ -718,6 +743,9 @@ async fn send(
                 }
             }
             Err((e, _)) => {
+                if matches!(e, KafkaError::MessageProduction(RDKafkaErrorCode::Fatal)) {
+                    engine.replace_producer(false);
+                }
                 // Not queued at all: no delivery report will come, so count it here.
                 engine.counters.failed.fetch_add(1, Ordering::Relaxed);
                 telemetry::send_errors(1);
@@ -730,6 +758,36 @@ async fn send(
             }
         }
     }
+}
+
+/// See `Engine::replace_producer`.
+const STUCK_PRODUCER: Duration = Duration::from_secs(15);
+
+/// The generator's idempotent producer, reporting deliveries to the counters and the breaker.
+fn new_producer(
+    config: &GeneratorConfig,
+    counters: &Arc<Counters>,
+    breaker: &Arc<ProduceBreaker>,
+) -> Result<ThreadedProducer<DeliveryCounter>, EngineError> {
+    let p = &config.producer;
+    config
+        .kafka
+        .client_config(&config.instance_id)
+        .set("enable.idempotence", "true")
+        .set("acks", &p.acks)
+        .set("linger.ms", p.linger_ms.to_string())
+        .set("compression.type", &p.compression)
+        .set("message.timeout.ms", p.delivery_timeout_ms.to_string())
+        .set(
+            "queue.buffering.max.messages",
+            p.queue_max_messages.to_string(),
+        )
+        .set("batch.num.messages", "10000")
+        .create_with_context(DeliveryCounter {
+            counters: counters.clone(),
+            breaker: breaker.clone(),
+        })
+        .map_err(EngineError::Producer)
 }
 
 #[cfg(test)]

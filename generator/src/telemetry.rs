@@ -41,6 +41,11 @@ pub fn circuit_breaker_state(state: u8) {
 }
 
 /// Register every series at zero so dashboards and alerts see them before the first event.
+/// The producer failed fatally and was replaced by a new one.
+pub fn producer_replaced() {
+    counter!("kafka_producer_replaced_total").increment(1);
+}
+
 pub fn describe() {
     events_generated(0);
     messages_sent(0);
@@ -49,4 +54,5 @@ pub fn describe() {
     events_skipped(0);
     events_rate_limited(0);
     circuit_breaker_state(0);
+    counter!("kafka_producer_replaced_total").increment(0);
 }

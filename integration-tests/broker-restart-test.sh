@@ -1,0 +1,152 @@
+#!/usr/bin/env bash
+# Broker restart under load, with the release generator and collector on a private broker:
+#
+#   integration-tests/broker-restart-test.sh durable|memory
+#
+# The generator produces RATE events/s (LOGPIPE_RESTART_RATE, default 10,000) for SECS seconds
+# (LOGPIPE_RESTART_SECS, default 60); a third of the way in the broker is killed with SIGKILL and
+# started again 2 s later on the same port.
+# - durable (Tansu on SQLite): the restarted broker has its data. Every event the generator saw
+#   acknowledged is stored exactly once, and no stored offset was reset.
+# - memory: the restarted broker is empty (what an in-memory broker acknowledged and nobody stored is
+#   gone with it). The collector must detect that its stored offsets lie past the new log's end,
+#   record the reset, and store every record of the new log: per partition, the rows stored since
+#   its reset equal its new log end, and nothing is stored twice.
+# Also checked in both: the broker answers (a TCP connect) within 1 s at every probe except while it
+# is down. Ends with "broker-restart-test (MODE): N passed, M failed".
+set -uo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+source "$ROOT/scripts/lib.sh"
+
+MODE=${1:-durable}
+case $MODE in
+    durable) STORAGE=sqlite://tansu.db ;;
+    memory) STORAGE=memory://tansu/ ;;
+    *) die "usage: $0 durable|memory" ;;
+esac
+RATE=${LOGPIPE_RESTART_RATE:-10000}
+SECS=${LOGPIPE_RESTART_SECS:-60}
+RUN=$(mktemp -d "${TMPDIR:-/tmp}/logpipe-restart.XXXXXX")
+DB=logpipe_restart_$MODE
+DB_URL="postgres://$PG_USER@$PG_HOST:$PG_PORT/$DB"
+BIN=$CARGO_TARGET_DIR/release
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+BROKER_PORT=$(free_port)
+GEN_PORT=$(free_port)
+COL_PORT=$(free_port)
+export LOGPIPE_KAFKA_BROKERS=127.0.0.1:$BROKER_PORT LOGPIPE_DATABASE_URL=$DB_URL RUST_LOG=warn
+
+passed=0
+failed=0
+check() {
+    local what=$1
+    shift
+    if "$@"; then echo "ok - $what"; passed=$((passed + 1)); else echo "not ok - $what"; failed=$((failed + 1)); fi
+}
+finish() {
+    [ -n "${PROBE_PID:-}" ] && kill "$PROBE_PID" 2>/dev/null
+    stop_pid collector "$RUN/collector.pid" 15 >/dev/null
+    stop_pid generator "$RUN/generator.pid" 15 >/dev/null
+    stop_pid broker "$RUN/broker.pid" 5 >/dev/null
+    if [ "$failed" -eq 0 ]; then rm -rf "$RUN"; else echo "logs kept in $RUN"; fi
+    echo "broker-restart-test ($MODE): $passed passed, $failed failed"
+    [ "$failed" -eq 0 ]
+    exit $?
+}
+trap finish EXIT
+sql() { psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d "$DB" -tAc "$1" 2>/dev/null; }
+
+[ -x "$BIN/logpipe-collector" ] && [ -x "$BIN/logpipe-generator" ] \
+    || { check "release binaries exist (run setup.sh first)" false; exit 1; }
+psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d postgres -qc "DROP DATABASE IF EXISTS $DB" >/dev/null
+ensure_database "$DB"
+
+start_broker() {
+    start_bg broker "$RUN" "$RUN/broker.log" "$RUN/broker.pid" "$TANSU_BIN" broker \
+        --listener-url "tcp://127.0.0.1:$BROKER_PORT" --advertised-listener-url "tcp://127.0.0.1:$BROKER_PORT" \
+        --storage-engine "$STORAGE" >/dev/null
+    wait_port 127.0.0.1 "$BROKER_PORT" 30
+}
+start_broker || { check "broker starts" false; exit 1; }
+
+# One probe a second: how long a TCP connect to the broker takes (a broker pinned in a loop stops
+# accepting in time). Lines: "<epoch seconds> <ms or DOWN>".
+python3 - "$BROKER_PORT" >"$RUN/probe.log" 2>/dev/null <<'EOF' &
+import socket, sys, time
+port = int(sys.argv[1])
+while True:
+    t = time.time()
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+        print(f"{t:.1f} {(time.time() - t) * 1000:.0f}", flush=True)
+    except OSError:
+        print(f"{t:.1f} DOWN", flush=True)
+    time.sleep(max(0.0, 1.0 - (time.time() - t)))
+EOF
+PROBE_PID=$!
+
+start_bg collector "$RUN" "$RUN/collector.log" "$RUN/collector.pid" \
+    "$BIN/logpipe-collector" --port "$COL_PORT" >/dev/null
+wait_http "http://127.0.0.1:$COL_PORT/ready" 60 || { check "collector starts" false; exit 1; }
+start_bg generator "$RUN" "$RUN/generator.log" "$RUN/generator.pid" \
+    "$BIN/logpipe-generator" --port "$GEN_PORT" >/dev/null
+wait_http "http://127.0.0.1:$GEN_PORT/ready" 60 || { check "generator starts" false; exit 1; }
+curl -fsS -o /dev/null -X POST "http://127.0.0.1:$GEN_PORT/api/v1/generator/start" \
+    -H 'content-type: application/json' \
+    -d "{\"rate_per_second\": $RATE, \"duration_secs\": $SECS}" \
+    || { check "generation starts" false; exit 1; }
+
+status() { curl -fsS "http://127.0.0.1:$GEN_PORT/api/v1/generator/status" 2>/dev/null; }
+field() { python3 -c "import json,sys; print(json.load(sys.stdin)[\"$1\"])" 2>/dev/null; }
+
+sleep $((SECS / 3))
+echo "kill -9 broker at $(status | field events_acked) acknowledged events"
+down_at=$(date +%s)
+kill -KILL "$(cat "$RUN/broker.pid")" 2>/dev/null
+sleep 2
+start_broker || { check "broker starts again" false; exit 1; }
+up_at=$(date +%s)
+echo "broker back after $((up_at - down_at)) s"
+
+# Generation ends by itself; then everything acknowledged must be stored (bounded wait).
+deadline=$((SECONDS + SECS + 240))
+while [ $SECONDS -lt $deadline ]; do
+    [ "$(status | field state)" = idle ] && break
+    sleep 1
+done
+acked=$(status | field events_acked)
+failed_sends=$(status | field events_failed)
+echo "generator: $acked acknowledged, $failed_sends failed deliveries"
+rows() { sql "SELECT count(*) FROM log_events"; }
+if [ "$MODE" = durable ]; then
+    while [ $SECONDS -lt $deadline ] && [ "$(rows)" != "$acked" ]; do sleep 1; done
+    check "every acknowledged event is stored ($(rows) rows for $acked acknowledged)" [ "$(rows)" = "$acked" ]
+    check "no stored offset was reset" [ "$(sql 'SELECT count(*) FROM offset_resets')" = 0 ]
+else
+    # Rows per partition stored since that partition's reset must equal its new log's end.
+    new_log_gap() {
+        sql "SELECT COALESCE(sum(abs(o.next_offset - (SELECT count(*) FROM log_events e
+                    WHERE e.kafka_partition = o.kafka_partition AND e.stored_at >= r.reset_at))), -1)
+               FROM consumer_offsets o
+               JOIN (SELECT kafka_partition, max(reset_at) AS reset_at FROM offset_resets
+                      GROUP BY kafka_partition) r USING (kafka_partition)"
+    }
+    lag() { curl -fsS "http://127.0.0.1:$COL_PORT/metrics" | awk '/^collector_consumer_lag\{/ { s += $2 } END { print s + 0 }'; }
+    while [ $SECONDS -lt $deadline ]; do
+        [ "$(new_log_gap)" = 0 ] && [ "$(lag)" = 0 ] && break
+        sleep 1
+    done
+    resets=$(sql "SELECT count(*) FROM offset_resets WHERE reason = 'past_log_end'")
+    check "the resets are recorded ($resets partitions, reason past_log_end)" [ "${resets:-0}" -gt 0 ]
+    check "the collector logged each reset at ERROR" \
+        grep -q "stored offset is outside the broker's log" "$RUN/collector.log"
+    check "every record of the new log is stored (rows since each reset = the partition's log end)" \
+        [ "$(new_log_gap)" = 0 ]
+    check "lag is back to 0" [ "$(lag)" = 0 ]
+fi
+check "no event is stored twice" \
+    [ "$(sql 'SELECT count(*) - count(DISTINCT event_id) FROM log_events')" = 0 ]
+check "the collector never exited" pid_alive "$RUN/collector.pid" logpipe-collector
+slow=$(awk -v d="$down_at" -v u="$up_at" '$1 < d - 1 || $1 > u + 1 { if ($2 == "DOWN" || $2 > 1000) n++ } END { print n + 0 }' "$RUN/probe.log")
+check "the broker answered within 1 s at every probe but while down ($(wc -l <"$RUN/probe.log") probes)" [ "$slow" = 0 ]

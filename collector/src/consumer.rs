@@ -601,6 +601,10 @@ impl ConsumerLoop {
                 if backoff.is_some() || self.hold.borrow().held {
                     // Newly assigned partitions wait for the database (or the broker) too.
                     self.pause_all();
+                } else {
+                    // librdkafka keeps a partition's pause across a rebalance: one paused during
+                    // a broker or database outage and assigned again after it would never fetch.
+                    self.resume_all();
                 }
                 self.pause_refused();
             }
@@ -633,6 +637,12 @@ impl ConsumerLoop {
             if snapshot != last_snapshot {
                 last_snapshot = snapshot;
                 self.check_offsets(&mut batch);
+                if backoff.is_none() && !self.hold.borrow().held {
+                    // Nothing should be paused now: make sure nothing is (a pause librdkafka kept
+                    // across a rebalance would stall a partition without a word). Cheap: a no-op
+                    // for a partition that fetches.
+                    self.resume_all();
+                }
             }
             if let Some(b) = &backoff {
                 if Instant::now() < b.until {
@@ -712,8 +722,16 @@ impl ConsumerLoop {
         }
     }
 
+    /// Resume every partition this consumer owns and does not refuse (by its own record, which a
+    /// rebalance in progress cannot hide the way an empty `assignment()` can).
     fn resume_all(&self) {
-        if let Some(tpl) = self.assignment() {
+        let mut tpl = TopicPartitionList::new();
+        for (p, o) in &self.ownership.lock().expect("ownership lock").partitions {
+            if o.refused.is_none() {
+                tpl.add_partition(&self.config.kafka.raw_topic, *p);
+            }
+        }
+        if tpl.count() > 0 {
             if let Err(e) = self.consumer.resume(&tpl) {
                 tracing::error!(error = %e, "resume failed");
             }
@@ -769,7 +787,7 @@ impl ConsumerLoop {
             }
             return;
         }
-        tracing::info!("the broker answers with the topic; fetching resumes");
+        tracing::warn!("the broker answers with the topic; fetching resumes");
         *self.hold.borrow_mut() = BrokerHold::default();
         // Anything swallowed while held is looked at again now.
         ctx.broker_lost.store(false, Ordering::Relaxed);

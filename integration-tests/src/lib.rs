@@ -374,13 +374,8 @@ pub fn profile_events(
         .collect()
 }
 
-/// Read `n` records of `topic` from the beginning (fails after `timeout`).
-pub async fn consume_n(
-    kafka: &KafkaSettings,
-    topic: &str,
-    n: usize,
-    timeout: Duration,
-) -> Vec<rdkafka::message::OwnedMessage> {
+/// A consumer of `topic` from its beginning, in a group of its own.
+fn reader(kafka: &KafkaSettings, topic: &str) -> rdkafka::consumer::StreamConsumer {
     use rdkafka::consumer::{Consumer, StreamConsumer};
     let consumer: StreamConsumer = kafka
         .client_config("test-reader")
@@ -393,6 +388,17 @@ pub async fn consume_n(
         .create()
         .expect("test consumer");
     consumer.subscribe(&[topic]).expect("subscribe");
+    consumer
+}
+
+/// Read `n` records of `topic` from the beginning (fails after `timeout`).
+pub async fn consume_n(
+    kafka: &KafkaSettings,
+    topic: &str,
+    n: usize,
+    timeout: Duration,
+) -> Vec<rdkafka::message::OwnedMessage> {
+    let consumer = reader(kafka, topic);
     let deadline = Instant::now() + timeout;
     let mut out = Vec::with_capacity(n);
     while out.len() < n {
@@ -415,18 +421,7 @@ pub async fn read_topic(
     topic: &str,
     quiet: Duration,
 ) -> Vec<rdkafka::message::OwnedMessage> {
-    use rdkafka::consumer::{Consumer, StreamConsumer};
-    let consumer: StreamConsumer = kafka
-        .client_config("test-reader")
-        .set(
-            "group.id",
-            format!("{topic}-reader-{:08x}", rand::random::<u32>()),
-        )
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("test consumer");
-    consumer.subscribe(&[topic]).expect("subscribe");
+    let consumer = reader(kafka, topic);
     let mut out = Vec::new();
     // The group join takes a moment before the first record can arrive.
     let mut wait = quiet.max(Duration::from_secs(10));

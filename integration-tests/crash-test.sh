@@ -11,6 +11,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 source "$ROOT/scripts/lib.sh"
 
 N=${LOGPIPE_CRASH_EVENTS:-1000000}
+# The collector logs at info (its assignments and resumes), so a failed run can be read afterwards.
 KILLS=${LOGPIPE_CRASH_KILLS:-3}
 RUN=$(mktemp -d "${TMPDIR:-/tmp}/logpipe-crash.XXXXXX")
 DB=logpipe_crash_test
@@ -19,7 +20,7 @@ BIN=$CARGO_TARGET_DIR/release
 BROKER_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 GEN_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 COL_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-export LOGPIPE_KAFKA_BROKERS=127.0.0.1:$BROKER_PORT LOGPIPE_DATABASE_URL=$DB_URL RUST_LOG=warn
+export LOGPIPE_KAFKA_BROKERS=127.0.0.1:$BROKER_PORT LOGPIPE_DATABASE_URL=$DB_URL RUST_LOG=${LOGPIPE_CRASH_LOG:-info,librdkafka=warn}
 
 passed=0
 failed=0
@@ -29,6 +30,12 @@ check() {
     if "$@"; then echo "ok - $what"; passed=$((passed + 1)); else echo "not ok - $what"; failed=$((failed + 1)); fi
 }
 finish() {
+    if [ "$failed" -ne 0 ]; then
+        # What the collector said of itself when the test gave up, before it is stopped.
+        echo "collector /ready: $(curl -fsS --max-time 2 "http://127.0.0.1:$COL_PORT/ready" 2>&1)"
+        curl -fsS --max-time 2 "http://127.0.0.1:$COL_PORT/metrics" 2>/dev/null \
+            | grep -E '^collector_(consumer_lag|events_consumed_total|events_stored_total)' || true
+    fi
     stop_pid collector "$RUN/collector.pid" 15 >/dev/null
     stop_pid generator "$RUN/generator.pid" 15 >/dev/null
     stop_pid broker "$RUN/broker.pid" 5 >/dev/null

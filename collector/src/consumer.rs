@@ -477,6 +477,9 @@ pub struct ConsumerLoop {
     refused_in_a_row: Cell<u32>,
 }
 
+/// See the "orphaned assignment" workaround in `ConsumerLoop::run`.
+const UNASSIGNED_REJOIN: Duration = Duration::from_secs(60);
+
 /// See `ConsumerLoop::dead_letter`.
 const MAX_REFUSED_IN_A_ROW: u32 = 32;
 
@@ -581,6 +584,8 @@ impl ConsumerLoop {
         let mut backoff: Option<Backoff> = None;
         let mut last_snapshot = 0;
         let mut last_idle_check = Instant::now();
+        // When this consumer last owned a partition (see `UNASSIGNED_REJOIN`).
+        let mut last_owned = Instant::now();
         while !self.cancel.is_cancelled() {
             // With records in hand, only look at what is already queued: when nothing is, the
             // consumer has caught up and the batch is written now (low latency when quiet,
@@ -623,6 +628,30 @@ impl ConsumerLoop {
                 }
                 Some(Err(e)) => tracing::warn!(error = %e, "consume error"),
                 None => {}
+            }
+            if !self
+                .ownership
+                .lock()
+                .expect("ownership lock")
+                .partitions
+                .is_empty()
+            {
+                last_owned = Instant::now();
+            } else if last_owned.elapsed() >= UNASSIGNED_REJOIN {
+                // Tansu workaround, the "orphaned assignment": after a member is SIGKILLed, Tansu
+                // 0.6 sometimes keeps its partitions with the dead member and never hands them to
+                // the one that replaced it. A fresh join makes the coordinator rebalance. With
+                // more collectors than partitions an idle member rejoins once a minute: a
+                // rebalance that moves nothing under cooperative-sticky.
+                tracing::warn!(
+                    secs = UNASSIGNED_REJOIN.as_secs(),
+                    "no partition assigned for a minute; joining the group again"
+                );
+                self.consumer.unsubscribe();
+                if let Err(e) = self.consumer.subscribe(&[&self.config.kafka.raw_topic]) {
+                    tracing::error!(error = %e, "subscribe failed");
+                }
+                last_owned = Instant::now();
             }
             if self.check_offsets_now.take() {
                 self.check_offsets_by_query(&mut batch);

@@ -39,11 +39,6 @@ export LOGPIPE_KAFKA_BROKERS=127.0.0.1:$BROKER_PORT LOGPIPE_DATABASE_URL=$DB_URL
 
 passed=0
 failed=0
-check() {
-    local what=$1
-    shift
-    if "$@"; then echo "ok - $what"; passed=$((passed + 1)); else echo "not ok - $what"; failed=$((failed + 1)); fi
-}
 finish() {
     [ -n "${PROBE_PID:-}" ] && kill "$PROBE_PID" 2>/dev/null
     stop_pid collector "$RUN/collector.pid" 15 >/dev/null

@@ -24,11 +24,6 @@ export LOGPIPE_KAFKA_BROKERS=127.0.0.1:$BROKER_PORT LOGPIPE_DATABASE_URL=$DB_URL
 
 passed=0
 failed=0
-check() {
-    local what=$1
-    shift
-    if "$@"; then echo "ok - $what"; passed=$((passed + 1)); else echo "not ok - $what"; failed=$((failed + 1)); fi
-}
 finish() {
     if [ "$failed" -ne 0 ]; then
         # What the collector said of itself when the test gave up, before it is stopped.

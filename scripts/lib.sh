@@ -97,6 +97,14 @@ ensure_tansu() {
         || { tail -30 "$LOGPIPE_CACHE/tansu-build.log" >&2; die "building Tansu failed"; }
 }
 
+# check WHAT CMD...: run CMD; print "ok - WHAT" or "not ok - WHAT" and count it in the caller's
+# `passed` / `failed` (the test scripts' TAP-like lines).
+check() {
+    local what=$1
+    shift
+    if "$@"; then echo "ok - $what"; passed=$((passed + 1)); else echo "not ok - $what"; failed=$((failed + 1)); fi
+}
+
 port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
 
 wait_port() {

@@ -223,9 +223,8 @@ async fn bare_copy(db_url: &str, tag: &str, events: &[LogEvent], chunk: usize) -
     rate
 }
 
-/// Events per second the collector drains: from its first consumed record until the offsets stored
-/// in Postgres cover all N.
-async fn collector(kafka: &KafkaSettings, db_url: &str, schema: &str, min: Level, n: usize) -> f64 {
+/// The collector as production runs it, on port 0, into its own schema and group.
+fn collector_config(kafka: &KafkaSettings, db_url: &str, schema: &str) -> CollectorConfig {
     let mut config = CollectorConfig {
         port: 0,
         kafka: kafka.clone(),
@@ -234,6 +233,13 @@ async fn collector(kafka: &KafkaSettings, db_url: &str, schema: &str, min: Level
     config.database.url = db_url.to_owned();
     config.database.schema = schema.to_owned();
     config.consumer.group_id = format!("{schema}-group");
+    config
+}
+
+/// Events per second the collector drains: from its first consumed record until the offsets stored
+/// in Postgres cover all N.
+async fn collector(kafka: &KafkaSettings, db_url: &str, schema: &str, min: Level, n: usize) -> f64 {
+    let mut config = collector_config(kafka, db_url, schema);
     config.filter.min_level = min;
     let app = logpipe_collector::Application::build(config)
         .await
@@ -290,14 +296,7 @@ async fn alert_latency(
     ensure_topics(&kafka, &kafka.topics())
         .await
         .expect("topics");
-    let mut config = CollectorConfig {
-        port: 0,
-        kafka: kafka.clone(),
-        ..Default::default()
-    };
-    config.database.url = db_url.to_owned();
-    config.database.schema = schema.to_owned();
-    config.consumer.group_id = format!("{schema}-group");
+    let config = collector_config(&kafka, db_url, schema);
     let app = logpipe_collector::Application::build(config)
         .await
         .expect("collector");

@@ -855,19 +855,23 @@ impl ConsumerLoop {
         telemetry::partitions_refused(refused.len());
     }
 
-    /// On each statistics snapshot, per owned partition: lag (the log's end, as the latest fetch
-    /// response told it, minus the next offset stored in Postgres; negative when the stored
-    /// offset is past the log's end) and whether the stored offset fits the log. One that does
-    /// not, confirmed by the next snapshot, is handled by the policy, never skipped.
-    fn check_offsets(&self, batch: &mut Vec<Pending>) {
-        let bounds = self
-            .consumer
+    /// Each partition's log bounds from the latest statistics snapshot (see `Bounds`).
+    fn bounds(&self) -> HashMap<i32, (i64, i64)> {
+        self.consumer
             .context()
             .bounds
             .lock()
             .expect("bounds lock")
             .partitions
-            .clone();
+            .clone()
+    }
+
+    /// On each statistics snapshot, per owned partition: lag (the log's end, as the latest fetch
+    /// response told it, minus the next offset stored in Postgres; negative when the stored
+    /// offset is past the log's end) and whether the stored offset fits the log. One that does
+    /// not, confirmed by the next snapshot, is handled by the policy, never skipped.
+    fn check_offsets(&self, batch: &mut Vec<Pending>) {
+        let bounds = self.bounds();
         let mut misfits = Vec::new();
         {
             let mut own = self.ownership.lock().expect("ownership lock");
@@ -920,14 +924,7 @@ impl ConsumerLoop {
             .iter()
             .map(|(p, o)| (*p, o.expected))
             .collect();
-        let bounds = self
-            .consumer
-            .context()
-            .bounds
-            .lock()
-            .expect("bounds lock")
-            .partitions
-            .clone();
+        let bounds = self.bounds();
         for (p, expected) in owned {
             let Ok((low, high)) = self.consumer.fetch_watermarks(
                 &self.config.kafka.raw_topic,

@@ -638,11 +638,12 @@ impl ConsumerLoop {
             {
                 last_owned = Instant::now();
             } else if last_owned.elapsed() >= UNASSIGNED_REJOIN {
-                // Tansu workaround, the "orphaned assignment": after a member is SIGKILLed, Tansu
-                // 0.6 sometimes keeps its partitions with the dead member and never hands them to
-                // the one that replaced it. A fresh join makes the coordinator rebalance. With
-                // more collectors than partitions an idle member rejoins once a minute: a
-                // rebalance that moves nothing under cooperative-sticky.
+                // The "orphaned assignment": after a member is SIGKILLed, Tansu 0.6 sometimes
+                // revokes everything from the member that replaced it when the dead one's session
+                // expires, and assigns it nothing again. This makes that loud (a warning a minute)
+                // and tries a fresh join; in the one run seen with it (crash test), the rejoin did
+                // not win the partitions back. With more collectors than partitions an idle
+                // member rejoins once a minute: a rebalance that moves nothing.
                 tracing::warn!(
                     secs = UNASSIGNED_REJOIN.as_secs(),
                     "no partition assigned for a minute; joining the group again"

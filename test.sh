@@ -19,7 +19,7 @@
 set -uo pipefail
 
 source "$(dirname "${BASH_SOURCE[0]}")/scripts/lib.sh"
-cd "$LOGPIPE_ROOT"
+cd "$LOGPIPE_ROOT" || exit 1
 
 ensure_build_deps
 ensure_postgres

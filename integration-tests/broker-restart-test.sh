@@ -52,8 +52,10 @@ finish() {
 trap finish EXIT
 sql() { psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d "$DB" -tAc "$1" 2>/dev/null; }
 
-[ -x "$BIN/logpipe-collector" ] && [ -x "$BIN/logpipe-generator" ] \
-    || { check "release binaries exist (run setup.sh first)" false; exit 1; }
+if [ ! -x "$BIN/logpipe-collector" ] || [ ! -x "$BIN/logpipe-generator" ]; then
+    check "release binaries exist (run setup.sh first)" false
+    exit 1
+fi
 psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d postgres -qc "DROP DATABASE IF EXISTS $DB" >/dev/null
 ensure_database "$DB"
 

@@ -12,7 +12,8 @@ if [ -n "${LOGPIPE_SYSTEM_RUN_DIR:-}" ]; then
     export LOGPIPE_RUN_DIR=$LOGPIPE_SYSTEM_RUN_DIR
     OWN_RUN_DIR=0
 else
-    export LOGPIPE_RUN_DIR=$(mktemp -d "${TMPDIR:-/tmp}/logpipe-system.XXXXXX")
+    LOGPIPE_RUN_DIR=$(mktemp -d "${TMPDIR:-/tmp}/logpipe-system.XXXXXX")
+    export LOGPIPE_RUN_DIR
     OWN_RUN_DIR=1
 fi
 export LOGPIPE_BROKER_PORT=${LOGPIPE_SYSTEM_BROKER_PORT:-19192}

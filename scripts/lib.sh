@@ -54,11 +54,11 @@ ensure_postgres() {
     if ! ls /etc/postgresql/*/main >/dev/null 2>&1; then
         apt_install postgresql
         local hba
-        hba=$(ls /etc/postgresql/*/main/pg_hba.conf | head -1)
+        hba=$(find /etc/postgresql -path '*/main/pg_hba.conf' | sort -V | tail -1)
         as_root sed -i '1i host all all 127.0.0.1/32 trust\nhost all all ::1/128 trust' "$hba"
     fi
     local ver
-    ver=$(ls /etc/postgresql | sort -V | tail -1)
+    ver=$(find /etc/postgresql -mindepth 1 -maxdepth 1 -printf '%f\n' | sort -V | tail -1)
     log "starting PostgreSQL $ver"
     as_root pg_ctlcluster --skip-systemctl-redirect "$ver" main start || true
     for _ in $(seq 1 30); do pg_up && return 0; sleep 1; done

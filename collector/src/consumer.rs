@@ -36,6 +36,7 @@ use chrono::{DateTime, Utc};
 use futures::future::join_all;
 use logpipe_common::event::EventError;
 use logpipe_common::formats::{derived_id, parse_line, LineContext};
+use logpipe_common::kafka::header_value;
 use logpipe_common::LogEvent;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol};
@@ -1716,24 +1717,14 @@ struct Plan<'a> {
 
 /// The record's `traceparent` header, if any.
 fn traceparent(msg: &rdkafka::message::BorrowedMessage<'_>) -> Option<String> {
-    use rdkafka::message::Headers;
-    msg.headers()?
-        .iter()
-        .find(|h| h.key == "traceparent")
-        .and_then(|h| h.value)
-        .and_then(|v| std::str::from_utf8(v).ok())
-        .map(str::to_owned)
+    let v = header_value(msg.headers(), "traceparent")?;
+    logpipe_common::telemetry::well_formed_traceparent(std::str::from_utf8(v).ok()?)
 }
 
 /// Records are JSON unless they say `text/plain` or do not start with `{`.
 fn is_raw_line(msg: &rdkafka::message::BorrowedMessage<'_>, payload: &[u8]) -> bool {
-    use rdkafka::message::Headers;
-    if let Some(h) = msg.headers() {
-        for header in h.iter() {
-            if header.key.eq_ignore_ascii_case("content-type") {
-                return header.value.is_some_and(|v| v.starts_with(b"text/plain"));
-            }
-        }
+    if let Some(content_type) = header_value(msg.headers(), "content-type") {
+        return content_type.starts_with(b"text/plain");
     }
     payload
         .iter()

@@ -49,7 +49,7 @@ impl CopyEncoder {
         self.buf.extend_from_slice(&micros.to_be_bytes());
     }
 
-    pub fn row(&mut self, s: &StoredEvent) {
+    pub fn row(&mut self, s: &StoredEvent<'_>) {
         let e = &s.event;
         self.buf.extend_from_slice(&FIELDS.to_be_bytes());
         self.text(&e.event_id);

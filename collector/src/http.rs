@@ -5,10 +5,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use logpipe_common::http::{error_response, metrics_response};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 
@@ -35,22 +36,15 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/events", get(query::events))
         .route("/admin/filters", get(query::filter_rules))
         .route("/admin/filters/reload", post(query::reload_filters))
-        .route("/health", get(health))
+        .route("/health", get(logpipe_common::http::health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .with_state(state)
 }
 
-async fn not_found() -> impl IntoResponse {
-    (
-        StatusCode::NOT_FOUND,
-        Json(json!({ "error": "not_found", "detail": "no such route" })),
-    )
-}
-
-async fn health() -> Json<serde_json::Value> {
-    Json(json!({ "status": "ok" }))
+async fn not_found() -> Response {
+    error_response(StatusCode::NOT_FOUND, "not_found", "no such route")
 }
 
 /// Ready when Postgres answers, the consume loop runs, its last write did not fail, and no partition
@@ -77,9 +71,6 @@ async fn ready(State(s): State<AppState>) -> impl IntoResponse {
     }
 }
 
-async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        s.metrics.render(),
-    )
+async fn metrics(State(s): State<AppState>) -> Response {
+    metrics_response(&s.metrics)
 }

@@ -17,6 +17,10 @@
 //! - [`startup`]: `Application::build(config)` → `run_until_stopped(token)`.
 //! - [`telemetry`]: the collector's named metrics.
 
+// Library code states its invariants with `expect("why")`; a bare unwrap is a test's habit
+// (clippy.toml allows it in tests; benches and integration tests are not linted for it).
+#![warn(clippy::unwrap_used)]
+
 pub mod alerts;
 pub mod config;
 pub mod consumer;

@@ -50,11 +50,7 @@ impl IntoResponse for ApiError {
         if let ApiError::Db(e) = &self {
             tracing::warn!(error = %e, "query failed");
         }
-        (
-            status,
-            Json(json!({ "error": error, "detail": self.to_string() })),
-        )
-            .into_response()
+        logpipe_common::http::error_response(status, error, self.to_string())
     }
 }
 

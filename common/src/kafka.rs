@@ -7,12 +7,36 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedHeaders, Header, Headers, OwnedHeaders};
 use rdkafka::types::RDKafkaErrorCode;
 use serde::{Deserialize, Serialize};
 
 pub const TOPIC_RAW: &str = "logs.raw";
 pub const TOPIC_DLQ: &str = "logs.dlq";
 pub const TOPIC_ALERTS: &str = "alerts";
+
+/// The headers of an event record: how its payload is encoded, and the trace it belongs to.
+pub fn event_headers(content_type: &str, traceparent: Option<&str>) -> OwnedHeaders {
+    let headers = OwnedHeaders::new_with_capacity(2).insert(Header {
+        key: "content-type",
+        value: Some(content_type),
+    });
+    match traceparent {
+        Some(tp) => headers.insert(Header {
+            key: "traceparent",
+            value: Some(tp),
+        }),
+        None => headers,
+    }
+}
+
+/// The raw value of a record's first header named `key` (case-insensitive, as HTTP header names).
+pub fn header_value<'a>(headers: Option<&'a BorrowedHeaders>, key: &str) -> Option<&'a [u8]> {
+    headers?
+        .iter()
+        .find(|h| h.key.eq_ignore_ascii_case(key))
+        .and_then(|h| h.value)
+}
 
 /// Broker connection and the topic names a service uses. Topic names are configurable so each
 /// integration test runs on its own topics.

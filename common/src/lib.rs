@@ -6,12 +6,18 @@
 //!   auto-create, so every service creates what it uses at start).
 //! - [`telemetry`]: tracing subscriber, Zipkin export, trace-context helpers and the HTTP server-span
 //!   middleware, and the process-wide Prometheus recorder.
+//! - [`http`]: the `{"error", "detail"}` body, `/health` and `/metrics`, served alike by every service.
 //! - [`shutdown`]: SIGINT/SIGTERM turned into a `CancellationToken`.
 //! - [`config`]: reading the optional TOML layer of each service's configuration.
+
+// Library code states its invariants with `expect("why")`; a bare unwrap is a test's habit
+// (clippy.toml allows it in tests; benches and integration tests are not linted for it).
+#![warn(clippy::unwrap_used)]
 
 pub mod config;
 pub mod event;
 pub mod formats;
+pub mod http;
 pub mod kafka;
 pub mod shutdown;
 pub mod telemetry;

@@ -197,6 +197,17 @@ pub fn parse_traceparent(tp: &str) -> Option<SpanContext> {
     sc.is_valid().then_some(sc)
 }
 
+/// `tp` trimmed and lower-cased when it is a well-formed W3C `traceparent` (version 00, non-zero
+/// ids): the one check for a traceparent arriving in an HTTP or a Kafka header.
+pub fn well_formed_traceparent(tp: &str) -> Option<String> {
+    let tp = tp.trim();
+    // `from_str_radix` would take a leading `+`; a header is hex digits and dashes only.
+    if !tp.bytes().all(|b| b == b'-' || b.is_ascii_hexdigit()) {
+        return None;
+    }
+    parse_traceparent(tp).map(|_| tp.to_ascii_lowercase())
+}
+
 /// The route template axum matched for `req` (`unmatched` when none): the bounded label metrics and
 /// spans use, never the raw path.
 pub fn matched_route(req: &axum::extract::Request) -> String {
@@ -333,6 +344,24 @@ mod tests {
             parse_traceparent("00-00000000000000000000000000000000-00f067aa0ba902b7-01").is_none()
         );
         assert!(parse_traceparent("garbage").is_none());
+    }
+
+    #[test]
+    fn only_well_formed_traceparents_are_passed_on_lower_cased() {
+        assert_eq!(
+            well_formed_traceparent(" 00-4BF92F3577B34DA6A3CE929D0E0E4736-00F067AA0BA902B7-01 ")
+                .as_deref(),
+            Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+        );
+        for bad in [
+            "00-zz-00f067aa0ba902b7-01",
+            "00-+bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "",
+        ] {
+            assert_eq!(well_formed_traceparent(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

@@ -3,8 +3,6 @@
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
-use serde_json::json;
 
 use crate::auth::AuthError;
 
@@ -96,11 +94,7 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, error) = self.parts();
-        let mut resp = (
-            status,
-            Json(json!({ "error": error, "detail": self.to_string() })),
-        )
-            .into_response();
+        let mut resp = logpipe_common::http::error_response(status, error, self.to_string());
         if let Some(secs) = self.retry_after() {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));

@@ -325,7 +325,7 @@ fn json_errors(resp: Response) -> Response {
         _ => "internal",
     };
     let detail = status.canonical_reason().unwrap_or("error");
-    let mut out = (status, Json(json!({ "error": error, "detail": detail }))).into_response();
+    let mut out = logpipe_common::http::error_response(status, error, detail);
     if let Some(allow) = resp.headers().get(header::ALLOW) {
         out.headers_mut().insert(header::ALLOW, allow.clone());
     }
@@ -343,7 +343,7 @@ async fn not_found(req: Request) -> ApiError {
 /// Liveness: the process answers.
 #[utoipa::path(get, path = "/health", tag = "ops", responses((status = 200, description = "Alive")))]
 async fn health() -> Json<serde_json::Value> {
-    Json(json!({ "status": "ok" }))
+    logpipe_common::http::health().await
 }
 
 /// Readiness: Kafka, every generator instance and the collector answer. Redis is reported but does
@@ -398,14 +398,8 @@ async fn ready(State(s): State<AppState>) -> Response {
 
 /// Prometheus metrics in the text exposition format.
 #[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, description = "Metrics", body = String)))]
-async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; version=0.0.4"),
-        )],
-        s.metrics.render(),
-    )
+async fn metrics(State(s): State<AppState>) -> Response {
+    logpipe_common::http::metrics_response(&s.metrics)
 }
 
 /// This document.

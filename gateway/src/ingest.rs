@@ -23,7 +23,7 @@ use futures::future::join_all;
 use logpipe_common::event::{EventError, LogEvent, MAX_NAME_BYTES};
 use logpipe_common::formats::{derived_id, parse_line, LineContext};
 use logpipe_common::kafka::KafkaSettings;
-use rdkafka::message::{Header, OwnedHeaders};
+
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::ClientConfig;
 use serde::{Deserialize, Serialize};
@@ -264,16 +264,7 @@ impl ParseContext<'_> {
 
 /// A W3C `traceparent` header, when present and well formed.
 pub fn traceparent(headers: &HeaderMap) -> Option<String> {
-    let v = headers.get("traceparent")?.to_str().ok()?.trim();
-    let parts: Vec<&str> = v.split('-').collect();
-    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
-    let ok = parts.len() == 4
-        && hex(parts[0], 2)
-        && hex(parts[1], 32)
-        && hex(parts[2], 16)
-        && hex(parts[3], 2)
-        && parts[1] != "00000000000000000000000000000000";
-    ok.then(|| v.to_ascii_lowercase())
+    logpipe_common::telemetry::well_formed_traceparent(headers.get("traceparent")?.to_str().ok()?)
 }
 
 /// The `?service=` of a lines upload, checked like an event's service.
@@ -344,16 +335,7 @@ impl IngestProducer {
         let mut refused: Option<String> = None;
         for event in events {
             let payload = event.to_json();
-            let mut headers = OwnedHeaders::new_with_capacity(2).insert(Header {
-                key: "content-type",
-                value: Some("application/json"),
-            });
-            if let Some(tp) = traceparent {
-                headers = headers.insert(Header {
-                    key: "traceparent",
-                    value: Some(tp),
-                });
-            }
+            let headers = logpipe_common::kafka::event_headers("application/json", traceparent);
             let record = FutureRecord::to(&self.topic)
                 .key(event.service.as_bytes())
                 .payload(&payload)

@@ -14,6 +14,10 @@
 //! - [`startup`]: `Application::build(config)` → `run_until_stopped(token)`.
 //! - [`telemetry`]: the gateway's named metrics.
 
+// Library code states its invariants with `expect("why")`; a bare unwrap is a test's habit
+// (clippy.toml allows it in tests; benches and integration tests are not linted for it).
+#![warn(clippy::unwrap_used)]
+
 pub mod auth;
 pub mod config;
 pub mod control;

@@ -95,6 +95,31 @@ pub enum Permit {
     Rejected,
 }
 
+/// The slot of a half-open probe that [`ProduceBreaker::permit`] granted. Dropped before
+/// [`ProbeSlot::handed_over`] (the run stopped, the count ran out, the record was refused), it
+/// frees the slot, so no exit path of a worker leaves the breaker waiting for a probe that never
+/// went out.
+#[must_use]
+pub struct ProbeSlot<'a> {
+    breaker: &'a ProduceBreaker,
+    armed: bool,
+}
+
+impl ProbeSlot<'_> {
+    /// The probe record was queued: its delivery report frees the slot.
+    pub fn handed_over(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for ProbeSlot<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.breaker.probe_abandoned();
+        }
+    }
+}
+
 pub struct ProduceBreaker {
     machine: StateMachine<ConsecutiveFailures<Exponential>, StateMirror>,
     state: Arc<AtomicU8>,
@@ -158,6 +183,14 @@ impl ProduceBreaker {
         }
     }
 
+    /// The guard of the probe slot `permit()` just granted (`Permit::Probe`).
+    pub fn probe_slot(&self) -> ProbeSlot<'_> {
+        ProbeSlot {
+            breaker: self,
+            armed: true,
+        }
+    }
+
     /// A record was handed to the producer (its report will come).
     pub fn queued(&self) {
         if self.queued.fetch_add(1, Ordering::Relaxed) == self.reported.load(Ordering::Relaxed) {
@@ -167,7 +200,7 @@ impl ProduceBreaker {
     }
 
     /// A probe could not even be queued: free its slot.
-    pub fn probe_abandoned(&self) {
+    fn probe_abandoned(&self) {
         self.probes_in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 
@@ -281,5 +314,29 @@ mod tests {
         assert_eq!(b.permit(), Permit::Probe);
         b.report(false, true);
         assert_eq!(b.state(), OPEN);
+    }
+
+    #[test]
+    fn a_probe_slot_dropped_before_its_record_is_queued_frees_the_slot() {
+        let b = ProduceBreaker::new(fast());
+        for _ in 0..3 {
+            b.report(false, false);
+        }
+        std::thread::sleep(Duration::from_millis(1_050));
+        assert_eq!(b.permit(), Permit::Probe);
+        drop(b.probe_slot());
+        assert_eq!(
+            b.permit(),
+            Permit::Probe,
+            "the abandoned probe's slot is free again"
+        );
+        b.probe_slot().handed_over();
+        assert_eq!(
+            b.permit(),
+            Permit::Rejected,
+            "a queued probe keeps its slot"
+        );
+        b.report(true, true);
+        assert_eq!(b.state(), CLOSED);
     }
 }

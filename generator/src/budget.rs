@@ -121,14 +121,15 @@ impl GlobalBudget {
         while need > 0 {
             match self.ask(need).await {
                 Some((grant, ms_left)) => {
-                    need -= grant.min(need);
-                    if need > 0 {
+                    let (left, wait) = after_grant(need, grant, ms_left);
+                    need = left;
+                    if let Some(wait) = wait {
                         if limited == 0 {
                             limited = u64::from(need);
                         }
                         tokio::select! {
                             _ = cancel.cancelled() => return None,
-                            _ = tokio::time::sleep(Duration::from_millis(ms_left.clamp(1, 1000))) => {}
+                            _ = tokio::time::sleep(wait) => {}
                         }
                     }
                 }
@@ -211,7 +212,7 @@ impl GlobalBudget {
     }
 
     fn local_share(&self) -> u32 {
-        (self.settings.global_rate_per_second / self.instances().max(1)).max(1)
+        local_share(self.settings.global_rate_per_second, self.instances())
     }
 
     fn local_limiter(&self) -> std::sync::Arc<DefaultDirectRateLimiter> {
@@ -226,5 +227,47 @@ impl GlobalBudget {
                 limiter
             }
         }
+    }
+}
+
+/// After the shared budget granted `grant` of `need` with `ms_left` until its next second: what is
+/// still needed, and how long to wait before asking again (none when all was granted).
+fn after_grant(need: u32, grant: u32, ms_left: u64) -> (u32, Option<Duration>) {
+    let left = need - grant.min(need);
+    let wait = (left > 0).then(|| Duration::from_millis(ms_left.clamp(1, 1000)));
+    (left, wait)
+}
+
+/// Without Redis, each of `instances` generators keeps to an equal share of the global rate (at
+/// least one event a second, so none stalls).
+fn local_share(global_rate: u32, instances: u32) -> u32 {
+    (global_rate / instances.max(1)).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_partial_grant_waits_for_the_budgets_next_second_and_a_full_one_does_not() {
+        assert_eq!(after_grant(500, 500, 300), (0, None));
+        assert_eq!(after_grant(500, 800, 300), (0, None));
+        assert_eq!(
+            after_grant(500, 200, 300),
+            (300, Some(Duration::from_millis(300)))
+        );
+        // A zero or odd wait from the script is bounded to 1 ms .. 1 s.
+        assert_eq!(after_grant(5, 0, 0).1, Some(Duration::from_millis(1)));
+        assert_eq!(
+            after_grant(5, 0, 5_000).1,
+            Some(Duration::from_millis(1000))
+        );
+    }
+
+    #[test]
+    fn the_local_share_splits_the_global_rate_and_never_reaches_zero() {
+        assert_eq!(local_share(50_000, 2), 25_000);
+        assert_eq!(local_share(50_000, 0), 50_000);
+        assert_eq!(local_share(3, 10), 1);
     }
 }

@@ -14,14 +14,13 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use governor::{Quota, RateLimiter};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::breaker::{self, Permit, ProduceBreaker};
+use crate::breaker::{self, Permit, ProbeSlot, ProduceBreaker};
 use crate::budget::GlobalBudget;
 use crate::config::{GeneratorConfig, RunDefaults};
 use crate::events::{EventFactory, Profile, BURST_MULTIPLIER};
@@ -454,8 +453,7 @@ async fn run(
     let mut workers = Vec::new();
     for w in 0..params.threads {
         // Spread the rate so the shares add up exactly to the target.
-        let share = params.rate_per_second / params.threads
-            + u32::from(w < params.rate_per_second % params.threads);
+        let share = worker_share(params.rate_per_second, params.threads, w);
         workers.push(tokio::spawn(worker(
             engine.clone(),
             params.clone(),
@@ -491,6 +489,36 @@ fn take(remaining: &AtomicU64, want: u64) -> u64 {
             Err(actual) => cur = actual,
         }
     }
+}
+
+/// What one turn of a worker does, from the breaker's permit and the run's countdown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Turn {
+    /// Generate and send this many events (taken from the countdown).
+    Generate(u64),
+    /// Breaker open: keep the pace, generate nothing, count this many as skipped (the countdown
+    /// is untouched, so a `count` run still delivers its count once the broker is back).
+    Skip(u64),
+    /// The count is exhausted.
+    Done,
+}
+
+/// A half-open probe is a single record; otherwise a whole batch.
+fn plan_turn(permit: Permit, batch: u32, remaining: &AtomicU64) -> Turn {
+    let want = match permit {
+        Permit::Rejected => return Turn::Skip(u64::from(batch)),
+        Permit::Probe => 1,
+        Permit::Allowed => u64::from(batch),
+    };
+    match take(remaining, want) {
+        0 => Turn::Done,
+        n => Turn::Generate(n),
+    }
+}
+
+/// Worker `w`'s share of `rate`: the shares of all `threads` workers add up exactly to `rate`.
+fn worker_share(rate: u32, threads: u32, w: u32) -> u32 {
+    rate / threads + u32::from(w < rate % threads)
 }
 
 /// What every worker of one run shares.
@@ -542,25 +570,12 @@ async fn worker(engine: Arc<Engine>, params: RunParams, index: u32, rate: u32, s
             break;
         }
         let permit = engine.breaker.permit();
-        // Open breaker: keep the pace but generate nothing, and count what was skipped. A probe
-        // while half-open is a single record.
-        let want = match permit {
-            Permit::Allowed => u64::from(batch),
-            Permit::Probe => 1,
-            Permit::Rejected => 0,
-        };
-        let n = if want == 0 {
-            u64::from(batch)
-        } else {
-            match take(&remaining, want) {
-                0 => {
-                    if permit == Permit::Probe {
-                        engine.breaker.probe_abandoned();
-                    }
-                    break;
-                }
-                n => n,
-            }
+        // Freed on every exit of this turn unless its record is queued.
+        let mut probe = (permit == Permit::Probe).then(|| engine.breaker.probe_slot());
+        let turn = plan_turn(permit, batch, &remaining);
+        let n = match turn {
+            Turn::Generate(n) | Turn::Skip(n) => n,
+            Turn::Done => break,
         };
         let permits = NonZeroU32::new(n as u32).expect("n >= 1");
         let elapsed = started.elapsed();
@@ -581,15 +596,12 @@ async fn worker(engine: Arc<Engine>, params: RunParams, index: u32, rate: u32, s
             },
         };
         if !ready {
-            if permit == Permit::Probe {
-                engine.breaker.probe_abandoned();
-            }
-            if want > 0 {
+            if let Turn::Generate(n) = turn {
                 remaining.fetch_add(n, Ordering::Relaxed);
             }
             break;
         }
-        if permit == Permit::Rejected {
+        if let Turn::Skip(_) = turn {
             engine.counters.skipped.fetch_add(n, Ordering::Relaxed);
             telemetry::events_skipped(n);
             continue;
@@ -606,9 +618,6 @@ async fn worker(engine: Arc<Engine>, params: RunParams, index: u32, rate: u32, s
                     telemetry::events_rate_limited(limited);
                 }
                 None => {
-                    if permit == Permit::Probe {
-                        engine.breaker.probe_abandoned();
-                    }
                     remaining.fetch_add(n, Ordering::Relaxed);
                     break;
                 }
@@ -653,7 +662,7 @@ async fn worker(engine: Arc<Engine>, params: RunParams, index: u32, rate: u32, s
                 &event.service,
                 &buf,
                 traceparent.as_deref(),
-                permit == Permit::Probe,
+                &mut probe,
                 &cancel,
             )
             .await;
@@ -701,21 +710,12 @@ async fn send(
     key: &str,
     payload: &[u8],
     traceparent: Option<&str>,
-    probe: bool,
+    probe: &mut Option<ProbeSlot<'_>>,
     cancel: &CancellationToken,
 ) -> SendOutcome {
     loop {
-        let mut headers = OwnedHeaders::new_with_capacity(2).insert(Header {
-            key: "content-type",
-            value: Some("application/json"),
-        });
-        if let Some(tp) = traceparent {
-            headers = headers.insert(Header {
-                key: "traceparent",
-                value: Some(tp),
-            });
-        }
-        let record = BaseRecord::with_opaque_to(topic, if probe { PROBE } else { 0 })
+        let headers = logpipe_common::kafka::event_headers("application/json", traceparent);
+        let record = BaseRecord::with_opaque_to(topic, if probe.is_some() { PROBE } else { 0 })
             .key(key)
             .payload(payload)
             .headers(headers);
@@ -723,22 +723,17 @@ async fn send(
         match producer.send(record) {
             Ok(()) => {
                 engine.breaker.queued();
+                if let Some(slot) = probe.take() {
+                    slot.handed_over();
+                }
                 return SendOutcome::Handled;
             }
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                 if engine.breaker.state() == breaker::OPEN {
-                    if probe {
-                        engine.breaker.probe_abandoned();
-                    }
                     return SendOutcome::Skipped;
                 }
                 tokio::select! {
-                    _ = cancel.cancelled() => {
-                        if probe {
-                            engine.breaker.probe_abandoned();
-                        }
-                        return SendOutcome::Cancelled;
-                    }
+                    _ = cancel.cancelled() => return SendOutcome::Cancelled,
                     _ = tokio::time::sleep(Duration::from_millis(2)) => {}
                 }
             }
@@ -751,9 +746,6 @@ async fn send(
                 telemetry::send_errors(1);
                 tracing::warn!(error = %e, "produce refused");
                 engine.breaker.failed_now();
-                if probe {
-                    engine.breaker.probe_abandoned();
-                }
                 return SendOutcome::Handled;
             }
         }
@@ -856,5 +848,40 @@ mod tests {
             total += n;
         }
         assert_eq!(total, 250);
+    }
+
+    #[test]
+    fn an_open_breaker_skips_a_batch_without_touching_the_count() {
+        let remaining = AtomicU64::new(10);
+        assert_eq!(
+            plan_turn(Permit::Rejected, 500, &remaining),
+            Turn::Skip(500)
+        );
+        assert_eq!(remaining.load(Ordering::Relaxed), 10);
+    }
+
+    #[test]
+    fn a_probe_is_one_record_and_an_allowed_turn_a_batch_capped_by_the_count() {
+        let remaining = AtomicU64::new(10);
+        assert_eq!(plan_turn(Permit::Probe, 500, &remaining), Turn::Generate(1));
+        assert_eq!(plan_turn(Permit::Allowed, 4, &remaining), Turn::Generate(4));
+        assert_eq!(
+            plan_turn(Permit::Allowed, 500, &remaining),
+            Turn::Generate(5)
+        );
+        assert_eq!(plan_turn(Permit::Allowed, 500, &remaining), Turn::Done);
+        assert_eq!(plan_turn(Permit::Probe, 500, &remaining), Turn::Done);
+    }
+
+    #[test]
+    fn worker_shares_add_up_exactly_to_the_rate() {
+        for (rate, threads) in [(1, 4), (7, 3), (100_000, 7), (1_000_000, 64)] {
+            let shares: Vec<u32> = (0..threads)
+                .map(|w| worker_share(rate, threads, w))
+                .collect();
+            assert_eq!(shares.iter().sum::<u32>(), rate, "{rate}/{threads}");
+            let (lo, hi) = (shares.iter().min().unwrap(), shares.iter().max().unwrap());
+            assert!(hi - lo <= 1, "{shares:?}");
+        }
     }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -55,7 +55,7 @@ impl IntoResponse for ApiError {
             ApiError::Conflict(d) => (StatusCode::CONFLICT, "conflict", d.clone()),
             ApiError::NotReady(d) => (StatusCode::SERVICE_UNAVAILABLE, "not_ready", d.clone()),
         };
-        (status, Json(json!({ "error": error, "detail": detail }))).into_response()
+        logpipe_common::http::error_response(status, error, detail)
     }
 }
 
@@ -64,7 +64,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/generator/start", post(start))
         .route("/api/v1/generator/stop", post(stop))
         .route("/api/v1/generator/status", get(status))
-        .route("/health", get(health))
+        .route("/health", get(logpipe_common::http::health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(64 * 1024))
@@ -103,10 +103,6 @@ async fn status(State(s): State<AppState>) -> Json<Status> {
     Json(s.engine.status())
 }
 
-async fn health() -> Json<serde_json::Value> {
-    Json(json!({ "status": "ok" }))
-}
-
 /// Ready when the broker answers a metadata request for our topic.
 async fn ready(State(s): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
     let engine = s.engine.clone();
@@ -129,9 +125,6 @@ async fn ready(State(s): State<AppState>) -> Result<Json<serde_json::Value>, Api
     }
 }
 
-async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        s.metrics.render(),
-    )
+async fn metrics(State(s): State<AppState>) -> Response {
+    logpipe_common::http::metrics_response(&s.metrics)
 }

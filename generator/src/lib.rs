@@ -11,6 +11,10 @@
 //! - [`startup`]: `Application::build(config)` → `run_until_stopped(token)`, used by `main` and tests.
 //! - [`telemetry`]: the generator's named metrics.
 
+// Library code states its invariants with `expect("why")`; a bare unwrap is a test's habit
+// (clippy.toml allows it in tests; benches and integration tests are not linted for it).
+#![warn(clippy::unwrap_used)]
+
 pub mod breaker;
 pub mod budget;
 pub mod config;

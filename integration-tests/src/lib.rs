@@ -312,15 +312,11 @@ pub async fn produce_all(
     topic: &str,
     records: impl IntoIterator<Item = (String, Vec<u8>, &'static str)>,
 ) {
-    use rdkafka::message::{Header, OwnedHeaders};
     use rdkafka::producer::FutureRecord;
     let sends = records
         .into_iter()
         .map(|(key, payload, content_type)| async move {
-            let headers = OwnedHeaders::new().insert(Header {
-                key: "content-type",
-                value: Some(content_type),
-            });
+            let headers = logpipe_common::kafka::event_headers(content_type, None);
             producer
                 .send(
                     FutureRecord::to(topic)

@@ -7,6 +7,10 @@
 //! bounded by `--count` and `--timeout-secs`, and it only talks to the addresses it is given
 //! (loopback by default).
 
+// Library code states its invariants with `expect("why")`; a bare unwrap is a test's habit
+// (clippy.toml allows it in tests; benches and integration tests are not linted for it).
+#![warn(clippy::unwrap_used)]
+
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};

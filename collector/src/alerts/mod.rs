@@ -1,5 +1,6 @@
 //! Alerts: turning a batch's findings and its closed windows into alert rows (once per episode),
 //! inside the batch's transaction, and publishing committed alerts to the `alerts` topic (outbox).
+//! This file is the store layer; every decision it writes is made in [`decide`], which is pure.
 //!
 //! - Per-event kinds (fatal_event, sql_injection, brute_force): a detection extends the open episode
 //!   of its (kind, subject) when it falls within `episode_gap_secs` of it, else opens a new alert.
@@ -12,7 +13,6 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use logpipe_common::formats::derived_id;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::Serialize;
 use serde_json::json;
@@ -20,6 +20,10 @@ use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 
 use crate::detect::{AlertKind, AlertSettings, Detection, Findings};
+
+pub mod decide;
+
+use decide::EpisodeStep;
 
 /// An alert as stored, served and published.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -55,17 +59,10 @@ pub async fn record_findings(
     if findings.failed_logins.is_empty() {
         return Ok(());
     }
-    let subjects: Vec<&str> = findings
-        .failed_logins
-        .values()
-        .map(|f| f.subject.as_str())
-        .collect();
-    let starts: Vec<DateTime<Utc>> = findings
-        .failed_logins
-        .values()
-        .map(|f| f.window_start)
-        .collect();
-    let hits: Vec<i64> = findings.failed_logins.values().map(|f| f.hits).collect();
+    let logins = findings.failed_logins.values();
+    let subjects: Vec<&str> = logins.clone().map(|f| f.subject.as_str()).collect();
+    let starts: Vec<DateTime<Utc>> = logins.clone().map(|f| f.window_start).collect();
+    let hits: Vec<i64> = logins.map(|f| f.hits).collect();
     let totals: Vec<(String, DateTime<Utc>, i64)> = sqlx::query_as(
         "INSERT INTO failed_logins AS f (subject, window_start, hits)
          SELECT * FROM UNNEST($1::text[], $2::timestamptz[], $3::int8[])
@@ -77,29 +74,7 @@ pub async fn record_findings(
     .bind(&hits)
     .fetch_all(&mut *tx)
     .await?;
-    for (subject, start, total) in totals {
-        if total < settings.brute_force_threshold {
-            continue;
-        }
-        let Some(f) = findings
-            .failed_logins
-            .get(&(subject.clone(), start.timestamp()))
-        else {
-            continue;
-        };
-        let d = Detection {
-            kind: AlertKind::BruteForce,
-            subject: subject.clone(),
-            service: f.service.clone(),
-            first_seen: f.first_seen,
-            last_seen: f.last_seen,
-            count: f.hits,
-            example: format!(
-                "{total} failed logins for {subject} in the {}-second window from {}",
-                settings.brute_force_window_secs,
-                start.format("%H:%M:%S")
-            ),
-        };
+    for d in decide::brute_force_detections(&totals, &findings.failed_logins, settings) {
         if record_detection(tx, &d, settings).await? {
             raised.push(d.kind);
         }
@@ -115,58 +90,56 @@ async fn record_detection(
     settings: &AlertSettings,
 ) -> Result<bool, sqlx::Error> {
     let kind = d.kind.as_str();
+    // Two collectors must not open the same episode twice.
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
         .bind(format!("{kind}/{}", d.subject))
         .execute(&mut *tx)
         .await?;
-    let gap = f64::from(settings.episode_gap_secs);
-    let extended = sqlx::query(
-        "UPDATE alerts SET last_seen = GREATEST(last_seen, $4), first_seen = LEAST(first_seen, $3),
-                           occurrences = occurrences + $5
-          WHERE alert_id = (
-                SELECT alert_id FROM alerts
-                 WHERE kind = $1 AND subject = $2
-                   AND last_seen >= $3 - make_interval(secs => $6)
-                   AND first_seen <= $4 + make_interval(secs => $6)
-                 ORDER BY last_seen DESC LIMIT 1)",
+    let latest: Option<decide::EpisodeSpan> = sqlx::query_as(
+        "SELECT alert_id, first_seen, last_seen FROM alerts
+          WHERE kind = $1 AND subject = $2 AND first_seen <= $3 + make_interval(secs => $4)
+          ORDER BY last_seen DESC LIMIT 1",
     )
     .bind(kind)
     .bind(&d.subject)
-    .bind(d.first_seen)
     .bind(d.last_seen)
-    .bind(d.count)
-    .bind(gap)
-    .execute(&mut *tx)
+    .bind(f64::from(settings.episode_gap_secs))
+    .fetch_optional(&mut *tx)
     .await?
-    .rows_affected();
-    if extended > 0 {
+    .map(|(alert_id, first_seen, last_seen)| decide::EpisodeSpan {
+        alert_id,
+        first_seen,
+        last_seen,
+    });
+    if let Some(open) = latest
+        .as_ref()
+        .filter(|a| decide::extends_episode(Some(a), d, settings.episode_gap_secs))
+    {
+        sqlx::query(
+            "UPDATE alerts SET last_seen = GREATEST(last_seen, $3), first_seen = LEAST(first_seen, $2),
+                               occurrences = occurrences + $4
+              WHERE alert_id = $1",
+        )
+        .bind(&open.alert_id)
+        .bind(d.first_seen)
+        .bind(d.last_seen)
+        .bind(d.count)
+        .execute(&mut *tx)
+        .await?;
         return Ok(false);
     }
-    let summary = match d.kind {
-        AlertKind::FatalEvent => format!("FATAL event in {}: {}", d.service, d.example),
-        AlertKind::SqlInjection => format!(
-            "SQL-injection signature in requests to {}: {}",
-            d.service, d.example
-        ),
-        AlertKind::BruteForce => format!("brute-force login attempts: {}", d.example),
-        AlertKind::ErrorRateSpike => d.example.clone(),
-    };
-    let id = derived_id(
-        d.first_seen,
-        format!("{kind}/{}/{}", d.subject, d.first_seen.timestamp_micros()).as_bytes(),
-    );
     let inserted = sqlx::query(
         "INSERT INTO alerts (alert_id, kind, subject, service, severity, summary, first_seen,
                              last_seen, occurrences, details)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
          ON CONFLICT (alert_id) DO NOTHING",
     )
-    .bind(&id)
+    .bind(decide::detection_alert_id(d))
     .bind(kind)
     .bind(&d.subject)
     .bind(&d.service)
     .bind(d.kind.severity())
-    .bind(&summary)
+    .bind(decide::detection_summary(d))
     .bind(d.first_seen)
     .bind(d.last_seen)
     .bind(d.count)
@@ -177,15 +150,8 @@ async fn record_detection(
     Ok(inserted == 1)
 }
 
-#[derive(sqlx::FromRow)]
-struct RateState {
-    last_window_start: Option<DateTime<Utc>>,
-    baseline: f64,
-    baseline_windows: i64,
-    open_alert_id: Option<String>,
-}
-
-/// Judge every closed, not yet judged error-rate window of `service` up to window start `upto`.
+/// Judge every closed, not yet judged error-rate window of `service` up to window start `upto`:
+/// read the state and the windows, let [`decide::judge_windows`] decide, write the steps.
 pub async fn judge_error_rate(
     tx: &mut PgConnection,
     s: &AlertSettings,
@@ -202,17 +168,22 @@ pub async fn judge_error_rate(
     .bind(s.error_rate_default_baseline)
     .execute(&mut *tx)
     .await?;
-    let mut st: RateState = sqlx::query_as(
+    let (last_judged, baseline, baseline_windows, open_alert_id): (
+        Option<DateTime<Utc>>,
+        f64,
+        i64,
+        Option<String>,
+    ) = sqlx::query_as(
         "SELECT last_window_start, baseline, baseline_windows, open_alert_id
            FROM error_rate_state WHERE service = $1 FOR UPDATE",
     )
     .bind(service)
     .fetch_one(&mut *tx)
     .await?;
-    if st.last_window_start.is_some_and(|last| upto <= last) {
-        return Ok(());
+    if last_judged.is_some_and(|last| upto <= last) {
+        return Ok(()); // judged already: skip reading the windows
     }
-    let windows: Vec<(DateTime<Utc>, i64, i64)> = sqlx::query_as(
+    let windows: Vec<decide::WindowCount> = sqlx::query_as(
         "SELECT window_start, SUM(event_count)::int8,
                 COALESCE(SUM(event_count) FILTER (WHERE level IN ('ERROR', 'FATAL')), 0)::int8
            FROM window_stats
@@ -222,93 +193,83 @@ pub async fn judge_error_rate(
     )
     .bind(width as i32)
     .bind(service)
-    .bind(st.last_window_start)
+    .bind(last_judged)
     .bind(upto)
     .fetch_all(&mut *tx)
-    .await?;
-    let step = chrono::Duration::seconds(width);
-    let mut prev_end: Option<DateTime<Utc>> = None;
-    for (start, total, errors) in windows {
-        // A window without events between two judged ones ends an open episode.
-        if let (Some(id), Some(end)) = (&st.open_alert_id, prev_end) {
-            if start > end {
-                end_episode(tx, id, end).await?;
-                st.open_alert_id = None;
-            }
-        }
-        let rate = errors as f64 / total.max(1) as f64;
-        let threshold =
-            (st.baseline * s.error_rate_factor).max(st.baseline + s.error_rate_min_increase);
-        let anomalous = errors >= s.error_rate_min_errors && rate >= threshold;
-        let end = start + step;
-        if anomalous {
-            match &st.open_alert_id {
-                Some(id) => {
-                    sqlx::query(
-                        "UPDATE alerts SET last_seen = $2, occurrences = occurrences + 1,
-                                details = jsonb_set(details, '{peak_error_rate}',
-                                    to_jsonb(GREATEST((details->>'peak_error_rate')::float8, $3)))
-                          WHERE alert_id = $1",
-                    )
-                    .bind(id)
-                    .bind(end)
-                    .bind(rate)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                None => {
-                    let id = derived_id(
-                        start,
-                        format!("error_rate_spike/{service}/{}", start.timestamp()).as_bytes(),
-                    );
-                    let summary = format!(
-                        "error rate of {service} at {:.0}% ({errors} of {total}) in the {width}-second window from {}; baseline {:.1}%",
-                        rate * 100.0,
-                        start.format("%H:%M:%S"),
-                        st.baseline * 100.0
-                    );
-                    let inserted = sqlx::query(
-                        "INSERT INTO alerts (alert_id, kind, subject, service, severity, summary,
-                                             first_seen, last_seen, occurrences, details)
-                         VALUES ($1, 'error_rate_spike', $2, $2, 'warning', $3, $4, $5, 1, $6)
-                         ON CONFLICT (alert_id) DO NOTHING",
-                    )
-                    .bind(&id)
-                    .bind(service)
-                    .bind(&summary)
-                    .bind(start)
-                    .bind(end)
-                    .bind(json!({
-                        "error_rate": rate, "peak_error_rate": rate, "errors": errors,
-                        "events": total, "baseline": st.baseline, "window_secs": width,
-                    }))
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                    if inserted == 1 {
-                        raised.push(AlertKind::ErrorRateSpike);
-                    }
-                    st.open_alert_id = Some(id);
+    .await?
+    .into_iter()
+    .map(|(start, total, errors)| decide::WindowCount {
+        start,
+        total,
+        errors,
+    })
+    .collect();
+    let mut st = decide::RateState {
+        last_judged,
+        baseline,
+        baseline_windows,
+        open_alert_id,
+    };
+    for step in decide::judge_windows(&mut st, s, service, width, &windows, upto) {
+        match step {
+            EpisodeStep::Open {
+                alert_id,
+                start,
+                end,
+                summary,
+                rate,
+                errors,
+                total,
+                baseline,
+            } => {
+                let inserted = sqlx::query(
+                    "INSERT INTO alerts (alert_id, kind, subject, service, severity, summary,
+                                         first_seen, last_seen, occurrences, details)
+                     VALUES ($1, 'error_rate_spike', $2, $2, 'warning', $3, $4, $5, 1, $6)
+                     ON CONFLICT (alert_id) DO NOTHING",
+                )
+                .bind(&alert_id)
+                .bind(service)
+                .bind(&summary)
+                .bind(start)
+                .bind(end)
+                .bind(json!({
+                    "error_rate": rate, "peak_error_rate": rate, "errors": errors,
+                    "events": total, "baseline": baseline, "window_secs": width,
+                }))
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if inserted == 1 {
+                    raised.push(AlertKind::ErrorRateSpike);
                 }
             }
-        } else {
-            if let Some(id) = st.open_alert_id.take() {
-                end_episode(tx, &id, start).await?;
+            EpisodeStep::Extend {
+                alert_id,
+                end,
+                rate,
+            } => {
+                sqlx::query(
+                    "UPDATE alerts SET last_seen = $2, occurrences = occurrences + 1,
+                            details = jsonb_set(details, '{peak_error_rate}',
+                                to_jsonb(GREATEST((details->>'peak_error_rate')::float8, $3)))
+                      WHERE alert_id = $1",
+                )
+                .bind(&alert_id)
+                .bind(end)
+                .bind(rate)
+                .execute(&mut *tx)
+                .await?;
             }
-            // Learn only from windows with enough events to say something.
-            if total >= s.error_rate_min_errors {
-                st.baseline = s.error_rate_baseline_alpha * rate
-                    + (1.0 - s.error_rate_baseline_alpha) * st.baseline;
-                st.baseline_windows += 1;
+            EpisodeStep::End { alert_id, at } => {
+                sqlx::query(
+                    "UPDATE alerts SET ended_at = $2 WHERE alert_id = $1 AND ended_at IS NULL",
+                )
+                .bind(&alert_id)
+                .bind(at)
+                .execute(&mut *tx)
+                .await?;
             }
-        }
-        prev_end = Some(end);
-    }
-    // Trailing windows without events end the episode too.
-    if let (Some(id), Some(end)) = (&st.open_alert_id, prev_end) {
-        if upto >= end {
-            end_episode(tx, id, end).await?;
-            st.open_alert_id = None;
         }
     }
     sqlx::query(
@@ -322,19 +283,6 @@ pub async fn judge_error_rate(
     .bind(&st.open_alert_id)
     .execute(&mut *tx)
     .await?;
-    Ok(())
-}
-
-async fn end_episode(
-    tx: &mut PgConnection,
-    alert_id: &str,
-    at: DateTime<Utc>,
-) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE alerts SET ended_at = $2 WHERE alert_id = $1 AND ended_at IS NULL")
-        .bind(alert_id)
-        .bind(at)
-        .execute(&mut *tx)
-        .await?;
     Ok(())
 }
 

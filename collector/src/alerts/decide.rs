@@ -477,34 +477,14 @@ mod tests {
     #[test]
     fn the_same_spike_judged_twice_derives_the_same_alert_id() {
         let s = AlertSettings::default();
-        let open_id = |steps: Vec<EpisodeStep>| match &steps[0] {
-            EpisodeStep::Open { alert_id, .. } => alert_id.clone(),
-            other => panic!("{other:?}"),
+        let open_id = |service: &str| {
+            let steps = judge_windows(&mut fresh(), &s, service, 10, &[window(0, 100, 50)], at(0));
+            match &steps[0] {
+                EpisodeStep::Open { alert_id, .. } => alert_id.clone(),
+                other => panic!("{other:?}"),
+            }
         };
-        let a = open_id(judge_windows(
-            &mut fresh(),
-            &s,
-            "api",
-            10,
-            &[window(0, 100, 50)],
-            at(0),
-        ));
-        let b = open_id(judge_windows(
-            &mut fresh(),
-            &s,
-            "api",
-            10,
-            &[window(0, 100, 50)],
-            at(0),
-        ));
-        let c = open_id(judge_windows(
-            &mut fresh(),
-            &s,
-            "web",
-            10,
-            &[window(0, 100, 50)],
-            at(0),
-        ));
+        let (a, b, c) = (open_id("api"), open_id("api"), open_id("web"));
         assert_eq!(a, b);
         assert_ne!(a, c);
     }

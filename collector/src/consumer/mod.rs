@@ -26,34 +26,41 @@
 //!   recorded in `offset_resets`) or refused, per `consumer.offset_out_of_range`. Never skipped.
 
 use std::cell::Cell;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use futures::future::join_all;
 use logpipe_common::event::EventError;
 use logpipe_common::formats::{derived_id, parse_line, LineContext};
 use logpipe_common::kafka::header_value;
 use logpipe_common::LogEvent;
 use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, Message, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use rdkafka::message::Message;
+use rdkafka::producer::FutureProducer;
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{Offset, TopicPartitionList};
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{CollectorConfig, OffsetPolicy};
-use crate::db::{BatchWrite, Db, DbError, OffsetMove, OffsetReset, Stored, StoredEvent};
+use crate::db::{BatchWrite, Db, OffsetMove};
 use crate::detect::Detector;
 use crate::filter::FilterHandle;
 use crate::telemetry;
-use crate::windows::{Aggregator, Spec};
+use crate::windows::Spec;
+
+mod context;
+mod decide;
+mod write;
+
+use context::*;
+use decide::*;
+use write::*;
 
 /// Liveness of the loop and of its last write, read by `/ready`.
 #[derive(Debug, Default)]
@@ -78,385 +85,6 @@ impl Drop for RunningGuard {
             tracing::error!("the consume loop panicked; the collector is not ready and exits");
         }
     }
-}
-
-/// Partitions this consumer owns: assignment epoch and the stored offset its next write must see.
-#[derive(Debug, Default)]
-struct Ownership {
-    epoch: u64,
-    partitions: HashMap<i32, Owned>,
-}
-
-#[derive(Debug, Clone)]
-struct Owned {
-    epoch: u64,
-    /// Stored next offset: what the next write must find in Postgres.
-    expected: i64,
-    /// The offset the next record must have. Lower ones were re-read on purpose (the lookback, a
-    /// repair) and are skipped; a higher one is a gap, re-fetched (see `accept`).
-    next_fetch: i64,
-    /// The gap being repaired: its position, how often it was re-fetched, and when last.
-    gap: Option<(i64, u32, Instant)>,
-    /// Stored event-time progress (newest event time seen).
-    max_ts: Option<DateTime<Utc>>,
-    /// When the last record of this partition arrived (idle detection).
-    last_record: Instant,
-    /// Services seen on this partition: whose error-rate windows it closes.
-    services: BTreeSet<String>,
-    /// The broker's log start when last seen: fetches never start before it.
-    log_start: i64,
-    /// Why the partition is held paused (its stored offset does not fit the log), if it is.
-    refused: Option<&'static str>,
-    /// A misfit seen in one statistics snapshot, with the stored offset then: acted on only if
-    /// the next snapshot confirms it (see `confirmed_misfit`).
-    suspect: Option<(&'static str, i64)>,
-}
-
-impl Owned {
-    fn new(epoch: u64, stored: Stored) -> Owned {
-        Owned {
-            epoch,
-            expected: stored.next_offset,
-            next_fetch: stored.next_offset,
-            gap: None,
-            max_ts: stored.max_event_ts,
-            last_record: Instant::now(),
-            services: BTreeSet::new(),
-            log_start: 0,
-            refused: None,
-            suspect: None,
-        }
-    }
-}
-
-/// A misfit is acted on only when two statistics snapshots in a row show it: librdkafka reads a
-/// partition's bounds for a snapshot without ordering that against the records it queues, so one
-/// snapshot can lag behind records already consumed; the next one (a second later) cannot.
-/// `previous` is the misfit and stored offset seen at the last snapshot.
-fn confirmed_misfit(
-    previous: Option<(&'static str, i64)>,
-    expected: i64,
-    low: i64,
-    high: i64,
-) -> (Option<&'static str>, Option<(&'static str, i64)>) {
-    let Some(reason) = offset_misfit(expected, low, high) else {
-        return (None, None);
-    };
-    match previous {
-        Some((_, before)) if offset_misfit(before, low, high).is_some() => (Some(reason), None),
-        _ => (None, Some((reason, expected))),
-    }
-}
-
-/// Whether a stored next offset fits the broker's log `[low, high]` (high = the next offset the
-/// broker will assign). `None` when it fits; else the reason, as counted and recorded.
-fn offset_misfit(stored: i64, low: i64, high: i64) -> Option<&'static str> {
-    if stored > high {
-        Some("past_log_end")
-    } else if stored < low {
-        Some("before_log_start")
-    } else {
-        None
-    }
-}
-
-struct CollectorContext {
-    db: Db,
-    rt: Handle,
-    group: String,
-    topic: String,
-    lookback: i64,
-    policy: OffsetPolicy,
-    ownership: Arc<Mutex<Ownership>>,
-    cancel: CancellationToken,
-    /// Set from librdkafka's threads when a broker connection fails (see `BrokerHold`).
-    broker_lost: AtomicBool,
-    /// The log's bounds per partition as the latest fetch responses told them (see `Bounds`).
-    bounds: Mutex<Bounds>,
-}
-
-/// Each partition's log start and end as carried by fetch responses, from librdkafka's statistics
-/// (once a second). The offset-fit check and the lag use these, not a ListOffsets query: Tansu
-/// 0.6's in-memory engine answers ListOffsets(latest) with the base offset of the newest record
-/// batch plus one, short of the log's end by the rest of that batch (the "short ListOffsets"
-/// workaround); its fetch responses carry the true high watermark, as Kafka's do.
-#[derive(Debug, Default)]
-struct Bounds {
-    /// Counts statistics snapshots, so the loop knows a new one arrived.
-    snapshot: u64,
-    /// partition -> (log start, log end); -1 when not known (no fetch response yet, or an error).
-    partitions: HashMap<i32, (i64, i64)>,
-}
-
-/// How a consumed record relates to the offset its partition expects next.
-enum Arrival {
-    Take(u64),
-    Skip,
-    /// Re-fetch from this offset (the partition's log start is the second field).
-    Repair(i64, i64),
-}
-
-/// After a repair seek, records fetched before it may still arrive; they are skipped for this long
-/// before another re-fetch counts.
-const GAP_REPAIR_WAIT: Duration = Duration::from_secs(2);
-
-/// Where to fetch from to resume at `next`: a lookback earlier (see `resume_lookback_records`),
-/// never before the log's start (Kafka refuses such a fetch).
-fn fetch_start(next: i64, lookback: i64, log_start: i64) -> Offset {
-    Offset::Offset(
-        next.saturating_sub(lookback.max(0))
-            .max(log_start.min(next))
-            .max(0),
-    )
-}
-
-/// Tansu workaround, the "unknown-topic fetch crash": Tansu 0.6 answers a fetch for a topic it
-/// does not have (an in-memory broker restarted, before anyone recreated the topic) with a zero
-/// topic id and a `CurrentLeader` tag; librdkafka 2.12 turns that tag into a metadata update for a
-/// topic with no name and crashes (SIGSEGV in `rd_kafka_metadata_cache_find`). So when a broker
-/// connection fails, the loop pauses every partition before librdkafka reconnects (reconnect
-/// backoff 1 s), and resumes only once the broker answers metadata with the topic present,
-/// creating it again if it is missing. On Apache Kafka the pause lasts one metadata round trip.
-#[derive(Debug, Default)]
-struct BrokerHold {
-    held: bool,
-    next_probe: Option<Instant>,
-}
-
-impl ClientContext for CollectorContext {
-    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
-        // librdkafka logs every broker connection failure (a disconnect, a refused connect)
-        // under the FAIL facility, at once and from the broker's thread.
-        if fac == "FAIL" {
-            self.broker_lost.store(true, Ordering::Relaxed);
-        }
-        match level {
-            RDKafkaLogLevel::Emerg
-            | RDKafkaLogLevel::Alert
-            | RDKafkaLogLevel::Critical
-            | RDKafkaLogLevel::Error => {
-                tracing::error!(target: "librdkafka", "librdkafka: {fac} {log_message}");
-            }
-            RDKafkaLogLevel::Warning => {
-                tracing::warn!(target: "librdkafka", "librdkafka: {fac} {log_message}");
-            }
-            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
-                tracing::info!(target: "librdkafka", "librdkafka: {fac} {log_message}");
-            }
-            RDKafkaLogLevel::Debug => {
-                tracing::debug!(target: "librdkafka", "librdkafka: {fac} {log_message}");
-            }
-        }
-    }
-
-    fn stats(&self, statistics: rdkafka::Statistics) {
-        let Some(topic) = statistics.topics.get(&self.topic) else {
-            return;
-        };
-        let mut bounds = self.bounds.lock().expect("bounds lock");
-        bounds.snapshot += 1;
-        for (&p, part) in &topic.partitions {
-            if p >= 0 {
-                bounds
-                    .partitions
-                    .insert(p, (part.lo_offset, part.hi_offset));
-            }
-        }
-    }
-
-    fn error(&self, error: KafkaError, reason: &str) {
-        if matches!(
-            error.rdkafka_error_code(),
-            Some(RDKafkaErrorCode::BrokerTransportFailure | RDKafkaErrorCode::AllBrokersDown)
-        ) {
-            self.broker_lost.store(true, Ordering::Relaxed);
-        }
-        tracing::error!(target: "librdkafka", "librdkafka: {error}: {reason}");
-    }
-}
-
-impl ConsumerContext for CollectorContext {
-    fn rebalance(
-        &self,
-        consumer: &BaseConsumer<Self>,
-        err: RDKafkaRespErr,
-        tpl: &mut TopicPartitionList,
-    ) {
-        let cooperative = matches!(
-            consumer.rebalance_protocol(),
-            RebalanceProtocol::Cooperative
-        );
-        let partitions: Vec<i32> = tpl
-            .elements_for_topic(&self.topic)
-            .iter()
-            .map(|e| e.partition())
-            .collect();
-        match err {
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                let stored = self.claim_with_retry(&partitions);
-                let mut own = self.ownership.lock().expect("ownership lock");
-                own.epoch += 1;
-                let epoch = own.epoch;
-                for (&p, &st) in &stored {
-                    // Whether the stored offset fits the log is checked once the first fetch
-                    // response tells the log's bounds (see `check_offsets`).
-                    if let Err(e) = tpl.set_partition_offset(
-                        &self.topic,
-                        p,
-                        fetch_start(st.next_offset, self.lookback, 0),
-                    ) {
-                        tracing::error!(partition = p, error = %e, "cannot set start offset");
-                    }
-                    own.partitions.insert(p, Owned::new(epoch, st));
-                }
-                drop(own);
-                tracing::info!(?stored, "partitions assigned; resuming from stored offsets");
-                let res = if cooperative {
-                    consumer.incremental_assign(tpl)
-                } else {
-                    consumer.assign(tpl)
-                };
-                if let Err(e) = res {
-                    tracing::error!(error = %e, "assign failed");
-                }
-            }
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                let mut own = self.ownership.lock().expect("ownership lock");
-                for p in &partitions {
-                    own.partitions.remove(p);
-                }
-                own.epoch += 1;
-                drop(own);
-                tracing::info!(
-                    ?partitions,
-                    "partitions revoked; their buffered records are dropped"
-                );
-                let res = if cooperative {
-                    consumer.incremental_unassign(tpl)
-                } else {
-                    consumer.unassign()
-                };
-                if let Err(e) = res {
-                    tracing::error!(error = %e, "unassign failed");
-                }
-            }
-            other => {
-                tracing::error!(error = ?other, "rebalance error; dropping the assignment");
-                self.ownership
-                    .lock()
-                    .expect("ownership lock")
-                    .partitions
-                    .clear();
-                let _ = consumer.unassign();
-            }
-        }
-    }
-}
-
-impl CollectorContext {
-    /// A stored offset outside `[low, high]`: log it at ERROR, then reset it to the log start
-    /// (recorded in Postgres, counted) and return the new offset, or, with the `refuse` policy or
-    /// when the reset cannot be recorded, return `Err` (the partition stays paused).
-    fn apply_policy(
-        &self,
-        partition: i32,
-        stored: i64,
-        low: i64,
-        high: i64,
-        reason: &'static str,
-    ) -> Result<i64, ()> {
-        if self.policy == OffsetPolicy::Refuse {
-            tracing::error!(
-                partition,
-                stored,
-                log_start = low,
-                log_end = high,
-                reason,
-                "stored offset is outside the broker's log; partition paused (offset_out_of_range \
-                 = refuse): set consumer_offsets.next_offset and restart the collector"
-            );
-            return Err(());
-        }
-        let reset = OffsetReset {
-            partition,
-            old_offset: stored,
-            new_offset: low,
-            log_start: low,
-            log_end: high,
-            reason,
-        };
-        match self
-            .rt
-            .block_on(self.db.reset_offset(&self.group, &self.topic, &reset))
-        {
-            Ok(()) => {
-                tracing::error!(
-                    partition,
-                    stored,
-                    log_start = low,
-                    log_end = high,
-                    reason,
-                    "stored offset is outside the broker's log (did the broker lose its data?); \
-                     reset to the log start and recorded in offset_resets"
-                );
-                telemetry::offset_reset(partition, reason);
-                Ok(low)
-            }
-            Err(e) => {
-                tracing::error!(partition, stored, reason, error = %e,
-                    "stored offset is outside the broker's log and the reset cannot be recorded; \
-                     partition paused until it can");
-                Err(())
-            }
-        }
-    }
-
-    /// Postgres must answer before we can start a partition at the right place; keep asking (the
-    /// partition is not consumed meanwhile) until it does or we are shutting down.
-    fn claim_with_retry(&self, partitions: &[i32]) -> BTreeMap<i32, Stored> {
-        let mut delay = Duration::from_millis(100);
-        loop {
-            match self
-                .rt
-                .block_on(self.db.claim_offsets(&self.group, &self.topic, partitions))
-            {
-                Ok(map) => return map,
-                Err(e) if self.cancel.is_cancelled() => {
-                    tracing::warn!(error = %e, "cannot load offsets during shutdown");
-                    return BTreeMap::new();
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot load stored offsets; retrying");
-                    std::thread::sleep(delay);
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
-    }
-}
-
-/// One consumed record, owned, tagged with the assignment epoch it was read under.
-struct Pending {
-    partition: i32,
-    offset: i64,
-    epoch: u64,
-    item: Item,
-    /// Poison records: whether the DLQ already acknowledged it (a retried batch does not resend).
-    dlq_done: bool,
-    /// The record's processing span, when its `traceparent` says the trace is sampled. It lives
-    /// until the batch holding the record is committed.
-    trace: Option<tracing::Span>,
-}
-
-enum Item {
-    Event(Box<LogEvent>),
-    /// A record that cannot be stored: it goes to the DLQ with `kind` and `message` as headers.
-    Poison {
-        key: Option<Vec<u8>>,
-        payload: Vec<u8>,
-        kind: &'static str,
-        message: String,
-    },
 }
 
 pub struct ConsumerLoop {
@@ -1093,56 +721,25 @@ impl ConsumerLoop {
         let arrival = {
             let mut own = self.ownership.lock().expect("ownership lock");
             let o = own.partitions.get_mut(&partition)?;
-            if o.refused.is_some() {
-                // Fetched before the pause took effect; its offset is not trusted.
-                return None;
-            }
-            o.last_record = now;
-            if offset < o.next_fetch {
-                Arrival::Skip
-            } else if offset == o.next_fetch {
-                o.next_fetch = offset + 1;
-                o.gap = None;
-                Arrival::Take(o.epoch)
-            } else {
-                let retries = self.config.consumer.gap_repair_retries;
-                match o.gap {
-                    // A repair is under way: records fetched before it are still arriving.
-                    Some((at, _, since))
-                        if at == o.next_fetch && since.elapsed() < GAP_REPAIR_WAIT =>
-                    {
-                        Arrival::Skip
-                    }
-                    Some((at, n, _)) if at == o.next_fetch && n >= retries => {
-                        tracing::warn!(
-                            partition,
-                            from = o.next_fetch,
-                            to = offset,
-                            "offsets missing after {n} re-fetches; accepting the gap"
-                        );
-                        o.gap = None;
-                        o.next_fetch = offset + 1;
-                        Arrival::Take(o.epoch)
-                    }
-                    _ if retries == 0 => {
-                        o.next_fetch = offset + 1;
-                        Arrival::Take(o.epoch)
-                    }
-                    gap => {
-                        let n = gap.filter(|g| g.0 == o.next_fetch).map_or(0, |g| g.1);
-                        o.gap = Some((o.next_fetch, n + 1, Instant::now()));
-                        Arrival::Repair(o.next_fetch, o.log_start)
-                    }
-                }
-            }
+            o.arrive(offset, now, self.config.consumer.gap_repair_retries)
         };
         let owned = match arrival {
             Arrival::Take(epoch) => epoch,
+            Arrival::TakeOverGap {
+                epoch,
+                missing_from,
+                refetches,
+            } => {
+                tracing::warn!(
+                    partition,
+                    from = missing_from,
+                    to = offset,
+                    "offsets missing after {refetches} re-fetches; accepting the gap"
+                );
+                epoch
+            }
             Arrival::Skip => return None,
-            Arrival::Repair(from, log_start) => {
-                // Tansu can hand out a later record batch before an earlier one is readable;
-                // taking it would move the stored offset past records never seen. Fetch again
-                // from the missing offset (a lookback earlier, see `resume_lookback_records`).
+            Arrival::Repair { from, log_start } => {
                 tracing::warn!(
                     partition,
                     expected = from,
@@ -1153,11 +750,11 @@ impl ConsumerLoop {
                 if let Err(e) = self.consumer.seek(
                     &self.config.kafka.raw_topic,
                     partition,
-                    fetch_start(
+                    Offset::Offset(fetch_start(
                         from,
                         self.config.consumer.resume_lookback_records,
                         log_start,
-                    ),
+                    )),
                     Duration::from_secs(5),
                 ) {
                     tracing::error!(partition, error = %e, "seek for a gap repair failed");
@@ -1274,368 +871,6 @@ impl ConsumerLoop {
         });
     }
 
-    /// Write the batch. On success the batch is cleared; on a fence it is dropped and the
-    /// partitions re-read their stored offsets (the records come again to whoever owns them); a
-    /// transient error leaves the batch (less what committed) for a retry.
-    fn flush(&self, batch: &mut Vec<Pending>) -> Result<(), FlushError> {
-        match self.write_isolating(batch) {
-            Ok(()) => {
-                self.health.db_ok.store(true, Ordering::Relaxed);
-                self.refused_in_a_row.set(0);
-                batch.clear();
-                Ok(())
-            }
-            Err(FlushError::Db(DbError::Fenced {
-                partition,
-                expected,
-            })) => {
-                tracing::error!(
-                    partition,
-                    expected,
-                    "batch fenced; re-reading stored offsets"
-                );
-                batch.clear();
-                self.reposition();
-                Ok(())
-            }
-            Err(e) => {
-                self.health.db_ok.store(false, Ordering::Relaxed);
-                Err(e)
-            }
-        }
-    }
-
-    /// Write the batch; if the database refuses it for good, split it until each refused record
-    /// stands alone, send those to the DLQ and commit everything else in order. On an error the
-    /// records that committed are removed from the batch.
-    fn write_isolating(&self, batch: &mut Vec<Pending>) -> Result<(), FlushError> {
-        let err = match self.rt.block_on(self.write(batch)) {
-            Ok(()) => return Ok(()),
-            Err(e) => e,
-        };
-        if !refused_for_good(&err) {
-            return Err(err);
-        }
-        let trigger = match &err {
-            FlushError::Db(db) => db.sqlstate(),
-            _ => None,
-        };
-        tracing::warn!(error = %err, records = batch.len(),
-            "the database refused the batch; splitting it to isolate the refused records");
-        let mut done = 0;
-        let len = batch.len();
-        let result = self.write_split(batch, 0, len, trigger.as_deref(), &mut done);
-        batch.drain(..done);
-        result
-    }
-
-    /// Write `batch[lo..hi]`, known to hold a refused record, as two halves in order.
-    fn write_split(
-        &self,
-        batch: &mut [Pending],
-        lo: usize,
-        hi: usize,
-        trigger: Option<&str>,
-        done: &mut usize,
-    ) -> Result<(), FlushError> {
-        if hi - lo == 1 {
-            return self.dead_letter(batch, lo, trigger, done);
-        }
-        let mid = lo + (hi - lo) / 2;
-        for (a, b) in [(lo, mid), (mid, hi)] {
-            match self.rt.block_on(self.write(&mut batch[a..b])) {
-                Ok(()) => {
-                    *done = b;
-                    self.refused_in_a_row.set(0);
-                }
-                Err(e) if refused_for_good(&e) => {
-                    self.write_split(batch, a, b, trigger, done)?;
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
-    }
-
-    /// One record the database refuses for good: to the DLQ with the reason, its offset committed.
-    fn dead_letter(
-        &self,
-        batch: &mut [Pending],
-        at: usize,
-        trigger: Option<&str>,
-        done: &mut usize,
-    ) -> Result<(), FlushError> {
-        // A database that refuses every record alone is not refusing records: a schema change or
-        // a bug. Stall loudly (the batch is retried, `/ready` fails) rather than empty the topic
-        // into the DLQ.
-        let refused = self.refused_in_a_row.get() + 1;
-        self.refused_in_a_row.set(refused);
-        if refused > MAX_REFUSED_IN_A_ROW {
-            tracing::error!(
-                refused,
-                "the database refuses every record on its own; not dead-lettering more"
-            );
-            return Err(FlushError::RefusesEverything(refused));
-        }
-        let p = &mut batch[at];
-        if let Item::Event(e) = &p.item {
-            tracing::error!(partition = p.partition, offset = p.offset, event_id = %e.event_id,
-                sqlstate = trigger.unwrap_or("-"), "record refused by the database; sent to the DLQ");
-            p.item = Item::Poison {
-                key: Some(e.service.as_bytes().to_vec()),
-                payload: e.to_json(),
-                kind: "refused_by_database",
-                message: format!(
-                    "PostgreSQL refused the row (SQLSTATE {})",
-                    trigger.unwrap_or("unknown")
-                ),
-            };
-            telemetry::refused_by_database(1);
-        }
-        self.rt.block_on(self.write(&mut batch[at..=at]))?;
-        *done = at + 1;
-        Ok(())
-    }
-
-    async fn write(&self, batch: &mut [Pending]) -> Result<(), FlushError> {
-        // Poison records first: their offsets may only move once the DLQ has them.
-        let dlq_sends: Vec<_> = batch
-            .iter()
-            .enumerate()
-            .filter_map(|(i, p)| match &p.item {
-                Item::Poison {
-                    key,
-                    payload,
-                    kind,
-                    message,
-                } if !p.dlq_done => Some(async move {
-                    self.send_dlq(p, key.as_deref(), payload, kind, message)
-                        .await
-                        .map(|()| i)
-                }),
-                _ => None,
-            })
-            .collect();
-        let dlq_count = dlq_sends.len() as u64;
-        let mut first_err = None;
-        let mut done = Vec::new();
-        for r in join_all(dlq_sends).await {
-            match r {
-                Ok(i) => done.push(i),
-                Err(e) => first_err = first_err.or(Some(e)),
-            }
-        }
-        for i in done {
-            batch[i].dlq_done = true;
-        }
-        telemetry::dlq(dlq_count);
-        if let Some(e) = first_err {
-            return Err(e);
-        }
-        let plan = self.plan(batch);
-        // One store span per sampled trace in the batch, covering the transaction.
-        let mut traced = BTreeSet::new();
-        let store_spans: Vec<tracing::Span> = batch
-            .iter()
-            .filter_map(|p| p.trace.as_ref())
-            .filter(|span| {
-                logpipe_common::telemetry::trace_id_of(span).is_none_or(|t| traced.insert(t))
-            })
-            .map(|process| {
-                tracing::info_span!(
-                    parent: process,
-                    "db.write",
-                    otel.name = "COPY log_events",
-                    otel.kind = "client",
-                    db.system.name = "postgresql",
-                    db.namespace = %self.config.database.schema,
-                    db.collection.name = "log_events",
-                    db.operation.name = "COPY",
-                    db.operation.batch.size = plan.write.events.len(),
-                )
-            })
-            .collect();
-        self.commit(&plan.write).await?;
-        drop(store_spans);
-        telemetry::events_filtered(plan.filtered);
-        telemetry::late_events(plan.late);
-        // The new offsets and event times are what the next batch must find stored.
-        let mut own = self.ownership.lock().expect("ownership lock");
-        for (p, services) in plan.services {
-            if let Some(o) = own.partitions.get_mut(&p) {
-                o.services.extend(services);
-            }
-        }
-        Ok(())
-    }
-
-    /// Commit one write and move the owned partitions' expected state on.
-    async fn commit(&self, write: &BatchWrite<'_>) -> Result<(), FlushError> {
-        let started = Instant::now();
-        let outcome = self
-            .db
-            .write_batch(
-                &self.config.consumer.group_id,
-                &self.config.kafka.raw_topic,
-                write,
-                &self.config.alerts,
-            )
-            .await?;
-        let mut own = self.ownership.lock().expect("ownership lock");
-        for m in &write.moves {
-            if let Some(o) = own.partitions.get_mut(&m.partition) {
-                o.expected = m.next;
-                o.max_ts = m.max_event_ts;
-            }
-        }
-        drop(own);
-        self.health
-            .stored
-            .fetch_add(outcome.stored, Ordering::Relaxed);
-        telemetry::events_stored(outcome.stored);
-        telemetry::batch_committed(started.elapsed());
-        if let Some(newest) = write.events.iter().map(|e| e.event.timestamp).max() {
-            let age = (Utc::now() - newest).to_std().unwrap_or_default();
-            telemetry::event_age(age);
-        }
-        for kind in outcome.raised {
-            telemetry::alert_raised(kind);
-        }
-        Ok(())
-    }
-
-    /// What a batch writes: rows kept by the filter, window deltas and detector findings from every
-    /// on-time event, offset and event-time moves, and the error-rate windows that close.
-    fn plan<'a>(&self, batch: &'a [Pending]) -> Plan<'a> {
-        let filter = self.filter.current();
-        let lateness =
-            chrono::Duration::seconds(i64::from(self.config.windows.allowed_lateness_secs));
-        let own = self
-            .ownership
-            .lock()
-            .expect("ownership lock")
-            .partitions
-            .clone();
-        let mut moves: BTreeMap<i32, OffsetMove> = BTreeMap::new();
-        let mut services: BTreeMap<i32, BTreeSet<String>> = BTreeMap::new();
-        let mut agg = Aggregator::default();
-        let mut plan = Plan {
-            write: BatchWrite::default(),
-            services: BTreeMap::new(),
-            filtered: 0,
-            late: 0,
-        };
-        for p in batch {
-            let Some(o) = own.get(&p.partition) else {
-                continue;
-            };
-            let m = moves.entry(p.partition).or_insert(OffsetMove {
-                partition: p.partition,
-                expected: o.expected,
-                next: p.offset + 1,
-                max_event_ts: o.max_ts,
-            });
-            m.next = m.next.max(p.offset + 1);
-            let Item::Event(e) = &p.item else {
-                continue;
-            };
-            self.detector.inspect(e, &mut plan.write.findings);
-            let late = m
-                .max_event_ts
-                .is_some_and(|max| e.timestamp < max - lateness);
-            if late {
-                plan.late += 1;
-            } else {
-                agg.add(e, self.config.windows.latency_ms(e));
-                m.max_event_ts = Some(m.max_event_ts.map_or(e.timestamp, |t| t.max(e.timestamp)));
-                let s = services.entry(p.partition).or_default();
-                if !s.contains(&e.service) {
-                    s.insert(e.service.clone());
-                }
-            }
-            if filter.stores(e) {
-                plan.write.events.push(StoredEvent {
-                    event: e,
-                    partition: p.partition,
-                    offset: p.offset,
-                });
-            } else {
-                plan.filtered += 1;
-            }
-        }
-        // Error-rate windows that close because a partition's event time moved past them.
-        let width = i64::from(self.config.alerts.error_rate_window_secs);
-        let lateness_secs = i64::from(self.config.windows.allowed_lateness_secs);
-        let mut closed: BTreeMap<String, DateTime<Utc>> = BTreeMap::new();
-        for m in moves.values() {
-            let Some(o) = own.get(&m.partition) else {
-                continue;
-            };
-            let before = closed_upto(o.max_ts, lateness_secs, width);
-            let after = closed_upto(m.max_event_ts, lateness_secs, width);
-            if after <= before {
-                continue;
-            }
-            let Some(upto) = closed_window(m.max_event_ts, lateness_secs, width) else {
-                continue;
-            };
-            let seen = services.get(&m.partition);
-            for s in o.services.iter().chain(seen.into_iter().flatten()) {
-                let e = closed.entry(s.clone()).or_insert(upto);
-                *e = (*e).max(upto);
-            }
-        }
-        plan.write.windows = agg.into_deltas(&self.specs);
-        plan.write.moves = moves.into_values().collect();
-        plan.write.closed = closed.into_iter().collect();
-        plan.services = services;
-        plan
-    }
-
-    async fn send_dlq(
-        &self,
-        p: &Pending,
-        key: Option<&[u8]>,
-        payload: &[u8],
-        kind: &str,
-        message: &str,
-    ) -> Result<(), FlushError> {
-        let partition = p.partition.to_string();
-        let offset = p.offset.to_string();
-        let headers = OwnedHeaders::new_with_capacity(5)
-            .insert(Header {
-                key: "source.topic",
-                value: Some(self.config.kafka.raw_topic.as_str()),
-            })
-            .insert(Header {
-                key: "source.partition",
-                value: Some(partition.as_str()),
-            })
-            .insert(Header {
-                key: "source.offset",
-                value: Some(offset.as_str()),
-            })
-            .insert(Header {
-                key: "error.kind",
-                value: Some(kind),
-            })
-            .insert(Header {
-                key: "error.message",
-                value: Some(message),
-            });
-        let mut record = FutureRecord::to(&self.config.kafka.dlq_topic)
-            .payload(payload)
-            .headers(headers);
-        if let Some(k) = key {
-            record = record.key(k);
-        }
-        self.dlq
-            .send(record, Duration::from_secs(10))
-            .await
-            .map(|_| ())
-            .map_err(|(e, _)| FlushError::Dlq(e))
-    }
-
     /// After a fence: take the stored offsets as truth and seek every owned partition there.
     fn reposition(&self) {
         let partitions: Vec<i32> = self
@@ -1672,47 +907,17 @@ impl ConsumerLoop {
             if let Err(e) = self.consumer.seek(
                 &self.config.kafka.raw_topic,
                 p,
-                fetch_start(
+                Offset::Offset(fetch_start(
                     st.next_offset,
                     self.config.consumer.resume_lookback_records,
                     log_start,
-                ),
+                )),
                 Duration::from_secs(5),
             ) {
                 tracing::error!(partition = p, error = %e, "seek failed");
             }
         }
     }
-}
-
-#[derive(Debug, thiserror::Error)]
-enum FlushError {
-    #[error(transparent)]
-    Db(#[from] DbError),
-    #[error("DLQ produce failed: {0}")]
-    Dlq(KafkaError),
-    #[error("the database refused {0} records in a row, each on its own")]
-    RefusesEverything(u32),
-}
-
-/// Whether a failed write is the rows' fault, so retrying the same rows cannot succeed: a data
-/// exception, an integrity violation or a program limit (see `DbError::is_permanent`). "The same
-/// error twice" is not enough: a database that refuses connections (SQLSTATE 55000 while it is
-/// closed to them, 57P03 while starting) fails the same way every time with nothing wrong in the
-/// rows, and splitting then would dead-letter good events (the outage test caught this).
-fn refused_for_good(e: &FlushError) -> bool {
-    match e {
-        FlushError::Db(db) => db.is_permanent(),
-        _ => false,
-    }
-}
-
-/// A batch turned into its write, plus what the loop learns from it.
-struct Plan<'a> {
-    write: BatchWrite<'a>,
-    services: BTreeMap<i32, BTreeSet<String>>,
-    filtered: u64,
-    late: u64,
 }
 
 /// The record's `traceparent` header, if any.
@@ -1730,87 +935,4 @@ fn is_raw_line(msg: &rdkafka::message::BorrowedMessage<'_>, payload: &[u8]) -> b
         .iter()
         .find(|b| !b.is_ascii_whitespace())
         .is_some_and(|b| *b != b'{')
-}
-
-/// Index of the last closed error-rate window (window start / width) for an event-time progress:
-/// windows end at or before `max_ts - lateness`.
-fn closed_upto(max_ts: Option<DateTime<Utc>>, lateness_secs: i64, width: i64) -> i64 {
-    match max_ts {
-        None => i64::MIN,
-        Some(t) => (t.timestamp() - lateness_secs).div_euclid(width) - 1,
-    }
-}
-
-/// Start of the last closed error-rate window.
-fn closed_window(
-    max_ts: Option<DateTime<Utc>>,
-    lateness_secs: i64,
-    width: i64,
-) -> Option<DateTime<Utc>> {
-    let idx = closed_upto(max_ts, lateness_secs, width);
-    if idx == i64::MIN {
-        return None;
-    }
-    DateTime::from_timestamp(idx * width, 0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_window_closes_once_event_time_passes_its_end_plus_lateness() {
-        let t = |s: &str| Some(s.parse::<DateTime<Utc>>().unwrap());
-        // 08:00:25 minus 10 s lateness = 08:00:15: the window [08:00:00, 08:00:10) is closed.
-        let w = closed_window(t("2026-11-23T08:00:25Z"), 10, 10).unwrap();
-        assert_eq!(w, "2026-11-23T08:00:00Z".parse::<DateTime<Utc>>().unwrap());
-        assert_eq!(
-            closed_upto(t("2026-11-23T08:00:29Z"), 10, 10),
-            closed_upto(t("2026-11-23T08:00:20Z"), 10, 10)
-        );
-        assert!(
-            closed_upto(t("2026-11-23T08:00:30Z"), 10, 10)
-                > closed_upto(t("2026-11-23T08:00:29Z"), 10, 10)
-        );
-        assert_eq!(closed_window(None, 10, 10), None);
-    }
-
-    #[test]
-    fn a_stored_offset_fits_from_the_log_start_up_to_its_end() {
-        assert_eq!(offset_misfit(0, 0, 0), None);
-        assert_eq!(offset_misfit(5, 0, 5), None);
-        assert_eq!(offset_misfit(3, 3, 10), None);
-        // The in-memory broker came back empty: stored 213,980, log end 38,800.
-        assert_eq!(offset_misfit(213_980, 0, 38_800), Some("past_log_end"));
-        assert_eq!(offset_misfit(1, 0, 0), Some("past_log_end"));
-        // Retention removed records never stored.
-        assert_eq!(offset_misfit(2, 5, 10), Some("before_log_start"));
-    }
-
-    #[test]
-    fn a_resume_fetch_looks_back_but_never_before_the_log_start() {
-        assert_eq!(fetch_start(100, 10, 0), Offset::Offset(90));
-        assert_eq!(fetch_start(5, 10, 0), Offset::Offset(0));
-        assert_eq!(fetch_start(100, 10, 95), Offset::Offset(95));
-        assert_eq!(fetch_start(100, 0, 0), Offset::Offset(100));
-        // A log start past the offset (a misfit being handled) never moves the fetch forward.
-        assert_eq!(fetch_start(3, 10, 8), Offset::Offset(3));
-    }
-
-    #[test]
-    fn a_misfit_counts_only_when_the_next_snapshot_confirms_it() {
-        // First sight: suspected, not acted on.
-        let (act, suspect) = confirmed_misfit(None, 200, 0, 100);
-        assert_eq!(act, None);
-        assert_eq!(suspect, Some(("past_log_end", 200)));
-        // A later snapshot caught up with the records already consumed: no misfit at all.
-        assert_eq!(confirmed_misfit(suspect, 250, 0, 260), (None, None));
-        // The next snapshot shows it again (even with more stored since): act.
-        let (act, suspect) = confirmed_misfit(Some(("past_log_end", 200)), 200, 0, 40);
-        assert_eq!((act, suspect), (Some("past_log_end"), None));
-        // A snapshot whose end passed the earlier offset, with the new one still past it: the
-        // earlier sighting was a stale snapshot; start over.
-        let (act, suspect) = confirmed_misfit(Some(("past_log_end", 200)), 300, 0, 250);
-        assert_eq!((act, suspect), (None, Some(("past_log_end", 300))));
-    }
 }

@@ -1,0 +1,585 @@
+//! The consume loop's decisions, pure: no rdkafka, no sqlx, no clock of its own (callers pass
+//! `now`). The shell around them (`mod.rs`: the loop; `context.rs`: rebalance and statistics
+//! callbacks; `write.rs`: the writer and the DLQ) asks these and acts on the answers.
+//!
+//! - [`Ownership`] / [`Owned`]: the partitions this consumer owns, each under an assignment epoch,
+//!   with the stored offset its next write must find; [`Owned::arrive`] decides offset continuity
+//!   (take, skip, or re-fetch a gap: the "gap re-fetch" Tansu workaround).
+//! - Offset fit: [`offset_misfit`] and [`confirmed_misfit`] (two statistics snapshots must agree),
+//!   and [`fetch_start`] (the "resume lookback" Tansu workaround).
+//! - Batch planning: [`Planner::plan`] turns consumed records into one transaction's write.
+//! - Window closing: [`closed_upto`] and [`closed_window`].
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use logpipe_common::LogEvent;
+
+use crate::db::{BatchWrite, OffsetMove, Stored, StoredEvent};
+use crate::detect::Detector;
+use crate::filter::Filter;
+use crate::windows::{Aggregator, Spec, WindowSettings};
+
+/// Partitions this consumer owns: assignment epoch and the stored offset its next write must see.
+#[derive(Debug, Default)]
+pub(super) struct Ownership {
+    pub(super) epoch: u64,
+    pub(super) partitions: HashMap<i32, Owned>,
+}
+
+#[derive(Debug, Clone)]
+pub(super) struct Owned {
+    pub(super) epoch: u64,
+    /// Stored next offset: what the next write must find in Postgres.
+    pub(super) expected: i64,
+    /// The offset the next record must have. Lower ones were re-read on purpose (the lookback, a
+    /// repair) and are skipped; a higher one is a gap, re-fetched (see `accept`).
+    pub(super) next_fetch: i64,
+    /// The gap being repaired: its position, how often it was re-fetched, and when last.
+    pub(super) gap: Option<(i64, u32, Instant)>,
+    /// Stored event-time progress (newest event time seen).
+    pub(super) max_ts: Option<DateTime<Utc>>,
+    /// When the last record of this partition arrived (idle detection).
+    pub(super) last_record: Instant,
+    /// Services seen on this partition: whose error-rate windows it closes.
+    pub(super) services: BTreeSet<String>,
+    /// The broker's log start when last seen: fetches never start before it.
+    pub(super) log_start: i64,
+    /// Why the partition is held paused (its stored offset does not fit the log), if it is.
+    pub(super) refused: Option<&'static str>,
+    /// A misfit seen in one statistics snapshot, with the stored offset then: acted on only if
+    /// the next snapshot confirms it (see `confirmed_misfit`).
+    pub(super) suspect: Option<(&'static str, i64)>,
+}
+
+impl Owned {
+    pub(super) fn new(epoch: u64, stored: Stored) -> Owned {
+        Owned {
+            epoch,
+            expected: stored.next_offset,
+            next_fetch: stored.next_offset,
+            gap: None,
+            max_ts: stored.max_event_ts,
+            last_record: Instant::now(),
+            services: BTreeSet::new(),
+            log_start: 0,
+            refused: None,
+            suspect: None,
+        }
+    }
+}
+
+/// A misfit is acted on only when two statistics snapshots in a row show it: librdkafka reads a
+/// partition's bounds for a snapshot without ordering that against the records it queues, so one
+/// snapshot can lag behind records already consumed; the next one (a second later) cannot.
+/// `previous` is the misfit and stored offset seen at the last snapshot.
+pub(super) fn confirmed_misfit(
+    previous: Option<(&'static str, i64)>,
+    expected: i64,
+    low: i64,
+    high: i64,
+) -> (Option<&'static str>, Option<(&'static str, i64)>) {
+    let Some(reason) = offset_misfit(expected, low, high) else {
+        return (None, None);
+    };
+    match previous {
+        Some((_, before)) if offset_misfit(before, low, high).is_some() => (Some(reason), None),
+        _ => (None, Some((reason, expected))),
+    }
+}
+
+/// Whether a stored next offset fits the broker's log `[low, high]` (high = the next offset the
+/// broker will assign). `None` when it fits; else the reason, as counted and recorded.
+pub(super) fn offset_misfit(stored: i64, low: i64, high: i64) -> Option<&'static str> {
+    if stored > high {
+        Some("past_log_end")
+    } else if stored < low {
+        Some("before_log_start")
+    } else {
+        None
+    }
+}
+
+impl Owned {
+    /// Offset continuity, the "gap re-fetch" Tansu workaround: each partition's records must come
+    /// with consecutive offsets. Tansu 0.6 can serve a later record batch before an earlier one is
+    /// readable; taking it would move the stored offset past records never seen. So a record past
+    /// the expected offset asks for a re-fetch from the missing one, up to `retries` times
+    /// `GAP_REPAIR_WAIT` apart, before the gap is accepted as real.
+    pub(super) fn arrive(&mut self, offset: i64, now: Instant, retries: u32) -> Arrival {
+        if self.refused.is_some() {
+            // Fetched before the pause took effect; its offset is not trusted.
+            return Arrival::Skip;
+        }
+        self.last_record = now;
+        if offset < self.next_fetch {
+            return Arrival::Skip;
+        }
+        if offset == self.next_fetch {
+            self.next_fetch = offset + 1;
+            self.gap = None;
+            return Arrival::Take(self.epoch);
+        }
+        match self.gap {
+            // A repair is under way: records fetched before it are still arriving.
+            Some((at, _, since))
+                if at == self.next_fetch && now.duration_since(since) < GAP_REPAIR_WAIT =>
+            {
+                Arrival::Skip
+            }
+            Some((at, n, _)) if at == self.next_fetch && n >= retries => {
+                let missing_from = self.next_fetch;
+                self.gap = None;
+                self.next_fetch = offset + 1;
+                Arrival::TakeOverGap {
+                    epoch: self.epoch,
+                    missing_from,
+                    refetches: n,
+                }
+            }
+            _ if retries == 0 => {
+                self.next_fetch = offset + 1;
+                Arrival::Take(self.epoch)
+            }
+            gap => {
+                let n = gap.filter(|g| g.0 == self.next_fetch).map_or(0, |g| g.1);
+                self.gap = Some((self.next_fetch, n + 1, now));
+                Arrival::Repair {
+                    from: self.next_fetch,
+                    log_start: self.log_start,
+                }
+            }
+        }
+    }
+}
+
+/// How a consumed record relates to the offset its partition expects next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Arrival {
+    /// The record the partition expects: take it under this assignment epoch.
+    Take(u64),
+    /// Offsets `missing_from..` this record stayed missing after `refetches` re-fetches: take it,
+    /// the gap is real (Kafka leaves gaps for transaction markers and compaction).
+    TakeOverGap {
+        epoch: u64,
+        missing_from: i64,
+        refetches: u32,
+    },
+    /// Read again on purpose (the resume lookback, a repair), fetched before a repair took
+    /// effect, or the partition is refused: not taken.
+    Skip,
+    /// A gap: fetch again from `from` (never before `log_start`).
+    Repair { from: i64, log_start: i64 },
+}
+
+/// After a repair seek, records fetched before it may still arrive; they are skipped for this long
+/// before another re-fetch counts.
+pub(super) const GAP_REPAIR_WAIT: Duration = Duration::from_secs(2);
+
+/// Where to fetch from to resume at `next`: a lookback earlier (see `resume_lookback_records`),
+/// never before the log's start (Kafka refuses such a fetch).
+pub(super) fn fetch_start(next: i64, lookback: i64, log_start: i64) -> i64 {
+    next.saturating_sub(lookback.max(0))
+        .max(log_start.min(next))
+        .max(0)
+}
+
+/// One consumed record, owned, tagged with the assignment epoch it was read under.
+pub(super) struct Pending {
+    pub(super) partition: i32,
+    pub(super) offset: i64,
+    pub(super) epoch: u64,
+    pub(super) item: Item,
+    /// Poison records: whether the DLQ already acknowledged it (a retried batch does not resend).
+    pub(super) dlq_done: bool,
+    /// The record's processing span, when its `traceparent` says the trace is sampled. It lives
+    /// until the batch holding the record is committed.
+    pub(super) trace: Option<tracing::Span>,
+}
+
+pub(super) enum Item {
+    Event(Box<LogEvent>),
+    /// A record that cannot be stored: it goes to the DLQ with `kind` and `message` as headers.
+    Poison {
+        key: Option<Vec<u8>>,
+        payload: Vec<u8>,
+        kind: &'static str,
+        message: String,
+    },
+}
+
+/// A batch turned into its write, plus what the loop learns from it.
+pub(super) struct Plan<'a> {
+    pub(super) write: BatchWrite<'a>,
+    pub(super) services: BTreeMap<i32, BTreeSet<String>>,
+    pub(super) filtered: u64,
+    pub(super) late: u64,
+}
+
+/// What planning a batch needs from the loop's settings.
+pub(super) struct Planner<'a> {
+    pub(super) filter: &'a Filter,
+    pub(super) detector: &'a Detector,
+    pub(super) windows: &'a WindowSettings,
+    pub(super) specs: &'a [Spec],
+    pub(super) error_rate_window_secs: u32,
+}
+
+impl Planner<'_> {
+    /// What a batch writes: rows kept by the filter, window deltas and detector findings from every
+    /// on-time event, offset and event-time moves, and the error-rate windows that close.
+    pub(super) fn plan<'a>(&self, batch: &'a [Pending], own: &HashMap<i32, Owned>) -> Plan<'a> {
+        let filter = self.filter;
+        let lateness = chrono::Duration::seconds(i64::from(self.windows.allowed_lateness_secs));
+        let mut moves: BTreeMap<i32, OffsetMove> = BTreeMap::new();
+        let mut services: BTreeMap<i32, BTreeSet<String>> = BTreeMap::new();
+        let mut agg = Aggregator::default();
+        let mut plan = Plan {
+            write: BatchWrite::default(),
+            services: BTreeMap::new(),
+            filtered: 0,
+            late: 0,
+        };
+        for p in batch {
+            let Some(o) = own.get(&p.partition) else {
+                continue;
+            };
+            let m = moves.entry(p.partition).or_insert(OffsetMove {
+                partition: p.partition,
+                expected: o.expected,
+                next: p.offset + 1,
+                max_event_ts: o.max_ts,
+            });
+            m.next = m.next.max(p.offset + 1);
+            let Item::Event(e) = &p.item else {
+                continue;
+            };
+            self.detector.inspect(e, &mut plan.write.findings);
+            let late = m
+                .max_event_ts
+                .is_some_and(|max| e.timestamp < max - lateness);
+            if late {
+                plan.late += 1;
+            } else {
+                agg.add(e, self.windows.latency_ms(e));
+                m.max_event_ts = Some(m.max_event_ts.map_or(e.timestamp, |t| t.max(e.timestamp)));
+                let s = services.entry(p.partition).or_default();
+                if !s.contains(&e.service) {
+                    s.insert(e.service.clone());
+                }
+            }
+            if filter.stores(e) {
+                plan.write.events.push(StoredEvent {
+                    event: e,
+                    partition: p.partition,
+                    offset: p.offset,
+                });
+            } else {
+                plan.filtered += 1;
+            }
+        }
+        // Error-rate windows that close because a partition's event time moved past them.
+        let width = i64::from(self.error_rate_window_secs);
+        let lateness_secs = i64::from(self.windows.allowed_lateness_secs);
+        let mut closed: BTreeMap<String, DateTime<Utc>> = BTreeMap::new();
+        for m in moves.values() {
+            let Some(o) = own.get(&m.partition) else {
+                continue;
+            };
+            let before = closed_upto(o.max_ts, lateness_secs, width);
+            let after = closed_upto(m.max_event_ts, lateness_secs, width);
+            if after <= before {
+                continue;
+            }
+            let Some(upto) = closed_window(m.max_event_ts, lateness_secs, width) else {
+                continue;
+            };
+            let seen = services.get(&m.partition);
+            for s in o.services.iter().chain(seen.into_iter().flatten()) {
+                let e = closed.entry(s.clone()).or_insert(upto);
+                *e = (*e).max(upto);
+            }
+        }
+        plan.write.windows = agg.into_deltas(self.specs);
+        plan.write.moves = moves.into_values().collect();
+        plan.write.closed = closed.into_iter().collect();
+        plan.services = services;
+        plan
+    }
+}
+
+/// Index of the last closed error-rate window (window start / width) for an event-time progress:
+/// windows end at or before `max_ts - lateness`.
+pub(super) fn closed_upto(max_ts: Option<DateTime<Utc>>, lateness_secs: i64, width: i64) -> i64 {
+    match max_ts {
+        None => i64::MIN,
+        Some(t) => (t.timestamp() - lateness_secs).div_euclid(width) - 1,
+    }
+}
+
+/// Start of the last closed error-rate window.
+pub(super) fn closed_window(
+    max_ts: Option<DateTime<Utc>>,
+    lateness_secs: i64,
+    width: i64,
+) -> Option<DateTime<Utc>> {
+    let idx = closed_upto(max_ts, lateness_secs, width);
+    if idx == i64::MIN {
+        return None;
+    }
+    DateTime::from_timestamp(idx * width, 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_window_closes_once_event_time_passes_its_end_plus_lateness() {
+        let t = |s: &str| Some(s.parse::<DateTime<Utc>>().unwrap());
+        // 08:00:25 minus 10 s lateness = 08:00:15: the window [08:00:00, 08:00:10) is closed.
+        let w = closed_window(t("2026-11-23T08:00:25Z"), 10, 10).unwrap();
+        assert_eq!(w, "2026-11-23T08:00:00Z".parse::<DateTime<Utc>>().unwrap());
+        assert_eq!(
+            closed_upto(t("2026-11-23T08:00:29Z"), 10, 10),
+            closed_upto(t("2026-11-23T08:00:20Z"), 10, 10)
+        );
+        assert!(
+            closed_upto(t("2026-11-23T08:00:30Z"), 10, 10)
+                > closed_upto(t("2026-11-23T08:00:29Z"), 10, 10)
+        );
+        assert_eq!(closed_window(None, 10, 10), None);
+    }
+
+    #[test]
+    fn a_stored_offset_fits_from_the_log_start_up_to_its_end() {
+        assert_eq!(offset_misfit(0, 0, 0), None);
+        assert_eq!(offset_misfit(5, 0, 5), None);
+        assert_eq!(offset_misfit(3, 3, 10), None);
+        // The in-memory broker came back empty: stored 213,980, log end 38,800.
+        assert_eq!(offset_misfit(213_980, 0, 38_800), Some("past_log_end"));
+        assert_eq!(offset_misfit(1, 0, 0), Some("past_log_end"));
+        // Retention removed records never stored.
+        assert_eq!(offset_misfit(2, 5, 10), Some("before_log_start"));
+    }
+
+    #[test]
+    fn a_resume_fetch_looks_back_but_never_before_the_log_start() {
+        assert_eq!(fetch_start(100, 10, 0), 90);
+        assert_eq!(fetch_start(5, 10, 0), 0);
+        assert_eq!(fetch_start(100, 10, 95), 95);
+        assert_eq!(fetch_start(100, 0, 0), 100);
+        // A log start past the offset (a misfit being handled) never moves the fetch forward.
+        assert_eq!(fetch_start(3, 10, 8), 3);
+    }
+
+    #[test]
+    fn a_misfit_counts_only_when_the_next_snapshot_confirms_it() {
+        // First sight: suspected, not acted on.
+        let (act, suspect) = confirmed_misfit(None, 200, 0, 100);
+        assert_eq!(act, None);
+        assert_eq!(suspect, Some(("past_log_end", 200)));
+        // A later snapshot caught up with the records already consumed: no misfit at all.
+        assert_eq!(confirmed_misfit(suspect, 250, 0, 260), (None, None));
+        // The next snapshot shows it again (even with more stored since): act.
+        let (act, suspect) = confirmed_misfit(Some(("past_log_end", 200)), 200, 0, 40);
+        assert_eq!((act, suspect), (Some("past_log_end"), None));
+        // A snapshot whose end passed the earlier offset, with the new one still past it: the
+        // earlier sighting was a stale snapshot; start over.
+        let (act, suspect) = confirmed_misfit(Some(("past_log_end", 200)), 300, 0, 250);
+        assert_eq!((act, suspect), (None, Some(("past_log_end", 300))));
+    }
+
+    fn owned(next: i64) -> Owned {
+        Owned::new(
+            1,
+            Stored {
+                next_offset: next,
+                max_event_ts: None,
+            },
+        )
+    }
+
+    #[test]
+    fn records_in_order_are_taken_and_earlier_ones_skipped() {
+        let now = Instant::now();
+        let mut o = owned(100);
+        assert_eq!(o.arrive(98, now, 5), Arrival::Skip, "the resume lookback");
+        assert_eq!(o.arrive(100, now, 5), Arrival::Take(1));
+        assert_eq!(o.arrive(101, now, 5), Arrival::Take(1));
+        assert_eq!(o.next_fetch, 102);
+        assert_eq!(o.arrive(101, now, 5), Arrival::Skip, "a record read twice");
+    }
+
+    #[test]
+    fn a_gap_is_refetched_then_waited_for_then_accepted_after_the_retries() {
+        let t0 = Instant::now();
+        let mut o = owned(10);
+        o.log_start = 4;
+        // 10..14 missing: fetch again from 10.
+        assert_eq!(
+            o.arrive(15, t0, 2),
+            Arrival::Repair {
+                from: 10,
+                log_start: 4
+            }
+        );
+        // Records fetched before the repair are still arriving: skipped, no new re-fetch.
+        assert_eq!(
+            o.arrive(16, t0 + Duration::from_millis(500), 2),
+            Arrival::Skip
+        );
+        // Still missing after the wait: a second re-fetch.
+        let t1 = t0 + GAP_REPAIR_WAIT;
+        assert!(matches!(
+            o.arrive(16, t1, 2),
+            Arrival::Repair { from: 10, .. }
+        ));
+        // After `retries` re-fetches the gap is real: taken, and the partition moves on.
+        let t2 = t1 + GAP_REPAIR_WAIT;
+        assert_eq!(
+            o.arrive(17, t2, 2),
+            Arrival::TakeOverGap {
+                epoch: 1,
+                missing_from: 10,
+                refetches: 2
+            }
+        );
+        assert_eq!(o.next_fetch, 18);
+        assert_eq!(o.gap, None);
+    }
+
+    #[test]
+    fn a_repaired_gap_takes_the_missing_record_when_it_comes() {
+        let t0 = Instant::now();
+        let mut o = owned(10);
+        assert!(matches!(o.arrive(12, t0, 5), Arrival::Repair { .. }));
+        assert_eq!(o.arrive(10, t0, 5), Arrival::Take(1));
+        assert_eq!(o.gap, None);
+        assert_eq!(o.arrive(11, t0, 5), Arrival::Take(1));
+    }
+
+    #[test]
+    fn with_no_retries_a_gap_is_accepted_at_once_and_a_refused_partition_takes_nothing() {
+        let now = Instant::now();
+        let mut o = owned(10);
+        assert_eq!(o.arrive(20, now, 0), Arrival::Take(1));
+        let mut refused = owned(10);
+        refused.refused = Some("past_log_end");
+        assert_eq!(refused.arrive(10, now, 5), Arrival::Skip);
+        assert_eq!(refused.next_fetch, 10);
+    }
+
+    fn event(secs: i64, level: logpipe_common::Level, service: &str) -> LogEvent {
+        LogEvent {
+            event_id: format!("e{secs}{service}"),
+            timestamp: DateTime::from_timestamp(1_800_000_000 + secs, 0).unwrap(),
+            level,
+            service: service.into(),
+            component: String::new(),
+            host: String::new(),
+            message: "m".into(),
+            trace_id: None,
+            span_id: None,
+            attributes: serde_json::Map::new(),
+        }
+    }
+
+    fn pending(partition: i32, offset: i64, item: Item) -> Pending {
+        Pending {
+            partition,
+            offset,
+            epoch: 1,
+            item,
+            dlq_done: false,
+            trace: None,
+        }
+    }
+
+    #[test]
+    fn a_plan_moves_each_offset_past_its_last_record_and_keeps_late_events_out_of_windows() {
+        use logpipe_common::Level;
+        let filter = Filter::new(crate::filter::FilterRules {
+            min_level: Level::Info,
+            ..Default::default()
+        })
+        .unwrap();
+        let detector = Detector::new(&crate::detect::AlertSettings::default()).unwrap();
+        let windows = WindowSettings::default(); // lateness 10 s
+        let specs = windows.specs();
+        let planner = Planner {
+            filter: &filter,
+            detector: &detector,
+            windows: &windows,
+            specs: &specs,
+            error_rate_window_secs: 10,
+        };
+        let mut own = HashMap::new();
+        own.insert(0, owned(100));
+        let mut p1 = owned(7);
+        p1.max_ts = Some(DateTime::from_timestamp(1_800_000_100, 0).unwrap());
+        p1.services.insert("billing".into());
+        own.insert(1, p1);
+        let batch = vec![
+            pending(0, 100, Item::Event(Box::new(event(0, Level::Info, "api")))),
+            pending(0, 101, Item::Event(Box::new(event(1, Level::Debug, "api")))),
+            pending(
+                0,
+                102,
+                Item::Poison {
+                    key: None,
+                    payload: b"{".to_vec(),
+                    kind: "invalid_json",
+                    message: "eof".into(),
+                },
+            ),
+            // 20 s behind partition 1's event time: late (stored raw, not windowed).
+            pending(1, 7, Item::Event(Box::new(event(80, Level::Error, "web")))),
+            // Partition 1's event time moves to +125 s: windows up to [+100, +110) close.
+            pending(1, 8, Item::Event(Box::new(event(125, Level::Info, "web")))),
+            // A partition this consumer does not own: nothing of it is planned.
+            pending(9, 0, Item::Event(Box::new(event(0, Level::Info, "api")))),
+        ];
+        let plan = planner.plan(&batch, &own);
+        let moves: Vec<(i32, i64, i64)> = plan
+            .write
+            .moves
+            .iter()
+            .map(|m| (m.partition, m.expected, m.next))
+            .collect();
+        assert_eq!(
+            moves,
+            vec![(0, 100, 103), (1, 7, 9)],
+            "a poison record's offset moves too"
+        );
+        assert_eq!(plan.late, 1);
+        assert_eq!(plan.filtered, 1, "the DEBUG event is below min_level");
+        let stored: Vec<i64> = plan.write.events.iter().map(|e| e.offset).collect();
+        assert_eq!(stored, vec![100, 7, 8], "late events are still stored raw");
+        let windowed: i64 = plan
+            .write
+            .windows
+            .iter()
+            .filter(|(k, _)| k.spec.width == 10 && k.spec.slide == 10)
+            .map(|(_, s)| s.count)
+            .sum();
+        assert_eq!(
+            windowed, 3,
+            "every on-time event, filtered or not, but not the late one"
+        );
+        assert_eq!(
+            plan.write.moves[1].max_event_ts,
+            DateTime::from_timestamp(1_800_000_125, 0)
+        );
+        // Event time crossed window ends on both partitions (partition 0 had none before): the
+        // error-rate windows of the services seen there close, up to the partition's own progress.
+        let closed: Vec<(&str, i64)> = plan
+            .write
+            .closed
+            .iter()
+            .map(|(s, t)| (s.as_str(), t.timestamp() - 1_800_000_000))
+            .collect();
+        assert_eq!(closed, vec![("api", -20), ("billing", 100), ("web", 100)]);
+    }
+}

@@ -76,6 +76,38 @@ pub struct ConsumerSettings {
     /// `offset_resets`; `refuse` pauses the partition and keeps `/ready` failing until an
     /// operator sets `consumer_offsets.next_offset` and restarts the collector.
     pub offset_out_of_range: OffsetPolicy,
+    /// A partition this collector does not own, with records past its stored offset and that
+    /// offset unmoved for this long, is one nobody stores: `/ready` fails on every collector of the
+    /// group (`partitions_unstored`), `collector_partitions_unstored` counts it, an ERROR says which.
+    pub orphan_after_secs: u64,
+    /// How the group shares partitions. `range` (default) is Kafka's eager protocol: every
+    /// rebalance revokes all and assigns again. `cooperative-sticky` moves only what must move,
+    /// but Tansu 0.6's coordinator mishandles it (the "cooperative rebalance" workaround): when a
+    /// member left, the remaining one had its partitions revoked and none assigned again, the
+    /// group stalled (reproduced by `tests/orphans.rs` in 3 of 4 runs). Eager costs a re-read of
+    /// the buffered records on each rebalance (they were never stored, so nothing doubles).
+    pub assignment_strategy: AssignmentStrategy,
+}
+
+/// See [`ConsumerSettings::assignment_strategy`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AssignmentStrategy {
+    #[default]
+    Range,
+    RoundRobin,
+    CooperativeSticky,
+}
+
+impl AssignmentStrategy {
+    /// librdkafka's `partition.assignment.strategy` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AssignmentStrategy::Range => "range",
+            AssignmentStrategy::RoundRobin => "roundrobin",
+            AssignmentStrategy::CooperativeSticky => "cooperative-sticky",
+        }
+    }
 }
 
 /// See [`ConsumerSettings::offset_out_of_range`].
@@ -139,6 +171,8 @@ impl Default for ConsumerSettings {
             resume_lookback_records: 10_000,
             gap_repair_retries: 5,
             offset_out_of_range: OffsetPolicy::ResetToStart,
+            orphan_after_secs: 60,
+            assignment_strategy: AssignmentStrategy::Range,
         }
     }
 }

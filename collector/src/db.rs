@@ -190,6 +190,23 @@ impl Db {
             .collect())
     }
 
+    /// The stored next offset of every partition of `topic` this group has consumed (read only).
+    pub async fn stored_offsets(
+        &self,
+        group: &str,
+        topic: &str,
+    ) -> Result<BTreeMap<i32, i64>, DbError> {
+        let rows: Vec<(i32, i64)> = sqlx::query_as(
+            "SELECT kafka_partition, next_offset FROM consumer_offsets
+             WHERE consumer_group = $1 AND topic = $2",
+        )
+        .bind(group)
+        .bind(topic)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().collect())
+    }
+
     /// Move a partition's stored offset from `old` to `new` after it was found outside the
     /// broker's log, and record why; fenced like a batch (a stale owner changes nothing).
     pub async fn reset_offset(

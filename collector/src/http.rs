@@ -47,14 +47,15 @@ async fn not_found() -> Response {
     error_response(StatusCode::NOT_FOUND, "not_found", "no such route")
 }
 
-/// Ready when Postgres answers, the consume loop runs, its last write did not fail, and no partition
-/// is held for an offset outside the broker's log.
+/// Ready when Postgres answers, the consume loop runs, its last write did not fail, no partition
+/// is held for an offset outside the broker's log, and no partition goes unstored by the group.
 async fn ready(State(s): State<AppState>) -> impl IntoResponse {
     let db = s.db.ping().await;
     let consumer = s.health.running.load(Ordering::Relaxed);
     let writes = s.health.db_ok.load(Ordering::Relaxed);
     let refused = s.health.refused_partitions.load(Ordering::Relaxed);
-    let ok = db && consumer && writes && refused == 0;
+    let unstored = s.health.unstored_partitions.load(Ordering::Relaxed);
+    let ok = db && consumer && writes && refused == 0 && unstored == 0;
     let body = json!({
         "status": if ok { "ready" } else { "not_ready" },
         "postgres": if db { "up" } else { "down" },
@@ -63,6 +64,8 @@ async fn ready(State(s): State<AppState>) -> impl IntoResponse {
         "events_stored": s.health.stored.load(Ordering::Relaxed),
         // Partitions paused because their stored offset does not fit the broker's log.
         "partitions_refused": refused,
+        // Partitions with records waiting that no collector of the group stores.
+        "partitions_unstored": unstored,
     });
     if ok {
         (StatusCode::OK, Json(body))

@@ -56,6 +56,7 @@ pub fn describe() {
     dlq(0);
     refused_by_database(0);
     partitions_refused(0);
+    partitions_unstored(0);
     for kind in AlertKind::ALL {
         counter!("alerts_raised_total", "kind" => kind.as_str()).increment(0);
     }
@@ -77,6 +78,12 @@ pub fn offset_reset(partition: i32, reason: &'static str) {
 /// `refuse`.
 pub fn partitions_refused(n: usize) {
     gauge!("collector_partitions_refused").set(n as f64);
+}
+
+/// Partitions of the topic that no member of the group stores: records past their stored
+/// offset, and the stored offset unmoved for `orphan_after_secs` (see `OrphanWatch`).
+pub fn partitions_unstored(n: usize) {
+    gauge!("collector_partitions_unstored").set(n as f64);
 }
 
 /// Records the database refused for good, isolated from their batch and sent to the DLQ.

@@ -309,6 +309,48 @@ impl Planner<'_> {
     }
 }
 
+/// Finds partitions nobody stores: the group's rebalance left them unassigned (Tansu 0.6 can
+/// strip every partition from a member when a SIGKILLed member's session expires, and assign
+/// them to no one: the "orphaned assignment"), or their owner cannot store. Fed, for each
+/// partition this consumer does not own, with its stored next offset and the log's end; a
+/// partition is unstored once its log holds records past the stored offset and that offset has
+/// not moved for `stall_after`.
+#[derive(Debug, Default)]
+pub(super) struct OrphanWatch {
+    /// partition -> (stored offset, since when it has not moved while records waited)
+    waiting: HashMap<i32, (i64, Instant)>,
+}
+
+impl OrphanWatch {
+    /// `observed`: `(partition, stored next offset, log end)` of every partition this consumer
+    /// does not own. Returns the partitions unstored now, in order.
+    pub(super) fn observe(
+        &mut self,
+        now: Instant,
+        observed: &[(i32, i64, i64)],
+        stall_after: Duration,
+    ) -> Vec<i32> {
+        let mut unstored = Vec::new();
+        let mut waiting = HashMap::new();
+        for &(p, stored, end) in observed {
+            if end <= stored {
+                continue; // nothing to store
+            }
+            let since = match self.waiting.get(&p) {
+                Some(&(before, since)) if before == stored => since,
+                _ => now,
+            };
+            if now.duration_since(since) >= stall_after {
+                unstored.push(p);
+            }
+            waiting.insert(p, (stored, since));
+        }
+        self.waiting = waiting;
+        unstored.sort_unstable();
+        unstored
+    }
+}
+
 /// Index of the last closed error-rate window (window start / width) for an event-time progress:
 /// windows end at or before `max_ts - lateness`.
 pub(super) fn closed_upto(max_ts: Option<DateTime<Utc>>, lateness_secs: i64, width: i64) -> i64 {
@@ -389,6 +431,28 @@ mod tests {
         // earlier sighting was a stale snapshot; start over.
         let (act, suspect) = confirmed_misfit(Some(("past_log_end", 200)), 300, 0, 250);
         assert_eq!((act, suspect), (None, Some(("past_log_end", 300))));
+    }
+
+    #[test]
+    fn a_partition_with_records_and_a_stored_offset_that_does_not_move_is_unstored() {
+        let t0 = Instant::now();
+        let after = Duration::from_secs(60);
+        let mut w = OrphanWatch::default();
+        let none: Vec<i32> = Vec::new();
+        // p0 behind, p1 caught up.
+        assert_eq!(w.observe(t0, &[(0, 10, 50), (1, 7, 7)], after), none);
+        let t1 = t0 + Duration::from_secs(30);
+        assert_eq!(w.observe(t1, &[(0, 10, 60), (1, 7, 7)], after), none);
+        let t2 = t0 + Duration::from_secs(60);
+        assert_eq!(w.observe(t2, &[(0, 10, 60), (1, 7, 9)], after), vec![0]);
+        // p1 just fell behind: its clock starts now. p0's owner stores again: its clock restarts.
+        let t3 = t0 + Duration::from_secs(100);
+        assert_eq!(w.observe(t3, &[(0, 40, 60), (1, 7, 9)], after), none);
+        let t4 = t0 + Duration::from_secs(125);
+        assert_eq!(w.observe(t4, &[(0, 40, 60), (1, 7, 9)], after), vec![1]);
+        // Caught up, or owned by this consumer again (not observed): no longer unstored.
+        assert_eq!(w.observe(t4, &[(1, 9, 9)], after), none);
+        assert!(w.waiting.is_empty());
     }
 
     fn owned(next: i64) -> Owned {

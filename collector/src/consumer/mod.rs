@@ -26,7 +26,7 @@
 //!   recorded in `offset_resets`) or refused, per `consumer.offset_out_of_range`. Never skipped.
 
 use std::cell::Cell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -73,6 +73,8 @@ pub struct ConsumerHealth {
     pub stored: AtomicU64,
     /// Owned partitions held paused because their stored offset does not fit the broker's log.
     pub refused_partitions: AtomicU64,
+    /// Partitions nobody in the group stores (see `OrphanWatch`).
+    pub unstored_partitions: AtomicU64,
 }
 
 /// Marks the loop stopped however it ends, a panic included, so `/ready` fails at once.
@@ -108,6 +110,9 @@ pub struct ConsumerLoop {
 
 /// See the "orphaned assignment" workaround in `ConsumerLoop::run`.
 const UNASSIGNED_REJOIN: Duration = Duration::from_secs(60);
+
+/// How often the partitions this consumer does not own are checked for one nobody stores.
+const ORPHAN_CHECK_EVERY: Duration = Duration::from_secs(10);
 
 /// See `ConsumerLoop::dead_letter`.
 const MAX_REFUSED_IN_A_ROW: u32 = 32;
@@ -150,7 +155,10 @@ impl ConsumerLoop {
         }
         let consumer: BaseConsumer<CollectorContext> = client
             .set("group.id", &config.consumer.group_id)
-            .set("partition.assignment.strategy", "cooperative-sticky")
+            .set(
+                "partition.assignment.strategy",
+                config.consumer.assignment_strategy.as_str(),
+            )
             // Offsets live in Postgres; Kafka's committed offsets are never read or written.
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
@@ -215,6 +223,8 @@ impl ConsumerLoop {
         let mut last_idle_check = Instant::now();
         // When this consumer last owned a partition (see `UNASSIGNED_REJOIN`).
         let mut last_owned = Instant::now();
+        let mut orphans = OrphanWatch::default();
+        let mut last_orphan_check = Instant::now();
         while !self.cancel.is_cancelled() {
             // With records in hand, only look at what is already queued: when nothing is, the
             // consumer has caught up and the batch is written now (low latency when quiet,
@@ -282,6 +292,10 @@ impl ConsumerLoop {
                     tracing::error!(error = %e, "subscribe failed");
                 }
                 last_owned = Instant::now();
+            }
+            if last_orphan_check.elapsed() >= ORPHAN_CHECK_EVERY && !self.hold.borrow().held {
+                last_orphan_check = Instant::now();
+                self.check_orphans(&mut orphans);
             }
             if self.check_offsets_now.take() {
                 self.check_offsets_by_query(&mut batch);
@@ -364,6 +378,75 @@ impl ConsumerLoop {
         self.consumer.unsubscribe();
         self.health.running.store(false, Ordering::Relaxed);
         tracing::info!("consumer stopped");
+    }
+
+    /// No silent stall across the group: partitions this consumer does not own are looked at
+    /// (stored offset in Postgres, log end from the broker), and one with records waiting whose
+    /// stored offset does not move is reported (ERROR, `/ready` 503, a gauge) until it moves.
+    fn check_orphans(&self, watch: &mut OrphanWatch) {
+        let topic = &self.config.kafka.raw_topic;
+        let timeout = Duration::from_secs(5);
+        let all: Vec<i32> = match self.consumer.fetch_metadata(Some(topic), timeout) {
+            Ok(md) => md
+                .topics()
+                .iter()
+                .filter(|t| t.name() == topic)
+                .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+                .collect(),
+            Err(e) => {
+                tracing::debug!(error = %e, "orphan check: no metadata");
+                return;
+            }
+        };
+        let owned: BTreeSet<i32> = self
+            .ownership
+            .lock()
+            .expect("ownership lock")
+            .partitions
+            .keys()
+            .copied()
+            .collect();
+        let unowned: Vec<i32> = all.into_iter().filter(|p| !owned.contains(p)).collect();
+        let mut observed = Vec::with_capacity(unowned.len());
+        if !unowned.is_empty() {
+            let stored = match self.rt.block_on(
+                self.db
+                    .stored_offsets(&self.config.consumer.group_id, topic),
+            ) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(error = %e, "orphan check: stored offsets unreadable");
+                    return;
+                }
+            };
+            for p in unowned {
+                // On Tansu's in-memory engine this log end can be short of the true one by the
+                // rest of the newest batch (the "short ListOffsets"): it may find an orphan late,
+                // never one that is not.
+                if let Ok((_, end)) = self.consumer.fetch_watermarks(topic, p, timeout) {
+                    observed.push((p, stored.get(&p).copied().unwrap_or(0), end));
+                }
+            }
+        }
+        let after = Duration::from_secs(self.config.consumer.orphan_after_secs);
+        let unstored = watch.observe(Instant::now(), &observed, after);
+        let before = self
+            .health
+            .unstored_partitions
+            .swap(unstored.len() as u64, Ordering::Relaxed);
+        telemetry::partitions_unstored(unstored.len());
+        if !unstored.is_empty() {
+            tracing::error!(
+                partitions = ?unstored,
+                owned = ?owned,
+                secs = after.as_secs(),
+                "partitions with records waiting that no collector of the group has stored for \
+                 this long: not ready (a rebalance left them unassigned, or their owner cannot \
+                 write)"
+            );
+        } else if before > 0 {
+            tracing::info!("every partition is stored again");
+        }
     }
 
     fn assignment(&self) -> Option<TopicPartitionList> {

@@ -1,4 +1,4 @@
-//! The collector's metrics, by name from the design brief, in one place.
+//! The collector's metrics, by the names ARCHITECTURE.md fixes, in one place.
 
 use std::time::Duration;
 

@@ -1,6 +1,6 @@
 //! The log event as it travels through Kafka (`logs.raw`) and lands in Postgres.
 //!
-//! The JSON shape is fixed by the design brief; `event_id` is unique per event and is what makes every
+//! The JSON shape is one of the names that must not drift (ARCHITECTURE.md); `event_id` is unique per event and is what makes every
 //! write downstream idempotent.
 
 use std::fmt;
@@ -87,7 +87,7 @@ impl FromStr for Level {
     }
 }
 
-/// One log event, exactly the design brief's wire schema.
+/// One log event, exactly the wire schema (ARCHITECTURE.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LogEvent {
     /// Absent or null reads as empty, which `validate` refuses: the gateway fills it in first.

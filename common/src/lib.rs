@@ -1,6 +1,6 @@
 //! Shared code for the logpipe services, and nothing else.
 //!
-//! - [`event`]: the log event on the wire (the design brief's JSON schema), its level and validation.
+//! - [`event`]: the log event on the wire (its JSON schema, see ARCHITECTURE.md), its level and validation.
 //! - [`formats`]: Apache combined and syslog (RFC 5424 / 3164) lines parsed into the event.
 //! - [`kafka`]: broker settings, rdkafka client configs and idempotent topic creation (Tansu has no
 //!   auto-create, so every service creates what it uses at start).

@@ -1,4 +1,4 @@
-//! The gateway's metrics, by name from the design brief. Labels are bounded: the route template
+//! The gateway's metrics, by the names ARCHITECTURE.md fixes. Labels are bounded: the route template
 //! (never the raw path) and the numeric status.
 
 use std::time::Duration;

@@ -1,4 +1,4 @@
-//! The generator's metrics, by name from the design brief. Handlers call these functions, never the
+//! The generator's metrics, by the names ARCHITECTURE.md fixes. Handlers call these functions, never the
 //! `metrics` macros directly, so names and label sets live in one place.
 
 use metrics::{counter, gauge};

@@ -1,5 +1,6 @@
-//! The deployment files agree with the code: every metric the Grafana dashboard and the Prometheus
-//! alert rules query is one the services declare, and the files parse.
+//! The deployment files and ARCHITECTURE.md agree with the code: every metric the Grafana dashboard
+//! and the Prometheus alert rules query is one the services declare, the files parse, and every
+//! path and code name ARCHITECTURE.md mentions exists.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -15,6 +16,23 @@ fn read(rel: &str) -> String {
     std::fs::read_to_string(root().join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
 }
 
+/// The text of every `.rs` file below `dir` (relative to the root), subfolders included.
+fn rust_sources(dir: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![root().join(dir)];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap_or_else(|e| panic!("{}: {e}", d.display())) {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|x| x == "rs") {
+                out.push(std::fs::read_to_string(&path).unwrap());
+            }
+        }
+    }
+    out
+}
+
 /// Metric names the services register (`counter!("name"` and friends), histograms with the series
 /// names Prometheus sees.
 fn declared() -> BTreeSet<String> {
@@ -26,8 +44,7 @@ fn declared() -> BTreeSet<String> {
         "gateway/src",
         "collector/src",
     ] {
-        for entry in std::fs::read_dir(root().join(dir)).unwrap() {
-            let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        for text in rust_sources(dir) {
             for c in re.captures_iter(&text) {
                 let name = c[2].to_owned();
                 if &c[1] == "histogram" {
@@ -113,4 +130,63 @@ fn prometheus_scrapes_every_service_and_loads_the_rules() {
     ] {
         assert!(config.contains(job), "prometheus.yml lacks {job}");
     }
+}
+
+#[test]
+fn architecture_md_names_only_paths_and_code_that_exist() {
+    // Prose only: fenced blocks (the diagram) would pair backticks wrongly.
+    let doc: String = read("ARCHITECTURE.md")
+        .split("```")
+        .step_by(2)
+        .collect::<Vec<_>>()
+        .join("\n");
+    let code: String = [
+        "common",
+        "generator",
+        "gateway",
+        "collector",
+        "integration-tests",
+    ]
+    .iter()
+    .flat_map(|c| rust_sources(c))
+    .collect();
+    let ticked = regex::Regex::new(r"`([^`]+)`").unwrap();
+    let path = regex::Regex::new(r"^[a-z0-9_./-]+(\.rs|\.sh|\.md|/)$").unwrap();
+    let ident = regex::Regex::new(r"^[A-Z][A-Za-z]+(::[a-z_]+)?$|^[a-z_]+\(\)?$").unwrap();
+    let crates = [
+        "common",
+        "generator",
+        "gateway",
+        "collector",
+        "integration-tests",
+    ];
+    let (mut paths, mut names, mut missing) = (0, 0, Vec::new());
+    for c in ticked.captures_iter(&doc) {
+        let t = &c[1];
+        if path.is_match(t) {
+            paths += 1;
+            // A path is from the root, from a crate, or from a crate's src/.
+            let found = root().join(t).exists()
+                || crates.iter().any(|k| {
+                    root().join(k).join(t).exists() || root().join(k).join("src").join(t).exists()
+                });
+            if !found {
+                missing.push(t.to_owned());
+            }
+        } else if ident.is_match(t) && t.chars().next().is_some_and(|ch| ch.is_ascii_uppercase()) {
+            names += 1;
+            // `Type::method`: both parts must be in the code.
+            if !t.split("::").all(|part| code.contains(part)) {
+                missing.push(t.to_owned());
+            }
+        }
+    }
+    assert!(
+        paths >= 10 && names >= 10,
+        "{paths} paths, {names} names checked"
+    );
+    assert!(
+        missing.is_empty(),
+        "ARCHITECTURE.md names what the code does not have: {missing:?}"
+    );
 }

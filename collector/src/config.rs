@@ -87,6 +87,10 @@ pub struct ConsumerSettings {
     /// group stalled (reproduced by `tests/orphans.rs` in 3 of 4 runs). Eager costs a re-read of
     /// the buffered records on each rebalance (they were never stored, so nothing doubles).
     pub assignment_strategy: AssignmentStrategy,
+    /// Batches waiting for the writer while it commits the one before. The consume loop reads and
+    /// parses the next batch meanwhile; when this queue is full it pauses the partitions
+    /// (memory: at most this many batches plus the one being written and the one being read).
+    pub write_queue_batches: usize,
 }
 
 /// See [`ConsumerSettings::assignment_strategy`].
@@ -173,6 +177,7 @@ impl Default for ConsumerSettings {
             offset_out_of_range: OffsetPolicy::ResetToStart,
             orphan_after_secs: 60,
             assignment_strategy: AssignmentStrategy::Range,
+            write_queue_batches: 1,
         }
     }
 }

@@ -25,10 +25,9 @@
 //!   5 s against the watermarks; it is logged at ERROR, counted, and reset to the log start (and
 //!   recorded in `offset_resets`) or refused, per `consumer.offset_out_of_range`. Never skipped.
 
-use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -102,10 +101,12 @@ pub struct ConsumerLoop {
     rt: Handle,
     cancel: CancellationToken,
     /// Set when the broker refused a fetch position: check every partition's offsets now.
-    check_offsets_now: Cell<bool>,
-    hold: std::cell::RefCell<BrokerHold>,
+    check_offsets_now: AtomicBool,
+    hold: Mutex<BrokerHold>,
     /// Records dead-lettered one after another while splitting a refused batch.
-    refused_in_a_row: Cell<u32>,
+    refused_in_a_row: AtomicU32,
+    /// The writer waits for a batch: nothing is being written or queued.
+    writer_idle: AtomicBool,
 }
 
 /// See the "orphaned assignment" workaround in `ConsumerLoop::run`.
@@ -116,12 +117,6 @@ const ORPHAN_CHECK_EVERY: Duration = Duration::from_secs(10);
 
 /// See `ConsumerLoop::dead_letter`.
 const MAX_REFUSED_IN_A_ROW: u32 = 32;
-
-/// A failed write leaves the partitions paused until this moment.
-struct Backoff {
-    until: Instant,
-    delay: Duration,
-}
 
 impl ConsumerLoop {
     pub fn new(
@@ -202,23 +197,50 @@ impl ConsumerLoop {
             specs,
             rt,
             cancel,
-            check_offsets_now: Cell::new(false),
+            check_offsets_now: AtomicBool::new(false),
             hold: Default::default(),
-            refused_in_a_row: Cell::new(0),
+            refused_in_a_row: AtomicU32::new(0),
+            writer_idle: AtomicBool::new(true),
         })
     }
 
     /// Consume until cancelled, then write the last batch and leave the group.
+    /// Run until cancelled: this thread consumes and parses; a second thread writes (see
+    /// `write_loop`), so the next batch is read while the previous one commits.
     pub fn run(self) {
         self.health.running.store(true, Ordering::Relaxed);
         let _running = RunningGuard(self.health.clone());
         self.health.db_ok.store(true, Ordering::Relaxed);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Pending>>(
+            self.config.consumer.write_queue_batches.max(1),
+        );
+        std::thread::scope(|scope| {
+            let writer = std::thread::Builder::new()
+                .name("collector-writer".into())
+                .spawn_scoped(scope, || self.write_loop(rx))
+                .expect("writer thread starts");
+            self.consume_loop(tx);
+            if writer.join().is_err() {
+                // The writer panicked: `_running` marks the loop stopped as this thread unwinds.
+                panic!("the collector's writer thread panicked");
+            }
+        });
+        self.consumer.unsubscribe();
+        self.health.running.store(false, Ordering::Relaxed);
+        tracing::info!("consumer stopped");
+    }
+
+    /// Poll, parse and batch; hand each batch to the writer. While the writer's queue is full (a
+    /// slow or failing database), the partitions are paused: memory stays bounded and the loop
+    /// keeps polling, so the group does not count it dead.
+    fn consume_loop(&self, tx: std::sync::mpsc::SyncSender<Vec<Pending>>) {
         let max_events = self.config.consumer.batch_max_events;
         let max_wait = Duration::from_millis(self.config.consumer.batch_max_ms);
         let mut batch: Vec<Pending> = Vec::with_capacity(max_events);
         let mut oldest: Option<Instant> = None;
         let mut seen_epoch = 0;
-        let mut backoff: Option<Backoff> = None;
+        // Paused because the writer's queue is full.
+        let mut queue_full = false;
         let mut last_snapshot = 0;
         let mut last_idle_check = Instant::now();
         // When this consumer last owned a partition (see `UNASSIGNED_REJOIN`).
@@ -227,23 +249,23 @@ impl ConsumerLoop {
         let mut last_orphan_check = Instant::now();
         while !self.cancel.is_cancelled() {
             // With records in hand, only look at what is already queued: when nothing is, the
-            // consumer has caught up and the batch is written now (low latency when quiet,
+            // consumer has caught up and the batch is handed over now (low latency when quiet,
             // batches as large as the backlog when not).
-            let timeout = if batch.is_empty() {
+            let timeout = if batch.is_empty() || queue_full {
                 Duration::from_millis(50)
             } else {
                 Duration::ZERO
             };
             let polled = self.consumer.poll(timeout);
             let caught_up = polled.is_none();
-            self.watch_broker(backoff.is_some());
+            self.watch_broker(queue_full);
             // A rebalance inside poll may have revoked partitions: forget their buffered records.
             let epoch = self.ownership.lock().expect("ownership lock").epoch;
             if epoch != seen_epoch {
                 seen_epoch = epoch;
                 self.retain_owned(&mut batch);
-                if backoff.is_some() || self.hold.borrow().held {
-                    // Newly assigned partitions wait for the database (or the broker) too.
+                if queue_full || self.held() {
+                    // Newly assigned partitions wait for the writer (or the broker) too.
                     self.pause_all();
                 } else {
                     // librdkafka keeps a partition's pause across a rebalance: one paused during
@@ -263,7 +285,7 @@ impl ConsumerLoop {
                 Some(Err(KafkaError::MessageConsumption(RDKafkaErrorCode::AutoOffsetReset))) => {
                     // The broker refused a fetch position (the partition is not named here).
                     tracing::warn!("the broker refused a fetch offset; checking every partition");
-                    self.check_offsets_now.set(true);
+                    self.check_offsets_now.store(true, Ordering::Relaxed);
                 }
                 Some(Err(e)) => tracing::warn!(error = %e, "consume error"),
                 None => {}
@@ -277,12 +299,10 @@ impl ConsumerLoop {
             {
                 last_owned = Instant::now();
             } else if last_owned.elapsed() >= UNASSIGNED_REJOIN {
-                // The "orphaned assignment": after a member is SIGKILLed, Tansu 0.6 sometimes
-                // revokes everything from the member that replaced it when the dead one's session
-                // expires, and assigns it nothing again. This makes that loud (a warning a minute)
-                // and tries a fresh join; in the one run seen with it (crash test), the rejoin did
-                // not win the partitions back. With more collectors than partitions an idle
-                // member rejoins once a minute: a rebalance that moves nothing.
+                // The "orphaned assignment" safety net (see `OrphanWatch` and the cooperative
+                // rebalance workaround in `config.rs`): a member that owns nothing for a minute
+                // joins its group again. With more collectors than partitions an idle member
+                // rejoins once a minute: a rebalance that moves nothing.
                 tracing::warn!(
                     secs = UNASSIGNED_REJOIN.as_secs(),
                     "no partition assigned for a minute; joining the group again"
@@ -293,11 +313,11 @@ impl ConsumerLoop {
                 }
                 last_owned = Instant::now();
             }
-            if last_orphan_check.elapsed() >= ORPHAN_CHECK_EVERY && !self.hold.borrow().held {
+            if last_orphan_check.elapsed() >= ORPHAN_CHECK_EVERY && !self.held() {
                 last_orphan_check = Instant::now();
                 self.check_orphans(&mut orphans);
             }
-            if self.check_offsets_now.take() {
+            if self.check_offsets_now.swap(false, Ordering::Relaxed) {
                 self.check_offsets_by_query(&mut batch);
             }
             let snapshot = self
@@ -310,74 +330,107 @@ impl ConsumerLoop {
             if snapshot != last_snapshot {
                 last_snapshot = snapshot;
                 self.check_offsets(&mut batch);
-                if backoff.is_none() && !self.hold.borrow().held {
+                if !queue_full && !self.held() {
                     // Nothing should be paused now: make sure nothing is (a pause librdkafka kept
                     // across a rebalance would stall a partition without a word). Cheap: a no-op
                     // for a partition that fetches.
                     self.resume_all();
                 }
             }
-            if let Some(b) = &backoff {
-                if Instant::now() < b.until {
-                    continue;
-                }
-            } else if batch.is_empty() && last_idle_check.elapsed() >= Duration::from_secs(1) {
+            if batch.is_empty()
+                && !queue_full
+                && last_idle_check.elapsed() >= Duration::from_secs(1)
+                && self.writer_idle.load(Ordering::Acquire)
+            {
+                // Only while nothing is being written: an idle move and a batch of the same
+                // partition would otherwise race for its stored offset (one would be fenced).
                 last_idle_check = Instant::now();
                 self.advance_idle_partitions();
             }
             let due = caught_up || oldest.is_some_and(|t| t.elapsed() >= max_wait);
-            if batch.len() >= max_events || (due && !batch.is_empty()) || backoff.is_some() {
-                match self.flush(&mut batch) {
-                    Ok(()) => {
-                        oldest = None;
-                        if backoff.take().is_some() && !self.hold.borrow().held {
-                            tracing::info!("database writes succeed again; resuming partitions");
+            if batch.is_empty() || !(batch.len() >= max_events || due) {
+                continue;
+            }
+            match tx.try_send(std::mem::take(&mut batch)) {
+                Ok(()) => {
+                    batch.reserve(max_events);
+                    oldest = None;
+                    if queue_full {
+                        queue_full = false;
+                        if !self.held() {
                             self.resume_all();
                             self.pause_refused();
                         }
                     }
-                    Err(e) => {
-                        let delay = match &backoff {
-                            None => Duration::from_millis(self.config.consumer.retry_initial_ms),
-                            Some(b) => (b.delay * 2)
-                                .min(Duration::from_millis(self.config.consumer.retry_max_ms)),
-                        };
-                        if backoff.is_none() {
-                            self.pause_all();
-                        }
-                        tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64,
-                            pending = batch.len(), "batch write failed; partitions paused");
-                        backoff = Some(Backoff {
-                            until: Instant::now() + delay,
-                            delay,
-                        });
+                }
+                Err(std::sync::mpsc::TrySendError::Full(back)) => {
+                    batch = back;
+                    if batch.len() >= max_events && !queue_full {
+                        // Enough in hand: stop fetching until the writer takes this batch.
+                        queue_full = true;
+                        self.pause_all();
                     }
                 }
+                Err(std::sync::mpsc::TrySendError::Disconnected(_)) => {
+                    tracing::error!("the writer stopped; the consume loop stops");
+                    return;
+                }
             }
         }
-        // Commit the last batch within the drain deadline, then leave the group cleanly.
-        let deadline =
-            Instant::now() + Duration::from_millis(self.config.consumer.drain_timeout_ms);
+        // Hand over what is left; the writer commits it within the drain deadline.
         self.retain_owned(&mut batch);
-        let mut delay = Duration::from_millis(self.config.consumer.retry_initial_ms);
-        while !batch.is_empty() {
-            match self.flush(&mut batch) {
-                Ok(()) => break,
-                Err(e) if Instant::now() + delay >= deadline => {
-                    tracing::error!(error = %e, pending = batch.len(),
-                        "drain deadline passed; last batch not stored (it will be re-read)");
+        if !batch.is_empty() {
+            let _ = tx.send(batch);
+        }
+    }
+
+    /// The writer: commits each batch in order (see `flush`), retrying a failed write with
+    /// backoff (100 ms doubling to 5 s) while the consume loop, its queue full, keeps the
+    /// partitions paused. After cancellation it drains what was handed over within
+    /// `drain_timeout_ms`; what it cannot write by then is read again by the next owner.
+    fn write_loop(&self, rx: std::sync::mpsc::Receiver<Vec<Pending>>) {
+        let mut drain_deadline: Option<Instant> = None;
+        let mut failing = false;
+        loop {
+            self.writer_idle.store(true, Ordering::Release);
+            let Ok(mut batch) = rx.recv() else {
+                return; // the consume loop ended and everything handed over is done
+            };
+            self.writer_idle.store(false, Ordering::Release);
+            let mut delay = Duration::from_millis(self.config.consumer.retry_initial_ms);
+            loop {
+                // Records of partitions revoked meanwhile are not ours to write.
+                self.retain_owned(&mut batch);
+                if batch.is_empty() {
                     break;
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "last batch write failed; retrying");
-                    std::thread::sleep(delay);
-                    delay *= 2;
+                let error = match self.flush(&mut batch) {
+                    Ok(()) => {
+                        if std::mem::take(&mut failing) {
+                            tracing::info!("database writes succeed again");
+                        }
+                        break;
+                    }
+                    Err(e) => e,
+                };
+                failing = true;
+                if self.cancel.is_cancelled() {
+                    let deadline = *drain_deadline.get_or_insert_with(|| {
+                        Instant::now()
+                            + Duration::from_millis(self.config.consumer.drain_timeout_ms)
+                    });
+                    if Instant::now() + delay >= deadline {
+                        tracing::error!(error = %error, pending = batch.len(),
+                            "drain deadline passed; batch not stored (it will be re-read)");
+                        break;
+                    }
                 }
+                tracing::warn!(error = %error, retry_in_ms = delay.as_millis() as u64,
+                    pending = batch.len(), "batch write failed; retrying (partitions pause while the queue is full)");
+                std::thread::sleep(delay);
+                delay = (delay * 2).min(Duration::from_millis(self.config.consumer.retry_max_ms));
             }
         }
-        self.consumer.unsubscribe();
-        self.health.running.store(false, Ordering::Relaxed);
-        tracing::info!("consumer stopped");
     }
 
     /// No silent stall across the group: partitions this consumer does not own are looked at
@@ -482,25 +535,26 @@ impl ConsumerLoop {
 
     /// See `BrokerHold`: pause on a connection failure; while held, probe the broker every 500 ms
     /// and resume once it has the topic (creating it again if it came back without it).
-    fn watch_broker(&self, db_backoff: bool) {
+    fn watch_broker(&self, writer_behind: bool) {
         let ctx = self.consumer.context();
-        if ctx.broker_lost.swap(false, Ordering::Relaxed) && !self.hold.borrow().held {
+        if ctx.broker_lost.swap(false, Ordering::Relaxed) && !self.held() {
             tracing::warn!("a broker connection failed; fetching paused until the broker answers with the topic");
             self.pause_all();
-            *self.hold.borrow_mut() = BrokerHold {
+            *self.hold.lock().expect("hold lock") = BrokerHold {
                 held: true,
                 next_probe: Some(Instant::now() + Duration::from_millis(500)),
             };
             return;
         }
         let due = {
-            let h = self.hold.borrow();
+            let h = self.hold.lock().expect("hold lock");
             h.held && h.next_probe.is_none_or(|t| Instant::now() >= t)
         };
         if !due {
             return;
         }
-        self.hold.borrow_mut().next_probe = Some(Instant::now() + Duration::from_millis(500));
+        self.hold.lock().expect("hold lock").next_probe =
+            Some(Instant::now() + Duration::from_millis(500));
         let topic = &self.config.kafka.raw_topic;
         let present = match self
             .consumer
@@ -530,14 +584,18 @@ impl ConsumerLoop {
             return;
         }
         tracing::warn!("the broker answers with the topic; fetching resumes");
-        *self.hold.borrow_mut() = BrokerHold::default();
+        *self.hold.lock().expect("hold lock") = BrokerHold::default();
         // Anything swallowed while held is looked at again now.
         ctx.broker_lost.store(false, Ordering::Relaxed);
-        if !db_backoff {
+        if !writer_behind {
             self.resume_all();
         }
         self.pause_refused();
-        self.check_offsets_now.set(true);
+        self.check_offsets_now.store(true, Ordering::Relaxed);
+    }
+
+    fn held(&self) -> bool {
+        self.hold.lock().expect("hold lock").held
     }
 
     fn partition_list(&self, p: i32) -> TopicPartitionList {

@@ -26,7 +26,7 @@ impl ConsumerLoop {
         match self.write_isolating(batch) {
             Ok(()) => {
                 self.health.db_ok.store(true, Ordering::Relaxed);
-                self.refused_in_a_row.set(0);
+                self.refused_in_a_row.store(0, Ordering::Relaxed);
                 batch.clear();
                 Ok(())
             }
@@ -91,7 +91,7 @@ impl ConsumerLoop {
             match self.rt.block_on(self.write(&mut batch[a..b])) {
                 Ok(()) => {
                     *done = b;
-                    self.refused_in_a_row.set(0);
+                    self.refused_in_a_row.store(0, Ordering::Relaxed);
                 }
                 Err(e) if refused_for_good(&e) => {
                     self.write_split(batch, a, b, trigger, done)?;
@@ -113,8 +113,7 @@ impl ConsumerLoop {
         // A database that refuses every record alone is not refusing records: a schema change or
         // a bug. Stall loudly (the batch is retried, `/ready` fails) rather than empty the topic
         // into the DLQ.
-        let refused = self.refused_in_a_row.get() + 1;
-        self.refused_in_a_row.set(refused);
+        let refused = self.refused_in_a_row.fetch_add(1, Ordering::Relaxed) + 1;
         if refused > MAX_REFUSED_IN_A_ROW {
             tracing::error!(
                 refused,

@@ -263,6 +263,7 @@ impl Db {
         topic: &str,
         batch: &BatchWrite<'_>,
         settings: &AlertSettings,
+        lateness_secs: i64,
     ) -> Result<BatchOutcome, DbError> {
         let mut tx = self.pool.begin().await?;
         for m in &batch.moves {
@@ -297,9 +298,30 @@ impl Db {
             upsert_windows(&mut tx, &batch.windows).await?;
         }
         alerts::record_findings(&mut tx, &batch.findings, settings, &mut outcome.raised).await?;
-        for (service, upto) in &batch.closed {
-            alerts::judge_error_rate(&mut tx, settings, service, *upto, &mut outcome.raised)
-                .await?;
+        if !batch.closed.is_empty() {
+            // A service's events are spread over every partition (the key is the event id), so
+            // a window is judged only once every partition's event time has passed it: the
+            // group's watermark, from the offsets rows this transaction just updated.
+            let (unknown, oldest): (Option<bool>, Option<DateTime<Utc>>) = sqlx::query_as(
+                "SELECT bool_or(max_event_ts IS NULL), min(max_event_ts) FROM consumer_offsets
+                  WHERE consumer_group = $1 AND topic = $2",
+            )
+            .bind(group)
+            .bind(topic)
+            .fetch_one(&mut *tx)
+            .await?;
+            let width = i64::from(settings.error_rate_window_secs);
+            let watermark = match unknown {
+                Some(false) => crate::consumer::closed_window(oldest, lateness_secs, width),
+                _ => None, // a partition without event time yet holds every window open
+            };
+            for (service, upto) in &batch.closed {
+                let Some(upto) = watermark.map(|w| w.min(*upto)) else {
+                    break;
+                };
+                alerts::judge_error_rate(&mut tx, settings, service, upto, &mut outcome.raised)
+                    .await?;
+            }
         }
         tx.commit().await?;
         Ok(outcome)

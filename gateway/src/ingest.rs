@@ -337,7 +337,9 @@ impl IngestProducer {
             let payload = event.to_json();
             let headers = logpipe_common::kafka::event_headers("application/json", traceparent);
             let record = FutureRecord::to(&self.topic)
-                .key(event.service.as_bytes())
+                // The event id spreads load over every partition; windows and alert episodes do
+                // not depend on the key (ARCHITECTURE.md, "Decisions").
+                .key(event.event_id.as_bytes())
                 .payload(&payload)
                 .headers(headers);
             match self.producer.send_result(record) {

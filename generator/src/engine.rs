@@ -659,7 +659,7 @@ async fn worker(engine: Arc<Engine>, params: RunParams, index: u32, rate: u32, s
             let outcome = send(
                 &engine,
                 &topic,
-                &event.service,
+                &event.event_id, // spreads load over every partition (ARCHITECTURE.md)
                 &buf,
                 traceparent.as_deref(),
                 &mut probe,

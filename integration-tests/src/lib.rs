@@ -335,7 +335,7 @@ pub async fn produce_all(
         .await;
 }
 
-/// Events as JSON records keyed by service, the way the generator writes them.
+/// Events as JSON records keyed by event id, the way the generator and the gateway write them.
 pub async fn produce_events(
     producer: &rdkafka::producer::FutureProducer,
     topic: &str,
@@ -346,7 +346,8 @@ pub async fn produce_events(
         topic,
         events
             .iter()
-            .map(|e| (e.service.clone(), e.to_json(), "application/json")),
+            // Keyed by event id, as the generator and the gateway key them.
+            .map(|e| (e.event_id.clone(), e.to_json(), "application/json")),
     )
     .await;
 }

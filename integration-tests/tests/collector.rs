@@ -619,3 +619,108 @@ async fn a_postgres_outage_pauses_the_collector_and_loses_nothing() {
         .execute(&admin)
         .await;
 }
+
+/// One event of `service` at `ts`, produced to `partition` itself (not by key).
+async fn produce_to(
+    producer: &rdkafka::producer::FutureProducer,
+    topic: &str,
+    partition: i32,
+    events: &[logpipe_common::LogEvent],
+) {
+    for e in events {
+        let payload = e.to_json();
+        producer
+            .send(
+                rdkafka::producer::FutureRecord::to(topic)
+                    .partition(partition)
+                    .key(&e.event_id)
+                    .payload(&payload)
+                    .headers(logpipe_common::kafka::event_headers(
+                        "application/json",
+                        None,
+                    )),
+                Duration::from_secs(30),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .expect("record acknowledged");
+    }
+}
+
+fn events_at(
+    service: &str,
+    level: logpipe_common::Level,
+    ts: DateTime<Utc>,
+    n: usize,
+) -> Vec<logpipe_common::LogEvent> {
+    (0..n)
+        .map(|i| logpipe_common::LogEvent {
+            event_id: format!("{service}-{level:?}-{}-{i}", ts.timestamp()),
+            timestamp: ts + chrono::Duration::milliseconds(i as i64),
+            level,
+            service: service.into(),
+            component: "api".into(),
+            host: "h".into(),
+            message: "m".into(),
+            trace_id: None,
+            span_id: None,
+            attributes: serde_json::Map::new(),
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_error_rate_window_is_judged_only_once_every_partition_has_passed_it() {
+    use logpipe_common::Level;
+    let name = it::unique("watermark");
+    let config = it::collector_config(&name, 2);
+    let kafka = config.kafka.clone();
+    let (collector, _) = it::start_collector(config).await;
+    let pool = it::schema_pool(&name).await;
+    let producer = it::producer(&kafka);
+    // The window [w, w+10 s): 100 INFO events of `api` on partition 0, and a later event that
+    // takes partition 0's event time past the window's end plus the 10 s lateness.
+    let w = aligned_start();
+    let mut p0 = events_at("api", Level::Info, w, 100);
+    p0.extend(events_at(
+        "api",
+        Level::Info,
+        w + chrono::Duration::seconds(25),
+        1,
+    ));
+    produce_to(&producer, &kafka.raw_topic, 0, &p0).await;
+    wait_drained(&pool, 101).await;
+    // Judged now on partition 0 alone, the window would be normal (0 errors) and never judged again.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(alert_counts(&pool).await, vec![]);
+    // Partition 1 brings the same window's errors: 100 of 200 events, a spike.
+    let mut p1 = events_at("api", Level::Error, w + chrono::Duration::seconds(1), 100);
+    p1.extend(events_at(
+        "api",
+        Level::Info,
+        w + chrono::Duration::seconds(26),
+        1,
+    ));
+    produce_to(&producer, &kafka.raw_topic, 1, &p1).await;
+    wait_drained(&pool, 202).await;
+    wait_rows(
+        &pool,
+        "SELECT count(*) FROM alerts WHERE kind = 'error_rate_spike' AND subject = 'api'",
+        1,
+    )
+    .await;
+    let (errors, events): (i64, i64) = sqlx::query_as(
+        "SELECT (details->>'errors')::int8, (details->>'events')::int8 FROM alerts
+          WHERE kind = 'error_rate_spike'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (errors, events),
+        (100, 200),
+        "judged on both partitions' counts"
+    );
+    collector.stop().await;
+    it::drop_schema(&pool, &name).await;
+}

@@ -361,7 +361,7 @@ pub(super) fn closed_upto(max_ts: Option<DateTime<Utc>>, lateness_secs: i64, wid
 }
 
 /// Start of the last closed error-rate window.
-pub(super) fn closed_window(
+pub(crate) fn closed_window(
     max_ts: Option<DateTime<Utc>>,
     lateness_secs: i64,
     width: i64,

@@ -58,6 +58,7 @@ mod decide;
 mod write;
 
 use context::*;
+pub(crate) use decide::closed_window;
 use decide::*;
 use write::*;
 
@@ -849,9 +850,10 @@ impl ConsumerLoop {
             .expect("ownership lock")
             .partitions
             .iter()
+            // A partition that never had a record moves too: the group's watermark (see
+            // `Db::write_batch`) is the oldest partition's event time.
             .filter(|(_, o)| {
                 o.last_record.elapsed() >= idle
-                    && !o.services.is_empty()
                     && closed_upto(o.max_ts, lateness, width)
                         < closed_upto(Some(now), lateness, width)
             })

@@ -223,6 +223,7 @@ impl ConsumerLoop {
                 &self.config.kafka.raw_topic,
                 write,
                 &self.config.alerts,
+                i64::from(self.config.windows.allowed_lateness_secs),
             )
             .await?;
         let mut own = self.ownership.lock().expect("ownership lock");

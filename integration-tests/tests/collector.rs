@@ -724,3 +724,53 @@ async fn an_error_rate_window_is_judged_only_once_every_partition_has_passed_it(
     collector.stop().await;
     it::drop_schema(&pool, &name).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn future_dated_events_do_not_make_later_on_time_events_late() {
+    use logpipe_common::Level;
+    let name = it::unique("future");
+    let config = it::collector_config(&name, 2);
+    let kafka = config.kafka.clone();
+    let (collector, _) = it::start_collector(config).await;
+    let pool = it::schema_pool(&name).await;
+    let producer = it::producer(&kafka);
+    // Six events dated 290 s ahead (what any ingest client could send), on both partitions...
+    let now = Utc::now();
+    let ahead = events_at(
+        "payments",
+        Level::Error,
+        now + chrono::Duration::seconds(290),
+        6,
+    );
+    for (i, e) in ahead.iter().enumerate() {
+        produce_to(
+            &producer,
+            &kafka.raw_topic,
+            (i % 2) as i32,
+            std::slice::from_ref(e),
+        )
+        .await;
+    }
+    wait_drained(&pool, 6).await;
+    // ...then on-time traffic: none of it may count as late.
+    let on_time = events_at(
+        "api",
+        Level::Info,
+        Utc::now() - chrono::Duration::seconds(1),
+        200,
+    );
+    for (i, chunk) in on_time.chunks(100).enumerate() {
+        produce_to(&producer, &kafka.raw_topic, i as i32, chunk).await;
+    }
+    wait_drained(&pool, 206).await;
+    let windowed: i64 = sqlx::query_scalar(
+        "SELECT COALESCE(sum(event_count), 0)::int8 FROM window_stats
+          WHERE width_secs = 10 AND slide_secs = 10",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(windowed, 206, "every event windowed, none late");
+    collector.stop().await;
+    it::drop_schema(&pool, &name).await;
+}

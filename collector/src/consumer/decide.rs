@@ -190,6 +190,9 @@ pub(super) struct Pending {
     pub(super) partition: i32,
     pub(super) offset: i64,
     pub(super) epoch: u64,
+    /// The record's Kafka timestamp (when it was produced, or appended): the most an event's
+    /// own timestamp may move its partition's event time to (see `Planner::plan`).
+    pub(super) record_ts: Option<DateTime<Utc>>,
     pub(super) item: Item,
     /// Poison records: whether the DLQ already acknowledged it (a retried batch does not resend).
     pub(super) dlq_done: bool,
@@ -263,7 +266,12 @@ impl Planner<'_> {
                 plan.late += 1;
             } else {
                 agg.add(e, self.windows.latency_ms(e));
-                m.max_event_ts = Some(m.max_event_ts.map_or(e.timestamp, |t| t.max(e.timestamp)));
+                // No client steers others: an event dated ahead of its record's timestamp is
+                // windowed under its own time but moves the partition's event time no further
+                // than the record's (else one future-dated event would make every on-time event
+                // after it late).
+                let progress = p.record_ts.map_or(e.timestamp, |r| e.timestamp.min(r));
+                m.max_event_ts = Some(m.max_event_ts.map_or(progress, |t| t.max(progress)));
                 let s = services.entry(p.partition).or_default();
                 if !s.contains(&e.service) {
                     s.insert(e.service.clone());
@@ -555,10 +563,47 @@ mod tests {
             partition,
             offset,
             epoch: 1,
+            record_ts: None,
             item,
             dlq_done: false,
             trace: None,
         }
+    }
+
+    #[test]
+    fn an_event_dated_ahead_of_its_record_moves_event_time_only_to_the_record_time() {
+        use logpipe_common::Level;
+        let filter = Filter::new(crate::filter::FilterRules::default()).unwrap();
+        let detector = Detector::new(&crate::detect::AlertSettings::default()).unwrap();
+        let windows = WindowSettings::default(); // lateness 10 s
+        let specs = windows.specs();
+        let planner = Planner {
+            filter: &filter,
+            detector: &detector,
+            windows: &windows,
+            specs: &specs,
+            error_rate_window_secs: 10,
+        };
+        let mut own = HashMap::new();
+        own.insert(0, owned(0));
+        let at = |secs: i64| DateTime::from_timestamp(1_800_000_000 + secs, 0).unwrap();
+        let mut future = pending(0, 0, Item::Event(Box::new(event(290, Level::Info, "api"))));
+        future.record_ts = Some(at(0));
+        // Produced a second later, dated 2 s before: on time, not late.
+        let mut on_time = pending(0, 1, Item::Event(Box::new(event(-1, Level::Info, "web"))));
+        on_time.record_ts = Some(at(1));
+        let batch = vec![future, on_time];
+        let plan = planner.plan(&batch, &own);
+        assert_eq!(plan.late, 0, "the future-dated event pushed nothing");
+        assert_eq!(plan.write.moves[0].max_event_ts, Some(at(0)));
+        let windowed: i64 = plan
+            .write
+            .windows
+            .iter()
+            .filter(|(k, _)| k.spec.width == 10 && k.spec.slide == 10)
+            .map(|(_, s)| s.count)
+            .sum();
+        assert_eq!(windowed, 2, "both are windowed under their own time");
     }
 
     #[test]

@@ -996,6 +996,10 @@ impl ConsumerLoop {
             partition,
             offset: msg.offset(),
             epoch: owned,
+            record_ts: msg
+                .timestamp()
+                .to_millis()
+                .and_then(DateTime::from_timestamp_millis),
             item,
             dlq_done: false,
             trace,

@@ -83,14 +83,7 @@ async fn a_partition_no_member_stores_fails_ready_until_it_is_stored_again() {
         400,
     );
     let producer = it::producer(&kafka);
-    it::produce_all(
-        &producer,
-        &kafka.raw_topic,
-        events
-            .iter()
-            .map(|e| (e.event_id.clone(), e.to_json(), "application/json")),
-    )
-    .await;
+    it::produce_events(&producer, &kafka.raw_topic, &events).await;
 
     // The squatter keeps at least one partition: its records wait, its offset never moves.
     let ready = collector.url("/ready");

@@ -492,14 +492,7 @@ impl ConsumerLoop {
                 return;
             }
         };
-        let owned: BTreeSet<i32> = self
-            .ownership
-            .lock()
-            .expect("ownership lock")
-            .partitions
-            .keys()
-            .copied()
-            .collect();
+        let owned: BTreeSet<i32> = self.owned_partitions().into_iter().collect();
         let unowned: Vec<i32> = all.into_iter().filter(|p| !owned.contains(p)).collect();
         let mut observed = Vec::with_capacity(unowned.len());
         if !unowned.is_empty() {
@@ -633,6 +626,11 @@ impl ConsumerLoop {
         }
         self.pause_refused();
         self.check_offsets_now.store(true, Ordering::Relaxed);
+    }
+
+    fn owned_partitions(&self) -> Vec<i32> {
+        let own = self.ownership.lock().expect("ownership lock");
+        own.partitions.keys().copied().collect()
     }
 
     fn held(&self) -> bool {
@@ -1060,14 +1058,7 @@ impl ConsumerLoop {
 
     /// After a fence: take the stored offsets as truth and seek every owned partition there.
     fn reposition(&self) {
-        let partitions: Vec<i32> = self
-            .ownership
-            .lock()
-            .expect("ownership lock")
-            .partitions
-            .keys()
-            .copied()
-            .collect();
+        let partitions = self.owned_partitions();
         let stored = match self.rt.block_on(self.db.claim_offsets(
             &self.config.consumer.group_id,
             &self.config.kafka.raw_topic,

@@ -51,6 +51,8 @@ pub struct Application {
 
 impl Application {
     pub async fn build(config: CollectorConfig) -> Result<Application, StartupError> {
+        // The recorder first: series registered before it exists are lost.
+        logpipe_common::telemetry::metrics_handle();
         crate::telemetry::describe();
         let filter = FilterHandle::new(config.filter.clone(), config.filter_file.clone())?;
         // Compile the detector patterns now so a bad pattern fails the start, not the first batch.

@@ -57,6 +57,7 @@ pub fn describe() {
     refused_by_database(0);
     partitions_refused(0);
     partitions_unstored(0);
+    counter!("collector_offset_gaps_total").increment(0);
     for kind in AlertKind::ALL {
         counter!("alerts_raised_total", "kind" => kind.as_str()).increment(0);
     }

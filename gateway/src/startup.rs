@@ -38,6 +38,9 @@ pub struct Application {
 
 impl Application {
     pub async fn build(config: GatewayConfig) -> Result<Application, StartupError> {
+        // The recorder first: series registered before it exists are lost.
+        let metrics = logpipe_common::telemetry::metrics_handle();
+        crate::telemetry::describe();
         let addr = format!("{}:{}", config.host, config.port);
         let listener = TcpListener::bind(&addr)
             .await
@@ -72,7 +75,7 @@ impl Application {
             producer: Arc::new(producer),
             config,
             client,
-            metrics: logpipe_common::telemetry::metrics_handle(),
+            metrics,
             status_flight: Default::default(),
         });
         Ok(Application { listener, state })

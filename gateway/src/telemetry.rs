@@ -5,6 +5,14 @@ use std::time::Duration;
 
 use metrics::{counter, gauge, histogram};
 
+/// Register the series whose labels are known before any request, at zero, so dashboards and
+/// alert rules see them from the first scrape. (Per-route series appear with their first request.)
+pub fn describe() {
+    for outcome in ["accepted", "rejected", "failed"] {
+        counter!("ingest_events_total", "outcome" => outcome).increment(0);
+    }
+}
+
 pub fn rate_limited(route: &str) {
     counter!("gateway_rate_limited_total", "route" => route.to_owned()).increment(1);
 }

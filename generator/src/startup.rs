@@ -37,6 +37,8 @@ pub struct Application {
 
 impl Application {
     pub async fn build(config: GeneratorConfig) -> Result<Application, StartupError> {
+        // The recorder first: series registered before it exists are lost.
+        let metrics = logpipe_common::telemetry::metrics_handle();
         crate::telemetry::describe();
         ensure_topics(&config.kafka, &config.kafka.topics()).await?;
         let addr = format!("{}:{}", config.host, config.port);
@@ -53,7 +55,7 @@ impl Application {
         }
         let state = AppState {
             engine: engine.clone(),
-            metrics: logpipe_common::telemetry::metrics_handle(),
+            metrics,
         };
         Ok(Application {
             listener,

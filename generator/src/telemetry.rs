@@ -55,4 +55,7 @@ pub fn describe() {
     events_rate_limited(0);
     circuit_breaker_state(0);
     counter!("kafka_producer_replaced_total").increment(0);
+    // Both 0 while no global budget is configured; `budget_backend` sets one to 1 when it is.
+    gauge!("generator_budget_backend", "backend" => "redis").set(0.0);
+    gauge!("generator_budget_backend", "backend" => "local").set(0.0);
 }

@@ -469,3 +469,47 @@ pub async fn wait_status(url: &str, status: u16, timeout: Duration) {
     })
     .await;
 }
+
+/// The metric names the README documents for `service` ("generator", "gateway" or "collector"),
+/// from its "Metrics exported today" paragraph, label sets dropped.
+pub fn documented_metrics(service: &str) -> Vec<String> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf();
+    let readme = std::fs::read_to_string(root.join("README.md")).expect("README.md");
+    let start = readme
+        .find("Metrics exported today:")
+        .expect("the README lists the metrics");
+    let paragraph = &readme[start
+        ..readme[start..]
+            .find("\n\n")
+            .map_or(readme.len(), |e| start + e)];
+    // "... (generator); ... (gateway); ... (collector)."
+    let marker = format!("({service})");
+    let end = paragraph.find(&marker).expect("the service's metrics");
+    let begin = ["(generator)", "(gateway)", "(collector)"]
+        .iter()
+        .filter_map(|m| paragraph[..end].rfind(m).map(|i| i + m.len()))
+        .max()
+        .unwrap_or(0);
+    let names = regex::Regex::new(r"`([a-z_]+)(\{[^`]*\})?`").expect("regex");
+    names
+        .captures_iter(&paragraph[begin..end])
+        .map(|c| c[1].to_owned())
+        .collect()
+}
+
+/// Which of `names` a Prometheus text scrape lacks (no sample line of that family).
+pub fn missing_metrics(scrape: &str, names: &[String]) -> Vec<String> {
+    names
+        .iter()
+        .filter(|n| {
+            !scrape.lines().any(|l| {
+                l.strip_prefix(n.as_str())
+                    .is_some_and(|rest| rest.starts_with([' ', '{']))
+            })
+        })
+        .cloned()
+        .collect()
+}

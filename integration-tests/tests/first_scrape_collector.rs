@@ -1,0 +1,33 @@
+//! Every metric the README documents for the collector is in its first scrape, at zero, but the
+//! per-partition and histogram families, which appear with their first partition or batch. Its own
+//! test binary: the Prometheus recorder is process-wide.
+
+use logpipe_integration_tests as it;
+
+/// Labelled by partition (and reason), or histograms: no series before a partition or a batch.
+const ON_FIRST_USE: [&str; 4] = [
+    "collector_consumer_lag",
+    "collector_offset_resets_total",
+    "collector_batch_commit_seconds",
+    "collector_event_age_seconds",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_collectors_first_scrape_has_every_documented_metric_but_the_per_partition_ones() {
+    let documented = it::documented_metrics("collector");
+    assert!(documented.len() >= 10, "{documented:?}");
+    let expected: Vec<String> = documented
+        .into_iter()
+        .filter(|n| !ON_FIRST_USE.contains(&n.as_str()))
+        .collect();
+    let name = it::unique("scrape");
+    let (collector, _) = it::start_collector(it::collector_config(&name, 2)).await;
+    let missing = it::missing_metrics(&collector.metrics().await, &expected);
+    assert!(
+        missing.is_empty(),
+        "missing from the first scrape: {missing:?}"
+    );
+    collector.stop().await;
+    let pool = it::schema_pool(&name).await;
+    it::drop_schema(&pool, &name).await;
+}

@@ -1,0 +1,30 @@
+//! Every metric the README documents for the gateway is in its first scrape, at zero, but the
+//! per-route families, which appear with their route's first request. Its own test binary: the
+//! Prometheus recorder is process-wide.
+
+use logpipe_integration_tests as it;
+
+/// Labelled by route template: no series exists before a request to that route.
+const PER_REQUEST: [&str; 4] = [
+    "http_requests_total",
+    "http_request_duration_seconds",
+    "gateway_rate_limited_total",
+    "gateway_auth_failures_total",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateways_first_scrape_has_every_documented_metric_but_the_per_route_ones() {
+    let documented = it::documented_metrics("gateway");
+    assert!(documented.len() >= 6, "{documented:?}");
+    let expected: Vec<String> = documented
+        .into_iter()
+        .filter(|n| !PER_REQUEST.contains(&n.as_str()))
+        .collect();
+    let gateway = it::start_gateway(it::gateway_config(&it::unique("scrape"))).await;
+    let missing = it::missing_metrics(&gateway.metrics().await, &expected);
+    assert!(
+        missing.is_empty(),
+        "missing from the first scrape: {missing:?}"
+    );
+    gateway.stop().await;
+}

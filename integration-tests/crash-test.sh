@@ -43,12 +43,7 @@ finish() {
 trap finish EXIT
 sql() { psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d "$DB" -tAc "$1" 2>/dev/null; }
 
-if [ ! -x "$BIN/logpipe-collector" ] || [ ! -x "$BIN/logpipe-generator" ]; then
-    check "release binaries exist (run setup.sh first)" false
-    exit 1
-fi
-psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d postgres -qc "DROP DATABASE IF EXISTS $DB" >/dev/null
-ensure_database "$DB"
+fault_test_setup "$DB" || exit 1
 
 start_bg broker "$RUN" "$RUN/broker.log" "$RUN/broker.pid" "$TANSU_BIN" broker \
     --listener-url "tcp://127.0.0.1:$BROKER_PORT" --advertised-listener-url "tcp://127.0.0.1:$BROKER_PORT" \

@@ -105,6 +105,18 @@ check() {
     if "$@"; then echo "ok - $what"; passed=$((passed + 1)); else echo "not ok - $what"; failed=$((failed + 1)); fi
 }
 
+# The preamble of the by-hand fault tests: the release binaries must exist, and the database `$1`
+# starts empty. Fails the run (through `check`) when a binary is missing.
+fault_test_setup() {
+    local db=$1 bin=$CARGO_TARGET_DIR/release
+    if [ ! -x "$bin/logpipe-collector" ] || [ ! -x "$bin/logpipe-generator" ]; then
+        check "release binaries exist (run setup.sh first)" false
+        return 1
+    fi
+    psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d postgres -qc "DROP DATABASE IF EXISTS $db" >/dev/null
+    ensure_database "$db"
+}
+
 port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
 
 wait_port() {

@@ -513,3 +513,20 @@ pub fn missing_metrics(scrape: &str, names: &[String]) -> Vec<String> {
         .cloned()
         .collect()
 }
+
+/// The metrics the README documents for `service`, but `except`, that the `scrape` lacks. Fails
+/// when the README lists fewer than `at_least` for it (a parse that found nothing proves nothing).
+pub fn missing_documented(
+    scrape: &str,
+    service: &str,
+    except: &[&str],
+    at_least: usize,
+) -> Vec<String> {
+    let documented = documented_metrics(service);
+    assert!(documented.len() >= at_least, "{service}: {documented:?}");
+    let expected: Vec<String> = documented
+        .into_iter()
+        .filter(|n| !except.contains(&n.as_str()))
+        .collect();
+    missing_metrics(scrape, &expected)
+}

@@ -14,15 +14,10 @@ const ON_FIRST_USE: [&str; 4] = [
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_collectors_first_scrape_has_every_documented_metric_but_the_per_partition_ones() {
-    let documented = it::documented_metrics("collector");
-    assert!(documented.len() >= 10, "{documented:?}");
-    let expected: Vec<String> = documented
-        .into_iter()
-        .filter(|n| !ON_FIRST_USE.contains(&n.as_str()))
-        .collect();
     let name = it::unique("scrape");
     let (collector, _) = it::start_collector(it::collector_config(&name, 2)).await;
-    let missing = it::missing_metrics(&collector.metrics().await, &expected);
+    let missing =
+        it::missing_documented(&collector.metrics().await, "collector", &ON_FIRST_USE, 10);
     assert!(
         missing.is_empty(),
         "missing from the first scrape: {missing:?}"

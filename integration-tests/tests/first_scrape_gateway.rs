@@ -14,14 +14,8 @@ const PER_REQUEST: [&str; 4] = [
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gateways_first_scrape_has_every_documented_metric_but_the_per_route_ones() {
-    let documented = it::documented_metrics("gateway");
-    assert!(documented.len() >= 6, "{documented:?}");
-    let expected: Vec<String> = documented
-        .into_iter()
-        .filter(|n| !PER_REQUEST.contains(&n.as_str()))
-        .collect();
     let gateway = it::start_gateway(it::gateway_config(&it::unique("scrape"))).await;
-    let missing = it::missing_metrics(&gateway.metrics().await, &expected);
+    let missing = it::missing_documented(&gateway.metrics().await, "gateway", &PER_REQUEST, 6);
     assert!(
         missing.is_empty(),
         "missing from the first scrape: {missing:?}"

@@ -570,20 +570,54 @@ mod tests {
         }
     }
 
+    /// What a `Planner` borrows, owned by the test.
+    struct PlanFixture {
+        filter: Filter,
+        detector: Detector,
+        windows: WindowSettings,
+        specs: Vec<Spec>,
+    }
+
+    impl PlanFixture {
+        fn new(min_level: logpipe_common::Level) -> Self {
+            let windows = WindowSettings::default(); // lateness 10 s
+            PlanFixture {
+                filter: Filter::new(crate::filter::FilterRules {
+                    min_level,
+                    ..Default::default()
+                })
+                .unwrap(),
+                detector: Detector::new(&crate::detect::AlertSettings::default()).unwrap(),
+                specs: windows.specs(),
+                windows,
+            }
+        }
+
+        fn planner(&self) -> Planner<'_> {
+            Planner {
+                filter: &self.filter,
+                detector: &self.detector,
+                windows: &self.windows,
+                specs: &self.specs,
+                error_rate_window_secs: 10,
+            }
+        }
+    }
+
+    /// Events counted in the 10 s tumbling windows of a plan.
+    fn windowed(plan: &Plan<'_>) -> i64 {
+        plan.write
+            .windows
+            .iter()
+            .filter(|(k, _)| k.spec.width == 10 && k.spec.slide == 10)
+            .map(|(_, s)| s.count)
+            .sum()
+    }
+
     #[test]
     fn an_event_dated_ahead_of_its_record_moves_event_time_only_to_the_record_time() {
         use logpipe_common::Level;
-        let filter = Filter::new(crate::filter::FilterRules::default()).unwrap();
-        let detector = Detector::new(&crate::detect::AlertSettings::default()).unwrap();
-        let windows = WindowSettings::default(); // lateness 10 s
-        let specs = windows.specs();
-        let planner = Planner {
-            filter: &filter,
-            detector: &detector,
-            windows: &windows,
-            specs: &specs,
-            error_rate_window_secs: 10,
-        };
+        let fixture = PlanFixture::new(Level::Trace);
         let mut own = HashMap::new();
         own.insert(0, owned(0));
         let at = |secs: i64| DateTime::from_timestamp(1_800_000_000 + secs, 0).unwrap();
@@ -593,37 +627,16 @@ mod tests {
         let mut on_time = pending(0, 1, Item::Event(Box::new(event(-1, Level::Info, "web"))));
         on_time.record_ts = Some(at(1));
         let batch = vec![future, on_time];
-        let plan = planner.plan(&batch, &own);
+        let plan = fixture.planner().plan(&batch, &own);
         assert_eq!(plan.late, 0, "the future-dated event pushed nothing");
         assert_eq!(plan.write.moves[0].max_event_ts, Some(at(0)));
-        let windowed: i64 = plan
-            .write
-            .windows
-            .iter()
-            .filter(|(k, _)| k.spec.width == 10 && k.spec.slide == 10)
-            .map(|(_, s)| s.count)
-            .sum();
-        assert_eq!(windowed, 2, "both are windowed under their own time");
+        assert_eq!(windowed(&plan), 2, "both are windowed under their own time");
     }
 
     #[test]
     fn a_plan_moves_each_offset_past_its_last_record_and_keeps_late_events_out_of_windows() {
         use logpipe_common::Level;
-        let filter = Filter::new(crate::filter::FilterRules {
-            min_level: Level::Info,
-            ..Default::default()
-        })
-        .unwrap();
-        let detector = Detector::new(&crate::detect::AlertSettings::default()).unwrap();
-        let windows = WindowSettings::default(); // lateness 10 s
-        let specs = windows.specs();
-        let planner = Planner {
-            filter: &filter,
-            detector: &detector,
-            windows: &windows,
-            specs: &specs,
-            error_rate_window_secs: 10,
-        };
+        let fixture = PlanFixture::new(Level::Info);
         let mut own = HashMap::new();
         own.insert(0, owned(100));
         let mut p1 = owned(7);
@@ -650,7 +663,7 @@ mod tests {
             // A partition this consumer does not own: nothing of it is planned.
             pending(9, 0, Item::Event(Box::new(event(0, Level::Info, "api")))),
         ];
-        let plan = planner.plan(&batch, &own);
+        let plan = fixture.planner().plan(&batch, &own);
         let moves: Vec<(i32, i64, i64)> = plan
             .write
             .moves
@@ -666,15 +679,9 @@ mod tests {
         assert_eq!(plan.filtered, 1, "the DEBUG event is below min_level");
         let stored: Vec<i64> = plan.write.events.iter().map(|e| e.offset).collect();
         assert_eq!(stored, vec![100, 7, 8], "late events are still stored raw");
-        let windowed: i64 = plan
-            .write
-            .windows
-            .iter()
-            .filter(|(k, _)| k.spec.width == 10 && k.spec.slide == 10)
-            .map(|(_, s)| s.count)
-            .sum();
         assert_eq!(
-            windowed, 3,
+            windowed(&plan),
+            3,
             "every on-time event, filtered or not, but not the late one"
         );
         assert_eq!(

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Bring the whole logpipe stack up and start generating.
 #
-#   ./setup.sh [--durable] [--rate N] [--no-generate] [--with-prometheus] [--native|--docker]
+#   ./setup.sh [--durable] [--rate N] [--no-generate] [--with-keys] [--with-prometheus] [--native|--docker]
 #
 # With a Docker engine (`docker info` succeeds) it runs docker-compose; otherwise it runs natively:
 # installs what is missing (apt build deps, PostgreSQL, Redis, the Tansu broker), builds release
@@ -9,7 +9,10 @@
 # pid files and logs under one run directory, waits for each /ready, and starts generation through the
 # gateway. --with-prometheus also starts Prometheus from Debian's package (installed if missing),
 # scraping the three services and loading the alert rules. Running it again while the stack is up is
-# safe. ./stop.sh stops what it started.
+# safe. ./stop.sh stops what it started. --with-keys (native mode) makes an admin, an ingest and a
+# read API key for a gateway it starts, prints them once and keeps only their SHA-256 hashes
+# ($RUN_DIR/gateway-keys.toml, in force until deleted); without keys the gateway is open, on
+# 127.0.0.1 only.
 set -euo pipefail
 
 source "$(dirname "${BASH_SOURCE[0]}")/scripts/lib.sh"
@@ -20,6 +23,7 @@ MODE=auto
 DURABLE=0
 GENERATE=1
 PROMETHEUS=0
+WITH_KEYS=0
 RATE=${LOGPIPE_RATE:-1000}
 while [ $# -gt 0 ]; do
     case $1 in
@@ -29,7 +33,8 @@ while [ $# -gt 0 ]; do
         --native) MODE=native ;;
         --docker) MODE=docker ;;
         --with-prometheus) PROMETHEUS=1 ;;
-        -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+        --with-keys) WITH_KEYS=1 ;;
+        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
         *) die "unknown option $1 (see --help)" ;;
     esac
     shift
@@ -115,8 +120,29 @@ start_service collector "$COLLECTOR_PORT" --port "$COLLECTOR_PORT" --brokers "$B
     --database-url "$DATABASE_URL"
 start_service generator "$GENERATOR_PORT" --port "$GENERATOR_PORT" --brokers "$BROKERS" \
     --instance-id "gen-$(hostname)-1"
+# API keys: made only for a gateway this run starts, shown once, kept only as hashes. Once made
+# they stay in force across stop and setup until the file is deleted (a restart never silently
+# reopens a keyed gateway); generation is then started with LOGPIPE_ADMIN_KEY.
+ADMIN_KEY=${LOGPIPE_ADMIN_KEY:-}
+GATEWAY_ARGS=()
+KEYS_MADE=""
+keys_file="$RUN_DIR/gateway-keys.toml"
+if [ "$WITH_KEYS" = 1 ] && ! pid_alive "$RUN_DIR/pids/gateway.pid" logpipe-gateway; then
+    (umask 077 && : >"$keys_file")
+    printf '# API keys made by ./setup.sh --with-keys on %s: hashes only.\n[auth]\nkeys = [\n' "$(date -u +%FT%TZ)" >>"$keys_file"
+    for role in admin ingest read; do
+        key="lp_${role}_$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+        hash=$(printf %s "$key" | sha256sum | cut -d' ' -f1)
+        printf '  { name = "%s", sha256 = "%s", scopes = ["%s"] },\n' "$role" "$hash" "$role" >>"$keys_file"
+        KEYS_MADE+="  $role  $key"$'\n'
+        [ "$role" = admin ] && ADMIN_KEY=$key
+    done
+    printf ']\n' >>"$keys_file"
+fi
+[ -f "$keys_file" ] && GATEWAY_ARGS=(--config "$keys_file")
 start_service gateway "$GATEWAY_PORT" --port "$GATEWAY_PORT" --brokers "$BROKERS" \
-    --generator-urls "http://127.0.0.1:$GENERATOR_PORT" --collector-url "http://127.0.0.1:$COLLECTOR_PORT"
+    --generator-urls "http://127.0.0.1:$GENERATOR_PORT" --collector-url "http://127.0.0.1:$COLLECTOR_PORT" \
+    "${GATEWAY_ARGS[@]}"
 
 for svc in collector:$COLLECTOR_PORT generator:$GENERATOR_PORT gateway:$GATEWAY_PORT; do
     name=${svc%%:*}
@@ -158,12 +184,15 @@ PROM
 fi
 
 if [ "$GENERATE" = 1 ]; then
+    auth=()
+    [ -n "$ADMIN_KEY" ] && auth=(-H "authorization: Bearer $ADMIN_KEY")
     code=$(curl -sS -o "$RUN_DIR/logs/start-response.json" -w '%{http_code}' -X POST \
-        -H 'content-type: application/json' -d "{\"rate_per_second\": $RATE}" \
+        -H 'content-type: application/json' "${auth[@]}" -d "{\"rate_per_second\": $RATE}" \
         "http://127.0.0.1:$GATEWAY_PORT/api/v1/generator/start")
     case $code in
         202) log "generation started at $RATE events/s" ;;
         409) log "generation already running" ;;
+        401) log "the running gateway needs an admin key to start generation: set LOGPIPE_ADMIN_KEY" ;;
         *) die "starting generation failed with HTTP $code: $(cat "$RUN_DIR/logs/start-response.json")" ;;
     esac
 fi
@@ -181,3 +210,10 @@ logpipe is up (native mode).
   events     psql $DATABASE_URL -c 'select count(*) from log_events'
   stop       ./stop.sh
 EOF
+if [ -n "$KEYS_MADE" ]; then
+    cat <<EOF
+
+API keys (shown once; only their hashes are kept, in $RUN_DIR/gateway-keys.toml):
+${KEYS_MADE}  use        curl -H 'authorization: Bearer <key>' http://127.0.0.1:$GATEWAY_PORT/api/v1/stats
+EOF
+fi

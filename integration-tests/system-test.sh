@@ -192,4 +192,33 @@ stored=$(rows)
 acked=$(printf '%s' "$status" | python3 -c 'import json,sys; print(json.load(sys.stdin).get("events_acked", 0))' 2>/dev/null || echo 0)
 check "after a graceful stop Postgres holds at least the events acked before it ($stored >= $acked)" test "$stored" -ge "$acked"
 
+# Keys one step away: --with-keys makes three, prints them once, keeps only their hashes, and starts
+# generation with the admin key; from then on each route needs a key with its scope.
+keyed_out=$(bash "$ROOT/setup.sh" --native --with-keys --rate 100 2>&1)
+keyed_rc=$?
+check "setup.sh --with-keys exits 0" test "$keyed_rc" -eq 0
+key_of() { printf '%s\n' "$keyed_out" | awk -v role="$1" '$1 == role && $2 ~ /^lp_/ { print $2 }'; }
+ADMIN_KEY=$(key_of admin)
+INGEST_KEY=$(key_of ingest)
+READ_KEY=$(key_of read)
+check "it printed an admin, an ingest and a read key" test -n "$ADMIN_KEY" -a -n "$INGEST_KEY" -a -n "$READ_KEY"
+admin_hash=$(printf %s "$ADMIN_KEY" | sha256sum | cut -d' ' -f1)
+check "the keys file holds the admin key's hash" grep -q "$admin_hash" "$LOGPIPE_RUN_DIR/gateway-keys.toml"
+check "the keys file does not hold the keys" \
+    test "$(grep -c -- "${ADMIN_KEY:-lp_}" "$LOGPIPE_RUN_DIR/gateway-keys.toml")" = 0
+http_code() { curl -s -o /dev/null -w '%{http_code}' "$@"; }
+keyed_event="{\"timestamp\":\"$(date -u +%Y-%m-%dT%H:%M:%SZ)\",\"level\":\"INFO\",\"service\":\"keyed\",\"message\":\"m\"}"
+check "without a key a query is 401" test "$(http_code "$GATEWAY/api/v1/stats")" = 401
+check "the read key reads" test "$(http_code -H "authorization: Bearer $READ_KEY" "$GATEWAY/api/v1/stats")" = 200
+check "the read key may not ingest (403)" test "$(http_code -H "authorization: Bearer $READ_KEY" \
+    -H 'content-type: application/json' -d "$keyed_event" "$GATEWAY/api/v1/logs")" = 403
+check "the ingest key ingests (202)" test "$(http_code -H "x-api-key: $INGEST_KEY" \
+    -H 'content-type: application/json' -d "$keyed_event" "$GATEWAY/api/v1/logs")" = 202
+keyed_state=$(curl -fsS -H "authorization: Bearer $READ_KEY" "$GATEWAY/api/v1/generator/status" \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin).get("state"))' 2>/dev/null)
+check "generation was started with the admin key (state $keyed_state)" test "$keyed_state" = running
+check "the ingest key may not stop generation (403)" \
+    test "$(http_code -X POST -H "x-api-key: $INGEST_KEY" "$GATEWAY/api/v1/generator/stop")" = 403
+check "stop.sh stops the keyed stack" bash "$ROOT/stop.sh"
+
 finish

@@ -188,6 +188,10 @@ pub enum EventError {
     TimestampOutOfRange(String),
     #[error("field `attributes` nests deeper than {MAX_ATTRIBUTES_DEPTH} levels")]
     TooDeep,
+    #[error("the event is {len} bytes; at most {max} are accepted per event")]
+    TooLarge { len: usize, max: usize },
+    #[error("field `timestamp` is {ahead_secs} s ahead of the receiver's clock; at most {max_secs} s allowed")]
+    InFuture { ahead_secs: i64, max_secs: i64 },
 }
 
 impl EventError {
@@ -202,6 +206,8 @@ impl EventError {
             EventError::NulCharacter(_) => "nul_character",
             EventError::TimestampOutOfRange(_) => "timestamp_out_of_range",
             EventError::TooDeep => "too_deep",
+            EventError::TooLarge { .. } => "event_too_large",
+            EventError::InFuture { .. } => "timestamp_in_future",
         }
     }
 }

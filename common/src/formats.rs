@@ -41,17 +41,14 @@ fn bad(format: &'static str, reason: impl Into<String>) -> EventError {
 }
 
 /// A ULID whose time part is `ts` and whose random part is a stable hash of `seed`: the same line
-/// read from the same place always gets the same id.
+/// read from the same place always gets the same id. SHA-256, so no client can craft a seed that
+/// lands on another's id (FNV, used before, can be steered), and stable across Rust releases.
 pub fn derived_id(ts: DateTime<Utc>, seed: &[u8]) -> String {
-    // FNV-1a, twice with different offsets: stable across Rust releases, unlike `DefaultHasher`.
-    fn fnv(seed: &[u8], offset: u64) -> u64 {
-        seed.iter().fold(offset, |h, b| {
-            (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
-        })
-    }
-    let hi = fnv(seed, 0xcbf2_9ce4_8422_2325);
-    let lo = fnv(seed, 0x8422_2325_cbf2_9ce4);
-    let random = (u128::from(hi) << 64 | u128::from(lo)) & ((1u128 << 80) - 1);
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(seed);
+    let mut first = [0u8; 16];
+    first.copy_from_slice(&digest[..16]);
+    let random = u128::from_be_bytes(first) & ((1u128 << 80) - 1);
     ulid::Ulid::from_parts(ts.timestamp_millis().max(0) as u64, random).to_string()
 }
 

@@ -57,9 +57,11 @@ fn main() {
     let ctx = ParseContext {
         received_at: chrono::Utc::now(),
         max_events: 10_000,
-        max_future_secs: 300,
+        max_future_secs: 10,
+        max_event_bytes: 256 * 1024,
         default_service: "edge",
         id_seed: None,
+        tenant: None,
         trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736".into()),
     };
     let ceiling = measure(&mut c, "ceiling: serde_json into Vec<LogEvent>", || {

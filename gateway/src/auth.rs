@@ -7,8 +7,9 @@
 //!
 //! Scopes: `admin` (generator control, and everything else), `ingest` (`POST /api/v1/logs`), `read`
 //! (queries and status). With no keys configured the gateway is open (every anonymous client holds
-//! every scope, a warning is logged at start), which is what a local stack wants; once keys exist,
-//! anonymous clients hold `anonymous_scopes` (none by default).
+//! every scope, a warning is logged at start), which is what a local stack wants, so it is allowed
+//! only on a loopback address unless `allow_open` says otherwise; once keys exist, anonymous
+//! clients hold `anonymous_scopes` (none by default).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -65,6 +66,9 @@ pub struct AuthSettings {
     pub keys: Vec<ApiKeyConfig>,
     /// Scopes of a request without a key once keys are configured; `None` means none.
     pub anonymous_scopes: Option<Vec<Scope>>,
+    /// Serve every route to anyone, with no keys, on an address other than loopback. Without it a
+    /// gateway with no keys only starts on a loopback address.
+    pub allow_open: bool,
 }
 
 /// Who made the request, once authenticated.
@@ -247,6 +251,7 @@ mod tests {
                 },
             ],
             anonymous_scopes: None,
+            allow_open: false,
         }
     }
 

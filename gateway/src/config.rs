@@ -107,8 +107,29 @@ impl GatewayConfig {
             field: "auth.keys",
             reason: e.to_string(),
         })?;
+        if self.auth.keys.is_empty() && !self.auth.allow_open && !is_loopback(&self.host) {
+            return Err(ConfigError::Invalid {
+                field: "auth.keys",
+                reason: format!(
+                    "no API keys are configured and {} is not a loopback address: every client \
+                     that reaches it would be admin. Configure keys (`./setup.sh --with-keys` \
+                     makes them) or set `auth.allow_open = true` \
+                     (LOGPIPE_GATEWAY_ALLOW_OPEN=true) where something else guards the network",
+                    self.host
+                ),
+            });
+        }
         Ok(())
     }
+}
+
+/// `localhost` or a loopback IP: only this machine can connect.
+fn is_loopback(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_matches(|c| c == '[' || c == ']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 #[derive(Debug, clap::Parser)]
@@ -150,6 +171,9 @@ pub struct Cli {
     pub max_concurrent_requests: Option<usize>,
     #[arg(long, env = "LOGPIPE_GATEWAY_REQUEST_TIMEOUT_MS")]
     pub request_timeout_ms: Option<u64>,
+    /// Serve every route without keys on a non-loopback address (see `auth.allow_open`).
+    #[arg(long, env = "LOGPIPE_GATEWAY_ALLOW_OPEN")]
+    pub allow_open: Option<bool>,
 }
 
 impl Cli {
@@ -171,6 +195,7 @@ impl Cli {
             self.max_events => c.ingest.max_events,
             self.max_concurrent_requests => c.max_concurrent_requests,
             self.request_timeout_ms => c.request_timeout_ms,
+            self.allow_open => c.auth.allow_open,
         );
         c.generator_urls = c
             .generator_urls
@@ -195,6 +220,20 @@ mod tests {
             Cli::try_parse_from(["gw", "--generator-urls", "http://a:1/, http://b:2"]).unwrap();
         let c = cli.into_config().unwrap();
         assert_eq!(c.generator_urls, vec!["http://a:1", "http://b:2"]);
+    }
+
+    #[test]
+    fn an_open_gateway_starts_only_on_loopback_unless_allowed() {
+        for host in ["127.0.0.1", "::1", "[::1]", "localhost"] {
+            let cli = Cli::try_parse_from(["gw", "--host", host]).unwrap();
+            assert!(cli.into_config().is_ok(), "{host}");
+        }
+        let cli = Cli::try_parse_from(["gw", "--host", "0.0.0.0"]).unwrap();
+        let err = cli.into_config().unwrap_err().to_string();
+        assert!(err.contains("--with-keys") && err.contains("allow_open"), "{err}");
+        let cli =
+            Cli::try_parse_from(["gw", "--host", "0.0.0.0", "--allow-open", "true"]).unwrap();
+        assert!(cli.into_config().is_ok());
     }
 
     #[test]

@@ -27,6 +27,8 @@ pub enum ApiError {
     PayloadTooLarge(usize),
     #[error("{0}")]
     TooManyEvents(String),
+    #[error("{0}")]
+    EventTooLarge(String),
     #[error("request took longer than {0} ms")]
     Timeout(u64),
     #[error("the request body did not arrive within {0} ms")]
@@ -52,6 +54,8 @@ pub enum ApiError {
     KafkaUnavailable(String),
     #[error("the gateway is at its concurrency limit; retry shortly")]
     Overloaded,
+    #[error("{0} is served but declares no access; it is refused until it does")]
+    Undeclared(String),
 }
 
 impl ApiError {
@@ -62,6 +66,7 @@ impl ApiError {
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             ApiError::TooManyEvents(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_many_events"),
+            ApiError::EventTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "event_too_large"),
             ApiError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
             ApiError::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
@@ -76,6 +81,7 @@ impl ApiError {
             }
             ApiError::KafkaUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "kafka_unavailable"),
             ApiError::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
+            ApiError::Undeclared(_) => (StatusCode::FORBIDDEN, "undeclared_route"),
         }
     }
 

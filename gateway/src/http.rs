@@ -1,6 +1,7 @@
 //! The gateway router and its middleware: request id → span, metrics and JSON errors → (API routes
 //! only) load shedding at the concurrency limit → deadline, authentication and rate limit → handler.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,7 +24,7 @@ use tower_http::request_id::{
 
 use tracing::Instrument;
 use utoipa::OpenApi;
-use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouter};
 use utoipa_axum::routes;
 
 use crate::auth::{AuthError, Authenticator, Principal, Scope};
@@ -70,59 +71,196 @@ impl std::ops::Deref for AppState {
             `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset`; a refusal is 429 with `Retry-After`. \
             Every error is `{\"error\": \"...\", \"detail\": \"...\"}`."
     ),
-    components(schemas(ErrorBody, Rejected, IngestAccepted))
+    components(schemas(ErrorBody, Rejected, IngestAccepted)),
+    modifiers(&KeySchemes)
 )]
 struct ApiDoc;
 
-/// The API routes, registered together with their OpenAPI operations so the document cannot drift
-/// from what is served.
-fn api_routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .routes(routes!(control::start))
-        .routes(routes!(control::stop))
-        .routes(routes!(control::status))
-        .routes(routes!(ingest::ingest_logs))
-        .routes(routes!(query::stats))
-        .routes(routes!(query::service_stats))
-        .routes(routes!(query::alerts))
-        .routes(routes!(query::events))
+/// The two ways a key is sent, named by each operation's security requirement.
+struct KeySchemes;
+
+impl utoipa::Modify for KeySchemes {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("`Authorization: Bearer <key>`; the requirement lists the scope the key needs"))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "x_api_key",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-API-Key"))),
+        );
+    }
 }
 
-fn ops_routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(health))
-        .routes(routes!(ready))
-        .routes(routes!(metrics))
-        .routes(routes!(openapi_json))
+/// Who may call a route: declared where the route is registered (see [`Routes::add`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Ops endpoints (health, readiness, metrics, the OpenAPI document): no key, no limit, and not
+    /// shed under load.
+    Public,
+    /// A key holding the class's scope, and one request spent from the class's window (ingest:
+    /// one unit before the body is read, the rest of its events once they are parsed).
+    Api(RouteClass),
+}
+
+/// The routes this gateway serves, each with its [`Access`]. One table drives the router, the
+/// OpenAPI document (each operation's security and refusals) and the guard, and the guard refuses
+/// any matched route the table does not hold: a route cannot be served open by omission.
+pub struct Routes {
+    router: OpenApiRouter<AppState>,
+    access: HashMap<String, Access>,
+}
+
+impl Routes {
+    fn new(doc: utoipa::openapi::OpenApi) -> Routes {
+        Routes {
+            router: OpenApiRouter::with_openapi(doc),
+            access: HashMap::new(),
+        }
+    }
+
+    /// Register a handler (from `routes!`) under `access`.
+    fn add(mut self, access: Access, route: UtoipaMethodRouter<AppState>) -> Routes {
+        let (schemas, mut paths, method_router) = route;
+        for (path, item) in paths.paths.iter_mut() {
+            let before = self.access.insert(path.clone(), access);
+            assert!(
+                before.is_none_or(|a| a == access),
+                "{path} is declared twice with different access"
+            );
+            document_access(access, item);
+        }
+        self.router = self.router.routes((schemas, paths, method_router));
+        self
+    }
+
+    /// The access each served path template was declared with.
+    pub fn access(&self) -> &HashMap<String, Access> {
+        &self.access
+    }
+}
+
+/// Every route the gateway serves. Only API routes shed load: /health, /ready and /metrics must
+/// answer while the API is busy.
+pub fn routes() -> (Routes, Routes) {
+    let api = Routes::new(ApiDoc::openapi())
+        .add(Access::Api(RouteClass::Control), routes!(control::start))
+        .add(Access::Api(RouteClass::Control), routes!(control::stop))
+        .add(Access::Api(RouteClass::Query), routes!(control::status))
+        .add(Access::Api(RouteClass::Ingest), routes!(ingest::ingest_logs))
+        .add(Access::Api(RouteClass::Query), routes!(query::stats))
+        .add(Access::Api(RouteClass::Query), routes!(query::service_stats))
+        .add(Access::Api(RouteClass::Query), routes!(query::alerts))
+        .add(Access::Api(RouteClass::Query), routes!(query::events));
+    let ops = Routes::new(utoipa::openapi::OpenApi::default())
+        .add(Access::Public, routes!(health))
+        .add(Access::Public, routes!(ready))
+        .add(Access::Public, routes!(metrics))
+        .add(Access::Public, routes!(openapi_json));
+    (api, ops)
+}
+
+/// What the table says of an operation, written into the document: the scope its key needs, the
+/// limit it spends, and the refusals that follow from both.
+fn document_access(access: Access, item: &mut utoipa::openapi::PathItem) {
+    use utoipa::openapi::extensions::ExtensionsBuilder;
+    use utoipa::openapi::security::SecurityRequirement;
+    use utoipa::openapi::{RefOr, ResponseBuilder};
+    let Access::Api(class) = access else {
+        return;
+    };
+    let scope = scope_for(class).as_str();
+    let refusals = [
+        ("401", "Missing or invalid API key"),
+        ("403", "The key lacks the route's scope"),
+        ("429", "The client's limit for this route class is spent; see `Retry-After`"),
+    ];
+    for op in [
+        &mut item.get,
+        &mut item.post,
+        &mut item.put,
+        &mut item.patch,
+        &mut item.delete,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        op.security = Some(vec![
+            SecurityRequirement::new("bearer", [scope]),
+            SecurityRequirement::new("x_api_key", [scope]),
+        ]);
+        for (status, description) in refusals {
+            op.responses
+                .responses
+                .entry(status.to_owned())
+                .or_insert_with(|| {
+                    RefOr::T(
+                        ResponseBuilder::new()
+                            .description(description)
+                            .content(
+                                "application/json",
+                                utoipa::openapi::ContentBuilder::new()
+                                    .schema(Some(RefOr::Ref(utoipa::openapi::Ref::from_schema_name(
+                                        "ErrorBody",
+                                    ))))
+                                    .build(),
+                            )
+                            .build(),
+                    )
+                });
+        }
+        let ext = ExtensionsBuilder::new()
+            .add("x-logpipe-limit-class", class.as_str())
+            .build();
+        match &mut op.extensions {
+            Some(e) => e.merge(ext),
+            None => op.extensions = Some(ext),
+        }
+    }
 }
 
 /// The OpenAPI document of every route this gateway serves.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    let (_, mut doc) = api_routes().split_for_parts();
-    let (_, ops) = ops_routes().split_for_parts();
+    let (api, ops) = routes();
+    let (_, mut doc) = api.router.split_for_parts();
+    let (_, ops) = ops.router.split_for_parts();
     doc.merge(ops);
     doc
 }
 
 pub fn router(state: AppState) -> Router {
     let x_request_id = header::HeaderName::from_static("x-request-id");
-    let (api, _) = api_routes().split_for_parts();
-    let (ops, _) = ops_routes().split_for_parts();
-    let doc = Arc::new(openapi());
-    // Only API routes shed load: /health, /ready and /metrics must answer while the API is busy.
-    let api = api
-        .layer(middleware::from_fn_with_state(state.clone(), guard))
-        .layer(
-            ServiceBuilder::new()
-                .layer(HandleErrorLayer::new(|_: BoxError| async {
-                    ApiError::Overloaded
-                }))
-                .layer(LoadShedLayer::new())
-                .layer(GlobalConcurrencyLimitLayer::new(
-                    state.config.max_concurrent_requests.max(1),
-                )),
-        );
-    api.merge(ops)
+    let (api, ops) = routes();
+    let table: Arc<HashMap<String, Access>> = Arc::new(
+        api.access
+            .iter()
+            .chain(ops.access.iter())
+            .map(|(k, v)| (k.clone(), *v))
+            .collect(),
+    );
+    let (api, mut doc) = api.router.split_for_parts();
+    let (ops, ops_doc) = ops.router.split_for_parts();
+    doc.merge(ops_doc);
+    let doc = Arc::new(doc);
+    let guard = middleware::from_fn_with_state((state.clone(), table), guard);
+    let api = api.layer(guard.clone()).layer(
+        ServiceBuilder::new()
+            .layer(HandleErrorLayer::new(|_: BoxError| async {
+                ApiError::Overloaded
+            }))
+            .layer(LoadShedLayer::new())
+            .layer(GlobalConcurrencyLimitLayer::new(
+                state.config.max_concurrent_requests.max(1),
+            )),
+    );
+    api.merge(ops.layer(guard))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(state.config.body_limit_bytes))
         .layer(axum::Extension(doc))
@@ -193,19 +331,6 @@ async fn observe(req: Request, next: Next) -> Response {
     resp
 }
 
-fn route_class(route: &str) -> Option<RouteClass> {
-    match route {
-        "/api/v1/generator/start" | "/api/v1/generator/stop" => Some(RouteClass::Control),
-        "/api/v1/logs" => Some(RouteClass::Ingest),
-        "/api/v1/generator/status"
-        | "/api/v1/stats"
-        | "/api/v1/stats/{service}"
-        | "/api/v1/alerts"
-        | "/api/v1/events" => Some(RouteClass::Query),
-        _ => None,
-    }
-}
-
 fn scope_for(class: RouteClass) -> Scope {
     match class {
         RouteClass::Control => Scope::Admin,
@@ -248,30 +373,51 @@ pub fn refused(route: &str, class: RouteClass, d: &Decision) -> Response {
     resp
 }
 
-/// API routes: the whole request, limiter check included, must finish within
-/// `request_timeout_ms`, else 504.
-async fn guard(State(s): State<AppState>, req: Request, next: Next) -> Response {
-    let ms = s.config.request_timeout_ms;
-    match tokio::time::timeout(Duration::from_millis(ms), auth_and_limit(&s, req, next)).await {
-        Ok(resp) => resp,
-        Err(_) => ApiError::Timeout(ms).into_response(),
+/// Every route passes here. Its access comes from the route table: public routes go straight on;
+/// API routes must finish, limiter check included, within `request_timeout_ms` (else 504); a route
+/// the table does not hold is refused.
+async fn guard(
+    State((s, table)): State<(AppState, Arc<HashMap<String, Access>>)>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let Some(route) = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()) else {
+        // Nothing matched: the fallback answers 404.
+        return next.run(req).await;
+    };
+    match table.get(&route) {
+        Some(Access::Public) => next.run(req).await,
+        Some(Access::Api(class)) => {
+            let ms = s.config.request_timeout_ms;
+            let call = auth_and_limit(&s, &route, *class, req, next);
+            match tokio::time::timeout(Duration::from_millis(ms), call).await {
+                Ok(resp) => resp,
+                Err(_) => ApiError::Timeout(ms).into_response(),
+            }
+        }
+        None => {
+            tracing::error!(route, "refused a route that was registered without declared access");
+            ApiError::Undeclared(route).into_response()
+        }
     }
 }
 
-/// Authenticate, authorize the route's scope, then pass the client's sliding window (ingest is
-/// limited in its handler, by events). Repeated bad keys from one address are limited on their own
-/// and then refused outright until that window frees up.
-async fn auth_and_limit(s: &AppState, mut req: Request, next: Next) -> Response {
-    let Some(route) = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-    else {
-        return next.run(req).await;
-    };
-    let Some(class) = route_class(&route) else {
-        return next.run(req).await;
-    };
+/// The first unit an ingest request spends, before its body is read; the handler charges the
+/// rest of its events once they are parsed.
+#[derive(Debug, Clone, Copy)]
+pub struct Charged(pub Decision);
+
+/// Authenticate, authorize the route's scope, then pass the client's sliding window. Every class
+/// spends one unit here, before any body is read, so a client over its limit costs no body read
+/// and no parse. Repeated bad keys from one address are limited on their own and then refused
+/// outright until that window frees up.
+async fn auth_and_limit(
+    s: &AppState,
+    route: &str,
+    class: RouteClass,
+    mut req: Request,
+    next: Next,
+) -> Response {
     let ip = peer_ip(&req);
     if let Some(secs) = s.auth.blocked_for(ip) {
         return ApiError::AuthBlocked(secs).into_response();
@@ -279,7 +425,7 @@ async fn auth_and_limit(s: &AppState, mut req: Request, next: Next) -> Response 
     let principal = match s.auth.authorize(req.headers(), scope_for(class)) {
         Ok(p) => p,
         Err(e) => {
-            telemetry::auth_failure(&route, &e);
+            telemetry::auth_failure(route, &e);
             if e == AuthError::Invalid && s.limiter.enabled() {
                 let d = s
                     .limiter
@@ -295,15 +441,18 @@ async fn auth_and_limit(s: &AppState, mut req: Request, next: Next) -> Response 
     };
     let identity = limit_identity(&principal, ip);
     req.extensions_mut().insert(principal);
-    if class == RouteClass::Ingest || !s.limiter.enabled() {
+    if !s.limiter.enabled() {
         return next.run(req).await;
     }
     let decision = s.limiter.check(class, &identity, 1).await;
     if !decision.allowed {
-        return refused(&route, class, &decision);
+        return refused(route, class, &decision);
     }
+    req.extensions_mut().insert(Charged(decision));
     let mut resp = next.run(req).await;
-    rate_limit_headers(&mut resp, &decision);
+    if !resp.headers().contains_key("ratelimit-remaining") {
+        rate_limit_headers(&mut resp, &decision);
+    }
     resp
 }
 

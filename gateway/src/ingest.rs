@@ -24,6 +24,7 @@ use logpipe_common::event::{EventError, LogEvent, MAX_NAME_BYTES};
 use logpipe_common::formats::{derived_id, parse_line, LineContext};
 use logpipe_common::kafka::KafkaSettings;
 
+use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::ClientConfig;
 use serde::{Deserialize, Serialize};
@@ -32,7 +33,7 @@ use serde_json::value::RawValue;
 
 use crate::auth::Principal;
 use crate::error::{ApiError, ErrorBody};
-use crate::http::{limit_identity, rate_limit_headers, refused, AppState};
+use crate::http::{limit_identity, rate_limit_headers, refused, AppState, Charged};
 use crate::ratelimit::RouteClass;
 use crate::telemetry;
 use tracing::Instrument;
@@ -44,8 +45,13 @@ pub struct IngestSettings {
     pub max_events: usize,
     /// A client slower than this to send its body gets 408.
     pub body_read_timeout_ms: u64,
-    /// Event timestamps further ahead of the gateway's clock than this are rejected.
+    /// Event timestamps further ahead of the gateway's clock than this are refused (422). Keep it
+    /// no larger than the collector's `allowed_lateness_secs`: an event may then be early by at most
+    /// what windows already wait for, and can never make on-time events late.
     pub max_future_secs: i64,
+    /// Largest event (its JSON or its line) accepted; a larger one is refused by index, 413 when it
+    /// is the only one. 256 KiB, Loki's line limit: far below what Kafka takes per record (1 MB).
+    pub max_event_bytes: usize,
     pub linger_ms: u64,
     /// How long Kafka may take to acknowledge a record before the request fails with 503.
     pub delivery_timeout_ms: u64,
@@ -58,7 +64,8 @@ impl Default for IngestSettings {
         Self {
             max_events: 10_000,
             body_read_timeout_ms: 10_000,
-            max_future_secs: 300,
+            max_future_secs: 10,
+            max_event_bytes: 256 * 1024,
             linger_ms: 2,
             delivery_timeout_ms: 5_000,
             queue_max_messages: 200_000,
@@ -132,10 +139,15 @@ pub struct ParseContext<'a> {
     pub received_at: DateTime<Utc>,
     pub max_events: usize,
     pub max_future_secs: i64,
+    pub max_event_bytes: usize,
     /// Service for lines that name none (`?service=`).
     pub default_service: &'a str,
     /// Seeds stable ids for events without one; `None` means fresh random ids.
     pub id_seed: Option<Vec<u8>>,
+    /// The key the events came with. When set, an event's own `event_id` is stored as an id
+    /// derived from the key's name and that id: stable across resends by the same key, and no
+    /// other key can collide with it (and so make its events vanish as duplicates).
+    pub tenant: Option<String>,
     /// The trace the request belongs to, for events that carry none.
     pub trace_id: Option<String>,
 }
@@ -152,6 +164,17 @@ impl ParseContext<'_> {
         }
     }
 
+    /// Refuse an event whose text is larger than one event may be, before it is parsed.
+    fn check_size(&self, len: usize) -> Result<(), EventError> {
+        if len > self.max_event_bytes {
+            return Err(EventError::TooLarge {
+                len,
+                max: self.max_event_bytes,
+            });
+        }
+        Ok(())
+    }
+
     fn finish(
         &self,
         index: usize,
@@ -160,18 +183,18 @@ impl ParseContext<'_> {
     ) -> Result<LogEvent, EventError> {
         if !had_id {
             event.event_id = self.id_for(index, event.timestamp);
+        } else if let Some(tenant) = &self.tenant {
+            let seed = [b"event_id\n", tenant.as_bytes(), b"\n", event.event_id.as_bytes()].concat();
+            event.event_id = derived_id(event.timestamp, &seed);
         }
         if event.trace_id.is_none() {
             event.trace_id.clone_from(&self.trace_id);
         }
         let ahead = (event.timestamp - self.received_at).num_seconds();
         if ahead > self.max_future_secs {
-            return Err(EventError::Unparseable {
-                format: "event",
-                reason: format!(
-                    "`timestamp` is {ahead} s ahead of the gateway's clock; at most {} s allowed",
-                    self.max_future_secs
-                ),
+            return Err(EventError::InFuture {
+                ahead_secs: ahead,
+                max_secs: self.max_future_secs,
             });
         }
         event.validate()?;
@@ -180,6 +203,7 @@ impl ParseContext<'_> {
 
     /// One event's JSON, straight into the event type (no intermediate `Value` tree).
     fn event_from_json(&self, index: usize, json: &str) -> Result<LogEvent, EventError> {
+        self.check_size(json.len())?;
         if !json.trim_start().starts_with('{') {
             return Err(EventError::Json(
                 match serde_json::from_str::<serde::de::IgnoredAny>(json) {
@@ -195,6 +219,7 @@ impl ParseContext<'_> {
     }
 
     fn event_from_line(&self, index: usize, line: &str) -> Result<LogEvent, EventError> {
+        self.check_size(line.len())?;
         let ctx = LineContext {
             event_id: "pending".into(),
             default_service: self.default_service,
@@ -282,6 +307,9 @@ pub fn default_service(service: Option<&str>) -> Result<&str, String> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProduceError {
+    /// Kafka refuses the record for its size: resending it cannot help.
+    #[error("event {index} is larger than Kafka accepts for one record: {reason}")]
+    TooLarge { index: usize, reason: String },
     #[error("Kafka did not acknowledge {failed} of {total} events: {reason}")]
     NotAcknowledged {
         failed: usize,
@@ -333,7 +361,7 @@ impl IngestProducer {
         let total = events.len();
         let mut pending = Vec::with_capacity(total);
         let mut refused: Option<String> = None;
-        for event in events {
+        for (index, event) in events.iter().enumerate() {
             let payload = event.to_json();
             let headers = logpipe_common::kafka::event_headers("application/json", traceparent);
             let record = FutureRecord::to(&self.topic)
@@ -344,6 +372,15 @@ impl IngestProducer {
                 .headers(headers);
             match self.producer.send_result(record) {
                 Ok(f) => pending.push(f),
+                Err((e, _))
+                    if e.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageSizeTooLarge) =>
+                {
+                    // What was queued before still completes; a resend is stable (same ids).
+                    return Err(ProduceError::TooLarge {
+                        index,
+                        reason: e.to_string(),
+                    });
+                }
                 Err((e, _)) => {
                     // Queue full or producer failed: the request fails; what was queued still
                     // completes (or times out) on its own and is harmless to resend.
@@ -476,10 +513,11 @@ pub async fn ingest_logs(
     State(s): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Extension(principal): Extension<Principal>,
+    charged: Option<Extension<Charged>>,
     query: Result<Query<IngestQuery>, QueryRejection>,
     req: Request,
 ) -> Response {
-    match ingest(&s, peer, &principal, query, req).await {
+    match ingest(&s, peer, &principal, charged.map(|Extension(c)| c), query, req).await {
         Ok(resp) => resp,
         Err(e) => e.into_response(),
     }
@@ -489,6 +527,7 @@ async fn ingest(
     s: &AppState,
     peer: SocketAddr,
     principal: &Principal,
+    charged: Option<Charged>,
     query: Result<Query<IngestQuery>, QueryRejection>,
     req: Request,
 ) -> Result<Response, ApiError> {
@@ -503,6 +542,15 @@ async fn ingest(
         ApiError::UnsupportedMediaType(content_type.unwrap_or_default().to_owned())
     })?;
     let service = default_service(query.service.as_deref()).map_err(ApiError::InvalidParameter)?;
+    // A body announced larger than the limit is refused from its head, before a byte is read.
+    let announced = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|len| len > s.config.body_limit_bytes as u64) {
+        return Err(ApiError::PayloadTooLarge(s.config.body_limit_bytes));
+    }
     let body = read_body(
         body,
         s.config.body_limit_bytes,
@@ -513,16 +561,21 @@ async fn ingest(
     let tp = logpipe_common::telemetry::traceparent_of(&tracing::Span::current())
         .or_else(|| traceparent(&parts.headers));
     let identity = limit_identity(principal, peer.ip());
+    // Derived ids belong to the key (anonymous clients share one namespace, so a resend from
+    // another address still gets the same ids).
+    let namespace = principal.key_name.as_deref().unwrap_or("anonymous");
     let id_seed = parts
         .headers
         .get("idempotency-key")
-        .map(|k| [identity.as_bytes(), b"\n", k.as_bytes()].concat());
+        .map(|k| [b"idempotency\n", namespace.as_bytes(), b"\n", k.as_bytes()].concat());
     let ctx = ParseContext {
         received_at: Utc::now(),
         max_events: settings.max_events,
         max_future_secs: settings.max_future_secs,
+        max_event_bytes: settings.max_event_bytes,
         default_service: service,
         id_seed,
+        tenant: principal.key_name.clone(),
         trace_id: tp.as_deref().map(|t| t[3..35].to_owned()),
     };
     let parsed = ctx.parse(format, &body).map_err(|e| match e {
@@ -531,6 +584,14 @@ async fn ingest(
     })?;
     telemetry::ingest_events("rejected", parsed.rejected.len());
     if parsed.events.is_empty() {
+        // A body whose every event is too large is 413 (the size is the problem, not the content).
+        if parsed.rejected.iter().all(|r| r.error == "event_too_large") {
+            let r = &parsed.rejected[0];
+            return Err(ApiError::EventTooLarge(format!(
+                "event {}: {}",
+                r.index, r.detail
+            )));
+        }
         let body = json!({
             "error": "invalid_events",
             "detail": format!("all {} events were refused", parsed.rejected.len()),
@@ -540,7 +601,7 @@ async fn ingest(
         return Ok((StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response());
     }
     let route = "/api/v1/logs";
-    let mut decision = None;
+    let mut decision = charged.map(|Charged(d)| d);
     if s.limiter.enabled() {
         let limit = s.limiter.limit(RouteClass::Ingest);
         if parsed.events.len() > limit.limit as usize {
@@ -551,14 +612,15 @@ async fn ingest(
                 limit.window_ms
             )));
         }
-        let d = s
-            .limiter
-            .check(RouteClass::Ingest, &identity, parsed.events.len() as u32)
-            .await;
-        if !d.allowed {
-            return Ok(refused(route, RouteClass::Ingest, &d));
+        // The guard charged one unit before the body was read; the other events are charged now.
+        let rest = parsed.events.len().saturating_sub(1) as u32;
+        if rest > 0 {
+            let d = s.limiter.check(RouteClass::Ingest, &identity, rest).await;
+            if !d.allowed {
+                return Ok(refused(route, RouteClass::Ingest, &d));
+            }
+            decision = Some(d);
         }
-        decision = Some(d);
     }
     let publish = tracing::info_span!(
         "kafka.publish",
@@ -575,10 +637,19 @@ async fn ingest(
         .produce_all(&parsed.events, header_tp.as_deref())
         .instrument(publish)
         .await;
-    if let Err(e) = produced {
-        telemetry::ingest_events("failed", parsed.events.len());
-        tracing::warn!(error = %e, "ingest not acknowledged by Kafka");
-        return Err(ApiError::KafkaUnavailable(e.to_string()));
+    match produced {
+        Ok(()) => {}
+        Err(e @ ProduceError::TooLarge { .. }) => {
+            telemetry::ingest_events("rejected", parsed.events.len());
+            return Err(ApiError::EventTooLarge(format!(
+                "{e} (the index counts accepted events only)"
+            )));
+        }
+        Err(e) => {
+            telemetry::ingest_events("failed", parsed.events.len());
+            tracing::warn!(error = %e, "ingest not acknowledged by Kafka");
+            return Err(ApiError::KafkaUnavailable(e.to_string()));
+        }
     }
     telemetry::ingest_events("accepted", parsed.events.len());
     let mut resp = (
@@ -603,9 +674,11 @@ mod tests {
         ParseContext {
             received_at: "2026-11-23T08:00:00Z".parse().unwrap(),
             max_events: 5,
-            max_future_secs: 300,
+            max_future_secs: 10,
+            max_event_bytes: 4096,
             default_service: "edge",
             id_seed: None,
+            tenant: None,
             trace_id: None,
         }
     }
@@ -707,6 +780,37 @@ mod tests {
     }
 
     #[test]
+    fn a_keys_own_event_ids_are_scoped_to_the_key_and_stable_across_resends() {
+        let mut c = ctx();
+        c.tenant = Some("tenant-a".into());
+        let a1 = c.parse(BodyFormat::Json, GOOD.as_bytes()).unwrap();
+        let a2 = c.parse(BodyFormat::Json, GOOD.as_bytes()).unwrap();
+        c.tenant = Some("tenant-b".into());
+        let b = c.parse(BodyFormat::Json, GOOD.as_bytes()).unwrap();
+        let (a1, a2, b) = (&a1.events[0].event_id, &a2.events[0].event_id, &b.events[0].event_id);
+        assert_eq!(a1, a2, "a resend by the same key keeps its id");
+        assert_ne!(a1, b, "another key sending the same id cannot collide with it");
+        assert_ne!(a1, "e1");
+        assert_eq!(a1.len(), 26, "a ULID: {a1}");
+    }
+
+    #[test]
+    fn an_event_larger_than_the_limit_is_refused_by_index_before_it_is_parsed() {
+        let big = format!(
+            r#"{{"timestamp":"2026-11-23T07:59:00Z","level":"INFO","service":"api","message":"m","attributes":{{"blob":"{}"}}}}"#,
+            "x".repeat(5000)
+        );
+        let p = ctx()
+            .parse(BodyFormat::Json, format!("[{GOOD},{big}]").as_bytes())
+            .unwrap();
+        assert_eq!(p.events.len(), 1);
+        assert_eq!((p.rejected[0].index, p.rejected[0].error), (1, "event_too_large"));
+        let line = format!("<13>Nov 23 07:58:00 web-1 app: {}", "y".repeat(5000));
+        let p = ctx().parse(BodyFormat::Lines, line.as_bytes()).unwrap();
+        assert_eq!(p.rejected[0].error, "event_too_large");
+    }
+
+    #[test]
     fn text_lines_become_events_with_the_default_service() {
         let body = concat!(
             "10.0.0.1 - - [23/Nov/2026:07:59:00 +0000] \"GET /x HTTP/1.1\" 500 12 \"-\" \"curl\"\n",
@@ -745,7 +849,10 @@ mod tests {
         let body =
             br#"{"timestamp":"2026-11-24T08:00:00Z","level":"INFO","service":"api","message":"m"}"#;
         let p = ctx().parse(BodyFormat::Json, body).unwrap();
-        assert!(p.rejected[0].detail.contains("ahead"), "{:?}", p.rejected);
+        assert_eq!(p.rejected[0].error, "timestamp_in_future");
+        assert!(p.rejected[0].detail.contains("`timestamp`"), "{:?}", p.rejected);
+        let soon = br#"{"timestamp":"2026-11-23T08:00:09Z","level":"INFO","service":"api","message":"m"}"#;
+        assert_eq!(ctx().parse(BodyFormat::Json, soon).unwrap().events.len(), 1);
     }
 
     #[test]
@@ -768,6 +875,23 @@ mod tests {
         assert!(traceparent(&h).is_some());
         h.insert("traceparent", "00-zz-00f067aa0ba902b7-01".parse().unwrap());
         assert!(traceparent(&h).is_none());
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1_000))]
+
+        /// Any body, in any of the three formats, is parsed or refused: never a panic.
+        #[test]
+        fn an_arbitrary_body_never_panics_the_parser(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400),
+            text in "\\PC{0,200}",
+        ) {
+            for format in [BodyFormat::Json, BodyFormat::Ndjson, BodyFormat::Lines] {
+                let _ = ctx().parse(format, &bytes);
+                let _ = ctx().parse(format, text.as_bytes());
+                let _ = ctx().parse(format, format!("[{text}]").as_bytes());
+            }
+        }
     }
 
     #[test]

@@ -11,8 +11,6 @@
 //! with the same limit per window (approximate, per instance), `gateway_rate_limit_backend` says
 //! `local`, and Redis is tried again a second later.
 
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -494,6 +492,12 @@ impl RateLimiterService {
 
     fn check_local(&self, class: RouteClass, client: u64, limit: Limit, cost: u32) -> Decision {
         let limiter = &self.local[class as usize];
+        // Bounded memory: a flood of distinct clients while Redis is down must not grow the map
+        // without end; clients whose state has fully replenished are forgotten.
+        if limiter.len() >= LOCAL_CLIENTS_MAX {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+        }
         let n = NonZeroU32::new(cost.max(1)).expect("non-zero");
         let allowed = matches!(limiter.check_key_n(&client, n), Ok(Ok(())));
         Decision {
@@ -514,9 +518,15 @@ impl RateLimiterService {
     }
 }
 
-/// Client identities (API keys, addresses) never go to Redis or logs as they are.
+/// Local-limiter entries per class before the idle ones are dropped.
+const LOCAL_CLIENTS_MAX: usize = 100_000;
+
+/// Client identities (key names, addresses) never go to Redis or logs as they are. SHA-256, not
+/// `DefaultHasher`: its output may change between Rust releases, and gateways built with different
+/// toolchains must still share one client's window.
 fn hash(client: &str) -> u64 {
-    let mut h = DefaultHasher::new();
-    client.hash(&mut h);
-    h.finish()
+    let digest = crate::auth::sha256(client.as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    u64::from_be_bytes(first)
 }

@@ -29,6 +29,8 @@ pub enum StartupError {
     Auth(#[source] crate::auth::BadKeyHash),
     #[error("server error: {0}")]
     Serve(#[source] std::io::Error),
+    #[error(transparent)]
+    Config(#[from] logpipe_common::config::ConfigError),
 }
 
 pub struct Application {
@@ -38,6 +40,8 @@ pub struct Application {
 
 impl Application {
     pub async fn build(config: GatewayConfig) -> Result<Application, StartupError> {
+        // Whoever built the config (CLI or a test), an unsafe one does not start.
+        config.validate()?;
         // The recorder first: series registered before it exists are lost.
         let metrics = logpipe_common::telemetry::metrics_handle();
         crate::telemetry::describe();
@@ -54,7 +58,11 @@ impl Application {
         limiter.connect().await;
         let auth = Authenticator::new(&config.auth).map_err(StartupError::Auth)?;
         if auth.is_open() {
-            tracing::warn!("no API keys configured: every client may use every route");
+            tracing::warn!(
+                host = %config.host,
+                "no API keys configured: every client that reaches this address may use every \
+                 route, generator control included (`./setup.sh --with-keys` makes keys)"
+            );
         }
         let producer =
             IngestProducer::new(&config.kafka, &config.ingest).map_err(StartupError::Producer)?;

@@ -190,3 +190,35 @@ fn architecture_md_names_only_paths_and_code_that_exist() {
         "ARCHITECTURE.md names what the code does not have: {missing:?}"
     );
 }
+
+#[test]
+fn compose_publishes_ports_on_loopback_only_and_never_the_generator_or_collector() {
+    // Line by line: a service is a key indented by two spaces under `services:`, and every
+    // published port is written `ports: ["host:port:port", ...]` on one line.
+    let mut service = String::new();
+    let mut published = Vec::new();
+    for line in read("docker-compose.yml").lines() {
+        if let Some(name) = line.strip_prefix("  ").and_then(|l| l.strip_suffix(':')) {
+            if !name.starts_with(' ') {
+                service = name.to_owned();
+            }
+        }
+        if let Some(ports) = line.trim().strip_prefix("ports:") {
+            for port in ports.trim_matches(|c| " []".contains(c)).split(',') {
+                let port = port.trim().trim_matches('"');
+                assert!(
+                    port.starts_with("127.0.0.1:"),
+                    "{service} publishes {port} on every host interface"
+                );
+                published.push(service.clone());
+            }
+        }
+    }
+    for internal in ["generator", "collector"] {
+        assert!(
+            !published.iter().any(|n| n == internal),
+            "{internal}'s control API must stay inside the stack's network"
+        );
+    }
+    assert!(published.iter().any(|n| n == "gateway"), "{published:?}");
+}

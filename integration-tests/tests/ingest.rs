@@ -352,20 +352,23 @@ async fn the_ingest_limit_counts_events_not_requests() {
             .collect();
         client.post(gw.url("/api/v1/logs")).json(&events).send()
     };
-    let first = batch(60, "a").await.unwrap();
-    assert_eq!(first.status(), 202);
-    assert_eq!(first.headers()["ratelimit-remaining"], "40");
-    let second = batch(60, "b").await.unwrap();
-    assert_eq!(second.status(), 429);
-    assert!(second.headers().contains_key("retry-after"));
-    assert_eq!(batch(40, "c").await.unwrap().status(), 202);
-    assert_eq!(batch(1, "d").await.unwrap().status(), 429);
+    // Every request spends one unit before its body is read, refused or not; its other events are
+    // charged once parsed.
     let too_big = batch(101, "e").await.unwrap();
     assert_eq!(
         too_big.status(),
         413,
         "a batch over the whole limit can never pass"
     );
+    let first = batch(60, "a").await.unwrap();
+    assert_eq!(first.status(), 202);
+    assert_eq!(first.headers()["ratelimit-remaining"], "39");
+    let second = batch(60, "b").await.unwrap();
+    assert_eq!(second.status(), 429);
+    assert!(second.headers().contains_key("retry-after"));
+    assert_eq!(batch(40, "c").await.unwrap().status(), 429);
+    assert_eq!(batch(37, "c").await.unwrap().status(), 202);
+    assert_eq!(batch(1, "d").await.unwrap().status(), 429);
     gw.stop().await;
 }
 

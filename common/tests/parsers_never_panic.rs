@@ -29,8 +29,11 @@ fn all_parsers(line: &str) {
 }
 
 fn corpus() -> Vec<String> {
-    let bytes = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/corpus/lines.txt"))
-        .expect("corpus");
+    let bytes = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/corpus/lines.txt"
+    ))
+    .expect("corpus");
     bytes
         .split(|b| *b == b'\n')
         .filter(|l| !l.is_empty() && !l.starts_with(b"# "))
@@ -44,7 +47,11 @@ const SPLICES: [&str; 9] = ["é", "€", "😀", "\u{0}", "\"", "[", "]", " ", "
 #[test]
 fn every_corpus_line_cut_or_spliced_at_any_character_is_parsed_without_panic() {
     let lines = corpus();
-    assert!(lines.len() >= 30, "the corpus went missing: {}", lines.len());
+    assert!(
+        lines.len() >= 30,
+        "the corpus went missing: {}",
+        lines.len()
+    );
     let mut inputs = 0usize;
     for line in &lines {
         all_parsers(line);

@@ -230,9 +230,11 @@ mod tests {
         }
         let cli = Cli::try_parse_from(["gw", "--host", "0.0.0.0"]).unwrap();
         let err = cli.into_config().unwrap_err().to_string();
-        assert!(err.contains("--with-keys") && err.contains("allow_open"), "{err}");
-        let cli =
-            Cli::try_parse_from(["gw", "--host", "0.0.0.0", "--allow-open", "true"]).unwrap();
+        assert!(
+            err.contains("--with-keys") && err.contains("allow_open"),
+            "{err}"
+        );
+        let cli = Cli::try_parse_from(["gw", "--host", "0.0.0.0", "--allow-open", "true"]).unwrap();
         assert!(cli.into_config().is_ok());
     }
 

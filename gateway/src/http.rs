@@ -81,7 +81,9 @@ struct KeySchemes;
 
 impl utoipa::Modify for KeySchemes {
     fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+        use utoipa::openapi::security::{
+            ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme,
+        };
         let components = doc.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "bearer",
@@ -154,9 +156,15 @@ pub fn routes() -> (Routes, Routes) {
         .add(Access::Api(RouteClass::Control), routes!(control::start))
         .add(Access::Api(RouteClass::Control), routes!(control::stop))
         .add(Access::Api(RouteClass::Query), routes!(control::status))
-        .add(Access::Api(RouteClass::Ingest), routes!(ingest::ingest_logs))
+        .add(
+            Access::Api(RouteClass::Ingest),
+            routes!(ingest::ingest_logs),
+        )
         .add(Access::Api(RouteClass::Query), routes!(query::stats))
-        .add(Access::Api(RouteClass::Query), routes!(query::service_stats))
+        .add(
+            Access::Api(RouteClass::Query),
+            routes!(query::service_stats),
+        )
         .add(Access::Api(RouteClass::Query), routes!(query::alerts))
         .add(Access::Api(RouteClass::Query), routes!(query::events));
     let ops = Routes::new(utoipa::openapi::OpenApi::default())
@@ -180,7 +188,10 @@ fn document_access(access: Access, item: &mut utoipa::openapi::PathItem) {
     let refusals = [
         ("401", "Missing or invalid API key"),
         ("403", "The key lacks the route's scope"),
-        ("429", "The client's limit for this route class is spent; see `Retry-After`"),
+        (
+            "429",
+            "The client's limit for this route class is spent; see `Retry-After`",
+        ),
     ];
     for op in [
         &mut item.get,
@@ -207,9 +218,9 @@ fn document_access(access: Access, item: &mut utoipa::openapi::PathItem) {
                             .content(
                                 "application/json",
                                 utoipa::openapi::ContentBuilder::new()
-                                    .schema(Some(RefOr::Ref(utoipa::openapi::Ref::from_schema_name(
-                                        "ErrorBody",
-                                    ))))
+                                    .schema(Some(RefOr::Ref(
+                                        utoipa::openapi::Ref::from_schema_name("ErrorBody"),
+                                    )))
                                     .build(),
                             )
                             .build(),
@@ -381,7 +392,11 @@ async fn guard(
     req: Request,
     next: Next,
 ) -> Response {
-    let Some(route) = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()) else {
+    let Some(route) = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+    else {
         // Nothing matched: the fallback answers 404.
         return next.run(req).await;
     };
@@ -396,7 +411,10 @@ async fn guard(
             }
         }
         None => {
-            tracing::error!(route, "refused a route that was registered without declared access");
+            tracing::error!(
+                route,
+                "refused a route that was registered without declared access"
+            );
             ApiError::Undeclared(route).into_response()
         }
     }

@@ -184,7 +184,13 @@ impl ParseContext<'_> {
         if !had_id {
             event.event_id = self.id_for(index, event.timestamp);
         } else if let Some(tenant) = &self.tenant {
-            let seed = [b"event_id\n", tenant.as_bytes(), b"\n", event.event_id.as_bytes()].concat();
+            let seed = [
+                b"event_id\n",
+                tenant.as_bytes(),
+                b"\n",
+                event.event_id.as_bytes(),
+            ]
+            .concat();
             event.event_id = derived_id(event.timestamp, &seed);
         }
         if event.trace_id.is_none() {
@@ -517,7 +523,16 @@ pub async fn ingest_logs(
     query: Result<Query<IngestQuery>, QueryRejection>,
     req: Request,
 ) -> Response {
-    match ingest(&s, peer, &principal, charged.map(|Extension(c)| c), query, req).await {
+    match ingest(
+        &s,
+        peer,
+        &principal,
+        charged.map(|Extension(c)| c),
+        query,
+        req,
+    )
+    .await
+    {
         Ok(resp) => resp,
         Err(e) => e.into_response(),
     }
@@ -787,9 +802,16 @@ mod tests {
         let a2 = c.parse(BodyFormat::Json, GOOD.as_bytes()).unwrap();
         c.tenant = Some("tenant-b".into());
         let b = c.parse(BodyFormat::Json, GOOD.as_bytes()).unwrap();
-        let (a1, a2, b) = (&a1.events[0].event_id, &a2.events[0].event_id, &b.events[0].event_id);
+        let (a1, a2, b) = (
+            &a1.events[0].event_id,
+            &a2.events[0].event_id,
+            &b.events[0].event_id,
+        );
         assert_eq!(a1, a2, "a resend by the same key keeps its id");
-        assert_ne!(a1, b, "another key sending the same id cannot collide with it");
+        assert_ne!(
+            a1, b,
+            "another key sending the same id cannot collide with it"
+        );
         assert_ne!(a1, "e1");
         assert_eq!(a1.len(), 26, "a ULID: {a1}");
     }
@@ -804,7 +826,10 @@ mod tests {
             .parse(BodyFormat::Json, format!("[{GOOD},{big}]").as_bytes())
             .unwrap();
         assert_eq!(p.events.len(), 1);
-        assert_eq!((p.rejected[0].index, p.rejected[0].error), (1, "event_too_large"));
+        assert_eq!(
+            (p.rejected[0].index, p.rejected[0].error),
+            (1, "event_too_large")
+        );
         let line = format!("<13>Nov 23 07:58:00 web-1 app: {}", "y".repeat(5000));
         let p = ctx().parse(BodyFormat::Lines, line.as_bytes()).unwrap();
         assert_eq!(p.rejected[0].error, "event_too_large");
@@ -850,8 +875,13 @@ mod tests {
             br#"{"timestamp":"2026-11-24T08:00:00Z","level":"INFO","service":"api","message":"m"}"#;
         let p = ctx().parse(BodyFormat::Json, body).unwrap();
         assert_eq!(p.rejected[0].error, "timestamp_in_future");
-        assert!(p.rejected[0].detail.contains("`timestamp`"), "{:?}", p.rejected);
-        let soon = br#"{"timestamp":"2026-11-23T08:00:09Z","level":"INFO","service":"api","message":"m"}"#;
+        assert!(
+            p.rejected[0].detail.contains("`timestamp`"),
+            "{:?}",
+            p.rejected
+        );
+        let soon =
+            br#"{"timestamp":"2026-11-23T08:00:09Z","level":"INFO","service":"api","message":"m"}"#;
         assert_eq!(ctx().parse(BodyFormat::Json, soon).unwrap().events.len(), 1);
     }
 

@@ -52,9 +52,7 @@ async fn every_api_route_refuses_missing_wrong_and_wrong_scope_keys_and_none_is_
     let mut config = it::gateway_config(&name);
     const SLOTS: usize = 16;
     config.auth.keys = (0..SLOTS)
-        .flat_map(|i| {
-            [Scope::Admin, Scope::Ingest, Scope::Read].map(|s| key(&secret(s, i), s))
-        })
+        .flat_map(|i| [Scope::Admin, Scope::Ingest, Scope::Read].map(|s| key(&secret(s, i), s)))
         .collect();
     let one = Limit {
         limit: 1,
@@ -89,9 +87,15 @@ async fn every_api_route_refuses_missing_wrong_and_wrong_scope_keys_and_none_is_
             };
             // The document says which scope the route needs and which limit it spends.
             let scope = scope_named(security[0]["bearer"][0].as_str().unwrap());
-            assert!(op["x-logpipe-limit-class"].is_string(), "{what}: no limit class");
+            assert!(
+                op["x-logpipe-limit-class"].is_string(),
+                "{what}: no limit class"
+            );
             for status in ["401", "403", "429"] {
-                assert!(op["responses"][status].is_object(), "{what}: {status} undocumented");
+                assert!(
+                    op["responses"][status].is_object(),
+                    "{what}: {status} undocumented"
+                );
             }
             let wrong_scope = match scope {
                 Scope::Read => Scope::Ingest,
@@ -109,7 +113,11 @@ async fn every_api_route_refuses_missing_wrong_and_wrong_scope_keys_and_none_is_
                 r.send()
             };
             let status = |r: reqwest::Response| r.status().as_u16();
-            assert_eq!(status(call(None).await.unwrap()), 401, "{what} without a key");
+            assert_eq!(
+                status(call(None).await.unwrap()),
+                401,
+                "{what} without a key"
+            );
             assert_eq!(
                 status(call(Some("not-a-key".into())).await.unwrap()),
                 401,
@@ -377,7 +385,10 @@ async fn hostile_inputs_get_precise_statuses_and_the_pipeline_still_stores_and_a
         } else {
             assert_eq!(body["error"], kind, "{what}: {text}");
         }
-        assert!(body["detail"].as_str().is_some_and(|d| !d.is_empty()), "{what}");
+        assert!(
+            body["detail"].as_str().is_some_and(|d| !d.is_empty()),
+            "{what}"
+        );
     }
     // The refusals name the event and the field.
     let mixed = json!([

@@ -27,7 +27,19 @@ pub const MIN_YEAR: i32 = 1;
 pub const MAX_YEAR: i32 = 9999;
 
 /// Severity, ordered from least to most severe so filters can say `level >= WARN`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Level {
     Trace,
@@ -87,25 +99,36 @@ impl FromStr for Level {
     }
 }
 
-/// One log event, exactly the wire schema (ARCHITECTURE.md).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One log event, exactly the wire schema (ARCHITECTURE.md). The schema's bounds are the
+/// validation's (lengths are bytes here, characters in JSON Schema: equal for ASCII).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LogEvent {
     /// Absent or null reads as empty, which `validate` refuses: the gateway fills it in first.
     #[serde(default, deserialize_with = "string_or_null")]
+    #[schema(required = false, nullable = true, max_length = 128)]
     pub event_id: String,
+    /// Within years 1..=9999, and (at the gateway) no more than `max_future_secs` ahead.
     pub timestamp: DateTime<Utc>,
     pub level: Level,
+    #[schema(min_length = 1, max_length = 128, pattern = "\\S")]
     pub service: String,
     #[serde(default)]
+    #[schema(required = false, max_length = 128)]
     pub component: String,
     #[serde(default)]
+    #[schema(required = false, max_length = 128)]
     pub host: String,
+    #[schema(min_length = 1, max_length = 32768, pattern = "\\S")]
     pub message: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 64)]
     pub trace_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 32)]
     pub span_id: Option<String>,
+    /// At most 64 entries, 16 levels deep, 16 KiB of keys and strings; no NUL anywhere.
     #[serde(default)]
+    #[schema(value_type = Object, required = false)]
     pub attributes: Map<String, Value>,
 }
 

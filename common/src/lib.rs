@@ -9,12 +9,15 @@
 //! - [`http`]: the `{"error", "detail"}` body, `/health` and `/metrics`, served alike by every service.
 //! - [`shutdown`]: SIGINT/SIGTERM turned into a `CancellationToken`.
 //! - [`config`]: reading the optional TOML layer of each service's configuration.
+//! - [`control`]: the generator's start request and status body, typed once for the generator, the
+//!   gateway and the OpenAPI document.
 
 // Library code states its invariants with `expect("why")`; a bare unwrap is a test's habit
 // (clippy.toml allows it in tests; benches and integration tests are not linted for it).
 #![warn(clippy::unwrap_used)]
 
 pub mod config;
+pub mod control;
 pub mod event;
 pub mod formats;
 pub mod http;

@@ -10,27 +10,85 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::future::join_all;
 use futures::FutureExt;
-use serde_json::{json, Value};
+use logpipe_common::control::{GeneratorStatus, StartRequest};
+use serde::{Deserialize, Serialize};
 
 use crate::error::{ApiError, ErrorBody};
 use crate::http::{client_span, AppState};
 use tracing::Instrument;
 
-/// One instance's answer: its HTTP status and JSON body, or why it could not be reached.
+/// What a generator answers: its status (start, stop and status all return it) or an error.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum InstanceBody {
+    Status(GeneratorStatus),
+    Error(ErrorBody),
+}
+
+/// One instance's answer: its HTTP status and body, or why it could not be reached.
 struct InstanceReply {
     url: String,
-    result: Result<(StatusCode, Value), String>,
+    result: Result<(StatusCode, Option<InstanceBody>), String>,
+}
+
+/// One instance as the gateway reports it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct InstanceReport {
+    pub url: String,
+    pub reachable: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_status: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body: Option<InstanceBody>,
+    /// Why it could not be reached.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 impl InstanceReply {
-    fn to_json(&self) -> Value {
+    fn report(&self) -> InstanceReport {
         match &self.result {
-            Ok((status, body)) => json!({
-                "url": self.url, "reachable": true, "http_status": status.as_u16(), "body": body
-            }),
-            Err(e) => json!({ "url": self.url, "reachable": false, "error": e }),
+            Ok((status, body)) => InstanceReport {
+                url: self.url.clone(),
+                reachable: true,
+                http_status: Some(status.as_u16()),
+                body: body.clone(),
+                error: None,
+            },
+            Err(e) => InstanceReport {
+                url: self.url.clone(),
+                reachable: false,
+                http_status: None,
+                body: None,
+                error: Some(e.clone()),
+            },
         }
     }
+}
+
+/// The answer to a start or stop that reached at least one instance.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct FanOut {
+    /// Instances that accepted the call.
+    pub accepted: usize,
+    pub instances: Vec<InstanceReport>,
+}
+
+/// Every instance's status and the totals over the reachable ones.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct AggregateStatus {
+    /// `running` when any instance runs, `idle` when some answer and none runs, else `unreachable`.
+    pub state: &'static str,
+    pub instances_total: usize,
+    pub instances_reachable: usize,
+    pub instances_running: usize,
+    /// Sum of the rates asked of the running instances.
+    pub rate_per_second: u64,
+    pub measured_rate_per_second: f64,
+    pub events_generated: u64,
+    pub events_acked: u64,
+    pub events_failed: u64,
+    pub instances: Vec<InstanceReport>,
 }
 
 async fn call_all(
@@ -61,7 +119,8 @@ async fn call_all(
                 Ok(resp) => {
                     let status = StatusCode::from_u16(resp.status().as_u16())
                         .unwrap_or(StatusCode::BAD_GATEWAY);
-                    let body = resp.json::<Value>().await.unwrap_or(Value::Null);
+                    // A body of neither shape is reported as absent, not guessed at.
+                    let body = resp.json::<InstanceBody>().await.ok();
                     Ok((status, body))
                 }
                 Err(e) => Err(upstream_error(&e)),
@@ -117,8 +176,8 @@ fn upstream_error(e: &reqwest::Error) -> String {
 /// Fan a control call out and pick one status for the client: a refusal every instance agrees on
 /// (422, 409) passes through with its body; otherwise success when any instance accepted it.
 fn fan_out_response(replies: Vec<InstanceReply>, ok_status: StatusCode) -> Response {
-    let instances: Vec<Value> = replies.iter().map(InstanceReply::to_json).collect();
-    let answered: Vec<&(StatusCode, Value)> = replies
+    let instances: Vec<InstanceReport> = replies.iter().map(InstanceReply::report).collect();
+    let answered: Vec<&(StatusCode, Option<InstanceBody>)> = replies
         .iter()
         .filter_map(|r| r.result.as_ref().ok())
         .collect();
@@ -142,17 +201,24 @@ fn fan_out_response(replies: Vec<InstanceReply>, ok_status: StatusCode) -> Respo
     };
     (
         status,
-        Json(json!({ "accepted": accepted, "instances": instances })),
+        Json(FanOut {
+            accepted,
+            instances,
+        }),
     )
         .into_response()
 }
 
-/// Start generating on every instance (the body is the generator's run request).
+/// Start generating on every instance. The body is optional: without one, each instance runs its
+/// configured defaults. It is checked here, so a malformed or unknown field is refused before any
+/// instance is called.
 #[utoipa::path(post, path = "/api/v1/generator/start", tag = "control",
-    request_body(content = serde_json::Value, description = "Run parameters: rate_per_second, threads, batch_size, profile, duration_secs"),
+    request_body(content = Option<StartRequest>, description = "Run parameters; every field optional, and so is the body",
+        content_type = "application/json"),
     responses(
-        (status = 202, description = "Every instance started", body = serde_json::Value),
-        (status = 207, description = "Some instances started; `instances` says which", body = serde_json::Value),
+        (status = 202, description = "Every instance started", body = FanOut),
+        (status = 207, description = "Some instances started; `instances` says which", body = FanOut),
+        (status = 400, description = "The body is not JSON", body = ErrorBody),
         (status = 401, description = "Missing or invalid API key", body = ErrorBody),
         (status = 403, description = "The key lacks the `admin` scope", body = ErrorBody),
         (status = 409, description = "Every instance refused (already running)", body = ErrorBody),
@@ -161,22 +227,40 @@ fn fan_out_response(replies: Vec<InstanceReply>, ok_status: StatusCode) -> Respo
         (status = 502, description = "No instance reachable", body = ErrorBody),
     ))]
 pub async fn start(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let request = match start_request(&body) {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
+    };
+    // What is forwarded is the typed request, re-serialized: only fields the contract names.
+    let forwarded = request.map(|r| Bytes::from(serde_json::to_vec(&r).expect("a plain struct")));
     let replies = call_all(
         &s,
         &headers,
         reqwest::Method::POST,
         "/api/v1/generator/start",
-        Some(body),
+        forwarded,
     )
     .await;
     fan_out_response(replies, StatusCode::ACCEPTED)
 }
 
+/// The start body: none (blank), a valid request, or why not (400 not JSON, 422 wrong fields).
+fn start_request(body: &[u8]) -> Result<Option<StartRequest>, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    // `null` is "no body" too, as the document's optional body says.
+    serde_json::from_slice::<Option<StartRequest>>(body).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => ApiError::InvalidBody(e.to_string()),
+        _ => ApiError::BadRequest(format!("the body is not valid JSON: {e}")),
+    })
+}
+
 /// Stop generating on every instance.
 #[utoipa::path(post, path = "/api/v1/generator/stop", tag = "control",
     responses(
-        (status = 200, description = "Every instance stopped", body = serde_json::Value),
-        (status = 207, description = "Some instances stopped", body = serde_json::Value),
+        (status = 200, description = "Every instance stopped", body = FanOut),
+        (status = 207, description = "Some instances stopped", body = FanOut),
         (status = 401, description = "Missing or invalid API key", body = ErrorBody),
         (status = 403, description = "The key lacks the `admin` scope", body = ErrorBody),
         (status = 502, description = "No instance reachable", body = ErrorBody),
@@ -196,7 +280,7 @@ pub async fn stop(State(s): State<AppState>, headers: HeaderMap) -> Response {
 /// Every instance's status and the totals; an unreachable instance is marked, not fatal.
 #[utoipa::path(get, path = "/api/v1/generator/status", tag = "control",
     responses(
-        (status = 200, description = "Per-instance and total status", body = serde_json::Value),
+        (status = 200, description = "Per-instance and total status", body = AggregateStatus),
         (status = 401, description = "Missing or invalid API key", body = ErrorBody),
         (status = 429, description = "Query rate limit spent", body = ErrorBody),
     ))]
@@ -219,7 +303,7 @@ pub async fn status(State(s): State<AppState>, headers: HeaderMap) -> Response {
                     .await;
                     // Serialized once; every request sharing this flight sends the same bytes.
                     Bytes::from(
-                        serde_json::to_vec(&aggregate_status(&replies)).expect("JSON value"),
+                        serde_json::to_vec(&aggregate_status(&replies)).expect("a plain struct"),
                     )
                 }
                 .boxed()
@@ -246,84 +330,100 @@ pub async fn status(State(s): State<AppState>, headers: HeaderMap) -> Response {
 pub type StatusFlight =
     std::sync::Mutex<Option<futures::future::Shared<futures::future::BoxFuture<'static, Bytes>>>>;
 
-fn aggregate_status(replies: &[InstanceReply]) -> Value {
-    let mut running = 0;
-    let mut reachable = 0;
-    let mut totals = [0f64; 5];
-    const FIELDS: [&str; 5] = [
-        "rate_per_second",
-        "measured_rate_per_second",
-        "events_generated",
-        "events_acked",
-        "events_failed",
-    ];
+fn aggregate_status(replies: &[InstanceReply]) -> AggregateStatus {
+    let mut total = AggregateStatus {
+        state: "unreachable",
+        instances_total: replies.len(),
+        instances_reachable: 0,
+        instances_running: 0,
+        rate_per_second: 0,
+        measured_rate_per_second: 0.0,
+        events_generated: 0,
+        events_acked: 0,
+        events_failed: 0,
+        instances: replies.iter().map(InstanceReply::report).collect(),
+    };
     for r in replies {
-        if let Ok((status, body)) = &r.result {
-            if !status.is_success() {
-                continue;
-            }
-            reachable += 1;
-            if body["state"] == "running" {
-                running += 1;
-            }
-            for (i, f) in FIELDS.iter().enumerate() {
-                // The configured rate only counts for instances that are running.
-                if *f == "rate_per_second" && body["state"] != "running" {
-                    continue;
-                }
-                totals[i] += body[*f].as_f64().unwrap_or(0.0);
-            }
+        let Ok((status, Some(InstanceBody::Status(st)))) = &r.result else {
+            continue;
+        };
+        if !status.is_success() {
+            continue;
         }
+        total.instances_reachable += 1;
+        if st.is_running() {
+            total.instances_running += 1;
+            // The configured rate only counts for instances that are running.
+            total.rate_per_second += u64::from(st.rate_per_second.unwrap_or(0));
+        }
+        total.measured_rate_per_second += st.measured_rate_per_second;
+        total.events_generated += st.events_generated;
+        total.events_acked += st.events_acked;
+        total.events_failed += st.events_failed;
     }
-    json!({
-        "state": if running > 0 { "running" } else if reachable > 0 { "idle" } else { "unreachable" },
-        "instances_total": replies.len(),
-        "instances_reachable": reachable,
-        "instances_running": running,
-        "rate_per_second": totals[0] as u64,
-        "measured_rate_per_second": totals[1],
-        "events_generated": totals[2] as u64,
-        "events_acked": totals[3] as u64,
-        "events_failed": totals[4] as u64,
-        "instances": replies.iter().map(InstanceReply::to_json).collect::<Vec<_>>(),
-    })
+    total.state = if total.instances_running > 0 {
+        "running"
+    } else if total.instances_reachable > 0 {
+        "idle"
+    } else {
+        "unreachable"
+    };
+    total
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn reply(url: &str, body: Value) -> InstanceReply {
+    fn reply(url: &str, state: &str, rate: u32, measured: f64, counts: [u64; 3]) -> InstanceReply {
         InstanceReply {
             url: url.into(),
-            result: Ok((StatusCode::OK, body)),
+            result: Ok((
+                StatusCode::OK,
+                Some(InstanceBody::Status(GeneratorStatus {
+                    instance_id: url.into(),
+                    state: state.into(),
+                    topic: "logs.raw".into(),
+                    rate_per_second: Some(rate),
+                    measured_rate_per_second: measured,
+                    events_generated: counts[0],
+                    events_acked: counts[1],
+                    events_failed: counts[2],
+                    events_skipped: 0,
+                    events_rate_limited: 0,
+                    budget: None,
+                    breaker_state: "closed".into(),
+                    started_at: None,
+                    run: None,
+                })),
+            )),
         }
     }
 
     #[test]
     fn status_sums_instances_and_marks_the_unreachable_one() {
         let replies = vec![
-            reply(
-                "http://a",
-                json!({"state":"running","rate_per_second":100,"measured_rate_per_second":99.5,"events_generated":10,"events_acked":9,"events_failed":0}),
-            ),
-            reply(
-                "http://b",
-                json!({"state":"running","rate_per_second":50,"measured_rate_per_second":50.0,"events_generated":5,"events_acked":5,"events_failed":1}),
-            ),
+            reply("http://a", "running", 100, 99.5, [10, 9, 0]),
+            reply("http://b", "running", 50, 50.0, [5, 5, 1]),
+            reply("http://idle", "idle", 70, 0.0, [1, 1, 0]),
             InstanceReply {
                 url: "http://c".into(),
                 result: Err("connection refused".into()),
             },
         ];
-        let v = aggregate_status(&replies);
+        let v = serde_json::to_value(aggregate_status(&replies)).unwrap();
         assert_eq!(v["state"], "running");
-        assert_eq!(v["rate_per_second"], 150);
-        assert_eq!(v["events_generated"], 15);
-        assert_eq!(v["events_acked"], 14);
+        assert_eq!(
+            v["rate_per_second"], 150,
+            "an idle instance's rate does not count"
+        );
+        assert_eq!(v["events_generated"], 16);
+        assert_eq!(v["events_acked"], 15);
         assert_eq!(v["events_failed"], 1);
-        assert_eq!(v["instances_reachable"], 2);
-        assert_eq!(v["instances"][2]["reachable"], false);
+        assert_eq!(v["instances_reachable"], 3);
+        assert_eq!(v["instances_running"], 2);
+        assert_eq!(v["instances"][3]["reachable"], false);
+        assert_eq!(v["instances"][0]["body"]["instance_id"], "http://a");
     }
 
     #[test]
@@ -332,11 +432,58 @@ mod tests {
             url: "http://a".into(),
             result: Ok((
                 StatusCode::UNPROCESSABLE_ENTITY,
-                json!({"error":"invalid_parameter","detail":"`threads` ..."}),
+                Some(InstanceBody::Error(ErrorBody {
+                    error: "invalid_parameter".into(),
+                    detail: "`threads` ...".into(),
+                })),
             )),
         }];
         let resp = fan_out_response(replies, StatusCode::ACCEPTED);
         assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    }
+
+    #[test]
+    fn a_start_body_is_optional_and_checked_field_by_field() {
+        assert_eq!(start_request(b"").unwrap(), None);
+        assert_eq!(start_request(b" \n").unwrap(), None);
+        assert_eq!(start_request(b"null").unwrap(), None);
+        let r = start_request(br#"{"rate_per_second": 5, "profile": "burst"}"#).unwrap();
+        assert_eq!(r.unwrap().rate_per_second, Some(5));
+        assert!(matches!(
+            start_request(br#"{"rate": 5}"#),
+            Err(ApiError::InvalidBody(d)) if d.contains("rate")
+        ));
+        assert!(matches!(
+            start_request(b"{oops"),
+            Err(ApiError::BadRequest(_))
+        ));
+    }
+
+    #[test]
+    fn a_generator_status_body_parses_as_the_typed_contract() {
+        // What the generator serves, as the gateway reads it: the same type at both ends.
+        let st = GeneratorStatus {
+            instance_id: "g".into(),
+            state: "idle".into(),
+            topic: "t".into(),
+            rate_per_second: None,
+            measured_rate_per_second: 0.0,
+            events_generated: 1,
+            events_acked: 1,
+            events_failed: 0,
+            events_skipped: 0,
+            events_rate_limited: 0,
+            budget: None,
+            breaker_state: "closed".into(),
+            started_at: None,
+            run: None,
+        };
+        let body: InstanceBody =
+            serde_json::from_value(serde_json::to_value(&st).unwrap()).unwrap();
+        assert_eq!(body, InstanceBody::Status(st));
+        let err: InstanceBody =
+            serde_json::from_str(r#"{"error":"already_running","detail":"d"}"#).unwrap();
+        assert!(matches!(err, InstanceBody::Error(_)));
     }
 
     #[tokio::test]

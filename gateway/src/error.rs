@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use crate::auth::AuthError;
 
 /// The JSON body of every error (for the OpenAPI document).
-#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     /// Short, stable error kind, e.g. `rate_limited`, `invalid_parameter`.
     pub error: String,
@@ -46,6 +46,8 @@ pub enum ApiError {
     BadRequest(String),
     #[error("{0}")]
     InvalidParameter(String),
+    #[error("the body does not fit the request's schema: {0}")]
+    InvalidBody(String),
     #[error(
         "unsupported content type {0:?}: send application/json, application/x-ndjson or text/plain"
     )]
@@ -76,6 +78,7 @@ impl ApiError {
             ApiError::Auth(AuthError::Forbidden(_)) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::InvalidParameter(_) => (StatusCode::BAD_REQUEST, "invalid_parameter"),
+            ApiError::InvalidBody(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_body"),
             ApiError::UnsupportedMediaType(_) => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }

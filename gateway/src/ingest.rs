@@ -474,6 +474,15 @@ pub async fn read_body(
     }
 }
 
+/// The JSON body of `POST /api/v1/logs`: one event, or an array of them (for the document).
+#[derive(utoipa::ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)] // Only its schema is used: bodies are split without building this type.
+pub enum IngestJson {
+    One(LogEvent),
+    Many(Vec<LogEvent>),
+}
+
 /// A 202's body: how many events Kafka acknowledged, and each refused one.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct IngestAccepted {
@@ -498,11 +507,14 @@ pub struct IngestQuery {
 /// `Idempotency-Key` when events carry no `event_id`). Ingest limits count events, not requests.
 #[utoipa::path(post, path = "/api/v1/logs", tag = "ingest",
     params(
-        ("service" = Option<String>, Query, description = "Service of `text/plain` lines that name none (default `unknown`)"),
+        ("service" = Option<String>, Query, min_length = 1, max_length = 128, pattern = "\\S", description = "Service of `text/plain` lines that name none (default `unknown`); not blank"),
         ("Idempotency-Key" = Option<String>, Header, description = "Makes ids of events without `event_id` stable across resends"),
     ),
-    request_body(content = String, description = "JSON event, JSON array, NDJSON, or raw lines",
-        content_type = "application/json"),
+    request_body(description = "A JSON event or array of events, NDJSON, or raw lines", content(
+        (IngestJson = "application/json"),
+        (String = "application/x-ndjson"),
+        (String = "text/plain"),
+    )),
     responses(
         (status = 202, description = "Every accepted event is in Kafka", body = IngestAccepted),
         (status = 400, description = "The body is not JSON / UTF-8, holds no events, or a bad parameter", body = ErrorBody),

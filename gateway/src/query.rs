@@ -66,8 +66,8 @@ async fn forward(s: &AppState, headers: &HeaderMap, path: &str, query: Option<St
 /// Counts by level over a range, error rate and top messages, over all services.
 #[utoipa::path(get, path = "/api/v1/stats", tag = "query",
     params(
-        ("from" = Option<String>, Query, description = "RFC 3339 start (default: an hour ago)"),
-        ("to" = Option<String>, Query, description = "RFC 3339 end (default: now)"),
+        ("from" = Option<String>, Query, format = DateTime, description = "RFC 3339 start (default: an hour ago); before `to`"),
+        ("to" = Option<String>, Query, format = DateTime, description = "RFC 3339 end (default: now)"),
     ),
     responses(
         (status = 200, description = "Totals and per-service counts", body = serde_json::Value),
@@ -86,8 +86,8 @@ pub async fn stats(
 #[utoipa::path(get, path = "/api/v1/stats/{service}", tag = "query",
     params(
         ("service" = String, Path, description = "Service name"),
-        ("from" = Option<String>, Query, description = "RFC 3339 start"),
-        ("to" = Option<String>, Query, description = "RFC 3339 end"),
+        ("from" = Option<String>, Query, format = DateTime, description = "RFC 3339 start (default: an hour before `to`); before `to`"),
+        ("to" = Option<String>, Query, format = DateTime, description = "RFC 3339 end (default: now)"),
     ),
     responses(
         (status = 200, description = "The service's stats", body = serde_json::Value),
@@ -107,11 +107,11 @@ pub async fn service_stats(
 /// Alerts, newest first, with cursor pagination.
 #[utoipa::path(get, path = "/api/v1/alerts", tag = "query",
     params(
-        ("from" = Option<String>, Query, description = "RFC 3339 start"),
-        ("to" = Option<String>, Query, description = "RFC 3339 end"),
-        ("kind" = Option<String>, Query, description = "error_rate_spike, sql_injection, brute_force or fatal_event"),
+        ("from" = Option<String>, Query, format = DateTime, description = "RFC 3339 start (default: an hour before `to`); before `to`"),
+        ("to" = Option<String>, Query, format = DateTime, description = "RFC 3339 end (default: now)"),
+        ("kind" = Option<String>, Query, pattern = "^(error_rate_spike|sql_injection|brute_force|fatal_event)$", description = "Only this kind of alert"),
         ("service" = Option<String>, Query, description = "Only this service"),
-        ("limit" = Option<u32>, Query, description = "Page size (1-1000, default 50)"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Page size (default 50)"),
         ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
     ),
     responses(
@@ -130,13 +130,13 @@ pub async fn alerts(
 /// Stored events, newest first, with filters, text search and cursor pagination.
 #[utoipa::path(get, path = "/api/v1/events", tag = "query",
     params(
-        ("from" = Option<String>, Query, description = "RFC 3339 start"),
-        ("to" = Option<String>, Query, description = "RFC 3339 end"),
+        ("from" = Option<String>, Query, format = DateTime, description = "RFC 3339 start (default: an hour before `to`); before `to`"),
+        ("to" = Option<String>, Query, format = DateTime, description = "RFC 3339 end (default: now)"),
         ("service" = Option<String>, Query, description = "Only this service"),
         ("level" = Option<String>, Query, description = "Exactly this level"),
         ("min_level" = Option<String>, Query, description = "This level or more severe"),
         ("q" = Option<String>, Query, description = "Case-insensitive substring of the message"),
-        ("limit" = Option<u32>, Query, description = "Page size (1-1000, default 50)"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Page size (default 50)"),
         ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
     ),
     responses(

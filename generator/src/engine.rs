@@ -16,7 +16,7 @@ use governor::{Quota, RateLimiter};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -26,23 +26,10 @@ use crate::config::{GeneratorConfig, RunDefaults};
 use crate::events::{EventFactory, Profile, BURST_MULTIPLIER};
 use crate::telemetry;
 
-pub const MAX_RATE: u32 = 1_000_000;
-pub const MAX_THREADS: u32 = 64;
-pub const MAX_BATCH: u32 = 10_000;
-pub const MAX_DURATION_SECS: u64 = 7 * 24 * 3600;
-
-/// The body of `POST /api/v1/generator/start`; every field is optional.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct StartRequest {
-    pub rate_per_second: Option<u64>,
-    pub threads: Option<u64>,
-    pub batch_size: Option<u64>,
-    pub duration_secs: Option<u64>,
-    pub count: Option<u64>,
-    pub profile: Option<String>,
-    pub seed: Option<u64>,
-}
+use logpipe_common::control::{BudgetStatus, RunInfo};
+pub use logpipe_common::control::{
+    GeneratorStatus as Status, StartRequest, MAX_BATCH, MAX_DURATION_SECS, MAX_RATE, MAX_THREADS,
+};
 
 /// A start request checked against the allowed ranges, with defaults filled in.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -78,6 +65,19 @@ fn in_range(field: &'static str, v: u64, lo: u64, hi: u64) -> Result<u64, Invali
 }
 
 impl RunParams {
+    /// As the status body shows them.
+    pub fn info(&self) -> RunInfo {
+        RunInfo {
+            rate_per_second: self.rate_per_second,
+            threads: self.threads,
+            batch_size: self.batch_size,
+            duration_secs: self.duration_secs,
+            count: self.count,
+            profile: self.profile.name().into(),
+            seed: self.seed,
+        }
+    }
+
     pub fn from_request(req: &StartRequest, d: &RunDefaults) -> Result<RunParams, InvalidParam> {
         let rate = in_range(
             "rate_per_second",
@@ -200,28 +200,6 @@ impl ActiveRun {
     fn is_running(&self) -> bool {
         self.handle.as_ref().is_some_and(|h| !h.is_finished())
     }
-}
-
-/// What `GET /api/v1/generator/status` reports.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Status {
-    pub instance_id: String,
-    /// `running` or `idle`.
-    pub state: String,
-    pub topic: String,
-    pub rate_per_second: Option<u32>,
-    pub measured_rate_per_second: f64,
-    pub events_generated: u64,
-    pub events_acked: u64,
-    pub events_failed: u64,
-    pub events_skipped: u64,
-    pub events_rate_limited: u64,
-    /// The global budget: backend (`redis` or `local`), budget and instances seen; absent when off.
-    pub budget: Option<serde_json::Value>,
-    /// `closed`, `open` or `half-open`.
-    pub breaker_state: String,
-    pub started_at: Option<DateTime<Utc>>,
-    pub run: Option<serde_json::Value>,
 }
 
 pub struct Engine {
@@ -371,18 +349,14 @@ impl Engine {
             events_failed: self.counters.failed.load(Ordering::Relaxed),
             events_skipped: self.counters.skipped.load(Ordering::Relaxed),
             events_rate_limited: self.counters.rate_limited.load(Ordering::Relaxed),
-            budget: self.budget.as_ref().map(|b| {
-                serde_json::json!({
-                    "backend": b.backend(),
-                    "global_rate_per_second": b.global_rate(),
-                    "instances": b.instances(),
-                })
+            budget: self.budget.as_ref().map(|b| BudgetStatus {
+                backend: b.backend().into(),
+                global_rate_per_second: b.global_rate(),
+                instances: b.instances(),
             }),
             breaker_state: breaker::state_name(self.breaker.state()).into(),
             started_at: guard.as_ref().map(|r| r.started_at),
-            run: guard
-                .as_ref()
-                .map(|r| serde_json::to_value(&r.params).unwrap_or_default()),
+            run: guard.as_ref().map(|r| r.params.info()),
         }
     }
 }

@@ -103,13 +103,18 @@ const SQLI_PATHS: [&str; 4] = [
 ];
 
 impl Profile {
-    pub const NAMES: [&'static str; 5] = [
-        "steady",
-        "error-spike",
-        "security-attack",
-        "burst",
-        "mixed-formats",
-    ];
+    /// The names the control contract documents.
+    pub const NAMES: [&'static str; 5] = logpipe_common::control::PROFILES;
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Profile::Steady => "steady",
+            Profile::ErrorSpike => "error-spike",
+            Profile::SecurityAttack => "security-attack",
+            Profile::Burst => "burst",
+            Profile::MixedFormats => "mixed-formats",
+        }
+    }
 
     pub fn parse(name: &str) -> Option<Profile> {
         match name {
@@ -434,6 +439,7 @@ mod tests {
     fn same_seed_makes_the_same_events() {
         let now = Utc::now();
         for profile in Profile::NAMES.map(|n| Profile::parse(n).unwrap()) {
+            assert_eq!(Profile::parse(profile.name()), Some(profile));
             let mut a = EventFactory::new(42, "gen-a", profile);
             let mut b = EventFactory::new(42, "gen-a", profile);
             for i in 0..500 {

@@ -66,8 +66,8 @@ async fn two_instances_share_one_exact_budget_held_in_redis() {
     let generated: u64 = statuses.iter().map(|s| s.events_generated).sum();
     let limited: u64 = statuses.iter().map(|s| s.events_rate_limited).sum();
     for s in &statuses {
-        assert_eq!(s.budget.as_ref().unwrap()["backend"], "redis", "{s:?}");
-        assert_eq!(s.budget.as_ref().unwrap()["instances"], 2, "{s:?}");
+        assert_eq!(s.budget.as_ref().unwrap().backend, "redis", "{s:?}");
+        assert_eq!(s.budget.as_ref().unwrap().instances, 2, "{s:?}");
     }
 
     let client = redis::Client::open(redis_url()).unwrap();
@@ -134,7 +134,7 @@ async fn without_redis_an_instance_falls_back_to_its_local_share_and_keeps_gener
     )
     .await;
     assert_eq!(s.events_generated, 300);
-    assert_eq!(s.budget.as_ref().unwrap()["backend"], "local");
+    assert_eq!(s.budget.as_ref().unwrap().backend, "local");
     engine.stop().await;
 }
 
@@ -151,10 +151,7 @@ async fn an_instance_rejoins_the_global_budget_when_redis_comes_back() {
     };
     let (_app, engine) = it::generator_running(&config, &req).await;
     let backend = |engine: &std::sync::Arc<logpipe_generator::engine::Engine>| {
-        engine.status().budget.unwrap()["backend"]
-            .as_str()
-            .unwrap()
-            .to_owned()
+        engine.status().budget.unwrap().backend
     };
     let wait = Duration::from_secs(30);
     it::wait_for("budget from Redis", wait, || {

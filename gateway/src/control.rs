@@ -21,7 +21,7 @@ use tracing::Instrument;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum InstanceBody {
-    Status(GeneratorStatus),
+    Status(Box<GeneratorStatus>),
     Error(ErrorBody),
 }
 
@@ -380,7 +380,7 @@ mod tests {
             url: url.into(),
             result: Ok((
                 StatusCode::OK,
-                Some(InstanceBody::Status(GeneratorStatus {
+                Some(InstanceBody::Status(Box::new(GeneratorStatus {
                     instance_id: url.into(),
                     state: state.into(),
                     topic: "logs.raw".into(),
@@ -395,7 +395,7 @@ mod tests {
                     breaker_state: "closed".into(),
                     started_at: None,
                     run: None,
-                })),
+                }))),
             )),
         }
     }
@@ -480,7 +480,7 @@ mod tests {
         };
         let body: InstanceBody =
             serde_json::from_value(serde_json::to_value(&st).unwrap()).unwrap();
-        assert_eq!(body, InstanceBody::Status(st));
+        assert_eq!(body, InstanceBody::Status(Box::new(st)));
         let err: InstanceBody =
             serde_json::from_str(r#"{"error":"already_running","detail":"d"}"#).unwrap();
         assert!(matches!(err, InstanceBody::Error(_)));

@@ -134,7 +134,7 @@ if [ "$WITH_KEYS" = 1 ] && ! pid_alive "$RUN_DIR/pids/gateway.pid" logpipe-gatew
         key="lp_${role}_$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
         hash=$(printf %s "$key" | sha256sum | cut -d' ' -f1)
         printf '  { name = "%s", sha256 = "%s", scopes = ["%s"] },\n' "$role" "$hash" "$role" >>"$keys_file"
-        KEYS_MADE+="  $role  $key"$'\n'
+        KEYS_MADE+=$(printf '  %-10s %s' "$role" "$key")$'\n'
         [ "$role" = admin ] && ADMIN_KEY=$key
     done
     printf ']\n' >>"$keys_file"

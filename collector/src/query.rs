@@ -14,6 +14,7 @@ use axum::Json;
 use chrono::{DateTime, Duration, Utc};
 use logpipe_common::Level;
 use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use sqlx::{PgPool, QueryBuilder, Row};
 
@@ -37,12 +38,21 @@ pub enum ApiError {
     Conflict(String),
     #[error("{0}")]
     Unprocessable(String),
+    #[error("{0}")]
+    Internal(String),
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, error) = match &self {
             ApiError::BadParam { .. } => (StatusCode::BAD_REQUEST, "invalid_parameter"),
+            // A row that does not decode is this service's fault, not the database's absence.
+            ApiError::Db(
+                sqlx::Error::ColumnDecode { .. }
+                | sqlx::Error::Decode(_)
+                | sqlx::Error::ColumnNotFound(_),
+            )
+            | ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             ApiError::Db(_) => (StatusCode::SERVICE_UNAVAILABLE, "database_unavailable"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_rules"),
@@ -72,15 +82,26 @@ impl Params {
                 format!("unknown parameter; expected one of {}", allowed.join(", ")),
             ));
         }
+        // PostgreSQL refuses U+0000 in text: a 400 here, not a failed query (and a 503) later.
+        if let Some(k) = raw.iter().find_map(|(k, v)| v.contains('\0').then_some(k)) {
+            return Err(bad(k, "must not contain a NUL character"));
+        }
         Ok(Params(raw))
     }
 
+    /// A free-text filter or the cursor (`service`, `q`, `cursor`): empty means none.
     fn str(&self, k: &str) -> Option<&str> {
         self.0.get(k).map(String::as_str).filter(|v| !v.is_empty())
     }
 
+    /// A typed parameter (time, number, enum): present means it must parse, even empty, as the
+    /// OpenAPI document says.
+    fn typed(&self, k: &str) -> Option<&str> {
+        self.0.get(k).map(String::as_str)
+    }
+
     fn time(&self, k: &str) -> Result<Option<DateTime<Utc>>, ApiError> {
-        self.str(k)
+        self.typed(k)
             .map(|v| {
                 DateTime::parse_from_rfc3339(v)
                     .map(|t| t.with_timezone(&Utc))
@@ -89,24 +110,25 @@ impl Params {
             .transpose()
     }
 
-    /// `from`/`to`, defaulting to the last hour; `from` must be before `to`.
+    /// `from`/`to`, defaulting to the last hour; `from` must not be after `to` (equal is an
+    /// empty range, answered with nothing).
     fn range(&self) -> Result<(DateTime<Utc>, DateTime<Utc>), ApiError> {
         let to = self.time("to")?.unwrap_or_else(Utc::now);
         let from = self.time("from")?.unwrap_or(to - Duration::hours(1));
-        if from >= to {
-            return Err(bad("from", "must be before `to`"));
+        if from > to {
+            return Err(bad("from", "must not be after `to`"));
         }
         Ok((from, to))
     }
 
     fn level(&self, k: &str) -> Result<Option<Level>, ApiError> {
-        self.str(k)
+        self.typed(k)
             .map(|v| v.parse::<Level>().map_err(|e| bad(k, e.to_string())))
             .transpose()
     }
 
     fn limit(&self) -> Result<i64, ApiError> {
-        match self.str("limit") {
+        match self.typed("limit") {
             None => Ok(DEFAULT_LIMIT),
             Some(v) => v
                 .parse::<i64>()
@@ -323,7 +345,7 @@ pub async fn alerts(
     let p = Params::new(raw, &["from", "to", "kind", "service", "limit", "cursor"])?;
     let (from, to) = p.range()?;
     let kind = p
-        .str("kind")
+        .typed("kind")
         .map(|k| {
             AlertKind::parse(k).ok_or_else(|| {
                 let names: Vec<_> = AlertKind::ALL.iter().map(|k| k.as_str()).collect();
@@ -366,7 +388,7 @@ pub async fn alerts(
 pub async fn events(
     State(s): State<AppState>,
     Query(raw): Query<HashMap<String, String>>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<EventsPage>, ApiError> {
     let p = Params::new(
         raw,
         &[
@@ -387,7 +409,7 @@ pub async fn events(
     let cursor = p.cursor()?;
     let mut q = QueryBuilder::new(
         "SELECT event_id, ts, level, service, component, host, message, trace_id, span_id,
-                attributes, kafka_partition, kafka_offset
+                attributes::text AS attributes, kafka_partition, kafka_offset
            FROM log_events WHERE ts >= ",
     );
     q.push_bind(from).push(" AND ts < ").push_bind(to);
@@ -427,31 +449,71 @@ pub async fn events(
     q.push(" ORDER BY ts DESC, event_id DESC LIMIT ")
         .push_bind(limit + 1);
     let rows = q.build().fetch_all(s.db.pool()).await?;
-    let mut events: Vec<Value> = Vec::with_capacity(rows.len());
-    let mut last: Option<(DateTime<Utc>, String)> = None;
+    let mut events: Vec<StoredEvent> = Vec::with_capacity(rows.len());
     for r in rows.iter().take(limit as usize) {
-        let ts: DateTime<Utc> = r.get("ts");
-        let id: String = r.get("event_id");
-        events.push(json!({
-            "event_id": id,
-            "timestamp": ts,
-            "level": r.get::<String, _>("level"),
-            "service": r.get::<String, _>("service"),
-            "component": r.get::<String, _>("component"),
-            "host": r.get::<String, _>("host"),
-            "message": r.get::<String, _>("message"),
-            "trace_id": r.get::<Option<String>, _>("trace_id"),
-            "span_id": r.get::<Option<String>, _>("span_id"),
-            "attributes": r.get::<Value, _>("attributes"),
-            "kafka": {"partition": r.get::<i32, _>("kafka_partition"),
-                      "offset": r.get::<i64, _>("kafka_offset")},
-        }));
-        last = Some((ts, id));
+        events.push(StoredEvent::from_row(r)?);
     }
     let next = (rows.len() as i64 > limit)
-        .then(|| last.map(|(ts, id)| cursor_of(ts, &id)))
+        .then(|| events.last().map(|e| cursor_of(e.timestamp, &e.event_id)))
         .flatten();
-    Ok(Json(json!({ "events": events, "next_cursor": next })))
+    Ok(Json(EventsPage {
+        events,
+        next_cursor: next,
+    }))
+}
+
+/// One stored event as the events query returns it.
+#[derive(Debug, Serialize)]
+pub struct StoredEvent {
+    event_id: String,
+    timestamp: DateTime<Utc>,
+    level: String,
+    service: String,
+    component: String,
+    host: String,
+    message: String,
+    trace_id: Option<String>,
+    span_id: Option<String>,
+    /// PostgreSQL's own text of the jsonb, passed through unparsed: jsonb keeps numbers exactly
+    /// and prints them in full (`1e-252` comes back as a 0, a point and 251 zeros), which an f64
+    /// parse may refuse. A row must never fail its query.
+    attributes: Box<RawValue>,
+    kafka: KafkaPosition,
+}
+
+#[derive(Debug, Serialize)]
+pub struct KafkaPosition {
+    partition: i32,
+    offset: i64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EventsPage {
+    events: Vec<StoredEvent>,
+    next_cursor: Option<String>,
+}
+
+impl StoredEvent {
+    fn from_row(r: &sqlx::postgres::PgRow) -> Result<StoredEvent, ApiError> {
+        let attributes: String = r.try_get("attributes")?;
+        Ok(StoredEvent {
+            event_id: r.try_get("event_id")?,
+            timestamp: r.try_get("ts")?,
+            level: r.try_get("level")?,
+            service: r.try_get("service")?,
+            component: r.try_get("component")?,
+            host: r.try_get("host")?,
+            message: r.try_get("message")?,
+            trace_id: r.try_get("trace_id")?,
+            span_id: r.try_get("span_id")?,
+            attributes: RawValue::from_string(attributes)
+                .map_err(|e| ApiError::Internal(format!("stored attributes are not JSON: {e}")))?,
+            kafka: KafkaPosition {
+                partition: r.try_get("kafka_partition")?,
+                offset: r.try_get("kafka_offset")?,
+            },
+        })
+    }
 }
 
 /// `GET /admin/filters`

@@ -184,6 +184,14 @@ impl ParseContext<'_> {
         if !had_id {
             event.event_id = self.id_for(index, event.timestamp);
         } else if let Some(tenant) = &self.tenant {
+            // The client's id is checked as the event's own would be, before it is replaced.
+            if event.event_id.len() > MAX_NAME_BYTES {
+                return Err(EventError::TooLong {
+                    field: "event_id",
+                    len: event.event_id.len(),
+                    max: MAX_NAME_BYTES,
+                });
+            }
             let seed = [
                 b"event_id\n",
                 tenant.as_bytes(),
@@ -474,14 +482,56 @@ pub async fn read_body(
     }
 }
 
-/// The JSON body of `POST /api/v1/logs`: one event, or an array of them (for the document).
-#[derive(utoipa::ToSchema)]
-#[serde(untagged)]
-#[allow(dead_code)] // Only its schema is used: bodies are split without building this type.
-pub enum IngestJson {
-    One(LogEvent),
-    Many(Vec<LogEvent>),
+/// The JSON body of `POST /api/v1/logs` (for the document): one event, or a non-empty array of
+/// them (at most `max_events`, 10,000 by default).
+pub struct IngestJson;
+
+impl utoipa::PartialSchema for IngestJson {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ArrayBuilder, OneOfBuilder};
+        use utoipa::openapi::Ref;
+        let event = Ref::from_schema_name("LogEvent");
+        OneOfBuilder::new()
+            .item(event.clone())
+            .item(
+                ArrayBuilder::new()
+                    .items(event)
+                    .min_items(Some(1))
+                    .max_items(Some(IngestSettings::default().max_events)),
+            )
+            .into()
+    }
 }
+
+impl utoipa::ToSchema for IngestJson {
+    fn schemas(
+        schemas: &mut Vec<(
+            String,
+            utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+        )>,
+    ) {
+        use utoipa::PartialSchema;
+        schemas.push(("LogEvent".into(), LogEvent::schema()));
+        schemas.push(("Level".into(), logpipe_common::event::Level::schema()));
+    }
+}
+
+/// An NDJSON or raw-lines body (for the document): at least one line that is not blank.
+pub struct TextBody;
+
+impl utoipa::PartialSchema for TextBody {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .min_length(Some(1))
+            .pattern(Some("\\S"))
+            .description(Some("One event per line; blank lines are skipped"))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for TextBody {}
 
 /// A 202's body: how many events Kafka acknowledged, and each refused one.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -512,8 +562,8 @@ pub struct IngestQuery {
     ),
     request_body(description = "A JSON event or array of events, NDJSON, or raw lines", content(
         (IngestJson = "application/json"),
-        (String = "application/x-ndjson"),
-        (String = "text/plain"),
+        (TextBody = "application/x-ndjson"),
+        (TextBody = "text/plain"),
     )),
     responses(
         (status = 202, description = "Every accepted event is in Kafka", body = IngestAccepted),
@@ -826,6 +876,15 @@ mod tests {
         );
         assert_ne!(a1, "e1");
         assert_eq!(a1.len(), 26, "a ULID: {a1}");
+        // A client id the event's own validation would refuse is refused before it is replaced.
+        let long = GOOD.replace(r#""e1""#, &format!("{:?}", "x".repeat(200)));
+        let p = c.parse(BodyFormat::Json, long.as_bytes()).unwrap();
+        assert_eq!(p.rejected[0].error, "too_long");
+        assert!(
+            p.rejected[0].detail.contains("event_id"),
+            "{:?}",
+            p.rejected
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 
 use crate::error::{ApiError, ErrorBody};
 use crate::http::{client_span, AppState};
+use logpipe_common::event::Level;
 use tracing::Instrument;
 
 /// Percent-encode one path segment (RFC 3986 unreserved characters pass as they are).
@@ -133,8 +134,8 @@ pub async fn alerts(
         ("from" = Option<String>, Query, format = DateTime, description = "RFC 3339 start (default: an hour before `to`); before `to`"),
         ("to" = Option<String>, Query, format = DateTime, description = "RFC 3339 end (default: now)"),
         ("service" = Option<String>, Query, description = "Only this service"),
-        ("level" = Option<String>, Query, description = "Exactly this level"),
-        ("min_level" = Option<String>, Query, description = "This level or more severe"),
+        ("level" = Option<Level>, Query, description = "Exactly this level"),
+        ("min_level" = Option<Level>, Query, description = "This level or more severe"),
         ("q" = Option<String>, Query, description = "Case-insensitive substring of the message"),
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Page size (default 50)"),
         ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),

@@ -208,10 +208,11 @@ async fn head_only(addr: std::net::SocketAddr, len: usize) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn hostile_inputs_get_precise_statuses_and_the_pipeline_still_stores_and_alerts_afterwards() {
     let name = it::unique("hostile");
+    let (collector, _) = it::start_collector(it::collector_config(&name, 2)).await;
     let mut config = it::gateway_config(&name);
     config.ingest.body_read_timeout_ms = 1_500;
+    config.collector_url = collector.url("");
     let gw = it::start_gateway(config).await;
-    let (collector, _) = it::start_collector(it::collector_config(&name, 2)).await;
     let pool = it::schema_pool(&name).await;
     let client = reqwest::Client::new();
     let logs = gw.url("/api/v1/logs");
@@ -457,10 +458,56 @@ async fn hostile_inputs_get_precise_statuses_and_the_pipeline_still_stores_and_a
         }
     })
     .await;
+    // Numbers at the edges of f64 are stored exactly by jsonb and come back printed in full; the
+    // events query passes them through instead of failing on them (it used to panic).
+    let mut numbers = event("numbers", "INFO", "edge numbers");
+    numbers["attributes"] =
+        json!({"tiny": 1.538306979926328e-252, "max": f64::MAX, "neg": -1e-300});
+    let r = client.post(&logs).json(&numbers).send().await.unwrap();
+    assert_eq!(r.status(), 202);
+    let events = gw.url("/api/v1/events?service=numbers");
+    // The page is checked as text: PostgreSQL prints f64::MAX as its 309 digits, which an f64 JSON
+    // parser (this test's too) may refuse as out of range.
+    let page: String = it::wait_for("the numbers event queryable", WAIT, || {
+        let (client, events) = (client.clone(), events.clone());
+        async move {
+            let r = client
+                .get(&events)
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            let status = r.status();
+            let text = r.text().await.map_err(|e| e.to_string())?;
+            if status != 200 {
+                return Err(format!("{status}: {text}"));
+            }
+            if text.contains("edge numbers") {
+                Ok(text)
+            } else {
+                Err(text)
+            }
+        }
+    })
+    .await;
+    assert!(page.contains(r#""max": 17976931348623157"#), "{page}");
+    assert!(page.contains(r#""tiny": 0.000000"#), "{page}");
+    // A NUL in a query parameter is a 400 naming it, not a failed query.
+    let r = client
+        .get(gw.url("/api/v1/events?service=a%00b"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["detail"].as_str().unwrap().contains("service"),
+        "{body}"
+    );
+
     // Nothing the gateway refused reached the table: only the one good event of the mixed batch,
-    // the marker and the spike.
+    // the marker, the spike and the numbers.
     let stored = it::count_events(&pool).await;
-    assert_eq!(stored, 1 + 1 + 200, "stored rows");
+    assert_eq!(stored, 1 + 1 + 200 + 1, "stored rows");
     collector.stop().await;
     gw.stop().await;
     it::drop_schema(&pool, &name).await;

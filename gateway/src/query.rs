@@ -113,7 +113,7 @@ pub async fn service_stats(
         ("kind" = Option<String>, Query, pattern = "^(error_rate_spike|sql_injection|brute_force|fatal_event)$", description = "Only this kind of alert"),
         ("service" = Option<String>, Query, description = "Only this service"),
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Page size (default 50)"),
-        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+        ("cursor" = Option<String>, Query, pattern = "^(-?[0-9]{1,16}\\..+)?$", description = "`next_cursor` of the previous page (opaque; empty means the first page)"),
     ),
     responses(
         (status = 200, description = "A page of alerts", body = serde_json::Value),
@@ -138,7 +138,7 @@ pub async fn alerts(
         ("min_level" = Option<Level>, Query, description = "This level or more severe"),
         ("q" = Option<String>, Query, description = "Case-insensitive substring of the message"),
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Page size (default 50)"),
-        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+        ("cursor" = Option<String>, Query, pattern = "^(-?[0-9]{1,16}\\..+)?$", description = "`next_cursor` of the previous page (opaque; empty means the first page)"),
     ),
     responses(
         (status = 200, description = "A page of events", body = serde_json::Value),

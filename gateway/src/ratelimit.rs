@@ -530,3 +530,41 @@ fn hash(client: &str) -> u64 {
     first.copy_from_slice(&digest[..8]);
     u64::from_be_bytes(first)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limiter_keys_are_the_same_on_every_build() {
+        // The first 8 bytes of `printf %s key:ops | sha256sum`: fixed, whatever the toolchain.
+        assert_eq!(hash("key:ops"), 0xcd0c_5af0_c5b7_0bfc);
+    }
+
+    #[test]
+    fn the_local_limiter_forgets_idle_clients_past_its_bound() {
+        let one_ms = Limit {
+            limit: 1,
+            window_ms: 1,
+        };
+        let settings = RateLimitSettings {
+            enabled: false,
+            query: one_ms,
+            ..RateLimitSettings::default()
+        };
+        let limiter = RateLimiterService::new(settings);
+        let clients = LOCAL_CLIENTS_MAX + LOCAL_CLIENTS_MAX / 10;
+        for client in 0..clients as u64 {
+            assert!(
+                limiter
+                    .check_local(RouteClass::Query, client, one_ms, 1)
+                    .allowed
+            );
+        }
+        let kept = limiter.local[RouteClass::Query as usize].len();
+        assert!(
+            kept <= LOCAL_CLIENTS_MAX,
+            "{kept} clients kept of {clients}"
+        );
+    }
+}

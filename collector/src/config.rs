@@ -132,7 +132,12 @@ pub struct DatabaseSettings {
     pub url: String,
     /// Postgres schema for every table; tests use one each.
     pub schema: String,
+    /// The writer's connections (batches, offsets, alerts).
     pub max_connections: u32,
+    /// The query API's own connections, apart from the writer's: reads can wait, never the writer.
+    pub query_max_connections: u32,
+    /// A query that runs longer is cancelled by PostgreSQL and answered 504.
+    pub query_statement_timeout_ms: u64,
 }
 
 impl std::fmt::Debug for DatabaseSettings {
@@ -141,6 +146,11 @@ impl std::fmt::Debug for DatabaseSettings {
             .field("url", &redact_url(&self.url))
             .field("schema", &self.schema)
             .field("max_connections", &self.max_connections)
+            .field("query_max_connections", &self.query_max_connections)
+            .field(
+                "query_statement_timeout_ms",
+                &self.query_statement_timeout_ms,
+            )
             .finish()
     }
 }
@@ -190,6 +200,8 @@ impl Default for DatabaseSettings {
             url: "postgres://postgres@127.0.0.1:5432/logpipe".into(),
             schema: "public".into(),
             max_connections: 4,
+            query_max_connections: 2,
+            query_statement_timeout_ms: 5_000,
         }
     }
 }

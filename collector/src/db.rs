@@ -109,6 +109,8 @@ pub struct BatchOutcome {
 #[derive(Clone)]
 pub struct Db {
     pool: PgPool,
+    /// The query API's pool: its own connections, each with a `statement_timeout`.
+    query_pool: PgPool,
 }
 
 impl Db {
@@ -129,18 +131,36 @@ impl Db {
             .await?;
             conn.close().await?;
         }
-        let opts = base.options([("search_path", settings.schema.as_str())]);
+        let opts = base
+            .clone()
+            .options([("search_path", settings.schema.as_str())]);
         let pool = PgPoolOptions::new()
             .max_connections(settings.max_connections)
             .acquire_timeout(Duration::from_secs(5))
             .connect_with(opts)
             .await?;
         MIGRATOR.run(&pool).await?;
-        Ok(Db { pool })
+        let timeout = settings.query_statement_timeout_ms.max(1).to_string();
+        let query_opts = base.options([
+            ("search_path", settings.schema.as_str()),
+            ("statement_timeout", timeout.as_str()),
+        ]);
+        // Lazy: the query API's connections open on first use, so a collector that is never
+        // queried holds only the writer's.
+        let query_pool = PgPoolOptions::new()
+            .max_connections(settings.query_max_connections.max(1))
+            .acquire_timeout(Duration::from_secs(2))
+            .connect_lazy_with(query_opts);
+        Ok(Db { pool, query_pool })
     }
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// For the query API only.
+    pub fn query_pool(&self) -> &PgPool {
+        &self.query_pool
     }
 
     pub async fn ping(&self) -> bool {

@@ -53,6 +53,14 @@ impl IntoResponse for ApiError {
                 | sqlx::Error::ColumnNotFound(_),
             )
             | ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            // PostgreSQL cancelled it at `statement_timeout` (SQLSTATE 57014).
+            ApiError::Db(sqlx::Error::Database(e)) if e.code().as_deref() == Some("57014") => {
+                (StatusCode::GATEWAY_TIMEOUT, "query_timeout")
+            }
+            // Every query connection is busy: reads wait their turn, the writer is not touched.
+            ApiError::Db(sqlx::Error::PoolTimedOut) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "query_capacity")
+            }
             ApiError::Db(_) => (StatusCode::SERVICE_UNAVAILABLE, "database_unavailable"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_rules"),
@@ -60,7 +68,23 @@ impl IntoResponse for ApiError {
         if let ApiError::Db(e) = &self {
             tracing::warn!(error = %e, "query failed");
         }
-        logpipe_common::http::error_response(status, error, self.to_string())
+        let detail = match error {
+            "query_timeout" => {
+                "the query ran past its time budget (`query_statement_timeout_ms`); \
+                                narrow `from`/`to` or add filters"
+                    .to_owned()
+            }
+            "query_capacity" => "every query connection is busy; retry shortly".to_owned(),
+            _ => self.to_string(),
+        };
+        let mut resp = logpipe_common::http::error_response(status, error, detail);
+        if error == "query_capacity" {
+            resp.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+        }
+        resp
     }
 }
 
@@ -193,7 +217,7 @@ async fn stats_body(
     to: DateTime<Utc>,
     service: Option<&str>,
 ) -> Result<Value, ApiError> {
-    let pool = s.db.pool();
+    let pool = s.db.query_pool();
     // Counts from the smallest tumbling window: its rows partition the range without overlap.
     let width = s.stats_window_secs;
     let rows = sqlx::query(
@@ -374,7 +398,7 @@ pub async fn alerts(
     }
     q.push(" ORDER BY first_seen DESC, alert_id DESC LIMIT ")
         .push_bind(limit + 1);
-    let mut rows: Vec<Alert> = q.build_query_as().fetch_all(s.db.pool()).await?;
+    let mut rows: Vec<Alert> = q.build_query_as().fetch_all(s.db.query_pool()).await?;
     let next = (rows.len() as i64 > limit).then(|| {
         rows.truncate(limit as usize);
         rows.last()
@@ -448,7 +472,7 @@ pub async fn events(
     }
     q.push(" ORDER BY ts DESC, event_id DESC LIMIT ")
         .push_bind(limit + 1);
-    let rows = q.build().fetch_all(s.db.pool()).await?;
+    let rows = q.build().fetch_all(s.db.query_pool()).await?;
     let mut events: Vec<StoredEvent> = Vec::with_capacity(rows.len());
     for r in rows.iter().take(limit as usize) {
         events.push(StoredEvent::from_row(r)?);

@@ -774,3 +774,69 @@ async fn future_dated_events_do_not_make_later_on_time_events_late() {
     collector.stop().await;
     it::drop_schema(&pool, &name).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_query_over_its_budget_is_504_and_queries_cannot_starve_the_writer() {
+    use logpipe_common::Level;
+    let name = it::unique("qbudget");
+    let mut config = it::collector_config(&name, 2);
+    // Each query may run 20 ms, on one connection of its own.
+    config.database.query_statement_timeout_ms = 20;
+    config.database.query_max_connections = 1;
+    let kafka = config.kafka.clone();
+    let (collector, _) = it::start_collector(config).await;
+    let pool = it::schema_pool(&name).await;
+    // 300,000 rows put straight into the table: an unindexed `q` over all of them takes far
+    // longer than 20 ms.
+    sqlx::query(
+        "INSERT INTO log_events (event_id, ts, level, service, message, kafka_partition, kafka_offset)
+         SELECT 'bulk-' || i, now() - interval '1 second' * i, 'INFO', 'bulk',
+                'message number ' || i, 0, -1
+           FROM generate_series(1, 300000) AS i",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let client = reqwest::Client::new();
+    let scan = collector.url("/api/v1/events?from=1970-01-01T00:00:00Z&q=nomatch");
+    let r = client.get(&scan).send().await.unwrap();
+    assert_eq!(r.status(), 504);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "query_timeout");
+
+    // Eight clients scanning without pause while 2,000 events arrive: every one is stored.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut scanners = Vec::new();
+    for _ in 0..8 {
+        let (client, scan, stop) = (client.clone(), scan.clone(), stop.clone());
+        scanners.push(tokio::spawn(async move {
+            let mut statuses = std::collections::BTreeSet::new();
+            while !stop.is_cancelled() {
+                if let Ok(r) = client.get(&scan).send().await {
+                    statuses.insert(r.status().as_u16());
+                }
+            }
+            statuses
+        }));
+    }
+    let producer = it::producer(&kafka);
+    let events = events_at("api", Level::Info, Utc::now(), 2_000);
+    for (i, chunk) in events.chunks(1_000).enumerate() {
+        produce_to(&producer, &kafka.raw_topic, i as i32, chunk).await;
+    }
+    wait_drained(&pool, 2_000).await;
+    stop.cancel();
+    let mut seen = std::collections::BTreeSet::new();
+    for s in scanners {
+        seen.extend(s.await.unwrap());
+    }
+    // Scans end as timeouts, or wait for the one query connection (503): never a 500.
+    assert!(seen.iter().all(|s| [503, 504].contains(s)), "{seen:?}");
+    assert_eq!(
+        it::count_events(&pool).await,
+        300_000 + 2_000,
+        "every event stored while the scans ran"
+    );
+    collector.stop().await;
+    it::drop_schema(&pool, &name).await;
+}

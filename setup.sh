@@ -210,6 +210,9 @@ logpipe is up (native mode).
   events     psql $DATABASE_URL -c 'select count(*) from log_events'
   stop       ./stop.sh
 EOF
+if [ -z "$KEYS_MADE" ] && [ -f "$keys_file" ]; then
+    echo "  API keys   in force from $keys_file (made earlier; delete it for an open local gateway)"
+fi
 if [ -n "$KEYS_MADE" ]; then
     cat <<EOF
 

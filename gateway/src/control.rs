@@ -375,27 +375,40 @@ fn aggregate_status(replies: &[InstanceReply]) -> AggregateStatus {
 mod tests {
     use super::*;
 
+    /// A generator's status: `counts` are generated, acked and failed.
+    fn status(
+        id: &str,
+        state: &str,
+        rate: u32,
+        measured: f64,
+        counts: [u64; 3],
+    ) -> GeneratorStatus {
+        GeneratorStatus {
+            instance_id: id.into(),
+            state: state.into(),
+            topic: "logs.raw".into(),
+            rate_per_second: Some(rate),
+            measured_rate_per_second: measured,
+            events_generated: counts[0],
+            events_acked: counts[1],
+            events_failed: counts[2],
+            events_skipped: 0,
+            events_rate_limited: 0,
+            budget: None,
+            breaker_state: "closed".into(),
+            started_at: None,
+            run: None,
+        }
+    }
+
     fn reply(url: &str, state: &str, rate: u32, measured: f64, counts: [u64; 3]) -> InstanceReply {
         InstanceReply {
             url: url.into(),
             result: Ok((
                 StatusCode::OK,
-                Some(InstanceBody::Status(Box::new(GeneratorStatus {
-                    instance_id: url.into(),
-                    state: state.into(),
-                    topic: "logs.raw".into(),
-                    rate_per_second: Some(rate),
-                    measured_rate_per_second: measured,
-                    events_generated: counts[0],
-                    events_acked: counts[1],
-                    events_failed: counts[2],
-                    events_skipped: 0,
-                    events_rate_limited: 0,
-                    budget: None,
-                    breaker_state: "closed".into(),
-                    started_at: None,
-                    run: None,
-                }))),
+                Some(InstanceBody::Status(Box::new(status(
+                    url, state, rate, measured, counts,
+                )))),
             )),
         }
     }
@@ -462,22 +475,7 @@ mod tests {
     #[test]
     fn a_generator_status_body_parses_as_the_typed_contract() {
         // What the generator serves, as the gateway reads it: the same type at both ends.
-        let st = GeneratorStatus {
-            instance_id: "g".into(),
-            state: "idle".into(),
-            topic: "t".into(),
-            rate_per_second: None,
-            measured_rate_per_second: 0.0,
-            events_generated: 1,
-            events_acked: 1,
-            events_failed: 0,
-            events_skipped: 0,
-            events_rate_limited: 0,
-            budget: None,
-            breaker_state: "closed".into(),
-            started_at: None,
-            run: None,
-        };
+        let st = status("g", "idle", 10, 0.0, [1, 1, 0]);
         let body: InstanceBody =
             serde_json::from_value(serde_json::to_value(&st).unwrap()).unwrap();
         assert_eq!(body, InstanceBody::Status(Box::new(st)));

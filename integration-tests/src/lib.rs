@@ -448,6 +448,18 @@ pub fn gateway_config(name: &str) -> logpipe_gateway::config::GatewayConfig {
     c
 }
 
+/// `GET url` as JSON (panics on a transport or JSON error: for tests).
+pub async fn get_json(client: &reqwest::Client, url: &str) -> serde_json::Value {
+    client
+        .get(url)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+        .json()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: not JSON: {e}"))
+}
+
 /// Wait until `GET url` answers `status`.
 pub async fn wait_status(url: &str, status: u16, timeout: Duration) {
     let client = reqwest::Client::new();

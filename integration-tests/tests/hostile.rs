@@ -67,14 +67,7 @@ async fn every_api_route_refuses_missing_wrong_and_wrong_scope_keys_and_none_is_
     };
     let gw = it::start_gateway(config).await;
     let client = reqwest::Client::new();
-    let doc: Value = client
-        .get(gw.url("/api/v1/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc = it::get_json(&client, &gw.url("/api/v1/openapi.json")).await;
 
     let mut public = BTreeSet::new();
     let mut walked = 0;

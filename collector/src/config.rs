@@ -138,6 +138,10 @@ pub struct DatabaseSettings {
     pub query_max_connections: u32,
     /// A query that runs longer is cancelled by PostgreSQL and answered 504.
     pub query_statement_timeout_ms: u64,
+    /// A writer transaction left idle this long (its collector frozen, partitioned away or hung)
+    /// is ended by PostgreSQL, which frees the offset and window rows it locked: without it, one
+    /// stuck collector stalls every other one of the group until its TCP connection dies.
+    pub idle_in_transaction_timeout_ms: u64,
 }
 
 impl std::fmt::Debug for DatabaseSettings {
@@ -150,6 +154,10 @@ impl std::fmt::Debug for DatabaseSettings {
             .field(
                 "query_statement_timeout_ms",
                 &self.query_statement_timeout_ms,
+            )
+            .field(
+                "idle_in_transaction_timeout_ms",
+                &self.idle_in_transaction_timeout_ms,
             )
             .finish()
     }
@@ -202,6 +210,7 @@ impl Default for DatabaseSettings {
             max_connections: 4,
             query_max_connections: 2,
             query_statement_timeout_ms: 5_000,
+            idle_in_transaction_timeout_ms: 10_000,
         }
     }
 }

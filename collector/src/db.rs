@@ -131,9 +131,11 @@ impl Db {
             .await?;
             conn.close().await?;
         }
-        let opts = base
-            .clone()
-            .options([("search_path", settings.schema.as_str())]);
+        let idle = settings.idle_in_transaction_timeout_ms.max(1).to_string();
+        let opts = base.clone().options([
+            ("search_path", settings.schema.as_str()),
+            ("idle_in_transaction_session_timeout", idle.as_str()),
+        ]);
         let pool = PgPoolOptions::new()
             .max_connections(settings.max_connections)
             .acquire_timeout(Duration::from_secs(5))

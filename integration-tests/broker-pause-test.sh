@@ -21,7 +21,6 @@ RUN=$(mktemp -d "${TMPDIR:-/tmp}/logpipe-pause.XXXXXX")
 DB=logpipe_pause_test
 DB_URL="postgres://$PG_USER@$PG_HOST:$PG_PORT/$DB"
 BIN=$CARGO_TARGET_DIR/release
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 BROKER_PORT=$(free_port)
 GEN_PORT=$(free_port)
 COL_PORT=$(free_port)
@@ -47,10 +46,7 @@ rss_kib() { awk '/^VmRSS/ { print $2 }' "/proc/$(cat "$RUN/generator.pid")/statu
 
 fault_test_setup "$DB" || exit 1
 
-start_bg broker "$RUN" "$RUN/broker.log" "$RUN/broker.pid" "$TANSU_BIN" broker \
-    --listener-url "tcp://127.0.0.1:$BROKER_PORT" --advertised-listener-url "tcp://127.0.0.1:$BROKER_PORT" \
-    --storage-engine memory://tansu/ >/dev/null
-wait_port 127.0.0.1 "$BROKER_PORT" 30 || { check "broker starts" false; exit 1; }
+start_test_broker "$RUN" "$BROKER_PORT" || { check "broker starts" false; exit 1; }
 start_bg collector "$RUN" "$RUN/collector.log" "$RUN/collector.pid" \
     "$BIN/logpipe-collector" --port "$COL_PORT" >/dev/null
 wait_http "http://127.0.0.1:$COL_PORT/ready" 60 || { check "collector starts" false; exit 1; }

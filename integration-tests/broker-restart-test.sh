@@ -31,7 +31,6 @@ RUN=$(mktemp -d "${TMPDIR:-/tmp}/logpipe-restart.XXXXXX")
 DB=logpipe_restart_$MODE
 DB_URL="postgres://$PG_USER@$PG_HOST:$PG_PORT/$DB"
 BIN=$CARGO_TARGET_DIR/release
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 BROKER_PORT=$(free_port)
 GEN_PORT=$(free_port)
 COL_PORT=$(free_port)
@@ -54,12 +53,7 @@ sql() { psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d "$DB" -tAc "$1" 2>/dev
 
 fault_test_setup "$DB" || exit 1
 
-start_broker() {
-    start_bg broker "$RUN" "$RUN/broker.log" "$RUN/broker.pid" "$TANSU_BIN" broker \
-        --listener-url "tcp://127.0.0.1:$BROKER_PORT" --advertised-listener-url "tcp://127.0.0.1:$BROKER_PORT" \
-        --storage-engine "$STORAGE" >/dev/null
-    wait_port 127.0.0.1 "$BROKER_PORT" 30
-}
+start_broker() { start_test_broker "$RUN" "$BROKER_PORT" "$STORAGE"; }
 start_broker || { check "broker starts" false; exit 1; }
 
 # One probe a second: how long a TCP connect to the broker takes (a broker pinned in a loop stops

@@ -17,9 +17,9 @@ RUN=$(mktemp -d "${TMPDIR:-/tmp}/logpipe-crash.XXXXXX")
 DB=logpipe_crash_test
 DB_URL="postgres://$PG_USER@$PG_HOST:$PG_PORT/$DB"
 BIN=$CARGO_TARGET_DIR/release
-BROKER_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-GEN_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-COL_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+BROKER_PORT=$(free_port)
+GEN_PORT=$(free_port)
+COL_PORT=$(free_port)
 export LOGPIPE_KAFKA_BROKERS=127.0.0.1:$BROKER_PORT LOGPIPE_DATABASE_URL=$DB_URL RUST_LOG=${LOGPIPE_CRASH_LOG:-info,librdkafka=warn}
 
 passed=0
@@ -45,10 +45,7 @@ sql() { psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d "$DB" -tAc "$1" 2>/dev
 
 fault_test_setup "$DB" || exit 1
 
-start_bg broker "$RUN" "$RUN/broker.log" "$RUN/broker.pid" "$TANSU_BIN" broker \
-    --listener-url "tcp://127.0.0.1:$BROKER_PORT" --advertised-listener-url "tcp://127.0.0.1:$BROKER_PORT" \
-    --storage-engine memory://tansu/ >/dev/null
-wait_port 127.0.0.1 "$BROKER_PORT" 30 || { check "broker starts" false; exit 1; }
+start_test_broker "$RUN" "$BROKER_PORT" || { check "broker starts" false; exit 1; }
 
 start_collector() {
     start_bg collector "$RUN" "$RUN/collector.log" "$RUN/collector.pid" \

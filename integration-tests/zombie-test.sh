@@ -18,7 +18,6 @@ RUN=$(mktemp -d "${TMPDIR:-/tmp}/logpipe-zombie.XXXXXX")
 DB=logpipe_zombie_test
 DB_URL="postgres://$PG_USER@$PG_HOST:$PG_PORT/$DB"
 BIN=$CARGO_TARGET_DIR/release
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 BROKER_PORT=$(free_port)
 GEN_PORT=$(free_port)
 A_PORT=$(free_port)
@@ -43,10 +42,7 @@ stored() { sql "SELECT COALESCE(sum(next_offset), 0) FROM consumer_offsets" || e
 
 fault_test_setup "$DB" || exit 1
 
-start_bg broker "$RUN" "$RUN/broker.log" "$RUN/broker.pid" "$TANSU_BIN" broker \
-    --listener-url "tcp://127.0.0.1:$BROKER_PORT" --advertised-listener-url "tcp://127.0.0.1:$BROKER_PORT" \
-    --storage-engine memory://tansu/ >/dev/null
-wait_port 127.0.0.1 "$BROKER_PORT" 30 || { check "broker starts" false; exit 1; }
+start_test_broker "$RUN" "$BROKER_PORT" || { check "broker starts" false; exit 1; }
 
 # Dynamic members (no group.instance.id): a member silent past its session timeout leaves the group.
 # A partition nobody stores is reported after 10 s (not 60), within the freeze.

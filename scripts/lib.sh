@@ -119,6 +119,19 @@ fault_test_setup() {
 
 port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
 
+# A port free on loopback now (the fault tests' private processes).
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# start_test_broker RUN PORT [STORAGE]: a private Tansu for a fault test, pid and log in RUN; waits
+# for its port (STORAGE defaults to memory).
+start_test_broker() {
+    local run=$1 port=$2 storage=${3:-memory://tansu/}
+    start_bg broker "$run" "$run/broker.log" "$run/broker.pid" "$TANSU_BIN" broker \
+        --listener-url "tcp://127.0.0.1:$port" --advertised-listener-url "tcp://127.0.0.1:$port" \
+        --storage-engine "$storage" >/dev/null
+    wait_port 127.0.0.1 "$port" 30
+}
+
 wait_port() {
     local host=$1 port=$2 secs=${3:-30}
     for _ in $(seq 1 $((secs * 5))); do port_open "$host" "$port" && return 0; sleep 0.2; done

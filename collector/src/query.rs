@@ -240,9 +240,10 @@ async fn stats_body(
     let mut latency = Stats::default();
     let mut total = 0i64;
     for r in &rows {
-        let level: String = r.get("level");
-        let n: i64 = r.get("n");
-        let svc: String = r.get("service");
+        // `try_get`: a row that does not decode is an error answer (500), never a panic.
+        let level: String = r.try_get("level")?;
+        let n: i64 = r.try_get("n")?;
+        let svc: String = r.try_get("service")?;
         total += n;
         let lvl = level.parse::<Level>().unwrap_or(Level::Info);
         *by_level.entry(lvl.as_str()).or_default() += n;
@@ -254,9 +255,9 @@ async fn stats_body(
         if service.is_some() {
             latency.merge(&Stats {
                 count: n,
-                latency_count: r.get("lc"),
-                latency_sum_ms: r.get::<Option<f64>, _>("ls").unwrap_or(0.0),
-                latency_max_ms: r.get("lm"),
+                latency_count: r.try_get("lc")?,
+                latency_sum_ms: r.try_get::<Option<f64>, _>("ls")?.unwrap_or(0.0),
+                latency_max_ms: r.try_get("lm")?,
                 hist: Vec::new(),
             });
         }

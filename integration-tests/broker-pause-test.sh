@@ -47,15 +47,11 @@ rss_kib() { awk '/^VmRSS/ { print $2 }' "/proc/$(cat "$RUN/generator.pid")/statu
 fault_test_setup "$DB" || exit 1
 
 start_test_broker "$RUN" "$BROKER_PORT" || { check "broker starts" false; exit 1; }
-start_bg collector "$RUN" "$RUN/collector.log" "$RUN/collector.pid" \
-    "$BIN/logpipe-collector" --port "$COL_PORT" >/dev/null
-wait_http "http://127.0.0.1:$COL_PORT/ready" 60 || { check "collector starts" false; exit 1; }
-start_bg generator "$RUN" "$RUN/generator.log" "$RUN/generator.pid" \
-    "$BIN/logpipe-generator" --port "$GEN_PORT" >/dev/null
-wait_http "http://127.0.0.1:$GEN_PORT/ready" 60 || { check "generator starts" false; exit 1; }
-curl -fsS -o /dev/null -X POST "http://127.0.0.1:$GEN_PORT/api/v1/generator/start" \
-    -H 'content-type: application/json' \
-    -d "{\"rate_per_second\": $RATE, \"duration_secs\": $RUN_SECS}" \
+start_test_service collector "$RUN" "$COL_PORT" "$BIN/logpipe-collector" --port "$COL_PORT" \
+    || { check "collector starts" false; exit 1; }
+start_test_service generator "$RUN" "$GEN_PORT" "$BIN/logpipe-generator" --port "$GEN_PORT" \
+    || { check "generator starts" false; exit 1; }
+start_generation "$GEN_PORT" "{\"rate_per_second\": $RATE, \"duration_secs\": $RUN_SECS}" \
     || { check "generation starts" false; exit 1; }
 
 sleep 8

@@ -53,12 +53,9 @@ start_collector() {
 }
 start_collector
 wait_http "http://127.0.0.1:$COL_PORT/ready" 60 || { check "collector starts" false; exit 1; }
-start_bg generator "$RUN" "$RUN/generator.log" "$RUN/generator.pid" \
-    "$BIN/logpipe-generator" --port "$GEN_PORT" >/dev/null
-wait_http "http://127.0.0.1:$GEN_PORT/ready" 60 || { check "generator starts" false; exit 1; }
-curl -fsS -o /dev/null -X POST "http://127.0.0.1:$GEN_PORT/api/v1/generator/start" \
-    -H 'content-type: application/json' \
-    -d "{\"rate_per_second\": 100000, \"count\": $N, \"batch_size\": 1000, \"threads\": 2}" \
+start_test_service generator "$RUN" "$GEN_PORT" "$BIN/logpipe-generator" --port "$GEN_PORT" \
+    || { check "generator starts" false; exit 1; }
+start_generation "$GEN_PORT" "{\"rate_per_second\": 100000, \"count\": $N, \"batch_size\": 1000, \"threads\": 2}" \
     || { check "generation starts" false; exit 1; }
 
 stored() { sql "SELECT COALESCE(sum(next_offset), 0) FROM consumer_offsets" || echo 0; }

@@ -48,16 +48,13 @@ start_test_broker "$RUN" "$BROKER_PORT" || { check "broker starts" false; exit 1
 # A partition nobody stores is reported after 10 s (not 60), within the freeze.
 printf '[consumer]\norphan_after_secs = 10\n' >"$RUN/collector.toml"
 for c in a:$A_PORT b:$B_PORT; do
-    start_bg "${c%%:*}" "$RUN" "$RUN/${c%%:*}.log" "$RUN/${c%%:*}.pid" \
-        "$BIN/logpipe-collector" --port "${c##*:}" --config "$RUN/collector.toml" >/dev/null
-    wait_http "http://127.0.0.1:${c##*:}/ready" 60 || { check "collector ${c%%:*} starts" false; exit 1; }
+    start_test_service "${c%%:*}" "$RUN" "${c##*:}" \
+        "$BIN/logpipe-collector" --port "${c##*:}" --config "$RUN/collector.toml" \
+        || { check "collector ${c%%:*} starts" false; exit 1; }
 done
-start_bg generator "$RUN" "$RUN/generator.log" "$RUN/generator.pid" \
-    "$BIN/logpipe-generator" --port "$GEN_PORT" >/dev/null
-wait_http "http://127.0.0.1:$GEN_PORT/ready" 60 || { check "generator starts" false; exit 1; }
-curl -fsS -o /dev/null -X POST "http://127.0.0.1:$GEN_PORT/api/v1/generator/start" \
-    -H 'content-type: application/json' \
-    -d "{\"rate_per_second\": 20000, \"count\": $N, \"batch_size\": 1000, \"threads\": 2}" \
+start_test_service generator "$RUN" "$GEN_PORT" "$BIN/logpipe-generator" --port "$GEN_PORT" \
+    || { check "generator starts" false; exit 1; }
+start_generation "$GEN_PORT" "{\"rate_per_second\": 20000, \"count\": $N, \"batch_size\": 1000, \"threads\": 2}" \
     || { check "generation starts" false; exit 1; }
 
 # Freeze A while both are writing: after the stored offsets have moved twice.

@@ -132,6 +132,21 @@ start_test_broker() {
     wait_port 127.0.0.1 "$port" 30
 }
 
+# start_test_service NAME RUN PORT CMD...: a fault test's service in the background (pid and log
+# named NAME in RUN), then wait (60 s) for its /ready on PORT.
+start_test_service() {
+    local name=$1 run=$2 port=$3
+    shift 3
+    start_bg "$name" "$run" "$run/$name.log" "$run/$name.pid" "$@" >/dev/null
+    wait_http "http://127.0.0.1:$port/ready" 60
+}
+
+# start_generation PORT JSON: start a run on the generator listening on PORT.
+start_generation() {
+    curl -fsS -o /dev/null -X POST "http://127.0.0.1:$1/api/v1/generator/start" \
+        -H 'content-type: application/json' -d "$2"
+}
+
 wait_port() {
     local host=$1 port=$2 secs=${3:-30}
     for _ in $(seq 1 $((secs * 5))); do port_open "$host" "$port" && return 0; sleep 0.2; done

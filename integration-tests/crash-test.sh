@@ -4,6 +4,10 @@
 # database; the collector is killed with SIGKILL at random moments (KILLS times, default 3) and
 # restarted each time. Passes when Postgres ends with exactly N rows, N distinct event ids, and the
 # stored offsets cover all N records. Needs the release binaries (setup.sh builds them).
+# The collector runs as a dynamic group member, as by default: with `--group-instance-id` (static
+# membership) Tansu 0.6's coordinator wedged the group in 2 of 11 runs here and once in CI (the
+# "dead leader kept" row of ARCHITECTURE.md's Tansu table); dynamic, 6 of 6 passed. A restarted
+# dynamic member waits up to the session timeout (10 s) for the killed one to expire.
 # Ends with "crash-test: N passed, M failed".
 set -uo pipefail
 
@@ -27,7 +31,10 @@ failed=0
 finish() {
     if [ "$failed" -ne 0 ]; then
         # What the collector said of itself when the test gave up, before it is stopped.
-        echo "collector /ready: $(curl -fsS --max-time 2 "http://127.0.0.1:$COL_PORT/ready" 2>&1)"
+        echo "collector /ready: $(curl -sS --max-time 2 "http://127.0.0.1:$COL_PORT/ready" 2>&1)"
+        # CI keeps only what is printed: the collector's last warnings and errors.
+        echo "collector log, last warnings:"
+        grep -E ' (WARN|ERROR) ' "$RUN/collector.log" 2>/dev/null | tail -n 15 | cut -c1-300
         curl -fsS --max-time 2 "http://127.0.0.1:$COL_PORT/metrics" 2>/dev/null \
             | grep -E '^collector_(consumer_lag|events_consumed_total|events_stored_total)' || true
     fi
@@ -49,7 +56,7 @@ start_test_broker "$RUN" "$BROKER_PORT" || { check "broker starts" false; exit 1
 
 start_collector() {
     start_bg collector "$RUN" "$RUN/collector.log" "$RUN/collector.pid" \
-        "$BIN/logpipe-collector" --port "$COL_PORT" --group-instance-id crash-collector >/dev/null
+        "$BIN/logpipe-collector" --port "$COL_PORT" >/dev/null
 }
 start_collector
 wait_http "http://127.0.0.1:$COL_PORT/ready" 60 || { check "collector starts" false; exit 1; }
@@ -61,8 +68,8 @@ start_generation "$GEN_PORT" "{\"rate_per_second\": 100000, \"count\": $N, \"bat
 stored() { sql "SELECT COALESCE(sum(next_offset), 0) FROM consumer_offsets" || echo 0; }
 for k in $(seq 1 "$KILLS"); do
     # Each kill hits a collector that is writing: wait until the stored offsets move (the restarted
-    # collector, a static member with the killed one's group.instance.id, took its partitions back),
-    # then pick a random moment 0.5-4 s later.
+    # collector got the partitions once the killed member's session expired), then pick a random
+    # moment 0.5-4 s later.
     before=$(stored)
     for _ in $(seq 1 120); do [ "$(stored)" != "$before" ] && break; sleep 0.5; done
     sleep "$(python3 -c 'import random; print(round(random.uniform(0.5, 4), 2))')"

@@ -37,8 +37,9 @@ pub struct ConsumerSettings {
     pub group_id: String,
     /// Static group membership (Kafka's `group.instance.id`): a collector restarted with the same
     /// id takes its old place and partitions back at once, instead of waiting for the group to
-    /// notice the old member is gone (after a SIGKILL, Tansu 0.6 sometimes never hands the
-    /// partitions on). Must be unique per running instance (a pod or host name); unset = dynamic.
+    /// notice the old member is gone. Must be unique per running instance (a pod or host name);
+    /// unset = dynamic. For Apache Kafka only: on Tansu 0.6 a static member restarted after a
+    /// SIGKILL can wedge the group for good (the "dead leader kept" workaround, ARCHITECTURE.md).
     pub group_instance_id: Option<String>,
     /// A batch is written when it holds this many records, or when the consumer has caught up
     /// (nothing more is queued: an idle pipeline writes each event at once)...

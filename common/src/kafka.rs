@@ -79,6 +79,12 @@ impl KafkaSettings {
             // librdkafka batches records itself (linger.ms); Nagle on top only delays a small
             // request, such as the last records of a batch, until the previous one is acked.
             .set("socket.nagle.disable", "true");
+        // librdkafka's own debug contexts (for example `cgrp` for group membership), for
+        // diagnosing a broker; off unless asked for.
+        if let Some(contexts) = kafka_debug() {
+            c.set("debug", contexts)
+                .set_log_level(rdkafka::config::RDKafkaLogLevel::Debug);
+        }
         c
     }
 
@@ -90,6 +96,13 @@ impl KafkaSettings {
             (self.alerts_topic.clone(), 1),
         ]
     }
+}
+
+/// `LOGPIPE_KAFKA_DEBUG`: librdkafka debug contexts (`cgrp`, `fetch`, `all`, ...) for every client.
+pub fn kafka_debug() -> Option<String> {
+    std::env::var("LOGPIPE_KAFKA_DEBUG")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -148,7 +148,9 @@ impl ConsumerLoop {
         let mut client = config.kafka.client_config("logpipe-collector");
         // Connection failures must reach `CollectorContext::log` (see `BrokerHold`) whatever the
         // log filter; the context forwards them to tracing, which filters.
-        client.set_log_level(RDKafkaLogLevel::Info);
+        if logpipe_common::kafka::kafka_debug().is_none() {
+            client.set_log_level(RDKafkaLogLevel::Info);
+        }
         if let Some(id) = &config.consumer.group_instance_id {
             client.set("group.instance.id", id);
         }

@@ -16,7 +16,9 @@
 #    events, then exactly 1,000,000 rows, ids and offsets (release binaries, built by step 4);
 # 6. runs integration-tests/zombie-test.sh: one of two collectors frozen (SIGSTOP) past its session
 #    timeout mid-run, then resumed; exactly the events sent are stored, once;
-# 7. (integration-tests/broker-restart-test.sh memory is run by hand: after its own restart
+# 7. runs ./load-test.sh steady --own-stack, the load test's short form (20,000 events/s for 15 s
+#    on a private stack, loss by event id, ceilings, report): the tool itself cannot rot;
+# 8. (integration-tests/broker-restart-test.sh memory is run by hand: after its own restart
 #    Tansu 0.6's new group coordinator sometimes never assigns the collector a partition, which
 #    the collector reports as unstored partitions; tests/offsets.rs covers the broker restart
 #    inside cargo test);
@@ -72,6 +74,11 @@ log "zombie test"
 bash integration-tests/zombie-test.sh 2>&1 | tee "$TEST_RUN/zombie-test.log"
 zombie_rc=${PIPESTATUS[0]}
 
+log "load test (short form)"
+bash load-test.sh steady --own-stack --rate 20000 --duration-secs 15 --ceiling-events 100000 \
+    --report-dir "$TEST_RUN/load-test-report" 2>&1 | tee "$TEST_RUN/load-test.log"
+load_rc=${PIPESTATUS[0]}
+
 
 
 passed=0
@@ -82,12 +89,15 @@ while read -r p f; do
 done < <(sed -nE 's/^test result: [a-zA-Z]+\. ([0-9]+) passed; ([0-9]+) failed.*/\1 \2/p' "$TEST_RUN/cargo-test.log"
          sed -nE 's/^system-test: ([0-9]+) passed, ([0-9]+) failed$/\1 \2/p' "$TEST_RUN/system-test.log"
          sed -nE 's/^crash-test: ([0-9]+) passed, ([0-9]+) failed$/\1 \2/p' "$TEST_RUN/crash-test.log"
-         sed -nE 's/^zombie-test: ([0-9]+) passed, ([0-9]+) failed$/\1 \2/p' "$TEST_RUN/zombie-test.log")
+         sed -nE 's/^zombie-test: ([0-9]+) passed, ([0-9]+) failed$/\1 \2/p' "$TEST_RUN/zombie-test.log"
+         sed -nE 's/^load-test: ([0-9]+) passed, ([0-9]+) failed$/\1 \2/p' "$TEST_RUN/load-test.log")
 # A crash that printed no result line still fails the run; so does the lint gate.
-if [ "$cargo_rc" -ne 0 ] || [ "$system_rc" -ne 0 ] || [ "$crash_rc" -ne 0 ] || [ "$zombie_rc" -ne 0 ]; then
+if [ "$cargo_rc" -ne 0 ] || [ "$system_rc" -ne 0 ] || [ "$crash_rc" -ne 0 ] || [ "$zombie_rc" -ne 0 ] \
+    || [ "$load_rc" -ne 0 ]; then
     [ "$failed" -gt 0 ] || failed=1
 fi
 [ "$lint_rc" -eq 0 ] || failed=$((failed + 1))
 echo
 echo "summary: $passed passed, $failed failed (lint gate: $([ "$lint_rc" -eq 0 ] && echo ok || echo FAILED))"
-[ "$cargo_rc" -eq 0 ] && [ "$system_rc" -eq 0 ] && [ "$crash_rc" -eq 0 ] && [ "$zombie_rc" -eq 0 ] && [ "$lint_rc" -eq 0 ]
+[ "$cargo_rc" -eq 0 ] && [ "$system_rc" -eq 0 ] && [ "$crash_rc" -eq 0 ] && [ "$zombie_rc" -eq 0 ] \
+    && [ "$load_rc" -eq 0 ] && [ "$lint_rc" -eq 0 ]

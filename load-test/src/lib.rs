@@ -1,0 +1,626 @@
+//! The whole-pipeline load test behind `./load-test.sh`: it drives a running stack, counts loss and
+//! duplicates by event id against PostgreSQL, measures bare-client ceilings in the same run, and
+//! writes a report a person can read.
+//!
+//! `args` is the command line (scenarios, addresses, thresholds); `stack` talks to the stack (the
+//! gateway's generator control, the collector's metrics, the offsets in PostgreSQL, `/proc`);
+//! `sample` records one row per second and shows progress; `scenario` turns a scenario into rate
+//! segments run through the generators; `ingest` is the HTTP scenario (open loop, coordinated
+//! omission corrected); `verify` reads the run back from Kafka and looks every id up in PostgreSQL;
+//! `ceiling` measures the produce, consume and COPY ceilings; `report` writes the folder. `run`
+//! below ties them together; every loop is bounded by the scenario's plan and its timeouts.
+
+// Library code states its invariants with `expect("why")`; a bare unwrap is a test's habit.
+#![warn(clippy::unwrap_used)]
+
+pub mod args;
+pub mod ceiling;
+pub mod ingest;
+pub mod report;
+pub mod sample;
+pub mod scenario;
+pub mod stack;
+pub mod verify;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+
+use args::{Args, Scenario};
+use ceiling::{Ceilings, Rate};
+use sample::{Base, Sample, Sampler};
+use scenario::Outcome;
+use stack::Stack;
+
+/// The seconds a scenario is planned to take (for the progress bar).
+fn planned_secs(a: &Args) -> u64 {
+    match a.scenario {
+        Scenario::Steady | Scenario::Soak | Scenario::Ingest => a.duration_secs(),
+        Scenario::Burst => 90,
+        Scenario::Ramp => {
+            let steps = (a.max_rate.saturating_sub(a.base_rate())) / a.step_rate.max(1) + 1;
+            steps * a.step_secs + a.hold_secs
+        }
+    }
+}
+
+/// Runs the scenario, writes the report; Ok(true) when every threshold was met.
+pub async fn run(args: Args) -> anyhow::Result<bool> {
+    let report_dir = args.report_dir.clone().unwrap_or_else(|| {
+        PathBuf::from(format!(
+            "load-test-reports/{}",
+            chrono::Local::now().format("%Y-%m-%d-%H%M%S")
+        ))
+    });
+    std::fs::create_dir_all(&report_dir)
+        .with_context(|| format!("create {}", report_dir.display()))?;
+    let stack = Arc::new(Stack::connect(&args).await?);
+    let status = stack
+        .status()
+        .await
+        .context("the gateway's generator status (is a stack up? ./load-test.sh starts one)")?;
+    if status.state == "running" {
+        bail!("a generation run is in progress; stop it first (POST /api/v1/generator/stop)");
+    }
+    let partitions = verify::partitions(&args.brokers, &args.topic)?;
+
+    // Start from a drained pipeline, so the run's records begin at the stored offsets.
+    let mut waited = 0;
+    loop {
+        let m = stack
+            .collector_metrics()
+            .await
+            .context("the collector's metrics (--collector)")?;
+        if m.lag.values().all(|l| *l == 0) {
+            break;
+        }
+        waited += 1;
+        if waited > args.drain_timeout_secs {
+            bail!(
+                "the collector still has a backlog from before the run (lag {:?})",
+                m.lag
+            );
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let mut start_offsets = stack.stored_offsets().await?;
+    for p in 0..partitions {
+        start_offsets.entry(p).or_insert(0);
+    }
+    let m0 = stack.collector_metrics().await?;
+    let base = Base {
+        generated: status.events_generated,
+        acked: status.events_acked,
+        failed: status.events_failed,
+        consumed: m0.consumed,
+        offsets: start_offsets.clone(),
+    };
+    let run_began = chrono::Utc::now();
+    println!(
+        "load test {:?}: gateway {}, collector {}, broker {} ({partitions} partitions), report {}",
+        args.scenario,
+        args.gateway,
+        args.collector,
+        args.brokers,
+        report_dir.display()
+    );
+    let sampler = Sampler::start(Arc::clone(&stack), base, planned_secs(&args));
+
+    let (outcome, ingest) = if args.scenario == Scenario::Ingest {
+        let r = ingest::run(&args, |_, _, _| {}).await?;
+        let end = sampler.elapsed();
+        let seg = scenario::Segment {
+            label: "ingest".into(),
+            rate: args.requests_per_second * args.events_per_request as u64,
+            start: 0.0,
+            end,
+        };
+        let outcome = Outcome {
+            segments: vec![seg.clone()],
+            measured: Some(seg),
+            ..Outcome::default()
+        };
+        (outcome, Some(r))
+    } else {
+        match scenario::run(&stack, &sampler, &args).await {
+            Ok(o) => (o, None),
+            Err(e) => {
+                let _ = stack.stop().await;
+                sampler.finish().await;
+                return Err(e);
+            }
+        }
+    };
+    let load_end = sampler.elapsed();
+    println!("load done after {load_end:.0} s; waiting for the pipeline to store everything");
+    let drain_secs = scenario::drain(&sampler, Duration::from_secs(args.drain_timeout_secs)).await;
+    let measured = outcome
+        .measured
+        .clone()
+        .map(|m| scenario::kept(&sampler, m.start, m.end));
+    let samples = sampler.finish().await;
+
+    println!("reading the run back from Kafka and looking every id up in PostgreSQL");
+    let end_offsets = stack.stored_offsets().await?;
+    let (b, t, s, n) = (
+        args.brokers.clone(),
+        args.topic.clone(),
+        start_offsets.clone(),
+        args.ceiling_events,
+    );
+    let rb =
+        tokio::task::spawn_blocking(move || verify::read_back(&b, &t, &s, &end_offsets, n, true))
+            .await??;
+    let mut conn = stack.db.acquire().await?;
+    let verdict = verify::compare(&mut conn, &rb, run_began).await?;
+
+    let mut ceilings = Ceilings::default();
+    if !args.no_ceilings && !rb.payloads.is_empty() {
+        let n = args.ceiling_events.min(rb.records as usize).max(1);
+        println!(
+            "ceilings: bare produce and consume of {n} of the run's records, COPY of its rows"
+        );
+        match ceiling::kafka(&args.brokers, partitions, rb.payloads.clone(), n).await {
+            Ok((p, c)) => {
+                ceilings.produce = Some(p);
+                ceilings.consume = Some(c);
+            }
+            Err(e) => ceilings.notes.push(format!("Kafka ceilings failed: {e:#}")),
+        }
+        match ceiling::copy(&mut conn, n).await {
+            Ok(c) => ceilings.copy = Some(c),
+            Err(e) => ceilings.notes.push(format!("COPY ceiling failed: {e:#}")),
+        }
+    }
+    drop(conn);
+
+    let acked_total = samples.last().map(|s| s.acked).unwrap_or(0);
+    let r = Results {
+        args: &args,
+        samples: &samples,
+        outcome: &outcome,
+        ingest: ingest.as_ref(),
+        verdict: &verdict,
+        ceilings: &ceilings,
+        measured,
+        drain_secs,
+        load_end,
+        run_began,
+        acked_total,
+    };
+    let (summary, ok) = r.summary();
+    std::fs::write(report_dir.join("summary.md"), &summary)?;
+    std::fs::write(report_dir.join("samples.csv"), report::csv(&samples))?;
+    r.charts(&report_dir);
+    println!("\n{summary}");
+    println!("report: {}", report_dir.display());
+    // One result line in the form the test command sums up.
+    let met = summary.lines().filter(|l| l.starts_with("- met:")).count();
+    let not_met = summary
+        .lines()
+        .filter(|l| l.starts_with("- NOT MET:"))
+        .count();
+    println!("load-test: {met} passed, {not_met} failed");
+    Ok(ok)
+}
+
+struct Results<'a> {
+    args: &'a Args,
+    samples: &'a [Sample],
+    outcome: &'a Outcome,
+    ingest: Option<&'a ingest::IngestResult>,
+    verdict: &'a verify::Verdict,
+    ceilings: &'a Ceilings,
+    measured: Option<scenario::Kept>,
+    drain_secs: Option<f64>,
+    load_end: f64,
+    run_began: chrono::DateTime<chrono::Utc>,
+    acked_total: u64,
+}
+
+fn ratio(x: f64, c: Option<Rate>) -> String {
+    match c {
+        Some(c) => format!("{:.0}/s | {:.2}", c.per_sec(), x / c.per_sec()),
+        None => "not measured | -".into(),
+    }
+}
+
+impl Results<'_> {
+    /// RSS growth per process after warm-up (the first minute, or the first quarter of a shorter
+    /// run): (name, RSS at the end of warm-up, peak after it, growth percent).
+    fn rss_growth(&self) -> Vec<(String, u64, u64, f64)> {
+        let warm = if self.load_end > 120.0 {
+            60.0
+        } else {
+            self.load_end / 4.0
+        };
+        let mut out = Vec::new();
+        let names: std::collections::BTreeSet<String> = self
+            .samples
+            .iter()
+            .flat_map(|s| s.procs.keys().cloned())
+            .collect();
+        for name in names {
+            let after: Vec<u64> = self
+                .samples
+                .iter()
+                .filter(|s| s.t >= warm && s.t <= self.load_end)
+                .filter_map(|s| s.procs.get(&name).map(|x| x.1))
+                .collect();
+            if let (Some(first), Some(peak)) = (after.first(), after.iter().max()) {
+                let growth = (*peak as f64 / (*first).max(1) as f64 - 1.0) * 100.0;
+                out.push((name, *first, *peak, growth));
+            }
+        }
+        out
+    }
+
+    fn summary(&self) -> (String, bool) {
+        let a = self.args;
+        let v = self.verdict;
+        let mut s = String::new();
+        let _ = writeln!(s, "# logpipe load test: `{:?}`\n", a.scenario);
+        let _ = writeln!(
+            s,
+            "- date: {}",
+            self.run_began.format("%Y-%m-%d %H:%M:%S UTC")
+        );
+        let _ = writeln!(s, "- commit: {}", report::git_commit());
+        let _ = writeln!(s, "- machine: {}", report::machine());
+        let _ = writeln!(
+            s,
+            "- configuration: base rate {}/s, threads {}, batch {}, profile {}, duration {} s, ramp step {}/s every {} s up to {}/s, hold {} s, burst x{}; ingest {} req/s x {} events, {} clients",
+            a.base_rate(), a.threads, a.batch_size, a.profile, a.duration_secs(), a.step_rate,
+            a.step_secs, a.max_rate, a.hold_secs, a.burst_factor, a.requests_per_second,
+            a.events_per_request, a.clients
+        );
+        let _ = writeln!(
+            s,
+            "- stack: gateway {}, collector {}, broker {}\n",
+            a.gateway, a.collector, a.brokers
+        );
+
+        let _ = writeln!(s, "## Rates and ceilings\n");
+        let _ = writeln!(
+            s,
+            "Measured over: {}.\n",
+            match &self.outcome.measured {
+                Some(m) => format!(
+                    "{} ({:.0} s to {:.0} s, {}/s asked)",
+                    m.label, m.start, m.end, m.rate
+                ),
+                None => "nothing (the scenario measured no segment)".into(),
+            }
+        );
+        let _ = writeln!(
+            s,
+            "| stage | events/s | ceiling (bare client, same run) | ratio |"
+        );
+        let _ = writeln!(s, "|---|---|---|---|");
+        if let Some(k) = self.measured {
+            let _ = writeln!(
+                s,
+                "| acknowledged by Kafka | {:.0} | {} |",
+                k.acked_rate,
+                ratio(k.acked_rate, self.ceilings.produce)
+            );
+            let _ = writeln!(
+                s,
+                "| stored in PostgreSQL (consumed and written) | {:.0} | consume {} |",
+                k.stored_rate,
+                ratio(k.stored_rate, self.ceilings.consume)
+            );
+            let _ = writeln!(
+                s,
+                "| stored in PostgreSQL | {:.0} | COPY {} |",
+                k.stored_rate,
+                ratio(k.stored_rate, self.ceilings.copy)
+            );
+            let slowest = [
+                self.ceilings.produce,
+                self.ceilings.consume,
+                self.ceilings.copy,
+            ]
+            .into_iter()
+            .flatten()
+            .min_by(|x, y| x.per_sec().total_cmp(&y.per_sec()));
+            let _ = writeln!(
+                s,
+                "| end to end | {:.0} | slowest {} |",
+                k.stored_rate,
+                ratio(k.stored_rate, slowest)
+            );
+        }
+        for n in &self.ceilings.notes {
+            let _ = writeln!(s, "\n{n}");
+        }
+        let _ = writeln!(
+            s,
+            "\nCeilings: produce = a bare idempotent rdkafka loop (acks=all, lz4, linger 5 ms, large batches) of the run's own payloads into a new topic with as many partitions; consume = a tuned bare consumer (64 MiB fetches, 16 MiB per partition, deep queue) reading those back; COPY = one binary COPY of the run's stored rows into a new table with `log_events`' columns, defaults, constraints and indexes."
+        );
+        if let Some(d) = self.drain_secs {
+            let _ = writeln!(
+                s,
+                "\nEverything acknowledged was stored {d:.1} s after the load stopped."
+            );
+        }
+
+        let _ = writeln!(
+            s,
+            "\n## Loss and duplicates (by event id, against PostgreSQL)\n"
+        );
+        let lost_in_kafka = if self.ingest.is_some() {
+            self.ingest
+                .map(|i| i.accepted_events.saturating_sub(v.records))
+                .unwrap_or(0)
+        } else {
+            self.acked_total.saturating_sub(v.records)
+        };
+        let acked_label = if self.ingest.is_some() {
+            "accepted by the gateway (202)"
+        } else {
+            "acknowledged to the generators"
+        };
+        let acked = self
+            .ingest
+            .map(|i| i.accepted_events)
+            .unwrap_or(self.acked_total);
+        let _ = writeln!(s, "| | events |\n|---|---|");
+        let _ = writeln!(s, "| {acked_label} | {acked} |");
+        let _ = writeln!(
+            s,
+            "| records of the run in Kafka (read back) | {} |",
+            v.records
+        );
+        let _ = writeln!(s, "| acknowledged but not in Kafka | {lost_in_kafka} |");
+        let _ = writeln!(s, "| in Kafka, never stored (lost) | {} |", v.lost);
+        let _ = writeln!(s, "| stored twice | {} |", v.stored_twice);
+        let _ = writeln!(
+            s,
+            "| the same id acknowledged twice (producer duplicates) | {} |",
+            v.kafka_duplicates
+        );
+        if !v.lost_sample.is_empty() {
+            let _ = writeln!(s, "\nSome lost ids: {}", v.lost_sample.join(", "));
+        }
+
+        let _ = writeln!(s, "\n## Latency\n");
+        match v.latency_ms {
+            Some([p50, p95, p99, p999, max]) => {
+                let _ = writeln!(s, "From each event's timestamp to its row (`stored_at`, the write transaction's start; the commit follows within the batch's write time).\n");
+                let _ = writeln!(
+                    s,
+                    "| p50 | p95 | p99 | p99.9 | max |\n|---|---|---|---|---|"
+                );
+                let _ = writeln!(
+                    s,
+                    "| {p50:.1} ms | {p95:.1} ms | {p99:.1} ms | {p999:.1} ms | {max:.1} ms |"
+                );
+            }
+            None => {
+                let _ = writeln!(s, "No stored rows to measure.");
+            }
+        }
+        if v.alerts.is_empty() {
+            let _ = writeln!(s, "\nNo alerts were raised during the run.");
+        } else {
+            let _ = writeln!(
+                s,
+                "\nAlert latency, from the first triggering event to the alert row:\n"
+            );
+            let _ = writeln!(
+                s,
+                "| severity | alerts | p50 | p99 | max |\n|---|---|---|---|---|"
+            );
+            for (sev, n, p50, p99, max) in &v.alerts {
+                let _ = writeln!(
+                    s,
+                    "| {sev} | {n} | {p50:.0} ms | {p99:.0} ms | {max:.0} ms |"
+                );
+            }
+        }
+        if let Some(i) = self.ingest {
+            let _ = writeln!(s, "\n## HTTP ingest\n");
+            let _ = writeln!(s, "{} requests in {:.1} s: {} accepted ({} events), {} throttled (429), {} other statuses, {} transport errors.\n",
+                i.requests, i.secs, i.accepted_requests, i.accepted_events, i.throttled, i.other, i.errors);
+            let [p50, p90, p99, p999, max] = i.latency_ms;
+            let _ = writeln!(s, "Latency from when each request was due (coordinated omission corrected):\n\n| p50 | p90 | p99 | p99.9 | max |\n|---|---|---|---|---|");
+            let _ = writeln!(
+                s,
+                "| {p50:.1} ms | {p90:.1} ms | {p99:.1} ms | {p999:.1} ms | {max:.1} ms |"
+            );
+        }
+
+        let _ = writeln!(s, "\n## Processes\n");
+        let growth = self.rss_growth();
+        if growth.is_empty() {
+            let _ = writeln!(s, "Not sampled (give `--run-dir` of the stack).");
+        } else {
+            let _ = writeln!(s, "| process | CPU avg | CPU max | RSS after warm-up | RSS peak | growth |\n|---|---|---|---|---|---|");
+            for (name, first, peak, g) in &growth {
+                let cpus: Vec<f64> = self
+                    .samples
+                    .iter()
+                    .filter(|x| x.t <= self.load_end)
+                    .filter_map(|x| x.procs.get(name).map(|p| p.0))
+                    .collect();
+                let avg = cpus.iter().sum::<f64>() / cpus.len().max(1) as f64;
+                let max = cpus.iter().copied().fold(0.0, f64::max);
+                let _ = writeln!(
+                    s,
+                    "| {name} | {avg:.0} % | {max:.0} % | {:.0} MiB | {:.0} MiB | {g:+.1} % |",
+                    *first as f64 / 1048576.0,
+                    *peak as f64 / 1048576.0
+                );
+            }
+        }
+        if !self.outcome.notes.is_empty() {
+            let _ = writeln!(s, "\n## Scenario\n");
+            for n in &self.outcome.notes {
+                let _ = writeln!(s, "- {n}");
+            }
+        }
+        if let Some(r) = self.outcome.recovery_secs {
+            let _ = writeln!(
+                s,
+                "- the burst's backlog was stored {r:.0} s after the burst ended"
+            );
+        }
+        if let Some(h) = self.outcome.held_rate {
+            let _ = writeln!(
+                s,
+                "- held: {h}/s; knee: {}",
+                self.outcome
+                    .knee_rate
+                    .map(|k| format!("{k}/s"))
+                    .unwrap_or_else(|| "not reached".into())
+            );
+        }
+
+        // Thresholds.
+        let mut checks: Vec<(String, bool)> = Vec::new();
+        let loss = v.lost + lost_in_kafka;
+        checks.push((
+            format!("loss {loss} <= --max-loss {}", a.max_loss),
+            loss <= a.max_loss,
+        ));
+        checks.push((
+            format!("stored twice {} = 0", v.stored_twice),
+            v.stored_twice == 0,
+        ));
+        checks.push((
+            "everything acknowledged stored within --drain-timeout-secs".into(),
+            self.drain_secs.is_some(),
+        ));
+        if let Some(min) = a.min_rate {
+            let got = self.measured.map(|k| k.stored_rate).unwrap_or(0.0);
+            checks.push((
+                format!("stored {got:.0}/s >= --min-rate {min:.0}"),
+                got >= min,
+            ));
+        }
+        if let Some(max) = a.max_p99_ms {
+            let got = v.latency_ms.map(|l| l[2]).unwrap_or(f64::INFINITY);
+            checks.push((
+                format!("end-to-end p99 {got:.1} ms <= --max-p99-ms {max}"),
+                got <= max,
+            ));
+        }
+        let rss_limit = a
+            .max_rss_growth_pct
+            .or((a.scenario == Scenario::Soak).then_some(10.0));
+        if let Some(max) = rss_limit {
+            let worst = growth.iter().map(|g| g.3).fold(0.0, f64::max);
+            checks.push((format!("RSS growth {worst:.1} % <= {max} %"), worst <= max));
+        }
+        if a.scenario == Scenario::Ramp {
+            checks.push((
+                "a rate was held with zero loss".into(),
+                self.outcome.held_rate.is_some(),
+            ));
+        }
+        let _ = writeln!(s, "\n## Thresholds\n");
+        for (c, ok) in &checks {
+            let _ = writeln!(s, "- {} {c}", if *ok { "met:" } else { "NOT MET:" });
+        }
+        let ok = checks.iter().all(|c| c.1);
+        let _ = writeln!(s, "\n**{}**", if ok { "PASS" } else { "FAIL" });
+        (s, ok)
+    }
+
+    fn charts(&self, dir: &std::path::Path) {
+        if !report::load_font() {
+            println!("no DejaVu font found (Debian: fonts-dejavu-core): charts skipped");
+            return;
+        }
+        let s = self.samples;
+        let rates = vec![
+            (
+                "asked".to_string(),
+                s.iter().map(|x| (x.t, x.requested as f64)).collect(),
+            ),
+            (
+                "generated".to_string(),
+                report::rate_series(s, 1, |x| x.generated),
+            ),
+            (
+                "acknowledged".to_string(),
+                report::rate_series(s, 1, |x| x.acked),
+            ),
+            (
+                "consumed".to_string(),
+                report::rate_series(s, 1, |x| x.consumed),
+            ),
+            (
+                "stored".to_string(),
+                report::rate_series(s, 1, |x| x.stored),
+            ),
+        ];
+        let mut lag: Vec<report::Series> = vec![(
+            "total".into(),
+            s.iter().map(|x| (x.t, x.lag_total() as f64)).collect(),
+        )];
+        let parts: std::collections::BTreeSet<i32> =
+            s.iter().flat_map(|x| x.lag.keys().copied()).collect();
+        for p in parts {
+            lag.push((
+                format!("partition {p}"),
+                s.iter()
+                    .map(|x| (x.t, x.lag.get(&p).copied().unwrap_or(0) as f64))
+                    .collect(),
+            ));
+        }
+        let began = self.run_began.timestamp() as f64;
+        let lat = &self.verdict.latency_by_second;
+        let latency = vec![
+            (
+                "p50".to_string(),
+                lat.iter()
+                    .map(|(t, p50, _)| (*t as f64 - began, *p50))
+                    .collect(),
+            ),
+            (
+                "p99".to_string(),
+                lat.iter()
+                    .map(|(t, _, p99)| (*t as f64 - began, *p99))
+                    .collect(),
+            ),
+        ];
+        let mut rss: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+        for x in s {
+            for (name, (_, r)) in &x.procs {
+                rss.entry(name.clone())
+                    .or_default()
+                    .push((x.t, *r as f64 / 1048576.0));
+            }
+        }
+        let rss: Vec<report::Series> = rss.into_iter().collect();
+        for (file, title, y, series) in [
+            ("rates.png", "Events per second by stage", "events/s", rates),
+            (
+                "lag.png",
+                "Consumer lag (records not yet stored)",
+                "records",
+                lag,
+            ),
+            (
+                "latency.png",
+                "End-to-end latency of the rows stored each second",
+                "ms",
+                latency,
+            ),
+            ("rss.png", "Resident memory per process", "MiB", rss),
+        ] {
+            if series.iter().all(|x| x.1.is_empty()) {
+                continue;
+            }
+            if let Err(e) = report::line_chart(&dir.join(file), title, y, &series) {
+                println!("chart {file} failed: {e:#}");
+            }
+        }
+    }
+}

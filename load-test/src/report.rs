@@ -1,0 +1,230 @@
+//! The report folder: `summary.md` (configuration, commit, machine, ceilings and ratios, loss,
+//! latency, processes, thresholds), `samples.csv` (one row per second) and PNG charts drawn with
+//! plotters (rates per stage, lag, latency percentiles, RSS per process).
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use plotters::prelude::*;
+
+use crate::sample::Sample;
+
+/// One line series: name and (x, y) points.
+pub type Series = (String, Vec<(f64, f64)>);
+
+pub fn csv(samples: &[Sample]) -> String {
+    let partitions: Vec<i32> = samples
+        .iter()
+        .flat_map(|s| s.lag.keys().copied())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let procs: Vec<String> = samples
+        .iter()
+        .flat_map(|s| s.procs.keys().cloned())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let mut out =
+        String::from("t_secs,requested_per_sec,generated,acked,failed,consumed,stored,lag_total");
+    for p in &partitions {
+        let _ = write!(out, ",lag_p{p}");
+    }
+    for p in &procs {
+        let _ = write!(out, ",{p}_cpu_pct,{p}_rss_bytes");
+    }
+    out.push('\n');
+    for s in samples {
+        let _ = write!(
+            out,
+            "{:.2},{},{},{},{},{},{},{}",
+            s.t,
+            s.requested,
+            s.generated,
+            s.acked,
+            s.failed,
+            s.consumed,
+            s.stored,
+            s.lag_total()
+        );
+        for p in &partitions {
+            let _ = write!(out, ",{}", s.lag.get(p).copied().unwrap_or(0));
+        }
+        for p in &procs {
+            let (cpu, rss) = s.procs.get(p).copied().unwrap_or_default();
+            let _ = write!(out, ",{cpu:.1},{rss}");
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// Per-second rate of a counter, smoothed over `window` samples.
+pub fn rate_series(
+    samples: &[Sample],
+    window: usize,
+    f: impl Fn(&Sample) -> u64,
+) -> Vec<(f64, f64)> {
+    let w = window.max(1);
+    (w..samples.len())
+        .map(|i| {
+            let (a, b) = (&samples[i - w], &samples[i]);
+            let dt = (b.t - a.t).max(0.001);
+            (b.t, f(b).saturating_sub(f(a)) as f64 / dt)
+        })
+        .collect()
+}
+
+const FONT_PATHS: [&str; 3] = [
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/TTF/DejaVuSans.ttf",
+    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+];
+
+/// Registers a system TrueType font for the charts' text (plotters draws text with ab_glyph from
+/// the font's bytes; nothing is fetched). False when no font was found: charts are skipped.
+pub fn load_font() -> bool {
+    for p in FONT_PATHS {
+        if let Ok(bytes) = std::fs::read(p) {
+            // plotters keeps the font for the process's life.
+            let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+            if plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).is_ok() {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+const COLOURS: [RGBColor; 8] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+];
+
+pub fn line_chart(
+    path: &Path,
+    title: &str,
+    y_label: &str,
+    series: &[Series],
+) -> anyhow::Result<()> {
+    let pts = series.iter().flat_map(|(_, p)| p.iter());
+    let (mut x_max, mut y_max) = (1.0_f64, 1.0_f64);
+    for (x, y) in pts {
+        x_max = x_max.max(*x);
+        y_max = y_max.max(*y);
+    }
+    let root = BitMapBackend::new(path, (1000, 420)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0.0..x_max * 1.02, 0.0..y_max * 1.1)
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    chart
+        .configure_mesh()
+        .x_desc("seconds since the run began")
+        .y_desc(y_label)
+        .label_style(("sans-serif", 13))
+        .draw()
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    for (i, (name, points)) in series.iter().enumerate() {
+        let colour = COLOURS[i % COLOURS.len()];
+        chart
+            .draw_series(LineSeries::new(
+                points.iter().copied(),
+                colour.stroke_width(2),
+            ))
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?
+            .label(name.as_str())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 18, y)], colour.stroke_width(2))
+            });
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 13))
+        .position(SeriesLabelPosition::UpperRight)
+        .draw()
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    root.present().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    Ok(())
+}
+
+/// The machine, for the summary: cores, memory, CPU model, kernel.
+pub fn machine() -> String {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let mem_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0 / 1024.0)
+        .unwrap_or(0.0);
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    format!("{cores} cores ({cpu}), {mem_gib:.1} GiB, Linux {kernel}")
+}
+
+pub fn git_commit() -> String {
+    std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(t: f64, acked: u64) -> Sample {
+        Sample {
+            t,
+            acked,
+            ..Sample::default()
+        }
+    }
+
+    #[test]
+    fn rates_are_differences_over_the_window() {
+        let s = [sample(0.0, 0), sample(1.0, 100), sample(2.0, 300)];
+        let r = rate_series(&s, 1, |s| s.acked);
+        assert_eq!(r, vec![(1.0, 100.0), (2.0, 200.0)]);
+        assert_eq!(rate_series(&s, 2, |s| s.acked), vec![(2.0, 150.0)]);
+    }
+
+    #[test]
+    fn csv_has_a_header_and_a_row_per_sample() {
+        let csv = csv(&[sample(0.0, 0), sample(1.0, 5)]);
+        let lines: Vec<&str> = csv.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert!(lines[0].starts_with("t_secs,requested_per_sec"));
+        assert!(lines[2].starts_with("1.00,0,0,5,"));
+    }
+}

@@ -12,19 +12,15 @@ use crate::sample::Sample;
 /// One line series: name and (x, y) points.
 pub type Series = (String, Vec<(f64, f64)>);
 
+/// Every key any sample has, sorted (partitions, process names).
+fn keys<T: Ord>(samples: &[Sample], f: impl Fn(&Sample) -> Vec<T>) -> Vec<T> {
+    let set: std::collections::BTreeSet<T> = samples.iter().flat_map(f).collect();
+    set.into_iter().collect()
+}
+
 pub fn csv(samples: &[Sample]) -> String {
-    let partitions: Vec<i32> = samples
-        .iter()
-        .flat_map(|s| s.lag.keys().copied())
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    let procs: Vec<String> = samples
-        .iter()
-        .flat_map(|s| s.procs.keys().cloned())
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
-        .collect();
+    let partitions = keys(samples, |s| s.lag.keys().copied().collect());
+    let procs = keys(samples, |s| s.procs.keys().cloned().collect());
     let mut out =
         String::from("t_secs,requested_per_sec,generated,acked,failed,consumed,stored,lag_total");
     for p in &partitions {

@@ -82,24 +82,24 @@ impl Stack {
             "rate_per_second": rate, "duration_secs": secs, "threads": self.args.threads.min(rate),
             "batch_size": self.args.batch_size.min(rate), "profile": self.args.profile,
         });
-        let url = format!("{}/api/v1/generator/start", self.args.gateway);
-        let resp = self.admin(self.http.post(&url)).json(&body).send().await?;
-        if !resp.status().is_success() {
-            bail!(
-                "start refused: {} {}",
-                resp.status(),
-                resp.text().await.unwrap_or_default()
-            );
-        }
-        Ok(())
+        self.control("start", Some(body)).await
     }
 
     pub async fn stop(&self) -> anyhow::Result<()> {
-        let url = format!("{}/api/v1/generator/stop", self.args.gateway);
-        let resp = self.admin(self.http.post(&url)).send().await?;
+        self.control("stop", None).await
+    }
+
+    /// `POST /api/v1/generator/{action}` with the admin key; a refusal is an error naming it.
+    async fn control(&self, action: &str, body: Option<serde_json::Value>) -> anyhow::Result<()> {
+        let url = format!("{}/api/v1/generator/{action}", self.args.gateway);
+        let mut req = self.admin(self.http.post(&url));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await?;
         if !resp.status().is_success() {
             bail!(
-                "stop refused: {} {}",
+                "{action} refused: {} {}",
                 resp.status(),
                 resp.text().await.unwrap_or_default()
             );

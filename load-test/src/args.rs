@@ -18,7 +18,8 @@ pub enum Scenario {
     /// `--rate` for `--duration-secs` (default 600), watching each process's RSS and CPU.
     Soak,
     /// HTTP clients posting batches through the gateway at a fixed request rate (open loop,
-    /// latency timed from when each request was due).
+    /// latency timed from when each request was due); every 100th request carries a FATAL, so the
+    /// report gives the FATAL-to-alert latency too.
     Ingest,
 }
 

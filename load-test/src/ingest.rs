@@ -41,10 +41,18 @@ fn batch(run: &str, i: u64, n: usize) -> serde_json::Value {
     let now = chrono::Utc::now().to_rfc3339();
     let events: Vec<_> = (0..n)
         .map(|j| {
+            // Every 100th request carries one FATAL of a service of its own: each raises its own
+            // `fatal_event` alert, whose latency the report gives.
+            let fatal = i.is_multiple_of(100) && j == 0;
+            let service = if fatal {
+                format!("load-test-fatal-{i}")
+            } else {
+                "load-test".to_string()
+            };
             json!({
                 "timestamp": now,
-                "level": LEVELS[(i as usize + j) % LEVELS.len()],
-                "service": "load-test",
+                "level": if fatal { "FATAL" } else { LEVELS[(i as usize + j) % LEVELS.len()] },
+                "service": service,
                 "message": format!("load test request {i} event {j}"),
                 "attributes": {"load_test_run": run, "seq": i * n as u64 + j as u64},
             })

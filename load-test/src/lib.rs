@@ -417,14 +417,18 @@ impl Results<'_> {
             );
             let _ = writeln!(
                 s,
-                "| severity | alerts | p50 | p99 | max |\n|---|---|---|---|---|"
+                "| kind | severity | alerts | p50 | p99 | max |\n|---|---|---|---|---|---|"
             );
-            for (sev, n, p50, p99, max) in &v.alerts {
+            for (kind, sev, n, p50, p99, max) in &v.alerts {
                 let _ = writeln!(
                     s,
-                    "| {sev} | {n} | {p50:.0} ms | {p99:.0} ms | {max:.0} ms |"
+                    "| {kind} | {sev} | {n} | {p50:.0} ms | {p99:.0} ms | {max:.0} ms |"
                 );
             }
+            let _ = writeln!(
+                s,
+                "\nA window's alert (error rate, spikes) is raised when its window closes: its latency includes the window."
+            );
         }
         if let Some(i) = self.ingest {
             let _ = writeln!(s, "\n## HTTP ingest\n");

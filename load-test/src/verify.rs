@@ -161,8 +161,9 @@ pub struct Verdict {
     pub latency_ms: Option<[f64; 5]>,
     /// Per second of storing (seconds since the epoch): p50, p99 in ms.
     pub latency_by_second: Vec<(i64, f64, f64)>,
-    /// Per severity: alerts raised, p50, p99, max latency ms (from the first event to the row).
-    pub alerts: Vec<(String, i64, f64, f64, f64)>,
+    /// Per alert kind and severity: alerts raised, p50, p99, max latency ms (from the first
+    /// triggering event to the row; a window alert waits for its window to close by design).
+    pub alerts: Vec<(String, String, i64, f64, f64, f64)>,
 }
 
 /// COPY text-format escaping for one field.
@@ -265,11 +266,11 @@ pub async fn compare(
     .fetch_all(&mut **conn)
     .await?;
     v.alerts = sqlx::query_as(
-        "SELECT severity, count(*), \
+        "SELECT kind, severity, count(*), \
                 percentile_cont(0.5) WITHIN GROUP (ORDER BY ms), \
                 percentile_cont(0.99) WITHIN GROUP (ORDER BY ms), max(ms) \
-         FROM (SELECT severity, extract(epoch FROM raised_at - first_seen)::float8 * 1000 AS ms \
-               FROM alerts WHERE raised_at >= $1) a GROUP BY 1 ORDER BY 1",
+         FROM (SELECT kind, severity, extract(epoch FROM raised_at - first_seen)::float8 * 1000 AS ms \
+               FROM alerts WHERE raised_at >= $1) a GROUP BY 1, 2 ORDER BY 1, 2",
     )
     .bind(run_began)
     .fetch_all(&mut **conn)

@@ -66,6 +66,8 @@ stop_started() {
     fi
 }
 trap stop_started EXIT
+# A signal ends the script through its EXIT trap, so a stack it started is stopped.
+trap 'exit 130' INT TERM
 
 if ! curl -fsS --max-time 2 "$GATEWAY/ready" >/dev/null 2>&1; then
     log "no stack answers at $GATEWAY: starting one (./setup.sh --native --no-generate, run dir $RUN_DIR)"

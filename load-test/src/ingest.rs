@@ -61,7 +61,7 @@ fn batch(run: &str, i: u64, n: usize) -> serde_json::Value {
     serde_json::Value::Array(events)
 }
 
-pub async fn run(args: &Args, on_second: impl Fn(u64, u64, u64)) -> anyhow::Result<IngestResult> {
+pub async fn run(args: &Args) -> anyhow::Result<IngestResult> {
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(args.clients)
         .timeout(Duration::from_secs(30))
@@ -77,16 +77,9 @@ pub async fn run(args: &Args, on_second: impl Fn(u64, u64, u64)) -> anyhow::Resu
     let run_id = format!("{}", chrono::Utc::now().timestamp_millis());
     let began = Instant::now();
     let mut tasks = Vec::with_capacity(total as usize);
-    let mut last_report = 0;
     for i in 0..total {
         let due = began + interval.mul_f64(i as f64);
         tokio::time::sleep_until(due).await;
-        let secs = began.elapsed().as_secs();
-        if secs > last_report {
-            last_report = secs;
-            let t = tally.lock().expect("tally lock");
-            on_second(i, t.accepted_events, t.throttled);
-        }
         let permit = Arc::clone(&slots).acquire_owned().await?;
         let body = batch(&run_id, i, args.events_per_request);
         let req = match &args.ingest_key {

@@ -36,6 +36,21 @@ use sample::{Base, Sample, Sampler};
 use scenario::Outcome;
 use stack::Stack;
 
+/// Resolves on SIGINT or SIGTERM, naming it.
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+    }
+}
+
 /// The processes whose memory must stay flat in a soak.
 const OWN_SERVICES: [&str; 3] = ["collector", "generator", "gateway"];
 
@@ -113,29 +128,37 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
     );
     let sampler = Sampler::start(Arc::clone(&stack), base, planned_secs(&args));
 
-    let (outcome, ingest) = if args.scenario == Scenario::Ingest {
-        let r = ingest::run(&args, |_, _, _| {}).await?;
-        let end = sampler.elapsed();
-        let seg = scenario::Segment {
-            label: "ingest".into(),
-            rate: args.requests_per_second * args.events_per_request as u64,
-            start: 0.0,
-            end,
-        };
-        let outcome = Outcome {
-            segments: vec![seg.clone()],
-            measured: Some(seg),
-            ..Outcome::default()
-        };
-        (outcome, Some(r))
-    } else {
-        match scenario::run(&stack, &sampler, &args).await {
-            Ok(o) => (o, None),
-            Err(e) => {
-                let _ = stack.stop().await;
-                sampler.finish().await;
-                return Err(e);
-            }
+    let load = async {
+        if args.scenario == Scenario::Ingest {
+            let r = ingest::run(&args).await?;
+            let seg = scenario::Segment {
+                label: "ingest".into(),
+                rate: args.requests_per_second * args.events_per_request as u64,
+                start: 0.0,
+                end: sampler.elapsed(),
+            };
+            let outcome = Outcome {
+                segments: vec![seg.clone()],
+                measured: Some(seg),
+                ..Outcome::default()
+            };
+            anyhow::Ok((outcome, Some(r)))
+        } else {
+            Ok((scenario::run(&stack, &sampler, &args).await?, None))
+        }
+    };
+    // Ctrl-C or SIGTERM stops the generators before the load test exits: a run must not go on
+    // generating after the tool that asked for it is gone.
+    let loaded = tokio::select! {
+        r = load => r,
+        s = interrupted() => Err(anyhow::anyhow!("interrupted by {s}; the generators were stopped")),
+    };
+    let (outcome, ingest) = match loaded {
+        Ok(x) => x,
+        Err(e) => {
+            let _ = stack.stop().await;
+            sampler.finish().await;
+            return Err(e);
         }
     };
     let load_end = sampler.elapsed();

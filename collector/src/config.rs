@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::detect::AlertSettings;
 pub use crate::filter::FilterRules;
+pub use crate::storage::StorageSettings;
 pub use crate::windows::WindowSettings;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -29,6 +30,8 @@ pub struct CollectorConfig {
     pub filter_file: Option<PathBuf>,
     pub windows: WindowSettings,
     pub alerts: AlertSettings,
+    /// Time partitions, retention and text indexes.
+    pub storage: StorageSettings,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -139,6 +142,10 @@ pub struct DatabaseSettings {
     pub query_max_connections: u32,
     /// A query that runs longer is cancelled by PostgreSQL and answered 504.
     pub query_statement_timeout_ms: u64,
+    /// The longest `from`..`to` a query that scans its range may ask for (events with `q`,
+    /// stats); longer is a 400 naming this setting. Pages without `q` read newest first and stop
+    /// at `limit`, so they have no cap.
+    pub query_max_range_hours: u32,
     /// A writer transaction left idle this long (its collector frozen, partitioned away or hung)
     /// is ended by PostgreSQL, which frees the offset and window rows it locked: without it, one
     /// stuck collector stalls every other one of the group until its TCP connection dies.
@@ -156,6 +163,7 @@ impl std::fmt::Debug for DatabaseSettings {
                 "query_statement_timeout_ms",
                 &self.query_statement_timeout_ms,
             )
+            .field("query_max_range_hours", &self.query_max_range_hours)
             .field(
                 "idle_in_transaction_timeout_ms",
                 &self.idle_in_transaction_timeout_ms,
@@ -177,6 +185,7 @@ impl Default for CollectorConfig {
             filter_file: None,
             windows: WindowSettings::default(),
             alerts: AlertSettings::default(),
+            storage: StorageSettings::default(),
         }
     }
 }
@@ -211,6 +220,7 @@ impl Default for DatabaseSettings {
             max_connections: 4,
             query_max_connections: 2,
             query_statement_timeout_ms: 5_000,
+            query_max_range_hours: 24 * 7,
             idle_in_transaction_timeout_ms: 10_000,
         }
     }
@@ -265,6 +275,18 @@ impl CollectorConfig {
             return Err(ConfigError::Invalid {
                 field: "alerts",
                 reason: "brute_force_window_secs and episode_gap_secs must be at least 1".into(),
+            });
+        }
+        self.storage
+            .validate()
+            .map_err(|reason| ConfigError::Invalid {
+                field: "storage",
+                reason,
+            })?;
+        if self.database.query_max_range_hours == 0 {
+            return Err(ConfigError::Invalid {
+                field: "database.query_max_range_hours",
+                reason: "must be at least 1".into(),
             });
         }
         if self.consumer.batch_max_events == 0 {
@@ -324,6 +346,9 @@ pub struct Cli {
     /// Store raw only events at or above this level (windows and alerts still see every event).
     #[arg(long, env = "LOGPIPE_COLLECTOR_MIN_LEVEL")]
     pub min_level: Option<logpipe_common::Level>,
+    /// Days of raw events kept (whole partitions are dropped past it).
+    #[arg(long, env = "LOGPIPE_COLLECTOR_RETENTION_DAYS")]
+    pub retention_days: Option<u32>,
 }
 
 impl Cli {
@@ -345,6 +370,7 @@ impl Cli {
             self.batch_max_ms => c.consumer.batch_max_ms,
             self.min_level => c.filter.min_level,
             self.offset_out_of_range => c.consumer.offset_out_of_range,
+            self.retention_days => c.storage.retention_days,
         );
         if self.filter_file.is_some() {
             c.filter_file = self.filter_file;

@@ -21,6 +21,11 @@ use crate::windows::{Stats, WindowKey};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// Every migration, in order (the upgrade test applies the old ones alone, then the rest).
+pub fn migrator() -> &'static sqlx::migrate::Migrator {
+    &MIGRATOR
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     #[error("invalid database url: {0}")]
@@ -109,6 +114,9 @@ pub struct BatchOutcome {
 #[derive(Clone)]
 pub struct Db {
     pool: PgPool,
+    /// For storage maintenance: one connection of its own, apart from both pools, since an index
+    /// build can hold it for minutes.
+    maintenance_opts: PgConnectOptions,
     /// The query API's pool: its own connections, each with a `statement_timeout`.
     query_pool: PgPool,
 }
@@ -136,6 +144,9 @@ impl Db {
             ("search_path", settings.schema.as_str()),
             ("idle_in_transaction_session_timeout", idle.as_str()),
         ]);
+        let maintenance_opts = base
+            .clone()
+            .options([("search_path", settings.schema.as_str())]);
         let pool = PgPoolOptions::new()
             .max_connections(settings.max_connections)
             .acquire_timeout(Duration::from_secs(5))
@@ -153,7 +164,15 @@ impl Db {
             .max_connections(settings.query_max_connections.max(1))
             .acquire_timeout(Duration::from_secs(2))
             .connect_lazy_with(query_opts);
-        Ok(Db { pool, query_pool })
+        Ok(Db {
+            pool,
+            maintenance_opts,
+            query_pool,
+        })
+    }
+
+    pub async fn maintenance_connection(&self) -> Result<PgConnection, sqlx::Error> {
+        self.maintenance_opts.connect().await
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -435,7 +454,7 @@ async fn insert_events_skipping_duplicates(
          FROM UNNEST($1::text[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[],
                      $7::text[], $8::text[], $9::text[], $10::text[], $11::int4[], $12::int8[])
               AS u(e, t, l, s, c, h, m, ti, si, a, p, o)
-         ON CONFLICT (event_id) DO NOTHING",
+         ON CONFLICT (ts, event_id) DO NOTHING",
     )
     .bind(&ids)
     .bind(&ts)

@@ -24,8 +24,11 @@ pub struct AppState {
     pub health: Arc<ConsumerHealth>,
     pub metrics: PrometheusHandle,
     pub filter: FilterHandle,
-    /// Tumbling window whose rows the stats endpoints sum.
-    pub stats_window_secs: i32,
+    /// Tumbling window widths, narrowest first: the stats endpoints sum the rows of the widest
+    /// one the range holds many of (see `query::stats_width`).
+    pub stats_windows_secs: Vec<i32>,
+    /// The longest range a scanning query may ask for (`database.query_max_range_hours`).
+    pub max_range_hours: u32,
 }
 
 pub fn router(state: AppState) -> Router {

@@ -14,6 +14,8 @@
 //!   that publishes alerts to Kafka.
 //! - [`query`]: the query API (stats, alerts, events) and filter administration.
 //! - [`http`]: the router, `/health`, `/ready`, `/metrics`.
+//! - [`storage`]: time partitions made ahead, retention by dropping partitions, text indexes of
+//!   sealed partitions, storage metrics (a task of its own, on its own connection).
 //! - [`startup`]: `Application::build(config)` → `run_until_stopped(token)`.
 //! - [`telemetry`]: the collector's named metrics.
 
@@ -31,6 +33,7 @@ pub mod filter;
 pub mod http;
 pub mod query;
 pub mod startup;
+pub mod storage;
 pub mod telemetry;
 pub mod windows;
 

@@ -145,6 +145,22 @@ impl Params {
         Ok((from, to))
     }
 
+    /// [`Params::range`], refused when longer than `max_hours`: for queries that read every row
+    /// of their range.
+    fn capped_range(&self, max_hours: u32) -> Result<(DateTime<Utc>, DateTime<Utc>), ApiError> {
+        let (from, to) = self.range()?;
+        if to - from > Duration::hours(i64::from(max_hours)) {
+            return Err(bad(
+                "from",
+                format!(
+                    "the range from `from` to `to` is longer than {max_hours} hours, the longest \
+                     this query may scan (`database.query_max_range_hours`); narrow it"
+                ),
+            ));
+        }
+        Ok((from, to))
+    }
+
     fn level(&self, k: &str) -> Result<Option<Level>, ApiError> {
         self.typed(k)
             .map(|v| v.parse::<Level>().map_err(|e| bad(k, e.to_string())))
@@ -196,7 +212,7 @@ pub async fn stats(
     Query(raw): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
     let p = Params::new(raw, &["from", "to"])?;
-    let (from, to) = p.range()?;
+    let (from, to) = p.capped_range(s.max_range_hours)?;
     Ok(Json(stats_body(&s, from, to, None).await?))
 }
 
@@ -207,7 +223,7 @@ pub async fn service_stats(
     Query(raw): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
     let p = Params::new(raw, &["from", "to"])?;
-    let (from, to) = p.range()?;
+    let (from, to) = p.capped_range(s.max_range_hours)?;
     Ok(Json(stats_body(&s, from, to, Some(&service)).await?))
 }
 
@@ -218,8 +234,7 @@ async fn stats_body(
     service: Option<&str>,
 ) -> Result<Value, ApiError> {
     let pool = s.db.query_pool();
-    // Counts from the smallest tumbling window: its rows partition the range without overlap.
-    let width = s.stats_window_secs;
+    let width = stats_width(&s.stats_windows_secs, to - from);
     let rows = sqlx::query(
         "SELECT service, level, SUM(event_count)::int8 AS n, SUM(latency_count)::int8 AS lc,
                 SUM(latency_sum_ms) AS ls, MAX(latency_max_ms) AS lm
@@ -303,6 +318,20 @@ async fn stats_body(
         None => body["services"] = json!(services),
     }
     Ok(body)
+}
+
+/// Counts come from tumbling windows (their rows partition the range without overlap): the widest
+/// width the range holds at least 360 of, so a day reads minute rows, not 10-second ones (a sixth
+/// of the rows); a short range keeps the narrowest. Windows are counted by their start, so the
+/// range's edges are as precise as the width, which the answer's `window_secs` states.
+pub fn stats_width(widths_narrowest_first: &[i32], range: Duration) -> i32 {
+    let narrowest = widths_narrowest_first.first().copied().unwrap_or(10);
+    widths_narrowest_first
+        .iter()
+        .rev()
+        .copied()
+        .find(|w| range.num_seconds() >= 360 * i64::from(*w))
+        .unwrap_or(narrowest)
 }
 
 fn ratio(part: i64, whole: i64) -> f64 {
@@ -427,7 +456,12 @@ pub async fn events(
             "cursor",
         ],
     )?;
-    let (from, to) = p.range()?;
+    // A text search reads every row of its range that it cannot rule out by index: capped.
+    let (from, to) = if p.str("q").is_some() {
+        p.capped_range(s.max_range_hours)?
+    } else {
+        p.range()?
+    };
     let level = p.level("level")?;
     let min_level = p.level("min_level")?;
     let limit = p.limit()?;

@@ -26,6 +26,8 @@ pub enum StartupError {
     #[error(transparent)]
     Db(#[from] DbError),
     #[error(transparent)]
+    Storage(#[from] crate::storage::StorageError),
+    #[error(transparent)]
     Topics(#[from] TopicError),
     #[error("cannot create the Kafka consumer: {0}")]
     Consumer(#[from] KafkaError),
@@ -58,6 +60,9 @@ impl Application {
         // Compile the detector patterns now so a bad pattern fails the start, not the first batch.
         Detector::new(&config.alerts)?;
         let db = Db::connect(&config.database).await?;
+        // Partitions for every day a batch may write before the first batch: no row meets a
+        // missing partition (or lands in the default one) because maintenance had not run yet.
+        crate::storage::first_pass(&db, &config.storage).await?;
         ensure_topics(&config.kafka, &config.kafka.topics()).await?;
         let addr = format!("{}:{}", config.host, config.port);
         let listener = TcpListener::bind(&addr)
@@ -125,19 +130,28 @@ impl Application {
             outbox_stop.clone(),
         ));
         tokio::spawn(reload_on_sighup(self.filter.clone(), shutdown.clone()));
+        tokio::spawn(crate::storage::run_maintenance(
+            self.db.clone(),
+            self.config.storage.clone(),
+            shutdown.clone(),
+        ));
         let state = AppState {
             db: self.db.clone(),
             health: self.health.clone(),
             metrics: logpipe_common::telemetry::metrics_handle(),
             filter: self.filter.clone(),
-            stats_window_secs: self
-                .config
-                .windows
-                .tumbling_secs
-                .iter()
-                .min()
-                .copied()
-                .unwrap_or(10) as i32,
+            stats_windows_secs: {
+                let mut w: Vec<i32> = self
+                    .config
+                    .windows
+                    .tumbling_secs
+                    .iter()
+                    .map(|w| *w as i32)
+                    .collect();
+                w.sort_unstable();
+                w
+            },
+            max_range_hours: self.config.database.query_max_range_hours,
         };
         let token = shutdown.clone();
         let served = axum::serve(self.listener, router(state))

@@ -58,6 +58,7 @@ pub fn describe() {
     partitions_refused(0);
     partitions_unstored(0);
     counter!("collector_offset_gaps_total").increment(0);
+    counter!("collector_storage_maintenance_errors_total").increment(0);
     for kind in AlertKind::ALL {
         counter!("alerts_raised_total", "kind" => kind.as_str()).increment(0);
     }
@@ -90,4 +91,34 @@ pub fn partitions_unstored(n: usize) {
 /// Records the database refused for good, isolated from their batch and sent to the DLQ.
 pub fn refused_by_database(n: u64) {
     counter!("collector_refused_by_database_total").increment(n);
+}
+
+/// Per partitioned table: bytes on disk (every partition with its indexes), the start of the
+/// oldest partition kept, and rows in the default partition (which only rows outside every
+/// partition reach: events older than retention or dated past the partitions made ahead).
+pub fn storage(
+    table: &'static str,
+    bytes: i64,
+    oldest: Option<chrono::DateTime<chrono::Utc>>,
+    default_rows: i64,
+) {
+    gauge!("collector_storage_bytes", "table" => table).set(bytes as f64);
+    if let Some(t) = oldest {
+        gauge!("collector_storage_oldest_timestamp_seconds", "table" => table)
+            .set(t.timestamp() as f64);
+    }
+    gauge!("collector_storage_default_partition_rows", "table" => table).set(default_rows as f64);
+}
+
+pub fn partition_dropped(table: &'static str) {
+    counter!("collector_partitions_dropped_total", "table" => table).increment(1);
+}
+
+pub fn storage_maintenance(took: Duration) {
+    histogram!("collector_storage_maintenance_seconds").record(took.as_secs_f64());
+}
+
+/// A maintenance step that failed (a lock not granted in time, a lost connection); retried.
+pub fn storage_maintenance_failed() {
+    counter!("collector_storage_maintenance_errors_total").increment(1);
 }

@@ -1,0 +1,349 @@
+//! Storage against the real PostgreSQL: the upgrade of an unpartitioned install holding rows,
+//! partitions made ahead and retention by dropping them, rows dated outside every partition, the
+//! text index of sealed partitions, and the query range cap.
+
+use std::borrow::Cow;
+
+use chrono::{DateTime, Duration, TimeDelta, Utc};
+use logpipe_collector::config::StorageSettings;
+use logpipe_collector::db::Db;
+use logpipe_collector::storage;
+use logpipe_integration_tests as it;
+use sqlx::{Connection, PgPool};
+
+fn settings() -> StorageSettings {
+    StorageSettings {
+        retention_days: 7,
+        window_retention_days: 7,
+        failed_login_retention_days: 7,
+        alert_retention_days: 7,
+        ..StorageSettings::default()
+    }
+}
+
+async fn scalar(pool: &PgPool, sql: &str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
+}
+
+/// Insert `n` events from `ts` back, `step_secs` apart, straight into `log_events`.
+async fn insert_events(pool: &PgPool, prefix: &str, ts: DateTime<Utc>, n: i64, step_secs: i64) {
+    sqlx::query(
+        "INSERT INTO log_events (event_id, ts, level, service, message, kafka_partition, kafka_offset)
+         SELECT $1 || i, $2 - interval '1 second' * $4 * i, 'INFO', 'svc', 'message ' || i, 0, i
+           FROM generate_series(1, $3) AS i",
+    )
+    .bind(prefix)
+    .bind(ts)
+    .bind(n)
+    .bind(step_secs)
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn the_upgrade_moves_every_row_of_an_unpartitioned_install_into_partitions() {
+    let name = it::unique("upgrade");
+    let pool = it::schema_pool(&name).await;
+    sqlx::query(&format!("CREATE SCHEMA \"{name}\""))
+        .execute(&pool)
+        .await
+        .unwrap();
+    // The layout of the install before time partitions: the first three migrations only.
+    let all = logpipe_collector::db::migrator();
+    let old = sqlx::migrate::Migrator {
+        migrations: Cow::Owned(
+            all.iter()
+                .filter(|m| m.version < 20261130000000)
+                .cloned()
+                .collect(),
+        ),
+        ..sqlx::migrate::Migrator::DEFAULT
+    };
+    assert_eq!(old.iter().count(), 3);
+    old.run(&pool).await.unwrap();
+    let relkind: String =
+        sqlx::query_scalar("SELECT relkind::text FROM pg_class WHERE oid = 'log_events'::regclass")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(relkind, "r", "the old layout is a plain table");
+    // Ten days of events (three of them past the default retention), window rows, counters.
+    let now = Utc::now();
+    insert_events(&pool, "old-", now, 86_400, 10).await;
+    sqlx::query(
+        "INSERT INTO window_stats (width_secs, slide_secs, window_start, service, level, event_count)
+         SELECT 10, 10, date_trunc('minute', now()) - interval '10 seconds' * i, 'svc', 'INFO', i
+           FROM generate_series(1, 5000) AS i",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query("INSERT INTO failed_logins VALUES ('ip:10.0.0.1', now(), 3)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let events_before = scalar(&pool, "SELECT count(*) FROM log_events").await;
+    let windows_before = scalar(&pool, "SELECT sum(event_count)::int8 FROM window_stats").await;
+
+    // The collector's own start: every migration, then the first maintenance pass.
+    let mut config = it::collector_config(&name, 1);
+    config.storage = settings();
+    let db = Db::connect(&config.database).await.unwrap();
+    assert_eq!(
+        scalar(&pool, "SELECT count(*) FROM log_events").await,
+        events_before,
+        "no row lost by the upgrade"
+    );
+    assert_eq!(
+        scalar(&pool, "SELECT count(*) FROM log_events_default").await,
+        0,
+        "every old row found a partition of its day"
+    );
+    assert_eq!(
+        scalar(&pool, "SELECT sum(event_count)::int8 FROM window_stats").await,
+        windows_before
+    );
+    assert_eq!(scalar(&pool, "SELECT count(*) FROM failed_logins").await, 1);
+    let days = scalar(
+        &pool,
+        "SELECT count(*) FROM time_partitions WHERE parent = 'log_events'",
+    )
+    .await;
+    assert!((10..=11).contains(&days), "one partition per day: {days}");
+    assert_eq!(
+        scalar(
+            &pool,
+            "SELECT count(*) FROM pg_class WHERE relname LIKE '%unpartitioned%'
+                AND relnamespace = current_schema()::regnamespace"
+        )
+        .await,
+        0,
+        "the old tables are gone"
+    );
+
+    // Then retention: the three days past seven go, as whole partitions.
+    let report = storage::first_pass(&db, &config.storage).await.unwrap();
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    assert!(report.dropped.len() >= 3, "{:?}", report.dropped);
+    let horizon = now - Duration::days(7);
+    let kept = scalar(&pool, "SELECT count(*) FROM log_events").await;
+    let expected: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM generate_series(1, 86400) AS i
+          WHERE $1 - interval '10 seconds' * i >= date_trunc('day', $2::timestamptz, 'UTC')",
+    )
+    .bind(now)
+    .bind(horizon)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(kept, expected, "exactly the rows of the dropped days are gone");
+    it::drop_schema(&pool, &name).await;
+}
+
+#[tokio::test]
+async fn retention_drops_backdated_partitions_and_keeps_the_rest() {
+    let name = it::unique("retention");
+    let mut config = it::collector_config(&name, 1);
+    config.storage = settings();
+    let db = Db::connect(&config.database).await.unwrap();
+    let pool = it::schema_pool(&name).await;
+    let now = Utc::now();
+    let first = storage::first_pass(&db, &config.storage).await.unwrap();
+    // A fresh install: every day from the horizon to two days ahead, for each partitioned table.
+    assert_eq!(first.created.len(), 3 * 10, "{:?}", first.created);
+    assert!(first.dropped.is_empty());
+
+    // A backdated partition (as an older install would hold) with rows, rows of today, and a
+    // row older than any partition, which lands in the default partition.
+    let old_day = storage::slot_start(now - Duration::days(20), TimeDelta::hours(24));
+    sqlx::query("SELECT ensure_time_partition('log_events', 'ts', $1, $2)")
+        .bind(old_day)
+        .bind(old_day + Duration::days(1))
+        .execute(&pool)
+        .await
+        .unwrap();
+    insert_events(&pool, "backdated-", old_day + Duration::hours(12), 1000, 1).await;
+    insert_events(&pool, "today-", now, 500, 1).await;
+    insert_events(&pool, "ancient-", now - Duration::days(400), 3, 1).await;
+    assert_eq!(
+        scalar(&pool, "SELECT count(*) FROM log_events_default").await,
+        3
+    );
+    // An old alert episode, published, and a recent one.
+    sqlx::query(
+        "INSERT INTO alerts (alert_id, kind, subject, service, severity, summary, first_seen,
+                             last_seen, occurrences, published_at)
+         VALUES ('old', 'fatal_event', 's', 's', 'critical', 'x', now() - interval '30 days',
+                 now() - interval '30 days', 1, now()),
+                ('new', 'fatal_event', 's', 's', 'critical', 'x', now(), now(), 1, now())",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    let report = storage::first_pass(&db, &config.storage).await.unwrap();
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    let dropped_day = format!("log_events_p{}", old_day.format("%Y%m%d"));
+    assert_eq!(report.dropped, vec![dropped_day.clone()]);
+    assert_eq!(report.alerts_deleted, 1);
+    assert_eq!(
+        scalar(&pool, "SELECT count(*) FROM log_events").await,
+        500,
+        "today's rows stay; the backdated day and the expired default rows are gone"
+    );
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+        .bind(&dropped_day)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(!exists, "the partition was dropped, not emptied");
+    let alerts: Vec<String> = sqlx::query_scalar("SELECT alert_id FROM alerts")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(alerts, vec!["new".to_owned()]);
+    // A second pass changes nothing.
+    let again = storage::first_pass(&db, &config.storage).await.unwrap();
+    assert_eq!(again, storage::PassReport::default());
+    it::drop_schema(&pool, &name).await;
+}
+
+#[tokio::test]
+async fn rows_dated_past_the_partitions_move_into_their_partition_when_it_is_made() {
+    let name = it::unique("ahead");
+    let mut config = it::collector_config(&name, 1);
+    config.storage = settings();
+    let db = Db::connect(&config.database).await.unwrap();
+    storage::first_pass(&db, &config.storage).await.unwrap();
+    let pool = it::schema_pool(&name).await;
+    // Ten days ahead: past the two days made in advance.
+    let ahead = Utc::now() + Duration::days(10);
+    insert_events(&pool, "ahead-", ahead, 20, 1).await;
+    assert_eq!(
+        scalar(&pool, "SELECT count(*) FROM log_events_default").await,
+        20
+    );
+    // Maintenance at a time ten days on makes that day's partition and takes the rows with it.
+    let mut conn = db.maintenance_connection().await.unwrap();
+    let report = storage::run_pass(&mut conn, &config.storage, ahead)
+        .await
+        .unwrap();
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    assert_eq!(
+        scalar(&pool, "SELECT count(*) FROM log_events_default").await,
+        0
+    );
+    assert_eq!(scalar(&pool, "SELECT count(*) FROM log_events").await, 20);
+    conn.close().await.unwrap();
+    it::drop_schema(&pool, &name).await;
+}
+
+#[tokio::test]
+async fn a_sealed_partition_gets_a_text_index_that_the_q_search_uses() {
+    let name = it::unique("textidx");
+    let mut config = it::collector_config(&name, 1);
+    // Sealed as soon as it ends (the default waits ten minutes past midnight).
+    config.storage = StorageSettings {
+        text_index_delay_secs: 0,
+        ..settings()
+    };
+    let db = Db::connect(&config.database).await.unwrap();
+    storage::first_pass(&db, &config.storage).await.unwrap();
+    let pool = it::schema_pool(&name).await;
+    let yesterday = storage::slot_start(Utc::now() - Duration::days(1), TimeDelta::hours(24));
+    insert_events(&pool, "y-", yesterday + Duration::hours(23), 20_000, 1).await;
+    sqlx::query(
+        "UPDATE log_events SET message = 'payment declined: card expired' WHERE event_id = 'y-77'",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let partition = format!("log_events_p{}", yesterday.format("%Y%m%d"));
+    // The pass of the collector's start already built it: yesterday ended hours ago.
+    let report = storage::first_pass(&db, &config.storage).await.unwrap();
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    let indexed: bool =
+        sqlx::query_scalar("SELECT text_indexed FROM time_partitions WHERE partition = $1")
+            .bind(&partition)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(indexed);
+    sqlx::query(&format!("ANALYZE \"{partition}\""))
+        .execute(&pool)
+        .await
+        .unwrap();
+    let mut conn = pool.acquire().await.unwrap();
+    sqlx::query("SET enable_seqscan = off")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let plan: Vec<String> = sqlx::query_scalar(
+        "EXPLAIN SELECT event_id FROM log_events
+          WHERE ts >= $1 AND ts < $2 AND message ILIKE '%card expired%'",
+    )
+    .bind(yesterday)
+    .bind(yesterday + Duration::days(1))
+    .fetch_all(&mut *conn)
+    .await
+    .unwrap();
+    let plan = plan.join("\n");
+    assert!(plan.contains("_message_trgm"), "{plan}");
+    drop(conn);
+
+    // And through the API.
+    let (collector, _) = it::start_collector(config).await;
+    let client = reqwest::Client::new();
+    let page = it::get_json(
+        &client,
+        &collector.url(&format!(
+            "/api/v1/events?q=card%20expired&from={}&to={}",
+            yesterday.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            (yesterday + Duration::days(1)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        )),
+    )
+    .await;
+    let ids: Vec<&str> = page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec!["y-77"]);
+    collector.stop().await;
+    it::drop_schema(&pool, &name).await;
+}
+
+#[tokio::test]
+async fn a_scanning_query_over_a_range_past_the_cap_is_400_naming_the_setting() {
+    let name = it::unique("rangecap");
+    let mut config = it::collector_config(&name, 1);
+    config.database.query_max_range_hours = 48;
+    let (collector, _) = it::start_collector(config).await;
+    let client = reqwest::Client::new();
+    for path in [
+        "/api/v1/events?q=x&from=2026-01-01T00:00:00Z&to=2026-01-04T00:00:00Z",
+        "/api/v1/stats?from=2026-01-01T00:00:00Z&to=2026-01-04T00:00:00Z",
+        "/api/v1/stats/api?from=2026-01-01T00:00:00Z&to=2026-01-04T00:00:00Z",
+    ] {
+        let r = client.get(collector.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), 400, "{path}");
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["error"], "invalid_parameter");
+        let detail = body["detail"].as_str().unwrap();
+        assert!(detail.contains("query_max_range_hours"), "{detail}");
+    }
+    // Within the cap, and pages without `q` (newest first, stopped at `limit`) have none.
+    for path in [
+        "/api/v1/events?q=x&from=2026-01-01T00:00:00Z&to=2026-01-02T00:00:00Z",
+        "/api/v1/events?from=1970-01-01T00:00:00Z",
+        "/api/v1/stats?from=2026-01-01T00:00:00Z&to=2026-01-02T00:00:00Z",
+    ] {
+        let r = client.get(collector.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+    }
+    let pool = it::schema_pool(&name).await;
+    collector.stop().await;
+    it::drop_schema(&pool, &name).await;
+}

@@ -18,6 +18,8 @@
 #    timeout mid-run, then resumed; exactly the events sent are stored, once;
 # 7. runs ./load-test.sh steady --own-stack, the load test's short form (20,000 events/s for 15 s
 #    on a private stack, loss by event id, ceilings, report): the tool itself cannot rot;
+#    then ./storage-bench.sh's short form (200,000 rows: partitioned vs unpartitioned COPY, every
+#    query of the API answered, retention's drop; its checks are of answers, not of times);
 # 8. (integration-tests/broker-restart-test.sh memory is run by hand: after its own restart
 #    Tansu 0.6's new group coordinator sometimes never assigns the collector a partition, which
 #    the collector reports as unstored partitions; tests/offsets.rs covers the broker restart
@@ -79,6 +81,10 @@ bash load-test.sh steady --own-stack --rate 20000 --duration-secs 15 --ceiling-e
     --report-dir "$TEST_RUN/load-test-report" 2>&1 | tee "$TEST_RUN/load-test.log"
 load_rc=${PIPESTATUS[0]}
 
+log "storage benchmark (short form)"
+bash storage-bench.sh --rows 200000 --ratio-rows 50000 --repeat 3 --ingest-rate 20000 \
+    --ingest-secs 3 --report-dir "$TEST_RUN/storage-bench-report" 2>&1 | tee "$TEST_RUN/storage-bench.log"
+storage_rc=${PIPESTATUS[0]}
 
 
 passed=0
@@ -90,14 +96,15 @@ done < <(sed -nE 's/^test result: [a-zA-Z]+\. ([0-9]+) passed; ([0-9]+) failed.*
          sed -nE 's/^system-test: ([0-9]+) passed, ([0-9]+) failed$/\1 \2/p' "$TEST_RUN/system-test.log"
          sed -nE 's/^crash-test: ([0-9]+) passed, ([0-9]+) failed$/\1 \2/p' "$TEST_RUN/crash-test.log"
          sed -nE 's/^zombie-test: ([0-9]+) passed, ([0-9]+) failed$/\1 \2/p' "$TEST_RUN/zombie-test.log"
-         sed -nE 's/^load-test: ([0-9]+) passed, ([0-9]+) failed$/\1 \2/p' "$TEST_RUN/load-test.log")
+         sed -nE 's/^load-test: ([0-9]+) passed, ([0-9]+) failed$/\1 \2/p' "$TEST_RUN/load-test.log"
+         sed -nE 's/^storage-bench: ([0-9]+) passed, ([0-9]+) failed$/\1 \2/p' "$TEST_RUN/storage-bench.log")
 # A crash that printed no result line still fails the run; so does the lint gate.
 if [ "$cargo_rc" -ne 0 ] || [ "$system_rc" -ne 0 ] || [ "$crash_rc" -ne 0 ] || [ "$zombie_rc" -ne 0 ] \
-    || [ "$load_rc" -ne 0 ]; then
+    || [ "$load_rc" -ne 0 ] || [ "$storage_rc" -ne 0 ]; then
     [ "$failed" -gt 0 ] || failed=1
 fi
 [ "$lint_rc" -eq 0 ] || failed=$((failed + 1))
 echo
 echo "summary: $passed passed, $failed failed (lint gate: $([ "$lint_rc" -eq 0 ] && echo ok || echo FAILED))"
 [ "$cargo_rc" -eq 0 ] && [ "$system_rc" -eq 0 ] && [ "$crash_rc" -eq 0 ] && [ "$zombie_rc" -eq 0 ] \
-    && [ "$load_rc" -eq 0 ] && [ "$lint_rc" -eq 0 ]
+    && [ "$load_rc" -eq 0 ] && [ "$storage_rc" -eq 0 ] && [ "$lint_rc" -eq 0 ]

@@ -26,7 +26,7 @@ use crate::windows::Stats;
 pub const DEFAULT_LIMIT: i64 = 50;
 pub const MAX_LIMIT: i64 = 1000;
 /// Rows read at most to rank top messages (the most recent in the range).
-const TOP_MESSAGES_SAMPLE: i64 = 100_000;
+pub const TOP_MESSAGES_SAMPLE: i64 = 100_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -235,20 +235,13 @@ async fn stats_body(
 ) -> Result<Value, ApiError> {
     let pool = s.db.query_pool();
     let width = stats_width(&s.stats_windows_secs, to - from);
-    let rows = sqlx::query(
-        "SELECT service, level, SUM(event_count)::int8 AS n, SUM(latency_count)::int8 AS lc,
-                SUM(latency_sum_ms) AS ls, MAX(latency_max_ms) AS lm
-           FROM window_stats
-          WHERE width_secs = $1 AND slide_secs = $1 AND window_start >= $2 AND window_start < $3
-            AND ($4::text IS NULL OR service = $4)
-          GROUP BY service, level",
-    )
-    .bind(width)
-    .bind(from)
-    .bind(to)
-    .bind(service)
-    .fetch_all(pool)
-    .await?;
+    let rows = sqlx::query(STATS_SQL)
+        .bind(width)
+        .bind(from)
+        .bind(to)
+        .bind(service)
+        .fetch_all(pool)
+        .await?;
     let mut by_level: HashMap<&'static str, i64> =
         Level::ALL.iter().map(|l| (l.as_str(), 0)).collect();
     let mut per_service: HashMap<String, (i64, i64)> = HashMap::new();
@@ -334,6 +327,23 @@ pub fn stats_width(widths_narrowest_first: &[i32], range: Duration) -> i32 {
         .unwrap_or(narrowest)
 }
 
+/// The stats endpoints' counts: `$1` width, `$2`..`$3` range, `$4` service or NULL. Public, as
+/// the events page's SQL is, for the storage benchmark's `EXPLAIN`.
+pub const STATS_SQL: &str =
+    "SELECT service, level, SUM(event_count)::int8 AS n, SUM(latency_count)::int8 AS lc,
+            SUM(latency_sum_ms) AS ls, MAX(latency_max_ms) AS lm
+       FROM window_stats
+      WHERE width_secs = $1 AND slide_secs = $1 AND window_start >= $2 AND window_start < $3
+        AND ($4::text IS NULL OR service = $4)
+      GROUP BY service, level";
+
+/// The stats endpoints' top messages, among the newest `$4` rows of the range.
+pub const TOP_MESSAGES_SQL: &str = "SELECT message, COUNT(*)::int8 AS n FROM (
+         SELECT message FROM log_events
+          WHERE ts >= $1 AND ts < $2 AND ($3::text IS NULL OR service = $3)
+          ORDER BY ts DESC LIMIT $4) recent
+      GROUP BY message ORDER BY n DESC, message LIMIT 10";
+
 fn ratio(part: i64, whole: i64) -> f64 {
     if whole == 0 {
         0.0
@@ -372,19 +382,13 @@ async fn top_messages(
     to: DateTime<Utc>,
     service: Option<&str>,
 ) -> Result<Value, sqlx::Error> {
-    let rows: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT message, COUNT(*)::int8 AS n FROM (
-             SELECT message FROM log_events
-              WHERE ts >= $1 AND ts < $2 AND ($3::text IS NULL OR service = $3)
-              ORDER BY ts DESC LIMIT $4) recent
-          GROUP BY message ORDER BY n DESC, message LIMIT 10",
-    )
-    .bind(from)
-    .bind(to)
-    .bind(service)
-    .bind(TOP_MESSAGES_SAMPLE)
-    .fetch_all(pool)
-    .await?;
+    let rows: Vec<(String, i64)> = sqlx::query_as(TOP_MESSAGES_SQL)
+        .bind(from)
+        .bind(to)
+        .bind(service)
+        .bind(TOP_MESSAGES_SAMPLE)
+        .fetch_all(pool)
+        .await?;
     Ok(json!(rows
         .into_iter()
         .map(|(message, count)| json!({"message": message, "count": count}))
@@ -462,51 +466,22 @@ pub async fn events(
     } else {
         p.range()?
     };
-    let level = p.level("level")?;
-    let min_level = p.level("min_level")?;
-    let limit = p.limit()?;
-    let cursor = p.cursor()?;
-    let mut q = QueryBuilder::new(
-        "SELECT event_id, ts, level, service, component, host, message, trace_id, span_id,
-                attributes::text AS attributes, kafka_partition, kafka_offset
-           FROM log_events WHERE ts >= ",
-    );
-    q.push_bind(from).push(" AND ts < ").push_bind(to);
-    if let Some(svc) = p.str("service") {
-        q.push(" AND service = ").push_bind(svc.to_owned());
+    let text = p.str("q").map(str::to_owned);
+    if text.as_ref().is_some_and(|t| t.len() > 200) {
+        return Err(bad("q", "at most 200 bytes"));
     }
-    if let Some(l) = level {
-        q.push(" AND level = ").push_bind(l.as_str());
-    }
-    if let Some(min) = min_level {
-        let levels: Vec<&str> = Level::ALL
-            .iter()
-            .filter(|l| **l >= min)
-            .map(|l| l.as_str())
-            .collect();
-        q.push(" AND level = ANY(").push_bind(levels).push(")");
-    }
-    if let Some(text) = p.str("q") {
-        if text.len() > 200 {
-            return Err(bad("q", "at most 200 bytes"));
-        }
-        // A substring, not a pattern: escape LIKE's wildcards.
-        let escaped = text
-            .replace('\\', "\\\\")
-            .replace('%', "\\%")
-            .replace('_', "\\_");
-        q.push(" AND message ILIKE ")
-            .push_bind(format!("%{escaped}%"));
-    }
-    if let Some((ts, id)) = cursor {
-        q.push(" AND (ts, event_id) < (")
-            .push_bind(ts)
-            .push(", ")
-            .push_bind(id)
-            .push(")");
-    }
-    q.push(" ORDER BY ts DESC, event_id DESC LIMIT ")
-        .push_bind(limit + 1);
+    let filter = EventsFilter {
+        from,
+        to,
+        service: p.str("service").map(str::to_owned),
+        level: p.level("level")?,
+        min_level: p.level("min_level")?,
+        text,
+        cursor: p.cursor()?,
+        limit: p.limit()?,
+    };
+    let limit = filter.limit;
+    let mut q = events_query("", &filter);
     let rows = q.build().fetch_all(s.db.query_pool()).await?;
     let mut events: Vec<StoredEvent> = Vec::with_capacity(rows.len());
     for r in rows.iter().take(limit as usize) {
@@ -519,6 +494,67 @@ pub async fn events(
         events,
         next_cursor: next,
     }))
+}
+
+/// What `GET /api/v1/events` asks for, checked.
+#[derive(Debug, Clone)]
+pub struct EventsFilter {
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    pub service: Option<String>,
+    pub level: Option<Level>,
+    pub min_level: Option<Level>,
+    /// A substring of the message, case-insensitive.
+    pub text: Option<String>,
+    pub cursor: Option<(DateTime<Utc>, String)>,
+    pub limit: i64,
+}
+
+/// The events page's SQL: newest first, `limit + 1` rows (the extra one says a next page
+/// exists). `prefix` goes in front (`EXPLAIN …` in the storage benchmark, which shows the plan of
+/// exactly this query).
+pub fn events_query<'a>(prefix: &str, f: &'a EventsFilter) -> QueryBuilder<'a, sqlx::Postgres> {
+    let mut q = QueryBuilder::new(format!(
+        "{prefix}SELECT event_id, ts, level, service, component, host, message, trace_id, span_id,
+                attributes::text AS attributes, kafka_partition, kafka_offset
+           FROM log_events WHERE ts >= "
+    ));
+    q.push_bind(f.from).push(" AND ts < ").push_bind(f.to);
+    if let Some(svc) = &f.service {
+        q.push(" AND service = ").push_bind(svc.as_str());
+    }
+    if let Some(l) = f.level {
+        q.push(" AND level = ").push_bind(l.as_str());
+    }
+    if let Some(min) = f.min_level {
+        let levels: Vec<&str> = Level::ALL
+            .iter()
+            .filter(|l| **l >= min)
+            .map(|l| l.as_str())
+            .collect();
+        q.push(" AND level = ANY(").push_bind(levels).push(")");
+    }
+    if let Some(text) = &f.text {
+        // A substring, not a pattern: escape LIKE's wildcards. Sealed partitions answer it from
+        // their trigram index (storage.rs).
+        let escaped = text
+            .replace('\\', "\\\\")
+            .replace('%', "\\%")
+            .replace('_', "\\_");
+        q.push(" AND message ILIKE ")
+            .push_bind(format!("%{escaped}%"));
+    }
+    if let Some((ts, id)) = &f.cursor {
+        // Row comparison on the primary key's columns: a backward scan of it, no sort.
+        q.push(" AND (ts, event_id) < (")
+            .push_bind(*ts)
+            .push(", ")
+            .push_bind(id.as_str())
+            .push(")");
+    }
+    q.push(" ORDER BY ts DESC, event_id DESC LIMIT ")
+        .push_bind(f.limit + 1);
+    q
 }
 
 /// One stored event as the events query returns it.

@@ -72,7 +72,7 @@ impl StorageSettings {
             self.failed_login_retention_days,
             self.alert_retention_days,
         ];
-        if days.iter().any(|d| *d == 0) {
+        if days.contains(&0) {
             return Err("every retention must be at least 1 day".into());
         }
         if self.maintenance_interval_secs == 0 {
@@ -163,10 +163,7 @@ pub fn missing_ranges(
 }
 
 /// Partitions whose whole range is older than `horizon`.
-pub fn expired<'a>(
-    partitions: &'a [(String, Range)],
-    horizon: DateTime<Utc>,
-) -> Vec<&'a (String, Range)> {
+pub fn expired(partitions: &[(String, Range)], horizon: DateTime<Utc>) -> Vec<&(String, Range)> {
     partitions
         .iter()
         .filter(|(_, (_, upper))| *upper <= horizon)
@@ -280,7 +277,7 @@ async fn ensure_partition(
     Ok(name)
 }
 
-async fn drop_partition(
+pub async fn drop_partition(
     conn: &mut PgConnection,
     settings: &StorageSettings,
     name: &str,
@@ -406,7 +403,8 @@ async fn text_indexes(
 
 /// The schema `pg_trgm` lives in, installing it (into `public`) where it is available and missing.
 async fn trgm_schema(conn: &mut PgConnection) -> Option<String> {
-    let find = "SELECT extnamespace::regnamespace::text FROM pg_extension WHERE extname = 'pg_trgm'";
+    let find =
+        "SELECT extnamespace::regnamespace::text FROM pg_extension WHERE extname = 'pg_trgm'";
     if let Ok(Some(s)) = sqlx::query_scalar::<_, String>(find)
         .fetch_optional(&mut *conn)
         .await
@@ -593,8 +591,14 @@ mod tests {
     #[test]
     fn slots_align_to_the_epoch_for_times_before_it_too() {
         let w = TimeDelta::hours(24);
-        assert_eq!(slot_start(t("1969-12-31T23:00:00Z"), w), t("1969-12-31T00:00:00Z"));
-        assert_eq!(slot_start(t("2026-11-30T00:00:00Z"), w), t("2026-11-30T00:00:00Z"));
+        assert_eq!(
+            slot_start(t("1969-12-31T23:00:00Z"), w),
+            t("1969-12-31T00:00:00Z")
+        );
+        assert_eq!(
+            slot_start(t("2026-11-30T00:00:00Z"), w),
+            t("2026-11-30T00:00:00Z")
+        );
     }
 
     #[test]

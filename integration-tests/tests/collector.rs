@@ -801,7 +801,8 @@ async fn a_query_over_its_budget_is_504_and_queries_cannot_starve_the_writer() {
     .unwrap();
     let client = reqwest::Client::new();
     // Four days back (the rows cover three and a half), within the range cap.
-    let from = (Utc::now() - chrono::Duration::days(4)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let from =
+        (Utc::now() - chrono::Duration::days(4)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let scan = collector.url(&format!("/api/v1/events?from={from}&q=nomatch"));
     let r = client.get(&scan).send().await.unwrap();
     assert_eq!(r.status(), 504);

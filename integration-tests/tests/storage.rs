@@ -137,7 +137,10 @@ async fn the_upgrade_moves_every_row_of_an_unpartitioned_install_into_partitions
     .fetch_one(&pool)
     .await
     .unwrap();
-    assert_eq!(kept, expected, "exactly the rows of the dropped days are gone");
+    assert_eq!(
+        kept, expected,
+        "exactly the rows of the dropped days are gone"
+    );
     it::drop_schema(&pool, &name).await;
 }
 

@@ -9,6 +9,10 @@
 //! omission corrected); `verify` reads the run back from Kafka and looks every id up in PostgreSQL;
 //! `ceiling` measures the produce, consume and COPY ceilings; `report` writes the folder. `run`
 //! below ties them together; every loop is bounded by the scenario's plan and its timeouts.
+//!
+//! `storage_bench` is the storage benchmark (`./storage-bench.sh`, binary
+//! `logpipe-storage-bench`): PostgreSQL alone, partitioned vs unpartitioned ingest, the API's
+//! queries at 50 million rows, retention, size.
 
 // Library code states its invariants with `expect("why")`; a bare unwrap is a test's habit.
 #![warn(clippy::unwrap_used)]
@@ -20,6 +24,7 @@ pub mod report;
 pub mod sample;
 pub mod scenario;
 pub mod stack;
+pub mod storage_bench;
 pub mod verify;
 
 use std::collections::BTreeMap;

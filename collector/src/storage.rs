@@ -450,9 +450,11 @@ pub async fn observe(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
 
 /// One pass at start; the caller waits for it (the consumer starts after it).
 pub async fn first_pass(db: &Db, settings: &StorageSettings) -> Result<PassReport, StorageError> {
+    let started = std::time::Instant::now();
     let mut conn = db.maintenance_connection().await?;
     let report = run_pass(&mut conn, settings, Utc::now()).await?;
     observe(&mut conn).await?;
+    crate::telemetry::storage_maintenance(started.elapsed());
     log_report(&report);
     let _ = conn.close().await;
     Ok(report)

@@ -59,6 +59,9 @@ pub fn describe() {
     partitions_unstored(0);
     counter!("collector_offset_gaps_total").increment(0);
     counter!("collector_storage_maintenance_errors_total").increment(0);
+    for t in crate::storage::PARTITIONED {
+        counter!("collector_partitions_dropped_total", "table" => t.parent).increment(0);
+    }
     for kind in AlertKind::ALL {
         counter!("alerts_raised_total", "kind" => kind.as_str()).increment(0);
     }

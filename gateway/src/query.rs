@@ -67,7 +67,7 @@ async fn forward(s: &AppState, headers: &HeaderMap, path: &str, query: Option<St
 /// Counts by level over a range, error rate and top messages, over all services.
 #[utoipa::path(get, path = "/api/v1/stats", tag = "query",
     params(
-        ("from" = Option<String>, Query, format = DateTime, description = "RFC 3339 start (default: an hour ago); before `to`"),
+        ("from" = Option<String>, Query, format = DateTime, description = "RFC 3339 start (default: an hour ago); before `to`, and at most the collector's `query_max_range_hours` (168) before it"),
         ("to" = Option<String>, Query, format = DateTime, description = "RFC 3339 end (default: now)"),
     ),
     responses(
@@ -87,7 +87,7 @@ pub async fn stats(
 #[utoipa::path(get, path = "/api/v1/stats/{service}", tag = "query",
     params(
         ("service" = String, Path, description = "Service name"),
-        ("from" = Option<String>, Query, format = DateTime, description = "RFC 3339 start (default: an hour before `to`); before `to`"),
+        ("from" = Option<String>, Query, format = DateTime, description = "RFC 3339 start (default: an hour before `to`); before `to`, and at most the collector's `query_max_range_hours` (168) before it"),
         ("to" = Option<String>, Query, format = DateTime, description = "RFC 3339 end (default: now)"),
     ),
     responses(
@@ -136,7 +136,7 @@ pub async fn alerts(
         ("service" = Option<String>, Query, description = "Only this service"),
         ("level" = Option<Level>, Query, description = "Exactly this level"),
         ("min_level" = Option<Level>, Query, description = "This level or more severe"),
-        ("q" = Option<String>, Query, description = "Case-insensitive substring of the message"),
+        ("q" = Option<String>, Query, description = "Case-insensitive substring of the message; with it, `from` may be at most the collector's `query_max_range_hours` (168) before `to`"),
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Page size (default 50)"),
         ("cursor" = Option<String>, Query, pattern = "^(-?[0-9]{1,16}\\..+)?$", description = "`next_cursor` of the previous page (opaque; empty means the first page)"),
     ),

@@ -146,6 +146,7 @@ fn architecture_md_names_only_paths_and_code_that_exist() {
         "gateway",
         "collector",
         "integration-tests",
+        "load-test",
     ]
     .iter()
     .flat_map(|c| rust_sources(c))
@@ -159,6 +160,7 @@ fn architecture_md_names_only_paths_and_code_that_exist() {
         "gateway",
         "collector",
         "integration-tests",
+        "load-test",
     ];
     let (mut paths, mut names, mut missing) = (0, 0, Vec::new());
     for c in ticked.captures_iter(&doc) {

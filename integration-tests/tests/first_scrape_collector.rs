@@ -5,11 +5,13 @@
 use logpipe_integration_tests as it;
 
 /// Labelled by partition (and reason), or histograms: no series before a partition or a batch.
-const ON_FIRST_USE: [&str; 4] = [
+const ON_FIRST_USE: [&str; 5] = [
     "collector_consumer_lag",
     "collector_offset_resets_total",
     "collector_batch_commit_seconds",
     "collector_event_age_seconds",
+    // A histogram: its lines are `_bucket`, `_sum`, `_count`.
+    "collector_storage_maintenance_seconds",
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

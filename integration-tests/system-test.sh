@@ -232,6 +232,7 @@ if python3 -m pip install -q 'schemathesis==4.32.5' >/dev/null 2>&1 && command -
     LOGPIPE_ADMIN_KEY=$ADMIN_KEY bash "$ROOT/setup.sh" --native --no-generate >/dev/null 2>&1
     if st --config-file "$ROOT/integration-tests/schemathesis.toml" run "$GATEWAY/api/v1/openapi.json" \
         -H "Authorization: Bearer $ADMIN_KEY" --max-examples 30 --checks all \
+        --exclude-path /api/v1/events/stream \
         --exclude-checks positive_data_acceptance --seed 1 --no-color \
         >"$LOGPIPE_RUN_DIR/schemathesis.log" 2>&1; then
         schemathesis_ok=1

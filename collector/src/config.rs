@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 pub use crate::detect::AlertSettings;
 pub use crate::filter::FilterRules;
 pub use crate::storage::StorageSettings;
+pub use crate::stream::StreamSettings;
 pub use crate::windows::WindowSettings;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -32,6 +33,8 @@ pub struct CollectorConfig {
     pub alerts: AlertSettings,
     /// Time partitions, retention and text indexes.
     pub storage: StorageSettings,
+    /// `GET /api/v1/events/stream`: poll interval and per-client caps.
+    pub stream: StreamSettings,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -186,6 +189,7 @@ impl Default for CollectorConfig {
             windows: WindowSettings::default(),
             alerts: AlertSettings::default(),
             storage: StorageSettings::default(),
+            stream: StreamSettings::default(),
         }
     }
 }

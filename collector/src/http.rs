@@ -29,6 +29,13 @@ pub struct AppState {
     pub stats_windows_secs: Vec<i32>,
     /// The longest range a scanning query may ask for (`database.query_max_range_hours`).
     pub max_range_hours: u32,
+    /// The event stream's caps.
+    pub stream: crate::stream::StreamSettings,
+    /// Whose stored offsets the event stream follows.
+    pub group_id: String,
+    pub topic: String,
+    /// Fires at shutdown: open event streams end, so the server can drain.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -37,6 +44,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/stats/{service}", get(query::service_stats))
         .route("/api/v1/alerts", get(query::alerts))
         .route("/api/v1/events", get(query::events))
+        .route("/api/v1/events/stream", get(crate::stream::events_stream))
+        .route("/api/v1/timeline", get(query::timeline))
         .route("/admin/filters", get(query::filter_rules))
         .route("/admin/filters/reload", post(query::reload_filters))
         .route("/health", get(logpipe_common::http::health))

@@ -16,6 +16,8 @@
 //! - [`http`]: the router, `/health`, `/ready`, `/metrics`.
 //! - [`storage`]: time partitions made ahead, retention by dropping partitions, text indexes of
 //!   sealed partitions, storage metrics (a task of its own, on its own connection).
+//! - [`stream`]: `GET /api/v1/events/stream`, Server-Sent Events of stored events (the console's live
+//!   tail), resumable by Kafka position, capped and sampled per client.
 //! - [`startup`]: `Application::build(config)` → `run_until_stopped(token)`.
 //! - [`telemetry`]: the collector's named metrics.
 
@@ -34,6 +36,7 @@ pub mod http;
 pub mod query;
 pub mod startup;
 pub mod storage;
+pub mod stream;
 pub mod telemetry;
 pub mod windows;
 

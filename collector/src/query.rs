@@ -88,7 +88,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-fn bad(param: &str, reason: impl Into<String>) -> ApiError {
+pub(crate) fn bad(param: &str, reason: impl Into<String>) -> ApiError {
     ApiError::BadParam {
         param: param.to_owned(),
         reason: reason.into(),
@@ -96,10 +96,10 @@ fn bad(param: &str, reason: impl Into<String>) -> ApiError {
 }
 
 /// Query parameters, checked against the names an endpoint accepts.
-struct Params(HashMap<String, String>);
+pub(crate) struct Params(HashMap<String, String>);
 
 impl Params {
-    fn new(raw: HashMap<String, String>, allowed: &[&str]) -> Result<Params, ApiError> {
+    pub(crate) fn new(raw: HashMap<String, String>, allowed: &[&str]) -> Result<Params, ApiError> {
         if let Some(k) = raw.keys().find(|k| !allowed.contains(&k.as_str())) {
             return Err(bad(
                 k,
@@ -114,13 +114,13 @@ impl Params {
     }
 
     /// A free-text filter or the cursor (`service`, `q`, `cursor`): empty means none.
-    fn str(&self, k: &str) -> Option<&str> {
+    pub(crate) fn str(&self, k: &str) -> Option<&str> {
         self.0.get(k).map(String::as_str).filter(|v| !v.is_empty())
     }
 
     /// A typed parameter (time, number, enum): present means it must parse, even empty, as the
     /// OpenAPI document says.
-    fn typed(&self, k: &str) -> Option<&str> {
+    pub(crate) fn typed(&self, k: &str) -> Option<&str> {
         self.0.get(k).map(String::as_str)
     }
 
@@ -147,7 +147,10 @@ impl Params {
 
     /// [`Params::range`], refused when longer than `max_hours`: for queries that read every row
     /// of their range.
-    fn capped_range(&self, max_hours: u32) -> Result<(DateTime<Utc>, DateTime<Utc>), ApiError> {
+    pub(crate) fn capped_range(
+        &self,
+        max_hours: u32,
+    ) -> Result<(DateTime<Utc>, DateTime<Utc>), ApiError> {
         let (from, to) = self.range()?;
         if to - from > Duration::hours(i64::from(max_hours)) {
             return Err(bad(
@@ -161,7 +164,7 @@ impl Params {
         Ok((from, to))
     }
 
-    fn level(&self, k: &str) -> Result<Option<Level>, ApiError> {
+    pub(crate) fn level(&self, k: &str) -> Result<Option<Level>, ApiError> {
         self.typed(k)
             .map(|v| v.parse::<Level>().map_err(|e| bad(k, e.to_string())))
             .transpose()
@@ -311,6 +314,49 @@ async fn stats_body(
         None => body["services"] = json!(services),
     }
     Ok(body)
+}
+
+/// `GET /api/v1/timeline`: window counts per service and level over the range, oldest first, from
+/// the narrowest tumbling width that gives at most 400 windows (the console's charts and window
+/// table read it).
+pub async fn timeline(
+    State(s): State<AppState>,
+    Query(raw): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let p = Params::new(raw, &["from", "to", "service"])?;
+    let (from, to) = p.capped_range(s.max_range_hours)?;
+    let secs = (to - from).num_seconds();
+    let width = s
+        .stats_windows_secs
+        .iter()
+        .copied()
+        .find(|w| secs <= 400 * i64::from(*w))
+        .or_else(|| s.stats_windows_secs.last().copied())
+        .unwrap_or(10);
+    let rows: Vec<(DateTime<Utc>, String, String, i64)> = sqlx::query_as(
+        "SELECT window_start, service, level, event_count FROM window_stats
+          WHERE width_secs = $1 AND slide_secs = $1 AND window_start >= $2 AND window_start < $3
+            AND ($4::text IS NULL OR service = $4)
+          ORDER BY window_start, service, level",
+    )
+    .bind(width)
+    .bind(from)
+    .bind(to)
+    .bind(p.str("service"))
+    .fetch_all(s.db.query_pool())
+    .await?;
+    let windows: Vec<Value> = rows
+        .into_iter()
+        .map(|(start, service, level, count)| {
+            json!({"start": start, "service": service, "level": level, "count": count})
+        })
+        .collect();
+    Ok(Json(json!({
+        "from": from,
+        "to": to,
+        "window_secs": width,
+        "windows": windows,
+    })))
 }
 
 /// Counts come from tumbling windows (their rows partition the range without overlap): the widest
@@ -589,7 +635,7 @@ pub struct EventsPage {
 }
 
 impl StoredEvent {
-    fn from_row(r: &sqlx::postgres::PgRow) -> Result<StoredEvent, ApiError> {
+    pub(crate) fn from_row(r: &sqlx::postgres::PgRow) -> Result<StoredEvent, ApiError> {
         let attributes: String = r.try_get("attributes")?;
         Ok(StoredEvent {
             event_id: r.try_get("event_id")?,

@@ -152,6 +152,10 @@ impl Application {
                 w
             },
             max_range_hours: self.config.database.query_max_range_hours,
+            stream: self.config.stream.clone(),
+            group_id: self.config.consumer.group_id.clone(),
+            topic: self.config.kafka.raw_topic.clone(),
+            shutdown: shutdown.clone(),
         };
         let token = shutdown.clone();
         let served = axum::serve(self.listener, router(state))

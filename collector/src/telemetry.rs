@@ -59,6 +59,9 @@ pub fn describe() {
     partitions_unstored(0);
     counter!("collector_offset_gaps_total").increment(0);
     counter!("collector_storage_maintenance_errors_total").increment(0);
+    gauge!("collector_streams_open").set(0.0);
+    counter!("collector_stream_events_dropped_total").increment(0);
+    counter!("collector_streams_cut_off_total").increment(0);
     for t in crate::storage::PARTITIONED {
         counter!("collector_partitions_dropped_total", "table" => t.parent).increment(0);
     }
@@ -124,4 +127,24 @@ pub fn storage_maintenance(took: Duration) {
 /// A maintenance step that failed (a lock not granted in time, a lost connection); retried.
 pub fn storage_maintenance_failed() {
     counter!("collector_storage_maintenance_errors_total").increment(1);
+}
+
+/// Event streams (`GET /api/v1/events/stream`) open now.
+pub fn stream_opened() {
+    gauge!("collector_streams_open").increment(1.0);
+}
+
+pub fn stream_closed() {
+    gauge!("collector_streams_open").decrement(1.0);
+}
+
+/// Events a stream left out (its client's rate cap, or a resume point too far behind); each
+/// client is told its own count.
+pub fn stream_dropped(n: u64) {
+    counter!("collector_stream_events_dropped_total").increment(n);
+}
+
+/// Streams ended because their client read too slowly.
+pub fn stream_cut_off() {
+    counter!("collector_streams_cut_off_total").increment(1);
 }

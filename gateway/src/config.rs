@@ -38,6 +38,8 @@ pub struct GatewayConfig {
     pub auth: AuthSettings,
     pub kafka: KafkaSettings,
     pub ingest: IngestSettings,
+    /// The web console: the Zipkin UI its trace ids link to, the live-tail streams allowed.
+    pub console: crate::console::ConsoleSettings,
 }
 
 impl Default for GatewayConfig {
@@ -56,6 +58,7 @@ impl Default for GatewayConfig {
             auth: AuthSettings::default(),
             kafka: KafkaSettings::default(),
             ingest: IngestSettings::default(),
+            console: Default::default(),
         }
     }
 }

@@ -324,6 +324,19 @@ pub async fn status(State(s): State<AppState>, headers: HeaderMap) -> Response {
         .into_response()
 }
 
+/// Every generator's status, totalled: what the console's sampler reads every 2 s.
+pub(crate) async fn aggregate(s: &AppState) -> AggregateStatus {
+    let replies = call_all(
+        s,
+        &HeaderMap::new(),
+        reqwest::Method::GET,
+        "/api/v1/generator/status",
+        None,
+    )
+    .await;
+    aggregate_status(&replies)
+}
+
 /// Status requests that arrive while a status fan-out is in flight wait for that one instead of
 /// starting their own (request coalescing): the answer is at most one upstream round trip old,
 /// and a burst of pollers costs the generators one call per round trip, not one per poller.

@@ -56,6 +56,8 @@ pub enum ApiError {
     KafkaUnavailable(String),
     #[error("the gateway is at its concurrency limit; retry shortly")]
     Overloaded,
+    #[error("{0} event streams are open through this gateway, its limit (`console.max_streams`); retry later")]
+    TooManyStreams(usize),
     #[error("{0} is served but declares no access; it is refused until it does")]
     Undeclared(String),
 }
@@ -84,6 +86,7 @@ impl ApiError {
             }
             ApiError::KafkaUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "kafka_unavailable"),
             ApiError::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
+            ApiError::TooManyStreams(_) => (StatusCode::SERVICE_UNAVAILABLE, "too_many_streams"),
             ApiError::Undeclared(_) => (StatusCode::FORBIDDEN, "undeclared_route"),
         }
     }
@@ -95,6 +98,7 @@ impl ApiError {
             } => Some(*retry_after_secs),
             ApiError::AuthBlocked(s) => Some(*s),
             ApiError::KafkaUnavailable(_) | ApiError::Overloaded | ApiError::NotReady(_) => Some(1),
+            ApiError::TooManyStreams(_) => Some(5),
             _ => None,
         }
     }

@@ -47,6 +47,12 @@ pub struct Shared {
     pub client: reqwest::Client,
     pub metrics: PrometheusHandle,
     pub status_flight: control::StatusFlight,
+    /// The console's stage counters, sampled from the first request on.
+    pub pipeline: crate::console::Pipeline,
+    /// Permits for open event streams (`console.max_streams`).
+    pub streams: crate::console::Streams,
+    /// Fires when the gateway stops: open event streams end, so the server can drain.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 impl AppState {
@@ -166,12 +172,23 @@ pub fn routes() -> (Routes, Routes) {
             routes!(query::service_stats),
         )
         .add(Access::Api(RouteClass::Query), routes!(query::alerts))
-        .add(Access::Api(RouteClass::Query), routes!(query::events));
+        .add(Access::Api(RouteClass::Query), routes!(query::events))
+        .add(
+            Access::Api(RouteClass::Query),
+            routes!(crate::console::events_stream),
+        )
+        .add(Access::Api(RouteClass::Query), routes!(query::timeline))
+        .add(
+            Access::Api(RouteClass::Query),
+            routes!(crate::console::pipeline),
+        );
     let ops = Routes::new(utoipa::openapi::OpenApi::default())
         .add(Access::Public, routes!(health))
         .add(Access::Public, routes!(ready))
         .add(Access::Public, routes!(metrics))
-        .add(Access::Public, routes!(openapi_json));
+        .add(Access::Public, routes!(openapi_json))
+        .add(Access::Public, routes!(crate::console::index))
+        .add(Access::Public, routes!(crate::console::file));
     (api, ops)
 }
 

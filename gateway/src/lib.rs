@@ -3,6 +3,8 @@
 //! - [`auth`]: API keys (stored hashed, compared in constant time) and their scopes.
 //! - [`config`]: settings (defaults → TOML → env → flags): listen address, generator instances,
 //!   collector address, Kafka, timeouts, limits, keys.
+//! - [`console`]: the web console at `/` (files embedded in the binary), the stage counters it
+//!   charts (`/api/v1/pipeline`) and the live tail's stream, passed through from the collector.
 //! - [`control`]: `POST /api/v1/generator/start|stop` fanned out to every generator instance and
 //!   `GET /api/v1/generator/status` aggregated over them.
 //! - [`error`]: the one API error type, rendered as `{"error": "...", "detail": "..."}`.
@@ -20,6 +22,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod console;
 pub mod control;
 pub mod error;
 pub mod http;

@@ -153,6 +153,27 @@ pub async fn events(
     forward(&s, &headers, "/api/v1/events", q).await
 }
 
+/// Window counts per service and level over the range (the narrowest tumbling width giving at most
+/// 400 windows), oldest first: the console's error-rate chart and window table.
+#[utoipa::path(get, path = "/api/v1/timeline", tag = "query",
+    params(
+        ("from" = Option<String>, Query, format = DateTime, description = "RFC 3339 start (default: an hour before `to`); before `to`, and at most the collector's `query_max_range_hours` (168) before it"),
+        ("to" = Option<String>, Query, format = DateTime, description = "RFC 3339 end (default: now)"),
+        ("service" = Option<String>, Query, description = "Only this service"),
+    ),
+    responses(
+        (status = 200, description = "`window_secs` and `windows`: start, service, level, count", body = serde_json::Value),
+        (status = 400, description = "A bad parameter, named", body = ErrorBody),
+        (status = 502, description = "Collector unreachable", body = ErrorBody),
+    ))]
+pub async fn timeline(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Response {
+    forward(&s, &headers, "/api/v1/timeline", q).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -77,6 +77,7 @@ impl Application {
                 tracing::warn!(error = %e, "could not create the raw topic at start");
             }
         });
+        let max_streams = config.console.max_streams.max(1);
         let state = AppState::new(Shared {
             limiter,
             auth,
@@ -85,6 +86,9 @@ impl Application {
             client,
             metrics,
             status_flight: Default::default(),
+            pipeline: Default::default(),
+            streams: std::sync::Arc::new(tokio::sync::Semaphore::new(max_streams)),
+            shutdown: CancellationToken::new(),
         });
         Ok(Application { listener, state })
     }
@@ -98,6 +102,13 @@ impl Application {
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), StartupError> {
         tracing::info!(addr = %self.local_addr(), "gateway listening");
         let producer = self.state.producer.clone();
+        // Open event streams end when the gateway stops; otherwise the drain would wait for them.
+        let streams_stop = self.state.shutdown.clone();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            stop.cancelled().await;
+            streams_stop.cancel();
+        });
         let app = router(self.state).into_make_service_with_connect_info::<SocketAddr>();
         let served = axum::serve(self.listener, app)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })

@@ -140,6 +140,8 @@ async fn every_api_route_refuses_missing_wrong_and_wrong_scope_keys_and_none_is_
         "GET /ready",
         "GET /metrics",
         "GET /api/v1/openapi.json",
+        "GET /",
+        "GET /console/{file}",
     ]
     .map(String::from)
     .into();

@@ -917,6 +917,10 @@ async fn serve_api(db: &Db) -> anyhow::Result<(std::net::SocketAddr, Cancellatio
         filter: logpipe_collector::filter::FilterHandle::new(Default::default(), None)?,
         stats_windows_secs: vec![10, 60],
         max_range_hours: DatabaseSettings::default().query_max_range_hours,
+        stream: Default::default(),
+        group_id: "storage-bench".into(),
+        topic: "storage-bench".into(),
+        shutdown: CancellationToken::new(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;

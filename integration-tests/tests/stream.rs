@@ -1,0 +1,251 @@
+//! The event stream (`GET /api/v1/events/stream`) against the real broker and Postgres: it sends
+//! what is stored and matches its filter, resumes from `Last-Event-ID` without a gap, samples
+//! above its rate and says how many it left out, and cuts off a client that stops reading,
+//! telling it why.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use chrono::Utc;
+use futures::StreamExt;
+use logpipe_common::{Level, LogEvent};
+use logpipe_integration_tests as it;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn events(prefix: &str, service: &str, n: usize, message_bytes: usize) -> Vec<LogEvent> {
+    (0..n)
+        .map(|i| LogEvent {
+            event_id: format!("{prefix}-{i:06}"),
+            timestamp: Utc::now(),
+            level: Level::Info,
+            service: service.into(),
+            component: "api".into(),
+            host: "h".into(),
+            message: format!("{prefix} {i} {}", "x".repeat(message_bytes)),
+            trace_id: None,
+            span_id: None,
+            attributes: Default::default(),
+        })
+        .collect()
+}
+
+/// One parsed SSE message.
+#[derive(Debug, Default, Clone)]
+struct Message {
+    event: String,
+    data: String,
+    id: Option<String>,
+}
+
+/// Reads messages off a streaming response.
+struct Reader {
+    body: futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
+    buf: String,
+}
+
+impl Reader {
+    fn new(resp: reqwest::Response) -> Reader {
+        Reader {
+            body: resp.bytes_stream().boxed(),
+            buf: String::new(),
+        }
+    }
+
+    async fn next(&mut self) -> Option<Message> {
+        loop {
+            if let Some(cut) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..cut + 2).collect();
+                let mut m = Message {
+                    event: "message".into(),
+                    ..Default::default()
+                };
+                let mut any = false;
+                for line in block.lines() {
+                    if line.starts_with(':') || line.is_empty() {
+                        continue;
+                    }
+                    any = true;
+                    let (field, value) = line.split_once(':').unwrap_or((line, ""));
+                    let value = value.strip_prefix(' ').unwrap_or(value);
+                    match field {
+                        "event" => m.event = value.into(),
+                        "data" => m.data.push_str(value),
+                        "id" => m.id = Some(value.into()),
+                        _ => {}
+                    }
+                }
+                if any {
+                    return Some(m);
+                }
+                continue;
+            }
+            let chunk = tokio::time::timeout(WAIT, self.body.next())
+                .await
+                .ok()??
+                .ok()?;
+            self.buf.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+}
+
+async fn open(url: &str, last_id: Option<&str>) -> Reader {
+    let mut req = reqwest::Client::new().get(url);
+    if let Some(id) = last_id {
+        req = req.header("last-event-id", id);
+    }
+    let resp = req.send().await.unwrap();
+    assert_eq!(
+        resp.status(),
+        200,
+        "{}",
+        resp.text().await.unwrap_or_default()
+    );
+    Reader::new(resp)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_sends_what_matches_and_resumes_from_its_last_id_without_a_gap() {
+    let name = it::unique("stream");
+    let mut config = it::collector_config(&name, 3);
+    config.stream.poll_ms = 100;
+    let kafka = config.kafka.clone();
+    let (collector, _) = it::start_collector(config).await;
+    let pool = it::schema_pool(&name).await;
+    let producer = it::producer(&kafka);
+    let url = collector.url("/api/v1/events/stream?service=api&rate=1000");
+
+    let mut r = open(&url, None).await;
+    let hello = r.next().await.unwrap();
+    assert_eq!(hello.event, "hello");
+    let mut last_id = hello.id.clone().unwrap();
+    it::produce_events(&producer, &kafka.raw_topic, &events("a", "api", 200, 10)).await;
+    it::produce_events(&producer, &kafka.raw_topic, &events("w", "web", 100, 10)).await;
+    let mut got = BTreeSet::new();
+    while got.len() < 200 {
+        let m = r.next().await.expect("a message before the timeout");
+        if let Some(id) = &m.id {
+            last_id = id.clone();
+        }
+        if m.event == "log" {
+            let e: Value = serde_json::from_str(&m.data).unwrap();
+            assert_eq!(e["service"], "api", "the filter holds");
+            got.insert(e["event_id"].as_str().unwrap().to_owned());
+        }
+        assert_ne!(m.event, "dropped", "nothing over the rate");
+    }
+    drop(r);
+
+    // Gone for a while; back with the last id it saw.
+    it::produce_events(&producer, &kafka.raw_topic, &events("b", "api", 150, 10)).await;
+    let mut r = open(&url, Some(&last_id)).await;
+    assert_eq!(r.next().await.unwrap().event, "hello");
+    while got.len() < 350 {
+        let m = r.next().await.expect("a message before the timeout");
+        if m.event == "log" {
+            let e: Value = serde_json::from_str(&m.data).unwrap();
+            got.insert(e["event_id"].as_str().unwrap().to_owned());
+        }
+    }
+    let want: BTreeSet<String> = events("a", "api", 200, 0)
+        .into_iter()
+        .chain(events("b", "api", 150, 0))
+        .map(|e| e.event_id)
+        .collect();
+    assert_eq!(got, want, "every api event, across the reconnect");
+
+    // A position it never sent is refused with the header named.
+    let resp = reqwest::Client::new()
+        .get(&url)
+        .header("last-event-id", "not-a-position")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let body: Value = resp.json().await.unwrap();
+    assert!(body["detail"].as_str().unwrap().contains("Last-Event-ID"));
+    collector.stop().await;
+    it::drop_schema(&pool, &name).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_over_its_rate_sends_a_sample_and_says_how_many_it_left_out() {
+    let name = it::unique("streamrate");
+    let mut config = it::collector_config(&name, 2);
+    config.stream.poll_ms = 500;
+    let kafka = config.kafka.clone();
+    let (collector, _) = it::start_collector(config).await;
+    let pool = it::schema_pool(&name).await;
+    let mut r = open(&collector.url("/api/v1/events/stream?rate=10"), None).await;
+    assert_eq!(r.next().await.unwrap().event, "hello");
+    let producer = it::producer(&kafka);
+    it::produce_events(&producer, &kafka.raw_topic, &events("r", "api", 1000, 10)).await;
+    let (mut sent, mut dropped) = (0i64, 0i64);
+    while sent + dropped < 1000 {
+        let m = r.next().await.expect("a message before the timeout");
+        match m.event.as_str() {
+            "log" => sent += 1,
+            "dropped" => {
+                let d: Value = serde_json::from_str(&m.data).unwrap();
+                dropped += d["dropped"].as_i64().unwrap();
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(
+        sent + dropped,
+        1000,
+        "every event sent or counted as left out"
+    );
+    assert!(dropped > 0 && sent > 0, "sent {sent}, dropped {dropped}");
+    collector.stop().await;
+    it::drop_schema(&pool, &name).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_cut_off_and_told_why() {
+    let name = it::unique("streamslow");
+    let mut config = it::collector_config(&name, 2);
+    config.stream.poll_ms = 100;
+    config.stream.slow_client_secs = 1;
+    config.stream.buffer_batches = 1;
+    let kafka = config.kafka.clone();
+    let (collector, _) = it::start_collector(config).await;
+    let pool = it::schema_pool(&name).await;
+    // A client with a small receive window that sends its request and then reads nothing.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut conn = socket.connect(collector.addr).await.unwrap();
+    conn.write_all(
+        b"GET /api/v1/events/stream?rate=1000 HTTP/1.1\r\nhost: x\r\naccept: text/event-stream\r\nconnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    // Rows keep coming, 2 KB each, so every poll has a batch for it.
+    let producer = it::producer(&kafka);
+    for round in 0..20 {
+        let batch = events(&format!("s{round}"), "api", 200, 2_000);
+        it::produce_events(&producer, &kafka.raw_topic, &batch).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Now it reads: what waited for it, then the reason it was cut off, then the end.
+    let mut body = Vec::new();
+    let read = tokio::time::timeout(WAIT, conn.read_to_end(&mut body)).await;
+    let text = String::from_utf8_lossy(&body);
+    assert!(read.is_ok(), "the stream ended");
+    assert!(
+        text.contains("event: cutoff") && text.contains("read nothing for 1 s"),
+        "told why: …{}",
+        &text[text.len().saturating_sub(400)..]
+    );
+    assert!(collector
+        .metrics()
+        .await
+        .lines()
+        .any(|l| l.starts_with("collector_streams_cut_off_total") && !l.ends_with(" 0")));
+    collector.stop().await;
+    it::drop_schema(&pool, &name).await;
+}

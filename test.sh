@@ -20,6 +20,8 @@
 #    on a private stack, loss by event id, ceilings, report): the tool itself cannot rot;
 #    then ./storage-bench.sh's short form (200,000 rows: partitioned vs unpartitioned COPY, every
 #    query of the API answered, retention's drop; its checks are of answers, not of times);
+#    then integration-tests/console-test.sh: the console in headless Chromium against a keyed
+#    stack (charts, window table, alerts, a filtered live tail across a dropped connection);
 # 8. (integration-tests/broker-restart-test.sh memory is run by hand: after its own restart
 #    Tansu 0.6's new group coordinator sometimes never assigns the collector a partition, which
 #    the collector reports as unstored partitions; tests/offsets.rs covers the broker restart
@@ -86,6 +88,10 @@ bash storage-bench.sh --rows 200000 --ratio-rows 50000 --repeat 3 --ingest-rate 
     --ingest-secs 3 --report-dir "$TEST_RUN/storage-bench-report" 2>&1 | tee "$TEST_RUN/storage-bench.log"
 storage_rc=${PIPESTATUS[0]}
 
+log "console test (headless Chromium)"
+bash integration-tests/console-test.sh "$TEST_RUN/console-shots" 2>&1 | tee "$TEST_RUN/console-test.log"
+console_rc=${PIPESTATUS[0]}
+
 
 passed=0
 failed=0
@@ -97,14 +103,16 @@ done < <(sed -nE 's/^test result: [a-zA-Z]+\. ([0-9]+) passed; ([0-9]+) failed.*
          sed -nE 's/^crash-test: ([0-9]+) passed, ([0-9]+) failed$/\1 \2/p' "$TEST_RUN/crash-test.log"
          sed -nE 's/^zombie-test: ([0-9]+) passed, ([0-9]+) failed$/\1 \2/p' "$TEST_RUN/zombie-test.log"
          sed -nE 's/^load-test: ([0-9]+) passed, ([0-9]+) failed$/\1 \2/p' "$TEST_RUN/load-test.log"
-         sed -nE 's/^storage-bench: ([0-9]+) passed, ([0-9]+) failed$/\1 \2/p' "$TEST_RUN/storage-bench.log")
+         sed -nE 's/^storage-bench: ([0-9]+) passed, ([0-9]+) failed$/\1 \2/p' "$TEST_RUN/storage-bench.log"
+         sed -nE 's/^console-test: ([0-9]+) passed, ([0-9]+) failed$/\1 \2/p' "$TEST_RUN/console-test.log")
 # A crash that printed no result line still fails the run; so does the lint gate.
 if [ "$cargo_rc" -ne 0 ] || [ "$system_rc" -ne 0 ] || [ "$crash_rc" -ne 0 ] || [ "$zombie_rc" -ne 0 ] \
-    || [ "$load_rc" -ne 0 ] || [ "$storage_rc" -ne 0 ]; then
+    || [ "$load_rc" -ne 0 ] || [ "$storage_rc" -ne 0 ] || [ "$console_rc" -ne 0 ]; then
     [ "$failed" -gt 0 ] || failed=1
 fi
 [ "$lint_rc" -eq 0 ] || failed=$((failed + 1))
 echo
 echo "summary: $passed passed, $failed failed (lint gate: $([ "$lint_rc" -eq 0 ] && echo ok || echo FAILED))"
 [ "$cargo_rc" -eq 0 ] && [ "$system_rc" -eq 0 ] && [ "$crash_rc" -eq 0 ] && [ "$zombie_rc" -eq 0 ] \
-    && [ "$load_rc" -eq 0 ] && [ "$storage_rc" -eq 0 ] && [ "$lint_rc" -eq 0 ]
+    && [ "$load_rc" -eq 0 ] && [ "$storage_rc" -eq 0 ] && [ "$console_rc" -eq 0 ] \
+    && [ "$lint_rc" -eq 0 ]

@@ -26,11 +26,12 @@ fi
 
 LOGPIPE_RUN_DIR=$(mktemp -d "${TMPDIR:-/tmp}/logpipe-console.XXXXXX")
 export LOGPIPE_RUN_DIR
-export LOGPIPE_BROKER_PORT=${LOGPIPE_CONSOLE_BROKER_PORT:-$(free_port)}
-export LOGPIPE_GENERATOR_PORT=$(free_port)
-export LOGPIPE_COLLECTOR_PORT=$(free_port)
-export LOGPIPE_GATEWAY_PORT=$(free_port)
-export LOGPIPE_DB_NAME=logpipe_console_test
+LOGPIPE_BROKER_PORT=${LOGPIPE_CONSOLE_BROKER_PORT:-$(free_port)}
+LOGPIPE_GENERATOR_PORT=$(free_port)
+LOGPIPE_COLLECTOR_PORT=$(free_port)
+LOGPIPE_GATEWAY_PORT=$(free_port)
+LOGPIPE_DB_NAME=logpipe_console_test
+export LOGPIPE_BROKER_PORT LOGPIPE_GENERATOR_PORT LOGPIPE_COLLECTOR_PORT LOGPIPE_GATEWAY_PORT LOGPIPE_DB_NAME
 ensure_postgres
 psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d postgres -qc "DROP DATABASE IF EXISTS $LOGPIPE_DB_NAME" >/dev/null
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The lint gate, the test command's first step (and runnable alone): formatting, clippy with
-# warnings as errors on every target, and shellcheck on every tracked shell script.
+# warnings as errors on every target, the console's scripts parsed by node, and shellcheck on every
+# tracked shell script.
 #
 #   scripts/lint.sh
 #
@@ -28,6 +29,13 @@ step() {
 
 step "cargo fmt --check" cargo fmt --all -- --check
 step "cargo clippy -D warnings" cargo clippy --workspace --all-targets --locked -- -D warnings
+command -v node >/dev/null || apt_install nodejs
+mapfile -t js < <(git ls-files 'gateway/console/*.js' 'integration-tests/*.mjs')
+node_check() {
+    local f
+    for f in "$@"; do node --check "$f" || return 1; done
+}
+step "node --check (${#js[@]} console scripts)" node_check "${js[@]}"
 mapfile -t scripts < <(git ls-files '*.sh' .ci/run)
 step "shellcheck (${#scripts[@]} scripts)" shellcheck -x "${scripts[@]}"
 

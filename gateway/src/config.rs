@@ -177,6 +177,9 @@ pub struct Cli {
     /// Serve every route without keys on a non-loopback address (see `auth.allow_open`).
     #[arg(long, env = "LOGPIPE_GATEWAY_ALLOW_OPEN")]
     pub allow_open: Option<bool>,
+    /// Zipkin's UI as the browser reaches it: the console links each event's trace id there.
+    #[arg(long, env = "LOGPIPE_CONSOLE_ZIPKIN_UI_URL")]
+    pub zipkin_ui_url: Option<String>,
 }
 
 impl Cli {
@@ -198,6 +201,7 @@ impl Cli {
             self.max_events => c.ingest.max_events,
             self.max_concurrent_requests => c.max_concurrent_requests,
             self.request_timeout_ms => c.request_timeout_ms,
+            self.zipkin_ui_url.map(Some) => c.console.zipkin_ui_url,
             self.allow_open => c.auth.allow_open,
         );
         c.generator_urls = c

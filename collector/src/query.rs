@@ -581,14 +581,9 @@ pub fn events_query<'a>(prefix: &str, f: &'a EventsFilter) -> QueryBuilder<'a, s
         q.push(" AND level = ANY(").push_bind(levels).push(")");
     }
     if let Some(text) = &f.text {
-        // A substring, not a pattern: escape LIKE's wildcards. Sealed partitions answer it from
-        // their trigram index (storage.rs).
-        let escaped = text
-            .replace('\\', "\\\\")
-            .replace('%', "\\%")
-            .replace('_', "\\_");
+        // Sealed partitions answer it from their trigram index (storage.rs).
         q.push(" AND message ILIKE ")
-            .push_bind(format!("%{escaped}%"));
+            .push_bind(contains_pattern(text));
     }
     if let Some((ts, id)) = &f.cursor {
         // Row comparison on the primary key's columns: a backward scan of it, no sort.
@@ -601,6 +596,16 @@ pub fn events_query<'a>(prefix: &str, f: &'a EventsFilter) -> QueryBuilder<'a, s
     q.push(" ORDER BY ts DESC, event_id DESC LIMIT ")
         .push_bind(f.limit + 1);
     q
+}
+
+/// The `ILIKE` pattern for "contains `text`": a substring, not a pattern, so LIKE's wildcards and
+/// its escape character are escaped.
+pub(crate) fn contains_pattern(text: &str) -> String {
+    let escaped = text
+        .replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_");
+    format!("%{escaped}%")
 }
 
 /// One stored event as the events query returns it.
@@ -669,5 +674,23 @@ pub async fn reload_filters(State(s): State<AppState>) -> Result<Json<Value>, Ap
         Ok(rules) => Ok(Json(json!({ "reloaded": true, "rules": rules }))),
         Err(e @ FilterError::NoFile) => Err(ApiError::Conflict(e.to_string())),
         Err(e) => Err(ApiError::Unprocessable(e.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_search_term_is_a_substring_not_a_pattern() {
+        assert_eq!(contains_pattern("50%_off\\"), "%50\\%\\_off\\\\%");
+        assert_eq!(contains_pattern("plain"), "%plain%");
+    }
+
+    #[test]
+    fn stats_read_the_widest_window_a_range_holds_360_of() {
+        assert_eq!(stats_width(&[10, 60], Duration::hours(1)), 10);
+        assert_eq!(stats_width(&[10, 60], Duration::days(1)), 60);
+        assert_eq!(stats_width(&[10, 60], Duration::seconds(5)), 10);
     }
 }

@@ -91,20 +91,18 @@ impl Position {
         Some(Position(out))
     }
 
-    /// The ranges `[from, to)` between this position and the stored offsets `stored`, and the
-    /// position after them. A partition whose stored offset went backwards (its log was reset,
-    /// see `offset_resets`) restarts at the stored offset; a new partition starts at its stored
-    /// offset. When more than `max` records wait, each range keeps its newest share and the
-    /// number of records passed over is returned.
-    pub fn advance(
-        &self,
-        stored: &BTreeMap<i32, i64>,
-        max: i64,
-    ) -> (Vec<(i32, i64, i64)>, Position, i64) {
+    /// What was stored since this position, given the stored offsets `stored`. A new partition
+    /// starts at its stored offset. A partition whose stored offset went backwards (its log was
+    /// reset, see `offset_resets`) continues from the stored offset and is reported, so the
+    /// client is told rather than left with a silent hole. When more than `max` records wait,
+    /// each range keeps its newest share and the records passed over are counted.
+    pub fn advance(&self, stored: &BTreeMap<i32, i64>, max: i64) -> Advance {
         let mut ranges = Vec::new();
+        let mut resets = Vec::new();
         for (p, to) in stored {
             match self.0.get(p) {
                 Some(from) if from < to => ranges.push((*p, *from, *to)),
+                Some(from) if from > to => resets.push((*p, *from, *to)),
                 _ => {}
             }
         }
@@ -119,8 +117,25 @@ impl Position {
                 }
             }
         }
-        (ranges, Position(stored.clone()), skipped)
+        Advance {
+            ranges,
+            next: Position(stored.clone()),
+            skipped,
+            resets,
+        }
     }
+}
+
+/// See [`Position::advance`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Advance {
+    /// `(partition, from, to)`: the offsets to read.
+    pub ranges: Vec<(i32, i64, i64)>,
+    pub next: Position,
+    /// Records passed over because more waited than a poll may read.
+    pub skipped: i64,
+    /// `(partition, was, now)`: partitions whose stored offset went backwards.
+    pub resets: Vec<(i32, i64, i64)>,
 }
 
 /// What the stream's client asked for.
@@ -275,8 +290,25 @@ async fn produce(
                 continue;
             }
         };
-        let (ranges, next, skipped) = position.advance(&stored, settings.max_scan_records);
+        let Advance {
+            ranges,
+            next,
+            skipped,
+            resets,
+        } = position.advance(&stored, settings.max_scan_records);
         let mut batch: Batch = Vec::new();
+        for (partition, was, now) in resets {
+            batch.push(Event::default().event("reset").data(
+                json!({
+                    "partition": partition,
+                    "position": was,
+                    "stored": now,
+                    "reason": "the partition's stored offset went back (its log was reset, as after \
+                               a restart of an in-memory broker); the stream continues from there",
+                })
+                .to_string(),
+            ));
+        }
         tokens = (tokens + refilled.elapsed().as_secs_f64() * rate).min(rate);
         refilled = Instant::now();
         if !ranges.is_empty() {
@@ -406,12 +438,8 @@ async fn read(
             .push(")");
     }
     if let Some(text) = &f.text {
-        let escaped = text
-            .replace('\\', "\\\\")
-            .replace('%', "\\%")
-            .replace('_', "\\_");
         q.push(" AND message ILIKE ")
-            .push_bind(format!("%{escaped}%"));
+            .push_bind(crate::query::contains_pattern(text));
     }
     q.push(" ORDER BY hashtext(event_id) LIMIT ")
         .push_bind(limit);
@@ -449,25 +477,27 @@ mod tests {
     #[test]
     fn advance_reads_what_was_stored_since_and_moves_to_it() {
         let stored = pos("0:20,1:5,2:7").0;
-        let (ranges, next, skipped) = pos("0:10,1:5,2:3").advance(&stored, 1000);
-        assert_eq!(ranges, vec![(0, 10, 20), (2, 3, 7)]);
-        assert_eq!(next, pos("0:20,1:5,2:7"));
-        assert_eq!(skipped, 0);
+        let a = pos("0:10,1:5,2:3").advance(&stored, 1000);
+        assert_eq!(a.ranges, vec![(0, 10, 20), (2, 3, 7)]);
+        assert_eq!(a.next, pos("0:20,1:5,2:7"));
+        assert_eq!(a.skipped, 0);
+        assert!(a.resets.is_empty());
     }
 
     #[test]
-    fn a_partition_that_went_backwards_or_is_new_restarts_at_its_stored_offset() {
+    fn a_partition_that_went_backwards_is_reported_and_a_new_one_starts_at_its_stored_offset() {
         let stored = pos("0:4,1:9").0;
-        let (ranges, next, _) = pos("0:100").advance(&stored, 1000);
-        assert!(ranges.is_empty(), "{ranges:?}");
-        assert_eq!(next, pos("0:4,1:9"));
+        let a = pos("0:100").advance(&stored, 1000);
+        assert!(a.ranges.is_empty(), "{:?}", a.ranges);
+        assert_eq!(a.next, pos("0:4,1:9"));
+        assert_eq!(a.resets, vec![(0, 100, 4)]);
     }
 
     #[test]
     fn a_resume_point_too_far_behind_keeps_the_newest_records_and_counts_the_rest() {
         let stored = pos("0:1000,1:1000").0;
-        let (ranges, _, skipped) = pos("0:0,1:900").advance(&stored, 200);
-        assert_eq!(ranges, vec![(0, 900, 1000), (1, 900, 1000)]);
-        assert_eq!(skipped, 900);
+        let a = pos("0:0,1:900").advance(&stored, 200);
+        assert_eq!(a.ranges, vec![(0, 900, 1000), (1, 900, 1000)]);
+        assert_eq!(a.skipped, 900);
     }
 }

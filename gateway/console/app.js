@@ -302,7 +302,7 @@ async function readStream(controller) {
       }
       if (event === "log") append([JSON.parse(data)]);
       else if (event === "dropped") { state.tail.dropped += JSON.parse(data).dropped; tailStatus(); }
-      else if (event === "cutoff" || event === "shutdown") tailStatus(JSON.parse(data).reason);
+      else if (event === "cutoff" || event === "shutdown" || event === "reset") tailStatus(JSON.parse(data).reason);
       // The id comes last in a poll: everything before it is shown.
       if (id !== null) state.tail.position = id;
     }

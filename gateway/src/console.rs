@@ -220,7 +220,8 @@ pub fn parse_metrics(text: &str) -> HashMap<String, f64> {
 /// second, 1-1000, default 100; above it events are sampled and an `event: dropped` message says
 /// how many were left out). Each poll's last message carries an `id`: send it back as
 /// `Last-Event-ID` to resume where the stream left off. Named events: `hello`, `log`, `dropped`,
-/// `position`, `cutoff` (the client read too slowly; the reason is in `data`), `shutdown`.
+/// `position`, `reset` (a partition's log restarted), `cutoff` (the client read too slowly; the
+/// reason is in `data`), `shutdown`.
 #[utoipa::path(get, path = "/api/v1/events/stream", tag = "query",
     params(
         ("service" = Option<String>, Query, description = "Only this service"),

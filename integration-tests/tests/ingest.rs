@@ -446,10 +446,15 @@ async fn the_openapi_document_lists_every_served_route() {
         "GET /api/v1/stats/{service}",
         "GET /api/v1/alerts",
         "GET /api/v1/events",
+        "GET /api/v1/events/stream",
+        "GET /api/v1/timeline",
+        "GET /api/v1/pipeline",
         "GET /api/v1/openapi.json",
         "GET /health",
         "GET /ready",
         "GET /metrics",
+        "GET /",
+        "GET /console/{file}",
     ]
     .into_iter()
     .map(String::from)
@@ -459,7 +464,7 @@ async fn the_openapi_document_lists_every_served_route() {
     let client = reqwest::Client::new();
     for op in &listed {
         let (method, path) = op.split_once(' ').unwrap();
-        let path = path.replace("{service}", "api");
+        let path = path.replace("{service}", "api").replace("{file}", "app.js");
         let r = client
             .request(method.parse().unwrap(), gw.url(&path))
             .send()

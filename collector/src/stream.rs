@@ -67,61 +67,153 @@ impl Default for StreamSettings {
     }
 }
 
-/// The next offset per Kafka partition.
+/// Where a stream is: the next offset per Kafka partition, and the last offset reset it knows of
+/// (`offset_resets.reset_id`). Text: `0:1200,1:1187;r3`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Position(pub BTreeMap<i32, i64>);
+pub struct Position {
+    pub offsets: BTreeMap<i32, i64>,
+    pub reset: i64,
+}
 
 impl fmt::Display for Position {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let parts: Vec<String> = self.0.iter().map(|(p, o)| format!("{p}:{o}")).collect();
-        f.write_str(&parts.join(","))
+        let parts: Vec<String> = self
+            .offsets
+            .iter()
+            .map(|(p, o)| format!("{p}:{o}"))
+            .collect();
+        write!(f, "{};r{}", parts.join(","), self.reset)
+    }
+}
+
+/// An offset reset the collector recorded (`offset_resets`): the partition's stored offset moved
+/// from `old` (the end of the old log) to `new` (the new log's start) at `at`. `previous_at`: the
+/// reset before it that the stream already knew of, if any; rows stored before that belong to an
+/// even older log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reset {
+    pub id: i64,
+    pub old: i64,
+    pub new: i64,
+    pub at: DateTime<Utc>,
+    pub previous_at: Option<DateTime<Utc>>,
+}
+
+/// Offsets `[from, to)` of one partition to read; rows stored before or after a reset only, when
+/// a reset split the partition's offsets between two logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Range {
+    pub partition: i32,
+    pub from: i64,
+    pub to: i64,
+    pub stored_before: Option<DateTime<Utc>>,
+    pub stored_after: Option<DateTime<Utc>>,
+}
+
+impl Range {
+    fn plain(partition: i32, from: i64, to: i64) -> Range {
+        Range {
+            partition,
+            from,
+            to,
+            stored_before: None,
+            stored_after: None,
+        }
     }
 }
 
 impl Position {
     pub fn parse(s: &str) -> Option<Position> {
+        let (offsets, reset) = match s.split_once(';') {
+            Some((o, r)) => (o, r.strip_prefix('r')?.parse().ok()?),
+            None => (s, 0),
+        };
         let mut out = BTreeMap::new();
-        for part in s.split(',').filter(|p| !p.is_empty()) {
+        for part in offsets.split(',').filter(|p| !p.is_empty()) {
             let (p, o) = part.split_once(':')?;
             let (p, o) = (p.trim().parse().ok()?, o.trim().parse().ok()?);
             if p < 0 || o < 0 || out.insert(p, o).is_some() {
                 return None;
             }
         }
-        Some(Position(out))
+        Some(Position {
+            offsets: out,
+            reset,
+        })
     }
 
-    /// What was stored since this position, given the stored offsets `stored`. A new partition
-    /// starts at its stored offset. A partition whose stored offset went backwards (its log was
-    /// reset, see `offset_resets`) continues from the stored offset and is reported, so the
-    /// client is told rather than left with a silent hole. When more than `max` records wait,
-    /// each range keeps its newest share and the records passed over are counted.
-    pub fn advance(&self, stored: &BTreeMap<i32, i64>, max: i64) -> Advance {
+    /// What was stored since this position, given the stored offsets `stored` and the latest
+    /// offset reset of each partition that had one (`resets`). A new partition starts at
+    /// its stored offset. A reset partition reads the rest of its old log (rows stored before the
+    /// reset) and its new log from the start (rows stored after it), and is announced. A partition
+    /// whose stored offset went back with no reset recorded is announced and followed from there.
+    /// When more than `max` records wait, each range keeps its newest share and the records passed
+    /// over are counted.
+    pub fn advance(
+        &self,
+        stored: &BTreeMap<i32, i64>,
+        resets: &BTreeMap<i32, Reset>,
+        max: i64,
+    ) -> Advance {
         let mut ranges = Vec::new();
-        let mut resets = Vec::new();
+        let mut announced = Vec::new();
         for (p, to) in stored {
-            match self.0.get(p) {
-                Some(from) if from < to => ranges.push((*p, *from, *to)),
-                Some(from) if from > to => resets.push((*p, *from, *to)),
-                _ => {}
+            let Some(&from) = self.offsets.get(p) else {
+                continue;
+            };
+            match resets.get(p) {
+                // The reset is older than the position: the position is in the log it began;
+                // rows of older logs share its offsets and are kept out by their time.
+                Some(r) if r.id <= self.reset => {
+                    if from < *to {
+                        ranges.push(Range {
+                            stored_after: Some(r.at),
+                            ..Range::plain(*p, from, *to)
+                        });
+                    } else if from > *to {
+                        announced.push((*p, from, *to));
+                    }
+                }
+                Some(r) => {
+                    if from < r.old {
+                        ranges.push(Range {
+                            stored_before: Some(r.at),
+                            stored_after: r.previous_at,
+                            ..Range::plain(*p, from, r.old)
+                        });
+                    }
+                    if r.new < *to {
+                        ranges.push(Range {
+                            stored_after: Some(r.at),
+                            ..Range::plain(*p, r.new, *to)
+                        });
+                    }
+                    announced.push((*p, from, r.new));
+                }
+                None if from < *to => ranges.push(Range::plain(*p, from, *to)),
+                None if from > *to => announced.push((*p, from, *to)),
+                None => {}
             }
         }
-        let waiting: i64 = ranges.iter().map(|(_, a, b)| b - a).sum();
+        let waiting: i64 = ranges.iter().map(|r| r.to - r.from).sum();
         let mut skipped = 0;
         if waiting > max && !ranges.is_empty() {
             let share = (max / ranges.len() as i64).max(1);
             for r in &mut ranges {
-                if r.2 - r.1 > share {
-                    skipped += r.2 - share - r.1;
-                    r.1 = r.2 - share;
+                if r.to - r.from > share {
+                    skipped += r.to - share - r.from;
+                    r.from = r.to - share;
                 }
             }
         }
         Advance {
             ranges,
-            next: Position(stored.clone()),
+            next: Position {
+                offsets: stored.clone(),
+                reset: resets.values().map(|r| r.id).fold(self.reset, i64::max),
+            },
             skipped,
-            resets,
+            resets: announced,
         }
     }
 }
@@ -129,12 +221,11 @@ impl Position {
 /// See [`Position::advance`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Advance {
-    /// `(partition, from, to)`: the offsets to read.
-    pub ranges: Vec<(i32, i64, i64)>,
+    pub ranges: Vec<Range>,
     pub next: Position,
     /// Records passed over because more waited than a poll may read.
     pub skipped: i64,
-    /// `(partition, was, now)`: partitions whose stored offset went backwards.
+    /// `(partition, was, continues at)`: partitions whose log was reset.
     pub resets: Vec<(i32, i64, i64)>,
 }
 
@@ -200,7 +291,13 @@ pub async fn events_stream(
         ),
     };
     let stored = stored_offsets(&s).await?;
-    let start = resumed.clone().unwrap_or(Position(stored));
+    let start = match resumed.clone() {
+        Some(p) => p,
+        None => Position {
+            offsets: stored,
+            reset: last_reset(&s).await?,
+        },
+    };
     let (tx, rx) = mpsc::channel::<Batch>(settings.buffer_batches.max(1));
     let ended: Arc<Mutex<Option<Event>>> = Arc::default();
     let hello = Event::default().event("hello").id(start.to_string()).data(
@@ -290,21 +387,28 @@ async fn produce(
                 continue;
             }
         };
+        let resets = match latest_resets(&s, position.reset).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "event stream: cannot read the offset resets");
+                continue;
+            }
+        };
         let Advance {
             ranges,
             next,
             skipped,
             resets,
-        } = position.advance(&stored, settings.max_scan_records);
+        } = position.advance(&stored, &resets, settings.max_scan_records);
         let mut batch: Batch = Vec::new();
         for (partition, was, now) in resets {
             batch.push(Event::default().event("reset").data(
                 json!({
                     "partition": partition,
                     "position": was,
-                    "stored": now,
-                    "reason": "the partition's stored offset went back (its log was reset, as after \
-                               a restart of an in-memory broker); the stream continues from there",
+                    "continues_at": now,
+                    "reason": "the partition's log was reset (as after a restart of an in-memory \
+                               broker): the rest of the old log, then the new log from its start",
                 })
                 .to_string(),
             ));
@@ -396,12 +500,60 @@ async fn stored_offsets(s: &AppState) -> Result<BTreeMap<i32, i64>, ApiError> {
     Ok(rows.into_iter().collect())
 }
 
+/// The newest offset reset recorded for this group and topic (0: none).
+async fn last_reset(s: &AppState) -> Result<i64, ApiError> {
+    Ok(sqlx::query_scalar(
+        "SELECT COALESCE(max(reset_id), 0)::int8 FROM offset_resets
+          WHERE consumer_group = $1 AND topic = $2",
+    )
+    .bind(&s.group_id)
+    .bind(&s.topic)
+    .fetch_one(s.db.query_pool())
+    .await?)
+}
+
+/// The latest offset reset of each partition that had one, with the time of the latest one up to
+/// `after` (the log the stream's position is in began then).
+async fn latest_resets(s: &AppState, after: i64) -> Result<BTreeMap<i32, Reset>, ApiError> {
+    type Row = (i32, i64, i64, i64, DateTime<Utc>, Option<DateTime<Utc>>);
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT DISTINCT ON (r.kafka_partition) r.kafka_partition, r.reset_id, r.old_offset,
+                r.new_offset, r.reset_at,
+                (SELECT max(k.reset_at) FROM offset_resets k
+                  WHERE k.consumer_group = r.consumer_group AND k.topic = r.topic
+                    AND k.kafka_partition = r.kafka_partition AND k.reset_id <= $3)
+           FROM offset_resets r
+          WHERE r.consumer_group = $1 AND r.topic = $2
+          ORDER BY r.kafka_partition, r.reset_id DESC",
+    )
+    .bind(&s.group_id)
+    .bind(&s.topic)
+    .bind(after)
+    .fetch_all(s.db.query_pool())
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(p, id, old, new, at, previous_at)| {
+            (
+                p,
+                Reset {
+                    id,
+                    old,
+                    new,
+                    at,
+                    previous_at,
+                },
+            )
+        })
+        .collect())
+}
+
 /// The rows of `ranges` that match, at most `limit` of them (a pseudo-random sample by event id
 /// when more match), oldest first; and how many matched.
 async fn read(
     s: &AppState,
     f: &Filter,
-    ranges: &[(i32, i64, i64)],
+    ranges: &[Range],
     limit: i64,
     unbounded: bool,
 ) -> Result<(Vec<StoredEvent>, i64), ApiError> {
@@ -411,17 +563,25 @@ async fn read(
                 count(*) OVER () AS matched
            FROM log_events WHERE (",
     );
-    for (i, (p, from, to)) in ranges.iter().enumerate() {
+    for (i, r) in ranges.iter().enumerate() {
         if i > 0 {
             q.push(" OR ");
         }
         q.push("(kafka_partition = ")
-            .push_bind(*p)
+            .push_bind(r.partition)
             .push(" AND kafka_offset >= ")
-            .push_bind(*from)
+            .push_bind(r.from)
             .push(" AND kafka_offset < ")
-            .push_bind(*to)
-            .push(")");
+            .push_bind(r.to);
+        // `stored_at` is the writing transaction's start: a row of the old log was written before
+        // the reset's transaction, a row of the new log after it.
+        if let Some(at) = r.stored_before {
+            q.push(" AND stored_at < ").push_bind(at);
+        }
+        if let Some(at) = r.stored_after {
+            q.push(" AND stored_at >= ").push_bind(at);
+        }
+        q.push(")");
     }
     q.push(")");
     if !unbounded {
@@ -464,30 +624,96 @@ mod tests {
         Position::parse(s).unwrap()
     }
 
+    fn plain(p: i32, from: i64, to: i64) -> Range {
+        Range::plain(p, from, to)
+    }
+
     #[test]
     fn a_position_round_trips_through_its_text() {
-        let p = pos("0:12,1:0,5:999");
-        assert_eq!(p.to_string(), "0:12,1:0,5:999");
+        let p = pos("0:12,1:0,5:999;r7");
+        assert_eq!(p.to_string(), "0:12,1:0,5:999;r7");
+        assert_eq!(pos("0:1").reset, 0);
         assert_eq!(Position::parse("").unwrap(), Position::default());
-        for bad in ["0", "a:1", "0:-1", "0:1,0:2", "0:1;1:2"] {
+        for bad in ["0", "a:1", "0:-1", "0:1,0:2", "0:1;1:2", "0:1;rx"] {
             assert!(Position::parse(bad).is_none(), "{bad}");
         }
     }
 
     #[test]
     fn advance_reads_what_was_stored_since_and_moves_to_it() {
-        let stored = pos("0:20,1:5,2:7").0;
-        let a = pos("0:10,1:5,2:3").advance(&stored, 1000);
-        assert_eq!(a.ranges, vec![(0, 10, 20), (2, 3, 7)]);
-        assert_eq!(a.next, pos("0:20,1:5,2:7"));
+        let stored = pos("0:20,1:5,2:7").offsets;
+        let a = pos("0:10,1:5,2:3;r2").advance(&stored, &BTreeMap::new(), 1000);
+        assert_eq!(a.ranges, vec![plain(0, 10, 20), plain(2, 3, 7)]);
+        assert_eq!(a.next, pos("0:20,1:5,2:7;r2"));
         assert_eq!(a.skipped, 0);
         assert!(a.resets.is_empty());
     }
 
     #[test]
-    fn a_partition_that_went_backwards_is_reported_and_a_new_one_starts_at_its_stored_offset() {
-        let stored = pos("0:4,1:9").0;
-        let a = pos("0:100").advance(&stored, 1000);
+    fn a_reset_partition_reads_the_rest_of_its_old_log_then_its_new_log_from_the_start() {
+        let at = Utc::now();
+        // The stream was at 680; the old log was stored up to 1125; the new log is stored up to
+        // 900, past the old position, which alone would hide the new log's first 680 offsets.
+        let stored = pos("0:900,1:50").offsets;
+        let resets = BTreeMap::from([(
+            0,
+            Reset {
+                id: 9,
+                old: 1125,
+                new: 0,
+                at,
+                previous_at: None,
+            },
+        )]);
+        let a = pos("0:680,1:40;r3").advance(&stored, &resets, 10_000);
+        assert_eq!(
+            a.ranges,
+            vec![
+                Range {
+                    stored_before: Some(at),
+                    ..plain(0, 680, 1125)
+                },
+                Range {
+                    stored_after: Some(at),
+                    ..plain(0, 0, 900)
+                },
+                plain(1, 40, 50),
+            ]
+        );
+        assert_eq!(a.resets, vec![(0, 680, 0)]);
+        assert_eq!(a.next, pos("0:900,1:50;r9"));
+    }
+
+    #[test]
+    fn after_a_reset_it_knows_a_partition_reads_only_rows_of_its_current_log() {
+        let at = Utc::now();
+        let stored = pos("0:510").offsets;
+        let resets = BTreeMap::from([(
+            0,
+            Reset {
+                id: 30,
+                old: 1082,
+                new: 0,
+                at,
+                previous_at: None,
+            },
+        )]);
+        let a = pos("0:455;r30").advance(&stored, &resets, 1000);
+        assert_eq!(
+            a.ranges,
+            vec![Range {
+                stored_after: Some(at),
+                ..plain(0, 455, 510)
+            }]
+        );
+        assert!(a.resets.is_empty());
+        assert_eq!(a.next, pos("0:510;r30"));
+    }
+
+    #[test]
+    fn a_partition_that_went_back_with_no_reset_recorded_is_announced() {
+        let stored = pos("0:4,1:9").offsets;
+        let a = pos("0:100").advance(&stored, &BTreeMap::new(), 1000);
         assert!(a.ranges.is_empty(), "{:?}", a.ranges);
         assert_eq!(a.next, pos("0:4,1:9"));
         assert_eq!(a.resets, vec![(0, 100, 4)]);
@@ -495,9 +721,9 @@ mod tests {
 
     #[test]
     fn a_resume_point_too_far_behind_keeps_the_newest_records_and_counts_the_rest() {
-        let stored = pos("0:1000,1:1000").0;
-        let a = pos("0:0,1:900").advance(&stored, 200);
-        assert_eq!(a.ranges, vec![(0, 900, 1000), (1, 900, 1000)]);
+        let stored = pos("0:1000,1:1000").offsets;
+        let a = pos("0:0,1:900").advance(&stored, &BTreeMap::new(), 200);
+        assert_eq!(a.ranges, vec![plain(0, 900, 1000), plain(1, 900, 1000)]);
         assert_eq!(a.skipped, 900);
     }
 }

@@ -542,3 +542,91 @@ pub fn missing_documented(
         .collect();
     missing_metrics(scrape, &expected)
 }
+
+/// A Server-Sent Events reader for the event stream's tests.
+pub mod sse {
+    use futures::StreamExt;
+
+    /// One parsed SSE message.
+    #[derive(Debug, Default, Clone)]
+    pub struct Message {
+        pub event: String,
+        pub data: String,
+        pub id: Option<String>,
+    }
+
+    /// Reads messages off a streaming response.
+    pub struct Reader {
+        body: futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
+        buf: String,
+        /// Heartbeats keep a stream alive for ever: a test reads for 90 s at most.
+        deadline: std::time::Instant,
+    }
+
+    impl Reader {
+        pub fn new(resp: reqwest::Response) -> Reader {
+            Reader {
+                body: resp.bytes_stream().boxed(),
+                buf: String::new(),
+                deadline: std::time::Instant::now() + std::time::Duration::from_secs(90),
+            }
+        }
+
+        /// The next message; `None` when the stream ends or its 90 s are up.
+        pub async fn next(&mut self) -> Option<Message> {
+            loop {
+                if let Some(cut) = self.buf.find("\n\n") {
+                    let block: String = self.buf.drain(..cut + 2).collect();
+                    let mut m = Message {
+                        event: "message".into(),
+                        ..Default::default()
+                    };
+                    let mut any = false;
+                    for line in block.lines() {
+                        if line.starts_with(':') || line.is_empty() {
+                            continue;
+                        }
+                        any = true;
+                        let (field, value) = line.split_once(':').unwrap_or((line, ""));
+                        let value = value.strip_prefix(' ').unwrap_or(value);
+                        match field {
+                            "event" => m.event = value.into(),
+                            "data" => m.data.push_str(value),
+                            "id" => m.id = Some(value.into()),
+                            _ => {}
+                        }
+                    }
+                    if any {
+                        return Some(m);
+                    }
+                    continue;
+                }
+                let chunk = tokio::time::timeout(
+                    self.deadline
+                        .saturating_duration_since(std::time::Instant::now()),
+                    self.body.next(),
+                )
+                .await
+                .ok()??
+                .ok()?;
+                self.buf.push_str(&String::from_utf8_lossy(&chunk));
+            }
+        }
+    }
+
+    /// `GET url` as an event stream (resuming at `last_id`); panics unless it answers 200.
+    pub async fn open(url: &str, last_id: Option<&str>) -> Reader {
+        let mut req = reqwest::Client::new().get(url);
+        if let Some(id) = last_id {
+            req = req.header("last-event-id", id);
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(
+            resp.status(),
+            200,
+            "{}",
+            resp.text().await.unwrap_or_default()
+        );
+        Reader::new(resp)
+    }
+}

@@ -7,7 +7,6 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use chrono::Utc;
-use futures::StreamExt;
 use logpipe_common::{Level, LogEvent};
 use logpipe_integration_tests as it;
 use serde_json::Value;
@@ -32,80 +31,6 @@ fn events(prefix: &str, service: &str, n: usize, message_bytes: usize) -> Vec<Lo
         .collect()
 }
 
-/// One parsed SSE message.
-#[derive(Debug, Default, Clone)]
-struct Message {
-    event: String,
-    data: String,
-    id: Option<String>,
-}
-
-/// Reads messages off a streaming response.
-struct Reader {
-    body: futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
-    buf: String,
-}
-
-impl Reader {
-    fn new(resp: reqwest::Response) -> Reader {
-        Reader {
-            body: resp.bytes_stream().boxed(),
-            buf: String::new(),
-        }
-    }
-
-    async fn next(&mut self) -> Option<Message> {
-        loop {
-            if let Some(cut) = self.buf.find("\n\n") {
-                let block: String = self.buf.drain(..cut + 2).collect();
-                let mut m = Message {
-                    event: "message".into(),
-                    ..Default::default()
-                };
-                let mut any = false;
-                for line in block.lines() {
-                    if line.starts_with(':') || line.is_empty() {
-                        continue;
-                    }
-                    any = true;
-                    let (field, value) = line.split_once(':').unwrap_or((line, ""));
-                    let value = value.strip_prefix(' ').unwrap_or(value);
-                    match field {
-                        "event" => m.event = value.into(),
-                        "data" => m.data.push_str(value),
-                        "id" => m.id = Some(value.into()),
-                        _ => {}
-                    }
-                }
-                if any {
-                    return Some(m);
-                }
-                continue;
-            }
-            let chunk = tokio::time::timeout(WAIT, self.body.next())
-                .await
-                .ok()??
-                .ok()?;
-            self.buf.push_str(&String::from_utf8_lossy(&chunk));
-        }
-    }
-}
-
-async fn open(url: &str, last_id: Option<&str>) -> Reader {
-    let mut req = reqwest::Client::new().get(url);
-    if let Some(id) = last_id {
-        req = req.header("last-event-id", id);
-    }
-    let resp = req.send().await.unwrap();
-    assert_eq!(
-        resp.status(),
-        200,
-        "{}",
-        resp.text().await.unwrap_or_default()
-    );
-    Reader::new(resp)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_stream_sends_what_matches_and_resumes_from_its_last_id_without_a_gap() {
     let name = it::unique("stream");
@@ -117,7 +42,7 @@ async fn the_stream_sends_what_matches_and_resumes_from_its_last_id_without_a_ga
     let producer = it::producer(&kafka);
     let url = collector.url("/api/v1/events/stream?service=api&rate=1000");
 
-    let mut r = open(&url, None).await;
+    let mut r = it::sse::open(&url, None).await;
     let hello = r.next().await.unwrap();
     assert_eq!(hello.event, "hello");
     let mut last_id = hello.id.clone().unwrap();
@@ -140,7 +65,7 @@ async fn the_stream_sends_what_matches_and_resumes_from_its_last_id_without_a_ga
 
     // Gone for a while; back with the last id it saw.
     it::produce_events(&producer, &kafka.raw_topic, &events("b", "api", 150, 10)).await;
-    let mut r = open(&url, Some(&last_id)).await;
+    let mut r = it::sse::open(&url, Some(&last_id)).await;
     assert_eq!(r.next().await.unwrap().event, "hello");
     while got.len() < 350 {
         let m = r.next().await.expect("a message before the timeout");
@@ -178,7 +103,7 @@ async fn a_stream_over_its_rate_sends_a_sample_and_says_how_many_it_left_out() {
     let kafka = config.kafka.clone();
     let (collector, _) = it::start_collector(config).await;
     let pool = it::schema_pool(&name).await;
-    let mut r = open(&collector.url("/api/v1/events/stream?rate=10"), None).await;
+    let mut r = it::sse::open(&collector.url("/api/v1/events/stream?rate=10"), None).await;
     assert_eq!(r.next().await.unwrap().event, "hello");
     let producer = it::producer(&kafka);
     it::produce_events(&producer, &kafka.raw_topic, &events("r", "api", 1000, 10)).await;

@@ -59,11 +59,21 @@ async fn wait_scalar(pool: &PgPool, sql: &str, want: i64) {
     .await;
 }
 
+/// The private broker, killed when dropped: a test that fails half-way leaves no broker running.
+struct Broker(std::process::Child);
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 struct Stack {
     name: String,
     dir: std::path::PathBuf,
     port: u16,
-    broker: std::process::Child,
+    broker: Broker,
     kafka: logpipe_common::kafka::KafkaSettings,
     collector: it::Running,
     pool: PgPool,
@@ -75,7 +85,7 @@ async fn stack_with_stored_events(test: &str, policy: OffsetPolicy) -> Stack {
     let dir = std::env::temp_dir().join(&name);
     std::fs::create_dir_all(&dir).unwrap();
     let port = it::free_port();
-    let broker = it::start_tansu(port, &dir, "memory://tansu/");
+    let broker = Broker(it::start_tansu(port, &dir, "memory://tansu/"));
     let mut config = it::collector_config(&name, 2);
     config.kafka.brokers = format!("127.0.0.1:{port}");
     config.consumer.offset_out_of_range = policy;
@@ -105,18 +115,17 @@ impl Stack {
     /// SIGKILL the in-memory broker and start it again empty; the topics are created again as
     /// the services do at start.
     async fn restart_broker_empty(&mut self) {
-        self.broker.kill().unwrap();
-        self.broker.wait().unwrap();
-        self.broker = it::start_tansu(self.port, &self.dir, "memory://tansu/");
+        self.broker.0.kill().unwrap();
+        self.broker.0.wait().unwrap();
+        self.broker = Broker(it::start_tansu(self.port, &self.dir, "memory://tansu/"));
         logpipe_common::kafka::ensure_topics(&self.kafka, &self.kafka.topics())
             .await
             .expect("topics created again");
     }
 
-    async fn stop(mut self) {
+    async fn stop(self) {
         self.collector.stop().await;
-        let _ = self.broker.kill();
-        let _ = self.broker.wait();
+        drop(self.broker);
         it::drop_schema(&self.pool, &self.name).await;
         let _ = std::fs::remove_dir_all(&self.dir);
     }

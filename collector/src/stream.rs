@@ -143,8 +143,8 @@ impl Position {
     }
 
     /// What was stored since this position, given the stored offsets `stored` and the latest
-    /// offset reset of each partition that had one (`resets`). A new partition starts at
-    /// its stored offset. A reset partition reads the rest of its old log (rows stored before the
+    /// offset reset of each partition that had one (`resets`). A partition new to the position
+    /// starts at 0. A reset partition reads the rest of its old log (rows stored before the
     /// reset) and its new log from the start (rows stored after it), and is announced. A partition
     /// whose stored offset went back with no reset recorded is announced and followed from there.
     /// When more than `max` records wait, each range keeps its newest share and the records passed
@@ -158,9 +158,10 @@ impl Position {
         let mut ranges = Vec::new();
         let mut announced = Vec::new();
         for (p, to) in stored {
-            let Some(&from) = self.offsets.get(p) else {
-                continue;
-            };
+            // A partition the position does not hold was claimed after it was taken (a stream
+            // opened before the collector's first assignment, or partitions added since): all of
+            // its rows are new to the stream.
+            let from = self.offsets.get(p).copied().unwrap_or(0);
             match resets.get(p) {
                 // The reset is older than the position: the position is in the log it began;
                 // rows of older logs share its offsets and are kept out by their time.
@@ -711,10 +712,17 @@ mod tests {
     }
 
     #[test]
+    fn a_partition_claimed_after_the_position_was_taken_is_read_from_its_start() {
+        // Opened before the collector's first assignment: no partition yet.
+        let a = pos("").advance(&pos("0:120,1:80").offsets, &BTreeMap::new(), 1000);
+        assert_eq!(a.ranges, vec![plain(0, 0, 120), plain(1, 0, 80)]);
+    }
+
+    #[test]
     fn a_partition_that_went_back_with_no_reset_recorded_is_announced() {
         let stored = pos("0:4,1:9").offsets;
         let a = pos("0:100").advance(&stored, &BTreeMap::new(), 1000);
-        assert!(a.ranges.is_empty(), "{:?}", a.ranges);
+        assert_eq!(a.ranges, vec![plain(1, 0, 9)], "partition 1 is new to the position");
         assert_eq!(a.next, pos("0:4,1:9"));
         assert_eq!(a.resets, vec![(0, 100, 4)]);
     }

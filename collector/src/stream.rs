@@ -722,7 +722,11 @@ mod tests {
     fn a_partition_that_went_back_with_no_reset_recorded_is_announced() {
         let stored = pos("0:4,1:9").offsets;
         let a = pos("0:100").advance(&stored, &BTreeMap::new(), 1000);
-        assert_eq!(a.ranges, vec![plain(1, 0, 9)], "partition 1 is new to the position");
+        assert_eq!(
+            a.ranges,
+            vec![plain(1, 0, 9)],
+            "partition 1 is new to the position"
+        );
         assert_eq!(a.next, pos("0:4,1:9"));
         assert_eq!(a.resets, vec![(0, 100, 4)]);
     }

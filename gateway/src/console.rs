@@ -244,11 +244,7 @@ pub async fn events_stream(
     let Ok(permit) = s.streams.clone().try_acquire_owned() else {
         return ApiError::TooManyStreams(s.config.console.max_streams).into_response();
     };
-    let mut url = format!("{}/api/v1/events/stream", s.config.collector_url);
-    if let Some(q) = q.filter(|q| !q.is_empty()) {
-        url.push('?');
-        url.push_str(&q);
-    }
+    let url = crate::query::collector_url(&s, "/api/v1/events/stream", q);
     // No overall timeout: the body lasts as long as the client stays. The headers must come
     // within the usual deadline.
     let mut req = s.client.get(&url);

@@ -26,12 +26,18 @@ fn encode_segment(s: &str) -> String {
     out
 }
 
-async fn forward(s: &AppState, headers: &HeaderMap, path: &str, query: Option<String>) -> Response {
+/// The collector's URL for `path` with the client's query string, untouched.
+pub(crate) fn collector_url(s: &AppState, path: &str, query: Option<String>) -> String {
     let mut url = format!("{}{path}", s.config.collector_url);
     if let Some(q) = query.filter(|q| !q.is_empty()) {
         url.push('?');
         url.push_str(&q);
     }
+    url
+}
+
+async fn forward(s: &AppState, headers: &HeaderMap, path: &str, query: Option<String>) -> Response {
+    let url = collector_url(s, path, query);
     let timeout = Duration::from_millis(s.config.upstream_timeout_ms);
     let mut req = s.client.get(&url).timeout(timeout);
     let (span, tp) = client_span("GET", &url, headers);

@@ -13,6 +13,7 @@ set -uo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 source "$ROOT/scripts/lib.sh"
+source "$ROOT/integration-tests/fault-lib.sh"
 
 RATE=${LOGPIPE_PAUSE_RATE:-5000}
 RUN_SECS=${LOGPIPE_PAUSE_RUN_SECS:-60}
@@ -32,6 +33,7 @@ finish() {
     # What the collector said of itself at the end, before it is stopped.
     echo "collector /ready: $(curl -s --max-time 2 "http://127.0.0.1:$COL_PORT/ready")"
     [ -f "$RUN/broker.pid" ] && kill -CONT "$(cat "$RUN/broker.pid")" 2>/dev/null
+    fault_end "${acked:-}" "${stored:-}" "${distinct:-}"
     for name in generator collector broker; do stop_pid "$name" "$RUN/$name.pid" 15 >/dev/null; done
     if [ "$failed" -eq 0 ]; then rm -rf "$RUN"; else echo "logs kept in $RUN"; fi
     echo "broker-pause-test: $passed passed, $failed failed"
@@ -40,6 +42,8 @@ finish() {
 }
 trap finish EXIT
 sql() { psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d "$DB" -tAc "$1" 2>/dev/null; }
+fault_acked() { generator_field "$GEN_PORT" events_acked; }
+fault_stored() { sql "SELECT count(*) FROM log_events"; }
 status() { curl -fsS --max-time 2 "http://127.0.0.1:$GEN_PORT/api/v1/generator/status" 2>/dev/null; }
 field() { python3 -c "import json,sys; print(json.load(sys.stdin).get('$1', ''))" 2>/dev/null; }
 rss_kib() { awk '/^VmRSS/ { print $2 }' "/proc/$(cat "$RUN/generator.pid")/status" 2>/dev/null || echo 0; }
@@ -53,11 +57,13 @@ start_test_service generator "$RUN" "$GEN_PORT" "$BIN/logpipe-generator" --port 
     || { check "generator starts" false; exit 1; }
 start_generation "$GEN_PORT" "{\"rate_per_second\": $RATE, \"duration_secs\": $RUN_SECS}" \
     || { check "generation starts" false; exit 1; }
+fault_begin broker-pause
 
 sleep 8
 rss_before=$(rss_kib)
 acked_before=$(status | field events_acked)
 echo "SIGSTOP broker at $acked_before acked (generator RSS ${rss_before} KiB), for ${PAUSE_SECS}s"
+fault_mark "fault SIGSTOP broker"
 kill -STOP "$(cat "$RUN/broker.pid")"
 opened=0
 rss_peak=$rss_before
@@ -68,6 +74,7 @@ for _ in $(seq 1 "$PAUSE_SECS"); do
     sleep 1
 done
 kill -CONT "$(cat "$RUN/broker.pid")"
+fault_mark "healed SIGCONT broker"
 acked_resumed=$(status | field events_acked)
 echo "SIGCONT broker at $acked_resumed acked; generator RSS peak ${rss_peak} KiB; breaker opened: $opened"
 check "the breaker opened while the broker did not answer" [ "$opened" = 1 ]
@@ -103,4 +110,5 @@ check "the run finished" [ "$(status | field state)" = idle ]
 between_acked_and_sent() { [ "$stored" -ge "$acked" ] && [ "$stored" -le $((acked + failed_sends)) ]; }
 check "every acknowledged event is stored ($stored rows for $acked acked, $failed_sends failed)" \
     between_acked_and_sent
-check "each once" [ "$(sql 'SELECT count(DISTINCT event_id) FROM log_events')" = "$stored" ]
+distinct=$(sql 'SELECT count(DISTINCT event_id) FROM log_events')
+check "each once" [ "$distinct" = "$stored" ]

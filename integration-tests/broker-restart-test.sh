@@ -13,11 +13,13 @@
 #   record the reset, and store every record of the new log: per partition, the rows stored since
 #   its reset equal its new log end, and nothing is stored twice.
 # Also checked in both: the broker answers (a TCP connect) within 1 s at every probe except while it
-# is down. Ends with "broker-restart-test (MODE): N passed, M failed".
+# is down. In the fault suite's row (scenario 5), "lost" in memory mode counts the records of the new
+# log that were not stored: what the empty broker lost itself is no collector's to store. Ends with "broker-restart-test (MODE): N passed, M failed".
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 source "$ROOT/scripts/lib.sh"
+source "$ROOT/integration-tests/fault-lib.sh"
 
 MODE=${1:-durable}
 case $MODE in
@@ -40,6 +42,7 @@ passed=0
 failed=0
 finish() {
     [ -n "${PROBE_PID:-}" ] && kill "$PROBE_PID" 2>/dev/null
+    fault_end "${acked:-}" "${rows_end:-}" "${distinct:-}" "${lost:-}"
     stop_pid collector "$RUN/collector.pid" 15 >/dev/null
     stop_pid generator "$RUN/generator.pid" 15 >/dev/null
     stop_pid broker "$RUN/broker.pid" 5 >/dev/null
@@ -50,6 +53,8 @@ finish() {
 }
 trap finish EXIT
 sql() { psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d "$DB" -tAc "$1" 2>/dev/null; }
+fault_acked() { generator_field "$GEN_PORT" events_acked; }
+fault_stored() { sql "SELECT count(*) FROM log_events"; }
 
 fault_test_setup "$DB" || exit 1
 
@@ -78,6 +83,7 @@ start_test_service generator "$RUN" "$GEN_PORT" "$BIN/logpipe-generator" --port 
     || { check "generator starts" false; exit 1; }
 start_generation "$GEN_PORT" "{\"rate_per_second\": $RATE, \"duration_secs\": $SECS}" \
     || { check "generation starts" false; exit 1; }
+fault_begin "broker-restart-$MODE"
 
 status() { curl -fsS "http://127.0.0.1:$GEN_PORT/api/v1/generator/status" 2>/dev/null; }
 field() { python3 -c "import json,sys; print(json.load(sys.stdin)[\"$1\"])" 2>/dev/null; }
@@ -85,9 +91,11 @@ field() { python3 -c "import json,sys; print(json.load(sys.stdin)[\"$1\"])" 2>/d
 sleep $((SECS / 3))
 echo "kill -9 broker at $(status | field events_acked) acknowledged events"
 down_at=$(date +%s)
+fault_mark "fault SIGKILL broker"
 kill -KILL "$(cat "$RUN/broker.pid")" 2>/dev/null
 sleep 2
 start_broker || { check "broker starts again" false; exit 1; }
+fault_mark "healed broker restarted"
 up_at=$(date +%s)
 echo "broker back after $((up_at - down_at)) s"
 
@@ -127,8 +135,10 @@ else
         [ "$(new_log_gap)" = 0 ]
     check "lag is back to 0" [ "$(lag)" = 0 ]
 fi
-check "no event is stored twice" \
-    [ "$(sql 'SELECT count(*) - count(DISTINCT event_id) FROM log_events')" = 0 ]
+rows_end=$(sql 'SELECT count(*) FROM log_events')
+distinct=$(sql 'SELECT count(DISTINCT event_id) FROM log_events')
+[ "$MODE" = memory ] && lost=$(new_log_gap)
+check "no event is stored twice" [ "$rows_end" = "$distinct" ]
 check "the collector never exited" pid_alive "$RUN/collector.pid" logpipe-collector
 slow=$(awk -v d="$down_at" -v u="$up_at" '$1 < d - 1 || $1 > u + 1 { if ($2 == "DOWN" || $2 > 1000) n++ } END { print n + 0 }' "$RUN/probe.log")
 check "the broker answered within 1 s at every probe but while down ($(wc -l <"$RUN/probe.log") probes)" [ "$slow" = 0 ]

@@ -11,6 +11,7 @@ set -uo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 source "$ROOT/scripts/lib.sh"
+source "$ROOT/integration-tests/fault-lib.sh"
 
 N=${LOGPIPE_ZOMBIE_EVENTS:-300000}
 PAUSE_SECS=${LOGPIPE_ZOMBIE_PAUSE_SECS:-35}
@@ -29,6 +30,7 @@ failed=0
 finish() {
     # A frozen process cannot act on SIGTERM: resume it first.
     [ -f "$RUN/a.pid" ] && kill -CONT "$(cat "$RUN/a.pid")" 2>/dev/null
+    fault_end "${acked:-}" "${rows:-}" "${distinct:-}"
     for name in a b generator broker; do stop_pid "$name" "$RUN/$name.pid" 15 >/dev/null; done
     echo "collector A: $(grep -c 'batch fenced' "$RUN/a.log" 2>/dev/null) fenced batches; collector B: $(grep -c 'batch fenced' "$RUN/b.log" 2>/dev/null) fenced batches"
     if [ "$failed" -eq 0 ]; then rm -rf "$RUN"; else echo "logs kept in $RUN"; fi
@@ -39,6 +41,8 @@ finish() {
 trap finish EXIT
 sql() { psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d "$DB" -tAc "$1" 2>/dev/null; }
 stored() { sql "SELECT COALESCE(sum(next_offset), 0) FROM consumer_offsets" || echo 0; }
+fault_acked() { generator_field "$GEN_PORT" events_acked; }
+fault_stored() { sql "SELECT COALESCE(sum(next_offset), 0) FROM consumer_offsets"; }
 
 fault_test_setup "$DB" || exit 1
 
@@ -56,6 +60,7 @@ start_test_service generator "$RUN" "$GEN_PORT" "$BIN/logpipe-generator" --port 
     || { check "generator starts" false; exit 1; }
 start_generation "$GEN_PORT" "{\"rate_per_second\": 20000, \"count\": $N, \"batch_size\": 1000, \"threads\": 2}" \
     || { check "generation starts" false; exit 1; }
+fault_begin zombie
 
 # Freeze A while both are writing: after the stored offsets have moved twice.
 for _ in 1 2; do
@@ -63,6 +68,7 @@ for _ in 1 2; do
     for _ in $(seq 1 120); do [ "$(stored)" != "$before" ] && break; sleep 0.5; done
 done
 echo "SIGSTOP collector A at $(stored) stored offsets, for ${PAUSE_SECS}s"
+fault_mark "fault SIGSTOP collector A"
 kill -STOP "$(cat "$RUN/a.pid")"
 frozen_at=$(stored)
 # Meanwhile B must not be silent: either the group hands it A's partitions and the stored offsets
@@ -79,6 +85,7 @@ moved_or_said_so() { [ "$moved" -gt "$frozen_at" ] || [ "$said_so" = 1 ]; }
 check "while A was frozen the group moved on, or said it could not" moved_or_said_so
 echo "SIGCONT collector A at $moved stored offsets"
 kill -CONT "$(cat "$RUN/a.pid")"
+fault_mark "healed SIGCONT collector A"
 
 deadline=$((SECONDS + 240))
 while [ $SECONDS -lt $deadline ]; do
@@ -88,6 +95,8 @@ while [ $SECONDS -lt $deadline ]; do
 done
 check "generator acknowledged all $N events" [ "$acked" = "$N" ]
 check "stored offsets cover all $N records" [ "$(stored)" = "$N" ]
-check "exactly $N rows" [ "$(sql 'SELECT count(*) FROM log_events')" = "$N" ]
-check "$N distinct event ids" [ "$(sql 'SELECT count(DISTINCT event_id) FROM log_events')" = "$N" ]
+rows=$(sql 'SELECT count(*) FROM log_events')
+distinct=$(sql 'SELECT count(DISTINCT event_id) FROM log_events')
+check "exactly $N rows" [ "$rows" = "$N" ]
+check "$N distinct event ids" [ "$distinct" = "$N" ]
 check "collector A is alive and ready after its freeze" wait_http "http://127.0.0.1:$A_PORT/ready" 30

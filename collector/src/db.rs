@@ -57,6 +57,9 @@ impl DbError {
     }
 }
 
+/// How long `/ready` waits for PostgreSQL to answer.
+const PING_TIMEOUT: Duration = Duration::from_millis(1_000);
+
 /// One event with the Kafka coordinates it came from.
 #[derive(Debug, Clone, Copy)]
 pub struct StoredEvent<'a> {
@@ -185,7 +188,12 @@ impl Db {
     }
 
     pub async fn ping(&self) -> bool {
-        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+        // Bounded well below a probe's timeout: with PostgreSQL down the pool waits its whole
+        // acquire timeout (5 s), and a readiness probe must answer "down", not time out (the
+        // fault suite's PostgreSQL stop found /ready hanging).
+        tokio::time::timeout(PING_TIMEOUT, sqlx::query("SELECT 1").execute(&self.pool))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     /// The stored next offset for each partition, creating a row at `0` (start of the log) for a

@@ -13,12 +13,16 @@
 //! `storage_bench` is the storage benchmark (`./storage-bench.sh`, binary
 //! `logpipe-storage-bench`): PostgreSQL alone, partitioned vs unpartitioned ingest, the API's
 //! queries at 50 million rows, retention, size.
+//!
+//! `fault_report` is the fault suite's report (`./fault-suite.sh`, binary `logpipe-fault-report`):
+//! the scenarios' rows, their recovery times and "acknowledged, not yet stored" charts.
 
 // Library code states its invariants with `expect("why")`; a bare unwrap is a test's habit.
 #![warn(clippy::unwrap_used)]
 
 pub mod args;
 pub mod ceiling;
+pub mod fault_report;
 pub mod ingest;
 pub mod report;
 pub mod sample;

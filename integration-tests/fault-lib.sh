@@ -1,0 +1,91 @@
+# shellcheck shell=bash
+# Helpers the fault scenarios share (sourced after scripts/lib.sh). A scenario defines two functions,
+# `fault_acked` (events acknowledged so far: the generator's count) and `fault_stored` (rows in its
+# database), calls `fault_begin NAME` once its services are up, `fault_mark LABEL` when it injects
+# and heals a fault, and `fault_end ACKED ROWS DISTINCT` from its exit trap. With
+# LOGPIPE_FAULT_REPORT set (./fault-suite.sh sets it) that leaves in the report folder:
+#   NAME.csv    one row a second: seconds, acknowledged, stored (the "acknowledged, not yet stored"
+#               chart is drawn from it);
+#   NAME.marks  "seconds label" per fault step ("fault ...", then "healed ..."); recovery is counted
+#               from the last "healed" mark to the first second everything acknowledged by then was
+#               stored;
+#   rows.tsv    the scenario's row: name, acknowledged, stored rows, lost, duplicated, verdict.
+# Run by hand (no LOGPIPE_FAULT_REPORT), the scenario writes nothing of this.
+# Lost and duplicated are counted in PostgreSQL against the acknowledged count: every event the
+# generator makes carries a unique id, so lost = acknowledged - distinct stored ids (never below 0:
+# a send whose acknowledgement timed out may still have been written) and duplicated = rows -
+# distinct ids.
+
+FAULT_NAME=""
+FAULT_T0=""
+FAULT_SAMPLER=""
+
+# Seconds since fault_begin, to a tenth.
+fault_now() {
+    local d=$(($(date +%s%N) / 100000000 - FAULT_T0))
+    echo "$((d / 10)).$((d % 10))"
+}
+
+# fault_begin NAME: starts the once-a-second sampler.
+fault_begin() {
+    FAULT_NAME=$1
+    FAULT_T0=$(($(date +%s%N) / 100000000))
+    [ -n "${LOGPIPE_FAULT_REPORT:-}" ] || return 0
+    mkdir -p "$LOGPIPE_FAULT_REPORT"
+    : >"$LOGPIPE_FAULT_REPORT/$FAULT_NAME.marks"
+    echo "secs,acked,stored" >"$LOGPIPE_FAULT_REPORT/$FAULT_NAME.csv"
+    (
+        while true; do
+            local t a s
+            t=$(fault_now)
+            a=$(fault_acked 2>/dev/null)
+            s=$(fault_stored 2>/dev/null)
+            # A sample the services could not answer (a process down) is left out, not zeroed.
+            [[ "$a" =~ ^[0-9]+$ && "$s" =~ ^[0-9]+$ ]] && echo "$t,$a,$s" >>"$LOGPIPE_FAULT_REPORT/$FAULT_NAME.csv"
+            sleep 1
+        done
+    ) &
+    FAULT_SAMPLER=$!
+}
+
+# fault_mark LABEL: "fault <what>" when a fault starts, "healed <what>" when it is undone.
+fault_mark() {
+    echo "fault step at $(fault_now) s: $1"
+    [ -n "${LOGPIPE_FAULT_REPORT:-}" ] && [ -n "$FAULT_NAME" ] || return 0
+    echo "$(fault_now) $1" >>"$LOGPIPE_FAULT_REPORT/$FAULT_NAME.marks"
+}
+
+# fault_end ACKED ROWS DISTINCT [LOST]: stops the sampler and writes the scenario's row (verdict from
+# the script's `failed` count). Empty arguments (the run never got that far) are written as "-".
+# LOST, when given, replaces "acknowledged - distinct" (a scenario whose broker forgets its log).
+fault_end() {
+    local acked=${1:-} rows=${2:-} distinct=${3:-} lost=- dup=- verdict=pass
+    [ -n "$FAULT_SAMPLER" ] && kill "$FAULT_SAMPLER" 2>/dev/null && wait "$FAULT_SAMPLER" 2>/dev/null
+    FAULT_SAMPLER=""
+    if [[ "$acked" =~ ^[0-9]+$ && "$rows" =~ ^[0-9]+$ && "$distinct" =~ ^[0-9]+$ ]]; then
+        lost=$((acked > distinct ? acked - distinct : 0))
+        dup=$((rows - distinct))
+    fi
+    [[ "${4:-}" =~ ^[0-9]+$ ]] && lost=$4
+    [ "${failed:-1}" -eq 0 ] || verdict=fail
+    echo "fault row: $FAULT_NAME acked=${acked:--} stored=${rows:--} lost=$lost duplicated=$dup $verdict"
+    [ -n "${LOGPIPE_FAULT_REPORT:-}" ] && [ -n "$FAULT_NAME" ] || return 0
+    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$FAULT_NAME" "${acked:--}" "${rows:--}" "$lost" "$dup" "$verdict" \
+        >>"$LOGPIPE_FAULT_REPORT/rows.tsv"
+}
+
+# generator_field PORT FIELD: one field of a generator's status.
+generator_field() {
+    curl -fsS --max-time 2 "http://127.0.0.1:$1/api/v1/generator/status" 2>/dev/null \
+        | python3 -c "import json,sys; print(json.load(sys.stdin).get('$2', ''))" 2>/dev/null
+}
+
+# wait_generation_done PORT SECS: until the generator is idle; echoes its acknowledged count.
+wait_generation_done() {
+    local deadline=$((SECONDS + $2))
+    while [ $SECONDS -lt $deadline ]; do
+        [ "$(generator_field "$1" state)" = idle ] && break
+        sleep 1
+    done
+    generator_field "$1" events_acked
+}

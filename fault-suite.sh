@@ -14,9 +14,11 @@
 #   postgres-stop       6  PostgreSQL stopped 60 s                 (postgres-outage-test.sh stop)
 #   redis-restart       7  Redis killed 30 s under gateway load and two budgeted generators
 #                                                                  (redis-restart-test.sh)
+#   poison-run          8  poison records mixed into a run         (poison-run-test.sh)
+#   slow-clients       11  trickled bodies, 1,000 idle connections, 10 MB bodies (slow-clients-test.sh)
 #   postgres-readonly  13  PostgreSQL read-only 60 s (a full disk) (postgres-outage-test.sh readonly)
 # --short runs the scenarios the test command runs, smaller (a few minutes in all): crash, zombie,
-# churn, postgres-stop, redis-restart, postgres-readonly. broker-pause and broker-restart-memory fail on Tansu 0.6's
+# churn, postgres-stop, redis-restart, poison-run, slow-clients, postgres-readonly. broker-pause and broker-restart-memory fail on Tansu 0.6's
 # group coordinator (README, "Fault tests"), so they run only when named or in the full suite.
 # Writes DIR (default fault-reports/<time>): rows.tsv, a CSV and a chart per scenario, summary.md
 # with the table; prints the table. Exit code 0 when every scenario passed.
@@ -40,10 +42,10 @@ while [ $# -gt 0 ]; do
 done
 if [ ${#NAMES[@]} -eq 0 ]; then
     if [ "$SHORT" = 1 ]; then
-        NAMES=(crash zombie churn postgres-stop redis-restart postgres-readonly)
+        NAMES=(crash zombie churn postgres-stop redis-restart poison-run slow-clients postgres-readonly)
     else
         NAMES=(crash zombie churn broker-pause broker-restart-memory postgres-stop redis-restart
-            postgres-readonly)
+            poison-run slow-clients postgres-readonly)
     fi
 fi
 REPORT=${REPORT:-fault-reports/$(date +%Y-%m-%d-%H%M%S)}
@@ -57,8 +59,11 @@ ensure_postgres
 ensure_tansu
 # The charts' text is drawn with a system TrueType font.
 [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || apt_install fonts-dejavu-core
+# A private redis-server for the Redis restart.
+command -v redis-server >/dev/null || apt_install redis-server
 log "building the release binaries"
-PKGS=(-p logpipe-collector -p logpipe-generator -p logpipe-gateway -p logpipe-load-test)
+PKGS=(-p logpipe-collector -p logpipe-generator -p logpipe-gateway -p logpipe-load-test
+    -p logpipe-integration-tests --bins)
 cargo build --release --locked "${PKGS[@]}" >/dev/null 2>&1 \
     || cargo build --release --locked "${PKGS[@]}" || die "building the release binaries failed"
 
@@ -85,6 +90,12 @@ run_scenario() {
         redis-restart)
             if [ "$SHORT" = 1 ]; then env LOGPIPE_REDIS_RUN_SECS=40 LOGPIPE_REDIS_OUTAGE_SECS=12 bash $t/redis-restart-test.sh
             else env LOGPIPE_REDIS_RUN_SECS=90 LOGPIPE_REDIS_OUTAGE_SECS=30 bash $t/redis-restart-test.sh; fi ;;
+        poison-run)
+            if [ "$SHORT" = 1 ]; then env LOGPIPE_POISON_RUN_SECS=30 LOGPIPE_POISON_ROUNDS=10 bash $t/poison-run-test.sh
+            else env LOGPIPE_POISON_RUN_SECS=120 LOGPIPE_POISON_ROUNDS=60 bash $t/poison-run-test.sh; fi ;;
+        slow-clients)
+            if [ "$SHORT" = 1 ]; then env LOGPIPE_SLOW_SECS=20 bash $t/slow-clients-test.sh
+            else env LOGPIPE_SLOW_SECS=60 bash $t/slow-clients-test.sh; fi ;;
         *) echo "unknown scenario $1"; return 2 ;;
     esac
 }

@@ -80,6 +80,12 @@ generator_field() {
         | python3 -c "import json,sys; print(json.load(sys.stdin).get('$2', ''))" 2>/dev/null
 }
 
+# gateway_accepted PORT: events the gateway on PORT has had acknowledged by Kafka (its metric).
+gateway_accepted() {
+    curl -fsS --max-time 2 "http://127.0.0.1:$1/metrics" 2>/dev/null \
+        | awk '/^ingest_events_total\{outcome="accepted"\}/ { printf "%d\n", $2 }'
+}
+
 # wait_generation_done PORT SECS: until the generator is idle; echoes its acknowledged count.
 wait_generation_done() {
     local deadline=$((SECONDS + $2))

@@ -53,11 +53,9 @@ gateway_local() {
     curl -fsS --max-time 2 "http://127.0.0.1:$GW_PORT/metrics" 2>/dev/null \
         | awk '/^gateway_rate_limit_backend\{backend="local"\}/ { print $2 }'
 }
-# The HTTP client's accepted events so far (its last line).
-client_accepted() { tail -n 1 "$RUN/client.out" 2>/dev/null | awk '{ print $2 }'; }
 fault_acked() {
     local a b c
-    a=$(generator_field "$A_PORT" events_acked) b=$(generator_field "$B_PORT" events_acked) c=$(client_accepted)
+    a=$(generator_field "$A_PORT" events_acked) b=$(generator_field "$B_PORT" events_acked) c=$(gateway_accepted "$GW_PORT")
     echo $((${a:-0} + ${b:-0} + ${c:-0}))
 }
 fault_stored() { sql "SELECT count(*) FROM log_events"; }

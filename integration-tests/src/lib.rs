@@ -5,6 +5,9 @@
 //! `LOGPIPE_TEST_BROKERS` (default `127.0.0.1:9092`) and `LOGPIPE_TEST_DATABASE_URL` (default
 //! `postgres://postgres@127.0.0.1:5432/logpipe_test`) point at the services; the test command starts
 //! them.
+//!
+//! `poison` is the set of records no row can hold, shared with the fault suite's `logpipe-poison`
+//! (`src/bin`), which writes them into a running pipeline and reads the DLQ back.
 
 use std::future::Future;
 
@@ -544,6 +547,8 @@ pub fn missing_documented(
 }
 
 /// A Server-Sent Events reader for the event stream's tests.
+pub mod poison;
+
 pub mod sse {
     use futures::StreamExt;
 

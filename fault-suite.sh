@@ -102,10 +102,11 @@ run_scenario() {
 
 for name in "${NAMES[@]}"; do
     log "fault scenario: $name"
-    before=$(wc -l <"$REPORT/rows.tsv" 2>/dev/null || echo 0)
+    touch "$REPORT/rows.tsv"
+    before=$(wc -l <"$REPORT/rows.tsv")
     run_scenario "$name" 2>&1 | tee "$REPORT/$name.log"
     # A script that died before writing its row still gets one.
-    after=$(wc -l <"$REPORT/rows.tsv" 2>/dev/null || echo 0)
+    after=$(wc -l <"$REPORT/rows.tsv")
     [ "$after" -gt "$before" ] || printf '%s\t-\t-\t-\t-\tfail\n' "$name" >>"$REPORT/rows.tsv"
 done
 

@@ -89,12 +89,20 @@ pub fn healing(samples: &[Sample], marks: &[(f64, String)]) -> Healing {
         .map(|(t, _)| *t)
         .next_back();
     let recovery_secs = healed_at.and_then(|h| {
-        // What had been acknowledged when the fault was undone: the first sample at or after it.
-        let (_, acked_then, _) = samples.iter().find(|(t, _, _)| *t >= h)?;
-        samples
+        // What had been acknowledged when the fault was undone: the first sample at or after it,
+        // or the last one when the scenario ended with the heal.
+        let (_, acked_then, _) = samples
             .iter()
-            .find(|(t, _, s)| *t >= h && s >= acked_then)
-            .map(|(t, _, _)| (t - h).max(0.0))
+            .find(|(t, _, _)| *t >= h)
+            .or(samples.last())?;
+        match samples.iter().find(|(t, _, s)| *t >= h && s >= acked_then) {
+            Some((t, _, _)) => Some((t - h).max(0.0)),
+            // Healed after the backlog was already gone (the pipeline had routed around the fault).
+            None => samples
+                .last()
+                .filter(|(t, a, s)| *t < h && s >= a)
+                .map(|_| 0.0),
+        }
     });
     Healing {
         max_pending,
@@ -214,6 +222,13 @@ mod tests {
         assert_eq!(h.pending_at_end, Some(0));
         // 300 acknowledged at the heal (2.0 s); stored passes 300 at 4.0 s.
         assert_eq!(h.recovery_secs, Some(2.0));
+    }
+
+    #[test]
+    fn a_heal_after_everything_was_stored_recovers_in_zero_seconds() {
+        let samples = vec![(0.0, 10, 0), (1.0, 20, 20), (2.0, 20, 20)];
+        let marks = vec![(0.5, "fault z".to_owned()), (2.5, "healed z".to_owned())];
+        assert_eq!(healing(&samples, &marks).recovery_secs, Some(0.0));
     }
 
     #[test]

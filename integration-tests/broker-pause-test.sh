@@ -35,10 +35,7 @@ finish() {
     [ -f "$RUN/broker.pid" ] && kill -CONT "$(cat "$RUN/broker.pid")" 2>/dev/null
     fault_end "${acked:-}" "${stored:-}" "${distinct:-}"
     for name in generator collector broker; do stop_pid "$name" "$RUN/$name.pid" 15 >/dev/null; done
-    if [ "$failed" -eq 0 ]; then rm -rf "$RUN"; else echo "logs kept in $RUN"; fi
-    echo "broker-pause-test: $passed passed, $failed failed"
-    [ "$failed" -eq 0 ]
-    exit $?
+    fault_exit "broker-pause-test"
 }
 trap finish EXIT
 sql() { psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d "$DB" -tAc "$1" 2>/dev/null; }

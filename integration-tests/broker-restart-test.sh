@@ -46,10 +46,7 @@ finish() {
     stop_pid collector "$RUN/collector.pid" 15 >/dev/null
     stop_pid generator "$RUN/generator.pid" 15 >/dev/null
     stop_pid broker "$RUN/broker.pid" 5 >/dev/null
-    if [ "$failed" -eq 0 ]; then rm -rf "$RUN"; else echo "logs kept in $RUN"; fi
-    echo "broker-restart-test ($MODE): $passed passed, $failed failed"
-    [ "$failed" -eq 0 ]
-    exit $?
+    fault_exit "broker-restart-test ($MODE)"
 }
 trap finish EXIT
 sql() { psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d "$DB" -tAc "$1" 2>/dev/null; }

@@ -37,10 +37,7 @@ finish() {
     for f in "$RUN"/c*.pid; do [ -f "$f" ] && stop_pid "$(basename "$f" .pid)" "$f" 15 >/dev/null; done
     for name in generator broker; do stop_pid "$name" "$RUN/$name.pid" 15 >/dev/null; done
     echo "fenced batches: $(cat "$RUN"/c*.log 2>/dev/null | grep -c 'batch fenced')"
-    if [ "$failed" -eq 0 ]; then rm -rf "$RUN"; else echo "logs kept in $RUN"; fi
-    echo "churn-test: $passed passed, $failed failed"
-    [ "$failed" -eq 0 ]
-    exit $?
+    fault_exit "churn-test"
 }
 trap finish EXIT
 sql() { psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d "$DB" -tAc "$1" 2>/dev/null; }

@@ -44,10 +44,7 @@ finish() {
     stop_pid generator "$RUN/generator.pid" 15 >/dev/null
     stop_pid broker "$RUN/broker.pid" 5 >/dev/null
     echo "offset gaps re-fetched by the collector: $(grep -c 'offset gap' "$RUN/collector.log" 2>/dev/null || true)"
-    if [ "$failed" -eq 0 ]; then rm -rf "$RUN"; else echo "logs kept in $RUN"; fi
-    echo "crash-test: $passed passed, $failed failed"
-    [ "$failed" -eq 0 ]
-    exit $?
+    fault_exit "crash-test"
 }
 trap finish EXIT
 sql() { psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d "$DB" -tAc "$1" 2>/dev/null; }

@@ -2,7 +2,8 @@
 # Helpers the fault scenarios share (sourced after scripts/lib.sh). A scenario defines two functions,
 # `fault_acked` (events acknowledged so far: the generator's count) and `fault_stored` (rows in its
 # database), calls `fault_begin NAME` once its services are up, `fault_mark LABEL` when it injects
-# and heals a fault, and `fault_end ACKED ROWS DISTINCT` from its exit trap. With
+# and heals a fault, and `fault_end ACKED ROWS DISTINCT` then `fault_exit LABEL` from its exit trap.
+# With
 # LOGPIPE_FAULT_REPORT set (./fault-suite.sh sets it) that leaves in the report folder:
 #   NAME.csv    one row a second: seconds, acknowledged, stored (the "acknowledged, not yet stored"
 #               chart is drawn from it);
@@ -95,3 +96,15 @@ wait_generation_done() {
     done
     generator_field "$1" events_acked
 }
+
+# fault_exit LABEL: the end of a scenario's exit trap: its folder removed when it passed (kept and
+# named when not), "LABEL: N passed, M failed" (what test.sh sums), and the exit code.
+fault_exit() {
+    if [ "$failed" -eq 0 ]; then rm -rf "$RUN"; else echo "logs kept in $RUN"; fi
+    echo "$1: ${passed:-0} passed, $failed failed"
+    [ "$failed" -eq 0 ]
+    exit $?
+}
+
+# same_process PIDFILE PID: the process started at the beginning is the one running now, alive.
+same_process() { [ "$(cat "$1" 2>/dev/null)" = "$2" ] && kill -0 "$2" 2>/dev/null; }

@@ -38,10 +38,7 @@ finish() {
         grep -E ' (WARN|ERROR) ' "$RUN/collector.log" 2>/dev/null | tail -n 10 | cut -c1-300
     fi
     for name in generator collector broker; do stop_pid "$name" "$RUN/$name.pid" 15 >/dev/null; done
-    if [ "$failed" -eq 0 ]; then rm -rf "$RUN"; else echo "logs kept in $RUN"; fi
-    echo "poison-run-test: $passed passed, $failed failed"
-    [ "$failed" -eq 0 ]
-    exit $?
+    fault_exit "poison-run-test"
 }
 trap finish EXIT
 sql() { psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d "$DB" -tAc "$1" 2>/dev/null; }
@@ -87,6 +84,5 @@ check "none of them is in PostgreSQL" [ "$(sql "SELECT count(*) FROM log_events 
 check "every acknowledged event is stored ($rows rows for $acked acknowledged)" [ "$rows" = "$acked" ]
 check "each once ($distinct distinct ids)" [ "$distinct" = "$rows" ]
 check "lag is back to 0" [ "$(metric_sum collector_consumer_lag)" = 0 ]
-same_collector() { [ "$(cat "$RUN/collector.pid")" = "$collector_pid" ] && kill -0 "$collector_pid"; }
-check "the collector never restarted" same_collector
+check "the collector never restarted" same_process "$RUN/collector.pid" "$collector_pid"
 check "the collector is ready" wait_http "http://127.0.0.1:$COL_PORT/ready" 10

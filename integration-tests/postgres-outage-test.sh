@@ -48,10 +48,7 @@ finish() {
     fi
     for name in generator collector broker; do stop_pid "$name" "$RUN/$name.pid" 15 >/dev/null; done
     [ -f "$RUN/pg/data/postmaster.pid" ] && pg_ctl_ stop -m immediate >/dev/null 2>&1
-    if [ "$failed" -eq 0 ]; then rm -rf "$RUN"; else echo "logs kept in $RUN"; fi
-    echo "postgres-outage-test: $passed passed, $failed failed"
-    [ "$failed" -eq 0 ]
-    exit $?
+    fault_exit "postgres-outage-test"
 }
 trap finish EXIT
 sql() { psql -h 127.0.0.1 -p "$PRIVATE_PG_PORT" -U postgres -d logpipe -tAc "$1" 2>/dev/null; }
@@ -136,6 +133,5 @@ check "every acknowledged event is stored ($rows rows for $acked acked)" [ "$row
 check "each once ($distinct distinct ids)" [ "$distinct" = "$rows" ]
 check "nothing was dead-lettered (collector_dlq_total $(metric collector_dlq_total))" \
     [ "$(metric collector_dlq_total)" = 0 ]
-same_collector() { [ "$(cat "$RUN/collector.pid")" = "$collector_pid" ] && kill -0 "$collector_pid"; }
-check "the collector was never restarted" same_collector
+check "the collector was never restarted" same_process "$RUN/collector.pid" "$collector_pid"
 check "the collector is ready again" wait_http "http://127.0.0.1:$COL_PORT/ready" 30

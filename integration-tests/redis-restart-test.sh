@@ -38,10 +38,7 @@ finish() {
     [ -n "${CLIENT_PID:-}" ] && kill "$CLIENT_PID" 2>/dev/null
     fault_end "${acked:-}" "${rows:-}" "${distinct:-}"
     for name in a b gateway collector broker redis; do stop_pid "$name" "$RUN/$name.pid" 15 >/dev/null; done
-    if [ "$failed" -eq 0 ]; then rm -rf "$RUN"; else echo "logs kept in $RUN"; fi
-    echo "redis-restart-test: $passed passed, $failed failed"
-    [ "$failed" -eq 0 ]
-    exit $?
+    fault_exit "redis-restart-test"
 }
 trap finish EXIT
 sql() { psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d "$DB" -tAc "$1" 2>/dev/null; }

@@ -33,10 +33,7 @@ finish() {
     [ -n "${RSS_PID:-}" ] && kill "$RSS_PID" 2>/dev/null
     fault_end "${accepted:-}" "${rows:-}" "${distinct:-}"
     for name in gateway generator collector broker; do stop_pid "$name" "$RUN/$name.pid" 15 >/dev/null; done
-    if [ "$failed" -eq 0 ]; then rm -rf "$RUN"; else echo "logs kept in $RUN"; fi
-    echo "slow-clients-test: $passed passed, $failed failed"
-    [ "$failed" -eq 0 ]
-    exit $?
+    fault_exit "slow-clients-test"
 }
 trap finish EXIT
 sql() { psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d "$DB" -tAc "$1" 2>/dev/null; }

@@ -33,10 +33,7 @@ finish() {
     fault_end "${acked:-}" "${rows:-}" "${distinct:-}"
     for name in a b generator broker; do stop_pid "$name" "$RUN/$name.pid" 15 >/dev/null; done
     echo "collector A: $(grep -c 'batch fenced' "$RUN/a.log" 2>/dev/null) fenced batches; collector B: $(grep -c 'batch fenced' "$RUN/b.log" 2>/dev/null) fenced batches"
-    if [ "$failed" -eq 0 ]; then rm -rf "$RUN"; else echo "logs kept in $RUN"; fi
-    echo "zombie-test: $passed passed, $failed failed"
-    [ "$failed" -eq 0 ]
-    exit $?
+    fault_exit "zombie-test"
 }
 trap finish EXIT
 sql() { psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d "$DB" -tAc "$1" 2>/dev/null; }

@@ -169,7 +169,7 @@ pub fn write(dir: &Path) -> anyhow::Result<(String, bool)> {
         }
     }
     let summary = format!(
-        "# Fault suite\n\ncommit {}\n\n{}\n{}\n\n\
+        "# Fault suite\n\ncommit {}\n\n{}\n\n{}\n\n\
          Lost and duplicated are counted in PostgreSQL against what the generator had acknowledged \
          (each event carries a unique id). Recovery: from the moment the fault was undone until \
          everything acknowledged by then was stored. Each chart shows events acknowledged and not \

@@ -11,6 +11,7 @@
 #   churn               3  collectors added and removed every 20 s (churn-test.sh)
 #   broker-pause        4  broker SIGSTOPped 30 s                  (broker-pause-test.sh)
 #   broker-restart-memory  5  in-memory broker SIGKILLed, restarted empty (broker-restart-test.sh)
+#   broker-restart-durable 5  SQLite broker SIGKILLed, restarted on its data (broker-restart-test.sh)
 #   postgres-stop       6  PostgreSQL stopped 60 s                 (postgres-outage-test.sh stop)
 #   redis-restart       7  Redis killed 30 s under gateway load and two budgeted generators
 #                                                                  (redis-restart-test.sh)
@@ -84,6 +85,9 @@ run_scenario() {
             bash $t/broker-pause-test.sh ;;
         broker-restart-memory)
             bash $t/broker-restart-test.sh memory ;;
+        broker-restart-durable)
+            if [ "$SHORT" = 1 ]; then env LOGPIPE_RESTART_SECS=30 bash $t/broker-restart-test.sh durable
+            else env LOGPIPE_RESTART_SECS=120 bash $t/broker-restart-test.sh durable; fi ;;
         postgres-stop | postgres-readonly)
             if [ "$SHORT" = 1 ]; then env LOGPIPE_OUTAGE_RUN_SECS=40 LOGPIPE_OUTAGE_SECS=15 bash $t/postgres-outage-test.sh "${1#postgres-}"
             else env LOGPIPE_OUTAGE_RUN_SECS=120 LOGPIPE_OUTAGE_SECS=60 bash $t/postgres-outage-test.sh "${1#postgres-}"; fi ;;

@@ -87,14 +87,24 @@ gateway_accepted() {
         | awk '/^ingest_events_total\{outcome="accepted"\}/ { printf "%d\n", $2 }'
 }
 
-# wait_generation_done PORT SECS: until the generator is idle; echoes its acknowledged count.
+# wait_generation_done PORT SECS: until the generator is idle and every event it handed to its
+# producer has its delivery report (generated = acknowledged + failed: a run ends after a bounded
+# flush, and after a broker fault reports can come later); echoes its acknowledged count.
 wait_generation_done() {
     local deadline=$((SECONDS + $2))
     while [ $SECONDS -lt $deadline ]; do
-        [ "$(generator_field "$1" state)" = idle ] && break
+        [ "$(generator_field "$1" state)" = idle ] && generation_settled "$1" && break
         sleep 1
     done
     generator_field "$1" events_acked
+}
+
+# generation_settled PORT: every event handed to the producer has a delivery report.
+generation_settled() {
+    curl -fsS --max-time 2 "http://127.0.0.1:$1/api/v1/generator/status" 2>/dev/null | python3 -c '
+import json, sys
+d = json.load(sys.stdin)
+sys.exit(0 if d["events_generated"] == d["events_acked"] + d["events_failed"] else 1)' 2>/dev/null
 }
 
 # fault_exit LABEL: the end of a scenario's exit trap: its folder removed when it passed (kept and

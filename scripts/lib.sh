@@ -6,7 +6,10 @@ LOGPIPE_ROOT=${LOGPIPE_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
 # Per-user cache: the Tansu binary and the Cargo target directory live here so every clone reuses them.
 LOGPIPE_CACHE=${LOGPIPE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/logpipe}
 TANSU_VERSION=0.6.0
-TANSU_BIN=${TANSU_BIN:-$LOGPIPE_CACHE/tansu-$TANSU_VERSION/bin/tansu}
+# Tansu is built from its crates with logpipe's patches (deploy/tansu/*.patch, see its README); the
+# build's folder names the patch level, so a changed patch set builds afresh.
+TANSU_PATCH_LEVEL=p2
+TANSU_BIN=${TANSU_BIN:-$LOGPIPE_CACHE/tansu-$TANSU_VERSION-$TANSU_PATCH_LEVEL/bin/tansu}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$LOGPIPE_CACHE/target}
 PG_HOST=${LOGPIPE_PG_HOST:-127.0.0.1}
 PG_PORT=${LOGPIPE_PG_PORT:-5432}
@@ -41,6 +44,7 @@ ensure_build_deps() {
     for p in "${pkgs[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
     done
+    command -v git >/dev/null || missing+=(git) # applies the Tansu patches
     [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
     command -v cargo >/dev/null || die "cargo not found: install Rust (rustup) first"
 }
@@ -86,15 +90,36 @@ ensure_redis() {
     die "Redis is not reachable on 127.0.0.1:$REDIS_PORT"
 }
 
-# Tansu is built once per user (12-15 minutes on 2 cores) and reused by every clone and CI run.
+# Tansu is built once per user (12-15 minutes on 2 cores) and reused by every clone and CI run: the
+# published crates of Tansu and of its storage (checksums pinned), the storage patched, built with
+# the lock file Tansu publishes (only the patched crate's entry changes). deploy/tansu/README.md says
+# what each patch fixes.
+fetch_crate() { # NAME SHA256 DIR: download and unpack NAME-$TANSU_VERSION from crates.io
+    local file=$3/$1-$TANSU_VERSION.crate
+    curl -fsSL --retry 3 -o "$file" "https://static.crates.io/crates/$1/$1-$TANSU_VERSION.crate" \
+        || die "cannot download the crate $1 $TANSU_VERSION"
+    echo "$2  $file" | sha256sum -c --quiet - || die "checksum mismatch for $file"
+    tar xzf "$file" -C "$3"
+}
 ensure_tansu() {
     [ -x "$TANSU_BIN" ] && return 0
+    local src=$LOGPIPE_CACHE/tansu-src build_log=$LOGPIPE_CACHE/tansu-build.log patch
     mkdir -p "$LOGPIPE_CACHE"
-    log "building Tansu $TANSU_VERSION into $LOGPIPE_CACHE (once per machine; 12-15 minutes on 2 cores)"
-    log "  build log: $LOGPIPE_CACHE/tansu-build.log"
-    cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore,libsql \
-        --root "$LOGPIPE_CACHE/tansu-$TANSU_VERSION" >"$LOGPIPE_CACHE/tansu-build.log" 2>&1 \
-        || { tail -30 "$LOGPIPE_CACHE/tansu-build.log" >&2; die "building Tansu failed"; }
+    log "building Tansu $TANSU_VERSION ($TANSU_PATCH_LEVEL) into $LOGPIPE_CACHE (once per machine; 12-15 minutes on 2 cores)"
+    log "  build log: $build_log"
+    # Its target folder stays: a new patch level rebuilds only what the patches touch.
+    rm -rf "$src"/tansu-* && mkdir -p "$src"
+    fetch_crate tansu 4fdd85473ec265140488cf8d55e82b844f5c051c8916fabdd4a71156ac053f6d "$src"
+    fetch_crate tansu-storage 720d2ed8e6010c70f7f06e5af5a7274ebbf6e42fdcd9e46de542b10dc4d2f35d "$src"
+    for patch in "$LOGPIPE_ROOT"/deploy/tansu/*.patch; do
+        (cd "$src/tansu-storage-$TANSU_VERSION" && git apply "$patch") || die "cannot apply $patch"
+    done
+    printf '\n[patch.crates-io]\ntansu-storage = { path = "../tansu-storage-%s" }\n' "$TANSU_VERSION" \
+        >>"$src/tansu-$TANSU_VERSION/Cargo.toml"
+    CARGO_TARGET_DIR=$src/target cargo build --release --features dynostore,libsql \
+        --manifest-path "$src/tansu-$TANSU_VERSION/Cargo.toml" >"$build_log" 2>&1 \
+        || { tail -30 "$build_log" >&2; die "building Tansu failed"; }
+    install -D -m 0755 "$src/target/release/tansu" "$TANSU_BIN"
 }
 
 # check WHAT CMD...: run CMD; print "ok - WHAT" or "not ok - WHAT" and count it in the caller's

@@ -19,8 +19,9 @@
 #   slow-clients       11  trickled bodies, 1,000 idle connections, 10 MB bodies (slow-clients-test.sh)
 #   postgres-readonly  13  PostgreSQL read-only 60 s (a full disk) (postgres-outage-test.sh readonly)
 # --short runs the scenarios the test command runs, smaller (a few minutes in all): crash, zombie,
-# churn, postgres-stop, redis-restart, poison-run, slow-clients, postgres-readonly. broker-pause and broker-restart-memory fail on Tansu 0.6's
-# group coordinator (README, "Fault tests"), so they run only when named or in the full suite.
+# churn, broker-restart-durable, postgres-stop, redis-restart, poison-run, slow-clients,
+# postgres-readonly. broker-pause and broker-restart-memory fail on Tansu 0.6's group coordinator
+# (README, "Fault tests"), so they run only when named or in the full suite.
 # Writes DIR (default fault-reports/<time>): rows.tsv, a CSV and a chart per scenario, summary.md
 # with the table; prints the table. Exit code 0 when every scenario passed.
 set -uo pipefail
@@ -43,10 +44,11 @@ while [ $# -gt 0 ]; do
 done
 if [ ${#NAMES[@]} -eq 0 ]; then
     if [ "$SHORT" = 1 ]; then
-        NAMES=(crash zombie churn postgres-stop redis-restart poison-run slow-clients postgres-readonly)
+        NAMES=(crash zombie churn broker-restart-durable postgres-stop redis-restart poison-run slow-clients
+            postgres-readonly)
     else
-        NAMES=(crash zombie churn broker-pause broker-restart-memory postgres-stop redis-restart
-            poison-run slow-clients postgres-readonly)
+        NAMES=(crash zombie churn broker-pause broker-restart-memory broker-restart-durable postgres-stop
+            redis-restart poison-run slow-clients postgres-readonly)
     fi
 fi
 REPORT=${REPORT:-fault-reports/$(date +%Y-%m-%d-%H%M%S)}

@@ -15,8 +15,10 @@
 # 5. runs ./fault-suite.sh --short, the fault suite's short form (release binaries): the collector
 #    SIGKILLed 3 times during 1,000,000 events (exactly 1,000,000 rows, ids, offsets, and window
 #    counts equal to a recount); one of two collectors frozen past its session timeout (a zombie);
-#    collectors joining and leaving every 12 s; a private PostgreSQL stopped 15 s, then read-only
-#    15 s; each with every acknowledged event stored once, and a table and charts in its report;
+#    collectors joining and leaving every 12 s; the durable (SQLite) broker SIGKILLed and restarted
+#    during 10,000 events/s; a private PostgreSQL stopped 15 s, then read-only 15 s; Redis killed
+#    under load; poison records; slow clients; each with every acknowledged event stored once, and
+#    a table and charts in its report;
 # 6. (the full fault suite, ./fault-suite.sh, is run by hand: README, "Fault tests");
 # 7. runs ./load-test.sh steady --own-stack, the load test's short form (20,000 events/s for 15 s
 #    on a private stack, loss by event id, ceilings, report): the tool itself cannot rot;

@@ -38,13 +38,12 @@ apt_install() {
 # Build dependencies of the rdkafka crate's bundled librdkafka (cmake-build, zstd, libz), of sqlx
 # and reqwest, plus the client tools the scripts use.
 ensure_build_deps() {
-    local pkgs=(cmake pkg-config build-essential libcurl4-openssl-dev libssl-dev zlib1g-dev libzstd-dev
+    local pkgs=(cmake pkg-config build-essential patch libcurl4-openssl-dev libssl-dev zlib1g-dev libzstd-dev
                 libsasl2-dev curl postgresql-client redis-tools)
     local missing=()
     for p in "${pkgs[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
     done
-    command -v git >/dev/null || missing+=(git) # applies the Tansu patches
     [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
     command -v cargo >/dev/null || die "cargo not found: install Rust (rustup) first"
 }
@@ -112,7 +111,7 @@ ensure_tansu() {
     fetch_crate tansu 4fdd85473ec265140488cf8d55e82b844f5c051c8916fabdd4a71156ac053f6d "$src"
     fetch_crate tansu-storage 720d2ed8e6010c70f7f06e5af5a7274ebbf6e42fdcd9e46de542b10dc4d2f35d "$src"
     for patch in "$LOGPIPE_ROOT"/deploy/tansu/*.patch; do
-        (cd "$src/tansu-storage-$TANSU_VERSION" && git apply "$patch") || die "cannot apply $patch"
+        patch -s -p1 -N --no-backup-if-mismatch -d "$src/tansu-storage-$TANSU_VERSION" <"$patch" || die "cannot apply $patch"
     done
     printf '\n[patch.crates-io]\ntansu-storage = { path = "../tansu-storage-%s" }\n' "$TANSU_VERSION" \
         >>"$src/tansu-$TANSU_VERSION/Cargo.toml"

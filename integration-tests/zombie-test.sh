@@ -69,15 +69,18 @@ fault_mark "fault SIGSTOP collector A"
 kill -STOP "$(cat "$RUN/a.pid")"
 frozen_at=$(stored)
 # Meanwhile B must not be silent: either the group hands it A's partitions and the stored offsets
-# move, or B's /ready reports partitions nobody stores. (Apache Kafka evicts A after its session
-# timeout; Tansu 0.6 sometimes keeps a silent member until it speaks again, ARCHITECTURE.md.)
+# move, or B's /ready reports partitions nobody stores (Apache Kafka evicts A after its session
+# timeout; Tansu 0.6 sometimes keeps a silent member until it speaks again, ARCHITECTURE.md), or
+# B's writes fail on A's locks (A frozen in the middle of a COPY keeps them until it resumes;
+# B's lock_timeout makes that a failing write, not a silent wait).
 said_so=0
 for _ in $(seq 1 "$PAUSE_SECS"); do
-    curl -s --max-time 1 "http://127.0.0.1:$B_PORT/ready" | grep -q '"partitions_unstored":[1-9]' && said_so=1
+    curl -s --max-time 1 "http://127.0.0.1:$B_PORT/ready" \
+        | grep -qE '"partitions_unstored":[1-9]|"last_write":"failing"' && said_so=1
     sleep 1
 done
 moved=$(stored)
-echo "while A was frozen: stored offsets $frozen_at -> $moved; B reported unstored partitions: $said_so"
+echo "while A was frozen: stored offsets $frozen_at -> $moved; B reported unstored partitions or failing writes: $said_so"
 moved_or_said_so() { [ "$moved" -gt "$frozen_at" ] || [ "$said_so" = 1 ]; }
 check "while A was frozen the group moved on, or said it could not" moved_or_said_so
 echo "SIGCONT collector A at $moved stored offsets"

@@ -153,6 +153,12 @@ pub struct DatabaseSettings {
     /// is ended by PostgreSQL, which frees the offset and window rows it locked: without it, one
     /// stuck collector stalls every other one of the group until its TCP connection dies.
     pub idle_in_transaction_timeout_ms: u64,
+    /// A writer statement that waits this long for a row lock fails (SQLSTATE 55P03) and its batch
+    /// is retried. A collector frozen in the middle of a COPY keeps its locks until it resumes:
+    /// that session is not idle, and PostgreSQL's timeouts do not end a COPY waiting for its
+    /// client's data. With this the others say so (`last_write: failing`, not ready) instead of
+    /// waiting without a word.
+    pub lock_timeout_ms: u64,
 }
 
 impl std::fmt::Debug for DatabaseSettings {
@@ -171,6 +177,7 @@ impl std::fmt::Debug for DatabaseSettings {
                 "idle_in_transaction_timeout_ms",
                 &self.idle_in_transaction_timeout_ms,
             )
+            .field("lock_timeout_ms", &self.lock_timeout_ms)
             .finish()
     }
 }
@@ -226,6 +233,7 @@ impl Default for DatabaseSettings {
             query_statement_timeout_ms: 5_000,
             query_max_range_hours: 24 * 7,
             idle_in_transaction_timeout_ms: 10_000,
+            lock_timeout_ms: 5_000,
         }
     }
 }

@@ -143,19 +143,26 @@ impl Db {
             conn.close().await?;
         }
         let idle = settings.idle_in_transaction_timeout_ms.max(1).to_string();
+        let lock = settings.lock_timeout_ms.max(1).to_string();
         let opts = base.clone().options([
             ("search_path", settings.schema.as_str()),
             ("idle_in_transaction_session_timeout", idle.as_str()),
+            ("lock_timeout", lock.as_str()),
         ]);
         let maintenance_opts = base
             .clone()
             .options([("search_path", settings.schema.as_str())]);
+        // Migrations may wait for locks longer than a writer should: their own connection.
+        {
+            let mut conn = maintenance_opts.connect().await?;
+            MIGRATOR.run(&mut conn).await?;
+            conn.close().await?;
+        }
         let pool = PgPoolOptions::new()
             .max_connections(settings.max_connections)
             .acquire_timeout(Duration::from_secs(5))
             .connect_with(opts)
             .await?;
-        MIGRATOR.run(&pool).await?;
         let timeout = settings.query_statement_timeout_ms.max(1).to_string();
         let query_opts = base.options([
             ("search_path", settings.schema.as_str()),

@@ -21,6 +21,7 @@ use crate::db::{Db, OffsetReset, Stored};
 use crate::telemetry;
 
 use super::decide::*;
+use super::ConsumerHealth;
 
 pub(super) struct CollectorContext {
     pub(super) db: Db,
@@ -31,6 +32,9 @@ pub(super) struct CollectorContext {
     pub(super) policy: OffsetPolicy,
     pub(super) ownership: Arc<Mutex<Ownership>>,
     pub(super) cancel: CancellationToken,
+    /// `db_ok` goes false while stored offsets cannot be claimed (e.g. a frozen collector's locks):
+    /// the claim blocks the loop, so `/ready` must say so.
+    pub(super) health: Arc<ConsumerHealth>,
     /// Set from librdkafka's threads when a broker connection fails (see `BrokerHold`).
     pub(super) broker_lost: AtomicBool,
     /// The log's bounds per partition as the latest fetch responses told them (see `Bounds`).
@@ -260,12 +264,16 @@ impl CollectorContext {
                 .rt
                 .block_on(self.db.claim_offsets(&self.group, &self.topic, partitions))
             {
-                Ok(map) => return map,
+                Ok(map) => {
+                    self.health.db_ok.store(true, Ordering::Relaxed);
+                    return map;
+                }
                 Err(e) if self.cancel.is_cancelled() => {
                     tracing::warn!(error = %e, "cannot load offsets during shutdown");
                     return BTreeMap::new();
                 }
                 Err(e) => {
+                    self.health.db_ok.store(false, Ordering::Relaxed);
                     tracing::warn!(error = %e, "cannot load stored offsets; retrying");
                     std::thread::sleep(delay);
                     delay = (delay * 2).min(Duration::from_secs(5));

@@ -142,6 +142,7 @@ impl ConsumerLoop {
             policy: config.consumer.offset_out_of_range,
             ownership: ownership.clone(),
             cancel: cancel.clone(),
+            health: health.clone(),
             broker_lost: AtomicBool::new(false),
             bounds: Mutex::default(),
         };

@@ -9,7 +9,7 @@ TANSU_VERSION=0.6.0
 # Tansu is built from its crates with logpipe's patches (deploy/tansu/*.patch, see its README); the
 # build's folder names the patch level, so a changed patch set builds afresh.
 TANSU_PATCH_LEVEL=p2
-TANSU_BIN=${TANSU_BIN:-$LOGPIPE_CACHE/tansu-$TANSU_VERSION-$TANSU_PATCH_LEVEL/bin/tansu}
+export TANSU_BIN=${TANSU_BIN:-$LOGPIPE_CACHE/tansu-$TANSU_VERSION-$TANSU_PATCH_LEVEL/bin/tansu}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$LOGPIPE_CACHE/target}
 PG_HOST=${LOGPIPE_PG_HOST:-127.0.0.1}
 PG_PORT=${LOGPIPE_PG_PORT:-5432}

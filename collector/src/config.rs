@@ -69,7 +69,8 @@ pub struct ConsumerSettings {
     /// only returns batches that begin at or after the offset), so resuming mid-batch would skip
     /// the rest of that batch; starting a batch's length earlier gets the whole batch back. Must
     /// be at least the producers' `batch.num.messages` (librdkafka default 10,000); 0 with a broker
-    /// that returns the containing batch, as Kafka does.
+    /// that returns the containing batch, as Kafka does (the fetch still starts one record back:
+    /// the replaced-log check re-reads the record before the stored offset).
     pub resume_lookback_records: i64,
     /// A record whose offset skips ahead of the next expected one makes the collector fetch the
     /// missing offsets again, up to this many times (2 s apart) before it accepts the gap. Tansu

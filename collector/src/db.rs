@@ -76,6 +76,9 @@ pub struct OffsetMove {
     pub expected: i64,
     pub next: i64,
     pub max_event_ts: Option<DateTime<Utc>>,
+    /// Fingerprint of the record at `next - 1`, when this move took records (`None` keeps the
+    /// stored one: an idle move).
+    pub last_record_hash: Option<i64>,
 }
 
 /// Where a partition stands in Postgres.
@@ -83,6 +86,8 @@ pub struct OffsetMove {
 pub struct Stored {
     pub next_offset: i64,
     pub max_event_ts: Option<DateTime<Utc>>,
+    /// Fingerprint of the record at `next_offset - 1` (see the migration `offset_record_hash`).
+    pub last_record_hash: Option<i64>,
 }
 
 /// A stored offset moved because it did not fit the broker's log `[log_start, log_end]`.
@@ -222,8 +227,10 @@ impl Db {
         .bind(partitions)
         .execute(&mut *tx)
         .await?;
-        let rows: Vec<(i32, i64, Option<DateTime<Utc>>)> = sqlx::query_as(
-            "SELECT kafka_partition, next_offset, max_event_ts FROM consumer_offsets
+        type Row = (i32, i64, Option<DateTime<Utc>>, Option<i64>);
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT kafka_partition, next_offset, max_event_ts, last_record_hash
+               FROM consumer_offsets
              WHERE consumer_group = $1 AND topic = $2 AND kafka_partition = ANY($3)",
         )
         .bind(group)
@@ -234,12 +241,13 @@ impl Db {
         tx.commit().await?;
         Ok(rows
             .into_iter()
-            .map(|(p, next_offset, max_event_ts)| {
+            .map(|(p, next_offset, max_event_ts, last_record_hash)| {
                 (
                     p,
                     Stored {
                         next_offset,
                         max_event_ts,
+                        last_record_hash,
                     },
                 )
             })
@@ -273,7 +281,8 @@ impl Db {
     ) -> Result<(), DbError> {
         let mut tx = self.pool.begin().await?;
         let updated = sqlx::query(
-            "UPDATE consumer_offsets SET next_offset = $4, updated_at = now()
+            "UPDATE consumer_offsets
+                SET next_offset = $4, last_record_hash = NULL, updated_at = now()
               WHERE consumer_group = $1 AND topic = $2 AND kafka_partition = $3
                 AND next_offset = $5",
         )
@@ -325,7 +334,8 @@ impl Db {
         for m in &batch.moves {
             let updated = sqlx::query(
                 "UPDATE consumer_offsets
-                    SET next_offset = $4, max_event_ts = $6, updated_at = now()
+                    SET next_offset = $4, max_event_ts = $6,
+                        last_record_hash = COALESCE($7, last_record_hash), updated_at = now()
                   WHERE consumer_group = $1 AND topic = $2 AND kafka_partition = $3
                     AND next_offset = $5",
             )
@@ -335,6 +345,7 @@ impl Db {
             .bind(m.next)
             .bind(m.expected)
             .bind(m.max_event_ts)
+            .bind(m.last_record_hash)
             .execute(&mut *tx)
             .await?
             .rows_affected();

@@ -224,7 +224,8 @@ pub fn spawn_listening(cmd: &mut std::process::Command, port: u16) -> std::proce
     panic!("{cmd:?} did not listen on port {port}");
 }
 
-/// The Tansu binary `./test.sh` builds into the per-user cache (or `TANSU_BIN`).
+/// The Tansu binary `./test.sh` builds into the per-user cache: `TANSU_BIN`, which
+/// `scripts/lib.sh` exports, else the cache folder of the patch level it builds.
 pub fn tansu_bin() -> std::path::PathBuf {
     use std::path::PathBuf;
     if let Ok(p) = std::env::var("TANSU_BIN") {
@@ -235,7 +236,7 @@ pub fn tansu_bin() -> std::path::PathBuf {
         .unwrap_or_else(|_| {
             PathBuf::from(std::env::var("HOME").expect("HOME")).join(".cache/logpipe")
         });
-    let bin = cache.join("tansu-0.6.0/bin/tansu");
+    let bin = cache.join("tansu-0.6.0-p2/bin/tansu");
     assert!(
         bin.exists(),
         "Tansu not found at {}; ./test.sh builds it",

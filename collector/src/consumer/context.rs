@@ -198,7 +198,8 @@ impl ConsumerContext for CollectorContext {
 }
 
 impl CollectorContext {
-    /// A stored offset outside `[low, high]`: log it at ERROR, then reset it to the log start
+    /// A stored offset outside `[low, high]`, or stored against another log (`log_replaced`):
+    /// log it at ERROR, then reset it to the log start
     /// (recorded in Postgres, counted) and return the new offset, or, with the `refuse` policy or
     /// when the reset cannot be recorded, return `Err` (the partition stays paused).
     pub(super) fn apply_policy(
@@ -216,8 +217,9 @@ impl CollectorContext {
                 log_start = low,
                 log_end = high,
                 reason,
-                "stored offset is outside the broker's log; partition paused (offset_out_of_range \
-                 = refuse): set consumer_offsets.next_offset and restart the collector"
+                "stored offset does not fit the broker's log; partition paused \
+                 (offset_out_of_range = refuse): set consumer_offsets.next_offset and restart \
+                 the collector"
             );
             return Err(());
         }
@@ -240,16 +242,16 @@ impl CollectorContext {
                     log_start = low,
                     log_end = high,
                     reason,
-                    "stored offset is outside the broker's log (did the broker lose its data?); \
-                     reset to the log start and recorded in offset_resets"
+                    "stored offset does not fit the broker's log (did the broker lose its \
+                     data?); reset to the log start and recorded in offset_resets"
                 );
                 telemetry::offset_reset(partition, reason);
                 Ok(low)
             }
             Err(e) => {
                 tracing::error!(partition, stored, reason, error = %e,
-                    "stored offset is outside the broker's log and the reset cannot be recorded; \
-                     partition paused until it can");
+                    "stored offset does not fit the broker's log and the reset cannot be \
+                     recorded; partition paused until it can");
                 Err(())
             }
         }

@@ -6,7 +6,9 @@
 //!   with the stored offset its next write must find; [`Owned::arrive`] decides offset continuity
 //!   (take, skip, or re-fetch a gap: the "gap re-fetch" Tansu workaround).
 //! - Offset fit: [`offset_misfit`] and [`confirmed_misfit`] (two statistics snapshots must agree),
-//!   and [`fetch_start`] (the "resume lookback" Tansu workaround).
+//!   [`fetch_start`] (the "resume lookback" Tansu workaround), and [`fingerprint`] (the record
+//!   before a stored offset, re-read on resume: a replaced log that already reaches past the
+//!   stored offset).
 //! - Batch planning: [`Planner::plan`] turns consumed records into one transaction's write.
 //! - Window closing: [`closed_upto`] and [`closed_window`].
 
@@ -51,6 +53,9 @@ pub(super) struct Owned {
     /// A misfit seen in one statistics snapshot, with the stored offset then: acted on only if
     /// the next snapshot confirms it (see `confirmed_misfit`).
     pub(super) suspect: Option<(&'static str, i64)>,
+    /// The record to re-read before taking any: its offset (`expected - 1`) and the fingerprint
+    /// stored with the offset. Cleared once it was seen, or once a later record came first.
+    pub(super) verify: Option<(i64, i64)>,
 }
 
 impl Owned {
@@ -66,8 +71,35 @@ impl Owned {
             log_start: 0,
             refused: None,
             suspect: None,
+            verify: stored
+                .last_record_hash
+                .filter(|_| stored.next_offset > 0)
+                .map(|h| (stored.next_offset - 1, h)),
         }
     }
+}
+
+/// A record's fingerprint: FNV-1a (64 bits) over its key, payload and timestamp. Stable across
+/// builds and versions (it is stored in Postgres and compared after an upgrade), and cheap (a
+/// few hundred cycles per event). Two logs that hold the same bytes at an offset are, for the
+/// collector, the same log there.
+pub(super) fn fingerprint(key: Option<&[u8]>, payload: &[u8], timestamp_ms: Option<i64>) -> i64 {
+    const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut h = OFFSET_BASIS;
+    let mut eat = |bytes: &[u8]| {
+        for &b in bytes {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(PRIME);
+        }
+    };
+    // Lengths first, so (key "ab", payload "c") and (key "a", payload "bc") differ.
+    eat(&(key.map_or(-1, |k| k.len() as i64)).to_le_bytes());
+    eat(key.unwrap_or_default());
+    eat(&(payload.len() as i64).to_le_bytes());
+    eat(payload);
+    eat(&timestamp_ms.unwrap_or(-1).to_le_bytes());
+    h as i64
 }
 
 /// A misfit is acted on only when two statistics snapshots in a row show it: librdkafka reads a
@@ -107,12 +139,39 @@ impl Owned {
     /// readable; taking it would move the stored offset past records never seen. So a record past
     /// the expected offset asks for a re-fetch from the missing one, up to `retries` times
     /// `GAP_REPAIR_WAIT` apart, before the gap is accepted as real.
-    pub(super) fn arrive(&mut self, offset: i64, now: Instant, retries: u32) -> Arrival {
+    ///
+    /// Before that, the "replaced log" check: the resume fetch starts at least one record before
+    /// the stored offset, and that record must be the one stored last (same `fingerprint`). A
+    /// different one means the broker's log is not the one the offset was stored against.
+    pub(super) fn arrive(
+        &mut self,
+        offset: i64,
+        fingerprint: i64,
+        now: Instant,
+        retries: u32,
+    ) -> Arrival {
         if self.refused.is_some() {
             // Fetched before the pause took effect; its offset is not trusted.
             return Arrival::Skip;
         }
         self.last_record = now;
+        if let Some((at, stored)) = self.verify {
+            if offset < at {
+                return Arrival::Skip;
+            }
+            self.verify = None;
+            if offset == at && fingerprint != stored {
+                return Arrival::Replaced { at };
+            }
+            if offset > at {
+                // The record is gone (retention, compaction, a transaction marker) or came late:
+                // nothing to compare with. The offset checks still apply.
+                tracing::debug!(
+                    offset = at,
+                    "the record before the stored offset was not served"
+                );
+            }
+        }
         if offset < self.next_fetch {
             return Arrival::Skip;
         }
@@ -171,6 +230,9 @@ pub(super) enum Arrival {
     Skip,
     /// A gap: fetch again from `from` (never before `log_start`).
     Repair { from: i64, log_start: i64 },
+    /// The record at `at` (just before the stored offset) is not the one stored: the log was
+    /// replaced. Nothing of the partition is taken until the offset policy has acted.
+    Replaced { at: i64 },
 }
 
 /// After a repair seek, records fetched before it may still arrive; they are skipped for this long
@@ -178,9 +240,10 @@ pub(super) enum Arrival {
 pub(super) const GAP_REPAIR_WAIT: Duration = Duration::from_secs(2);
 
 /// Where to fetch from to resume at `next`: a lookback earlier (see `resume_lookback_records`),
-/// never before the log's start (Kafka refuses such a fetch).
+/// at least one record (the replaced-log check re-reads the record before `next`), never before
+/// the log's start (Kafka refuses such a fetch).
 pub(super) fn fetch_start(next: i64, lookback: i64, log_start: i64) -> i64 {
-    next.saturating_sub(lookback.max(0))
+    next.saturating_sub(lookback.max(1))
         .max(log_start.min(next))
         .max(0)
 }
@@ -193,6 +256,8 @@ pub(super) struct Pending {
     /// The record's Kafka timestamp (when it was produced, or appended): the most an event's
     /// own timestamp may move its partition's event time to (see `Planner::plan`).
     pub(super) record_ts: Option<DateTime<Utc>>,
+    /// The record's `fingerprint`, stored with the offset after it when it is a batch's last.
+    pub(super) fingerprint: i64,
     pub(super) item: Item,
     /// Poison records: whether the DLQ already acknowledged it (a retried batch does not resend).
     pub(super) dlq_done: bool,
@@ -253,8 +318,12 @@ impl Planner<'_> {
                 expected: o.expected,
                 next: p.offset + 1,
                 max_event_ts: o.max_ts,
+                last_record_hash: Some(p.fingerprint),
             });
-            m.next = m.next.max(p.offset + 1);
+            if p.offset + 1 >= m.next {
+                m.next = p.offset + 1;
+                m.last_record_hash = Some(p.fingerprint);
+            }
             let Item::Event(e) = &p.item else {
                 continue;
             };
@@ -419,7 +488,9 @@ mod tests {
         assert_eq!(fetch_start(100, 10, 0), 90);
         assert_eq!(fetch_start(5, 10, 0), 0);
         assert_eq!(fetch_start(100, 10, 95), 95);
-        assert_eq!(fetch_start(100, 0, 0), 100);
+        // The record before the offset is always re-read (the replaced-log check).
+        assert_eq!(fetch_start(100, 0, 0), 99);
+        assert_eq!(fetch_start(0, 0, 0), 0);
         // A log start past the offset (a misfit being handled) never moves the fetch forward.
         assert_eq!(fetch_start(3, 10, 8), 3);
     }
@@ -469,6 +540,7 @@ mod tests {
             Stored {
                 next_offset: next,
                 max_event_ts: None,
+                last_record_hash: None,
             },
         )
     }
@@ -477,11 +549,19 @@ mod tests {
     fn records_in_order_are_taken_and_earlier_ones_skipped() {
         let now = Instant::now();
         let mut o = owned(100);
-        assert_eq!(o.arrive(98, now, 5), Arrival::Skip, "the resume lookback");
-        assert_eq!(o.arrive(100, now, 5), Arrival::Take(1));
-        assert_eq!(o.arrive(101, now, 5), Arrival::Take(1));
+        assert_eq!(
+            o.arrive(98, 0, now, 5),
+            Arrival::Skip,
+            "the resume lookback"
+        );
+        assert_eq!(o.arrive(100, 0, now, 5), Arrival::Take(1));
+        assert_eq!(o.arrive(101, 0, now, 5), Arrival::Take(1));
         assert_eq!(o.next_fetch, 102);
-        assert_eq!(o.arrive(101, now, 5), Arrival::Skip, "a record read twice");
+        assert_eq!(
+            o.arrive(101, 0, now, 5),
+            Arrival::Skip,
+            "a record read twice"
+        );
     }
 
     #[test]
@@ -491,7 +571,7 @@ mod tests {
         o.log_start = 4;
         // 10..14 missing: fetch again from 10.
         assert_eq!(
-            o.arrive(15, t0, 2),
+            o.arrive(15, 0, t0, 2),
             Arrival::Repair {
                 from: 10,
                 log_start: 4
@@ -499,19 +579,19 @@ mod tests {
         );
         // Records fetched before the repair are still arriving: skipped, no new re-fetch.
         assert_eq!(
-            o.arrive(16, t0 + Duration::from_millis(500), 2),
+            o.arrive(16, 0, t0 + Duration::from_millis(500), 2),
             Arrival::Skip
         );
         // Still missing after the wait: a second re-fetch.
         let t1 = t0 + GAP_REPAIR_WAIT;
         assert!(matches!(
-            o.arrive(16, t1, 2),
+            o.arrive(16, 0, t1, 2),
             Arrival::Repair { from: 10, .. }
         ));
         // After `retries` re-fetches the gap is real: taken, and the partition moves on.
         let t2 = t1 + GAP_REPAIR_WAIT;
         assert_eq!(
-            o.arrive(17, t2, 2),
+            o.arrive(17, 0, t2, 2),
             Arrival::TakeOverGap {
                 epoch: 1,
                 missing_from: 10,
@@ -526,21 +606,68 @@ mod tests {
     fn a_repaired_gap_takes_the_missing_record_when_it_comes() {
         let t0 = Instant::now();
         let mut o = owned(10);
-        assert!(matches!(o.arrive(12, t0, 5), Arrival::Repair { .. }));
-        assert_eq!(o.arrive(10, t0, 5), Arrival::Take(1));
+        assert!(matches!(o.arrive(12, 0, t0, 5), Arrival::Repair { .. }));
+        assert_eq!(o.arrive(10, 0, t0, 5), Arrival::Take(1));
         assert_eq!(o.gap, None);
-        assert_eq!(o.arrive(11, t0, 5), Arrival::Take(1));
+        assert_eq!(o.arrive(11, 0, t0, 5), Arrival::Take(1));
     }
 
     #[test]
     fn with_no_retries_a_gap_is_accepted_at_once_and_a_refused_partition_takes_nothing() {
         let now = Instant::now();
         let mut o = owned(10);
-        assert_eq!(o.arrive(20, now, 0), Arrival::Take(1));
+        assert_eq!(o.arrive(20, 0, now, 0), Arrival::Take(1));
         let mut refused = owned(10);
         refused.refused = Some("past_log_end");
-        assert_eq!(refused.arrive(10, now, 5), Arrival::Skip);
+        assert_eq!(refused.arrive(10, 0, now, 5), Arrival::Skip);
         assert_eq!(refused.next_fetch, 10);
+    }
+
+    #[test]
+    fn a_resumed_partition_whose_record_before_the_offset_differs_was_replaced() {
+        let now = Instant::now();
+        let stored = |hash| Stored {
+            next_offset: 100,
+            max_event_ts: None,
+            last_record_hash: Some(hash),
+        };
+        // The same log: the record at 99 is the one stored last; then records are taken.
+        let mut same = Owned::new(1, stored(42));
+        assert_eq!(same.verify, Some((99, 42)));
+        assert_eq!(same.arrive(90, 7, now, 5), Arrival::Skip, "the lookback");
+        assert_eq!(same.arrive(99, 42, now, 5), Arrival::Skip);
+        assert_eq!(same.verify, None);
+        assert_eq!(same.arrive(100, 8, now, 5), Arrival::Take(1));
+        // Another log that already reaches past the offset: nothing of it is taken.
+        let mut replaced = Owned::new(1, stored(42));
+        assert_eq!(
+            replaced.arrive(99, 43, now, 5),
+            Arrival::Replaced { at: 99 }
+        );
+        assert_eq!(replaced.next_fetch, 100);
+        // The record is not served (deleted by retention, say): nothing to compare, go on.
+        let mut gone = Owned::new(1, stored(42));
+        assert_eq!(gone.arrive(100, 8, now, 5), Arrival::Take(1));
+        // No fingerprint stored (an offset reset, a row from before fingerprints): no check.
+        let none = Owned::new(
+            1,
+            Stored {
+                last_record_hash: None,
+                ..stored(0)
+            },
+        );
+        assert_eq!(none.verify, None);
+    }
+
+    #[test]
+    fn a_fingerprint_depends_on_key_payload_and_timestamp_and_is_stable() {
+        let f = fingerprint(Some(b"ab"), b"c", Some(1));
+        assert_eq!(f, fingerprint(Some(b"ab"), b"c", Some(1)));
+        assert_ne!(f, fingerprint(Some(b"a"), b"bc", Some(1)));
+        assert_ne!(f, fingerprint(Some(b"ab"), b"c", Some(2)));
+        assert_ne!(f, fingerprint(None, b"abc", Some(1)));
+        // Stored in Postgres: the value must not change between builds or versions.
+        assert_eq!(fingerprint(None, b"", None), 0x1f1e_1550_48d8_f9f5_i64);
     }
 
     fn event(secs: i64, level: logpipe_common::Level, service: &str) -> LogEvent {
@@ -564,6 +691,7 @@ mod tests {
             offset,
             epoch: 1,
             record_ts: None,
+            fingerprint: offset,
             item,
             dlq_done: false,
             trace: None,

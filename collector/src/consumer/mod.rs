@@ -22,8 +22,10 @@
 //!   with the topic present (recreated if the broker came back empty); see `BrokerHold`.
 //! - A stored offset outside the broker's log (past its end after the broker lost its data, before
 //!   its start after retention) is found on assignment, on a fetch the broker refuses, and every
-//!   5 s against the watermarks; it is logged at ERROR, counted, and reset to the log start (and
-//!   recorded in `offset_resets`) or refused, per `consumer.offset_out_of_range`. Never skipped.
+//!   5 s against the watermarks; so is one stored against another log (the record before it,
+//!   re-read on resume, is not the one stored: `log_replaced`). Either is logged at ERROR,
+//!   counted, and reset to the log start (and recorded in `offset_resets`) or refused, per
+//!   `consumer.offset_out_of_range`. Never skipped.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -108,6 +110,9 @@ pub struct ConsumerLoop {
     refused_in_a_row: AtomicU32,
     /// The writer waits for a batch: nothing is being written or queued.
     writer_idle: AtomicBool,
+    /// `(partition, offset)`: partitions whose record before the stored offset is not the one
+    /// stored (see `Owned::arrive`), for the loop to handle after `accept`.
+    replaced: Mutex<Vec<(i32, i64)>>,
 }
 
 /// See the "orphaned assignment" workaround in `ConsumerLoop::run`.
@@ -208,6 +213,7 @@ impl ConsumerLoop {
             hold: Default::default(),
             refused_in_a_row: AtomicU32::new(0),
             writer_idle: AtomicBool::new(true),
+            replaced: Mutex::default(),
         })
     }
 
@@ -290,6 +296,10 @@ impl ConsumerLoop {
                     if let Some(p) = self.accept(&msg, now) {
                         batch.push(p);
                         oldest.get_or_insert(now);
+                    }
+                    let replaced = std::mem::take(&mut *self.replaced.lock().expect("replaced"));
+                    for (p, at) in replaced {
+                        self.handle_replaced(&mut batch, p, at);
                     }
                 }
                 Some(Err(KafkaError::MessageConsumption(RDKafkaErrorCode::AutoOffsetReset))) => {
@@ -768,6 +778,48 @@ impl ConsumerLoop {
         self.pause_refused();
     }
 
+    /// The record before partition `p`'s stored offset is not the one stored with it: the log
+    /// was replaced (an in-memory broker restarted, the topic recreated) and already reaches past
+    /// the stored offset, so its bounds alone look fine. Handled like an offset outside the log:
+    /// the policy resets to the log start (or refuses), recorded as `log_replaced`.
+    fn handle_replaced(&self, batch: &mut Vec<Pending>, p: i32, at: i64) {
+        const REASON: &str = "log_replaced";
+        let known = self.bounds().get(&p).copied().filter(|b| b.1 >= 0);
+        let bounds = known.or_else(|| {
+            self.consumer
+                .fetch_watermarks(&self.config.kafka.raw_topic, p, Duration::from_secs(2))
+                .ok()
+        });
+        tracing::error!(
+            partition = p,
+            offset = at,
+            "the record before the stored offset is not the one stored: the broker's log was \
+             replaced"
+        );
+        match bounds {
+            Some((low, high)) => self.handle_misfit(batch, p, low.max(0), high, REASON),
+            None => {
+                // Not known yet: hold the partition; the next statistics snapshot applies the
+                // policy (see `check_offsets`).
+                self.mark_refused(p, REASON);
+                self.pause_refused();
+            }
+        }
+    }
+
+    /// Hold partition `p` for `reason` (paused by `pause_refused`).
+    fn mark_refused(&self, p: i32, reason: &'static str) {
+        if let Some(o) = self
+            .ownership
+            .lock()
+            .expect("ownership lock")
+            .partitions
+            .get_mut(&p)
+        {
+            o.refused = Some(reason);
+        }
+    }
+
     /// A stored offset outside the broker's log `[low, high]`: apply the policy.
     fn handle_misfit(
         &self,
@@ -819,6 +871,7 @@ impl ConsumerLoop {
                     o.log_start = low;
                     o.refused = None;
                     o.suspect = None;
+                    o.verify = None;
                 }
                 drop(own);
                 if let Err(e) = self.consumer.seek(
@@ -833,17 +886,7 @@ impl ConsumerLoop {
                     tracing::error!(partition = p, error = %e, "resume failed");
                 }
             }
-            Err(()) => {
-                if let Some(o) = self
-                    .ownership
-                    .lock()
-                    .expect("ownership lock")
-                    .partitions
-                    .get_mut(&p)
-                {
-                    o.refused = Some(reason);
-                }
-            }
+            Err(()) => self.mark_refused(p, reason),
         }
     }
 
@@ -895,6 +938,7 @@ impl ConsumerLoop {
                     expected: o.expected,
                     next: o.expected,
                     max_event_ts: Some(now),
+                    last_record_hash: None,
                 });
                 if let Some(upto) = closed_window(Some(now), lateness, width) {
                     for s in &o.services {
@@ -911,10 +955,12 @@ impl ConsumerLoop {
     fn accept(&self, msg: &rdkafka::message::BorrowedMessage<'_>, now: Instant) -> Option<Pending> {
         let partition = msg.partition();
         let offset = msg.offset();
+        let payload = msg.payload().unwrap_or_default();
+        let fp = fingerprint(msg.key(), payload, msg.timestamp().to_millis());
         let arrival = {
             let mut own = self.ownership.lock().expect("ownership lock");
             let o = own.partitions.get_mut(&partition)?;
-            o.arrive(offset, now, self.config.consumer.gap_repair_retries)
+            o.arrive(offset, fp, now, self.config.consumer.gap_repair_retries)
         };
         let owned = match arrival {
             Arrival::Take(epoch) => epoch,
@@ -932,6 +978,13 @@ impl ConsumerLoop {
                 epoch
             }
             Arrival::Skip => return None,
+            Arrival::Replaced { at } => {
+                self.replaced
+                    .lock()
+                    .expect("replaced lock")
+                    .push((partition, at));
+                return None;
+            }
             Arrival::Repair { from, log_start } => {
                 tracing::warn!(
                     partition,
@@ -957,7 +1010,6 @@ impl ConsumerLoop {
         };
         telemetry::events_consumed(1);
         self.health.consumed.fetch_add(1, Ordering::Relaxed);
-        let payload = msg.payload().unwrap_or_default();
         // A parser bug must not stop the partition: a record that panics it is dead-lettered.
         let parsed = catch_unwind(AssertUnwindSafe(|| {
             if is_raw_line(msg, payload) {
@@ -1010,6 +1062,7 @@ impl ConsumerLoop {
                 .timestamp()
                 .to_millis()
                 .and_then(DateTime::from_timestamp_millis),
+            fingerprint: fp,
             item,
             dlq_done: false,
             trace,

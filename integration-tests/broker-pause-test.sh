@@ -6,9 +6,9 @@
 # every event Kafka acknowledged must be stored exactly once. Needs the release binaries (setup.sh
 # builds them). Ends with "broker-pause-test: N passed, M failed".
 #
-# Run by hand: on Tansu 0.6 the last rows fail. After the freeze its group coordinator never assigns
-# the group's partitions again, not even to a freshly started collector, so nothing more is stored
-# (the collector says so: ERROR and /ready 503 `partitions_unstored`). See README, "Fault tests".
+# On stock Tansu 0.6 the last rows fail: after the freeze its group coordinator kept a member it had
+# dropped in the group's assignment (or as its leader), so a partition was never assigned again.
+# logpipe's Tansu build fixes that (deploy/tansu/tansu-broker/group-leader.patch).
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

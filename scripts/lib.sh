@@ -8,7 +8,7 @@ LOGPIPE_CACHE=${LOGPIPE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/logpipe}
 TANSU_VERSION=0.6.0
 # Tansu is built from its crates with logpipe's patches (deploy/tansu/*.patch, see its README); the
 # build's folder names the patch level, so a changed patch set builds afresh.
-TANSU_PATCH_LEVEL=p2
+TANSU_PATCH_LEVEL=p3
 export TANSU_BIN=${TANSU_BIN:-$LOGPIPE_CACHE/tansu-$TANSU_VERSION-$TANSU_PATCH_LEVEL/bin/tansu}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$LOGPIPE_CACHE/target}
 PG_HOST=${LOGPIPE_PG_HOST:-127.0.0.1}
@@ -90,9 +90,9 @@ ensure_redis() {
 }
 
 # Tansu is built once per user (12-15 minutes on 2 cores) and reused by every clone and CI run: the
-# published crates of Tansu and of its storage (checksums pinned), the storage patched, built with
-# the lock file Tansu publishes (only the patched crate's entry changes). deploy/tansu/README.md says
-# what each patch fixes.
+# published crates of Tansu and of the parts logpipe patches (checksums pinned), each patched with
+# deploy/tansu/<crate>/*.patch, built with the lock file Tansu publishes (only the patched crates'
+# entries change). deploy/tansu/README.md says what each patch fixes.
 fetch_crate() { # NAME SHA256 DIR: download and unpack NAME-$TANSU_VERSION from crates.io
     local file=$3/$1-$TANSU_VERSION.crate
     curl -fsSL --retry 3 -o "$file" "https://static.crates.io/crates/$1/$1-$TANSU_VERSION.crate" \
@@ -102,19 +102,25 @@ fetch_crate() { # NAME SHA256 DIR: download and unpack NAME-$TANSU_VERSION from 
 }
 ensure_tansu() {
     [ -x "$TANSU_BIN" ] && return 0
-    local src=$LOGPIPE_CACHE/tansu-src build_log=$LOGPIPE_CACHE/tansu-build.log patch
+    local src=$LOGPIPE_CACHE/tansu-src build_log=$LOGPIPE_CACHE/tansu-build.log crate sum patch
     mkdir -p "$LOGPIPE_CACHE"
     log "building Tansu $TANSU_VERSION ($TANSU_PATCH_LEVEL) into $LOGPIPE_CACHE (once per machine; 12-15 minutes on 2 cores)"
     log "  build log: $build_log"
     # Its target folder stays: a new patch level rebuilds only what the patches touch.
     rm -rf "$src"/tansu-* && mkdir -p "$src"
     fetch_crate tansu 4fdd85473ec265140488cf8d55e82b844f5c051c8916fabdd4a71156ac053f6d "$src"
-    fetch_crate tansu-storage 720d2ed8e6010c70f7f06e5af5a7274ebbf6e42fdcd9e46de542b10dc4d2f35d "$src"
-    for patch in "$LOGPIPE_ROOT"/deploy/tansu/*.patch; do
-        patch -s -p1 -N --no-backup-if-mismatch -d "$src/tansu-storage-$TANSU_VERSION" <"$patch" || die "cannot apply $patch"
+    printf '\n[patch.crates-io]\n' >>"$src/tansu-$TANSU_VERSION/Cargo.toml"
+    for crate in tansu-storage:720d2ed8e6010c70f7f06e5af5a7274ebbf6e42fdcd9e46de542b10dc4d2f35d \
+        tansu-broker:93c1e91b40c2a706dfdbe9a795c08c70918c874ad23f6e0e87564cc0a180e720; do
+        sum=${crate#*:} crate=${crate%%:*}
+        fetch_crate "$crate" "$sum" "$src"
+        for patch in "$LOGPIPE_ROOT/deploy/tansu/$crate"/*.patch; do
+            patch -s -p1 -N --no-backup-if-mismatch -d "$src/$crate-$TANSU_VERSION" <"$patch" \
+                || die "cannot apply $patch"
+        done
+        printf '%s = { path = "../%s-%s" }\n' "$crate" "$crate" "$TANSU_VERSION" \
+            >>"$src/tansu-$TANSU_VERSION/Cargo.toml"
     done
-    printf '\n[patch.crates-io]\ntansu-storage = { path = "../tansu-storage-%s" }\n' "$TANSU_VERSION" \
-        >>"$src/tansu-$TANSU_VERSION/Cargo.toml"
     CARGO_TARGET_DIR=$src/target cargo build --release --features dynostore,libsql \
         --manifest-path "$src/tansu-$TANSU_VERSION/Cargo.toml" >"$build_log" 2>&1 \
         || { tail -30 "$build_log" >&2; die "building Tansu failed"; }

@@ -236,7 +236,7 @@ pub fn tansu_bin() -> std::path::PathBuf {
         .unwrap_or_else(|_| {
             PathBuf::from(std::env::var("HOME").expect("HOME")).join(".cache/logpipe")
         });
-    let bin = cache.join("tansu-0.6.0-p2/bin/tansu");
+    let bin = cache.join("tansu-0.6.0-p3/bin/tansu");
     assert!(
         bin.exists(),
         "Tansu not found at {}; ./test.sh builds it",

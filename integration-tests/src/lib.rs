@@ -356,6 +356,22 @@ pub async fn produce_events(
     .await;
 }
 
+/// Wait until the scalar `sql` returns (a count, a sum) equals `want`.
+pub async fn wait_scalar(pool: &sqlx::PgPool, sql: &str, want: i64, timeout: Duration) {
+    wait_for(&format!("`{sql}` = {want}"), timeout, || async {
+        let n: i64 = sqlx::query_scalar(sql)
+            .fetch_one(pool)
+            .await
+            .map_err(|e| e.to_string())?;
+        if n == want {
+            Ok(())
+        } else {
+            Err(n.to_string())
+        }
+    })
+    .await;
+}
+
 /// `n` events of a generator profile over simulated time: event `i` happens at
 /// `start + i * span / n`, so minutes of a profile's cycle are produced in a moment.
 pub fn profile_events(

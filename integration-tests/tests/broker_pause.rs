@@ -67,29 +67,13 @@ async fn a_collector_gets_its_partitions_back_after_the_broker_was_frozen_past_i
             Duration::from_secs(30),
             PER_ROUND,
         );
-        it::produce_all(
-            &producer,
-            &kafka.raw_topic,
-            events
-                .iter()
-                .map(|e| (e.event_id.clone(), e.to_json(), "application/json")),
-        )
-        .await;
+        it::produce_events(&producer, &kafka.raw_topic, &events).await;
         want += PER_ROUND as i64;
-        it::wait_for(
-            &format!("{want} rows after {round} freezes"),
+        it::wait_scalar(
+            &pool,
+            "SELECT count(*) FROM log_events",
+            want,
             Duration::from_secs(90),
-            || async {
-                let n: i64 = sqlx::query_scalar("SELECT count(*) FROM log_events")
-                    .fetch_one(&pool)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                if n == want {
-                    Ok(())
-                } else {
-                    Err(n.to_string())
-                }
-            },
         )
         .await;
     }

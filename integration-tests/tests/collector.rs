@@ -55,22 +55,7 @@ async fn all_pages(
 }
 
 async fn wait_rows(pool: &PgPool, sql: &str, want: i64) {
-    it::wait_for(&format!("`{sql}` = {want}"), WAIT, || {
-        let pool = pool.clone();
-        let sql = sql.to_owned();
-        async move {
-            let n: i64 = sqlx::query_scalar(&sql)
-                .fetch_one(&pool)
-                .await
-                .map_err(|e| e.to_string())?;
-            if n == want {
-                Ok(())
-            } else {
-                Err(format!("{n}"))
-            }
-        }
-    })
-    .await;
+    it::wait_scalar(pool, sql, want, WAIT).await;
 }
 
 /// Wait until the collector stored offsets past all `records` produced to its topic.

@@ -34,15 +34,7 @@ fn events(seed: u64, n: usize) -> Vec<LogEvent> {
 /// Produce with a fresh producer (an idempotent producer's state does not survive the broker's),
 /// keyed by event id so both partitions get records.
 async fn produce(kafka: &logpipe_common::kafka::KafkaSettings, events: &[LogEvent]) {
-    let producer = it::producer(kafka);
-    it::produce_all(
-        &producer,
-        &kafka.raw_topic,
-        events
-            .iter()
-            .map(|e| (e.event_id.clone(), e.to_json(), "application/json")),
-    )
-    .await;
+    it::produce_events(&it::producer(kafka), &kafka.raw_topic, events).await;
 }
 
 async fn scalar(pool: &PgPool, sql: &str) -> Result<i64, String> {
@@ -53,15 +45,7 @@ async fn scalar(pool: &PgPool, sql: &str) -> Result<i64, String> {
 }
 
 async fn wait_scalar(pool: &PgPool, sql: &str, want: i64) {
-    it::wait_for(&format!("`{sql}` = {want}"), WAIT, || async {
-        let n = scalar(pool, sql).await?;
-        if n == want {
-            Ok(())
-        } else {
-            Err(n.to_string())
-        }
-    })
-    .await;
+    it::wait_scalar(pool, sql, want, WAIT).await;
 }
 
 /// How many of `events` have no row.

@@ -76,8 +76,9 @@ pub struct OffsetMove {
     pub expected: i64,
     pub next: i64,
     pub max_event_ts: Option<DateTime<Utc>>,
-    /// Fingerprint of the record at `next - 1`, when this move took records (`None` keeps the
-    /// stored one: an idle move).
+    /// Fingerprint of the record at `next - 1`. A move that keeps the offset (an idle move) keeps
+    /// the stored one; a move past records stores this, `None` when it is not known (no check at
+    /// the next resume: never a stale fingerprint for a new offset).
     pub last_record_hash: Option<i64>,
 }
 
@@ -335,7 +336,8 @@ impl Db {
             let updated = sqlx::query(
                 "UPDATE consumer_offsets
                     SET next_offset = $4, max_event_ts = $6,
-                        last_record_hash = COALESCE($7, last_record_hash), updated_at = now()
+                        last_record_hash = CASE WHEN $4 = $5 THEN last_record_hash ELSE $7 END,
+                        updated_at = now()
                   WHERE consumer_group = $1 AND topic = $2 AND kafka_partition = $3
                     AND next_offset = $5",
             )

@@ -8,7 +8,8 @@
 //! - Offset fit: [`offset_misfit`] and [`confirmed_misfit`] (two statistics snapshots must agree),
 //!   [`fetch_start`] (the "resume lookback" Tansu workaround), and [`fingerprint`] (the record
 //!   before a stored offset, re-read on resume: a replaced log that already reaches past the
-//!   stored offset).
+//!   stored offset); [`LastRecords`] keeps each partition's last record so that only the record
+//!   whose fingerprint is stored gets hashed.
 //! - Batch planning: [`Planner::plan`] turns consumed records into one transaction's write.
 //! - Window closing: [`closed_upto`] and [`closed_window`].
 
@@ -102,6 +103,73 @@ pub(super) fn fingerprint(key: Option<&[u8]>, payload: &[u8], timestamp_ms: Opti
     h as i64
 }
 
+/// The last record taken of each partition, its bytes copied into buffers that are reused, so a
+/// batch's fingerprints are computed for the few records whose fingerprint is stored (one per
+/// partition) instead of for every record.
+#[derive(Debug, Default)]
+pub(super) struct LastRecords {
+    by_partition: HashMap<i32, LastRecord>,
+}
+
+#[derive(Debug, Default)]
+struct LastRecord {
+    offset: i64,
+    key: Option<Vec<u8>>,
+    payload: Vec<u8>,
+    timestamp_ms: Option<i64>,
+}
+
+impl LastRecords {
+    /// Remember a record just taken into the batch.
+    pub(super) fn note(
+        &mut self,
+        partition: i32,
+        offset: i64,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        timestamp_ms: Option<i64>,
+    ) {
+        let last = self.by_partition.entry(partition).or_default();
+        last.offset = offset;
+        match (key, &mut last.key) {
+            (Some(k), Some(buf)) => {
+                buf.clear();
+                buf.extend_from_slice(k);
+            }
+            (Some(k), none) => *none = Some(k.to_vec()),
+            (None, k) => *k = None,
+        }
+        last.payload.clear();
+        last.payload.extend_from_slice(payload);
+        last.timestamp_ms = timestamp_ms;
+    }
+
+    /// Set the fingerprint of each partition's last record in `batch`, when it is the record
+    /// noted last (records dropped from the batch since, for a revoked partition, leave theirs
+    /// unset).
+    pub(super) fn stamp(&self, batch: &mut [Pending]) {
+        let mut seen: Vec<i32> = Vec::with_capacity(self.by_partition.len());
+        for p in batch.iter_mut().rev() {
+            if seen.len() == self.by_partition.len() {
+                break;
+            }
+            if seen.contains(&p.partition) {
+                continue;
+            }
+            seen.push(p.partition);
+            if let Some(last) = self.by_partition.get(&p.partition) {
+                if last.offset == p.offset && p.fingerprint.is_none() {
+                    p.fingerprint = Some(fingerprint(
+                        last.key.as_deref(),
+                        &last.payload,
+                        last.timestamp_ms,
+                    ));
+                }
+            }
+        }
+    }
+}
+
 /// A misfit is acted on only when two statistics snapshots in a row show it: librdkafka reads a
 /// partition's bounds for a snapshot without ordering that against the records it queues, so one
 /// snapshot can lag behind records already consumed; the next one (a second later) cannot.
@@ -143,10 +211,12 @@ impl Owned {
     /// Before that, the "replaced log" check: the resume fetch starts at least one record before
     /// the stored offset, and that record must be the one stored last (same `fingerprint`). A
     /// different one means the broker's log is not the one the offset was stored against.
+    /// `fingerprint` is asked for only when the record is the one to compare (hashing every
+    /// record cost 15 % of the consume thread).
     pub(super) fn arrive(
         &mut self,
         offset: i64,
-        fingerprint: i64,
+        fingerprint: impl FnOnce() -> i64,
         now: Instant,
         retries: u32,
     ) -> Arrival {
@@ -160,7 +230,7 @@ impl Owned {
                 return Arrival::Skip;
             }
             self.verify = None;
-            if offset == at && fingerprint != stored {
+            if offset == at && fingerprint() != stored {
                 return Arrival::Replaced { at };
             }
             if offset > at {
@@ -256,8 +326,10 @@ pub(super) struct Pending {
     /// The record's Kafka timestamp (when it was produced, or appended): the most an event's
     /// own timestamp may move its partition's event time to (see `Planner::plan`).
     pub(super) record_ts: Option<DateTime<Utc>>,
-    /// The record's `fingerprint`, stored with the offset after it when it is a batch's last.
-    pub(super) fingerprint: i64,
+    /// The record's `fingerprint`, stored with the offset after it: set (by [`LastRecords::stamp`])
+    /// on the last record of each partition in a batch handed to the writer. A move whose last
+    /// record has none (a half of a split batch) stores none, and the next resume skips the check.
+    pub(super) fingerprint: Option<i64>,
     pub(super) item: Item,
     /// Poison records: whether the DLQ already acknowledged it (a retried batch does not resend).
     pub(super) dlq_done: bool,
@@ -318,11 +390,11 @@ impl Planner<'_> {
                 expected: o.expected,
                 next: p.offset + 1,
                 max_event_ts: o.max_ts,
-                last_record_hash: Some(p.fingerprint),
+                last_record_hash: p.fingerprint,
             });
             if p.offset + 1 >= m.next {
                 m.next = p.offset + 1;
-                m.last_record_hash = Some(p.fingerprint);
+                m.last_record_hash = p.fingerprint;
             }
             let Item::Event(e) = &p.item else {
                 continue;
@@ -550,15 +622,15 @@ mod tests {
         let now = Instant::now();
         let mut o = owned(100);
         assert_eq!(
-            o.arrive(98, 0, now, 5),
+            o.arrive(98, || 0, now, 5),
             Arrival::Skip,
             "the resume lookback"
         );
-        assert_eq!(o.arrive(100, 0, now, 5), Arrival::Take(1));
-        assert_eq!(o.arrive(101, 0, now, 5), Arrival::Take(1));
+        assert_eq!(o.arrive(100, || 0, now, 5), Arrival::Take(1));
+        assert_eq!(o.arrive(101, || 0, now, 5), Arrival::Take(1));
         assert_eq!(o.next_fetch, 102);
         assert_eq!(
-            o.arrive(101, 0, now, 5),
+            o.arrive(101, || 0, now, 5),
             Arrival::Skip,
             "a record read twice"
         );
@@ -571,7 +643,7 @@ mod tests {
         o.log_start = 4;
         // 10..14 missing: fetch again from 10.
         assert_eq!(
-            o.arrive(15, 0, t0, 2),
+            o.arrive(15, || 0, t0, 2),
             Arrival::Repair {
                 from: 10,
                 log_start: 4
@@ -579,19 +651,19 @@ mod tests {
         );
         // Records fetched before the repair are still arriving: skipped, no new re-fetch.
         assert_eq!(
-            o.arrive(16, 0, t0 + Duration::from_millis(500), 2),
+            o.arrive(16, || 0, t0 + Duration::from_millis(500), 2),
             Arrival::Skip
         );
         // Still missing after the wait: a second re-fetch.
         let t1 = t0 + GAP_REPAIR_WAIT;
         assert!(matches!(
-            o.arrive(16, 0, t1, 2),
+            o.arrive(16, || 0, t1, 2),
             Arrival::Repair { from: 10, .. }
         ));
         // After `retries` re-fetches the gap is real: taken, and the partition moves on.
         let t2 = t1 + GAP_REPAIR_WAIT;
         assert_eq!(
-            o.arrive(17, 0, t2, 2),
+            o.arrive(17, || 0, t2, 2),
             Arrival::TakeOverGap {
                 epoch: 1,
                 missing_from: 10,
@@ -606,20 +678,20 @@ mod tests {
     fn a_repaired_gap_takes_the_missing_record_when_it_comes() {
         let t0 = Instant::now();
         let mut o = owned(10);
-        assert!(matches!(o.arrive(12, 0, t0, 5), Arrival::Repair { .. }));
-        assert_eq!(o.arrive(10, 0, t0, 5), Arrival::Take(1));
+        assert!(matches!(o.arrive(12, || 0, t0, 5), Arrival::Repair { .. }));
+        assert_eq!(o.arrive(10, || 0, t0, 5), Arrival::Take(1));
         assert_eq!(o.gap, None);
-        assert_eq!(o.arrive(11, 0, t0, 5), Arrival::Take(1));
+        assert_eq!(o.arrive(11, || 0, t0, 5), Arrival::Take(1));
     }
 
     #[test]
     fn with_no_retries_a_gap_is_accepted_at_once_and_a_refused_partition_takes_nothing() {
         let now = Instant::now();
         let mut o = owned(10);
-        assert_eq!(o.arrive(20, 0, now, 0), Arrival::Take(1));
+        assert_eq!(o.arrive(20, || 0, now, 0), Arrival::Take(1));
         let mut refused = owned(10);
         refused.refused = Some("past_log_end");
-        assert_eq!(refused.arrive(10, 0, now, 5), Arrival::Skip);
+        assert_eq!(refused.arrive(10, || 0, now, 5), Arrival::Skip);
         assert_eq!(refused.next_fetch, 10);
     }
 
@@ -634,20 +706,20 @@ mod tests {
         // The same log: the record at 99 is the one stored last; then records are taken.
         let mut same = Owned::new(1, stored(42));
         assert_eq!(same.verify, Some((99, 42)));
-        assert_eq!(same.arrive(90, 7, now, 5), Arrival::Skip, "the lookback");
-        assert_eq!(same.arrive(99, 42, now, 5), Arrival::Skip);
+        assert_eq!(same.arrive(90, || 7, now, 5), Arrival::Skip, "the lookback");
+        assert_eq!(same.arrive(99, || 42, now, 5), Arrival::Skip);
         assert_eq!(same.verify, None);
-        assert_eq!(same.arrive(100, 8, now, 5), Arrival::Take(1));
+        assert_eq!(same.arrive(100, || 8, now, 5), Arrival::Take(1));
         // Another log that already reaches past the offset: nothing of it is taken.
         let mut replaced = Owned::new(1, stored(42));
         assert_eq!(
-            replaced.arrive(99, 43, now, 5),
+            replaced.arrive(99, || 43, now, 5),
             Arrival::Replaced { at: 99 }
         );
         assert_eq!(replaced.next_fetch, 100);
         // The record is not served (deleted by retention, say): nothing to compare, go on.
         let mut gone = Owned::new(1, stored(42));
-        assert_eq!(gone.arrive(100, 8, now, 5), Arrival::Take(1));
+        assert_eq!(gone.arrive(100, || 8, now, 5), Arrival::Take(1));
         // No fingerprint stored (an offset reset, a row from before fingerprints): no check.
         let none = Owned::new(
             1,
@@ -668,6 +740,46 @@ mod tests {
         assert_ne!(f, fingerprint(None, b"abc", Some(1)));
         // Stored in Postgres: the value must not change between builds or versions.
         assert_eq!(fingerprint(None, b"", None), 0x1f1e_1550_48d8_f9f5_i64);
+    }
+
+    #[test]
+    fn only_the_last_record_of_each_partition_in_a_batch_gets_its_fingerprint() {
+        let poison = || Item::Poison {
+            key: None,
+            payload: Vec::new(),
+            kind: "test",
+            message: String::new(),
+        };
+        let mut last = LastRecords::default();
+        let mut batch = Vec::new();
+        for (partition, offset, payload) in [(0, 10, "a"), (1, 5, "b"), (0, 11, "c"), (1, 6, "d")] {
+            let mut p = pending(partition, offset, poison());
+            p.fingerprint = None;
+            last.note(partition, offset, Some(b"k"), payload.as_bytes(), Some(7));
+            batch.push(p);
+        }
+        // A partition noted, then revoked: its records left the batch.
+        last.note(2, 40, None, b"gone", None);
+        last.stamp(&mut batch);
+        let fps: Vec<Option<i64>> = batch.iter().map(|p| p.fingerprint).collect();
+        assert_eq!(
+            fps,
+            vec![
+                None,
+                None,
+                Some(fingerprint(Some(b"k"), b"c", Some(7))),
+                Some(fingerprint(Some(b"k"), b"d", Some(7))),
+            ]
+        );
+        // The batch grew while the writer was busy: the new last records are stamped too, and a
+        // key that went away is not remembered.
+        let mut p = pending(0, 12, poison());
+        p.fingerprint = None;
+        last.note(0, 12, None, b"e", Some(8));
+        batch.push(p);
+        last.stamp(&mut batch);
+        assert_eq!(batch[4].fingerprint, Some(fingerprint(None, b"e", Some(8))));
+        assert_eq!(batch[2].fingerprint, Some(fingerprint(Some(b"k"), b"c", Some(7))));
     }
 
     fn event(secs: i64, level: logpipe_common::Level, service: &str) -> LogEvent {
@@ -691,7 +803,7 @@ mod tests {
             offset,
             epoch: 1,
             record_ts: None,
-            fingerprint: offset,
+            fingerprint: Some(offset),
             item,
             dlq_done: false,
             trace: None,

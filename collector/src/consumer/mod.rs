@@ -261,6 +261,8 @@ impl ConsumerLoop {
         let mut last_owned = Instant::now();
         let mut orphans = OrphanWatch::default();
         let mut last_orphan_check = Instant::now();
+        let mut last_records = LastRecords::default();
+        let mut consumed_counted = self.health.consumed.load(Ordering::Relaxed);
         while !self.cancel.is_cancelled() {
             // With records in hand, only look at what is already queued: when nothing is, the
             // consumer has caught up and the batch is handed over now (low latency when quiet,
@@ -294,6 +296,13 @@ impl ConsumerLoop {
                 Some(Ok(msg)) => {
                     let now = Instant::now();
                     if let Some(p) = self.accept(&msg, now) {
+                        last_records.note(
+                            p.partition,
+                            p.offset,
+                            msg.key(),
+                            msg.payload().unwrap_or_default(),
+                            msg.timestamp().to_millis(),
+                        );
                         batch.push(p);
                         oldest.get_or_insert(now);
                     }
@@ -371,6 +380,10 @@ impl ConsumerLoop {
             if batch.is_empty() || !(batch.len() >= max_events || due) {
                 continue;
             }
+            let consumed = self.health.consumed.load(Ordering::Relaxed);
+            telemetry::events_consumed(consumed - consumed_counted);
+            consumed_counted = consumed;
+            last_records.stamp(&mut batch);
             match tx.try_send(std::mem::take(&mut batch)) {
                 Ok(()) => {
                     batch.reserve(max_events);
@@ -433,6 +446,7 @@ impl ConsumerLoop {
         }
         // Hand over what is left; the writer commits it within the drain deadline.
         self.retain_owned(&mut batch);
+        last_records.stamp(&mut batch);
         if !batch.is_empty() {
             let _ = tx.send(batch);
         }
@@ -956,11 +970,15 @@ impl ConsumerLoop {
         let partition = msg.partition();
         let offset = msg.offset();
         let payload = msg.payload().unwrap_or_default();
-        let fp = fingerprint(msg.key(), payload, msg.timestamp().to_millis());
         let arrival = {
             let mut own = self.ownership.lock().expect("ownership lock");
             let o = own.partitions.get_mut(&partition)?;
-            o.arrive(offset, fp, now, self.config.consumer.gap_repair_retries)
+            o.arrive(
+                offset,
+                || fingerprint(msg.key(), payload, msg.timestamp().to_millis()),
+                now,
+                self.config.consumer.gap_repair_retries,
+            )
         };
         let owned = match arrival {
             Arrival::Take(epoch) => epoch,
@@ -1008,7 +1026,8 @@ impl ConsumerLoop {
                 return None;
             }
         };
-        telemetry::events_consumed(1);
+        // The metric is counted per hand-over (`consume_loop`): a registry lookup per record
+        // showed in the consume thread's profile.
         self.health.consumed.fetch_add(1, Ordering::Relaxed);
         // A parser bug must not stop the partition: a record that panics it is dead-lettered.
         let parsed = catch_unwind(AssertUnwindSafe(|| {
@@ -1062,7 +1081,7 @@ impl ConsumerLoop {
                 .timestamp()
                 .to_millis()
                 .and_then(DateTime::from_timestamp_millis),
-            fingerprint: fp,
+            fingerprint: None,
             item,
             dlq_done: false,
             trace,

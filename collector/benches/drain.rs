@@ -2,14 +2,15 @@
 //!
 //!   LOGPIPE_BENCH_BROKERS=127.0.0.1:9092 \
 //!   LOGPIPE_BENCH_DATABASE_URL=postgres://postgres@127.0.0.1:5432/logpipe_bench \
-//!   cargo bench -p logpipe-collector --bench drain [-- N]
+//!   cargo bench -p logpipe-collector --bench drain [-- N] [-- N warn] [-- RATE alerts]
 //!
 //! The topic (6 partitions) is filled with N events of the generator's `steady` profile first; then,
 //! each on the same records:
 //! - ceiling "consume": a bare rdkafka consumer loop reading all N records (no parsing): the best of
 //!   three tuned fetch settings, each measured in the run (`max.partition.fetch.bytes` 10 MB with
 //!   `fetch.wait.max.ms` 100 and `fetch.min.bytes` 1 MB, or waits of 20 and 5 ms); the default
-//!   settings are measured too, for reference;
+//!   settings are measured too, for reference; so is "consume + parse", the best settings with each
+//!   record parsed and validated on the one thread (the least the collector does with every event);
 //! - ceiling "copy": the same rows in ONE binary COPY into a fresh, migrated `log_events` (same
 //!   table, same indexes), one transaction; batches of 5,000 are measured too, for reference;
 //! - "collector": the real collector (windows and alerts on, every event stored raw) draining the
@@ -48,6 +49,8 @@ fn main() {
         .unwrap_or(300_000);
     // `-- alerts RATE`: only the alert-latency phases, with RATE events/s of background load.
     let alerts_only = std::env::args().any(|a| a == "alerts");
+    // `-- N warn`: only the fill and the WARN+ collector phase (to profile it alone).
+    let warn_only = std::env::args().any(|a| a == "warn");
     let brokers =
         std::env::var("LOGPIPE_BENCH_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
     let db_url = std::env::var("LOGPIPE_BENCH_DATABASE_URL")
@@ -99,27 +102,39 @@ fn main() {
             warn_share * 100.0
         );
 
-        let untuned = bare_consume(&kafka, n, &format!("{tag}-default"), &[]);
+        if warn_only {
+            let warn = collector(&kafka, &db_url, &format!("b_warn_{tag}"), Level::Warn, n).await;
+            println!("collector (WARN+ stored)          {warn:>9.0} events/s");
+            return;
+        }
+        let untuned = bare_consume(&kafka, n, &format!("{tag}-default"), &[], false);
         println!("reference consume, default fetch  {untuned:>9.0} events/s");
         // The ceiling is the best of these, each measured here: large fetches that wait for
         // data, and short waits (Tansu sleeps about `fetch.wait.max.ms` on every fetch).
         let mut consume = 0.0f64;
+        let mut best: &[(&str, &str)] = &[];
         for (name, wait, min_bytes) in [
             ("wait 100 ms, min 1 MB", "100", "1048576"),
             ("wait 20 ms, min 1 B", "20", "1"),
             ("wait 5 ms, min 1 B", "5", "1"),
         ] {
-            let fetch = [
-                ("fetch.wait.max.ms", wait),
-                ("fetch.min.bytes", min_bytes),
-                ("max.partition.fetch.bytes", "10485760"),
-                ("fetch.max.bytes", "52428800"),
-            ];
-            let rate = bare_consume(&kafka, n, &format!("{tag}-w{wait}"), &fetch);
+            let fetch = tuned(wait, min_bytes);
+            let rate = bare_consume(&kafka, n, &format!("{tag}-w{wait}"), &fetch, false);
             println!("          consume, {name:<21}{rate:>9.0} events/s");
-            consume = consume.max(rate);
+            if rate > consume {
+                consume = rate;
+                best = match wait {
+                    "100" => &FETCH_100,
+                    "20" => &FETCH_20,
+                    _ => &FETCH_5,
+                };
+            }
         }
         println!("ceiling   consume, best of those  {consume:>9.0} events/s");
+        // What one thread reads when it also parses and validates each record (the least the
+        // collector must do with every event: windows and alerts see them all), best settings.
+        let parsed = bare_consume(&kafka, n, &format!("{tag}-parse"), best, true);
+        println!("reference consume + parse, 1 thread {parsed:>7.0} events/s");
         let batched = bare_copy(&db_url, &format!("{tag}_b"), &events, 5_000).await;
         println!("reference copy, batches of 5,000  {batched:>9.0} rows/s");
         let copy = bare_copy(&db_url, &format!("{tag}_1"), &events, events.len()).await;
@@ -135,11 +150,12 @@ fn main() {
         );
         let warn = collector(&kafka, &db_url, &format!("b_warn_{tag}"), Level::Warn, n).await;
         println!(
-            "collector (WARN+ stored)          {:>9.0} events/s  = {:.2} x consume, {:.2} x copy, {:.2} x min",
+            "collector (WARN+ stored)          {:>9.0} events/s  = {:.2} x consume, {:.2} x copy, {:.2} x min, {:.2} x consume + parse",
             warn,
             warn / consume,
             warn / copy,
-            warn / floor
+            warn / floor,
+            warn / parsed
         );
         let idle = alert_latency(&kafka, &db_url, &format!("b_alert_idle_{tag}"), 0.0).await;
         println!("FATAL -> alert row, idle pipeline             {idle}");
@@ -148,6 +164,19 @@ fn main() {
         println!("FATAL -> alert row, under {half:>6.0} events/s     {loaded}");
     });
 }
+
+const fn tuned(wait: &'static str, min_bytes: &'static str) -> [(&'static str, &'static str); 5] {
+    [
+        ("fetch.wait.max.ms", wait),
+        ("fetch.min.bytes", min_bytes),
+        ("max.partition.fetch.bytes", "10485760"),
+        ("fetch.max.bytes", "52428800"),
+        ("fetch.queue.backoff.ms", "10"),
+    ]
+}
+const FETCH_100: [(&str, &str); 5] = tuned("100", "1048576");
+const FETCH_20: [(&str, &str); 5] = tuned("20", "1");
+const FETCH_5: [(&str, &str); 5] = tuned("5", "1");
 
 fn fill(kafka: &KafkaSettings, events: &[LogEvent]) {
     let producer: ThreadedProducer<DefaultProducerContext> = kafka
@@ -178,7 +207,13 @@ fn fill(kafka: &KafkaSettings, events: &[LogEvent]) {
 
 /// Events per second a bare consumer reads, from its first record to its N-th; `tuned` sets the
 /// fetch sizes that read fastest here (larger fetches, fewer round trips).
-fn bare_consume(kafka: &KafkaSettings, n: usize, tag: &str, fetch: &[(&str, &str)]) -> f64 {
+fn bare_consume(
+    kafka: &KafkaSettings,
+    n: usize,
+    tag: &str,
+    fetch: &[(&str, &str)],
+    parse: bool,
+) -> f64 {
     let mut config = kafka.client_config("bench-consume");
     config
         .set("group.id", format!("bench-consume-{tag}"))
@@ -195,7 +230,12 @@ fn bare_consume(kafka: &KafkaSettings, n: usize, tag: &str, fetch: &[(&str, &str
     while seen < n {
         if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
             first.get_or_insert_with(Instant::now);
-            bytes += m.payload().map_or(0, <[u8]>::len);
+            let payload = m.payload().unwrap_or_default();
+            bytes += if parse {
+                LogEvent::from_json(payload).map_or(0, |e| e.message.len())
+            } else {
+                payload.len()
+            };
             seen += 1;
         }
     }

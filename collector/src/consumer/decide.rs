@@ -779,7 +779,10 @@ mod tests {
         batch.push(p);
         last.stamp(&mut batch);
         assert_eq!(batch[4].fingerprint, Some(fingerprint(None, b"e", Some(8))));
-        assert_eq!(batch[2].fingerprint, Some(fingerprint(Some(b"k"), b"c", Some(7))));
+        assert_eq!(
+            batch[2].fingerprint,
+            Some(fingerprint(Some(b"k"), b"c", Some(7)))
+        );
     }
 
     fn event(secs: i64, level: logpipe_common::Level, service: &str) -> LogEvent {

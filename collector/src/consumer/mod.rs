@@ -188,6 +188,10 @@ impl ConsumerLoop {
                 "max.partition.fetch.bytes",
                 config.consumer.max_partition_fetch_bytes.to_string(),
             )
+            .set(
+                "fetch.queue.backoff.ms",
+                config.consumer.fetch_queue_backoff_ms.to_string(),
+            )
             .create_with_context(context)?;
         consumer.subscribe(&[&config.kafka.raw_topic])?;
         let dlq: FutureProducer = config

@@ -112,7 +112,7 @@ fn main() {
         // The ceiling is the best of these, each measured here: large fetches that wait for
         // data, and short waits (Tansu sleeps about `fetch.wait.max.ms` on every fetch).
         let mut consume = 0.0f64;
-        let mut best: &[(&str, &str)] = &[];
+        let mut best = tuned("5", "1");
         for (name, wait, min_bytes) in [
             ("wait 100 ms, min 1 MB", "100", "1048576"),
             ("wait 20 ms, min 1 B", "20", "1"),
@@ -123,17 +123,13 @@ fn main() {
             println!("          consume, {name:<21}{rate:>9.0} events/s");
             if rate > consume {
                 consume = rate;
-                best = match wait {
-                    "100" => &FETCH_100,
-                    "20" => &FETCH_20,
-                    _ => &FETCH_5,
-                };
+                best = fetch;
             }
         }
         println!("ceiling   consume, best of those  {consume:>9.0} events/s");
         // What one thread reads when it also parses and validates each record (the least the
         // collector must do with every event: windows and alerts see them all), best settings.
-        let parsed = bare_consume(&kafka, n, &format!("{tag}-parse"), best, true);
+        let parsed = bare_consume(&kafka, n, &format!("{tag}-parse"), &best, true);
         println!("reference consume + parse, 1 thread {parsed:>7.0} events/s");
         let batched = bare_copy(&db_url, &format!("{tag}_b"), &events, 5_000).await;
         println!("reference copy, batches of 5,000  {batched:>9.0} rows/s");
@@ -165,7 +161,8 @@ fn main() {
     });
 }
 
-const fn tuned(wait: &'static str, min_bytes: &'static str) -> [(&'static str, &'static str); 5] {
+/// The tuned fetch settings of a bare consumer, with `fetch.wait.max.ms` and `fetch.min.bytes` given.
+fn tuned(wait: &'static str, min_bytes: &'static str) -> [(&'static str, &'static str); 5] {
     [
         ("fetch.wait.max.ms", wait),
         ("fetch.min.bytes", min_bytes),
@@ -174,9 +171,6 @@ const fn tuned(wait: &'static str, min_bytes: &'static str) -> [(&'static str, &
         ("fetch.queue.backoff.ms", "10"),
     ]
 }
-const FETCH_100: [(&str, &str); 5] = tuned("100", "1048576");
-const FETCH_20: [(&str, &str); 5] = tuned("20", "1");
-const FETCH_5: [(&str, &str); 5] = tuned("5", "1");
 
 fn fill(kafka: &KafkaSettings, events: &[LogEvent]) {
     let producer: ThreadedProducer<DefaultProducerContext> = kafka

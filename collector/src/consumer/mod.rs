@@ -449,6 +449,7 @@ impl ConsumerLoop {
             }
         }
         // Hand over what is left; the writer commits it within the drain deadline.
+        telemetry::events_consumed(self.health.consumed.load(Ordering::Relaxed) - consumed_counted);
         self.retain_owned(&mut batch);
         last_records.stamp(&mut batch);
         if !batch.is_empty() {

@@ -25,17 +25,24 @@ if [ ! -d "$RUN_DIR/pids" ] || [ -z "$(ls -A "$RUN_DIR/pids" 2>/dev/null)" ]; th
     exit 0
 fi
 
-# Sum of the collector's per-partition lag, or nothing when it cannot be read.
+# The collector's lag as "SUM SERIES", "none" when its metrics hold no lag series (it owns no
+# partition yet: just started, or waiting for the group to hand it partitions), or nothing when its
+# metrics cannot be read at all.
 collector_lag() {
-    curl -fsS --max-time 2 "http://127.0.0.1:$1/metrics" 2>/dev/null \
-        | awk '/^collector_consumer_lag\{/ { sum += $2; n++ } END { if (n > 0) printf "%d\n", sum }'
+    local body
+    body=$(curl -fsS --max-time 2 "http://127.0.0.1:$1/metrics" 2>/dev/null) || return 0
+    awk '/^collector_consumer_lag\{/ { sum += $2; n++ }
+         END { if (n > 0) printf "%d %d\n", sum, n; else print "none" }' <<<"$body"
 }
 
 # With producers stopped, wait (bounded) until the collector has stored everything the broker
 # holds: an in-memory broker loses whatever is still unstored when it stops. The collector
 # refreshes its lag every 5 s, so only a reading taken after the producers stopped counts.
+# A collector that owns no partition yet (after a SIGKILL the group may hand it none until the
+# dead member expires and it rejoins) exports no lag: that is waited out, not read as "drained";
+# only a collector whose metrics cannot be read at all ends the wait early.
 drain_collector() {
-    local port secs=${LOGPIPE_STOP_DRAIN_SECS:-120} lag=""
+    local port secs=${LOGPIPE_STOP_DRAIN_SECS:-120} reading="" told=""
     pid_alive "$RUN_DIR/pids/collector.pid" logpipe-collector || return 0
     pid_alive "$RUN_DIR/pids/broker.pid" tansu || return 0
     port=$(sed -n 's/^COLLECTOR_PORT=//p' "$RUN_DIR/ports.env" 2>/dev/null)
@@ -43,15 +50,32 @@ drain_collector() {
     log "waiting (up to ${secs}s) for the collector to store what the broker holds"
     sleep 6
     for _ in $(seq 1 "$secs"); do
-        lag=$(collector_lag "$port")
-        if [ -z "$lag" ]; then
-            log "warning: cannot read the collector's lag on port $port; stopping without waiting"
-            return 0
-        fi
-        [ "$lag" -le 0 ] && { log "collector drained (lag 0)"; return 0; }
+        reading=$(collector_lag "$port")
+        case "$reading" in
+            "")
+                log "warning: cannot read the collector's metrics on port $port; stopping without waiting"
+                return 0
+                ;;
+            none)
+                if [ -z "$told" ]; then
+                    log "the collector owns no partition yet (no lag to read); waiting for the group to assign them"
+                    told=1
+                fi
+                ;;
+            *)
+                if [ "${reading%% *}" -le 0 ]; then
+                    log "collector drained (lag 0 over ${reading#* } partitions)"
+                    return 0
+                fi
+                ;;
+        esac
         sleep 1
     done
-    log "warning: the collector still lags by $lag records after ${secs}s; they stay unstored if the broker keeps nothing"
+    if [ "$reading" = none ]; then
+        log "warning: the collector still owns no partition after ${secs}s; what the broker holds stays unstored if it keeps nothing"
+    else
+        log "warning: the collector still lags by ${reading%% *} records after ${secs}s; they stay unstored if the broker keeps nothing"
+    fi
 }
 
 for name in prometheus gateway generator; do

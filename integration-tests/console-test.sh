@@ -41,7 +41,8 @@ finish() {
     if [ "$rc" -eq 0 ]; then
         rm -rf "$LOGPIPE_RUN_DIR"
     else
-        echo "logs kept in $LOGPIPE_RUN_DIR/logs"
+        echo "logs kept in $LOGPIPE_RUN_DIR/logs; the collector's last warnings:"
+        grep -E ' (WARN|ERROR) ' "$LOGPIPE_RUN_DIR/logs/collector.log" 2>/dev/null | tail -15 | cut -c1-300
     fi
 }
 trap finish EXIT

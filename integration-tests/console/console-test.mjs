@@ -47,7 +47,7 @@ try {
 
   await page.selectOption("#profile", "security-attack");
   await page.fill("#rate", "1000");
-  await page.fill("#duration", "120");
+  await page.fill("#duration", "300");
   await page.click("#start");
   check("a security-attack run starts from the page",
     !!(await until("running", async () => (await page.textContent("#gen-state")).includes("running"), 15000)));
@@ -58,7 +58,9 @@ try {
     const a = S[S.length - 3], b = S[S.length - 1];
     return b.stored > a.stored && b.generated > a.generated && b.acked > a.acked && b.consumed > a.consumed;
   }), 30000);
-  check("the stage charts move (generated, acknowledged, consumed, stored all grow)", !!moving);
+  check("the stage charts move (generated, acknowledged, consumed, stored all grow)", !!moving,
+    moving ? "" : JSON.stringify(await page.evaluate(() => window.logpipeConsole.state.samples.slice(-4)
+      .map(({ t, generated, acked, consumed, stored }) => ({ t, generated, acked, consumed, stored })))));
   check("the lag chart has a series per partition",
     await page.evaluate(() => Object.keys(window.logpipeConsole.state.samples.at(-1).lag || {}).length) >= 1);
 
@@ -113,7 +115,11 @@ try {
       if (!cursor) break;
     }
     const seen = window.logpipeConsole.state.tail.seen;
-    return { stored: events.length, missing: events.filter((e) => !seen.has(e.event_id)).length,
+    // What the collector had stored of this filter by now, newest first: says whether a miss is
+    // a stall of the pipeline (the newest is older than the range) or of the query.
+    const latest = await (await fetch(`/api/v1/events?service=auth&min_level=WARN&limit=1`,
+      { headers: { Authorization: `Bearer ${key}` } })).json();
+    return { stored: events.length, newest: latest.events?.[0]?.timestamp ?? null, from, to, missing: events.filter((e) => !seen.has(e.event_id)).length,
              dropped: window.logpipeConsole.state.tail.dropped, complete: cursor === null };
   }, [from, to, KEY]);
   check("across the reconnect the tail missed no stored event",

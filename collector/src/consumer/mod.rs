@@ -115,7 +115,11 @@ pub struct ConsumerLoop {
     replaced: Mutex<Vec<(i32, i64)>>,
 }
 
-/// See the "orphaned assignment" workaround in `ConsumerLoop::run`.
+/// See the "orphaned assignment" workaround in `ConsumerLoop::run`: a member that has owned
+/// nothing this long joins its group again. The first time after it last owned a partition (or
+/// started) it waits just past the session timeout (10 s), the time a SIGKILLed member it replaces
+/// takes to expire; after that once a minute.
+const UNASSIGNED_REJOIN_FIRST: Duration = Duration::from_secs(15);
 const UNASSIGNED_REJOIN: Duration = Duration::from_secs(60);
 
 /// How long the consume loop waits for a busy writer before it pauses the partitions.
@@ -261,8 +265,10 @@ impl ConsumerLoop {
         let mut writer_busy = false;
         let mut last_snapshot = 0;
         let mut last_idle_check = Instant::now();
-        // When this consumer last owned a partition (see `UNASSIGNED_REJOIN`).
+        // When this consumer last owned a partition (see `UNASSIGNED_REJOIN`), and how long it
+        // waits with none before it joins again.
         let mut last_owned = Instant::now();
+        let mut rejoin_after = UNASSIGNED_REJOIN_FIRST;
         let mut orphans = OrphanWatch::default();
         let mut last_orphan_check = Instant::now();
         let mut last_records = LastRecords::default();
@@ -331,20 +337,24 @@ impl ConsumerLoop {
                 .is_empty()
             {
                 last_owned = Instant::now();
-            } else if last_owned.elapsed() >= UNASSIGNED_REJOIN {
+                rejoin_after = UNASSIGNED_REJOIN_FIRST;
+            } else if last_owned.elapsed() >= rejoin_after {
                 // The "orphaned assignment" safety net (see `OrphanWatch` and the cooperative
-                // rebalance workaround in `config.rs`): a member that owns nothing for a minute
-                // joins its group again. With more collectors than partitions an idle member
-                // rejoins once a minute: a rebalance that moves nothing.
+                // rebalance workaround in `config.rs`): a member that owns nothing joins its group
+                // again. Tansu 0.6 does not rebalance when a SIGKILLed member's session expires,
+                // so a collector restarted in its place (`./setup.sh` after a crash) got nothing
+                // until this ran (28 s and more). With more collectors than partitions an idle
+                // member rejoins at 15 s, then once a minute: a rebalance that moves nothing.
                 tracing::warn!(
-                    secs = UNASSIGNED_REJOIN.as_secs(),
-                    "no partition assigned for a minute; joining the group again"
+                    secs = rejoin_after.as_secs(),
+                    "no partition assigned; joining the group again"
                 );
                 self.consumer.unsubscribe();
                 if let Err(e) = self.consumer.subscribe(&[&self.config.kafka.raw_topic]) {
                     tracing::error!(error = %e, "subscribe failed");
                 }
                 last_owned = Instant::now();
+                rejoin_after = UNASSIGNED_REJOIN;
             }
             if last_orphan_check.elapsed() >= ORPHAN_CHECK_EVERY && !self.held() {
                 last_orphan_check = Instant::now();

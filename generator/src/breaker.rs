@@ -9,6 +9,11 @@
 //!
 //! Delivery reports feed the state machine (`on_success`/`on_error`); the state is mirrored into an
 //! atomic for status and the `circuit_breaker_state` gauge (0 closed, 1 open, 2 half-open).
+//!
+//! The breaker judges one producer at a time. When the engine replaces a failed producer it
+//! [`ProduceBreaker::renew`]s the breaker: closed, its backoff restarted, and the old producer's
+//! late reports (its purged queue) no longer move the state. Otherwise the fresh producer waited
+//! out the old one's backoff (16 s after a broker restart) and was judged stuck before it sent.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
@@ -130,6 +135,8 @@ pub struct ProduceBreaker {
     /// Milliseconds since `epoch` of the last delivery report.
     last_report_ms: AtomicU64,
     epoch: Instant,
+    /// Which producer the state machine judges (see `renew`).
+    generation: AtomicU64,
 }
 
 impl ProduceBreaker {
@@ -156,6 +163,7 @@ impl ProduceBreaker {
             reported: AtomicU64::new(0),
             last_report_ms: AtomicU64::new(0),
             epoch: Instant::now(),
+            generation: AtomicU64::new(0),
         })
     }
 
@@ -201,7 +209,41 @@ impl ProduceBreaker {
 
     /// A probe could not even be queued: free its slot.
     fn probe_abandoned(&self) {
-        self.probes_in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.free_probe_slot();
+    }
+
+    /// Saturating: `renew` zeroes the slots while a probe of the old producer may still hold one.
+    fn free_probe_slot(&self) {
+        let _ = self
+            .probes_in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                Some(n.saturating_sub(1))
+            });
+    }
+
+    /// The producer generation the state machine judges now.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// A new producer replaces the one this breaker judged: start closed with the backoff reset,
+    /// free the probe slots, and ignore the old producer's reports from now on (they still count
+    /// as reported, so the timeout does not wait for them).
+    pub fn renew(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.probes_in_flight.store(0, Ordering::Release);
+        self.touch();
+        self.machine.reset();
+    }
+
+    /// A delivery report of the producer of `generation`: judged only if that is the current one.
+    pub fn report_from(&self, generation: u64, ok: bool, probe: bool) {
+        if generation == self.generation() {
+            self.report(ok, probe);
+        } else {
+            self.reported.fetch_add(1, Ordering::Relaxed);
+            self.touch();
+        }
     }
 
     /// A delivery report arrived (called from the producer's delivery callback).
@@ -209,7 +251,7 @@ impl ProduceBreaker {
         self.reported.fetch_add(1, Ordering::Relaxed);
         self.touch();
         if probe {
-            self.probes_in_flight.fetch_sub(1, Ordering::AcqRel);
+            self.free_probe_slot();
         }
         if ok {
             self.machine.on_success();
@@ -338,5 +380,36 @@ mod tests {
         );
         b.report(true, true);
         assert_eq!(b.state(), CLOSED);
+    }
+
+    #[test]
+    fn a_renewed_breaker_is_closed_and_ignores_the_old_producers_reports() {
+        let b = ProduceBreaker::new(fast());
+        let old = b.generation();
+        for _ in 0..3 {
+            b.report_from(old, false, false);
+        }
+        std::thread::sleep(Duration::from_millis(1_050));
+        assert_eq!(b.permit(), Permit::Probe);
+        b.probe_slot().handed_over();
+        assert_eq!(b.state(), HALF_OPEN);
+
+        b.renew();
+        assert_eq!(b.state(), CLOSED);
+        assert_eq!(b.permit(), Permit::Allowed);
+        // The old producer's queue is purged: its failures, and its probe's, judge nothing now.
+        for _ in 0..5 {
+            b.report_from(old, false, false);
+        }
+        b.report_from(old, false, true);
+        assert_eq!(b.state(), CLOSED);
+        // The new producer is judged as before, from a fresh count.
+        let new = b.generation();
+        assert_ne!(new, old);
+        b.report_from(new, false, false);
+        b.report_from(new, false, false);
+        assert_eq!(b.state(), CLOSED);
+        b.report_from(new, false, false);
+        assert_eq!(b.state(), OPEN);
     }
 }

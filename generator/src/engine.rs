@@ -140,6 +140,8 @@ pub struct Counters {
     pub skipped: AtomicU64,
     /// Events that waited for a later second of the global budget.
     pub rate_limited: AtomicU64,
+    /// Producers replaced (failed fatally, or stuck with the breaker open).
+    pub producers_replaced: AtomicU64,
     /// Measured generation rate over the last second, as f64 bits.
     rate_bits: AtomicU64,
 }
@@ -154,6 +156,8 @@ impl Counters {
 pub struct DeliveryCounter {
     counters: Arc<Counters>,
     breaker: Arc<ProduceBreaker>,
+    /// The breaker's generation this producer was made for (see `ProduceBreaker::renew`).
+    generation: u64,
 }
 
 /// Delivery opaque marking a half-open probe record.
@@ -165,7 +169,8 @@ impl ProducerContext for DeliveryCounter {
     type DeliveryOpaque = usize;
 
     fn delivery(&self, result: &DeliveryResult<'_>, opaque: Self::DeliveryOpaque) {
-        self.breaker.report(result.is_ok(), opaque == PROBE);
+        self.breaker
+            .report_from(self.generation, result.is_ok(), opaque == PROBE);
         match result {
             Ok(_) => {
                 self.counters.acked.fetch_add(1, Ordering::Relaxed);
@@ -224,7 +229,7 @@ impl Engine {
     pub fn new(config: GeneratorConfig) -> Result<Arc<Engine>, EngineError> {
         let counters = Arc::new(Counters::default());
         let breaker = ProduceBreaker::new(config.breaker.clone());
-        let producer = new_producer(&config, &counters, &breaker)?;
+        let producer = new_producer(&config, &counters, &breaker, breaker.generation())?;
         let budget = GlobalBudget::new(config.budget.clone(), config.instance_id.clone());
         let engine = Arc::new(Engine {
             config,
@@ -274,12 +279,19 @@ impl Engine {
             ),
             None => return, // another worker replaced it already
         };
-        match new_producer(&self.config, &self.counters, &self.breaker) {
+        let next = self.breaker.generation() + 1;
+        match new_producer(&self.config, &self.counters, &self.breaker, next) {
             Ok(fresh) => {
+                // The fresh producer is judged on its own: not held back by the old one's backoff
+                // (a probe every 16 s by then), nor judged stuck before it could send.
+                self.breaker.renew();
                 tracing::error!(
                     "the producer {why}; replaced by a new one (its queued records are not acknowledged)"
                 );
                 telemetry::producer_replaced();
+                self.counters
+                    .producers_replaced
+                    .fetch_add(1, Ordering::Relaxed);
                 *guard = fresh;
             }
             Err(e) => tracing::error!(error = %e, "cannot create a new producer; retrying"),
@@ -734,6 +746,7 @@ fn new_producer(
     config: &GeneratorConfig,
     counters: &Arc<Counters>,
     breaker: &Arc<ProduceBreaker>,
+    generation: u64,
 ) -> Result<ThreadedProducer<DeliveryCounter>, EngineError> {
     let p = &config.producer;
     config
@@ -752,6 +765,7 @@ fn new_producer(
         .create_with_context(DeliveryCounter {
             counters: counters.clone(),
             breaker: breaker.clone(),
+            generation,
         })
         .map_err(EngineError::Producer)
 }

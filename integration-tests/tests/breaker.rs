@@ -34,13 +34,17 @@ async fn wait_status(engine: &Engine, what: &str, timeout: Duration, ok: impl Fn
     .await;
 }
 
-/// Start generating at 300 events/s, wait for the first acknowledgements, SIGKILL the broker and
-/// wait for the breaker to open.
+/// Start the generator and generate at 300 events/s, wait for the first acknowledgements, SIGKILL
+/// the broker and wait for the breaker to open.
 async fn generate_then_kill_the_broker(
-    engine: &Arc<Engine>,
     config: &GeneratorConfig,
     broker: &mut Child,
-) {
+) -> (Arc<Engine>, it::Running) {
+    let app = logpipe_generator::Application::build(config.clone())
+        .await
+        .unwrap();
+    let engine = app.engine();
+    let running = it::spawn(app.local_addr(), |t| app.run_until_stopped(t));
     let req = StartRequest {
         rate_per_second: Some(300),
         batch_size: Some(10),
@@ -49,19 +53,20 @@ async fn generate_then_kill_the_broker(
     engine
         .start(RunParams::from_request(&req, &config.defaults).unwrap())
         .unwrap();
-    wait_status(engine, "first events acknowledged", WAIT, |s| {
+    wait_status(&engine, "first events acknowledged", WAIT, |s| {
         s.events_acked > 300
     })
     .await;
     broker.kill().unwrap();
     broker.wait().unwrap();
     wait_status(
-        engine,
+        &engine,
         "breaker open after the broker died",
         Duration::from_secs(20),
         |s| s.breaker_state == "open",
     )
     .await;
+    (engine, running)
 }
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -82,12 +87,7 @@ async fn breaker_opens_when_the_broker_dies_and_generation_resumes_by_itself_wit
     config.breaker.max_open_ms = 2_000;
     // Records queued before the outage must survive it, not expire during it.
     config.producer.delivery_timeout_ms = 120_000;
-    let app = logpipe_generator::Application::build(config.clone())
-        .await
-        .unwrap();
-    let engine = app.engine();
-    let running = it::spawn(app.local_addr(), |t| app.run_until_stopped(t));
-    generate_then_kill_the_broker(&engine, &config, &mut broker).await;
+    let (engine, running) = generate_then_kill_the_broker(&config, &mut broker).await;
 
     // While open: (almost) nothing generated, skipped events counted.
     let before = engine.status();
@@ -159,12 +159,7 @@ async fn after_an_in_memory_broker_restarts_empty_the_producer_is_replaced_once_
     let mut config = it::generator_config(&name, 2);
     config.kafka.brokers = format!("127.0.0.1:{port}");
     config.breaker.call_timeout_ms = 1_000;
-    let app = logpipe_generator::Application::build(config.clone())
-        .await
-        .unwrap();
-    let engine = app.engine();
-    let running = it::spawn(app.local_addr(), |t| app.run_until_stopped(t));
-    generate_then_kill_the_broker(&engine, &config, &mut broker).await;
+    let (engine, running) = generate_then_kill_the_broker(&config, &mut broker).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     // Back, empty: the topic made again (as the collector and the gateway do at start).
     let mut broker = it::start_tansu(port, &dir, "memory://tansu/");

@@ -36,13 +36,38 @@ pub enum DbError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("partition {partition}: stored offset moved (expected {expected}); another consumer owns it")]
     Fenced { partition: i32, expected: i64 },
+    /// A statement of the batch write failed: `stage` names the table (or step) it wrote, so a
+    /// refused record's DLQ headers say which derived row PostgreSQL refused.
+    #[error("database error writing {stage}: {source}")]
+    Write {
+        stage: &'static str,
+        #[source]
+        source: sqlx::Error,
+    },
+}
+
+/// Tag a batch-write statement's error with the step it belongs to.
+fn at(stage: &'static str) -> impl FnOnce(sqlx::Error) -> DbError {
+    move |source| DbError::Write { stage, source }
 }
 
 impl DbError {
     /// The SQLSTATE of an error the server reported, if any.
     pub fn sqlstate(&self) -> Option<String> {
         match self {
-            DbError::Sql(sqlx::Error::Database(e)) => e.code().map(|c| c.into_owned()),
+            DbError::Sql(sqlx::Error::Database(e))
+            | DbError::Write {
+                source: sqlx::Error::Database(e),
+                ..
+            } => e.code().map(|c| c.into_owned()),
+            _ => None,
+        }
+    }
+
+    /// The step of the batch write that failed, when known.
+    pub fn stage(&self) -> Option<&'static str> {
+        match self {
+            DbError::Write { stage, .. } => Some(stage),
             _ => None,
         }
     }
@@ -332,69 +357,110 @@ impl Db {
         lateness_secs: i64,
     ) -> Result<BatchOutcome, DbError> {
         let mut tx = self.pool.begin().await?;
-        for m in &batch.moves {
-            let updated = sqlx::query(
-                "UPDATE consumer_offsets
+        let outcome = write_in(&mut *tx, group, topic, batch, settings, lateness_secs).await?;
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    /// The canary: `batch` written exactly as [`Db::write_batch`] writes, then rolled back. A
+    /// known-good batch (the refused record's offset moves, with a synthetic event in place of the
+    /// record) that fails too says the database refuses everything (a revoked privilege, a broken
+    /// trigger, a full disk), which no event controls; one that succeeds says the record itself
+    /// is refused.
+    pub async fn probe_batch(
+        &self,
+        group: &str,
+        topic: &str,
+        batch: &BatchWrite<'_>,
+        settings: &AlertSettings,
+        lateness_secs: i64,
+    ) -> Result<(), DbError> {
+        let mut tx = self.pool.begin().await?;
+        write_in(&mut *tx, group, topic, batch, settings, lateness_secs).await?;
+        tx.rollback().await?;
+        Ok(())
+    }
+}
+
+/// The statements of one batch, in a transaction the caller commits (or rolls back: the canary).
+async fn write_in(
+    tx: &mut PgConnection,
+    group: &str,
+    topic: &str,
+    batch: &BatchWrite<'_>,
+    settings: &AlertSettings,
+    lateness_secs: i64,
+) -> Result<BatchOutcome, DbError> {
+    for m in &batch.moves {
+        let updated = sqlx::query(
+            "UPDATE consumer_offsets
                     SET next_offset = $4, max_event_ts = $6,
                         last_record_hash = CASE WHEN $4 = $5 THEN last_record_hash ELSE $7 END,
                         updated_at = now()
                   WHERE consumer_group = $1 AND topic = $2 AND kafka_partition = $3
                     AND next_offset = $5",
-            )
-            .bind(group)
-            .bind(topic)
-            .bind(m.partition)
-            .bind(m.next)
-            .bind(m.expected)
-            .bind(m.max_event_ts)
-            .bind(m.last_record_hash)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if updated != 1 {
-                // Dropping `tx` rolls back: none of this batch is stored.
-                return Err(DbError::Fenced {
-                    partition: m.partition,
-                    expected: m.expected,
-                });
-            }
+        )
+        .bind(group)
+        .bind(topic)
+        .bind(m.partition)
+        .bind(m.next)
+        .bind(m.expected)
+        .bind(m.max_event_ts)
+        .bind(m.last_record_hash)
+        .execute(&mut *tx)
+        .await
+        .map_err(at("consumer_offsets"))?
+        .rows_affected();
+        if updated != 1 {
+            // Dropping `tx` rolls back: none of this batch is stored.
+            return Err(DbError::Fenced {
+                partition: m.partition,
+                expected: m.expected,
+            });
         }
-        let mut outcome = BatchOutcome::default();
-        if !batch.events.is_empty() {
-            outcome.stored = insert_events(&mut tx, &batch.events).await?;
-        }
-        if !batch.windows.is_empty() {
-            upsert_windows(&mut tx, &batch.windows).await?;
-        }
-        alerts::record_findings(&mut tx, &batch.findings, settings, &mut outcome.raised).await?;
-        if !batch.closed.is_empty() {
-            // A service's events are spread over every partition (the key is the event id), so
-            // a window is judged only once every partition's event time has passed it: the
-            // group's watermark, from the offsets rows this transaction just updated.
-            let (unknown, oldest): (Option<bool>, Option<DateTime<Utc>>) = sqlx::query_as(
-                "SELECT bool_or(max_event_ts IS NULL), min(max_event_ts) FROM consumer_offsets
-                  WHERE consumer_group = $1 AND topic = $2",
-            )
-            .bind(group)
-            .bind(topic)
-            .fetch_one(&mut *tx)
-            .await?;
-            let width = i64::from(settings.error_rate_window_secs);
-            let watermark = match unknown {
-                Some(false) => crate::consumer::closed_window(oldest, lateness_secs, width),
-                _ => None, // a partition without event time yet holds every window open
-            };
-            for (service, upto) in &batch.closed {
-                let Some(upto) = watermark.map(|w| w.min(*upto)) else {
-                    break;
-                };
-                alerts::judge_error_rate(&mut tx, settings, service, upto, &mut outcome.raised)
-                    .await?;
-            }
-        }
-        tx.commit().await?;
-        Ok(outcome)
     }
+    let mut outcome = BatchOutcome::default();
+    if !batch.events.is_empty() {
+        outcome.stored = insert_events(&mut *tx, &batch.events)
+            .await
+            .map_err(at("log_events"))?;
+    }
+    if !batch.windows.is_empty() {
+        upsert_windows(&mut *tx, &batch.windows)
+            .await
+            .map_err(at("window_stats"))?;
+    }
+    alerts::record_findings(&mut *tx, &batch.findings, settings, &mut outcome.raised)
+        .await
+        .map_err(at("alerts"))?;
+    if !batch.closed.is_empty() {
+        // A service's events are spread over every partition (the key is the event id), so
+        // a window is judged only once every partition's event time has passed it: the
+        // group's watermark, from the offsets rows this transaction just updated.
+        let (unknown, oldest): (Option<bool>, Option<DateTime<Utc>>) = sqlx::query_as(
+            "SELECT bool_or(max_event_ts IS NULL), min(max_event_ts) FROM consumer_offsets
+                  WHERE consumer_group = $1 AND topic = $2",
+        )
+        .bind(group)
+        .bind(topic)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(at("error_rate"))?;
+        let width = i64::from(settings.error_rate_window_secs);
+        let watermark = match unknown {
+            Some(false) => crate::consumer::closed_window(oldest, lateness_secs, width),
+            _ => None, // a partition without event time yet holds every window open
+        };
+        for (service, upto) in &batch.closed {
+            let Some(upto) = watermark.map(|w| w.min(*upto)) else {
+                break;
+            };
+            alerts::judge_error_rate(&mut *tx, settings, service, upto, &mut outcome.raised)
+                .await
+                .map_err(at("error_rate"))?;
+        }
+    }
+    Ok(outcome)
 }
 
 /// COPY (binary) into `log_events`. COPY cannot skip duplicates, so it runs under a savepoint; if an

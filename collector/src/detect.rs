@@ -37,6 +37,9 @@ pub struct AlertSettings {
     /// Event-time quiet gap that ends an episode of a per-event alert: a detection after a longer
     /// quiet period is a new alert, a detection within it extends the open one.
     pub episode_gap_secs: u32,
+    /// Most distinct failed-login subjects (`ip:…`, `user:…`) one brute-force window counts on
+    /// their own (per collector); further ones count under `ip:~other` / `user:~other`.
+    pub max_login_subjects_per_window: usize,
 }
 
 impl Default for AlertSettings {
@@ -61,6 +64,7 @@ impl Default for AlertSettings {
                 r"(?i)\b(xp_cmdshell|information_schema)\b".into(),
             ],
             episode_gap_secs: 20,
+            max_login_subjects_per_window: 10_000,
         }
     }
 }
@@ -248,11 +252,11 @@ impl Detector {
                 e.attributes
                     .get("client.ip")
                     .and_then(|v| v.as_str())
-                    .map(|ip| format!("ip:{ip}")),
+                    .map(|ip| bounded_subject("ip", ip)),
                 e.attributes
                     .get("user")
                     .and_then(|v| v.as_str())
-                    .map(|u| format!("user:{u}")),
+                    .map(|u| bounded_subject("user", u)),
             ];
             for subject in subjects.into_iter().flatten() {
                 let f = out
@@ -274,9 +278,42 @@ impl Detector {
     }
 }
 
+/// Longest subject value kept whole. A subject is a key of `failed_logins` and of alert episodes
+/// (B-tree indexes refuse a row over 2,704 bytes, and attributes may hold 16 KiB): a longer value
+/// keeps its first bytes and a hash of the whole, so distinct values stay distinct.
+pub const MAX_SUBJECT_VALUE_BYTES: usize = 128;
+
+/// `prefix:value`, with the value bounded (see [`MAX_SUBJECT_VALUE_BYTES`]).
+pub fn bounded_subject(prefix: &str, value: &str) -> String {
+    if value.len() <= MAX_SUBJECT_VALUE_BYTES {
+        return format!("{prefix}:{value}");
+    }
+    let mut cut = MAX_SUBJECT_VALUE_BYTES - 24;
+    while !value.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    // FNV-1a: stable across builds, so one long value is one subject after a restart too.
+    let hash = value.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    format!("{prefix}:{}…#{hash:016x}", &value[..cut])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn a_subject_of_any_value_is_bounded_and_distinct_values_stay_distinct(
+            a in "\\PC{0,400}", b in "\\PC{0,400}",
+        ) {
+            let (sa, sb) = (bounded_subject("ip", &a), bounded_subject("ip", &b));
+            prop_assert!(sa.len() <= MAX_SUBJECT_VALUE_BYTES + 3 + 3);
+            prop_assert_eq!(sa == sb, a == b);
+        }
+    }
 
     fn event(level: Level, service: &str, message: &str, path: &str) -> LogEvent {
         LogEvent {

@@ -8,7 +8,9 @@
 //!   and time, event time per partition, pause/resume when Postgres fails, DLQ for poison records.
 //! - [`copy`]: binary COPY encoding of raw event rows.
 //! - [`filter`]: which events are stored raw; reloadable rules.
-//! - [`windows`]: event-time window assignment and additive window statistics.
+//! - [`windows`]: event-time window assignment and additive window statistics, every value bounded
+//!   before it is added.
+//! - [`cardinality`]: the caps on distinct services per window and subjects per brute-force window.
 //! - [`detect`]: per-event alert detectors and the alert settings.
 //! - [`alerts`]: alert episodes and error-rate judgement inside the batch transaction; the outbox
 //!   that publishes alerts to Kafka.
@@ -26,6 +28,7 @@
 #![warn(clippy::unwrap_used)]
 
 pub mod alerts;
+pub mod cardinality;
 pub mod config;
 pub mod consumer;
 pub mod copy;

@@ -36,6 +36,30 @@ pub fn late_events(n: u64) {
     counter!("collector_late_events_total").increment(n);
 }
 
+/// Events dated past the collector's clock plus the allowed lateness: stored, windowed under their
+/// own time, but not allowed to move their partition's event time.
+pub fn future_events(n: u64) {
+    counter!("collector_future_events_total").increment(n);
+}
+
+/// Values taken from events that were cut to their bound before they were aggregated (`field`:
+/// `latency_ms`).
+pub fn values_clamped(field: &'static str, n: u64) {
+    counter!("collector_values_clamped_total", "field" => field).increment(n);
+}
+
+/// Events (or findings) counted under the overflow key because their window already holds the
+/// most distinct keys of that `kind` (`service`, `login_subject`).
+pub fn cardinality_overflow(kind: &'static str, n: u64) {
+    counter!("collector_cardinality_overflow_total", "kind" => kind).increment(n);
+}
+
+/// 1 while the database refuses a known-good write too (the canary): the collector stalls, loudly,
+/// instead of sending good records to the DLQ.
+pub fn database_refuses_everything(yes: bool) {
+    gauge!("collector_database_refuses_everything").set(if yes { 1.0 } else { 0.0 });
+}
+
 /// Records between the broker's high watermark and the next offset stored in Postgres. Negative
 /// when the stored offset is past the log's end: an alarm (the offset is then reset or refused),
 /// never shown as 0.
@@ -53,6 +77,11 @@ pub fn describe() {
     events_stored(0);
     events_filtered(0);
     late_events(0);
+    future_events(0);
+    values_clamped("latency_ms", 0);
+    cardinality_overflow("service", 0);
+    cardinality_overflow("login_subject", 0);
+    database_refuses_everything(false);
     dlq(0);
     refused_by_database(0);
     partitions_refused(0);

@@ -4,15 +4,78 @@
 //! Window rows are upserts of additive deltas (counts, sums, max, histogram buckets), written in the
 //! same transaction as the partition offsets, so a window row is exact however batches, crashes and
 //! rebalances cut the stream. p50/p95 come from the histogram (log buckets, ±9 %).
+//!
+//! Totality: every value taken from an event is bounded before it is added ([`MAX_LATENCY_MS`]),
+//! so no row can overflow its columns or the upsert's arithmetic however events are chosen (see
+//! [`MAX_EVENTS_PER_ROW`] for the worst sum, and `upsert_in_sql` in the tests, which mirrors the
+//! upsert's PostgreSQL arithmetic).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use logpipe_common::{Level, LogEvent};
 use serde::{Deserialize, Serialize};
 
+use crate::cardinality::{Admission, KeyCap, OVERFLOW_KEY};
+
+/// What the services cap did to one batch's partials.
+#[derive(Debug, Default)]
+pub struct CappedServices {
+    /// Events counted under the overflow key.
+    pub events: u64,
+    /// Window-epoch starts (epoch seconds) whose first overflow this batch met: one WARN each.
+    pub first_epochs: Vec<i64>,
+    /// (service, epoch) pairs past the cap.
+    over: HashSet<(String, i64)>,
+}
+
+impl CappedServices {
+    /// Services of a partition as counted: an overflowed one under the overflow key.
+    pub fn rename(
+        &self,
+        services: BTreeMap<String, i64>,
+        epoch_secs: i64,
+    ) -> BTreeMap<String, i64> {
+        if self.over.is_empty() {
+            return services;
+        }
+        let mut out = BTreeMap::new();
+        for (service, last) in services {
+            let key = if self
+                .over
+                .contains(&(service.clone(), last.div_euclid(epoch_secs)))
+            {
+                OVERFLOW_KEY.to_owned()
+            } else {
+                service
+            };
+            let e = out.entry(key).or_insert(last);
+            *e = (*e).max(last);
+        }
+        out
+    }
+}
+
 /// Histogram buckets: bucket `i` holds latencies up to 2^(i/4) ms; the last one also takes anything
 /// larger (2^20 ms is about 17 minutes).
 pub const HIST_BUCKETS: usize = 81;
+
+/// The largest latency an event adds to a window: one day. A larger value (a client's
+/// `latency_ms: 1.7e308`, or `"1e308"` as a string) counts as one day, in the last histogram bucket,
+/// and is counted in `collector_values_clamped_total{field="latency_ms"}`. Without a bound two such
+/// events overflowed `latency_sum_ms` in PostgreSQL (`value out of range: overflow`) and every later
+/// batch touching that window row was refused.
+pub const MAX_LATENCY_MS: f64 = 86_400_000.0;
+
+/// The design bound on events any one window row can receive: ten million events a second (ten
+/// times the generator's maximum, more than the broker takes here) for a hundred years. A row only
+/// takes on-time events, so its real lifetime is its width plus the allowed lateness; the bound
+/// holds even for a partition whose event time stays inside one window for good.
+pub const MAX_EVENTS_PER_ROW: i64 = 10_000_000 * 86_400 * 36_525;
+
+// The worst row fits its columns: counts (BIGINT) and the latency sum (DOUBLE PRECISION, exact
+// enough and far from overflow: 2.7e24 against 1.8e308).
+const _: () = assert!(MAX_EVENTS_PER_ROW < i64::MAX / 2);
+const _: () = assert!((MAX_EVENTS_PER_ROW as f64) * MAX_LATENCY_MS < 1e30);
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -29,6 +92,9 @@ pub struct WindowSettings {
     pub idle_timeout_secs: u32,
     /// Attributes read as a latency in milliseconds, first match wins.
     pub latency_attributes: Vec<String>,
+    /// Most distinct services one window counts under their own names (per collector; see
+    /// `cardinality`); the events of further services are counted under `~other`.
+    pub max_services_per_window: usize,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -53,6 +119,7 @@ impl Default for WindowSettings {
                 "duration_ms".into(),
                 "http.duration_ms".into(),
             ],
+            max_services_per_window: 1_000,
         }
     }
 }
@@ -111,14 +178,40 @@ impl WindowSettings {
         Ok(())
     }
 
-    /// The latency of an event in ms, from the first configured attribute that holds a number.
-    pub fn latency_ms(&self, e: &LogEvent) -> Option<f64> {
+    /// The latency of an event in ms, from the first configured attribute that holds a number,
+    /// bounded to `0..=MAX_LATENCY_MS` (see [`Latency`]).
+    pub fn latency_ms(&self, e: &LogEvent) -> Option<Latency> {
         self.latency_attributes.iter().find_map(|k| {
             let v = e.attributes.get(k)?;
             v.as_f64()
-                .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
-                .filter(|x: &f64| x.is_finite() && *x >= 0.0)
+                .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+                .and_then(Latency::bounded)
         })
+    }
+}
+
+/// A latency taken from an event: finite, at least 0, at most [`MAX_LATENCY_MS`].
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd)]
+pub struct Latency {
+    ms: f64,
+    /// The event's value was larger and was cut to the bound.
+    pub clamped: bool,
+}
+
+impl Latency {
+    /// `None` for what is not a latency (NaN, infinities, negatives); larger values are cut.
+    pub fn bounded(ms: f64) -> Option<Latency> {
+        if !ms.is_finite() || ms < 0.0 {
+            return None;
+        }
+        Some(Latency {
+            ms: ms.min(MAX_LATENCY_MS),
+            clamped: ms > MAX_LATENCY_MS,
+        })
+    }
+
+    pub fn ms(self) -> f64 {
+        self.ms
     }
 }
 
@@ -156,23 +249,24 @@ pub fn bucket_upper_ms(i: usize) -> f64 {
 }
 
 impl Stats {
-    pub fn add_event(&mut self, latency_ms: Option<f64>) {
-        self.count += 1;
-        if let Some(l) = latency_ms {
-            self.latency_count += 1;
+    pub fn add_event(&mut self, latency: Option<Latency>) {
+        self.count = self.count.saturating_add(1);
+        if let Some(l) = latency {
+            let l = l.ms();
+            self.latency_count = self.latency_count.saturating_add(1);
             self.latency_sum_ms += l;
             self.latency_max_ms = Some(self.latency_max_ms.map_or(l, |m| m.max(l)));
             let b = bucket(l);
             if self.hist.len() <= b {
                 self.hist.resize(b + 1, 0);
             }
-            self.hist[b] += 1;
+            self.hist[b] = self.hist[b].saturating_add(1);
         }
     }
 
     pub fn merge(&mut self, o: &Stats) {
-        self.count += o.count;
-        self.latency_count += o.latency_count;
+        self.count = self.count.saturating_add(o.count);
+        self.latency_count = self.latency_count.saturating_add(o.latency_count);
         self.latency_sum_ms += o.latency_sum_ms;
         self.latency_max_ms = match (self.latency_max_ms, o.latency_max_ms) {
             (Some(a), Some(b)) => Some(a.max(b)),
@@ -182,7 +276,7 @@ impl Stats {
             self.hist.resize(o.hist.len(), 0);
         }
         for (a, b) in self.hist.iter_mut().zip(&o.hist) {
-            *a += b;
+            *a = a.saturating_add(*b);
         }
     }
 
@@ -235,13 +329,56 @@ pub struct Aggregator {
 }
 
 impl Aggregator {
-    pub fn add(&mut self, e: &LogEvent, latency_ms: Option<f64>) {
-        let key = (e.service.clone(), e.level, e.timestamp.timestamp());
-        self.seconds.entry(key).or_default().add_event(latency_ms);
+    /// Add an event under `service`: its own, or the overflow key when its window holds too many
+    /// services already (see `cardinality`).
+    pub fn add(&mut self, service: &str, e: &LogEvent, latency: Option<Latency>) {
+        let key = (service.to_owned(), e.level, e.timestamp.timestamp());
+        self.seconds.entry(key).or_default().add_event(latency);
     }
 
     pub fn is_empty(&self) -> bool {
         self.seconds.is_empty()
+    }
+
+    /// Apply the services cap: each (service, epoch) of the batch is admitted once; the partials
+    /// of a service past the cap move to the overflow key.
+    pub fn cap_services(&mut self, cap: &mut KeyCap, epoch_secs: i64) -> CappedServices {
+        let mut out = CappedServices::default();
+        let mut decided: HashMap<(&str, i64), bool> = HashMap::new();
+        for (service, _, sec) in self.seconds.keys() {
+            let epoch = sec.div_euclid(epoch_secs);
+            decided
+                .entry((service, epoch))
+                .or_insert_with(|| match cap.admit(epoch, service) {
+                    Admission::Own => true,
+                    Admission::Overflow { first } => {
+                        if first {
+                            out.first_epochs.push(epoch * epoch_secs);
+                        }
+                        false
+                    }
+                });
+        }
+        let over: HashSet<(String, i64)> = decided
+            .into_iter()
+            .filter(|(_, own)| !own)
+            .map(|((s, e), _)| (s.to_owned(), e))
+            .collect();
+        if over.is_empty() {
+            return out;
+        }
+        let seconds = std::mem::take(&mut self.seconds);
+        for ((service, level, sec), stats) in seconds {
+            let key = if over.contains(&(service.clone(), sec.div_euclid(epoch_secs))) {
+                out.events = out.events.saturating_add(stats.count as u64);
+                (OVERFLOW_KEY.to_owned(), level, sec)
+            } else {
+                (service, level, sec)
+            };
+            self.seconds.entry(key).or_default().merge(&stats);
+        }
+        out.over = over;
+        out
     }
 
     /// The deltas to upsert, one per window row touched.
@@ -271,6 +408,7 @@ impl Aggregator {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn tumbling_window_holds_each_second_exactly_once() {
@@ -296,7 +434,7 @@ mod tests {
     fn quantiles_come_from_the_histogram_within_bucket_precision() {
         let mut st = Stats::default();
         for l in 1..=100 {
-            st.add_event(Some(f64::from(l)));
+            st.add_event(Latency::bounded(f64::from(l)));
         }
         let p50 = st.quantile_ms(0.5).unwrap();
         let p95 = st.quantile_ms(0.95).unwrap();
@@ -312,11 +450,11 @@ mod tests {
         let mut a = Stats::default();
         let mut b = Stats::default();
         for l in [3.0, 700.0, 12.5, 0.2, 90_000.0] {
-            whole.add_event(Some(l));
+            whole.add_event(Latency::bounded(l));
             if l < 50.0 {
-                a.add_event(Some(l));
+                a.add_event(Latency::bounded(l));
             } else {
-                b.add_event(Some(l));
+                b.add_event(Latency::bounded(l));
             }
         }
         a.merge(&b);
@@ -337,5 +475,150 @@ mod tests {
             ..Default::default()
         };
         assert!(w.validate().is_err());
+    }
+
+    /// PostgreSQL's arithmetic in the window upsert (`db::upsert_windows`), mirrored: BIGINT
+    /// addition fails on overflow, DOUBLE PRECISION addition fails when finite inputs give an
+    /// infinity ("value out of range: overflow"), GREATEST and `hist_add` as written there.
+    fn upsert_in_sql(row: &Stats, delta: &Stats) -> Result<Stats, &'static str> {
+        fn add_f8(a: f64, b: f64) -> Result<f64, &'static str> {
+            let r = a + b;
+            if r.is_infinite() && a.is_finite() && b.is_finite() {
+                return Err("value out of range: overflow");
+            }
+            Ok(r)
+        }
+        let add_i8 = |a: i64, b: i64| a.checked_add(b).ok_or("bigint out of range");
+        let n = row.hist.len().max(delta.hist.len());
+        let mut hist = Vec::with_capacity(n);
+        for i in 0..n {
+            hist.push(add_i8(
+                row.hist.get(i).copied().unwrap_or(0),
+                delta.hist.get(i).copied().unwrap_or(0),
+            )?);
+        }
+        Ok(Stats {
+            count: add_i8(row.count, delta.count)?,
+            latency_count: add_i8(row.latency_count, delta.latency_count)?,
+            latency_sum_ms: add_f8(row.latency_sum_ms, delta.latency_sum_ms)?,
+            latency_max_ms: match (row.latency_max_ms, delta.latency_max_ms) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            },
+            hist,
+        })
+    }
+
+    /// Any JSON number or string an event may carry as a latency, the type edges weighted in.
+    fn any_latency_value() -> impl Strategy<Value = serde_json::Value> {
+        prop_oneof![
+            any::<f64>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            any::<u64>().prop_map(serde_json::Value::from),
+            prop::sample::select(vec![
+                f64::MAX,
+                f64::MIN_POSITIVE,
+                1e308,
+                -1e308,
+                MAX_LATENCY_MS,
+                MAX_LATENCY_MS * 2.0,
+                0.0,
+                -0.0,
+                9.007_199_254_740_993e15,
+            ])
+            .prop_map(serde_json::Value::from),
+            prop::sample::select(vec![
+                "1e308",
+                "-1e308",
+                "1e999",
+                "NaN",
+                "inf",
+                "-inf",
+                "Infinity",
+                " 5 ",
+                "0x10",
+                "18446744073709551616",
+                "",
+            ])
+            .prop_map(serde_json::Value::from),
+            "[0-9eE.+-]{0,24}".prop_map(serde_json::Value::from),
+        ]
+    }
+
+    fn event_with_latency(v: serde_json::Value) -> LogEvent {
+        let mut e: LogEvent = serde_json::from_str(
+            r#"{"event_id":"x","timestamp":"2026-11-23T08:00:00Z","level":"INFO","service":"s","message":"m"}"#,
+        )
+        .unwrap();
+        e.attributes.insert("latency_ms".into(), v);
+        e
+    }
+
+    proptest! {
+        #[test]
+        fn a_latency_from_any_value_is_finite_and_within_its_bound(v in any_latency_value()) {
+            let w = WindowSettings::default();
+            if let Some(l) = w.latency_ms(&event_with_latency(v)) {
+                prop_assert!(l.ms().is_finite());
+                prop_assert!((0.0..=MAX_LATENCY_MS).contains(&l.ms()));
+            }
+        }
+
+        /// Rows built from any values, merged in any grouping, and upserted into a stored row
+        /// that already holds the most events a row can take, never overflow.
+        #[test]
+        fn window_rows_of_any_values_never_overflow_the_upsert(
+            values in prop::collection::vec(any_latency_value(), 1..60),
+            split in 0usize..60,
+        ) {
+            let w = WindowSettings::default();
+            let lats: Vec<_> = values.into_iter().map(|v| w.latency_ms(&event_with_latency(v))).collect();
+            let mut whole = Stats::default();
+            let (mut a, mut b) = (Stats::default(), Stats::default());
+            for (i, l) in lats.iter().enumerate() {
+                whole.add_event(*l);
+                if i < split { a.add_event(*l) } else { b.add_event(*l) }
+            }
+            a.merge(&b);
+            prop_assert_eq!(a.count, whole.count);
+            prop_assert_eq!(&a.hist, &whole.hist);
+            prop_assert!((a.latency_sum_ms - whole.latency_sum_ms).abs() <= 1e-6 * whole.latency_sum_ms.max(1.0));
+            prop_assert!(whole.latency_sum_ms <= whole.latency_count as f64 * MAX_LATENCY_MS);
+            // The worst stored row: MAX_EVENTS_PER_ROW events, each at the bound.
+            let mut worst = Stats {
+                count: MAX_EVENTS_PER_ROW,
+                latency_count: MAX_EVENTS_PER_ROW,
+                latency_sum_ms: MAX_EVENTS_PER_ROW as f64 * MAX_LATENCY_MS,
+                latency_max_ms: Some(MAX_LATENCY_MS),
+                hist: vec![0; HIST_BUCKETS],
+            };
+            worst.hist[HIST_BUCKETS - 1] = MAX_EVENTS_PER_ROW;
+            let upserted = upsert_in_sql(&worst, &whole);
+            prop_assert!(upserted.is_ok(), "{:?}", upserted);
+            let again = upsert_in_sql(&upserted.unwrap(), &whole);
+            prop_assert!(again.is_ok());
+        }
+    }
+
+    #[test]
+    fn the_value_that_overflowed_postgres_is_now_one_day() {
+        // Found by a new user: two requests with latency_ms 1.7e308 overflowed the upsert.
+        let w = WindowSettings::default();
+        let l = w
+            .latency_ms(&event_with_latency(serde_json::json!(1.7e308)))
+            .unwrap();
+        assert!(l.clamped);
+        assert_eq!(l.ms(), MAX_LATENCY_MS);
+        let mut row = Stats::default();
+        row.add_event(Some(l));
+        let mut delta = Stats::default();
+        delta.add_event(Some(l));
+        assert!(upsert_in_sql(&row, &delta).is_ok());
+        // And the unbounded value does overflow the mirrored arithmetic (the mirror is faithful).
+        let raw = Stats {
+            latency_sum_ms: 1.7e308,
+            ..Stats::default()
+        };
+        assert!(upsert_in_sql(&raw, &raw).is_err());
     }
 }

@@ -13,14 +13,15 @@
 //! - Batch planning: [`Planner::plan`] turns consumed records into one transaction's write.
 //! - Window closing: [`closed_upto`] and [`closed_window`].
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use logpipe_common::LogEvent;
 
+use crate::cardinality::{Admission, Caps, OVERFLOW_KEY};
 use crate::db::{BatchWrite, OffsetMove, Stored, StoredEvent};
-use crate::detect::Detector;
+use crate::detect::{Detector, Findings};
 use crate::filter::Filter;
 use crate::windows::{Aggregator, Spec, WindowSettings};
 
@@ -45,8 +46,10 @@ pub(super) struct Owned {
     pub(super) max_ts: Option<DateTime<Utc>>,
     /// When the last record of this partition arrived (idle detection).
     pub(super) last_record: Instant,
-    /// Services seen on this partition: whose error-rate windows it closes.
-    pub(super) services: BTreeSet<String>,
+    /// Services seen on this partition, each with its newest event time (epoch seconds): whose
+    /// error-rate windows it closes. Services not seen for `SERVICE_MEMORY_WINDOWS` closed
+    /// windows are forgotten (see `forget_services`), so the set stays bounded.
+    pub(super) services: BTreeMap<String, i64>,
     /// The broker's log start when last seen: fetches never start before it.
     pub(super) log_start: i64,
     /// Why the partition is held paused (its stored offset does not fit the log), if it is.
@@ -68,7 +71,7 @@ impl Owned {
             gap: None,
             max_ts: stored.max_event_ts,
             last_record: Instant::now(),
-            services: BTreeSet::new(),
+            services: BTreeMap::new(),
             log_start: 0,
             refused: None,
             suspect: None,
@@ -340,21 +343,151 @@ pub(super) struct Pending {
 
 pub(super) enum Item {
     Event(Box<LogEvent>),
-    /// A record that cannot be stored: it goes to the DLQ with `kind` and `message` as headers.
+    /// A record that cannot be stored: it goes to the DLQ with `kind` and `message` as headers,
+    /// and `headers` besides (a refused record's SQLSTATE, stage and derived row).
     Poison {
         key: Option<Vec<u8>>,
         payload: Vec<u8>,
         kind: &'static str,
         message: String,
+        headers: Vec<(&'static str, String)>,
     },
+}
+
+/// The canary's event: valid by construction, FATAL so the alert statements run, with a latency
+/// so every window column is written. Its id is fresh, so it never meets a stored row.
+pub(super) fn canary_event(now: DateTime<Utc>) -> LogEvent {
+    let mut attributes = serde_json::Map::new();
+    attributes.insert("latency_ms".into(), 1.into());
+    attributes.insert("client.ip".into(), "192.0.2.1".into());
+    LogEvent {
+        event_id: format!("logpipe-canary-{}", LogEvent::new_id()),
+        timestamp: now,
+        level: logpipe_common::Level::Fatal,
+        service: "logpipe.canary".into(),
+        component: "collector".into(),
+        host: "collector".into(),
+        message: "logpipe canary: a known-good write, rolled back".into(),
+        trace_id: None,
+        span_id: None,
+        attributes,
+    }
+}
+
+/// The canary's write: the refused record's offset `moves` as they are, and the canary event in
+/// place of the record with every kind of row an event derives (raw row, window rows, a detection,
+/// a failed-login counter, an error-rate judgement), so each statement of the batch write runs.
+pub(super) fn canary_write<'a>(
+    event: &'a LogEvent,
+    moves: &[OffsetMove],
+    specs: &[Spec],
+) -> BatchWrite<'a> {
+    use crate::detect::{AlertKind, Detection, FailedLogins};
+    let mut agg = Aggregator::default();
+    agg.add(&event.service, event, crate::windows::Latency::bounded(1.0));
+    let mut findings = Findings::default();
+    let t = event.timestamp;
+    findings.detections.insert(
+        (AlertKind::FatalEvent, event.service.clone()),
+        vec![Detection {
+            kind: AlertKind::FatalEvent,
+            subject: event.service.clone(),
+            service: event.service.clone(),
+            first_seen: t,
+            last_seen: t,
+            count: 1,
+            example: event.message.clone(),
+        }],
+    );
+    let start = t.timestamp().div_euclid(60) * 60;
+    findings.failed_logins.insert(
+        ("ip:192.0.2.1".into(), start),
+        FailedLogins {
+            subject: "ip:192.0.2.1".into(),
+            service: event.service.clone(),
+            window_start: DateTime::from_timestamp(start, 0).unwrap_or(t),
+            hits: 1,
+            first_seen: t,
+            last_seen: t,
+        },
+    );
+    let at = moves.first().map_or((0, 0), |m| (m.partition, m.next - 1));
+    BatchWrite {
+        events: vec![StoredEvent {
+            event,
+            partition: at.0,
+            offset: at.1,
+        }],
+        windows: agg.into_deltas(specs),
+        findings,
+        moves: moves.to_vec(),
+        closed: vec![(event.service.clone(), t - chrono::Duration::days(1))],
+    }
+}
+
+/// The rows a (one-record) write derives at `stage`, as JSON for the DLQ's `error.row` header:
+/// which row PostgreSQL refused, so an operator can see the value at fault.
+pub(super) fn describe_rows(write: &BatchWrite<'_>, stage: Option<&str>) -> String {
+    use serde_json::json;
+    let v = match stage {
+        Some("window_stats") => json!(write
+            .windows
+            .iter()
+            .map(|(k, s)| json!({
+                "width_secs": k.spec.width, "slide_secs": k.spec.slide,
+                "window_start": k.start_secs, "service": k.service, "level": k.level.as_str(),
+                "event_count": s.count, "latency_count": s.latency_count,
+                "latency_sum_ms": s.latency_sum_ms, "latency_max_ms": s.latency_max_ms,
+            }))
+            .collect::<Vec<_>>()),
+        Some("alerts") => json!({
+            "detections": write.findings.detections.keys()
+                .map(|(k, subject)| json!({"kind": k.as_str(), "subject": subject}))
+                .collect::<Vec<_>>(),
+            "failed_logins": write.findings.failed_logins.values()
+                .map(|f| json!({"subject": f.subject, "window_start": f.window_start, "hits": f.hits}))
+                .collect::<Vec<_>>(),
+        }),
+        Some("consumer_offsets") => json!(write
+            .moves
+            .iter()
+            .map(|m| json!({"partition": m.partition, "next_offset": m.next, "max_event_ts": m.max_event_ts}))
+            .collect::<Vec<_>>()),
+        Some("error_rate") => json!({"services": write.closed.iter().map(|(s, _)| s).collect::<Vec<_>>()}),
+        _ => json!(write
+            .events
+            .iter()
+            .map(|e| json!({"table": "log_events", "event_id": e.event.event_id, "ts": e.event.timestamp}))
+            .collect::<Vec<_>>()),
+    };
+    let mut text = v.to_string();
+    // A header, not a payload: bounded (the record itself is the DLQ record's payload).
+    if text.len() > 4096 {
+        let mut cut = 4096;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+    }
+    text
 }
 
 /// A batch turned into its write, plus what the loop learns from it.
 pub(super) struct Plan<'a> {
     pub(super) write: BatchWrite<'a>,
-    pub(super) services: BTreeMap<i32, BTreeSet<String>>,
+    /// Per partition, the services (as counted: own name or the overflow key) of its on-time
+    /// events, each with its newest event time.
+    pub(super) services: BTreeMap<i32, BTreeMap<String, i64>>,
     pub(super) filtered: u64,
     pub(super) late: u64,
+    /// Events dated past the collector's clock plus the allowed lateness: stored and windowed
+    /// under their own time, but they move no event time.
+    pub(super) future: u64,
+    /// Latencies cut to `MAX_LATENCY_MS`.
+    pub(super) clamped_latencies: u64,
+    /// Aggregated under the overflow key: `(what, events or findings, epoch starts first
+    /// overflowed in this batch)`.
+    pub(super) overflow: Vec<(&'static str, u64, Vec<i64>)>,
 }
 
 /// What planning a batch needs from the loop's settings.
@@ -364,22 +497,33 @@ pub(super) struct Planner<'a> {
     pub(super) windows: &'a WindowSettings,
     pub(super) specs: &'a [Spec],
     pub(super) error_rate_window_secs: u32,
+    /// The collector's clock: no event moves event time past `now + allowed_lateness`.
+    pub(super) now: DateTime<Utc>,
+    /// The cardinality caps, kept across batches.
+    pub(super) caps: &'a mut Caps,
 }
 
 impl Planner<'_> {
     /// What a batch writes: rows kept by the filter, window deltas and detector findings from every
     /// on-time event, offset and event-time moves, and the error-rate windows that close.
-    pub(super) fn plan<'a>(&self, batch: &'a [Pending], own: &HashMap<i32, Owned>) -> Plan<'a> {
+    pub(super) fn plan<'a>(&mut self, batch: &'a [Pending], own: &HashMap<i32, Owned>) -> Plan<'a> {
         let filter = self.filter;
         let lateness = chrono::Duration::seconds(i64::from(self.windows.allowed_lateness_secs));
+        // No client steers others: whatever an event's own time or its record's broker timestamp
+        // (any producer sets both), event time moves no further than the collector's own clock
+        // plus the lateness windows already wait for.
+        let horizon = self.now + lateness;
         let mut moves: BTreeMap<i32, OffsetMove> = BTreeMap::new();
-        let mut services: BTreeMap<i32, BTreeSet<String>> = BTreeMap::new();
+        let mut services: BTreeMap<i32, BTreeMap<String, i64>> = BTreeMap::new();
         let mut agg = Aggregator::default();
         let mut plan = Plan {
             write: BatchWrite::default(),
             services: BTreeMap::new(),
             filtered: 0,
             late: 0,
+            future: 0,
+            clamped_latencies: 0,
+            overflow: Vec::new(),
         };
         for p in batch {
             let Some(o) = own.get(&p.partition) else {
@@ -406,16 +550,26 @@ impl Planner<'_> {
             if late {
                 plan.late += 1;
             } else {
-                agg.add(e, self.windows.latency_ms(e));
-                // No client steers others: an event dated ahead of its record's timestamp is
+                let latency = self.windows.latency_ms(e);
+                plan.clamped_latencies += u64::from(latency.is_some_and(|l| l.clamped));
+                agg.add(&e.service, e, latency);
+                // An event dated ahead of its record's timestamp, or of the collector's clock, is
                 // windowed under its own time but moves the partition's event time no further
-                // than the record's (else one future-dated event would make every on-time event
-                // after it late).
-                let progress = p.record_ts.map_or(e.timestamp, |r| e.timestamp.min(r));
-                m.max_event_ts = Some(m.max_event_ts.map_or(progress, |t| t.max(progress)));
+                // than either (else one future-dated event would make every on-time event after
+                // it late, for good).
+                if e.timestamp > horizon {
+                    plan.future += 1;
+                } else {
+                    let progress = p.record_ts.map_or(e.timestamp, |r| e.timestamp.min(r));
+                    m.max_event_ts = Some(m.max_event_ts.map_or(progress, |t| t.max(progress)));
+                }
+                let secs = e.timestamp.timestamp();
                 let s = services.entry(p.partition).or_default();
-                if !s.contains(&e.service) {
-                    s.insert(e.service.clone());
+                match s.get_mut(e.service.as_str()) {
+                    Some(last) => *last = (*last).max(secs),
+                    None => {
+                        s.insert(e.service.clone(), secs);
+                    }
                 }
             }
             if filter.stores(e) {
@@ -428,6 +582,17 @@ impl Planner<'_> {
                 plan.filtered += 1;
             }
         }
+        let epoch_secs = self.caps.service_epoch_secs;
+        let capped = agg.cap_services(&mut self.caps.services, epoch_secs);
+        if capped.events > 0 {
+            plan.overflow
+                .push(("service", capped.events, capped.first_epochs.clone()));
+        }
+        for s in services.values_mut() {
+            *s = capped.rename(std::mem::take(s), epoch_secs);
+        }
+        plan.overflow
+            .extend(cap_findings(&mut plan.write.findings, self.caps));
         // Error-rate windows that close because a partition's event time moved past them.
         let width = i64::from(self.error_rate_window_secs);
         let lateness_secs = i64::from(self.windows.allowed_lateness_secs);
@@ -445,7 +610,11 @@ impl Planner<'_> {
                 continue;
             };
             let seen = services.get(&m.partition);
-            for s in o.services.iter().chain(seen.into_iter().flatten()) {
+            for s in o
+                .services
+                .keys()
+                .chain(seen.into_iter().flat_map(|s| s.keys()))
+            {
                 let e = closed.entry(s.clone()).or_insert(upto);
                 *e = (*e).max(upto);
             }
@@ -456,6 +625,97 @@ impl Planner<'_> {
         plan.services = services;
         plan
     }
+}
+
+/// Detections and failed-login counters under the caps: a fatal or SQL-injection detection of a
+/// service past the services cap counts under the overflow service; a failed-login subject
+/// (`ip:…`, `user:…`) past the subjects cap counts under `ip:~other` / `user:~other`, which can
+/// itself raise a brute-force alert (an attack from many addresses is still one).
+fn cap_findings(f: &mut Findings, caps: &mut Caps) -> Vec<(&'static str, u64, Vec<i64>)> {
+    let mut out = Vec::new();
+    let epoch_secs = caps.service_epoch_secs;
+    let (mut n, mut first) = (0u64, Vec::new());
+    let keys: Vec<_> = f.detections.keys().cloned().collect();
+    for key in keys {
+        let Some(at) = f.detections[&key].first().map(|d| d.first_seen.timestamp()) else {
+            continue;
+        };
+        let epoch = at.div_euclid(epoch_secs);
+        let Admission::Overflow { first: is_first } = caps.services.admit(epoch, &key.1) else {
+            continue;
+        };
+        if is_first {
+            first.push(epoch * epoch_secs);
+        }
+        let runs = f.detections.remove(&key).unwrap_or_default();
+        n += runs.len() as u64;
+        let into = f
+            .detections
+            .entry((key.0, OVERFLOW_KEY.to_owned()))
+            .or_default();
+        into.extend(runs.into_iter().map(|mut d| {
+            d.subject = OVERFLOW_KEY.to_owned();
+            d.service = OVERFLOW_KEY.to_owned();
+            d
+        }));
+    }
+    if n > 0 {
+        out.push(("service", n, first));
+    }
+    let (mut n, mut first) = (0u64, Vec::new());
+    let keys: Vec<_> = f.failed_logins.keys().cloned().collect();
+    for key in keys {
+        let (subject, start) = &key;
+        let Admission::Overflow { first: is_first } = caps.login_subjects.admit(*start, subject)
+        else {
+            continue;
+        };
+        if is_first {
+            first.push(*start);
+        }
+        let Some(c) = f.failed_logins.remove(&key) else {
+            continue;
+        };
+        n += c.hits as u64;
+        let prefix = subject.split_once(':').map_or("", |(p, _)| p);
+        let over = format!("{prefix}:{OVERFLOW_KEY}");
+        match f.failed_logins.get_mut(&(over.clone(), *start)) {
+            Some(o) => {
+                o.hits = o.hits.saturating_add(c.hits);
+                o.first_seen = o.first_seen.min(c.first_seen);
+                o.last_seen = o.last_seen.max(c.last_seen);
+            }
+            None => {
+                let mut c = c;
+                c.subject.clone_from(&over);
+                f.failed_logins.insert((over, *start), c);
+            }
+        }
+    }
+    if n > 0 {
+        out.push(("login_subject", n, first));
+    }
+    out
+}
+
+/// How many error-rate windows a partition remembers a service after its last event: long enough
+/// that the group's watermark (the slowest partition) has judged its last window, short enough
+/// that services come and go without the set growing (360 windows of 10 s: an hour).
+pub(super) const SERVICE_MEMORY_WINDOWS: i64 = 360;
+
+/// Forget the services whose newest event is more than `SERVICE_MEMORY_WINDOWS` closed windows
+/// old: their windows were closed (and listed for judging) long ago.
+pub(super) fn forget_services(
+    services: &mut BTreeMap<String, i64>,
+    max_ts: Option<DateTime<Utc>>,
+    lateness_secs: i64,
+    width: i64,
+) {
+    let closed = closed_upto(max_ts, lateness_secs, width);
+    if closed == i64::MIN {
+        return;
+    }
+    services.retain(|_, last| last.div_euclid(width) > closed - SERVICE_MEMORY_WINDOWS);
 }
 
 /// Finds partitions nobody stores: the group's rebalance left them unassigned (Tansu 0.6 can
@@ -749,6 +1009,7 @@ mod tests {
             payload: Vec::new(),
             kind: "test",
             message: String::new(),
+            headers: Vec::new(),
         };
         let mut last = LastRecords::default();
         let mut batch = Vec::new();
@@ -819,6 +1080,9 @@ mod tests {
         detector: Detector,
         windows: WindowSettings,
         specs: Vec<Spec>,
+        caps: Caps,
+        /// The collector's clock: 300 s after the tests' epoch.
+        now: DateTime<Utc>,
     }
 
     impl PlanFixture {
@@ -832,17 +1096,21 @@ mod tests {
                 .unwrap(),
                 detector: Detector::new(&crate::detect::AlertSettings::default()).unwrap(),
                 specs: windows.specs(),
+                caps: Caps::new(3, 60, 2),
+                now: DateTime::from_timestamp(1_800_000_300, 0).unwrap(),
                 windows,
             }
         }
 
-        fn planner(&self) -> Planner<'_> {
+        fn planner(&mut self) -> Planner<'_> {
             Planner {
                 filter: &self.filter,
                 detector: &self.detector,
                 windows: &self.windows,
                 specs: &self.specs,
                 error_rate_window_secs: 10,
+                now: self.now,
+                caps: &mut self.caps,
             }
         }
     }
@@ -860,7 +1128,7 @@ mod tests {
     #[test]
     fn an_event_dated_ahead_of_its_record_moves_event_time_only_to_the_record_time() {
         use logpipe_common::Level;
-        let fixture = PlanFixture::new(Level::Trace);
+        let mut fixture = PlanFixture::new(Level::Trace);
         let mut own = HashMap::new();
         own.insert(0, owned(0));
         let at = |secs: i64| DateTime::from_timestamp(1_800_000_000 + secs, 0).unwrap();
@@ -879,12 +1147,12 @@ mod tests {
     #[test]
     fn a_plan_moves_each_offset_past_its_last_record_and_keeps_late_events_out_of_windows() {
         use logpipe_common::Level;
-        let fixture = PlanFixture::new(Level::Info);
+        let mut fixture = PlanFixture::new(Level::Info);
         let mut own = HashMap::new();
         own.insert(0, owned(100));
         let mut p1 = owned(7);
         p1.max_ts = Some(DateTime::from_timestamp(1_800_000_100, 0).unwrap());
-        p1.services.insert("billing".into());
+        p1.services.insert("billing".into(), 1_800_000_095);
         own.insert(1, p1);
         let batch = vec![
             pending(0, 100, Item::Event(Box::new(event(0, Level::Info, "api")))),
@@ -897,6 +1165,7 @@ mod tests {
                     payload: b"{".to_vec(),
                     kind: "invalid_json",
                     message: "eof".into(),
+                    headers: Vec::new(),
                 },
             ),
             // 20 s behind partition 1's event time: late (stored raw, not windowed).
@@ -940,5 +1209,119 @@ mod tests {
             .map(|(s, t)| (s.as_str(), t.timestamp() - 1_800_000_000))
             .collect();
         assert_eq!(closed, vec![("api", -20), ("billing", 100), ("web", 100)]);
+    }
+
+    #[test]
+    fn a_record_dated_past_the_collectors_clock_is_stored_and_counted_but_moves_no_event_time() {
+        use logpipe_common::Level;
+        let mut fixture = PlanFixture::new(Level::Trace);
+        let mut own = HashMap::new();
+        own.insert(0, owned(0));
+        let at = |secs: i64| DateTime::from_timestamp(1_800_000_000 + secs, 0).unwrap();
+        // A raw producer sets both the event's time and the record's broker timestamp ahead.
+        let mut far = pending(0, 0, Item::Event(Box::new(event(86_400 * 365, Level::Info, "api"))));
+        far.record_ts = Some(at(86_400 * 365));
+        let mut on_time = pending(0, 1, Item::Event(Box::new(event(295, Level::Info, "web"))));
+        on_time.record_ts = Some(at(295));
+        let batch = [far, on_time];
+        let plan = fixture.planner().plan(&batch, &own);
+        assert_eq!(plan.future, 1);
+        assert_eq!(plan.late, 0, "the event after it is on time");
+        assert_eq!(plan.write.events.len(), 2, "both are stored");
+        assert_eq!(plan.write.moves[0].max_event_ts, Some(at(295)));
+    }
+
+    #[test]
+    fn services_past_the_cap_are_windowed_under_the_overflow_key_and_say_so_once() {
+        use logpipe_common::Level;
+        let mut fixture = PlanFixture::new(Level::Trace); // 3 services per 60 s window
+        let mut own = HashMap::new();
+        own.insert(0, owned(0));
+        let names = ["a", "b", "c", "d", "e"];
+        let batch: Vec<Pending> = names
+            .iter()
+            .enumerate()
+            .map(|(i, s)| pending(0, i as i64, Item::Event(Box::new(event(1, Level::Info, s)))))
+            .collect();
+        let plan = fixture.planner().plan(&batch, &own);
+        let mut services: Vec<&str> = plan
+            .write
+            .windows
+            .iter()
+            .filter(|(k, _)| k.spec.width == 10)
+            .map(|(k, _)| k.service.as_str())
+            .collect();
+        services.dedup();
+        assert_eq!(services.len(), 4, "three own names and the overflow key: {services:?}");
+        assert!(services.contains(&OVERFLOW_KEY));
+        assert_eq!(windowed(&plan), 5, "every event still counts");
+        assert_eq!(plan.write.events.len(), 5, "and is stored under its own name");
+        assert_eq!(plan.overflow, vec![("service", 2, vec![1_800_000_000 - 1_800_000_000 % 60])]);
+        // The next batch in the same window: the overflow is counted, not announced again.
+        let again = vec![pending(0, 5, Item::Event(Box::new(event(2, Level::Info, "f"))))];
+        let mut own2 = HashMap::new();
+        own2.insert(0, owned(5));
+        let plan = fixture.planner().plan(&again, &own2);
+        assert_eq!(plan.overflow, vec![("service", 1, vec![])]);
+    }
+
+    #[test]
+    fn login_subjects_past_the_cap_count_together_and_can_still_raise_brute_force() {
+        use logpipe_common::Level;
+        let mut fixture = PlanFixture::new(Level::Trace); // 2 subjects per brute-force window
+        let mut own = HashMap::new();
+        own.insert(0, owned(0));
+        let batch: Vec<Pending> = (0..5)
+            .map(|i| {
+                let mut e = event(1, Level::Warn, "auth");
+                e.message = "login failed".into();
+                e.attributes.insert("client.ip".into(), format!("198.51.100.{i}").into());
+                pending(0, i, Item::Event(Box::new(e)))
+            })
+            .collect();
+        let plan = fixture.planner().plan(&batch, &own);
+        let subjects: Vec<(&str, i64)> = plan
+            .write
+            .findings
+            .failed_logins
+            .values()
+            .map(|f| (f.subject.as_str(), f.hits))
+            .collect();
+        assert_eq!(subjects.len(), 3, "{subjects:?}");
+        assert!(subjects.contains(&("ip:~other", 3)), "{subjects:?}");
+    }
+
+    #[test]
+    fn a_partition_forgets_services_long_after_their_last_window_closed() {
+        let mut services = BTreeMap::new();
+        services.insert("old".to_string(), 0);
+        services.insert("recent".to_string(), 3_590);
+        let now = DateTime::from_timestamp(3_620, 0);
+        forget_services(&mut services, now, 10, 10);
+        assert_eq!(services.keys().collect::<Vec<_>>(), vec!["recent"]);
+        forget_services(&mut services, None, 10, 10);
+        assert_eq!(services.len(), 1, "no event time: nothing closed, nothing forgotten");
+    }
+
+    #[test]
+    fn the_canary_writes_every_kind_of_row_for_the_refused_records_moves() {
+        let fixture = PlanFixture::new(logpipe_common::Level::Trace);
+        let e = canary_event(fixture.now);
+        e.validate().expect("the canary is a valid event");
+        let moves = vec![OffsetMove {
+            partition: 2,
+            expected: 40,
+            next: 41,
+            max_event_ts: None,
+            last_record_hash: Some(1),
+        }];
+        let w = canary_write(&e, &moves, &fixture.specs);
+        assert_eq!(w.moves, moves);
+        assert_eq!((w.events[0].partition, w.events[0].offset), (2, 40));
+        assert!(!w.windows.is_empty());
+        assert_eq!(w.findings.detections.len(), 1);
+        assert_eq!(w.findings.failed_logins.len(), 1);
+        assert_eq!(w.closed.len(), 1);
+        assert!(describe_rows(&w, Some("window_stats")).contains("latency_sum_ms"));
     }
 }

@@ -29,7 +29,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -48,6 +48,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 
+use crate::cardinality::Caps;
 use crate::config::{CollectorConfig, OffsetPolicy};
 use crate::db::{BatchWrite, Db, OffsetMove};
 use crate::detect::Detector;
@@ -106,8 +107,8 @@ pub struct ConsumerLoop {
     /// Set when the broker refused a fetch position: check every partition's offsets now.
     check_offsets_now: AtomicBool,
     hold: Mutex<BrokerHold>,
-    /// Records dead-lettered one after another while splitting a refused batch.
-    refused_in_a_row: AtomicU32,
+    /// The cardinality caps, kept across batches (see `cardinality`).
+    caps: Mutex<Caps>,
     /// The writer waits for a batch: nothing is being written or queued.
     writer_idle: AtomicBool,
     /// `(partition, offset)`: partitions whose record before the stored offset is not the one
@@ -127,9 +128,6 @@ const WRITER_WAIT: Duration = Duration::from_secs(2);
 
 /// How often the partitions this consumer does not own are checked for one nobody stores.
 const ORPHAN_CHECK_EVERY: Duration = Duration::from_secs(10);
-
-/// See `ConsumerLoop::dead_letter`.
-const MAX_REFUSED_IN_A_ROW: u32 = 32;
 
 impl ConsumerLoop {
     pub fn new(
@@ -205,6 +203,11 @@ impl ConsumerLoop {
             .set("acks", "all")
             .create()?;
         let specs = config.windows.specs();
+        let caps = Caps::new(
+            config.windows.max_services_per_window,
+            specs.iter().map(|s| s.width).max().unwrap_or(1),
+            config.alerts.max_login_subjects_per_window,
+        );
         Ok(ConsumerLoop {
             config,
             db,
@@ -219,7 +222,7 @@ impl ConsumerLoop {
             cancel,
             check_offsets_now: AtomicBool::new(false),
             hold: Default::default(),
-            refused_in_a_row: AtomicU32::new(0),
+            caps: Mutex::new(caps),
             writer_idle: AtomicBool::new(true),
             replaced: Mutex::default(),
         })
@@ -970,7 +973,7 @@ impl ConsumerLoop {
                     last_record_hash: None,
                 });
                 if let Some(upto) = closed_window(Some(now), lateness, width) {
-                    for s in &o.services {
+                    for s in o.services.keys() {
                         let e = closed.entry(s.clone()).or_insert(upto);
                         *e = (*e).max(upto);
                     }
@@ -1057,6 +1060,7 @@ impl ConsumerLoop {
             payload: payload.to_vec(),
             kind,
             message,
+            headers: Vec::new(),
         };
         let item = match parsed {
             Ok(Ok(event)) => Item::Event(Box::new(event)),

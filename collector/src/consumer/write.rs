@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use futures::future::join_all;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
@@ -26,7 +26,7 @@ impl ConsumerLoop {
         match self.write_isolating(batch) {
             Ok(()) => {
                 self.health.db_ok.store(true, Ordering::Relaxed);
-                self.refused_in_a_row.store(0, Ordering::Relaxed);
+                telemetry::database_refuses_everything(false);
                 batch.clear();
                 Ok(())
             }
@@ -61,40 +61,34 @@ impl ConsumerLoop {
         if !refused_for_good(&err) {
             return Err(err);
         }
-        let trigger = match &err {
-            FlushError::Db(db) => db.sqlstate(),
-            _ => None,
-        };
         tracing::warn!(error = %err, records = batch.len(),
             "the database refused the batch; splitting it to isolate the refused records");
         let mut done = 0;
         let len = batch.len();
-        let result = self.write_split(batch, 0, len, trigger.as_deref(), &mut done);
+        let result = self.write_split(batch, 0, len, &err, &mut done);
         batch.drain(..done);
         result
     }
 
-    /// Write `batch[lo..hi]`, known to hold a refused record, as two halves in order.
+    /// Write `batch[lo..hi]`, known to hold a refused record (`refusal` is its write's error), as
+    /// two halves in order.
     pub(super) fn write_split(
         &self,
         batch: &mut [Pending],
         lo: usize,
         hi: usize,
-        trigger: Option<&str>,
+        refusal: &FlushError,
         done: &mut usize,
     ) -> Result<(), FlushError> {
         if hi - lo == 1 {
-            return self.dead_letter(batch, lo, trigger, done);
+            return self.dead_letter(batch, lo, refusal, done);
         }
         let mid = lo + (hi - lo) / 2;
         for (a, b) in [(lo, mid), (mid, hi)] {
             match self.rt.block_on(self.write(&mut batch[a..b])) {
-                Ok(()) => {
-                    *done = b;
-                    self.refused_in_a_row.store(0, Ordering::Relaxed);
-                }
+                Ok(()) => *done = b,
                 Err(e) if refused_for_good(&e) => {
-                    self.write_split(batch, a, b, trigger, done)?;
+                    self.write_split(batch, a, b, &e, done)?;
                 }
                 Err(e) => return Err(e),
             }
@@ -102,37 +96,64 @@ impl ConsumerLoop {
         Ok(())
     }
 
-    /// One record the database refuses for good: to the DLQ with the reason, its offset committed.
+    /// One record the database refuses on its own (`refusal`). Whether the record is at fault or
+    /// the database refuses everything is told by a canary, never by counting refusals (a count is
+    /// reachable by data: two requests of valid events once stalled every partition): the same
+    /// batch with a known-good synthetic event in place of the record, written and rolled back.
+    /// If the canary commits, the record goes to the DLQ with the SQLSTATE and the derived row
+    /// that failed, and its offset moves; if the canary fails too, the collector stalls loudly
+    /// (ERROR, `/ready` 503, `collector_database_refuses_everything` 1) and dead-letters nothing.
     pub(super) fn dead_letter(
         &self,
         batch: &mut [Pending],
         at: usize,
-        trigger: Option<&str>,
+        refusal: &FlushError,
         done: &mut usize,
     ) -> Result<(), FlushError> {
-        // A database that refuses every record alone is not refusing records: a schema change or
-        // a bug. Stall loudly (the batch is retried, `/ready` fails) rather than empty the topic
-        // into the DLQ.
-        let refused = self.refused_in_a_row.fetch_add(1, Ordering::Relaxed) + 1;
-        if refused > MAX_REFUSED_IN_A_ROW {
-            tracing::error!(
-                refused,
-                "the database refuses every record on its own; not dead-lettering more"
-            );
-            return Err(FlushError::RefusesEverything(refused));
+        let (sqlstate, stage) = match refusal {
+            FlushError::Db(db) => (db.sqlstate(), db.stage()),
+            _ => (None, None),
+        };
+        let lone = self.plan(&batch[at..=at]);
+        let row = describe_rows(&lone.write, stage);
+        let canary_event = canary_event(Utc::now());
+        let canary = canary_write(&canary_event, &lone.write.moves, &self.specs);
+        let probe = self.rt.block_on(self.db.probe_batch(
+            &self.config.consumer.group_id,
+            &self.config.kafka.raw_topic,
+            &canary,
+            &self.config.alerts,
+            i64::from(self.config.windows.allowed_lateness_secs),
+        ));
+        drop(lone);
+        match probe {
+            Ok(()) => telemetry::database_refuses_everything(false),
+            Err(fenced @ DbError::Fenced { .. }) => return Err(fenced.into()),
+            Err(canary) => {
+                telemetry::database_refuses_everything(true);
+                tracing::error!(error = %refusal, canary = %canary,
+                    "the database refuses a known-good write too: stalling (nothing is dead-lettered) until it takes writes again");
+                return Err(FlushError::RefusesEverything {
+                    record: refusal.to_string(),
+                    canary,
+                });
+            }
         }
         let p = &mut batch[at];
         if let Item::Event(e) = &p.item {
             tracing::error!(partition = p.partition, offset = p.offset, event_id = %e.event_id,
-                sqlstate = trigger.unwrap_or("-"), "record refused by the database; sent to the DLQ");
+                sqlstate = sqlstate.as_deref().unwrap_or("-"), stage = stage.unwrap_or("-"),
+                "record refused by the database (a known-good write commits); sent to the DLQ");
             p.item = Item::Poison {
                 key: Some(e.service.as_bytes().to_vec()),
                 payload: e.to_json(),
                 kind: "refused_by_database",
-                message: format!(
-                    "PostgreSQL refused the row (SQLSTATE {})",
-                    trigger.unwrap_or("unknown")
-                ),
+                message: format!("PostgreSQL refused the record's rows: {refusal}"),
+                headers: vec![
+                    ("error.sqlstate", sqlstate.unwrap_or_else(|| "unknown".into())),
+                    ("error.stage", stage.unwrap_or("unknown").to_owned()),
+                    ("error.row", row),
+                ],
             };
             telemetry::refused_by_database(1);
         }
@@ -152,8 +173,9 @@ impl ConsumerLoop {
                     payload,
                     kind,
                     message,
+                    headers,
                 } if !p.dlq_done => Some(async move {
-                    self.send_dlq(p, key.as_deref(), payload, kind, message)
+                    self.send_dlq(p, key.as_deref(), payload, (kind, message), headers)
                         .await
                         .map(|()| i)
                 }),
@@ -203,11 +225,27 @@ impl ConsumerLoop {
         drop(store_spans);
         telemetry::events_filtered(plan.filtered);
         telemetry::late_events(plan.late);
+        telemetry::future_events(plan.future);
+        telemetry::values_clamped("latency_ms", plan.clamped_latencies);
+        for (kind, n, first_epochs) in &plan.overflow {
+            telemetry::cardinality_overflow(kind, *n);
+            for start in first_epochs {
+                tracing::warn!(kind, window_start = %DateTime::from_timestamp(*start, 0).unwrap_or_default(),
+                    "a window holds the most distinct {kind}s it counts on their own; further ones count under \"{}\" (collector_cardinality_overflow_total)",
+                    crate::cardinality::OVERFLOW_KEY);
+            }
+        }
         // The new offsets and event times are what the next batch must find stored.
+        let width = i64::from(self.config.alerts.error_rate_window_secs);
+        let lateness = i64::from(self.config.windows.allowed_lateness_secs);
         let mut own = self.ownership.lock().expect("ownership lock");
         for (p, services) in plan.services {
             if let Some(o) = own.partitions.get_mut(&p) {
-                o.services.extend(services);
+                for (s, last) in services {
+                    let e = o.services.entry(s).or_insert(last);
+                    *e = (*e).max(last);
+                }
+                forget_services(&mut o.services, o.max_ts, lateness, width);
             }
         }
         Ok(())
@@ -258,12 +296,15 @@ impl ConsumerLoop {
             .expect("ownership lock")
             .partitions
             .clone();
+        let mut caps = self.caps.lock().expect("caps lock");
         Planner {
             filter: &filter,
             detector: &self.detector,
             windows: &self.config.windows,
             specs: &self.specs,
             error_rate_window_secs: self.config.alerts.error_rate_window_secs,
+            now: Utc::now(),
+            caps: &mut caps,
         }
         .plan(batch, &own)
     }
@@ -273,12 +314,12 @@ impl ConsumerLoop {
         p: &Pending,
         key: Option<&[u8]>,
         payload: &[u8],
-        kind: &str,
-        message: &str,
+        (kind, message): (&str, &str),
+        extra: &[(&'static str, String)],
     ) -> Result<(), FlushError> {
         let partition = p.partition.to_string();
         let offset = p.offset.to_string();
-        let headers = OwnedHeaders::new_with_capacity(5)
+        let mut headers = OwnedHeaders::new_with_capacity(5 + extra.len())
             .insert(Header {
                 key: "source.topic",
                 value: Some(self.config.kafka.raw_topic.as_str()),
@@ -299,6 +340,12 @@ impl ConsumerLoop {
                 key: "error.message",
                 value: Some(message),
             });
+        for (key, value) in extra {
+            headers = headers.insert(Header {
+                key,
+                value: Some(value.as_str()),
+            });
+        }
         let mut record = FutureRecord::to(&self.config.kafka.dlq_topic)
             .payload(payload)
             .headers(headers);
@@ -319,8 +366,8 @@ pub(super) enum FlushError {
     Db(#[from] DbError),
     #[error("DLQ produce failed: {0}")]
     Dlq(KafkaError),
-    #[error("the database refused {0} records in a row, each on its own")]
-    RefusesEverything(u32),
+    #[error("the database refuses a known-good write too (canary: {canary}); the record's own write: {record}")]
+    RefusesEverything { record: String, canary: DbError },
 }
 
 /// Whether a failed write is the rows' fault, so retrying the same rows cannot succeed: a data

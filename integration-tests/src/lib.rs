@@ -8,6 +8,10 @@
 //!
 //! `poison` is the set of records no row can hold, shared with the fault suite's `logpipe-poison`
 //! (`src/bin`), which writes them into a running pipeline and reads the DLQ back.
+//!
+//! `fuzz` is the whole-path fuzzer: generated inputs through the real gateway and collector into
+//! a real database, and the checks of every promise after the run (`tests/fuzz.rs`, short form;
+//! `logpipe-fuzz` and `./fuzz.sh`, long form).
 
 use std::future::Future;
 
@@ -564,6 +568,7 @@ pub fn missing_documented(
 }
 
 /// A Server-Sent Events reader for the event stream's tests.
+pub mod fuzz;
 pub mod poison;
 
 pub mod sse {

@@ -1219,7 +1219,11 @@ mod tests {
         own.insert(0, owned(0));
         let at = |secs: i64| DateTime::from_timestamp(1_800_000_000 + secs, 0).unwrap();
         // A raw producer sets both the event's time and the record's broker timestamp ahead.
-        let mut far = pending(0, 0, Item::Event(Box::new(event(86_400 * 365, Level::Info, "api"))));
+        let mut far = pending(
+            0,
+            0,
+            Item::Event(Box::new(event(86_400 * 365, Level::Info, "api"))),
+        );
         far.record_ts = Some(at(86_400 * 365));
         let mut on_time = pending(0, 1, Item::Event(Box::new(event(295, Level::Info, "web"))));
         on_time.record_ts = Some(at(295));
@@ -1252,13 +1256,28 @@ mod tests {
             .map(|(k, _)| k.service.as_str())
             .collect();
         services.dedup();
-        assert_eq!(services.len(), 4, "three own names and the overflow key: {services:?}");
+        assert_eq!(
+            services.len(),
+            4,
+            "three own names and the overflow key: {services:?}"
+        );
         assert!(services.contains(&OVERFLOW_KEY));
         assert_eq!(windowed(&plan), 5, "every event still counts");
-        assert_eq!(plan.write.events.len(), 5, "and is stored under its own name");
-        assert_eq!(plan.overflow, vec![("service", 2, vec![1_800_000_000 - 1_800_000_000 % 60])]);
+        assert_eq!(
+            plan.write.events.len(),
+            5,
+            "and is stored under its own name"
+        );
+        assert_eq!(
+            plan.overflow,
+            vec![("service", 2, vec![1_800_000_000 - 1_800_000_000 % 60])]
+        );
         // The next batch in the same window: the overflow is counted, not announced again.
-        let again = vec![pending(0, 5, Item::Event(Box::new(event(2, Level::Info, "f"))))];
+        let again = vec![pending(
+            0,
+            5,
+            Item::Event(Box::new(event(2, Level::Info, "f"))),
+        )];
         let mut own2 = HashMap::new();
         own2.insert(0, owned(5));
         let plan = fixture.planner().plan(&again, &own2);
@@ -1275,7 +1294,8 @@ mod tests {
             .map(|i| {
                 let mut e = event(1, Level::Warn, "auth");
                 e.message = "login failed".into();
-                e.attributes.insert("client.ip".into(), format!("198.51.100.{i}").into());
+                e.attributes
+                    .insert("client.ip".into(), format!("198.51.100.{i}").into());
                 pending(0, i, Item::Event(Box::new(e)))
             })
             .collect();
@@ -1300,7 +1320,11 @@ mod tests {
         forget_services(&mut services, now, 10, 10);
         assert_eq!(services.keys().collect::<Vec<_>>(), vec!["recent"]);
         forget_services(&mut services, None, 10, 10);
-        assert_eq!(services.len(), 1, "no event time: nothing closed, nothing forgotten");
+        assert_eq!(
+            services.len(),
+            1,
+            "no event time: nothing closed, nothing forgotten"
+        );
     }
 
     #[test]

@@ -150,7 +150,10 @@ impl ConsumerLoop {
                 kind: "refused_by_database",
                 message: format!("PostgreSQL refused the record's rows: {refusal}"),
                 headers: vec![
-                    ("error.sqlstate", sqlstate.unwrap_or_else(|| "unknown".into())),
+                    (
+                        "error.sqlstate",
+                        sqlstate.unwrap_or_else(|| "unknown".into()),
+                    ),
                     ("error.stage", stage.unwrap_or("unknown").to_owned()),
                     ("error.row", row),
                 ],

@@ -1,0 +1,625 @@
+//! The fuzzer's inputs, generated from one seed: event fields from a grammar of hostile values
+//! (numbers at and beyond every type edge, also as strings; unicode edge cases; every timestamp
+//! form the parsers accept and many they must refuse; huge and empty strings; random levels;
+//! high-cardinality services and addresses; deep and wide attributes), combined at random into
+//! JSON, NDJSON and raw-line bodies, and raw Kafka records with any broker timestamp.
+//!
+//! Every choice comes from the one `StdRng`, so a seed replays the run exactly.
+
+use chrono::{DateTime, Duration, Utc};
+use rand::rngs::StdRng;
+use rand::Rng;
+
+/// One request to `POST /api/v1/logs`.
+#[derive(Debug, Clone)]
+pub struct IngestRequest {
+    pub content_type: &'static str,
+    /// `?service=` for raw lines, already URL-encoded.
+    pub service_query: Option<String>,
+    pub body: Vec<u8>,
+    /// Events the body was built from (valid or not).
+    pub events: usize,
+}
+
+/// One record written straight into the raw topic, as any broker client can.
+#[derive(Debug, Clone)]
+pub struct RawRecord {
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+    pub content_type: &'static str,
+    /// The broker timestamp the producer sets (ms since the epoch), if it sets one.
+    pub timestamp_ms: Option<i64>,
+}
+
+fn pick<T: Copy>(rng: &mut StdRng, xs: &[T]) -> T {
+    xs[rng.random_range(0..xs.len())]
+}
+
+/// Numbers as JSON text: the type edges of i64, u64 and f64, past them, and long digit runs.
+pub fn number_text(rng: &mut StdRng) -> String {
+    const EDGES: &[&str] = &[
+        "0",
+        "-0",
+        "1",
+        "-1",
+        "9223372036854775807",
+        "-9223372036854775808",
+        "9223372036854775808",
+        "18446744073709551615",
+        "18446744073709551616",
+        "1.7976931348623157e308",
+        "-1.7976931348623157e308",
+        "1e308",
+        "1e309",
+        "-1e400",
+        "5e-324",
+        "2.2250738585072014e-308",
+        "4.9e-325",
+        "1E+2",
+        "0.000000000000000000000000000001",
+        "123456789012345678901234567890",
+        "86400000",
+        "86400001",
+    ];
+    match rng.random_range(0..5) {
+        0 | 1 => (pick(rng, EDGES)).to_owned(),
+        2 => rng.random::<i64>().to_string(),
+        3 => {
+            let f = f64::from_bits(rng.random::<u64>());
+            if f.is_finite() {
+                format!("{f:e}")
+            } else {
+                "1e999".to_owned()
+            }
+        }
+        _ => {
+            let len = rng.random_range(1..400);
+            let mut s: String = (0..len)
+                .map(|_| char::from(b'0' + rng.random_range(0..10u8)))
+                .collect();
+            if rng.random_bool(0.3) {
+                s.push_str(&format!("e{}", rng.random_range(-400..400)));
+            }
+            if s.starts_with('0') && s.len() > 1 {
+                s.replace_range(0..1, "9");
+            }
+            s
+        }
+    }
+}
+
+/// A value where a number is expected: a number, or a number-like string.
+pub fn number_value(rng: &mut StdRng) -> String {
+    const STRINGS: &[&str] = &[
+        "\"1e308\"",
+        "\"-1e308\"",
+        "\"1e999\"",
+        "\"NaN\"",
+        "\"nan\"",
+        "\"inf\"",
+        "\"-inf\"",
+        "\"Infinity\"",
+        "\" 5 \"",
+        "\"0x10\"",
+        "\"18446744073709551616\"",
+        "\"\"",
+        "null",
+        "true",
+        "[1e308]",
+        "{\"v\":1e308}",
+    ];
+    if rng.random_bool(0.25) {
+        (pick(rng, STRINGS)).to_owned()
+    } else if rng.random_bool(0.2) {
+        format!("\"{}\"", number_text(rng))
+    } else {
+        number_text(rng)
+    }
+}
+
+/// Text with unicode edge cases, control characters, quotes and SQL metacharacters.
+pub fn text(rng: &mut StdRng, max_chars: usize) -> String {
+    const PIECES: &[&str] = &[
+        "payment declined",
+        "login failed for user admin",
+        "authentication failed",
+        "' OR '1'='1",
+        "1 UNION SELECT password FROM users--",
+        "; DROP TABLE log_events;--",
+        "pg_sleep(10)",
+        "%",
+        "_",
+        "\\",
+        "\"",
+        "'",
+        "\u{1F44D}",
+        "\u{202E}",
+        "\u{FEFF}",
+        "\u{FFFF}",
+        "\u{10FFFF}",
+        "e\u{301}",
+        "\u{200B}",
+        "日本語",
+        "\u{7F}",
+        "\u{1}",
+        "\u{1B}[31m",
+        "\r\n",
+        "\t",
+        " ",
+        "<script>",
+        "${jndi:ldap://x}",
+        "\u{0}",
+    ];
+    let n = rng.random_range(0..12);
+    let mut s = String::new();
+    for _ in 0..n {
+        if s.chars().count() >= max_chars {
+            break;
+        }
+        if rng.random_bool(0.5) {
+            s.push_str(pick(rng, PIECES));
+        } else {
+            let len = rng.random_range(1..12);
+            s.extend((0..len).map(|_| char::from(b'a' + rng.random_range(0..26u8))));
+        }
+    }
+    s.chars().take(max_chars).collect()
+}
+
+/// A JSON string literal: mostly escaped text, sometimes a huge one, sometimes a lone surrogate.
+pub fn string_literal(rng: &mut StdRng, max_chars: usize) -> String {
+    match rng.random_range(0..40) {
+        0 => "\"\\ud800\"".to_owned(),
+        1 => "\"\\udfff tail\"".to_owned(),
+        2 => serde_json::to_string(&"x".repeat(rng.random_range(16_000..40_000))).expect("str"),
+        3 => serde_json::to_string(&"\u{1}".repeat(rng.random_range(1_000..6_000))).expect("str"),
+        _ => serde_json::to_string(&text(rng, max_chars)).expect("str"),
+    }
+}
+
+/// A timestamp: near the collector's clock most of the time (so most events are accepted), else
+/// every edge the parsers meet.
+pub fn timestamp(rng: &mut StdRng, now: DateTime<Utc>) -> String {
+    let near = now - Duration::milliseconds(rng.random_range(0..30_000));
+    let forms: [String; 24] = [
+        format!(
+            "\"{}\"",
+            near.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        ),
+        format!(
+            "\"{}\"",
+            near.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+        ),
+        format!(
+            "\"{}\"",
+            near.with_timezone(&chrono::FixedOffset::east_opt(14 * 3600).expect("offset"))
+                .to_rfc3339()
+        ),
+        format!(
+            "\"{}\"",
+            near.with_timezone(&chrono::FixedOffset::west_opt(12 * 3600).expect("offset"))
+                .to_rfc3339()
+        ),
+        format!("\"{}\"", near.format("%Y-%m-%dt%H:%M:%S%.3fz")),
+        format!("\"{}\"", near.format("%Y-%m-%d %H:%M:%S")),
+        format!("\"{}\"", near.format("%Y-%m-%dT%H:%M:%S")),
+        format!("{}", near.timestamp()),
+        format!("{}", near.timestamp_millis()),
+        "\"0001-01-01T00:00:00Z\"".into(),
+        "\"9999-12-31T23:59:59.999999999Z\"".into(),
+        "\"10000-01-01T00:00:00Z\"".into(),
+        "\"-0001-01-01T00:00:00Z\"".into(),
+        "\"1970-01-01T00:00:00Z\"".into(),
+        "\"2026-02-30T00:00:00Z\"".into(),
+        "\"2016-12-31T23:59:60Z\"".into(),
+        format!("\"{}\"", (now + Duration::days(1)).to_rfc3339()),
+        format!("\"{}\"", (now + Duration::seconds(9)).to_rfc3339()),
+        format!("\"{}\"", (now - Duration::days(400)).to_rfc3339()),
+        "\"\"".into(),
+        "null".into(),
+        number_value(rng),
+        "\"yesterday\"".into(),
+        format!("\"{}\"", near.to_rfc3339()),
+    ];
+    if rng.random_bool(0.9) {
+        forms[0].clone()
+    } else {
+        forms[rng.random_range(0..forms.len())].clone()
+    }
+}
+
+pub fn level(rng: &mut StdRng) -> String {
+    const LEVELS: &[&str] = &[
+        "\"INFO\"",
+        "\"WARN\"",
+        "\"ERROR\"",
+        "\"FATAL\"",
+        "\"DEBUG\"",
+        "\"TRACE\"",
+        "\"warning\"",
+        "\"Err\"",
+        "\"critical\"",
+        "\"emerg\"",
+        "\"notice\"",
+        "\"\"",
+        "\"NOPE\"",
+        "3",
+        "null",
+        "\"INFO \"",
+    ];
+    if rng.random_bool(0.85) {
+        (pick(rng, &LEVELS[..6])).to_owned()
+    } else {
+        (pick(rng, LEVELS)).to_owned()
+    }
+}
+
+/// Services: a few common ones (so the queries find rows), many one-off ones (cardinality), and
+/// the edges of a name.
+pub fn service(rng: &mut StdRng) -> String {
+    match rng.random_range(0..20) {
+        0..=8 => format!("\"{}\"", pick(rng, &["payments", "auth", "search", "api"])),
+        9..=14 => format!("\"svc-{:08x}\"", rng.random::<u32>()),
+        15 => format!("\"{}\"", "s".repeat(128)),
+        16 => format!("\"{}\"", "s".repeat(129)),
+        17 => format!("\"{}\"", "é".repeat(64)),
+        _ => pick(
+            rng,
+            &[
+                "\"~other\"",
+                "\"   \"",
+                "\"../etc/passwd\"",
+                "\"a/b%2Fc\"",
+                "\"\"",
+                "null",
+                "\"\\u0000\"",
+            ],
+        )
+        .to_string(),
+    }
+}
+
+/// An attributes object: the aggregated ones (latencies, client address, user, path) with hostile
+/// values, plus random keys, sometimes deep, sometimes wide.
+pub fn attributes(rng: &mut StdRng) -> String {
+    let mut fields: Vec<String> = Vec::new();
+    for key in ["latency_ms", "duration_ms", "http.duration_ms"] {
+        if rng.random_bool(0.3) {
+            fields.push(format!("\"{key}\":{}", number_value(rng)));
+        }
+    }
+    if rng.random_bool(0.3) {
+        let ip = match rng.random_range(0..4) {
+            0 => format!(
+                "{}.{}.{}.{}",
+                rng.random::<u8>(),
+                rng.random::<u8>(),
+                rng.random::<u8>(),
+                rng.random::<u8>()
+            ),
+            1 => "203.0.113.7".into(),
+            2 => "1".repeat(rng.random_range(100..5_000)),
+            _ => text(rng, 60),
+        };
+        fields.push(format!(
+            "\"client.ip\":{}",
+            serde_json::to_string(&ip).expect("str")
+        ));
+    }
+    if rng.random_bool(0.2) {
+        fields.push(format!("\"user\":{}", string_literal(rng, 200)));
+    }
+    if rng.random_bool(0.2) {
+        fields.push(format!("\"http.path\":{}", string_literal(rng, 200)));
+    }
+    if rng.random_bool(0.2) {
+        fields.push(format!("\"http.status\":{}", number_value(rng)));
+    }
+    match rng.random_range(0..20) {
+        0 => {
+            // Deep: around the 16-level limit.
+            let depth = rng.random_range(10..24);
+            let inner = format!("{}1{}", "{\"d\":".repeat(depth), "}".repeat(depth));
+            fields.push(format!("\"deep\":{inner}"));
+        }
+        1 => {
+            // Wide: around the 64-attribute limit.
+            for i in 0..rng.random_range(50..80) {
+                fields.push(format!("\"k{i}\":{}", number_value(rng)));
+            }
+        }
+        2 => fields.push(format!(
+            "\"arr\":[{}]",
+            (0..rng.random_range(0..200))
+                .map(|_| number_value(rng))
+                .collect::<Vec<_>>()
+                .join(",")
+        )),
+        3 => fields.push(format!(
+            "{}:{}",
+            string_literal(rng, 40),
+            string_literal(rng, 40)
+        )),
+        _ => {}
+    }
+    format!("{{{}}}", fields.join(","))
+}
+
+/// One event as JSON text, fields sometimes missing or of the wrong type. `id` is the event's own
+/// id when it carries a normal one.
+pub fn event_json(rng: &mut StdRng, now: DateTime<Utc>, id: &str) -> String {
+    let mut fields: Vec<String> = Vec::new();
+    match rng.random_range(0..30) {
+        0 => {}
+        1 => fields.push("\"event_id\":null".into()),
+        2 => fields.push(format!("\"event_id\":\"{}\"", "i".repeat(129))),
+        3 => fields.push(format!("\"event_id\":{}", number_text(rng))),
+        _ => fields.push(format!("\"event_id\":\"{id}\"")),
+    }
+    if rng.random_range(0..40) != 0 {
+        fields.push(format!("\"timestamp\":{}", timestamp(rng, now)));
+    }
+    if rng.random_range(0..40) != 0 {
+        fields.push(format!("\"level\":{}", level(rng)));
+    }
+    if rng.random_range(0..40) != 0 {
+        fields.push(format!("\"service\":{}", service(rng)));
+    }
+    if rng.random_bool(0.5) {
+        fields.push(format!("\"component\":{}", string_literal(rng, 40)));
+    }
+    if rng.random_bool(0.5) {
+        fields.push(format!("\"host\":{}", string_literal(rng, 40)));
+    }
+    let message = match rng.random_range(0..30) {
+        0 => "\"\"".to_owned(),
+        1 => serde_json::to_string(&"m".repeat(32 * 1024)).expect("str"),
+        2 => serde_json::to_string(&"m".repeat(32 * 1024 + 1)).expect("str"),
+        3 => number_value(rng),
+        _ => string_literal(rng, 300),
+    };
+    if rng.random_range(0..40) != 0 {
+        fields.push(format!("\"message\":{message}"));
+    }
+    if rng.random_bool(0.2) {
+        fields.push(format!(
+            "\"trace_id\":\"{}\"",
+            "a".repeat(rng.random_range(0..70))
+        ));
+    }
+    if rng.random_bool(0.1) {
+        fields.push(format!(
+            "\"span_id\":\"{}\"",
+            "b".repeat(rng.random_range(0..40))
+        ));
+    }
+    if rng.random_bool(0.8) {
+        fields.push(format!("\"attributes\":{}", attributes(rng)));
+    }
+    if rng.random_bool(0.03) {
+        fields.push("\"unknown_field\":1".into());
+    }
+    // Field order is the client's business.
+    for i in (1..fields.len()).rev() {
+        let j = rng.random_range(0..=i);
+        fields.swap(i, j);
+    }
+    format!("{{{}}}", fields.join(","))
+}
+
+/// One raw line: Apache combined, RFC 5424, RFC 3164, or something that is none of them.
+pub fn raw_line(rng: &mut StdRng, now: DateTime<Utc>) -> String {
+    let near = now - Duration::milliseconds(rng.random_range(0..30_000));
+    let msg = text(rng, 200).replace(['\n', '\r'], " ");
+    match rng.random_range(0..4) {
+        0 => {
+            let status = if rng.random_bool(0.8) {
+                pick(rng, &["200", "404", "500", "503"]).to_string()
+            } else {
+                number_text(rng)
+            };
+            let bytes = if rng.random_bool(0.7) {
+                rng.random_range(0..100_000).to_string()
+            } else {
+                number_text(rng)
+            };
+            let date = if rng.random_bool(0.9) {
+                near.format("%d/%b/%Y:%H:%M:%S %z").to_string()
+            } else {
+                pick(
+                    rng,
+                    &[
+                        "31/Feb/2026:25:61:61 +9999",
+                        "01/Jan/0000:00:00:00 +0000",
+                        "",
+                    ],
+                )
+                .to_string()
+            };
+            format!(
+                "{}.{}.{}.{} - {} [{date}] \"GET /p?q={} HTTP/1.1\" {status} {bytes} \"-\" \"{}\"",
+                rng.random::<u8>(),
+                rng.random::<u8>(),
+                rng.random::<u8>(),
+                rng.random::<u8>(),
+                pick(rng, &["-", "admin", "é"]),
+                msg.replace([' ', '"'], "+"),
+                msg.replace('"', "'"),
+            )
+        }
+        1 => {
+            let pri = if rng.random_bool(0.9) {
+                rng.random_range(0..192).to_string()
+            } else {
+                number_text(rng)
+            };
+            let ts = if rng.random_bool(0.9) {
+                near.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+            } else {
+                pick(rng, &["-", "9999-99-99T99:99:99Z", "0001-01-01T00:00:00Z"]).to_string()
+            };
+            let sd = pick(
+                rng,
+                &[
+                    "-",
+                    "[x@1 a=\"b\"]",
+                    "[x@1 a=\"b\\\"]\"]",
+                    "[",
+                    "[x a=\"1e308\"]",
+                ],
+            );
+            format!(
+                "<{pri}>1 {ts} host-{} app {} ID47 {sd} {msg}",
+                rng.random::<u16>(),
+                rng.random::<u32>()
+            )
+        }
+        2 => format!(
+            "<{}>{} host tag[{}]: {msg}",
+            rng.random_range(0..200),
+            near.format("%b %e %H:%M:%S"),
+            rng.random::<u16>()
+        ),
+        _ => text(rng, 300).replace(['\n', '\r'], " "),
+    }
+}
+
+/// A request body: JSON (one event or an array), NDJSON, raw lines, or a body broken as a whole.
+/// `next_id` hands out unique event ids.
+pub fn ingest_request(
+    rng: &mut StdRng,
+    now: DateTime<Utc>,
+    next_id: &mut dyn FnMut() -> String,
+    max_events: usize,
+) -> IngestRequest {
+    let n = rng.random_range(1..=max_events.max(1));
+    match rng.random_range(0..20) {
+        0..=6 => {
+            let events: Vec<String> = (0..n).map(|_| event_json(rng, now, &next_id())).collect();
+            IngestRequest {
+                content_type: "application/json",
+                service_query: None,
+                body: format!("[{}]", events.join(",")).into_bytes(),
+                events: n,
+            }
+        }
+        7..=8 => IngestRequest {
+            content_type: "application/json",
+            service_query: None,
+            body: event_json(rng, now, &next_id()).into_bytes(),
+            events: 1,
+        },
+        9..=13 => {
+            let mut body = String::new();
+            for _ in 0..n {
+                body.push_str(&event_json(rng, now, &next_id()));
+                body.push_str(if rng.random_bool(0.1) { "\n\n" } else { "\n" });
+            }
+            IngestRequest {
+                content_type: "application/x-ndjson",
+                service_query: None,
+                body: body.into_bytes(),
+                events: n,
+            }
+        }
+        14..=17 => {
+            let lines: Vec<String> = (0..n).map(|_| raw_line(rng, now)).collect();
+            let service_query = rng.random_bool(0.4).then(|| {
+                let s = text(rng, 20);
+                url_encode(if s.trim().is_empty() { "web" } else { &s })
+            });
+            IngestRequest {
+                content_type: "text/plain",
+                service_query,
+                body: lines.join("\n").into_bytes(),
+                events: n,
+            }
+        }
+        _ => {
+            // Broken as a whole: truncated, not UTF-8, empty, or not JSON at all.
+            let whole = format!("[{}]", event_json(rng, now, &next_id()));
+            let body = match rng.random_range(0..4) {
+                0 => whole.as_bytes()[..rng.random_range(0..whole.len())].to_vec(),
+                1 => {
+                    let mut b = whole.into_bytes();
+                    let at = rng.random_range(0..b.len());
+                    b.insert(at, 0xff);
+                    b
+                }
+                2 => Vec::new(),
+                _ => b"{\"a\":".repeat(rng.random_range(1..5_000)),
+            };
+            IngestRequest {
+                content_type: pick(
+                    rng,
+                    &["application/json", "application/x-ndjson", "text/plain"],
+                ),
+                service_query: None,
+                body,
+                events: 0,
+            }
+        }
+    }
+}
+
+/// A record written straight into the raw topic, with any broker timestamp: far-future events
+/// whose record time is far ahead too (a watermark attack), raw lines, bytes that are nothing.
+pub fn raw_record(rng: &mut StdRng, now: DateTime<Utc>, id: &str) -> RawRecord {
+    let ts_ms = match rng.random_range(0..5) {
+        0 => Some(253_402_300_799_000), // 9999-12-31
+        1 => Some(0),
+        2 => None,
+        3 => Some(now.timestamp_millis() + rng.random_range(0..86_400_000 * 365)),
+        _ => Some(now.timestamp_millis()),
+    };
+    match rng.random_range(0..4) {
+        0 => {
+            let far = ts_ms
+                .and_then(DateTime::from_timestamp_millis)
+                .unwrap_or(now)
+                .to_rfc3339();
+            RawRecord {
+                key: Some(id.as_bytes().to_vec()),
+                payload: format!(
+                    "{{\"event_id\":\"{id}\",\"timestamp\":\"{far}\",\"level\":\"ERROR\",\"service\":\"payments\",\"message\":\"from the future\",\"attributes\":{}}}",
+                    attributes(rng)
+                )
+                .into_bytes(),
+                content_type: "application/json",
+                timestamp_ms: ts_ms,
+            }
+        }
+        1 => RawRecord {
+            key: rng.random_bool(0.5).then(|| text(rng, 20).into_bytes()),
+            payload: raw_line(rng, now).into_bytes(),
+            content_type: "text/plain",
+            timestamp_ms: ts_ms,
+        },
+        2 => RawRecord {
+            key: None,
+            payload: (0..rng.random_range(0..200))
+                .map(|_| rng.random::<u8>())
+                .collect(),
+            content_type: pick(rng, &["application/json", "text/plain"]),
+            timestamp_ms: ts_ms,
+        },
+        _ => RawRecord {
+            key: Some(id.as_bytes().to_vec()),
+            payload: event_json(rng, now, id).into_bytes(),
+            content_type: "application/json",
+            timestamp_ms: ts_ms,
+        },
+    }
+}
+
+pub fn url_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() * 3);
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}

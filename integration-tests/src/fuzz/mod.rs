@@ -1,0 +1,612 @@
+//! The whole-path fuzzer: generated inputs ([`gen`]) sent through the real gateway (and, as any
+//! broker client can, straight into the raw topic) to the real collector and a real database,
+//! mixed with known-good marker events; then the pipeline's promises are checked:
+//!
+//! - the gateway answers every request with 2xx or a 4xx carrying `{"error", "detail"}`: no 5xx,
+//!   no dropped connection;
+//! - a marker sent after each chunk of requests is stored within `marker_timeout` (nothing stalls);
+//! - every record Kafka acknowledged (what the gateway produced for its 2xx answers, and every raw
+//!   record) is stored exactly once, or sits in the DLQ with a reason; the gateway produced exactly
+//!   the events its 2xx answers counted;
+//! - lag returns to 0 without a restart, `/ready` is 200;
+//! - `/api/v1/stats`, `/alerts`, `/events` and `/timeline` answer 200 over the run's range, and
+//!   per-service stats of the generated services never 5xx;
+//! - the resident memory of the process holding the collector stays under a bound.
+//!
+//! `tests/fuzz.rs` runs the short form in the test command; `logpipe-fuzz` (`./fuzz.sh`) the long
+//! form. Both print the seed; `LOGPIPE_FUZZ_SEED` / `--seed` replays it.
+
+pub mod gen;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use logpipe_common::kafka::KafkaSettings;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use sqlx::PgPool;
+
+/// Where the stack under test is.
+pub struct Target {
+    /// The gateway's base URL (`http://127.0.0.1:port`).
+    pub gateway: String,
+    /// The collector's base URL (`/ready`).
+    pub collector: String,
+    /// The collector's schema, with `search_path` set.
+    pub pool: PgPool,
+    pub kafka: KafkaSettings,
+    /// The process holding the collector (`/proc/<pid>/status`); `None`: this process.
+    pub collector_pid: Option<u32>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub seed: u64,
+    /// Generated events, in all (requests carry 1 to `max_events_per_request`).
+    pub events: usize,
+    pub max_events_per_request: usize,
+    /// Share of generated events written straight into the raw topic.
+    pub raw_share: f64,
+    /// A marker every this many requests.
+    pub marker_every: usize,
+    pub marker_timeout: Duration,
+    pub drain_timeout: Duration,
+    pub rss_limit_kib: u64,
+    pub concurrency: usize,
+}
+
+impl Options {
+    pub fn new(seed: u64, events: usize) -> Options {
+        Options {
+            seed,
+            events,
+            max_events_per_request: 40,
+            raw_share: 0.1,
+            marker_every: 25,
+            marker_timeout: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(180),
+            rss_limit_kib: 2 * 1024 * 1024,
+            concurrency: 4,
+        }
+    }
+}
+
+/// The seed to use: `LOGPIPE_FUZZ_SEED` when set (a replay), else a fresh one.
+pub fn seed_from_env() -> u64 {
+    std::env::var("LOGPIPE_FUZZ_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random)
+}
+
+/// What a run saw; `failures` empty means every promise held.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub seed: u64,
+    pub requests: usize,
+    pub statuses: BTreeMap<u16, usize>,
+    pub generated: usize,
+    pub accepted: usize,
+    pub raw_records: usize,
+    pub markers: usize,
+    pub records: usize,
+    pub stored_at_own_offset: usize,
+    pub stored_as_resend: usize,
+    pub dead_lettered: usize,
+    pub dlq_kinds: BTreeMap<String, usize>,
+    pub marker_worst: Duration,
+    pub rss_kib: u64,
+    pub failures: Vec<String>,
+}
+
+impl Report {
+    pub fn summary(&self) -> String {
+        format!(
+            "seed {}: {} generated events in {} requests (statuses {:?}) and {} raw records; {} \
+             accepted by the gateway; {} markers (slowest stored in {:.1} s); {} records in the raw \
+             topic: {} stored at their own offset, {} resends stored once, {} in the DLQ {:?}; \
+             RSS {} MiB; {} failures",
+            self.seed,
+            self.generated,
+            self.requests,
+            self.statuses,
+            self.raw_records,
+            self.accepted,
+            self.markers,
+            self.marker_worst.as_secs_f64(),
+            self.records,
+            self.stored_at_own_offset,
+            self.stored_as_resend,
+            self.dead_lettered,
+            self.dlq_kinds,
+            self.rss_kib / 1024,
+            self.failures.len()
+        )
+    }
+}
+
+fn fail(report: &mut Report, what: String) {
+    if report.failures.len() < 50 {
+        report.failures.push(what);
+    }
+}
+
+/// Run the fuzzer against `target` and check every promise.
+pub async fn run(target: &Target, opts: &Options) -> Report {
+    let mut rng = StdRng::seed_from_u64(opts.seed);
+    let mut report = Report {
+        seed: opts.seed,
+        ..Report::default()
+    };
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("http client");
+    let producer: FutureProducer = target
+        .kafka
+        .client_config("logpipe-fuzz")
+        .set("enable.idempotence", "true")
+        .create()
+        .expect("raw producer");
+    let started = Utc::now() - chrono::Duration::minutes(1);
+    let mut counter = 0u64;
+    let seed = opts.seed;
+    let mut next_id = move || {
+        counter += 1;
+        format!("fz-{seed:x}-{counter}")
+    };
+    let mut markers: Vec<String> = Vec::new();
+    let mut services: HashSet<String> = HashSet::new();
+    let mut sent_requests = 0usize;
+    while report.generated < opts.events {
+        // A chunk of requests, sent `concurrency` at a time, then a marker that must be stored.
+        let mut chunk = Vec::new();
+        for _ in 0..opts.marker_every {
+            if report.generated >= opts.events {
+                break;
+            }
+            if rng.random_bool(opts.raw_share) {
+                for _ in 0..rng.random_range(1..=opts.max_events_per_request / 2 + 1) {
+                    let id = next_id();
+                    let rec = gen::raw_record(&mut rng, Utc::now(), &id);
+                    report.generated += 1;
+                    report.raw_records += 1;
+                    send_raw(&producer, &target.kafka.raw_topic, &rec).await;
+                }
+                continue;
+            }
+            let req = gen::ingest_request(
+                &mut rng,
+                Utc::now(),
+                &mut next_id,
+                opts.max_events_per_request,
+            );
+            report.generated += req.events.max(1);
+            // Sometimes a client resends the same request (a retry): stored once.
+            if rng.random_bool(0.03) {
+                chunk.push(req.clone());
+            }
+            chunk.push(req);
+        }
+        for group in chunk.chunks(opts.concurrency.max(1)) {
+            let sends = group.iter().map(|req| send(&http, &target.gateway, req));
+            for (req, outcome) in group.iter().zip(futures::future::join_all(sends).await) {
+                sent_requests += 1;
+                match outcome {
+                    Ok((status, body)) => {
+                        *report.statuses.entry(status).or_default() += 1;
+                        check_answer(&mut report, req, status, &body);
+                        if (200..300).contains(&status) {
+                            report.accepted += accepted_count(&body);
+                        }
+                    }
+                    Err(e) => fail(
+                        &mut report,
+                        format!("request {sent_requests} ({}): {e}", req.content_type),
+                    ),
+                }
+                collect_services(req, &mut services);
+            }
+        }
+        let marker = next_id();
+        let took = send_marker(&http, target, &marker, opts.marker_timeout).await;
+        report.markers += 1;
+        match took {
+            Ok(t) => report.marker_worst = report.marker_worst.max(t),
+            Err(e) => {
+                fail(&mut report, format!("marker {marker}: {e}"));
+                break;
+            }
+        }
+        markers.push(marker);
+    }
+    report.requests = sent_requests;
+    check_storage(target, opts, &mut report).await;
+    check_queries(&http, target, started, &services, &mut report).await;
+    report.rss_kib = rss_kib(target.collector_pid);
+    if report.rss_kib > opts.rss_limit_kib {
+        let rss = report.rss_kib;
+        fail(
+            &mut report,
+            format!("RSS {rss} KiB over the bound of {} KiB", opts.rss_limit_kib),
+        );
+    }
+    report
+}
+
+async fn send(
+    http: &reqwest::Client,
+    gateway: &str,
+    req: &gen::IngestRequest,
+) -> Result<(u16, String), String> {
+    let url = match &req.service_query {
+        Some(s) => format!("{gateway}/api/v1/logs?service={s}"),
+        None => format!("{gateway}/api/v1/logs"),
+    };
+    let resp = http
+        .post(url)
+        .header("content-type", req.content_type)
+        .body(req.body.clone())
+        .send()
+        .await
+        .map_err(|e| format!("transport error: {e}"))?;
+    let status = resp.status().as_u16();
+    let body = resp
+        .text()
+        .await
+        .map_err(|e| format!("body cut off: {e}"))?;
+    Ok((status, body))
+}
+
+/// 2xx or a 4xx with the error body; nothing else.
+fn check_answer(report: &mut Report, req: &gen::IngestRequest, status: u16, body: &str) {
+    if (200..300).contains(&status) {
+        return;
+    }
+    if !(400..500).contains(&status) {
+        let head: String = String::from_utf8_lossy(&req.body)
+            .chars()
+            .take(300)
+            .collect();
+        fail(
+            report,
+            format!(
+                "status {status} ({body}) for a {} body: {head}",
+                req.content_type
+            ),
+        );
+        return;
+    }
+    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+    if !(v["error"].is_string() && v["detail"].is_string()) {
+        fail(
+            report,
+            format!("status {status} without an error body: {body}"),
+        );
+    }
+}
+
+fn accepted_count(body: &str) -> usize {
+    serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["accepted"].as_u64())
+        .unwrap_or(0) as usize
+}
+
+/// Service names the requests carried, for the per-service queries.
+fn collect_services(req: &gen::IngestRequest, out: &mut HashSet<String>) {
+    if out.len() >= 20 || req.content_type == "text/plain" {
+        return;
+    }
+    let text = String::from_utf8_lossy(&req.body);
+    if let Some(at) = text.find("\"service\":\"") {
+        let rest = &text[at + 11..];
+        if let Some(end) = rest.find('"') {
+            out.insert(rest[..end].to_owned());
+        }
+    }
+}
+
+async fn send_raw(producer: &FutureProducer, topic: &str, rec: &gen::RawRecord) {
+    let headers = logpipe_common::kafka::event_headers(rec.content_type, None).insert(
+        rdkafka::message::Header {
+            key: "logpipe-fuzz",
+            value: Some("raw"),
+        },
+    );
+    let mut record = FutureRecord::to(topic)
+        .payload(rec.payload.as_slice())
+        .headers(headers);
+    if let Some(k) = &rec.key {
+        record = record.key(k.as_slice());
+    }
+    if let Some(ts) = rec.timestamp_ms {
+        record = record.timestamp(ts);
+    }
+    producer
+        .send(record, Duration::from_secs(30))
+        .await
+        .map_err(|(e, _)| e)
+        .expect("the broker acknowledged a raw record");
+}
+
+/// A known-good event through the gateway; how long until its row is stored.
+async fn send_marker(
+    http: &reqwest::Client,
+    target: &Target,
+    id: &str,
+    timeout: Duration,
+) -> Result<Duration, String> {
+    let body = serde_json::json!({
+        "event_id": id, "timestamp": Utc::now().to_rfc3339(), "level": "INFO",
+        "service": "fuzz-marker", "message": "marker", "attributes": {"latency_ms": 5},
+    });
+    let sent = Instant::now();
+    let resp = http
+        .post(format!("{}/api/v1/logs", target.gateway))
+        .json(&body)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    if resp.status().as_u16() != 202 {
+        return Err(format!("marker answered {}", resp.status()));
+    }
+    while sent.elapsed() < timeout {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM log_events WHERE event_id = $1")
+            .bind(id)
+            .fetch_one(&target.pool)
+            .await
+            .map_err(|e| e.to_string())?;
+        if n == 1 {
+            return Ok(sent.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(format!(
+        "not stored within {timeout:?}: the pipeline stalled"
+    ))
+}
+
+/// Every record of the raw topic stored once or dead-lettered; lag back to 0; ready.
+async fn check_storage(target: &Target, opts: &Options, report: &mut Report) {
+    let raw = crate::read_topic(
+        &target.kafka,
+        &target.kafka.raw_topic,
+        Duration::from_secs(3),
+    )
+    .await;
+    report.records = raw.len();
+    let mut ends: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut gateway_records = 0usize;
+    for m in &raw {
+        let e = ends.entry(m.partition()).or_default();
+        *e = (*e).max(m.offset() + 1);
+        let is_raw = m
+            .headers()
+            .is_some_and(|h| h.iter().any(|h| h.key == "logpipe-fuzz"));
+        if !is_raw {
+            gateway_records += 1;
+        }
+    }
+    // The gateway produced exactly what its 2xx answers accepted (plus the markers).
+    if gateway_records != report.accepted + report.markers {
+        let accepted = report.accepted;
+        let markers = report.markers;
+        fail(
+            report,
+            format!(
+                "the gateway produced {gateway_records} records; its answers accepted {accepted} (+{markers} markers)"
+            ),
+        );
+    }
+    // Lag back to 0: every partition's stored offset at the log's end.
+    let deadline = Instant::now() + opts.drain_timeout;
+    loop {
+        let stored: Vec<(i32, i64)> =
+            sqlx::query_as("SELECT kafka_partition, next_offset FROM consumer_offsets")
+                .fetch_all(&target.pool)
+                .await
+                .unwrap_or_default();
+        let stored: BTreeMap<i32, i64> = stored.into_iter().collect();
+        let behind: Vec<_> = ends
+            .iter()
+            .filter(|(p, end)| stored.get(p).copied().unwrap_or(0) < **end)
+            .collect();
+        if behind.is_empty() {
+            break;
+        }
+        if Instant::now() >= deadline {
+            fail(
+                report,
+                format!(
+                    "lag did not return to 0 within {:?}: log ends {ends:?}, stored {stored:?}",
+                    opts.drain_timeout
+                ),
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // The DLQ: where each dead-lettered record came from, and why.
+    let dlq = crate::read_topic(
+        &target.kafka,
+        &target.kafka.dlq_topic,
+        Duration::from_secs(3),
+    )
+    .await;
+    let mut dead: HashMap<(i32, i64), String> = HashMap::new();
+    for m in &dlq {
+        let header = |k: &str| {
+            m.headers().and_then(|h| {
+                h.iter()
+                    .find(|x| x.key == k)
+                    .and_then(|x| x.value)
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+            })
+        };
+        let at = header("source.partition")
+            .and_then(|p| p.parse().ok())
+            .zip(header("source.offset").and_then(|o| o.parse().ok()));
+        let kind = header("error.kind").unwrap_or_default();
+        match at {
+            Some(at) if !kind.is_empty() => {
+                *report.dlq_kinds.entry(kind.clone()).or_default() += 1;
+                if dead.insert(at, kind).is_some() {
+                    fail(report, format!("record {at:?} dead-lettered twice"));
+                }
+            }
+            _ => fail(report, "a DLQ record without provenance or reason".into()),
+        }
+    }
+    report.dead_lettered = dead.len();
+    // Stored rows by their Kafka coordinates, and every stored id.
+    let rows: Vec<(i32, i64, String)> =
+        sqlx::query_as("SELECT kafka_partition, kafka_offset, event_id FROM log_events")
+            .fetch_all(&target.pool)
+            .await
+            .expect("read stored rows");
+    let mut at_offset: HashMap<(i32, i64), usize> = HashMap::new();
+    let mut ids: HashSet<String> = HashSet::new();
+    for (p, o, id) in rows {
+        *at_offset.entry((p, o)).or_default() += 1;
+        ids.insert(id);
+    }
+    let mut seen_ids: HashSet<String> = HashSet::new();
+    for m in &raw {
+        let at = (m.partition(), m.offset());
+        let id = m
+            .payload()
+            .and_then(|p| serde_json::from_slice::<serde_json::Value>(p).ok())
+            .and_then(|v| v["event_id"].as_str().map(str::to_owned));
+        let resend = id.as_ref().is_some_and(|id| !seen_ids.insert(id.clone()));
+        let stored = at_offset.get(&at).copied().unwrap_or(0);
+        match (stored, dead.contains_key(&at)) {
+            (1, false) => report.stored_at_own_offset += 1,
+            (0, true) => {}
+            (0, false) if resend && id.as_ref().is_some_and(|i| ids.contains(i)) => {
+                report.stored_as_resend += 1;
+            }
+            (n, d) => fail(
+                report,
+                format!(
+                    "record {at:?} (id {id:?}): {n} rows at its offset, dead-lettered: {d}; payload {}",
+                    m.payload()
+                        .map(|p| String::from_utf8_lossy(&p[..p.len().min(300)]).into_owned())
+                        .unwrap_or_default()
+                ),
+            ),
+        }
+    }
+    let ready = reqwest::get(format!("{}/ready", target.collector)).await;
+    match ready {
+        Ok(r) if r.status().as_u16() == 200 => {}
+        Ok(r) => {
+            let status = r.status();
+            let body = r.text().await.unwrap_or_default();
+            fail(report, format!("collector /ready {status}: {body}"));
+        }
+        Err(e) => fail(report, format!("collector /ready: {e}")),
+    }
+}
+
+/// The query API over the run's range answers 200; per-service stats never 5xx.
+async fn check_queries(
+    http: &reqwest::Client,
+    target: &Target,
+    started: chrono::DateTime<Utc>,
+    services: &HashSet<String>,
+    report: &mut Report,
+) {
+    let from = gen::url_encode(&started.to_rfc3339());
+    let to = gen::url_encode(&(Utc::now() + chrono::Duration::minutes(1)).to_rfc3339());
+    let range = format!("from={from}&to={to}");
+    let mut urls: Vec<(String, bool)> = [
+        format!("/api/v1/stats?{range}"),
+        format!("/api/v1/alerts?{range}&limit=1000"),
+        format!("/api/v1/events?{range}&limit=1000"),
+        format!("/api/v1/events?{range}&min_level=WARN&q=login"),
+        format!("/api/v1/timeline?{range}"),
+    ]
+    .into_iter()
+    .map(|u| (u, true))
+    .collect();
+    for s in services {
+        urls.push((
+            format!("/api/v1/stats/{}?{range}", gen::url_encode(s)),
+            false,
+        ));
+    }
+    for (path, must_be_200) in urls {
+        let url = format!("{}{path}", target.gateway);
+        match http.get(&url).send().await {
+            Ok(r) => {
+                let status = r.status().as_u16();
+                if (must_be_200 && status != 200) || status >= 500 {
+                    let body: String = r
+                        .text()
+                        .await
+                        .unwrap_or_default()
+                        .chars()
+                        .take(300)
+                        .collect();
+                    fail(report, format!("GET {path}: {status} {body}"));
+                }
+            }
+            Err(e) => fail(report, format!("GET {path}: {e}")),
+        }
+    }
+}
+
+/// Resident memory (KiB) of `pid`, or of this process.
+pub fn rss_kib(pid: Option<u32>) -> u64 {
+    let path = match pid {
+        Some(p) => format!("/proc/{p}/status"),
+        None => "/proc/self/status".to_owned(),
+    };
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|n| n.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// A stack for the fuzzer in this process: a collector and a gateway exactly as `main` starts them,
+/// on port 0, with this run's own topics, schema and limiter keys. The caps on services per
+/// window and login subjects per brute-force window are set low (50) so a run takes their
+/// overflow paths too.
+pub struct FuzzStack {
+    pub target: Target,
+    pub collector: crate::Running,
+    pub gateway: crate::Running,
+}
+
+pub async fn start_stack(name: &str) -> FuzzStack {
+    let mut config = crate::collector_config(name, 3);
+    config.windows.max_services_per_window = 50;
+    config.alerts.max_login_subjects_per_window = 50;
+    let kafka = config.kafka.clone();
+    let (collector, _) = crate::start_collector(config).await;
+    let mut gw = crate::gateway_config(name);
+    gw.kafka = kafka.clone();
+    gw.collector_url = collector.url("");
+    let gateway = crate::start_gateway(gw).await;
+    let pool = crate::schema_pool(name).await;
+    FuzzStack {
+        target: Target {
+            gateway: gateway.url(""),
+            collector: collector.url(""),
+            pool,
+            kafka,
+            collector_pid: None,
+        },
+        collector,
+        gateway,
+    }
+}

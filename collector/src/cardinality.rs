@@ -25,12 +25,15 @@ pub struct KeyCap {
     cap: usize,
     max_epochs: usize,
     epochs: BTreeMap<i64, Epoch>,
+    /// Counts admissions: an epoch's last use, for forgetting the least recently used one.
+    tick: u64,
 }
 
 #[derive(Debug, Default)]
 struct Epoch {
     keys: HashSet<String>,
     warned: bool,
+    last_used: u64,
 }
 
 /// What a key gets in an epoch.
@@ -48,16 +51,27 @@ impl KeyCap {
             cap,
             max_epochs: max_epochs.max(1),
             epochs: BTreeMap::new(),
+            tick: 0,
         }
     }
 
     /// Admit `key` in `epoch`: already known, or room left, is [`Admission::Own`].
     pub fn admit(&mut self, epoch: i64, key: &str) -> Admission {
         if !self.epochs.contains_key(&epoch) && self.epochs.len() >= self.max_epochs {
-            // Forget the oldest epoch: state stays bounded whatever times events carry.
-            self.epochs.pop_first();
+            // Forget the least recently used epoch: state stays bounded whatever times events
+            // carry, and events spread over many odd times do not push out the current window.
+            if let Some(lru) = self
+                .epochs
+                .iter()
+                .min_by_key(|(_, e)| e.last_used)
+                .map(|(k, _)| *k)
+            {
+                self.epochs.remove(&lru);
+            }
         }
+        self.tick += 1;
         let e = self.epochs.entry(epoch).or_default();
+        e.last_used = self.tick;
         if e.keys.contains(key) {
             return Admission::Own;
         }
@@ -115,6 +129,27 @@ mod tests {
         // Known keys stay their own; another epoch has its own room.
         assert_eq!(c.admit(0, "a"), Admission::Own);
         assert_eq!(c.admit(1, "c"), Admission::Own);
+    }
+
+    #[test]
+    fn events_spread_over_odd_times_do_not_push_out_the_window_in_use() {
+        let mut c = KeyCap::new(1, 3);
+        assert_eq!(c.admit(100, "mine"), Admission::Own);
+        for far in [9_000, 9_001] {
+            c.admit(far, "x");
+            // The current window is used between them, as a stream's own events keep it.
+            assert_eq!(
+                c.admit(100, "other"),
+                Admission::Overflow {
+                    first: far == 9_000
+                }
+            );
+        }
+        c.admit(9_002, "x");
+        assert_eq!(
+            c.admit(100, "another"),
+            Admission::Overflow { first: false }
+        );
     }
 
     proptest! {

@@ -147,6 +147,9 @@ pub struct PatternError {
     source: regex::Error,
 }
 
+/// Most separate episodes one batch reports per (kind, subject).
+pub const MAX_RUNS_PER_SUBJECT: usize = 16;
+
 /// Everything the detectors found in one batch, keyed for a stable write order.
 #[derive(Debug, Default)]
 pub struct Findings {
@@ -175,10 +178,20 @@ impl Findings {
             .entry((kind, subject.to_owned()))
             .or_default();
         let t = e.timestamp;
-        let run = runs
+        let mut run = runs
             .iter_mut()
-            .find(|d| t >= d.first_seen - gap && t <= d.last_seen + gap);
-        match run {
+            .position(|d| t >= d.first_seen - gap && t <= d.last_seen + gap);
+        if run.is_none() && runs.len() >= MAX_RUNS_PER_SUBJECT {
+            // Bounded: events spread over many distant times (any client can date them so) would
+            // otherwise make one episode, and a few statements in the batch's transaction, each.
+            // Past the bound a detection joins the nearest run, which then spans the gap.
+            run = runs
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, d)| (d.first_seen - t).abs().min((d.last_seen - t).abs()))
+                .map(|(i, _)| i);
+        }
+        match run.map(|i| &mut runs[i]) {
             Some(d) => {
                 d.count += 1;
                 d.first_seen = d.first_seen.min(t);
@@ -434,6 +447,21 @@ mod tests {
             })
             .collect();
         assert_eq!(spans, vec![(0, 25, 3), (60, 70, 2)]);
+    }
+
+    #[test]
+    fn detections_spread_over_distant_times_make_a_bounded_number_of_runs() {
+        let events: Vec<LogEvent> = (0..500)
+            .map(|i| {
+                let mut e = event(Level::Fatal, "payments", "down", "/");
+                e.timestamp += chrono::Duration::days(i);
+                e
+            })
+            .collect();
+        let f = findings(&events);
+        let runs = &f.detections[&(AlertKind::FatalEvent, "payments".to_string())];
+        assert_eq!(runs.len(), MAX_RUNS_PER_SUBJECT);
+        assert_eq!(runs.iter().map(|d| d.count).sum::<i64>(), 500);
     }
 
     #[test]

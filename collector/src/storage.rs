@@ -236,6 +236,7 @@ pub async fn run_pass(
         }
     }
     report.alerts_deleted = delete_old_alerts(conn, settings, now).await?;
+    delete_idle_error_rate_state(conn, settings, now).await?;
     if settings.text_index {
         text_indexes(conn, settings, now, &mut report).await?;
     }
@@ -335,6 +336,25 @@ async fn delete_old_alerts(
             return Ok(total);
         }
     }
+}
+
+/// Error-rate state (a baseline per service) of services not judged within the window retention
+/// and with no open episode: without it the table grows with every service name a client ever
+/// sent. A service that comes back starts from the default baseline again.
+async fn delete_idle_error_rate_state(
+    conn: &mut PgConnection,
+    settings: &StorageSettings,
+    now: DateTime<Utc>,
+) -> Result<u64, sqlx::Error> {
+    let horizon = now - TimeDelta::days(i64::from(settings.window_retention_days));
+    Ok(sqlx::query(
+        "DELETE FROM error_rate_state
+          WHERE open_alert_id IS NULL AND COALESCE(last_window_start, '-infinity') < $1",
+    )
+    .bind(horizon)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected())
 }
 
 /// Build the trigram index of every sealed `log_events` partition that lacks one. `CREATE INDEX

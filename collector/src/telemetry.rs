@@ -36,8 +36,8 @@ pub fn late_events(n: u64) {
     counter!("collector_late_events_total").increment(n);
 }
 
-/// Events dated past the collector's clock plus the allowed lateness: stored, windowed under their
-/// own time, but not allowed to move their partition's event time.
+/// Events dated past the collector's clock plus the allowed lateness: stored, but they open no
+/// window rows and do not move their partition's event time.
 pub fn future_events(n: u64) {
     counter!("collector_future_events_total").increment(n);
 }

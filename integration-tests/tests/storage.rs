@@ -184,9 +184,27 @@ async fn retention_drops_backdated_partitions_and_keeps_the_rest() {
     .execute(&pool)
     .await
     .unwrap();
+    // Error-rate state of a service gone quiet past the window retention (a one-off name a client
+    // sent), of a current one, and of a quiet one whose episode is still open.
+    sqlx::query(
+        "INSERT INTO error_rate_state (service, last_window_start, baseline, baseline_windows,
+                                       open_alert_id)
+         VALUES ('gone', now() - interval '40 days', 0.05, 1, NULL),
+                ('current', now(), 0.05, 1, NULL),
+                ('quiet-open', now() - interval '40 days', 0.05, 1, 'new')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
 
     let report = storage::first_pass(&db, &config.storage).await.unwrap();
     assert!(report.failures.is_empty(), "{:?}", report.failures);
+    let states: Vec<String> =
+        sqlx::query_scalar("SELECT service FROM error_rate_state ORDER BY service")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(states, vec!["current".to_owned(), "quiet-open".to_owned()]);
     let dropped_day = format!("log_events_p{}", old_day.format("%Y%m%d"));
     assert_eq!(report.dropped, vec![dropped_day.clone()]);
     assert_eq!(report.alerts_deleted, 1);

@@ -480,8 +480,8 @@ pub(super) struct Plan<'a> {
     pub(super) services: BTreeMap<i32, BTreeMap<String, i64>>,
     pub(super) filtered: u64,
     pub(super) late: u64,
-    /// Events dated past the collector's clock plus the allowed lateness: stored and windowed
-    /// under their own time, but they move no event time.
+    /// Events dated past the collector's clock plus the allowed lateness: stored, but not
+    /// windowed, and they move no event time.
     pub(super) future: u64,
     /// Latencies cut to `MAX_LATENCY_MS`.
     pub(super) clamped_latencies: u64,
@@ -549,20 +549,21 @@ impl Planner<'_> {
                 .is_some_and(|max| e.timestamp < max - lateness);
             if late {
                 plan.late += 1;
+            } else if e.timestamp > horizon {
+                // Dated past the collector's clock plus the lateness (only a raw producer can: the
+                // gateway refuses more than its own small allowance): stored and counted, but it
+                // neither moves event time nor opens window rows (else one such event would make
+                // every on-time event after it late, for good, and far-future rows and keys
+                // would pile up where no window ever closes).
+                plan.future += 1;
             } else {
                 let latency = self.windows.latency_ms(e);
                 plan.clamped_latencies += u64::from(latency.is_some_and(|l| l.clamped));
                 agg.add(&e.service, e, latency);
-                // An event dated ahead of its record's timestamp, or of the collector's clock, is
-                // windowed under its own time but moves the partition's event time no further
-                // than either (else one future-dated event would make every on-time event after
-                // it late, for good).
-                if e.timestamp > horizon {
-                    plan.future += 1;
-                } else {
-                    let progress = p.record_ts.map_or(e.timestamp, |r| e.timestamp.min(r));
-                    m.max_event_ts = Some(m.max_event_ts.map_or(progress, |t| t.max(progress)));
-                }
+                // An event dated ahead of its record's timestamp is windowed under its own time
+                // but moves the partition's event time no further than the record's.
+                let progress = p.record_ts.map_or(e.timestamp, |r| e.timestamp.min(r));
+                m.max_event_ts = Some(m.max_event_ts.map_or(progress, |t| t.max(progress)));
                 let secs = e.timestamp.timestamp();
                 let s = services.entry(p.partition).or_default();
                 match s.get_mut(e.service.as_str()) {
@@ -592,7 +593,7 @@ impl Planner<'_> {
             *s = capped.rename(std::mem::take(s), epoch_secs);
         }
         plan.overflow
-            .extend(cap_findings(&mut plan.write.findings, self.caps));
+            .extend(cap_findings(&mut plan.write.findings, self.caps, self.now));
         // Error-rate windows that close because a partition's event time moved past them.
         let width = i64::from(self.error_rate_window_secs);
         let lateness_secs = i64::from(self.windows.allowed_lateness_secs);
@@ -631,13 +632,21 @@ impl Planner<'_> {
 /// service past the services cap counts under the overflow service; a failed-login subject
 /// (`ip:…`, `user:…`) past the subjects cap counts under `ip:~other` / `user:~other`, which can
 /// itself raise a brute-force alert (an attack from many addresses is still one).
-fn cap_findings(f: &mut Findings, caps: &mut Caps) -> Vec<(&'static str, u64, Vec<i64>)> {
+fn cap_findings(
+    f: &mut Findings,
+    caps: &mut Caps,
+    now: DateTime<Utc>,
+) -> Vec<(&'static str, u64, Vec<i64>)> {
     let mut out = Vec::new();
     let epoch_secs = caps.service_epoch_secs;
     let (mut n, mut first) = (0u64, Vec::new());
     let keys: Vec<_> = f.detections.keys().cloned().collect();
     for key in keys {
-        let Some(at) = f.detections[&key].first().map(|d| d.first_seen.timestamp()) else {
+        // A detection dated ahead counts in the current window: odd times open no new room.
+        let Some(at) = f.detections[&key]
+            .first()
+            .map(|d| d.first_seen.min(now).timestamp())
+        else {
             continue;
         };
         let epoch = at.div_euclid(epoch_secs);
@@ -666,7 +675,8 @@ fn cap_findings(f: &mut Findings, caps: &mut Caps) -> Vec<(&'static str, u64, Ve
     let keys: Vec<_> = f.failed_logins.keys().cloned().collect();
     for key in keys {
         let (subject, start) = &key;
-        let Admission::Overflow { first: is_first } = caps.login_subjects.admit(*start, subject)
+        let epoch = (*start).min(now.timestamp());
+        let Admission::Overflow { first: is_first } = caps.login_subjects.admit(epoch, subject)
         else {
             continue;
         };
@@ -1233,6 +1243,7 @@ mod tests {
         assert_eq!(plan.late, 0, "the event after it is on time");
         assert_eq!(plan.write.events.len(), 2, "both are stored");
         assert_eq!(plan.write.moves[0].max_event_ts, Some(at(295)));
+        assert_eq!(windowed(&plan), 1, "only the on-time one opens window rows");
     }
 
     #[test]

@@ -61,9 +61,20 @@ pub fn number_text(rng: &mut StdRng) -> String {
         "86400000",
         "86400001",
     ];
-    match rng.random_range(0..5) {
-        0 | 1 => (pick(rng, EDGES)).to_owned(),
-        2 => rng.random::<i64>().to_string(),
+    // Magnitudes whose sum overflows f64: what aggregates must bound (two such latencies in one
+    // window row once stalled every partition).
+    const HUGE: &[&str] = &[
+        "1.7976931348623157e308",
+        "1.7e308",
+        "1e308",
+        "9e307",
+        "18446744073709551615",
+        "9223372036854775807",
+    ];
+    match rng.random_range(0..6) {
+        0 => (pick(rng, HUGE)).to_owned(),
+        1 => (pick(rng, EDGES)).to_owned(),
+        2 | 5 => rng.random::<i64>().to_string(),
         3 => {
             let f = f64::from_bits(rng.random::<u64>());
             if f.is_finite() {
@@ -284,7 +295,7 @@ pub fn service(rng: &mut StdRng) -> String {
 pub fn attributes(rng: &mut StdRng) -> String {
     let mut fields: Vec<String> = Vec::new();
     for key in ["latency_ms", "duration_ms", "http.duration_ms"] {
-        if rng.random_bool(0.3) {
+        if rng.random_bool(0.4) {
             fields.push(format!("\"{key}\":{}", number_value(rng)));
         }
     }
@@ -345,9 +356,81 @@ pub fn attributes(rng: &mut StdRng) -> String {
     format!("{{{}}}", fields.join(","))
 }
 
-/// One event as JSON text, fields sometimes missing or of the wrong type. `id` is the event's own
-/// id when it carries a normal one.
+/// One event as JSON text. Half the time a well-formed event whose hostility is in its values
+/// only (numbers at every edge, long and odd strings, high-cardinality names): those are accepted
+/// and reach every aggregate. Otherwise any field may be missing, of the wrong type or past its
+/// limit. `id` is the event's own id when it carries a normal one.
 pub fn event_json(rng: &mut StdRng, now: DateTime<Utc>, id: &str) -> String {
+    if rng.random_bool(0.5) {
+        return valid_event_json(rng, now, id);
+    }
+    wild_event_json(rng, now, id)
+}
+
+fn clean(rng: &mut StdRng, max_chars: usize) -> String {
+    let t = text(rng, max_chars).replace('\0', "");
+    if t.trim().is_empty() {
+        "x".to_owned()
+    } else {
+        t
+    }
+}
+
+/// A well-formed event: valid fields, hostile values.
+pub fn valid_event_json(rng: &mut StdRng, now: DateTime<Utc>, id: &str) -> String {
+    let ts = now - Duration::milliseconds(rng.random_range(0..5_000));
+    let service = match rng.random_range(0..3) {
+        0 => format!("svc-{:08x}", rng.random::<u32>()),
+        _ => pick(rng, &["payments", "auth", "search", "api"]).to_owned(),
+    };
+    let mut attrs: Vec<String> = Vec::new();
+    for key in ["latency_ms", "duration_ms", "http.duration_ms"] {
+        if rng.random_bool(0.5) {
+            attrs.push(format!("\"{key}\":{}", number_value(rng)));
+        }
+    }
+    if rng.random_bool(0.4) {
+        let ip = match rng.random_range(0..3) {
+            0 => format!("198.51.100.{}", rng.random::<u8>()),
+            1 => "7".repeat(rng.random_range(100..3_000)),
+            _ => clean(rng, 60),
+        };
+        attrs.push(format!(
+            "\"client.ip\":{}",
+            serde_json::to_string(&ip).expect("str")
+        ));
+    }
+    if rng.random_bool(0.3) {
+        let user = clean(rng, 3_000);
+        attrs.push(format!(
+            "\"user\":{}",
+            serde_json::to_string(&user).expect("str")
+        ));
+    }
+    if rng.random_bool(0.3) {
+        let path = clean(rng, 200);
+        attrs.push(format!(
+            "\"http.path\":{}",
+            serde_json::to_string(&path).expect("str")
+        ));
+    }
+    let message = if rng.random_bool(0.3) {
+        "login failed for user admin".to_owned()
+    } else {
+        clean(rng, 300)
+    };
+    format!(
+        "{{\"event_id\":\"{id}\",\"timestamp\":\"{}\",\"level\":{},\"service\":{},\"message\":{},\"attributes\":{{{}}}}}",
+        ts.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+        level(rng),
+        serde_json::to_string(&service).expect("str"),
+        serde_json::to_string(&message).expect("str"),
+        attrs.join(",")
+    )
+}
+
+/// An event whose every field may be missing, of the wrong type or past its limit.
+pub fn wild_event_json(rng: &mut StdRng, now: DateTime<Utc>, id: &str) -> String {
     let mut fields: Vec<String> = Vec::new();
     match rng.random_range(0..30) {
         0 => {}
@@ -484,6 +567,9 @@ pub fn raw_line(rng: &mut StdRng, now: DateTime<Utc>) -> String {
     }
 }
 
+/// Stands for the event id in a template event, replaced per copy.
+pub const TEMPLATE_ID: &str = "__fuzz_template_id__";
+
 /// A request body: JSON (one event or an array), NDJSON, raw lines, or a body broken as a whole.
 /// `next_id` hands out unique event ids.
 pub fn ingest_request(
@@ -494,7 +580,21 @@ pub fn ingest_request(
 ) -> IngestRequest {
     let n = rng.random_range(1..=max_events.max(1));
     match rng.random_range(0..20) {
-        0..=6 => {
+        0..=1 => {
+            // One client's batch: n events of one template (same service, level, attributes),
+            // as real emitters send; what lands in one window row again and again.
+            let template = event_json(rng, now, TEMPLATE_ID);
+            let events: Vec<String> = (0..n)
+                .map(|_| template.replace(TEMPLATE_ID, &next_id()))
+                .collect();
+            IngestRequest {
+                content_type: "application/json",
+                service_query: None,
+                body: format!("[{}]", events.join(",")).into_bytes(),
+                events: n,
+            }
+        }
+        2..=6 => {
             let events: Vec<String> = (0..n).map(|_| event_json(rng, now, &next_id())).collect();
             IngestRequest {
                 content_type: "application/json",

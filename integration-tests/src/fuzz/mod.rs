@@ -7,7 +7,8 @@
 //! - a marker sent after each chunk of requests is stored within `marker_timeout` (nothing stalls);
 //! - every record Kafka acknowledged (what the gateway produced for its 2xx answers, and every raw
 //!   record) is stored exactly once, or sits in the DLQ with a reason; the gateway produced exactly
-//!   the events its 2xx answers counted;
+//!   the events its 2xx answers counted; and no record is `refused_by_database` (validation is
+//!   meant to refuse whatever PostgreSQL would, so such a record is a finding);
 //! - lag returns to 0 without a restart, `/ready` is 200;
 //! - `/api/v1/stats`, `/alerts`, `/events` and `/timeline` answer 200 over the run's range, and
 //!   per-service stats of the generated services never 5xx;
@@ -161,6 +162,9 @@ pub async fn run(target: &Target, opts: &Options) -> Report {
     let mut markers: Vec<String> = Vec::new();
     let mut services: HashSet<String> = HashSet::new();
     let mut sent_requests = 0usize;
+    // A client trickling one event at a time from one template: each copy reaches the collector
+    // in a batch of its own, so the same window rows are added to batch after batch.
+    let mut trickle: Option<(String, u32)> = None;
     while report.generated < opts.events {
         // A chunk of requests, sent `concurrency` at a time, then a marker that must be stored.
         let mut chunk = Vec::new();
@@ -176,6 +180,24 @@ pub async fn run(target: &Target, opts: &Options) -> Report {
                     report.raw_records += 1;
                     send_raw(&producer, &target.kafka.raw_topic, &rec).await;
                 }
+                continue;
+            }
+            if rng.random_bool(0.15) {
+                let (template, left) = trickle.get_or_insert_with(|| {
+                    (gen::event_json(&mut rng, Utc::now(), gen::TEMPLATE_ID), 4)
+                });
+                let body = template.replace(gen::TEMPLATE_ID, &next_id()).into_bytes();
+                *left -= 1;
+                if *left == 0 {
+                    trickle = None;
+                }
+                report.generated += 1;
+                chunk.push(gen::IngestRequest {
+                    content_type: "application/json",
+                    service_query: None,
+                    body,
+                    events: 1,
+                });
                 continue;
             }
             let req = gen::ingest_request(
@@ -451,6 +473,18 @@ async fn check_storage(target: &Target, opts: &Options, report: &mut Report) {
             .and_then(|p| p.parse().ok())
             .zip(header("source.offset").and_then(|o| o.parse().ok()));
         let kind = header("error.kind").unwrap_or_default();
+        if kind == "refused_by_database" {
+            // Validation is meant to refuse whatever PostgreSQL would: a valid event the
+            // database refused (a derived value out of range, a key too long) is a finding.
+            fail(
+                report,
+                format!(
+                    "the database refused a valid record {at:?}: {} ({})",
+                    header("error.message").unwrap_or_default(),
+                    header("error.row").unwrap_or_default()
+                ),
+            );
+        }
         match at {
             Some(at) if !kind.is_empty() => {
                 *report.dlq_kinds.entry(kind.clone()).or_default() += 1;

@@ -357,7 +357,7 @@ impl Db {
         lateness_secs: i64,
     ) -> Result<BatchOutcome, DbError> {
         let mut tx = self.pool.begin().await?;
-        let outcome = write_in(&mut *tx, group, topic, batch, settings, lateness_secs).await?;
+        let outcome = write_in(&mut tx, group, topic, batch, settings, lateness_secs).await?;
         tx.commit().await?;
         Ok(outcome)
     }
@@ -376,7 +376,7 @@ impl Db {
         lateness_secs: i64,
     ) -> Result<(), DbError> {
         let mut tx = self.pool.begin().await?;
-        write_in(&mut *tx, group, topic, batch, settings, lateness_secs).await?;
+        write_in(&mut tx, group, topic, batch, settings, lateness_secs).await?;
         tx.rollback().await?;
         Ok(())
     }

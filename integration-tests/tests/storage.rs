@@ -368,3 +368,49 @@ async fn a_scanning_query_over_a_range_past_the_cap_is_400_naming_the_setting() 
     collector.stop().await;
     it::drop_schema(&pool, &name).await;
 }
+
+/// A window row an older version poisoned (two latencies near f64's maximum: a sum no upsert can
+/// add to) is cut by the migration `bounded_window_values`, so the upgrade heals it.
+#[tokio::test]
+async fn the_upgrade_cuts_window_rows_an_unbounded_latency_poisoned() {
+    let name = it::unique("poisoned_row");
+    let pool = it::schema_pool(&name).await;
+    sqlx::query(&format!("CREATE SCHEMA \"{name}\""))
+        .execute(&pool)
+        .await
+        .unwrap();
+    let all = logpipe_collector::db::migrator();
+    let before = |upto: i64| sqlx::migrate::Migrator {
+        migrations: Cow::Owned(all.iter().filter(|m| m.version < upto).cloned().collect()),
+        ..sqlx::migrate::Migrator::DEFAULT
+    };
+    before(20261205000000).run(&pool).await.unwrap();
+    sqlx::query(
+        "INSERT INTO window_stats (width_secs, slide_secs, window_start, service, level,
+                                   event_count, latency_count, latency_sum_ms, latency_max_ms)
+         VALUES (10, 10, date_trunc('minute', now()), 'poisoned', 'INFO', 2, 2, 1.7e308, 1.7e308),
+                (10, 10, date_trunc('minute', now()), 'fine', 'INFO', 2, 2, 30, 20)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let overflow = sqlx::query("SELECT latency_sum_ms + 1.7e308::float8 FROM window_stats")
+        .execute(&pool)
+        .await;
+    assert!(overflow.is_err(), "the row is poisoned before the upgrade");
+    all.run(&pool).await.unwrap();
+    let rows: Vec<(String, f64, f64)> = sqlx::query_as(
+        "SELECT service, latency_sum_ms, latency_max_ms FROM window_stats ORDER BY service",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        rows,
+        vec![
+            ("fine".to_owned(), 30.0, 20.0),
+            ("poisoned".to_owned(), 2.0 * 86_400_000.0, 86_400_000.0)
+        ]
+    );
+    it::drop_schema(&pool, &name).await;
+}

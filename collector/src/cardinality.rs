@@ -15,6 +15,10 @@
 
 use std::collections::{BTreeMap, HashSet};
 
+use chrono::{DateTime, Utc};
+
+use crate::detect::Findings;
+
 /// The key an over-the-cap service or subject is counted under. Not a valid name a client could
 /// tell apart from its own (a client naming its service `~other` is counted there too).
 pub const OVERFLOW_KEY: &str = "~other";
@@ -112,6 +116,86 @@ impl Caps {
             login_subjects: KeyCap::new(max_login_subjects, MAX_EPOCHS),
         }
     }
+}
+
+/// Detections and failed-login counters under the caps: a fatal or SQL-injection detection of a
+/// service past the services cap counts under the overflow service; a failed-login subject
+/// (`ip:…`, `user:…`) past the subjects cap counts under `ip:~other` / `user:~other`, which can
+/// itself raise a brute-force alert (an attack from many addresses is still one).
+pub fn cap_findings(
+    f: &mut Findings,
+    caps: &mut Caps,
+    now: DateTime<Utc>,
+) -> Vec<(&'static str, u64, Vec<i64>)> {
+    let mut out = Vec::new();
+    let epoch_secs = caps.service_epoch_secs;
+    let (mut n, mut first) = (0u64, Vec::new());
+    let keys: Vec<_> = f.detections.keys().cloned().collect();
+    for key in keys {
+        // A detection dated ahead counts in the current window: odd times open no new room.
+        let Some(at) = f.detections[&key]
+            .first()
+            .map(|d| d.first_seen.min(now).timestamp())
+        else {
+            continue;
+        };
+        let epoch = at.div_euclid(epoch_secs);
+        let Admission::Overflow { first: is_first } = caps.services.admit(epoch, &key.1) else {
+            continue;
+        };
+        if is_first {
+            first.push(epoch * epoch_secs);
+        }
+        let runs = f.detections.remove(&key).unwrap_or_default();
+        n += runs.len() as u64;
+        let into = f
+            .detections
+            .entry((key.0, OVERFLOW_KEY.to_owned()))
+            .or_default();
+        into.extend(runs.into_iter().map(|mut d| {
+            d.subject = OVERFLOW_KEY.to_owned();
+            d.service = OVERFLOW_KEY.to_owned();
+            d
+        }));
+    }
+    if n > 0 {
+        out.push(("service", n, first));
+    }
+    let (mut n, mut first) = (0u64, Vec::new());
+    let keys: Vec<_> = f.failed_logins.keys().cloned().collect();
+    for key in keys {
+        let (subject, start) = &key;
+        let epoch = (*start).min(now.timestamp());
+        let Admission::Overflow { first: is_first } = caps.login_subjects.admit(epoch, subject)
+        else {
+            continue;
+        };
+        if is_first {
+            first.push(*start);
+        }
+        let Some(c) = f.failed_logins.remove(&key) else {
+            continue;
+        };
+        n += c.hits as u64;
+        let prefix = subject.split_once(':').map_or("", |(p, _)| p);
+        let over = format!("{prefix}:{OVERFLOW_KEY}");
+        match f.failed_logins.get_mut(&(over.clone(), *start)) {
+            Some(o) => {
+                o.hits = o.hits.saturating_add(c.hits);
+                o.first_seen = o.first_seen.min(c.first_seen);
+                o.last_seen = o.last_seen.max(c.last_seen);
+            }
+            None => {
+                let mut c = c;
+                c.subject.clone_from(&over);
+                f.failed_logins.insert((over, *start), c);
+            }
+        }
+    }
+    if n > 0 {
+        out.push(("login_subject", n, first));
+    }
+    out
 }
 
 #[cfg(test)]

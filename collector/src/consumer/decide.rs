@@ -10,7 +10,9 @@
 //!   before a stored offset, re-read on resume: a replaced log that already reaches past the
 //!   stored offset); [`LastRecords`] keeps each partition's last record so that only the record
 //!   whose fingerprint is stored gets hashed.
-//! - Batch planning: [`Planner::plan`] turns consumed records into one transaction's write.
+//! - Batch planning: [`Planner::plan`] turns consumed records into one transaction's write, under
+//!   the cardinality caps, with event time bounded by the clock it is given; [`forget_services`]
+//!   keeps each partition's set of services bounded.
 //! - Window closing: [`closed_upto`] and [`closed_window`].
 
 use std::collections::{BTreeMap, HashMap};
@@ -19,9 +21,9 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use logpipe_common::LogEvent;
 
-use crate::cardinality::{Admission, Caps, OVERFLOW_KEY};
+use crate::cardinality::{cap_findings, Caps};
 use crate::db::{BatchWrite, OffsetMove, Stored, StoredEvent};
-use crate::detect::{Detector, Findings};
+use crate::detect::Detector;
 use crate::filter::Filter;
 use crate::windows::{Aggregator, Spec, WindowSettings};
 
@@ -354,124 +356,6 @@ pub(super) enum Item {
     },
 }
 
-/// The canary's event: valid by construction, FATAL so the alert statements run, with a latency
-/// so every window column is written. Its id is fresh, so it never meets a stored row.
-pub(super) fn canary_event(now: DateTime<Utc>) -> LogEvent {
-    let mut attributes = serde_json::Map::new();
-    attributes.insert("latency_ms".into(), 1.into());
-    attributes.insert("client.ip".into(), "192.0.2.1".into());
-    LogEvent {
-        event_id: format!("logpipe-canary-{}", LogEvent::new_id()),
-        timestamp: now,
-        level: logpipe_common::Level::Fatal,
-        service: "logpipe.canary".into(),
-        component: "collector".into(),
-        host: "collector".into(),
-        message: "logpipe canary: a known-good write, rolled back".into(),
-        trace_id: None,
-        span_id: None,
-        attributes,
-    }
-}
-
-/// The canary's write: the refused record's offset `moves` as they are, and the canary event in
-/// place of the record with every kind of row an event derives (raw row, window rows, a detection,
-/// a failed-login counter, an error-rate judgement), so each statement of the batch write runs.
-pub(super) fn canary_write<'a>(
-    event: &'a LogEvent,
-    moves: &[OffsetMove],
-    specs: &[Spec],
-) -> BatchWrite<'a> {
-    use crate::detect::{AlertKind, Detection, FailedLogins};
-    let mut agg = Aggregator::default();
-    agg.add(&event.service, event, crate::windows::Latency::bounded(1.0));
-    let mut findings = Findings::default();
-    let t = event.timestamp;
-    findings.detections.insert(
-        (AlertKind::FatalEvent, event.service.clone()),
-        vec![Detection {
-            kind: AlertKind::FatalEvent,
-            subject: event.service.clone(),
-            service: event.service.clone(),
-            first_seen: t,
-            last_seen: t,
-            count: 1,
-            example: event.message.clone(),
-        }],
-    );
-    let start = t.timestamp().div_euclid(60) * 60;
-    findings.failed_logins.insert(
-        ("ip:192.0.2.1".into(), start),
-        FailedLogins {
-            subject: "ip:192.0.2.1".into(),
-            service: event.service.clone(),
-            window_start: DateTime::from_timestamp(start, 0).unwrap_or(t),
-            hits: 1,
-            first_seen: t,
-            last_seen: t,
-        },
-    );
-    let at = moves.first().map_or((0, 0), |m| (m.partition, m.next - 1));
-    BatchWrite {
-        events: vec![StoredEvent {
-            event,
-            partition: at.0,
-            offset: at.1,
-        }],
-        windows: agg.into_deltas(specs),
-        findings,
-        moves: moves.to_vec(),
-        closed: vec![(event.service.clone(), t - chrono::Duration::days(1))],
-    }
-}
-
-/// The rows a (one-record) write derives at `stage`, as JSON for the DLQ's `error.row` header:
-/// which row PostgreSQL refused, so an operator can see the value at fault.
-pub(super) fn describe_rows(write: &BatchWrite<'_>, stage: Option<&str>) -> String {
-    use serde_json::json;
-    let v = match stage {
-        Some("window_stats") => json!(write
-            .windows
-            .iter()
-            .map(|(k, s)| json!({
-                "width_secs": k.spec.width, "slide_secs": k.spec.slide,
-                "window_start": k.start_secs, "service": k.service, "level": k.level.as_str(),
-                "event_count": s.count, "latency_count": s.latency_count,
-                "latency_sum_ms": s.latency_sum_ms, "latency_max_ms": s.latency_max_ms,
-            }))
-            .collect::<Vec<_>>()),
-        Some("alerts") => json!({
-            "detections": write.findings.detections.keys()
-                .map(|(k, subject)| json!({"kind": k.as_str(), "subject": subject}))
-                .collect::<Vec<_>>(),
-            "failed_logins": write.findings.failed_logins.values()
-                .map(|f| json!({"subject": f.subject, "window_start": f.window_start, "hits": f.hits}))
-                .collect::<Vec<_>>(),
-        }),
-        Some("consumer_offsets") => json!(write
-            .moves
-            .iter()
-            .map(|m| json!({"partition": m.partition, "next_offset": m.next, "max_event_ts": m.max_event_ts}))
-            .collect::<Vec<_>>()),
-        Some("error_rate") => json!({"services": write.closed.iter().map(|(s, _)| s).collect::<Vec<_>>()}),
-        _ => json!(write
-            .events
-            .iter()
-            .map(|e| json!({"table": "log_events", "event_id": e.event.event_id, "ts": e.event.timestamp}))
-            .collect::<Vec<_>>()),
-    };
-    let mut text = v.to_string();
-    // A header, not a payload: bounded (the record itself is the DLQ record's payload).
-    if text.len() > 4096 {
-        let mut cut = 4096;
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        text.truncate(cut);
-    }
-    text
-}
-
 /// A batch turned into its write, plus what the loop learns from it.
 pub(super) struct Plan<'a> {
     pub(super) write: BatchWrite<'a>,
@@ -626,86 +510,6 @@ impl Planner<'_> {
         plan.services = services;
         plan
     }
-}
-
-/// Detections and failed-login counters under the caps: a fatal or SQL-injection detection of a
-/// service past the services cap counts under the overflow service; a failed-login subject
-/// (`ip:…`, `user:…`) past the subjects cap counts under `ip:~other` / `user:~other`, which can
-/// itself raise a brute-force alert (an attack from many addresses is still one).
-fn cap_findings(
-    f: &mut Findings,
-    caps: &mut Caps,
-    now: DateTime<Utc>,
-) -> Vec<(&'static str, u64, Vec<i64>)> {
-    let mut out = Vec::new();
-    let epoch_secs = caps.service_epoch_secs;
-    let (mut n, mut first) = (0u64, Vec::new());
-    let keys: Vec<_> = f.detections.keys().cloned().collect();
-    for key in keys {
-        // A detection dated ahead counts in the current window: odd times open no new room.
-        let Some(at) = f.detections[&key]
-            .first()
-            .map(|d| d.first_seen.min(now).timestamp())
-        else {
-            continue;
-        };
-        let epoch = at.div_euclid(epoch_secs);
-        let Admission::Overflow { first: is_first } = caps.services.admit(epoch, &key.1) else {
-            continue;
-        };
-        if is_first {
-            first.push(epoch * epoch_secs);
-        }
-        let runs = f.detections.remove(&key).unwrap_or_default();
-        n += runs.len() as u64;
-        let into = f
-            .detections
-            .entry((key.0, OVERFLOW_KEY.to_owned()))
-            .or_default();
-        into.extend(runs.into_iter().map(|mut d| {
-            d.subject = OVERFLOW_KEY.to_owned();
-            d.service = OVERFLOW_KEY.to_owned();
-            d
-        }));
-    }
-    if n > 0 {
-        out.push(("service", n, first));
-    }
-    let (mut n, mut first) = (0u64, Vec::new());
-    let keys: Vec<_> = f.failed_logins.keys().cloned().collect();
-    for key in keys {
-        let (subject, start) = &key;
-        let epoch = (*start).min(now.timestamp());
-        let Admission::Overflow { first: is_first } = caps.login_subjects.admit(epoch, subject)
-        else {
-            continue;
-        };
-        if is_first {
-            first.push(*start);
-        }
-        let Some(c) = f.failed_logins.remove(&key) else {
-            continue;
-        };
-        n += c.hits as u64;
-        let prefix = subject.split_once(':').map_or("", |(p, _)| p);
-        let over = format!("{prefix}:{OVERFLOW_KEY}");
-        match f.failed_logins.get_mut(&(over.clone(), *start)) {
-            Some(o) => {
-                o.hits = o.hits.saturating_add(c.hits);
-                o.first_seen = o.first_seen.min(c.first_seen);
-                o.last_seen = o.last_seen.max(c.last_seen);
-            }
-            None => {
-                let mut c = c;
-                c.subject.clone_from(&over);
-                f.failed_logins.insert((over, *start), c);
-            }
-        }
-    }
-    if n > 0 {
-        out.push(("login_subject", n, first));
-    }
-    out
 }
 
 /// How many error-rate windows a partition remembers a service after its last event: long enough
@@ -1272,7 +1076,7 @@ mod tests {
             4,
             "three own names and the overflow key: {services:?}"
         );
-        assert!(services.contains(&OVERFLOW_KEY));
+        assert!(services.contains(&crate::cardinality::OVERFLOW_KEY));
         assert_eq!(windowed(&plan), 5, "every event still counts");
         assert_eq!(
             plan.write.events.len(),
@@ -1336,27 +1140,5 @@ mod tests {
             1,
             "no event time: nothing closed, nothing forgotten"
         );
-    }
-
-    #[test]
-    fn the_canary_writes_every_kind_of_row_for_the_refused_records_moves() {
-        let fixture = PlanFixture::new(logpipe_common::Level::Trace);
-        let e = canary_event(fixture.now);
-        e.validate().expect("the canary is a valid event");
-        let moves = vec![OffsetMove {
-            partition: 2,
-            expected: 40,
-            next: 41,
-            max_event_ts: None,
-            last_record_hash: Some(1),
-        }];
-        let w = canary_write(&e, &moves, &fixture.specs);
-        assert_eq!(w.moves, moves);
-        assert_eq!((w.events[0].partition, w.events[0].offset), (2, 40));
-        assert!(!w.windows.is_empty());
-        assert_eq!(w.findings.detections.len(), 1);
-        assert_eq!(w.findings.failed_logins.len(), 1);
-        assert_eq!(w.closed.len(), 1);
-        assert!(describe_rows(&w, Some("window_stats")).contains("latency_sum_ms"));
     }
 }

@@ -15,9 +15,11 @@
 //!   partitions resume by themselves once it succeeds.
 //! - On revocation, buffered records of the revoked partitions are dropped before anything else is
 //!   written: the next owner resumes from the stored offset, so nothing is lost or doubled.
-//! - A batch the database refuses for good (a data or integrity error, or the same error twice) is
-//!   split until the refused records stand alone; those go to the DLQ and the rest commit, so one
-//!   bad record never stalls a partition. A record whose parser panics is dead-lettered too.
+//! - A batch the database refuses for good (a data or integrity error) is split until the refused
+//!   records stand alone; each goes to the DLQ once a canary (`canary.rs`: the same write with a
+//!   known-good event in its place, rolled back) commits, and the rest commit, so one bad record
+//!   never stalls a partition; a failing canary means the database refuses everything, and the
+//!   collector stalls loudly instead. A record whose parser panics is dead-lettered too.
 //! - When the connection to the broker drops, fetching pauses until the broker answers metadata
 //!   with the topic present (recreated if the broker came back empty); see `BrokerHold`.
 //! - A stored offset outside the broker's log (past its end after the broker lost its data, before
@@ -56,6 +58,7 @@ use crate::filter::FilterHandle;
 use crate::telemetry;
 use crate::windows::Spec;
 
+mod canary;
 mod context;
 mod decide;
 mod write;

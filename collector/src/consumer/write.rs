@@ -15,6 +15,7 @@ use rdkafka::producer::FutureRecord;
 use crate::db::{BatchWrite, DbError};
 use crate::telemetry;
 
+use super::canary::{canary_event, canary_write, describe_rows};
 use super::decide::*;
 use super::*;
 

@@ -41,27 +41,38 @@ async fn insert_events(pool: &PgPool, prefix: &str, ts: DateTime<Utc>, n: i64, s
     .unwrap();
 }
 
-#[tokio::test]
-async fn the_upgrade_moves_every_row_of_an_unpartitioned_install_into_partitions() {
-    let name = it::unique("upgrade");
-    let pool = it::schema_pool(&name).await;
+/// A schema of its own holding an install as it was before migration `version`: the `count`
+/// migrations older than it, applied. Returns its pool and every migration, to apply the rest.
+async fn installed_before(
+    name: &str,
+    version: i64,
+    count: usize,
+) -> (PgPool, &'static sqlx::migrate::Migrator) {
+    let pool = it::schema_pool(name).await;
     sqlx::query(&format!("CREATE SCHEMA \"{name}\""))
         .execute(&pool)
         .await
         .unwrap();
-    // The layout of the install before time partitions: the first three migrations only.
     let all = logpipe_collector::db::migrator();
     let old = sqlx::migrate::Migrator {
         migrations: Cow::Owned(
             all.iter()
-                .filter(|m| m.version < 20261130000000)
+                .filter(|m| m.version < version)
                 .cloned()
                 .collect(),
         ),
         ..sqlx::migrate::Migrator::DEFAULT
     };
-    assert_eq!(old.iter().count(), 3);
+    assert_eq!(old.iter().count(), count);
     old.run(&pool).await.unwrap();
+    (pool, all)
+}
+
+#[tokio::test]
+async fn the_upgrade_moves_every_row_of_an_unpartitioned_install_into_partitions() {
+    let name = it::unique("upgrade");
+    // The layout of the install before time partitions: the first three migrations only.
+    let (pool, _) = installed_before(&name, 20261130000000, 3).await;
     let relkind: String =
         sqlx::query_scalar("SELECT relkind::text FROM pg_class WHERE oid = 'log_events'::regclass")
             .fetch_one(&pool)
@@ -374,17 +385,7 @@ async fn a_scanning_query_over_a_range_past_the_cap_is_400_naming_the_setting() 
 #[tokio::test]
 async fn the_upgrade_cuts_window_rows_an_unbounded_latency_poisoned() {
     let name = it::unique("poisoned_row");
-    let pool = it::schema_pool(&name).await;
-    sqlx::query(&format!("CREATE SCHEMA \"{name}\""))
-        .execute(&pool)
-        .await
-        .unwrap();
-    let all = logpipe_collector::db::migrator();
-    let before = |upto: i64| sqlx::migrate::Migrator {
-        migrations: Cow::Owned(all.iter().filter(|m| m.version < upto).cloned().collect()),
-        ..sqlx::migrate::Migrator::DEFAULT
-    };
-    before(20261205000000).run(&pool).await.unwrap();
+    let (pool, all) = installed_before(&name, 20261205000000, 6).await;
     sqlx::query(
         "INSERT INTO window_stats (width_secs, slide_secs, window_start, service, level,
                                    event_count, latency_count, latency_sum_ms, latency_max_ms)

@@ -21,6 +21,9 @@ pub struct CollectorConfig {
     pub host: String,
     /// 0 picks a free port (tests).
     pub port: u16,
+    /// The gateway's internal token (a file of mode 0600, `./setup.sh` makes it): when set, every
+    /// request but `GET /health` must send it; when unset, the service binds loopback only.
+    pub internal_token_file: Option<PathBuf>,
     pub kafka: KafkaSettings,
     pub consumer: ConsumerSettings,
     pub database: DatabaseSettings,
@@ -195,6 +198,7 @@ impl Default for CollectorConfig {
             tracing: Default::default(),
             host: "127.0.0.1".into(),
             port: 8082,
+            internal_token_file: None,
             kafka: KafkaSettings::default(),
             consumer: ConsumerSettings::default(),
             database: DatabaseSettings::default(),
@@ -334,6 +338,9 @@ pub struct Cli {
     /// Optional TOML file with any of the settings below.
     #[arg(long, env = "LOGPIPE_COLLECTOR_CONFIG")]
     pub config: Option<PathBuf>,
+    /// File holding the internal token the gateway sends (mode 0600); see `internal_token_file`.
+    #[arg(long, env = "LOGPIPE_INTERNAL_TOKEN_FILE")]
+    pub internal_token_file: Option<PathBuf>,
     #[arg(long, env = "LOGPIPE_COLLECTOR_HOST")]
     pub host: Option<String>,
     #[arg(long, env = "LOGPIPE_COLLECTOR_PORT")]
@@ -379,6 +386,7 @@ impl Cli {
             self.trace_sample_ratio => c.tracing.sample_ratio,
             self.host => c.host,
             self.port => c.port,
+            self.internal_token_file.map(Some) => c.internal_token_file,
             self.brokers => c.kafka.brokers,
             self.topic => c.kafka.raw_topic,
             self.partitions => c.kafka.raw_partitions,

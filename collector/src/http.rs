@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use logpipe_common::http::{error_response, metrics_response};
+use logpipe_common::internal::InternalToken;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 
@@ -38,7 +39,8 @@ pub struct AppState {
     pub shutdown: tokio_util::sync::CancellationToken,
 }
 
-pub fn router(state: AppState) -> Router {
+/// Every route; all but `/health` ask for the internal token when one is set.
+pub fn router(state: AppState, internal: InternalToken) -> Router {
     Router::new()
         .route("/api/v1/stats", get(query::stats))
         .route("/api/v1/stats/{service}", get(query::service_stats))
@@ -52,6 +54,10 @@ pub fn router(state: AppState) -> Router {
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            internal,
+            logpipe_common::internal::require,
+        ))
         .with_state(state)
 }
 

@@ -14,6 +14,7 @@ use crate::db::{Db, DbError};
 use crate::detect::{Detector, PatternError};
 use crate::filter::{FilterError, FilterHandle};
 use crate::http::{router, AppState};
+use logpipe_common::internal::InternalToken;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -37,6 +38,8 @@ pub enum StartupError {
     Filter(#[from] FilterError),
     #[error(transparent)]
     Pattern(#[from] PatternError),
+    #[error(transparent)]
+    Config(#[from] logpipe_common::config::ConfigError),
     /// The consume loop died (a bug): the process exits non-zero so a supervisor restarts it,
     /// rather than serving a collector that stores nothing.
     #[error("the consume loop stopped unexpectedly: {0}")]
@@ -45,6 +48,7 @@ pub enum StartupError {
 
 pub struct Application {
     listener: TcpListener,
+    internal: InternalToken,
     config: CollectorConfig,
     db: Db,
     health: Arc<ConsumerHealth>,
@@ -56,6 +60,11 @@ impl Application {
         // The recorder first: series registered before it exists are lost.
         logpipe_common::telemetry::metrics_handle();
         crate::telemetry::describe();
+        let internal = InternalToken::load(config.internal_token_file.as_deref())?;
+        logpipe_common::internal::check_bind(&internal, &config.host)?;
+        if !internal.is_set() {
+            tracing::warn!(host = %config.host, "no internal token: every local user can call this collector's API");
+        }
         let filter = FilterHandle::new(config.filter.clone(), config.filter_file.clone())?;
         // Compile the detector patterns now so a bad pattern fails the start, not the first batch.
         Detector::new(&config.alerts)?;
@@ -70,6 +79,7 @@ impl Application {
             .map_err(|source| StartupError::Bind { addr, source })?;
         Ok(Application {
             listener,
+            internal,
             config,
             db,
             health: Arc::new(ConsumerHealth::default()),
@@ -158,7 +168,7 @@ impl Application {
             shutdown: shutdown.clone(),
         };
         let token = shutdown.clone();
-        let served = axum::serve(self.listener, router(state))
+        let served = axum::serve(self.listener, router(state, self.internal.clone()))
             .with_graceful_shutdown(async move { token.cancelled().await })
             .await;
         // If the server failed on its own, stop the consumer too.

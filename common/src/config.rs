@@ -48,23 +48,55 @@ macro_rules! overlay {
     };
 }
 
-/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`, for logs.
+/// `localhost` or a loopback IP: only this machine can connect.
+pub fn is_loopback(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_matches(|c| c == '[' || c == ']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`, and the value of a
+/// `password`/`sslpassword`/`token`/`secret` query parameter (libpq and sqlx read
+/// `?password=`) → `***`, for logs.
 pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let mut out = match (base.find("://"), base.rfind('@')) {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
-            let creds = &url[scheme_end + 3..at];
+            let creds = &base[scheme_end + 3..at];
             match creds.find(':') {
                 Some(colon) => format!(
                     "{}{}:***{}",
-                    &url[..scheme_end + 3],
+                    &base[..scheme_end + 3],
                     &creds[..colon],
-                    &url[at..]
+                    &base[at..]
                 ),
-                None => url.to_owned(),
+                None => base.to_owned(),
             }
         }
-        _ => url.to_owned(),
+        _ => base.to_owned(),
+    };
+    if let Some(q) = query {
+        let params: Vec<String> = q
+            .split('&')
+            .map(|kv| match kv.split_once('=') {
+                Some((k, _)) if is_secret_param(k) => format!("{k}=***"),
+                _ => kv.to_owned(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&params.join("&"));
     }
+    out
+}
+
+fn is_secret_param(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    ["password", "pass", "sslpassword", "token", "secret", "auth"].contains(&k.as_str())
 }
 
 #[cfg(test)]
@@ -79,5 +111,13 @@ mod tests {
         );
         assert_eq!(redact_url("redis://127.0.0.1/"), "redis://127.0.0.1/");
         assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(
+            redact_url("postgres://u@h/db?sslmode=disable&password=pw&PassWord=x"),
+            "postgres://u@h/db?sslmode=disable&password=***&PassWord=***"
+        );
+        assert_eq!(
+            redact_url("postgres://u:a@b@h/db?password=pw"),
+            "postgres://u:***@h/db?password=***"
+        );
     }
 }

@@ -7,6 +7,9 @@
 //! - [`telemetry`]: tracing subscriber, Zipkin export, trace-context helpers and the HTTP server-span
 //!   middleware, and the process-wide Prometheus recorder.
 //! - [`http`]: the `{"error", "detail"}` body, `/health` and `/metrics`, served alike by every service.
+//! - [`internal`]: the token the gateway presents to the collector and the generator, and the
+//!   middleware that asks for it.
+//! - [`permits`]: event streams capped in total and per client (gateway and collector).
 //! - [`shutdown`]: SIGINT/SIGTERM turned into a `CancellationToken`.
 //! - [`config`]: reading the optional TOML layer of each service's configuration.
 //! - [`control`]: the generator's start request and status body, typed once for the generator, the
@@ -21,7 +24,9 @@ pub mod control;
 pub mod event;
 pub mod formats;
 pub mod http;
+pub mod internal;
 pub mod kafka;
+pub mod permits;
 pub mod shutdown;
 pub mod telemetry;
 

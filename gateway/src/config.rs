@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use logpipe_common::config::{load_toml, ConfigError};
 use serde::{Deserialize, Serialize};
 
-use logpipe_common::config::redact_url;
+use logpipe_common::config::{is_loopback, redact_url};
 use logpipe_common::kafka::KafkaSettings;
 
 use crate::auth::AuthSettings;
@@ -40,6 +40,14 @@ pub struct GatewayConfig {
     pub ingest: IngestSettings,
     /// The web console: the Zipkin UI its trace ids link to, the live-tail streams allowed.
     pub console: crate::console::ConsoleSettings,
+    /// The `Host` names and page origins this gateway answers (see `browser.rs`).
+    pub browser: crate::browser::BrowserSettings,
+    /// The token sent to the collector and the generators (a file of mode 0600; `./setup.sh`
+    /// makes it). Unset: they must run without one, on loopback.
+    pub internal_token_file: Option<PathBuf>,
+    /// Largest answer read from the collector; a larger one is 502 (the collector's own pages
+    /// stop at `database.query_max_response_bytes`, far below).
+    pub upstream_max_response_bytes: usize,
 }
 
 impl Default for GatewayConfig {
@@ -59,6 +67,9 @@ impl Default for GatewayConfig {
             kafka: KafkaSettings::default(),
             ingest: IngestSettings::default(),
             console: Default::default(),
+            browser: Default::default(),
+            internal_token_file: None,
+            upstream_max_response_bytes: 32 * 1024 * 1024,
         }
     }
 }
@@ -126,15 +137,6 @@ impl GatewayConfig {
     }
 }
 
-/// `localhost` or a loopback IP: only this machine can connect.
-fn is_loopback(host: &str) -> bool {
-    host.eq_ignore_ascii_case("localhost")
-        || host
-            .trim_matches(|c| c == '[' || c == ']')
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
-}
-
 #[derive(Debug, clap::Parser)]
 #[command(name = "logpipe-gateway", version, about)]
 pub struct Cli {
@@ -177,6 +179,15 @@ pub struct Cli {
     /// Serve every route without keys on a non-loopback address (see `auth.allow_open`).
     #[arg(long, env = "LOGPIPE_GATEWAY_ALLOW_OPEN")]
     pub allow_open: Option<bool>,
+    /// File holding the internal token for the collector and generators (mode 0600).
+    #[arg(long, env = "LOGPIPE_INTERNAL_TOKEN_FILE")]
+    pub internal_token_file: Option<PathBuf>,
+    /// Extra `Host` names this gateway answers (comma-separated; `*` = any).
+    #[arg(long, env = "LOGPIPE_GATEWAY_ALLOWED_HOSTS", value_delimiter = ',')]
+    pub allowed_hosts: Option<Vec<String>>,
+    /// Page origins that may send state-changing requests (comma-separated).
+    #[arg(long, env = "LOGPIPE_GATEWAY_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Option<Vec<String>>,
     /// Zipkin's UI as the browser reaches it: the console links each event's trace id there.
     #[arg(long, env = "LOGPIPE_CONSOLE_ZIPKIN_UI_URL")]
     pub zipkin_ui_url: Option<String>,
@@ -203,6 +214,9 @@ impl Cli {
             self.request_timeout_ms => c.request_timeout_ms,
             self.zipkin_ui_url.map(Some) => c.console.zipkin_ui_url,
             self.allow_open => c.auth.allow_open,
+            self.internal_token_file.map(Some) => c.internal_token_file,
+            self.allowed_hosts => c.browser.allowed_hosts,
+            self.allowed_origins => c.browser.allowed_origins,
         );
         c.generator_urls = c
             .generator_urls

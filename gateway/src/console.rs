@@ -5,7 +5,7 @@
 //! from the collector as it arrives, at most `max_streams` at once).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -14,8 +14,8 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::StreamExt;
+use logpipe_common::permits::Refused;
 use serde::{Deserialize, Serialize};
-use tokio::sync::Semaphore;
 
 use crate::error::{ApiError, ErrorBody};
 use crate::http::AppState;
@@ -27,6 +27,8 @@ pub struct ConsoleSettings {
     pub zipkin_ui_url: Option<String>,
     /// Live-tail streams open at once through this gateway; more get 503.
     pub max_streams: usize,
+    /// Live-tail streams one key (or, on an open gateway, one address) may hold; more get 429.
+    pub max_streams_per_client: usize,
 }
 
 impl Default for ConsoleSettings {
@@ -34,6 +36,7 @@ impl Default for ConsoleSettings {
         ConsoleSettings {
             zipkin_ui_url: None,
             max_streams: 64,
+            max_streams_per_client: 4,
         }
     }
 }
@@ -111,8 +114,6 @@ pub struct Pipeline {
     samples: Mutex<VecDeque<Sample>>,
     started: std::sync::OnceLock<()>,
 }
-
-pub type Streams = Arc<Semaphore>;
 
 const SAMPLE_EVERY: Duration = Duration::from_secs(2);
 const SAMPLES_KEPT: usize = 450;
@@ -234,20 +235,29 @@ pub fn parse_metrics(text: &str) -> HashMap<String, f64> {
         (status = 200, description = "An event stream", content_type = "text/event-stream"),
         (status = 400, description = "A bad parameter, named", body = ErrorBody),
         (status = 502, description = "Collector unreachable", body = ErrorBody),
+        (status = 429, description = "This key (or address) holds `console.max_streams_per_client` streams already", body = ErrorBody),
         (status = 503, description = "Too many streams open through this gateway", body = ErrorBody),
     ))]
 pub async fn events_stream(
     State(s): State<AppState>,
+    axum::Extension(client): axum::Extension<crate::http::ClientIdentity>,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
 ) -> Response {
-    let Ok(permit) = s.streams.clone().try_acquire_owned() else {
-        return ApiError::TooManyStreams(s.config.console.max_streams).into_response();
+    let permit = match s.streams.try_acquire(&client.0) {
+        Ok(p) => p,
+        Err(Refused::Total(n)) => return ApiError::TooManyStreams(n).into_response(),
+        Err(Refused::PerClient(n)) => return ApiError::TooManyClientStreams(n).into_response(),
     };
     let url = crate::query::collector_url(&s, "/api/v1/events/stream", q);
     // No overall timeout: the body lasts as long as the client stays. The headers must come
     // within the usual deadline.
-    let mut req = s.client.get(&url);
+    // The collector caps streams per client too: it learns who from the gateway (a header it
+    // trusts only with the internal token).
+    let mut req = s
+        .client
+        .get(&url)
+        .header("x-logpipe-client", client.0.as_str());
     if let Some(id) = headers.get("last-event-id") {
         req = req.header("last-event-id", id.as_bytes());
     }

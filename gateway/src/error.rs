@@ -58,11 +58,26 @@ pub enum ApiError {
     Overloaded,
     #[error("{0} event streams are open through this gateway, its limit (`console.max_streams`); retry later")]
     TooManyStreams(usize),
+    #[error("this client has {0} event streams open, the most one key (or address) may hold (`console.max_streams_per_client`); close one or retry later")]
+    TooManyClientStreams(usize),
     #[error("{0} is served but declares no access; it is refused until it does")]
     Undeclared(String),
+    #[error("host {0:?} is not a name of this gateway (`browser.allowed_hosts`); a page whose name resolves here may not use it")]
+    HostNotAllowed(String),
+    #[error("a browser page of origin {0} may not change state here (`browser.allowed_origins` lists the pages that may)")]
+    CrossOrigin(String),
+    #[error("{0}")]
+    NotJson(String),
+    #[error("the collector's answer is larger than {0} bytes (`upstream_max_response_bytes`); narrow the query")]
+    UpstreamTooLarge(usize),
 }
 
 impl ApiError {
+    /// The stable `error` string (a bounded metric label).
+    pub fn code(&self) -> &'static str {
+        self.parts().1
+    }
+
     fn parts(&self) -> (StatusCode, &'static str) {
         match self {
             ApiError::UpstreamUnavailable(_) => (StatusCode::BAD_GATEWAY, "upstream_unavailable"),
@@ -88,6 +103,13 @@ impl ApiError {
             ApiError::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
             ApiError::TooManyStreams(_) => (StatusCode::SERVICE_UNAVAILABLE, "too_many_streams"),
             ApiError::Undeclared(_) => (StatusCode::FORBIDDEN, "undeclared_route"),
+            ApiError::TooManyClientStreams(_) => {
+                (StatusCode::TOO_MANY_REQUESTS, "too_many_client_streams")
+            }
+            ApiError::HostNotAllowed(_) => (StatusCode::MISDIRECTED_REQUEST, "host_not_allowed"),
+            ApiError::CrossOrigin(_) => (StatusCode::FORBIDDEN, "cross_origin"),
+            ApiError::NotJson(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+            ApiError::UpstreamTooLarge(_) => (StatusCode::BAD_GATEWAY, "upstream_too_large"),
         }
     }
 
@@ -98,7 +120,7 @@ impl ApiError {
             } => Some(*retry_after_secs),
             ApiError::AuthBlocked(s) => Some(*s),
             ApiError::KafkaUnavailable(_) | ApiError::Overloaded | ApiError::NotReady(_) => Some(1),
-            ApiError::TooManyStreams(_) => Some(5),
+            ApiError::TooManyStreams(_) | ApiError::TooManyClientStreams(_) => Some(5),
             _ => None,
         }
     }

@@ -12,7 +12,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::{BoxError, Json, Router};
-use futures::future::join_all;
+use futures::future::{join_all, FutureExt};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 use tower::limit::GlobalConcurrencyLimitLayer;
@@ -49,8 +49,12 @@ pub struct Shared {
     pub status_flight: control::StatusFlight,
     /// The console's stage counters, sampled from the first request on.
     pub pipeline: crate::console::Pipeline,
-    /// Permits for open event streams (`console.max_streams`).
-    pub streams: crate::console::Streams,
+    /// Open event streams, capped in total and per key (`console.max_streams[_per_client]`).
+    pub streams: Arc<logpipe_common::permits::StreamPermits>,
+    /// `Host` and `Origin` checks (`browser.rs`).
+    pub browser: Arc<crate::browser::BrowserPolicy>,
+    /// A `/ready` fan-out in progress or just finished, shared by every caller (see `ready`).
+    pub ready_flight: ReadyFlight,
     /// Fires when the gateway stops: open event streams end, so the server can drain.
     pub shutdown: tokio_util::sync::CancellationToken,
 }
@@ -292,6 +296,10 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(state.config.body_limit_bytes))
         .layer(axum::Extension(doc))
+        .layer(middleware::from_fn_with_state(
+            state.browser.clone(),
+            crate::browser::guard,
+        ))
         .layer(middleware::from_fn(observe))
         .layer(PropagateRequestIdLayer::new(x_request_id.clone()))
         .layer(SetRequestIdLayer::new(
@@ -437,6 +445,10 @@ async fn guard(
     }
 }
 
+/// Who the request is for limits and caps: `key:<name>` or `ip:<address>`.
+#[derive(Debug, Clone)]
+pub struct ClientIdentity(pub String);
+
 /// The first unit an ingest request spends, before its body is read; the handler charges the
 /// rest of its events once they are parsed.
 #[derive(Debug, Clone, Copy)]
@@ -475,7 +487,12 @@ async fn auth_and_limit(
         }
     };
     let identity = limit_identity(&principal, ip);
+    if let Some(refusal) = body_refusal(s, class, &principal, req.headers()) {
+        return refusal.into_response();
+    }
     req.extensions_mut().insert(principal);
+    req.extensions_mut()
+        .insert(ClientIdentity(identity.clone()));
     if !s.limiter.enabled() {
         return next.run(req).await;
     }
@@ -489,6 +506,55 @@ async fn auth_and_limit(
         rate_limit_headers(&mut resp, &decision);
     }
     resp
+}
+
+/// Bodies a web page could send cross-site without asking first (a "simple" request) are not taken
+/// where they change state: control bodies must be JSON, and on a gateway without keys a
+/// `text/plain` ingest from a browser (or from anyone, with `ingest.open_text_plain = false`) is
+/// refused.
+fn body_refusal(
+    s: &AppState,
+    class: RouteClass,
+    principal: &Principal,
+    headers: &HeaderMap,
+) -> Option<ApiError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        });
+    match class {
+        RouteClass::Control => {
+            let has_body = headers
+                .get(header::CONTENT_LENGTH)
+                .is_some_and(|v| v.as_bytes() != b"0")
+                || headers.contains_key(header::TRANSFER_ENCODING);
+            match content_type.as_deref() {
+                Some("application/json") => None,
+                None if !has_body => None,
+                other => Some(ApiError::NotJson(format!(
+                    "control requests take `content-type: application/json` (got {}): a web                      page can send other types to any address without asking first",
+                    other.map_or("none".to_owned(), |t| format!("{t:?}"))
+                ))),
+            }
+        }
+        RouteClass::Ingest
+            if principal.key_name.is_none()
+                && content_type.as_deref() == Some("text/plain")
+                && (!s.config.ingest.open_text_plain || crate::browser::from_browser(headers)) =>
+        {
+            Some(ApiError::NotJson(
+                "text/plain ingest on a gateway without API keys is refused from web pages (any                  page could send it; `ingest.open_text_plain` allows it from other clients):                  send application/json or application/x-ndjson, or configure keys"
+                    .into(),
+            ))
+        }
+        _ => None,
+    }
 }
 
 /// axum's own rejections (body too large, wrong method) are plain text; give them our JSON shape.
@@ -537,6 +603,48 @@ async fn health() -> Json<serde_json::Value> {
     (status = 503, description = "A dependency is down; the body names it", body = serde_json::Value),
 ))]
 async fn ready(State(s): State<AppState>) -> Response {
+    let flight = {
+        let mut current = s.ready_flight.lock().expect("ready flight lock");
+        match current.as_ref() {
+            // A fan-out on its way, or one that finished within the last second: shared. Anyone
+            // may call /ready; however often they do, the instances behind see one check a second.
+            Some((started, f)) if f.peek().is_none() || started.elapsed() < READY_REUSE => {
+                f.clone()
+            }
+            _ => {
+                let state = s.clone();
+                let f = async move { check_ready(&state).await }.boxed().shared();
+                *current = Some((Instant::now(), f.clone()));
+                f
+            }
+        }
+    };
+    let (status, body) = flight.await;
+    (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
+}
+
+/// How long a finished readiness check answers for.
+const READY_REUSE: Duration = Duration::from_secs(1);
+
+/// See [`ready`].
+pub type ReadyFlight = std::sync::Mutex<
+    Option<(
+        Instant,
+        futures::future::Shared<
+            futures::future::BoxFuture<'static, (StatusCode, axum::body::Bytes)>,
+        >,
+    )>,
+>;
+
+async fn check_ready(s: &AppState) -> (StatusCode, axum::body::Bytes) {
     let timeout = Duration::from_millis(s.config.upstream_timeout_ms.min(2_000));
     let checks = control::instances(&s.config.generator_urls)
         .await
@@ -577,7 +685,10 @@ async fn ready(State(s): State<AppState>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, Json(body)).into_response()
+    (
+        status,
+        axum::body::Bytes::from(serde_json::to_vec(&body).expect("a JSON value")),
+    )
 }
 
 /// Prometheus metrics in the text exposition format.

@@ -57,6 +57,10 @@ pub struct IngestSettings {
     pub delivery_timeout_ms: u64,
     pub queue_max_messages: u32,
     pub compression: String,
+    /// On a gateway without keys, `text/plain` ingest (the one body a web page can send anywhere
+    /// without asking first) from a non-browser client. A browser's is refused either way; false
+    /// refuses it from everyone until keys are configured.
+    pub open_text_plain: bool,
 }
 
 impl Default for IngestSettings {
@@ -70,6 +74,7 @@ impl Default for IngestSettings {
             delivery_timeout_ms: 5_000,
             queue_max_messages: 200_000,
             compression: "lz4".into(),
+            open_text_plain: true,
         }
     }
 }

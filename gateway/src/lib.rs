@@ -21,6 +21,7 @@
 #![warn(clippy::unwrap_used)]
 
 pub mod auth;
+pub mod browser;
 pub mod config;
 pub mod console;
 pub mod control;

@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 
 use crate::error::{ApiError, ErrorBody};
 use crate::http::{client_span, AppState};
+use futures::StreamExt;
 use logpipe_common::event::Level;
 use tracing::Instrument;
 
@@ -56,18 +57,31 @@ async fn forward(s: &AppState, headers: &HeaderMap, path: &str, query: Option<St
     };
     let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let content_type = resp.headers().get(reqwest::header::CONTENT_TYPE).cloned();
-    match resp.bytes().await {
-        Ok(body) => {
-            let mut out = (status, body).into_response();
-            let ct = content_type
-                .and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok())
-                .unwrap_or(HeaderValue::from_static("application/json"));
-            out.headers_mut().insert(header::CONTENT_TYPE, ct);
-            out
-        }
-        Err(_) => ApiError::UpstreamUnavailable("the collector's answer was cut off".into())
-            .into_response(),
+    let cap = s.config.upstream_max_response_bytes;
+    if resp.content_length().is_some_and(|n| n > cap as u64) {
+        return ApiError::UpstreamTooLarge(cap).into_response();
     }
+    // Passed through as it arrives, never held whole: however many clients read at once, the
+    // gateway holds a chunk each. An answer that grows past the cap is cut (the client sees a
+    // broken body, never a truncated one that parses).
+    let mut seen = 0usize;
+    let body = resp.bytes_stream().map(move |chunk| {
+        let chunk = chunk.map_err(std::io::Error::other)?;
+        seen += chunk.len();
+        if seen > cap {
+            return Err(std::io::Error::other(
+                "the collector's answer exceeds upstream_max_response_bytes",
+            ));
+        }
+        Ok(chunk)
+    });
+    let mut out = Response::new(axum::body::Body::from_stream(body));
+    *out.status_mut() = status;
+    let ct = content_type
+        .and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok())
+        .unwrap_or(HeaderValue::from_static("application/json"));
+    out.headers_mut().insert(header::CONTENT_TYPE, ct);
+    out
 }
 
 /// Counts by level over a range, error rate and top messages, over all services.

@@ -49,7 +49,17 @@ impl Application {
         let listener = TcpListener::bind(&addr)
             .await
             .map_err(|source| StartupError::Bind { addr, source })?;
+        let internal =
+            logpipe_common::internal::InternalToken::load(config.internal_token_file.as_deref())?;
+        let mut upstream_headers = reqwest::header::HeaderMap::new();
+        if let Some(bearer) = internal.bearer() {
+            let mut v = reqwest::header::HeaderValue::from_str(&bearer)
+                .expect("a checked token is a valid header value");
+            v.set_sensitive(true);
+            upstream_headers.insert(reqwest::header::AUTHORIZATION, v);
+        }
         let client = reqwest::Client::builder()
+            .default_headers(upstream_headers)
             .connect_timeout(Duration::from_secs(2))
             .pool_idle_timeout(Duration::from_secs(30))
             .build()
@@ -77,7 +87,14 @@ impl Application {
                 tracing::warn!(error = %e, "could not create the raw topic at start");
             }
         });
-        let max_streams = config.console.max_streams.max(1);
+        let streams = Arc::new(logpipe_common::permits::StreamPermits::new(
+            config.console.max_streams.max(1),
+            config.console.max_streams_per_client.max(1),
+        ));
+        let browser = Arc::new(crate::browser::BrowserPolicy::new(
+            &config.browser,
+            &config.host,
+        ));
         let state = AppState::new(Shared {
             limiter,
             auth,
@@ -87,7 +104,9 @@ impl Application {
             metrics,
             status_flight: Default::default(),
             pipeline: Default::default(),
-            streams: std::sync::Arc::new(tokio::sync::Semaphore::new(max_streams)),
+            streams,
+            browser,
+            ready_flight: Default::default(),
             shutdown: CancellationToken::new(),
         });
         Ok(Application { listener, state })

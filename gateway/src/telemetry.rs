@@ -11,6 +11,15 @@ pub fn describe() {
     for outcome in ["accepted", "rejected", "failed"] {
         counter!("ingest_events_total", "outcome" => outcome).increment(0);
     }
+    for reason in ["host_not_allowed", "cross_origin"] {
+        counter!("gateway_browser_refusals_total", "reason" => reason).increment(0);
+    }
+}
+
+/// A request refused before routing for what a browser would send: `host_not_allowed`,
+/// `cross_origin`.
+pub fn browser_refused(reason: &'static str) {
+    counter!("gateway_browser_refusals_total", "reason" => reason).increment(1);
 }
 
 pub fn rate_limited(route: &str) {

@@ -18,6 +18,9 @@ pub struct GeneratorConfig {
     pub host: String,
     /// 0 picks a free port (tests).
     pub port: u16,
+    /// The gateway's internal token (a file of mode 0600, `./setup.sh` makes it): when set, every
+    /// request but `GET /health` must send it; when unset, the service binds loopback only.
+    pub internal_token_file: Option<PathBuf>,
     /// Names this instance in events (`host`) and in status; defaults to `gen-<hostname>`.
     pub instance_id: String,
     pub kafka: KafkaSettings,
@@ -60,6 +63,7 @@ impl Default for GeneratorConfig {
             tracing: Default::default(),
             host: "127.0.0.1".into(),
             port: 8080,
+            internal_token_file: None,
             instance_id: default_instance_id(),
             kafka: KafkaSettings::default(),
             producer: ProducerSettings::default(),
@@ -178,6 +182,9 @@ pub struct Cli {
     /// Optional TOML file with any of the settings below.
     #[arg(long, env = "LOGPIPE_GENERATOR_CONFIG")]
     pub config: Option<PathBuf>,
+    /// File holding the internal token the gateway sends (mode 0600); see `internal_token_file`.
+    #[arg(long, env = "LOGPIPE_INTERNAL_TOKEN_FILE")]
+    pub internal_token_file: Option<PathBuf>,
     #[arg(long, env = "LOGPIPE_GENERATOR_HOST")]
     pub host: Option<String>,
     #[arg(long, env = "LOGPIPE_GENERATOR_PORT")]
@@ -231,6 +238,7 @@ impl Cli {
             self.trace_sample_ratio => c.tracing.sample_ratio,
             self.host => c.host,
             self.port => c.port,
+            self.internal_token_file.map(Some) => c.internal_token_file,
             self.instance_id => c.instance_id,
             self.brokers => c.kafka.brokers,
             self.topic => c.kafka.raw_topic,

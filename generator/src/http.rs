@@ -19,6 +19,8 @@ use crate::engine::{Engine, EngineError, InvalidParam, RunParams, StartRequest, 
 pub struct AppState {
     pub engine: Arc<Engine>,
     pub metrics: PrometheusHandle,
+    /// Asked of every request but `/health` when set (see `logpipe_common::internal`).
+    pub internal: logpipe_common::internal::InternalToken,
 }
 
 /// Every error the API returns, as `{"error": "...", "detail": "..."}` with a precise status.
@@ -68,6 +70,10 @@ pub fn router(state: AppState) -> Router {
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(64 * 1024))
+        .layer(axum::middleware::from_fn_with_state(
+            state.internal.clone(),
+            logpipe_common::internal::require,
+        ))
         .layer(axum::middleware::from_fn(
             logpipe_common::telemetry::trace_http,
         ))

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::GeneratorConfig;
 use crate::engine::{Engine, EngineError, RunParams, StartRequest};
 use crate::http::{router, AppState};
+use logpipe_common::internal::InternalToken;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -25,6 +26,8 @@ pub enum StartupError {
     Engine(#[from] EngineError),
     #[error("invalid default run parameters: {0}")]
     Defaults(String),
+    #[error(transparent)]
+    Config(#[from] logpipe_common::config::ConfigError),
     #[error("server error: {0}")]
     Serve(#[source] std::io::Error),
 }
@@ -40,6 +43,11 @@ impl Application {
         // The recorder first: series registered before it exists are lost.
         let metrics = logpipe_common::telemetry::metrics_handle();
         crate::telemetry::describe();
+        let internal = InternalToken::load(config.internal_token_file.as_deref())?;
+        logpipe_common::internal::check_bind(&internal, &config.host)?;
+        if !internal.is_set() {
+            tracing::warn!(host = %config.host, "no internal token: every local user can start and stop this generator");
+        }
         ensure_topics(&config.kafka, &config.kafka.topics()).await?;
         let addr = format!("{}:{}", config.host, config.port);
         let listener = TcpListener::bind(&addr)
@@ -56,6 +64,7 @@ impl Application {
         let state = AppState {
             engine: engine.clone(),
             metrics,
+            internal,
         };
         Ok(Application {
             listener,

@@ -927,7 +927,7 @@ async fn serve_api(db: &Db) -> anyhow::Result<(std::net::SocketAddr, Cancellatio
     let stop = CancellationToken::new();
     let token = stop.clone();
     tokio::spawn(async move {
-        let _ = axum::serve(listener, router(state))
+        let _ = axum::serve(listener, router(state, Default::default()))
             .with_graceful_shutdown(async move { token.cancelled().await })
             .await;
     });

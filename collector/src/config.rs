@@ -155,10 +155,13 @@ pub struct DatabaseSettings {
     pub query_max_connections: u32,
     /// A query that runs longer is cancelled by PostgreSQL and answered 504.
     pub query_statement_timeout_ms: u64,
-    /// The longest `from`..`to` a query that scans its range may ask for (events with `q`,
-    /// stats); longer is a 400 naming this setting. Pages without `q` read newest first and stop
-    /// at `limit`, so they have no cap.
+    /// The longest `from`..`to` a query that scans its range may ask for (events with a filter,
+    /// stats); longer is a 400 naming this setting. Event pages with no filter read newest first
+    /// and stop at `limit`, so they have no cap.
     pub query_max_range_hours: u32,
+    /// Largest events page, in bytes of JSON: a page that would be larger ends early, with a
+    /// `next_cursor` to the rest (at least one event per page, whatever its size).
+    pub query_max_response_bytes: usize,
     /// A writer transaction left idle this long (its collector frozen, partitioned away or hung)
     /// is ended by PostgreSQL, which frees the offset and window rows it locked: without it, one
     /// stuck collector stalls every other one of the group until its TCP connection dies.
@@ -183,6 +186,7 @@ impl std::fmt::Debug for DatabaseSettings {
                 &self.query_statement_timeout_ms,
             )
             .field("query_max_range_hours", &self.query_max_range_hours)
+            .field("query_max_response_bytes", &self.query_max_response_bytes)
             .field(
                 "idle_in_transaction_timeout_ms",
                 &self.idle_in_transaction_timeout_ms,
@@ -244,6 +248,7 @@ impl Default for DatabaseSettings {
             query_max_connections: 2,
             query_statement_timeout_ms: 5_000,
             query_max_range_hours: 24 * 7,
+            query_max_response_bytes: 4 * 1024 * 1024,
             idle_in_transaction_timeout_ms: 10_000,
             lock_timeout_ms: 5_000,
         }

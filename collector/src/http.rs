@@ -30,6 +30,10 @@ pub struct AppState {
     pub stats_windows_secs: Vec<i32>,
     /// The longest range a scanning query may ask for (`database.query_max_range_hours`).
     pub max_range_hours: u32,
+    /// Largest events page in bytes (`database.query_max_response_bytes`).
+    pub max_page_bytes: usize,
+    /// Open event streams, in total and per client (`stream.max_streams[_per_client]`).
+    pub streams: Arc<logpipe_common::permits::StreamPermits>,
     /// The event stream's caps.
     pub stream: crate::stream::StreamSettings,
     /// Whose stored offsets the event stream follows.

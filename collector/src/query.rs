@@ -40,6 +40,10 @@ pub enum ApiError {
     Unprocessable(String),
     #[error("{0}")]
     Internal(String),
+    #[error("{0}")]
+    TooManyStreams(String),
+    #[error("{0}")]
+    TooManyClientStreams(String),
 }
 
 impl IntoResponse for ApiError {
@@ -61,9 +65,20 @@ impl IntoResponse for ApiError {
             ApiError::Db(sqlx::Error::PoolTimedOut) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "query_capacity")
             }
+            // A data exception (SQLSTATE class 22): a value the database cannot take, sent by the
+            // client. Its own fault, and no sign that the database is down.
+            ApiError::Db(sqlx::Error::Database(e))
+                if e.code().is_some_and(|c| c.starts_with("22")) =>
+            {
+                (StatusCode::BAD_REQUEST, "invalid_parameter")
+            }
             ApiError::Db(_) => (StatusCode::SERVICE_UNAVAILABLE, "database_unavailable"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_rules"),
+            ApiError::TooManyStreams(_) => (StatusCode::SERVICE_UNAVAILABLE, "too_many_streams"),
+            ApiError::TooManyClientStreams(_) => {
+                (StatusCode::TOO_MANY_REQUESTS, "too_many_client_streams")
+            }
         };
         if let ApiError::Db(e) = &self {
             tracing::warn!(error = %e, "query failed");
@@ -75,10 +90,23 @@ impl IntoResponse for ApiError {
                     .to_owned()
             }
             "query_capacity" => "every query connection is busy; retry shortly".to_owned(),
+            // The database's own message names tables and SQL: logged above, never sent.
+            "invalid_parameter" if matches!(self, ApiError::Db(_)) => {
+                "a parameter holds a value the database cannot take".to_owned()
+            }
+            "database_unavailable" => {
+                "the database did not answer the query; retry shortly".to_owned()
+            }
+            "internal" if matches!(self, ApiError::Db(_)) => {
+                "a stored row did not decode; see the collector's log".to_owned()
+            }
             _ => self.to_string(),
         };
         let mut resp = logpipe_common::http::error_response(status, error, detail);
-        if error == "query_capacity" {
+        if matches!(
+            error,
+            "query_capacity" | "too_many_streams" | "too_many_client_streams"
+        ) {
             resp.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,
                 axum::http::HeaderValue::from_static("1"),
@@ -226,6 +254,9 @@ pub async fn service_stats(
     Query(raw): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
     let p = Params::new(raw, &["from", "to"])?;
+    if service.contains('\0') {
+        return Err(bad("service", "must not contain a NUL character"));
+    }
     let (from, to) = p.capped_range(s.max_range_hours)?;
     Ok(Json(stats_body(&s, from, to, Some(&service)).await?))
 }
@@ -492,7 +523,7 @@ pub async fn alerts(
 pub async fn events(
     State(s): State<AppState>,
     Query(raw): Query<HashMap<String, String>>,
-) -> Result<Json<EventsPage>, ApiError> {
+) -> Result<Response, ApiError> {
     let p = Params::new(
         raw,
         &[
@@ -506,8 +537,12 @@ pub async fn events(
             "cursor",
         ],
     )?;
-    // A text search reads every row of its range that it cannot rule out by index: capped.
-    let (from, to) = if p.str("q").is_some() {
+    // A filtered page reads every row of its range the filter rules out until it has `limit`
+    // (a rare service, a text that matches nothing): capped. An unfiltered page stops at `limit`.
+    let filtered = ["q", "service", "level", "min_level"]
+        .iter()
+        .any(|k| p.typed(k).is_some());
+    let (from, to) = if filtered {
         p.capped_range(s.max_range_hours)?
     } else {
         p.range()?
@@ -526,20 +561,62 @@ pub async fn events(
         cursor: p.cursor()?,
         limit: p.limit()?,
     };
-    let limit = filter.limit;
     let mut q = events_query("", &filter);
-    let rows = q.build().fetch_all(s.db.query_pool()).await?;
-    let mut events: Vec<StoredEvent> = Vec::with_capacity(rows.len());
-    for r in rows.iter().take(limit as usize) {
-        events.push(StoredEvent::from_row(r)?);
+    let rows = q.build().fetch(s.db.query_pool());
+    let body = page_within(rows, filter.limit, s.max_page_bytes).await?;
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response())
+}
+
+/// The events page as JSON, written as rows arrive: at most `limit` events and, after the first,
+/// only while the page stays within `max_bytes`. A page cut short by either names the cursor of its
+/// last event, so nothing is skipped; the rows not read stay in the database, not in memory.
+async fn page_within<'r>(
+    mut rows: impl futures::Stream<Item = Result<sqlx::postgres::PgRow, sqlx::Error>> + Unpin,
+    limit: i64,
+    max_bytes: usize,
+) -> Result<Vec<u8>, ApiError> {
+    use futures::TryStreamExt as _;
+    let mut out = Vec::with_capacity(4096);
+    out.extend_from_slice(b"{\"events\":[");
+    let mut taken = 0i64;
+    let mut last: Option<(DateTime<Utc>, String)> = None;
+    let mut more = false;
+    let mut event = Vec::new();
+    while let Some(r) = rows.try_next().await? {
+        if taken == limit {
+            more = true;
+            break;
+        }
+        let e = StoredEvent::from_row(&r)?;
+        event.clear();
+        serde_json::to_writer(&mut event, &e)
+            .map_err(|e| ApiError::Internal(format!("an event did not encode: {e}")))?;
+        if taken > 0 && out.len() + event.len() + 64 > max_bytes {
+            more = true;
+            break;
+        }
+        if taken > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(&event);
+        taken += 1;
+        last = Some((e.timestamp, e.event_id));
     }
-    let next = (rows.len() as i64 > limit)
-        .then(|| events.last().map(|e| cursor_of(e.timestamp, &e.event_id)))
-        .flatten();
-    Ok(Json(EventsPage {
-        events,
-        next_cursor: next,
-    }))
+    out.extend_from_slice(b"],\"next_cursor\":");
+    match last.filter(|_| more) {
+        Some((ts, id)) => serde_json::to_writer(&mut out, &cursor_of(ts, &id))
+            .map_err(|e| ApiError::Internal(e.to_string()))?,
+        None => out.extend_from_slice(b"null"),
+    }
+    out.push(b'}');
+    Ok(out)
 }
 
 /// What `GET /api/v1/events` asks for, checked.
@@ -631,12 +708,6 @@ pub struct StoredEvent {
 pub struct KafkaPosition {
     partition: i32,
     offset: i64,
-}
-
-#[derive(Debug, Serialize)]
-pub struct EventsPage {
-    events: Vec<StoredEvent>,
-    next_cursor: Option<String>,
 }
 
 impl StoredEvent {

@@ -162,6 +162,11 @@ impl Application {
                 w
             },
             max_range_hours: self.config.database.query_max_range_hours,
+            max_page_bytes: self.config.database.query_max_response_bytes,
+            streams: Arc::new(logpipe_common::permits::StreamPermits::new(
+                self.config.stream.max_streams.max(1),
+                self.config.stream.max_streams_per_client.max(1),
+            )),
             stream: self.config.stream.clone(),
             group_id: self.config.consumer.group_id.clone(),
             topic: self.config.kafka.raw_topic.clone(),

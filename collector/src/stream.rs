@@ -38,6 +38,7 @@ use tokio::sync::mpsc;
 
 use crate::http::AppState;
 use crate::query::{bad, ApiError, Params, StoredEvent};
+use logpipe_common::permits::{Permit, Refused};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -52,6 +53,13 @@ pub struct StreamSettings {
     pub slow_client_secs: u64,
     /// Batches (one per poll) waiting for a client at most.
     pub buffer_batches: usize,
+    /// Bytes of events one poll sends at most (past the first event): what waits for a client is
+    /// at most `buffer_batches` × this. Events past it are told as dropped.
+    pub max_batch_bytes: usize,
+    /// Streams open at once; more get 503.
+    pub max_streams: usize,
+    /// Streams one client (as the gateway names it: a key or an address) may hold; more get 429.
+    pub max_streams_per_client: usize,
 }
 
 impl Default for StreamSettings {
@@ -62,7 +70,10 @@ impl Default for StreamSettings {
             max_events_per_sec: 1_000,
             max_scan_records: 200_000,
             slow_client_secs: 10,
-            buffer_batches: 16,
+            buffer_batches: 8,
+            max_batch_bytes: 512 * 1024,
+            max_streams: 64,
+            max_streams_per_client: 4,
         }
     }
 }
@@ -123,6 +134,36 @@ impl Range {
 }
 
 impl Position {
+    /// A resume point must be one this collector could have sent: no reset it never recorded
+    /// (`last_reset`), no partition the group does not store, no offset past what was stored
+    /// (`stored`, or the end of a partition's log before its reset, `old_ends`). A forged one
+    /// would otherwise send each reconnect scanning from wherever it names.
+    pub fn check_within(
+        &self,
+        stored: &BTreeMap<i32, i64>,
+        old_ends: &BTreeMap<i32, i64>,
+        last_reset: i64,
+    ) -> Result<(), String> {
+        if self.reset > last_reset {
+            return Err(format!(
+                "names offset reset r{}, past the last one recorded (r{last_reset})",
+                self.reset
+            ));
+        }
+        for (p, o) in &self.offsets {
+            let Some(stored_to) = stored.get(p) else {
+                return Err(format!("names partition {p}, which is not stored here"));
+            };
+            let end = (*stored_to).max(old_ends.get(p).copied().unwrap_or(0));
+            if *o > end {
+                return Err(format!(
+                    "partition {p} at offset {o} is past what was stored ({end})"
+                ));
+            }
+        }
+        Ok(())
+    }
+
     pub fn parse(s: &str) -> Option<Position> {
         let (offsets, reset) = match s.split_once(';') {
             Some((o, r)) => (o, r.strip_prefix('r')?.parse().ok()?),
@@ -250,6 +291,21 @@ pub async fn events_stream(
 ) -> Result<Response, ApiError> {
     let p = Params::new(raw, &["service", "min_level", "q", "rate"])?;
     let settings = s.stream.clone();
+    // The gateway names its client; it can, because only it holds the internal token.
+    let client = headers
+        .get("x-logpipe-client")
+        .and_then(|v| v.to_str().ok())
+        .filter(|c| !c.is_empty() && c.len() <= 256)
+        .unwrap_or("direct");
+    let permit = s.streams.try_acquire(client).map_err(|r| match r {
+        Refused::Total(n) => ApiError::TooManyStreams(format!(
+            "{n} event streams are open, this collector's limit (`stream.max_streams`); retry later"
+        )),
+        Refused::PerClient(n) => ApiError::TooManyClientStreams(format!(
+            "this client has {n} event streams open, the most one client may hold \
+             (`stream.max_streams_per_client`)"
+        )),
+    })?;
     let rate = match p.typed("rate") {
         None => settings.default_events_per_sec,
         Some(v) => v
@@ -292,11 +348,17 @@ pub async fn events_stream(
         ),
     };
     let stored = stored_offsets(&s).await?;
+    let last = last_reset(&s).await?;
     let start = match resumed.clone() {
-        Some(p) => p,
+        Some(p) => {
+            let old_ends = reset_ends(&s).await?;
+            p.check_within(&stored, &old_ends, last)
+                .map_err(|reason| bad("Last-Event-ID", reason))?;
+            p
+        }
         None => Position {
             offsets: stored,
-            reset: last_reset(&s).await?,
+            reset: last,
         },
     };
     let (tx, rx) = mpsc::channel::<Batch>(settings.buffer_batches.max(1));
@@ -319,7 +381,7 @@ pub async fn events_stream(
         tx,
         ended.clone(),
     ));
-    Ok(Sse::new(messages(hello, rx, ended))
+    Ok(Sse::new(messages(hello, rx, ended, permit))
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response())
 }
@@ -329,24 +391,29 @@ fn messages(
     hello: Event,
     rx: mpsc::Receiver<Batch>,
     ended: Arc<Mutex<Option<Event>>>,
+    permit: Permit,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
-    struct Guard;
+    // Holds the stream's slot until the client goes.
+    struct Guard(#[allow(dead_code)] Permit);
     impl Drop for Guard {
         fn drop(&mut self) {
             crate::telemetry::stream_closed();
         }
     }
-    let batches = stream::unfold((rx, ended, Guard), |(mut rx, ended, guard)| async move {
-        match rx.recv().await {
-            Some(batch) => Some((batch, (rx, ended, guard))),
-            None => {
-                let last = ended.lock().expect("stream end lock").take()?;
-                // Closed: the next call finds nothing and ends the stream.
-                rx.close();
-                Some((vec![last], (rx, ended, guard)))
+    let batches = stream::unfold(
+        (rx, ended, Guard(permit)),
+        |(mut rx, ended, guard)| async move {
+            match rx.recv().await {
+                Some(batch) => Some((batch, (rx, ended, guard))),
+                None => {
+                    let last = ended.lock().expect("stream end lock").take()?;
+                    // Closed: the next call finds nothing and ends the stream.
+                    rx.close();
+                    Some((vec![last], (rx, ended, guard)))
+                }
             }
-        }
-    });
+        },
+    );
     stream::once(async move { vec![hello] })
         .chain(batches)
         .flat_map(|batch| stream::iter(batch.into_iter().map(Ok)))
@@ -437,12 +504,8 @@ async fn produce(
                             .to_string(),
                         ));
                     }
-                    for e in rows {
-                        batch.push(
-                            Event::default()
-                                .event("log")
-                                .data(serde_json::to_string(&e).unwrap_or_default()),
-                        );
+                    for json in rows {
+                        batch.push(Event::default().event("log").data(json));
                     }
                 }
                 Err(e) => {
@@ -501,6 +564,19 @@ async fn stored_offsets(s: &AppState) -> Result<BTreeMap<i32, i64>, ApiError> {
     Ok(rows.into_iter().collect())
 }
 
+/// The end of each partition's log before its latest reset (its highest `old_offset`).
+async fn reset_ends(s: &AppState) -> Result<BTreeMap<i32, i64>, ApiError> {
+    let rows: Vec<(i32, i64)> = sqlx::query_as(
+        "SELECT kafka_partition, max(old_offset)::int8 FROM offset_resets
+          WHERE consumer_group = $1 AND topic = $2 GROUP BY kafka_partition",
+    )
+    .bind(&s.group_id)
+    .bind(&s.topic)
+    .fetch_all(s.db.query_pool())
+    .await?;
+    Ok(rows.into_iter().collect())
+}
+
 /// The newest offset reset recorded for this group and topic (0: none).
 async fn last_reset(s: &AppState) -> Result<i64, ApiError> {
     Ok(sqlx::query_scalar(
@@ -550,14 +626,15 @@ async fn latest_resets(s: &AppState, after: i64) -> Result<BTreeMap<i32, Reset>,
 }
 
 /// The rows of `ranges` that match, at most `limit` of them (a pseudo-random sample by event id
-/// when more match), oldest first; and how many matched.
+/// when more match) and, past the first, at most `max_bytes` of their JSON, oldest first; and how
+/// many matched.
 async fn read(
     s: &AppState,
     f: &Filter,
     ranges: &[Range],
     limit: i64,
     unbounded: bool,
-) -> Result<(Vec<StoredEvent>, i64), ApiError> {
+) -> Result<(Vec<String>, i64), ApiError> {
     let mut q = QueryBuilder::new(
         "SELECT event_id, ts, level, service, component, host, message, trace_id, span_id,
                 attributes::text AS attributes, kafka_partition, kafka_offset,
@@ -604,14 +681,21 @@ async fn read(
     }
     q.push(" ORDER BY hashtext(event_id) LIMIT ")
         .push_bind(limit);
-    let rows = q.build().fetch_all(s.db.query_pool()).await?;
+    let mut rows = q.build().fetch(s.db.query_pool());
     let mut matched = 0;
-    let mut out: Vec<(DateTime<Utc>, String, StoredEvent)> = Vec::with_capacity(rows.len());
-    for r in &rows {
+    let mut bytes = 0;
+    let mut out: Vec<(DateTime<Utc>, String, String)> = Vec::new();
+    while let Some(r) = futures::TryStreamExt::try_next(&mut rows).await? {
         use sqlx::Row;
         matched = r.try_get::<i64, _>("matched")?;
-        let e = StoredEvent::from_row(r)?;
-        out.push((r.try_get("ts")?, r.try_get("event_id")?, e));
+        let json = serde_json::to_string(&StoredEvent::from_row(&r)?)
+            .map_err(|e| ApiError::Internal(format!("an event did not encode: {e}")))?;
+        bytes += json.len();
+        if !out.is_empty() && bytes > s.stream.max_batch_bytes {
+            // The rest of the sample stays unread; it is counted in `matched` and told as dropped.
+            break;
+        }
+        out.push((r.try_get("ts")?, r.try_get("event_id")?, json));
     }
     out.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
     Ok((out.into_iter().map(|(_, _, e)| e).collect(), matched))

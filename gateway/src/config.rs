@@ -111,6 +111,23 @@ impl GatewayConfig {
                 });
             }
         }
+        // A zero would reach the limiter's script, which shares a call with other clients'
+        // checks: one bad rule would fail them all. Refusing a class outright is a scope matter.
+        for (field, l) in [
+            ("rate_limit.control", self.rate_limit.control),
+            ("rate_limit.ingest", self.rate_limit.ingest),
+            ("rate_limit.query", self.rate_limit.query),
+            ("rate_limit.auth_failures", self.rate_limit.auth_failures),
+        ] {
+            if l.limit == 0 || l.window_ms == 0 {
+                return Err(ConfigError::Invalid {
+                    field,
+                    reason: "limit and window_ms must be at least 1 (to refuse a route class, \
+                             give no key its scope)"
+                        .into(),
+                });
+            }
+        }
         if self.ingest.max_events == 0 {
             return Err(ConfigError::Invalid {
                 field: "ingest.max_events",
@@ -257,6 +274,17 @@ mod tests {
         );
         let cli = Cli::try_parse_from(["gw", "--host", "0.0.0.0", "--allow-open", "true"]).unwrap();
         assert!(cli.into_config().is_ok());
+    }
+
+    #[test]
+    fn a_rate_limit_rule_of_zero_is_refused_at_start_naming_its_field() {
+        let mut c = GatewayConfig::default();
+        c.rate_limit.query.limit = 0;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("rate_limit.query"), "{err}");
+        let mut c = GatewayConfig::default();
+        c.rate_limit.ingest.window_ms = 0;
+        assert!(c.validate().is_err());
     }
 
     #[test]

@@ -300,7 +300,10 @@ pub fn router(state: AppState) -> Router {
             state.browser.clone(),
             crate::browser::guard,
         ))
-        .layer(middleware::from_fn(observe))
+        .layer(middleware::from_fn_with_state(
+            TraceTrust::of(&state.config),
+            observe,
+        ))
         .layer(PropagateRequestIdLayer::new(x_request_id.clone()))
         .layer(SetRequestIdLayer::new(
             x_request_id,
@@ -356,7 +359,13 @@ pub fn client_span(
 /// Every request: its server span (named by the route template), errors in the JSON shape, and
 /// `http_requests_total{route,status}` with the latency histogram. One middleware rather than three:
 /// each axum middleware layer clones the boxed inner service on every request.
-async fn observe(req: Request, next: Next) -> Response {
+async fn observe(State(trust): State<TraceTrust>, mut req: Request, next: Next) -> Response {
+    if !trust.follows(req.headers()) {
+        // An untrusted client's `traceparent` would let anyone have every request traced (its
+        // sampled flag is followed). Dropped: the gateway's own ratio decides.
+        req.headers_mut().remove("traceparent");
+        req.headers_mut().remove("tracestate");
+    }
     let route = logpipe_common::telemetry::matched_route(&req);
     let span = logpipe_common::telemetry::http_server_span(&req, &route);
     let started = Instant::now();
@@ -365,6 +374,40 @@ async fn observe(req: Request, next: Next) -> Response {
     logpipe_common::telemetry::record_http_status(&span, status);
     telemetry::http_request(&route, status, started.elapsed());
     resp
+}
+
+/// Whose `traceparent` the gateway follows (and with it the client's decision to sample).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TraceTrust {
+    /// An open gateway on loopback: the only clients are this machine's.
+    Everyone,
+    /// A keyed gateway: requests that send a key (a wrong one gets one traced 401, and is
+    /// limited as an authentication failure).
+    KeyHolders,
+    /// An open gateway on a reachable address: nobody.
+    Nobody,
+}
+
+impl TraceTrust {
+    pub fn of(config: &GatewayConfig) -> TraceTrust {
+        if !config.auth.keys.is_empty() {
+            TraceTrust::KeyHolders
+        } else if logpipe_common::config::is_loopback(&config.host) {
+            TraceTrust::Everyone
+        } else {
+            TraceTrust::Nobody
+        }
+    }
+
+    fn follows(self, headers: &HeaderMap) -> bool {
+        match self {
+            TraceTrust::Everyone => true,
+            TraceTrust::KeyHolders => {
+                headers.contains_key(header::AUTHORIZATION) || headers.contains_key("x-api-key")
+            }
+            TraceTrust::Nobody => false,
+        }
+    }
 }
 
 fn scope_for(class: RouteClass) -> Scope {

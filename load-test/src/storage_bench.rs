@@ -917,6 +917,8 @@ async fn serve_api(db: &Db) -> anyhow::Result<(std::net::SocketAddr, Cancellatio
         filter: logpipe_collector::filter::FilterHandle::new(Default::default(), None)?,
         stats_windows_secs: vec![10, 60],
         max_range_hours: DatabaseSettings::default().query_max_range_hours,
+        max_page_bytes: DatabaseSettings::default().query_max_response_bytes,
+        streams: Arc::new(logpipe_common::permits::StreamPermits::new(64, 64)),
         stream: Default::default(),
         group_id: "storage-bench".into(),
         topic: "storage-bench".into(),

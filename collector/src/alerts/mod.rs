@@ -323,18 +323,19 @@ async fn publish_pending(
     producer: &FutureProducer,
     topic: &str,
 ) -> Result<(), OutboxError> {
-    let mut tx = pool.begin().await?;
+    // No transaction is held while Kafka answers: row locks held across a produce (up to its
+    // timeout) would stall the writer's alert updates behind the broker. Two collectors may then
+    // publish one alert twice; it is keyed by its id, as after a crash between produce and mark.
     let alerts: Vec<Alert> = sqlx::query_as(&format!(
         "SELECT {ALERT_COLUMNS} FROM alerts WHERE published_at IS NULL
-          ORDER BY raised_at LIMIT 200 FOR UPDATE SKIP LOCKED"
+          ORDER BY raised_at LIMIT 200"
     ))
-    .fetch_all(&mut *tx)
+    .fetch_all(pool)
     .await?;
     if alerts.is_empty() {
         return Ok(());
     }
-    let mut ids = Vec::with_capacity(alerts.len());
-    for a in &alerts {
+    let sends = alerts.iter().map(|a| async move {
         let payload = serde_json::to_vec(a).expect("alert serializes");
         producer
             .send(
@@ -344,14 +345,26 @@ async fn publish_pending(
                 Duration::from_secs(10),
             )
             .await
-            .map_err(|(e, _)| e)?;
-        ids.push(a.alert_id.as_str());
+            .map(|_| a.alert_id.as_str())
+            .map_err(|(e, _)| e)
+    });
+    let mut ids = Vec::with_capacity(alerts.len());
+    let mut failed = None;
+    for r in futures::future::join_all(sends).await {
+        match r {
+            Ok(id) => ids.push(id),
+            Err(e) => failed = Some(e),
+        }
     }
-    sqlx::query("UPDATE alerts SET published_at = now() WHERE alert_id = ANY($1)")
-        .bind(&ids)
-        .execute(&mut *tx)
-        .await?;
-    tx.commit().await?;
-    tracing::info!(count = ids.len(), "alerts published");
-    Ok(())
+    if !ids.is_empty() {
+        sqlx::query("UPDATE alerts SET published_at = now() WHERE alert_id = ANY($1)")
+            .bind(&ids)
+            .execute(pool)
+            .await?;
+        tracing::info!(count = ids.len(), "alerts published");
+    }
+    match failed {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
+    }
 }

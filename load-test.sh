@@ -72,7 +72,8 @@ trap 'exit 130' INT TERM
 if ! curl -fsS --max-time 2 "$GATEWAY/ready" >/dev/null 2>&1; then
     log "no stack answers at $GATEWAY: starting one (./setup.sh --native --no-generate, run dir $RUN_DIR)"
     STARTED=1
-    setup_log="${TMPDIR:-/tmp}/logpipe-load-setup.log"
+    # Its own file (mode 0600, a fresh name): with --with-keys it holds the keys setup printed.
+    setup_log=$(mktemp "${TMPDIR:-/tmp}/logpipe-load-setup.XXXXXX")
     KEY_ARGS=()
     [ "$KEYS" = 1 ] && KEY_ARGS=(--with-keys)
     LOGPIPE_RUN_DIR=$RUN_DIR bash "$LOGPIPE_ROOT/setup.sh" --native --no-generate "${KEY_ARGS[@]}" >"$setup_log" 2>&1 \

@@ -55,21 +55,87 @@ if [ "$MODE" = auto ]; then
     if command -v docker >/dev/null && docker info >/dev/null 2>&1; then MODE=docker; else MODE=native; fi
 fi
 
+mkdir -p "$RUN_DIR/logs" "$RUN_DIR/pids" "$RUN_DIR/broker-data"
+# The run directory holds the internal token and the key hashes: the operator's alone.
+chmod 700 "$RUN_DIR"
+# The collector and the generator answer only the gateway (and whoever holds this file).
+ensure_internal_token "$RUN_DIR"
+INTERNAL=(--internal-token-file "$RUN_DIR/internal-token")
+
+# make_keys: an admin, an ingest and a read key, printed once at the end, kept as hashes in
+# $keys_file (mode 0600); the admin key is kept in ADMIN_KEY to start generation.
+ADMIN_KEY=${LOGPIPE_ADMIN_KEY:-}
+KEYS_MADE=""
+keys_file="$RUN_DIR/gateway-keys.toml"
+make_keys() {
+    local role key hash
+    (umask 077 && : >"$keys_file")
+    printf '# API keys made by ./setup.sh --with-keys on %s: hashes only.\n[auth]\nkeys = [\n' "$(date -u +%FT%TZ)" >>"$keys_file"
+    for role in admin ingest read; do
+        key="lp_${role}_$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+        hash=$(printf %s "$key" | sha256sum | cut -d' ' -f1)
+        printf '  { name = "%s", sha256 = "%s", scopes = ["%s"] },\n' "$role" "$hash" "$role" >>"$keys_file"
+        KEYS_MADE+=$(printf '  %-10s %s' "$role" "$key")$'\n'
+        [ "$role" = admin ] && ADMIN_KEY=$key
+    done
+    printf ']\n' >>"$keys_file"
+}
+
+# start_generation_through_gateway: the admin key goes to curl on its standard input (`-H @-`),
+# not its command line, which every local user can read.
+start_generation_through_gateway() {
+    local code
+    code=$(printf '%s\n' "${ADMIN_KEY:+authorization: Bearer $ADMIN_KEY}" \
+        | curl -sS -o "$RUN_DIR/logs/start-response.json" -w '%{http_code}' -X POST -H @- \
+            -H 'content-type: application/json' -d "{\"rate_per_second\": $RATE}" \
+            "http://127.0.0.1:$GATEWAY_PORT/api/v1/generator/start")
+    case $code in
+        202) log "generation started at $RATE events/s" ;;
+        409) log "generation already running" ;;
+        401) log "the running gateway needs an admin key to start generation: set LOGPIPE_ADMIN_KEY" ;;
+        *) die "starting generation failed with HTTP $code: $(cat "$RUN_DIR/logs/start-response.json")" ;;
+    esac
+}
+
+print_keys() {
+    [ -n "$KEYS_MADE" ] || return 0
+    printf '\nAPI keys (shown once; only their hashes are kept, in %s):\n%s' "$keys_file" "$KEYS_MADE"
+    printf "  use        curl -H 'authorization: Bearer <key>' http://127.0.0.1:%s/api/v1/stats\n" "$GATEWAY_PORT"
+}
+
 if [ "$MODE" = docker ]; then
     log "Docker engine found: running the stack with docker compose"
-    docker compose up -d --build --wait
-    if [ "$GENERATE" = 1 ]; then
-        curl -fsS -X POST -H 'content-type: application/json' \
-            -d "{\"rate_per_second\": $RATE}" "http://127.0.0.1:$GATEWAY_PORT/api/v1/generator/start" >/dev/null \
-            || log "generation already running or refused; see: curl http://127.0.0.1:$GATEWAY_PORT/api/v1/generator/status"
+    # Containers take the token from their environment (a bind-mounted 0600 file would keep the
+    # host owner, whom the container user is not); Prometheus reads a copy in this run directory.
+    LOGPIPE_INTERNAL_TOKEN=$(cat "$RUN_DIR/internal-token")
+    export LOGPIPE_INTERNAL_TOKEN LOGPIPE_RUN_DIR=$RUN_DIR
+    cp "$RUN_DIR/internal-token" "$RUN_DIR/prometheus-internal-token"
+    chmod 644 "$RUN_DIR/prometheus-internal-token"
+    COMPOSE_FILES=(-f docker-compose.yml)
+    [ "$WITH_KEYS" = 1 ] && make_keys
+    if [ -f "$keys_file" ]; then
+        # Hashes only, readable by the container's user; the directory stays the operator's.
+        chmod 644 "$keys_file"
+        cat >"$RUN_DIR/compose.keys.yml" <<YML
+# Written by ./setup.sh: the gateway with the API keys of $keys_file.
+services:
+  gateway:
+    environment:
+      LOGPIPE_GATEWAY_CONFIG: /etc/logpipe/gateway-keys.toml
+    volumes:
+      - $keys_file:/etc/logpipe/gateway-keys.toml:ro
+YML
+        COMPOSE_FILES+=(-f "$RUN_DIR/compose.keys.yml")
     fi
-    docker compose ps
-    log "stop with: docker compose down"
+    docker compose "${COMPOSE_FILES[@]}" up -d --build --wait
+    if [ "$GENERATE" = 1 ]; then start_generation_through_gateway; fi
+    docker compose "${COMPOSE_FILES[@]}" ps
+    log "console: http://127.0.0.1:$GATEWAY_PORT/   stop with: docker compose down"
+    print_keys
     exit 0
 fi
 
 log "native mode (no Docker engine); run directory: $RUN_DIR"
-mkdir -p "$RUN_DIR/logs" "$RUN_DIR/pids" "$RUN_DIR/broker-data"
 
 ensure_build_deps
 ensure_postgres
@@ -117,32 +183,20 @@ start_service() {
 # stop.sh reads where the collector listens, to wait for it to drain before the broker stops.
 echo "COLLECTOR_PORT=$COLLECTOR_PORT" >"$RUN_DIR/ports.env"
 start_service collector "$COLLECTOR_PORT" --port "$COLLECTOR_PORT" --brokers "$BROKERS" \
-    --database-url "$DATABASE_URL"
+    --database-url "$DATABASE_URL" "${INTERNAL[@]}"
 start_service generator "$GENERATOR_PORT" --port "$GENERATOR_PORT" --brokers "$BROKERS" \
-    --instance-id "gen-$(hostname)-1"
+    --instance-id "gen-$(hostname)-1" "${INTERNAL[@]}"
 # API keys: made only for a gateway this run starts, shown once, kept only as hashes. Once made
 # they stay in force across stop and setup until the file is deleted (a restart never silently
 # reopens a keyed gateway); generation is then started with LOGPIPE_ADMIN_KEY.
-ADMIN_KEY=${LOGPIPE_ADMIN_KEY:-}
 GATEWAY_ARGS=()
-KEYS_MADE=""
-keys_file="$RUN_DIR/gateway-keys.toml"
 if [ "$WITH_KEYS" = 1 ] && ! pid_alive "$RUN_DIR/pids/gateway.pid" logpipe-gateway; then
-    (umask 077 && : >"$keys_file")
-    printf '# API keys made by ./setup.sh --with-keys on %s: hashes only.\n[auth]\nkeys = [\n' "$(date -u +%FT%TZ)" >>"$keys_file"
-    for role in admin ingest read; do
-        key="lp_${role}_$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
-        hash=$(printf %s "$key" | sha256sum | cut -d' ' -f1)
-        printf '  { name = "%s", sha256 = "%s", scopes = ["%s"] },\n' "$role" "$hash" "$role" >>"$keys_file"
-        KEYS_MADE+=$(printf '  %-10s %s' "$role" "$key")$'\n'
-        [ "$role" = admin ] && ADMIN_KEY=$key
-    done
-    printf ']\n' >>"$keys_file"
+    make_keys
 fi
 [ -f "$keys_file" ] && GATEWAY_ARGS=(--config "$keys_file")
 start_service gateway "$GATEWAY_PORT" --port "$GATEWAY_PORT" --brokers "$BROKERS" \
     --generator-urls "http://127.0.0.1:$GENERATOR_PORT" --collector-url "http://127.0.0.1:$COLLECTOR_PORT" \
-    "${GATEWAY_ARGS[@]}"
+    "${INTERNAL[@]}" "${GATEWAY_ARGS[@]}"
 
 for svc in collector:$COLLECTOR_PORT generator:$GENERATOR_PORT gateway:$GATEWAY_PORT; do
     name=${svc%%:*}
@@ -170,8 +224,10 @@ scrape_configs:
   - job_name: gateway
     static_configs: [{ targets: ["127.0.0.1:$GATEWAY_PORT"] }]
   - job_name: generator
+    authorization: { credentials_file: $RUN_DIR/internal-token }
     static_configs: [{ targets: ["127.0.0.1:$GENERATOR_PORT"] }]
   - job_name: collector
+    authorization: { credentials_file: $RUN_DIR/internal-token }
     static_configs: [{ targets: ["127.0.0.1:$COLLECTOR_PORT"] }]
 PROM
         start_bg prometheus "$RUN_DIR/prometheus" "$RUN_DIR/logs/prometheus.log" "$RUN_DIR/pids/prometheus.pid" \
@@ -183,26 +239,15 @@ PROM
     fi
 fi
 
-if [ "$GENERATE" = 1 ]; then
-    auth=()
-    [ -n "$ADMIN_KEY" ] && auth=(-H "authorization: Bearer $ADMIN_KEY")
-    code=$(curl -sS -o "$RUN_DIR/logs/start-response.json" -w '%{http_code}' -X POST \
-        -H 'content-type: application/json' "${auth[@]}" -d "{\"rate_per_second\": $RATE}" \
-        "http://127.0.0.1:$GATEWAY_PORT/api/v1/generator/start")
-    case $code in
-        202) log "generation started at $RATE events/s" ;;
-        409) log "generation already running" ;;
-        401) log "the running gateway needs an admin key to start generation: set LOGPIPE_ADMIN_KEY" ;;
-        *) die "starting generation failed with HTTP $code: $(cat "$RUN_DIR/logs/start-response.json")" ;;
-    esac
-fi
+[ "$GENERATE" = 1 ] && start_generation_through_gateway
 
 cat <<EOF
 
 logpipe is up (native mode).
+  console    http://127.0.0.1:$GATEWAY_PORT/
   gateway    http://127.0.0.1:$GATEWAY_PORT   (pid $(cat "$RUN_DIR/pids/gateway.pid"))
-  generator  http://127.0.0.1:$GENERATOR_PORT   (pid $(cat "$RUN_DIR/pids/generator.pid"))
-  collector  http://127.0.0.1:$COLLECTOR_PORT   (pid $(cat "$RUN_DIR/pids/collector.pid"))$( [ "$PROMETHEUS" = 1 ] && printf '\n  prometheus http://127.0.0.1:%s' "$PROMETHEUS_PORT")
+  generator  http://127.0.0.1:$GENERATOR_PORT   (pid $(cat "$RUN_DIR/pids/generator.pid"); answers the gateway's token only)
+  collector  http://127.0.0.1:$COLLECTOR_PORT   (pid $(cat "$RUN_DIR/pids/collector.pid"); answers the gateway's token only)$( [ "$PROMETHEUS" = 1 ] && printf '\n  prometheus http://127.0.0.1:%s' "$PROMETHEUS_PORT")
   broker     127.0.0.1:$BROKER_PORT  Tansu, $( [ "$DURABLE" = 1 ] && echo "sqlite (durable)" || echo "memory (lost on stop)" ) (pid $(cat "$RUN_DIR/pids/broker.pid"))
   postgres   $DATABASE_URL
   logs       $RUN_DIR/logs/
@@ -213,10 +258,4 @@ EOF
 if [ -z "$KEYS_MADE" ] && [ -f "$keys_file" ]; then
     echo "  API keys   in force from $keys_file (made earlier; delete it for an open local gateway)"
 fi
-if [ -n "$KEYS_MADE" ]; then
-    cat <<EOF
-
-API keys (shown once; only their hashes are kept, in $RUN_DIR/gateway-keys.toml):
-${KEYS_MADE}  use        curl -H 'authorization: Bearer <key>' http://127.0.0.1:$GATEWAY_PORT/api/v1/stats
-EOF
-fi
+print_keys

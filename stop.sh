@@ -13,6 +13,7 @@ cd "$LOGPIPE_ROOT"
 export COMPOSE_PROJECT_NAME=${COMPOSE_PROJECT_NAME:-logpipe}
 
 RUN_DIR=${LOGPIPE_RUN_DIR:-$LOGPIPE_ROOT/.run}
+[ -f "$RUN_DIR/internal-auth.header" ] && export LOGPIPE_INTERNAL_HEADER=$RUN_DIR/internal-auth.header
 DEADLINE=${LOGPIPE_STOP_DEADLINE_SECS:-20}
 
 if [ ! -d "$RUN_DIR/pids" ] || [ -z "$(ls -A "$RUN_DIR/pids" 2>/dev/null)" ]; then
@@ -30,7 +31,7 @@ fi
 # metrics cannot be read at all.
 collector_lag() {
     local body
-    body=$(curl -fsS --max-time 2 "http://127.0.0.1:$1/metrics" 2>/dev/null) || return 0
+    body=$(internal_curl -fsS --max-time 2 "http://127.0.0.1:$1/metrics" 2>/dev/null) || return 0
     awk '/^collector_consumer_lag\{/ { sum += $2; n++ }
          END { if (n > 0) printf "%d %d\n", sum, n; else print "none" }' <<<"$body"
 }

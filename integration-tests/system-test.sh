@@ -98,6 +98,25 @@ if ! bash "$ROOT/setup.sh" --native --rate 500 --with-prometheus; then
 fi
 check "setup.sh exits 0" true
 
+# One door: the collector and the generator answer only the gateway's internal token, which
+# lives in a file of the run directory that no other user can read, and on no command line.
+export LOGPIPE_INTERNAL_HEADER=$LOGPIPE_RUN_DIR/internal-auth.header
+code_of() { curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$@"; }
+check "the collector answers 401 to a query without the internal token" \
+    test "$(code_of "http://127.0.0.1:$LOGPIPE_COLLECTOR_PORT/api/v1/stats")" = 401
+check "the collector answers 401 to a filter reload without the internal token" \
+    test "$(code_of -X POST "http://127.0.0.1:$LOGPIPE_COLLECTOR_PORT/admin/filters/reload")" = 401
+check "the generator answers 401 to a start without the internal token" \
+    test "$(code_of -X POST -H 'content-type: application/json' -d '{}' "http://127.0.0.1:$LOGPIPE_GENERATOR_PORT/api/v1/generator/start")" = 401
+check "the collector answers its token" \
+    test "$(internal_curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$LOGPIPE_COLLECTOR_PORT/api/v1/stats")" = 200
+check "the internal token file is mode 600 in a directory of mode 700" \
+    test "$(stat -c %a "$LOGPIPE_RUN_DIR/internal-token") $(stat -c %a "$LOGPIPE_RUN_DIR")" = "600 700"
+check "another local user cannot read the internal token" \
+    bash -c "! runuser -u nobody -- cat '$LOGPIPE_RUN_DIR/internal-token' >/dev/null 2>&1"
+check "no process's command line holds the internal token" \
+    bash -c "! grep -qsFf '$LOGPIPE_RUN_DIR/internal-token' /proc/[0-9]*/cmdline"
+
 rows() { psql "$DB_URL" -tAc "SELECT count(*) FROM log_events" 2>/dev/null || echo 0; }
 first=0
 for _ in $(seq 1 60); do
@@ -207,7 +226,7 @@ curl -fsS -o /dev/null -H 'content-type: application/json' \
 marker_stored() { [ "$(psql "$DB_URL" -tAc "SELECT count(*) FROM log_events WHERE event_id = '$marker_id'" 2>/dev/null)" = 1 ]; }
 check "a marker sent after them is stored within 20 s" wait_true marker_stored
 check "the collector stays ready after them" \
-    test "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$LOGPIPE_COLLECTOR_PORT/ready")" = 200
+    test "$(internal_curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$LOGPIPE_COLLECTOR_PORT/ready")" = 200
 
 check "stop.sh exits 0" bash "$ROOT/stop.sh"
 alive=""

@@ -183,10 +183,34 @@ wait_port() {
     return 1
 }
 
+# ensure_internal_token DIR: the token the gateway presents to the collector and the generator
+# (DIR/internal-token, 64 hex digits) and the same as a curl header file
+# (DIR/internal-auth.header), both mode 0600, made once and kept; nothing prints them. Exports
+# LOGPIPE_INTERNAL_HEADER so internal_curl and wait_http send it.
+ensure_internal_token() {
+    local dir=$1
+    if [ ! -s "$dir/internal-token" ]; then
+        (umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$dir/internal-token")
+    fi
+    chmod 600 "$dir/internal-token"
+    (umask 077 && printf 'Authorization: Bearer %s\n' "$(cat "$dir/internal-token")" >"$dir/internal-auth.header")
+    export LOGPIPE_INTERNAL_HEADER=$dir/internal-auth.header
+}
+
+# internal_curl ARGS...: curl with the internal token's header when this stack has one (the token
+# goes through a file, never onto a command line other users can read).
+internal_curl() {
+    if [ -n "${LOGPIPE_INTERNAL_HEADER:-}" ] && [ -f "$LOGPIPE_INTERNAL_HEADER" ]; then
+        curl -H @"$LOGPIPE_INTERNAL_HEADER" "$@"
+    else
+        curl "$@"
+    fi
+}
+
 wait_http() {
     local url=$1 secs=${2:-60}
     for _ in $(seq 1 $((secs * 2))); do
-        curl -fsS -o /dev/null --max-time 2 "$url" 2>/dev/null && return 0
+        internal_curl -fsS -o /dev/null --max-time 2 "$url" 2>/dev/null && return 0
         sleep 0.5
     done
     return 1

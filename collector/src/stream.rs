@@ -816,6 +816,45 @@ mod tests {
     }
 
     #[test]
+    fn a_resume_point_is_refused_unless_this_collector_could_have_sent_it() {
+        let stored = pos("0:100,1:50").offsets;
+        let old_ends = BTreeMap::from([(1, 400)]);
+        for ok in ["0:100,1:50;r2", "0:0", "", "1:400;r1"] {
+            assert!(pos(ok).check_within(&stored, &old_ends, 2).is_ok(), "{ok}");
+        }
+        for (forged, says) in [
+            ("0:101", "past what was stored"),
+            ("1:401", "past what was stored"),
+            ("7:0", "partition 7"),
+            ("0:1;r3", "r3"),
+        ] {
+            let err = pos(forged).check_within(&stored, &old_ends, 2).unwrap_err();
+            assert!(err.contains(says), "{forged}: {err}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever position a client sends, a position the check accepts reads at most what
+        /// was stored since it, within the scan cap.
+        #[test]
+        fn an_accepted_position_never_reads_past_the_stored_offsets(
+            offsets in proptest::collection::btree_map(0i32..4, 0i64..1_000, 0..4),
+            stored in proptest::collection::btree_map(0i32..4, 0i64..1_000, 0..4),
+        ) {
+            let p = Position { offsets, reset: 0 };
+            if p.check_within(&stored, &BTreeMap::new(), 0).is_ok() {
+                let a = p.advance(&stored, &BTreeMap::new(), 500);
+                for r in &a.ranges {
+                    proptest::prop_assert!(r.to <= stored[&r.partition]);
+                    proptest::prop_assert!(r.from >= *p.offsets.get(&r.partition).unwrap_or(&0));
+                }
+                let read: i64 = a.ranges.iter().map(|r| r.to - r.from).sum();
+                proptest::prop_assert!(read <= 500 + a.ranges.len() as i64);
+            }
+        }
+    }
+
+    #[test]
     fn a_resume_point_too_far_behind_keeps_the_newest_records_and_counts_the_rest() {
         let stored = pos("0:1000,1:1000").offsets;
         let a = pos("0:0,1:900").advance(&stored, &BTreeMap::new(), 200);

@@ -3,6 +3,9 @@
 //! file (`--internal-token-file`, `LOGPIPE_INTERNAL_TOKEN_FILE`), never from a command line, where
 //! any local user could read it.
 //!
+//! In containers it comes from `LOGPIPE_INTERNAL_TOKEN` instead (compose passes it; a bind-mounted
+//! file keeps the host owner, whom the container's user is not).
+//!
 //! A service started with a token answers only requests that send it as
 //! `Authorization: Bearer <token>` (what Prometheus sends with `authorization.credentials_file`),
 //! except `GET /health`, which says nothing but "alive". A service started without one serves
@@ -87,9 +90,17 @@ impl InternalToken {
         InternalToken::new(&text)
     }
 
-    /// The optional file, as the configs carry it.
+    /// The file, when the config names one; else `LOGPIPE_INTERNAL_TOKEN` from the environment
+    /// (containers: other users cannot read a process's environment, as they can its command
+    /// line); else none.
     pub fn load(path: Option<&Path>) -> Result<InternalToken, ConfigError> {
-        path.map_or(Ok(InternalToken::none()), InternalToken::from_file)
+        match path {
+            Some(p) => InternalToken::from_file(p),
+            None => match std::env::var("LOGPIPE_INTERNAL_TOKEN") {
+                Ok(t) if !t.trim().is_empty() => InternalToken::new(&t),
+                _ => Ok(InternalToken::none()),
+            },
+        }
     }
 
     pub fn is_set(&self) -> bool {

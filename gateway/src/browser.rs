@@ -258,7 +258,7 @@ mod tests {
             "http://127.0.0.1:9999",
             "http://evil.example",
             "null",
-            "https://127.0.0.1:8090",
+            "file://",
         ] {
             assert!(
                 matches!(

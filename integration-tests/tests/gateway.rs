@@ -61,6 +61,7 @@ async fn start_with_an_out_of_range_rate_returns_422_naming_the_field() {
 
     let resp = client
         .post(gateway.url("/api/v1/generator/start"))
+        .header("content-type", "application/json")
         .body("{oops")
         .send()
         .await

@@ -108,13 +108,17 @@ impl Stack {
     }
 
     pub async fn collector_metrics(&self) -> anyhow::Result<CollectorMetrics> {
-        let text = self
-            .http
-            .get(format!("{}/metrics", self.args.collector))
-            .send()
-            .await?
-            .text()
-            .await?;
+        let mut req = self.http.get(format!("{}/metrics", self.args.collector));
+        // A stack setup.sh started answers only its internal token (run dir, mode 0600).
+        if let Some(token) = self
+            .args
+            .run_dir
+            .as_ref()
+            .and_then(|d| std::fs::read_to_string(d.join("internal-token")).ok())
+        {
+            req = req.bearer_auth(token.trim());
+        }
+        let text = req.send().await?.text().await?;
         Ok(parse_metrics(&text))
     }
 

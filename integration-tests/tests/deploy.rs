@@ -223,4 +223,52 @@ fn compose_publishes_ports_on_loopback_only_and_never_the_generator_or_collector
         );
     }
     assert!(published.iter().any(|n| n == "gateway"), "{published:?}");
+    published.sort();
+    published.dedup();
+    assert_eq!(
+        published,
+        ["gateway", "grafana", "prometheus", "zipkin"],
+        "only the gateway and the dashboards publish a port"
+    );
+}
+
+#[test]
+fn compose_keeps_the_workers_and_stores_on_an_internal_network_behind_the_internal_token() {
+    let compose = read("docker-compose.yml");
+    let mut service = String::new();
+    let mut networks = std::collections::BTreeMap::new();
+    let mut in_services = false;
+    for line in compose.lines() {
+        if !line.starts_with(' ') && !line.is_empty() {
+            in_services = line == "services:";
+        }
+        if let Some(name) = line.strip_prefix("  ").and_then(|l| l.strip_suffix(':')) {
+            if in_services && !name.starts_with(' ') {
+                service = name.to_owned();
+            }
+        }
+        if let Some(n) = line.trim().strip_prefix("networks:") {
+            if in_services && !n.trim().is_empty() {
+                networks.insert(service.clone(), n.trim().to_owned());
+            }
+        }
+    }
+    for worker in ["collector", "generator", "kafka", "redis", "postgres"] {
+        assert_eq!(
+            networks.get(worker).map(String::as_str),
+            Some("[backend]"),
+            "{worker} must sit on the internal network only"
+        );
+    }
+    assert!(
+        compose.contains("  backend:\n    internal: true"),
+        "the backend network must have no route out"
+    );
+    assert!(compose.contains("LOGPIPE_INTERNAL_TOKEN: ${LOGPIPE_INTERNAL_TOKEN:?"));
+    let prometheus = read("deploy/prometheus/prometheus.yml");
+    assert_eq!(
+        prometheus.matches("credentials_file").count(),
+        2,
+        "Prometheus scrapes the collector and the generator with the token"
+    );
 }

@@ -137,6 +137,7 @@ async fn oversized_bodies_and_unknown_routes_get_json_errors() {
     let client = reqwest::Client::new();
     let resp = client
         .post(gateway.url("/api/v1/generator/start"))
+        .header("content-type", "application/json")
         .body(vec![b' '; 4096])
         .send()
         .await

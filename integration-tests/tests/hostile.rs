@@ -153,7 +153,7 @@ async fn every_api_route_refuses_missing_wrong_and_wrong_scope_keys_and_none_is_
 async fn trickle(addr: std::net::SocketAddr) -> String {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     s.write_all(
-        b"POST /api/v1/logs HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 4000\r\n\r\n",
+        b"POST /api/v1/logs HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: 4000\r\n\r\n",
     )
     .await
     .unwrap();
@@ -183,7 +183,7 @@ async fn trickle(addr: std::net::SocketAddr) -> String {
 async fn head_only(addr: std::net::SocketAddr, len: usize) -> String {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     let head = format!(
-        "POST /api/v1/logs HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {len}\r\n\r\n"
+        "POST /api/v1/logs HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: {len}\r\n\r\n"
     );
     s.write_all(head.as_bytes()).await.unwrap();
     let mut answer = Vec::new();
@@ -535,4 +535,387 @@ async fn a_client_over_its_ingest_limit_is_refused_before_its_body_is_read() {
         started.elapsed()
     );
     gw.stop().await;
+}
+
+// ---- Doors around the gateway (issue 29): each request below got in before; now it is refused.
+
+/// An internal token in a file of mode 0600, as setup makes it.
+fn token_file(name: &str) -> (std::path::PathBuf, String) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("logpipe-{name}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("internal-token");
+    let token = format!("{:064x}", rand::random::<u128>());
+    std::fs::write(&path, &token).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    (path, token)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_collector_and_generator_answer_only_the_gateways_internal_token() {
+    let name = it::unique("onedoor");
+    let (path, token) = token_file(&name);
+    let mut cc = it::collector_config(&name, 1);
+    cc.internal_token_file = Some(path.clone());
+    let (collector, _) = it::start_collector(cc).await;
+    let mut gc = it::generator_config(&name, 1);
+    gc.internal_token_file = Some(path.clone());
+    let generator = it::start_generator(gc).await;
+    let mut config = it::gateway_config(&name);
+    config.generator_urls = vec![generator.url("")];
+    config.collector_url = collector.url("");
+    config.internal_token_file = Some(path.clone());
+    let gateway = it::start_gateway(config).await;
+    let client = reqwest::Client::new();
+
+    // Around the gateway: refused with and without a wrong token; `/health` alone answers.
+    for bearer in [None, Some("0".repeat(64)), Some(format!("{token}0"))] {
+        for (method, url) in [
+            ("GET", collector.url("/api/v1/stats")),
+            ("GET", collector.url("/api/v1/events")),
+            ("GET", collector.url("/api/v1/events/stream")),
+            ("POST", collector.url("/admin/filters/reload")),
+            ("GET", collector.url("/metrics")),
+            ("GET", collector.url("/ready")),
+            ("POST", generator.url("/api/v1/generator/start")),
+            ("POST", generator.url("/api/v1/generator/stop")),
+            ("GET", generator.url("/metrics")),
+        ] {
+            let mut req = client.request(method.parse().unwrap(), &url);
+            if let Some(b) = &bearer {
+                req = req.bearer_auth(b);
+            }
+            let r = req.send().await.unwrap();
+            assert_eq!(r.status(), 401, "{method} {url} with {bearer:?}");
+            let body: Value = r.json().await.unwrap();
+            assert_eq!(body["error"], "unauthorized");
+        }
+    }
+    for url in [collector.url("/health"), generator.url("/health")] {
+        assert_eq!(client.get(&url).send().await.unwrap().status(), 200);
+    }
+    // With the token (what the gateway and Prometheus send).
+    let r = client
+        .get(collector.url("/metrics"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // Through the gateway: it presents the token.
+    let r = client
+        .get(gateway.url("/api/v1/stats"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let r = client
+        .get(gateway.url("/api/v1/generator/status"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let status: Value = r.json().await.unwrap();
+    assert_eq!(status["instances_reachable"], 1, "{status}");
+
+    gateway.stop().await;
+    generator.stop().await;
+    let pool = it::schema_pool(&name).await;
+    collector.stop().await;
+    it::drop_schema(&pool, &name).await;
+    let _ = std::fs::remove_dir_all(path.parent().unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_web_page_cannot_drive_the_gateway_nor_frame_its_console() {
+    let name = it::unique("browser");
+    let gateway = it::start_gateway(it::gateway_config(&name)).await;
+    let client = reqwest::Client::new();
+    let port = gateway.url("").rsplit(':').next().unwrap().to_owned();
+    let post = |path: &str, headers: &[(&str, &str)], body: &'static str| {
+        let mut req = client.post(gateway.url(path)).body(body);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        req.send()
+    };
+    let status_and_error = |r: reqwest::Response| async move {
+        let s = r.status().as_u16();
+        let body: Value = r.json().await.unwrap_or(Value::Null);
+        (s, body["error"].as_str().unwrap_or("").to_owned())
+    };
+    let json = ("content-type", "application/json");
+    // What pages on other origins send, each refused before it reaches a handler.
+    let cases: Vec<(&str, Vec<(&str, &str)>, &'static str, u16, &str)> = vec![
+        // A cross-origin `fetch(..., {mode: "no-cors", method: "POST"})` starting generation.
+        (
+            "/api/v1/generator/start",
+            vec![("origin", "http://127.0.0.1:9999")],
+            "",
+            403,
+            "cross_origin",
+        ),
+        (
+            "/api/v1/generator/start",
+            vec![json, ("origin", "https://evil.example")],
+            "{\"rate_per_second\":1000000}",
+            403,
+            "cross_origin",
+        ),
+        (
+            "/api/v1/generator/stop",
+            vec![("origin", "null")],
+            "",
+            403,
+            "cross_origin",
+        ),
+        // A form post: no Origin (an old browser or a stripped one), but fetch metadata.
+        (
+            "/api/v1/generator/stop",
+            vec![("sec-fetch-site", "cross-site")],
+            "",
+            403,
+            "cross_origin",
+        ),
+        // A text/plain FATAL line injected from a page.
+        (
+            "/api/v1/logs",
+            vec![
+                ("content-type", "text/plain"),
+                ("origin", "http://evil.example"),
+            ],
+            "<14>1 2026-01-01T00:00:00Z h app - - - FATAL",
+            403,
+            "cross_origin",
+        ),
+        (
+            "/api/v1/logs",
+            vec![
+                ("content-type", "text/plain"),
+                ("sec-fetch-mode", "no-cors"),
+            ],
+            "<14>1 2026-01-01T00:00:00Z h app - - - FATAL",
+            415,
+            "unsupported_media_type",
+        ),
+        // A control body that is not JSON (the simple-request content types).
+        (
+            "/api/v1/generator/start",
+            vec![("content-type", "text/plain")],
+            "{}",
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "/api/v1/generator/start",
+            vec![("content-type", "application/x-www-form-urlencoded")],
+            "a=1",
+            415,
+            "unsupported_media_type",
+        ),
+    ];
+    for (path, headers, body, want, error) in cases {
+        let (s, e) = status_and_error(post(path, &headers, body).await.unwrap()).await;
+        assert_eq!((s, e.as_str()), (want, error), "{path} {headers:?}");
+    }
+    // DNS rebinding: a page at attacker.example that now resolves to 127.0.0.1 sends its own
+    // name as Host, on reads too.
+    for path in ["/api/v1/events", "/", "/api/v1/generator/status"] {
+        let r = client
+            .get(gateway.url(path))
+            .header("host", format!("attacker.example:{port}"))
+            .send()
+            .await
+            .unwrap();
+        let (s, e) = status_and_error(r).await;
+        assert_eq!((s, e.as_str()), (421, "host_not_allowed"), "{path}");
+    }
+    // The console: its own scripts only, in no frame.
+    let r = client.get(gateway.url("/")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let h = r.headers();
+    let csp = h["content-security-policy"].to_str().unwrap();
+    assert!(
+        csp.contains("frame-ancestors 'none'") && csp.contains("script-src 'self'"),
+        "{csp}"
+    );
+    assert_eq!(h["x-frame-options"], "DENY");
+    assert_eq!(h["x-content-type-options"], "nosniff");
+    // The same requests without a browser's marks (curl, a shipper) still work.
+    let r = post(
+        "/api/v1/logs?service=app",
+        &[("content-type", "text/plain")],
+        "<14>1 2026-01-01T00:00:00Z h app - - - hello",
+    )
+    .await
+    .unwrap();
+    assert_ne!(r.status(), 415);
+    assert_ne!(r.status(), 403);
+    let same_origin = format!("http://127.0.0.1:{port}");
+    let r = post(
+        "/api/v1/generator/stop",
+        &[("origin", same_origin.as_str())],
+        "",
+    )
+    .await
+    .unwrap();
+    assert_ne!(r.status(), 403, "the console's own page may");
+    let m = gateway.metrics().await;
+    assert!(
+        m.contains("gateway_browser_refusals_total{reason=\"cross_origin\"}"),
+        "{m}"
+    );
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_key_can_neither_hold_every_stream_nor_make_a_page_the_size_of_memory() {
+    let name = it::unique("boundedreads");
+    let mut cc = it::collector_config(&name, 1);
+    cc.database.query_max_response_bytes = 1024 * 1024;
+    cc.stream.max_streams_per_client = 3;
+    let kafka = cc.kafka.clone();
+    let (collector, _) = it::start_collector(cc).await;
+    let mut config = it::gateway_config(&name);
+    config.collector_url = collector.url("");
+    config.console.max_streams_per_client = 2;
+    config.auth.keys = vec![
+        key("reader-one", Scope::Read),
+        key("reader-two", Scope::Read),
+    ];
+    let gateway = it::start_gateway(config).await;
+    let client = reqwest::Client::new();
+    let get = |path: &str, key: &str| client.get(gateway.url(path)).bearer_auth(key).send();
+
+    // 30 events whose 32,000-character messages are control characters: each escapes to six
+    // bytes of JSON, 192 KB an event, 5.8 MB in all.
+    let producer = it::producer(&kafka);
+    let events: Vec<logpipe_common::LogEvent> = (0..30)
+        .map(|i| logpipe_common::LogEvent {
+            event_id: format!("{name}-{i:03}"),
+            timestamp: chrono::Utc::now(),
+            level: logpipe_common::Level::Info,
+            service: "big".into(),
+            component: "c".into(),
+            host: "h".into(),
+            message: "\u{1}".repeat(32_000),
+            trace_id: None,
+            span_id: None,
+            attributes: Default::default(),
+        })
+        .collect();
+    it::produce_events(&producer, &kafka.raw_topic, &events).await;
+    let pool = it::schema_pool(&name).await;
+    it::wait_scalar(&pool, "SELECT count(*) FROM log_events", 30, WAIT).await;
+
+    // The largest page a client may ask for ends at the byte cap, with a cursor to the rest;
+    // following the cursors reads every event exactly once.
+    let mut seen = BTreeSet::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/api/v1/events?limit=1000&cursor={c}&service=big"),
+            None => "/api/v1/events?limit=1000&service=big".to_owned(),
+        };
+        let r = get(&path, "reader-one").await.unwrap();
+        assert_eq!(r.status(), 200);
+        let body = r.bytes().await.unwrap();
+        assert!(
+            body.len() <= 1024 * 1024 + 200_000,
+            "a page of {} bytes",
+            body.len()
+        );
+        let page: Value = serde_json::from_slice(&body).unwrap();
+        for e in page["events"].as_array().unwrap() {
+            assert!(
+                seen.insert(e["event_id"].as_str().unwrap().to_owned()),
+                "{e}"
+            );
+        }
+        pages += 1;
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 30);
+    assert!(pages >= 5, "{pages} pages for 5.8 MB at 1 MiB a page");
+
+    // Streams: one key holds at most its share; another key still gets one.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let r = get("/api/v1/events/stream", "reader-one").await.unwrap();
+        assert_eq!(r.status(), 200);
+        held.push(r);
+    }
+    let r = get("/api/v1/events/stream", "reader-one").await.unwrap();
+    assert_eq!(r.status(), 429);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "too_many_client_streams");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("max_streams_per_client"),
+        "{body}"
+    );
+    let r = get("/api/v1/events/stream", "reader-two").await.unwrap();
+    assert_eq!(r.status(), 200, "another key still gets a stream");
+    held.push(r);
+    drop(held);
+    // The collector keeps its own count per client, as the gateway names it.
+    let mut direct = Vec::new();
+    for _ in 0..3 {
+        let r = client
+            .get(collector.url("/api/v1/events/stream"))
+            .header("x-logpipe-client", "key:someone")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        direct.push(r);
+    }
+    let r = client
+        .get(collector.url("/api/v1/events/stream"))
+        .header("x-logpipe-client", "key:someone")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    drop(direct);
+
+    // A forged resume point is refused, not scanned from.
+    for forged in ["0:999999999", "5:0", "0:0;r77"] {
+        let r = client
+            .get(gateway.url("/api/v1/events/stream"))
+            .bearer_auth("reader-two")
+            .header("last-event-id", forged)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{forged}");
+        let body: Value = r.json().await.unwrap();
+        assert!(
+            body["detail"].as_str().unwrap().contains("Last-Event-ID"),
+            "{body}"
+        );
+    }
+    // A filtered page over years is a scan: capped like the others.
+    let r = get(
+        "/api/v1/events?service=big&from=2000-01-01T00:00:00Z",
+        "reader-two",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 400);
+    // A value the database cannot take is the client's 400, and no SQL text leaves.
+    let r = get("/api/v1/stats/%00", "reader-two").await.unwrap();
+    assert_eq!(r.status(), 400);
+    let text = r.text().await.unwrap();
+    assert!(!text.contains("SQL") && !text.contains("0x00"), "{text}");
+
+    gateway.stop().await;
+    collector.stop().await;
+    it::drop_schema(&pool, &name).await;
 }

@@ -577,7 +577,7 @@ pub async fn events(
 /// The events page as JSON, written as rows arrive: at most `limit` events and, after the first,
 /// only while the page stays within `max_bytes`. A page cut short by either names the cursor of its
 /// last event, so nothing is skipped; the rows not read stay in the database, not in memory.
-async fn page_within<'r>(
+async fn page_within(
     mut rows: impl futures::Stream<Item = Result<sqlx::postgres::PgRow, sqlx::Error>> + Unpin,
     limit: i64,
     max_bytes: usize,

@@ -646,7 +646,9 @@ async fn a_web_page_cannot_drive_the_gateway_nor_frame_its_console() {
     };
     let json = ("content-type", "application/json");
     // What pages on other origins send, each refused before it reaches a handler.
-    let cases: Vec<(&str, Vec<(&str, &str)>, &'static str, u16, &str)> = vec![
+    // (path, headers, body, status, error)
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'static str, u16, &'a str);
+    let cases: Vec<Case<'_>> = vec![
         // A cross-origin `fetch(..., {mode: "no-cors", method: "POST"})` starting generation.
         (
             "/api/v1/generator/start",

@@ -132,5 +132,5 @@ try {
   await browser.close();
 }
 console.log(`screenshots in ${SHOTS}`);
-console.log(`console-test: ${passed} passed, ${failed} failed`);
+console.log(`console-page: ${passed} passed, ${failed} failed`);
 process.exit(failed === 0 ? 0 : 1);

@@ -228,6 +228,37 @@ check "a marker sent after them is stored within 20 s" wait_true marker_stored
 check "the collector stays ready after them" \
     test "$(internal_curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$LOGPIPE_COLLECTOR_PORT/ready")" = 200
 
+# The largest reads a client may ask for, against the real stack: 1,200 events whose 32,000-character
+# messages are control characters (six bytes each in JSON: 192 KB an event), then eight clients
+# asking for 1,000 of them at once, three times. Before pages were bounded in bytes, one such page
+# was 192 MB, and eight of them took each of the gateway and the collector past 1.5 GiB.
+big_body=$LOGPIPE_RUN_DIR/big-events.json
+python3 -c '
+import json, sys
+msg = "\x01" * 32000
+print(json.dumps([{"timestamp": "'"$(date -u +%Y-%m-%dT%H:%M:%SZ)"'", "level": "INFO", "service": "big-reads", "message": msg} for _ in range(20)]))' >"$big_body"
+big_ok=1
+for _ in $(seq 1 60); do
+    [ "$(curl -s -o /dev/null -w '%{http_code}' -H 'content-type: application/json' --data-binary @"$big_body" "$GATEWAY/api/v1/logs")" = 202 ] || big_ok=0
+done
+rm -f "$big_body"
+check "1,200 events of 192 KB each are accepted" test "$big_ok" = 1
+big_stored() { [ "$(psql "$DB_URL" -tAc "SELECT count(*) FROM log_events WHERE service = 'big-reads'" 2>/dev/null)" = 1200 ]; }
+check "and stored" wait_true big_stored
+rss_kib() { awk '/^VmRSS/ { print $2 }' "/proc/$(cat "$LOGPIPE_RUN_DIR/pids/$1.pid")/status"; }
+peak_kib() { awk '/^VmHWM/ { print $2 }' "/proc/$(cat "$LOGPIPE_RUN_DIR/pids/$1.pid")/status"; }
+gw_before=$(rss_kib gateway); col_before=$(rss_kib collector)
+page_bytes=$(curl -s -o /dev/null -w '%{size_download}' "$GATEWAY/api/v1/events?service=big-reads&limit=1000")
+for _ in 1 2 3; do
+    for _ in $(seq 1 8); do curl -s -o /dev/null "$GATEWAY/api/v1/events?service=big-reads&limit=1000" & done
+    wait
+done
+gw_peak=$(peak_kib gateway); col_peak=$(peak_kib collector)
+echo "# largest page: $page_bytes bytes; RSS before (KiB): gateway $gw_before, collector $col_before; peak after 24 such reads: gateway $gw_peak, collector $col_peak"
+check "a page of limit=1000 such events is at most 4 MiB and some ($page_bytes bytes)" test "$page_bytes" -le 4400000
+check "eight clients reading the largest pages leave the gateway under 256 MiB ($gw_peak KiB at peak)" test "$gw_peak" -lt 262144
+check "and the collector under 256 MiB ($col_peak KiB at peak)" test "$col_peak" -lt 262144
+
 check "stop.sh exits 0" bash "$ROOT/stop.sh"
 alive=""
 for pid in $pids_after; do kill -0 "$pid" 2>/dev/null && alive="$alive $pid"; done

@@ -70,6 +70,10 @@ else
     command -v docker-compose >/dev/null || apt_install docker-compose
     COMPOSE=(docker-compose)
 fi
+# Compose refuses to run without the internal token (setup.sh exports it); with one it is valid.
+check "${COMPOSE[*]} config refuses docker-compose.yml without an internal token" \
+    bash -c "! env -u LOGPIPE_INTERNAL_TOKEN ${COMPOSE[*]} -f '$ROOT/docker-compose.yml' config -q >/dev/null 2>&1"
+export LOGPIPE_INTERNAL_TOKEN=0000000000000000000000000000000000000000000000000000000000000000
 check "${COMPOSE[*]} config accepts docker-compose.yml" "${COMPOSE[@]}" -f "$ROOT/docker-compose.yml" config -q
 # What `config` resolved: the scaled services publish no fixed host port (two replicas could not).
 scaled_without_ports() {
@@ -86,6 +90,7 @@ sys.exit(1 if bad else 0)'
 }
 check "the services scaled with --scale collector=3 --scale generator=2 publish no fixed host ports" \
     scaled_without_ports
+unset LOGPIPE_INTERNAL_TOKEN
 
 # A clean database each run, so counts mean this run.
 ensure_postgres
@@ -250,8 +255,12 @@ peak_kib() { awk '/^VmHWM/ { print $2 }' "/proc/$(cat "$LOGPIPE_RUN_DIR/pids/$1.
 gw_before=$(rss_kib gateway); col_before=$(rss_kib collector)
 page_bytes=$(curl -s -o /dev/null -w '%{size_download}' "$GATEWAY/api/v1/events?service=big-reads&limit=1000")
 for _ in 1 2 3; do
-    for _ in $(seq 1 8); do curl -s -o /dev/null "$GATEWAY/api/v1/events?service=big-reads&limit=1000" & done
-    wait
+    readers=()
+    for _ in $(seq 1 8); do
+        curl -s -o /dev/null --max-time 60 "$GATEWAY/api/v1/events?service=big-reads&limit=1000" &
+        readers+=($!)
+    done
+    wait "${readers[@]}"
 done
 gw_peak=$(peak_kib gateway); col_peak=$(peak_kib collector)
 echo "# largest page: $page_bytes bytes; RSS before (KiB): gateway $gw_before, collector $col_before; peak after 24 such reads: gateway $gw_peak, collector $col_peak"

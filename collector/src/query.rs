@@ -561,9 +561,7 @@ pub async fn events(
         cursor: p.cursor()?,
         limit: p.limit()?,
     };
-    let mut q = events_query("", &filter);
-    let rows = q.build().fetch(s.db.query_pool());
-    let body = page_within(rows, filter.limit, s.max_page_bytes).await?;
+    let body = page_within(&s, filter, s.max_page_bytes).await?;
     Ok((
         [(
             axum::http::header::CONTENT_TYPE,
@@ -574,40 +572,65 @@ pub async fn events(
         .into_response())
 }
 
-/// The events page as JSON, written as rows arrive: at most `limit` events and, after the first,
-/// only while the page stays within `max_bytes`. A page cut short by either names the cursor of its
-/// last event, so nothing is skipped; the rows not read stay in the database, not in memory.
+/// Rows read by a page's first query: one query for the default page, and at most this many rows
+/// held at once however large each is.
+const FIRST_CHUNK: i64 = 64;
+
+/// The events page as JSON: at most `filter.limit` events and, after the first, only while the
+/// page stays within `max_bytes`. A page cut short by either names the cursor of its last event,
+/// so nothing is skipped. Rows are read in chunks continued from the last one read, each sized by
+/// what rows cost so far: a page of large events reads about as many rows as it sends, not
+/// `limit` of them.
 async fn page_within(
-    mut rows: impl futures::Stream<Item = Result<sqlx::postgres::PgRow, sqlx::Error>> + Unpin,
-    limit: i64,
+    s: &AppState,
+    filter: EventsFilter,
     max_bytes: usize,
 ) -> Result<Vec<u8>, ApiError> {
-    use futures::TryStreamExt as _;
+    let limit = filter.limit;
     let mut out = Vec::with_capacity(4096);
     out.extend_from_slice(b"{\"events\":[");
     let mut taken = 0i64;
     let mut last: Option<(DateTime<Utc>, String)> = None;
     let mut more = false;
     let mut event = Vec::new();
-    while let Some(r) = rows.try_next().await? {
+    let mut chunk = limit.min(FIRST_CHUNK);
+    'pages: loop {
+        let f = EventsFilter {
+            limit: chunk,
+            cursor: last.clone().or_else(|| filter.cursor.clone()),
+            ..filter.clone()
+        };
+        // `limit + 1` rows: the extra one says whether more follow.
+        let rows = events_query("", &f)
+            .build()
+            .fetch_all(s.db.query_pool())
+            .await?;
+        for r in rows.iter().take(chunk as usize) {
+            let e = StoredEvent::from_row(r)?;
+            event.clear();
+            serde_json::to_writer(&mut event, &e)
+                .map_err(|e| ApiError::Internal(format!("an event did not encode: {e}")))?;
+            if taken > 0 && out.len() + event.len() + 64 > max_bytes {
+                more = true;
+                break 'pages;
+            }
+            if taken > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(&event);
+            taken += 1;
+            last = Some((e.timestamp, e.event_id));
+        }
+        if rows.len() as i64 <= chunk {
+            break;
+        }
         if taken == limit {
             more = true;
             break;
         }
-        let e = StoredEvent::from_row(&r)?;
-        event.clear();
-        serde_json::to_writer(&mut event, &e)
-            .map_err(|e| ApiError::Internal(format!("an event did not encode: {e}")))?;
-        if taken > 0 && out.len() + event.len() + 64 > max_bytes {
-            more = true;
-            break;
-        }
-        if taken > 0 {
-            out.push(b',');
-        }
-        out.extend_from_slice(&event);
-        taken += 1;
-        last = Some((e.timestamp, e.event_id));
+        let per_row = (out.len() / taken.max(1) as usize).max(1);
+        let room = (max_bytes.saturating_sub(out.len()) / per_row) as i64 + 1;
+        chunk = (limit - taken).min(room).max(1);
     }
     out.extend_from_slice(b"],\"next_cursor\":");
     match last.filter(|_| more) {

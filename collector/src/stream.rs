@@ -394,7 +394,9 @@ fn messages(
     permit: Permit,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     // Holds the stream's slot until the client goes.
-    struct Guard(#[allow(dead_code)] Permit);
+    struct Guard {
+        _slot: Permit,
+    }
     impl Drop for Guard {
         fn drop(&mut self) {
             crate::telemetry::stream_closed();

@@ -403,7 +403,7 @@ fn messages(
         }
     }
     let batches = stream::unfold(
-        (rx, ended, Guard(permit)),
+        (rx, ended, Guard { _slot: permit }),
         |(mut rx, ended, guard)| async move {
             match rx.recv().await {
                 Some(batch) => Some((batch, (rx, ended, guard))),

@@ -18,7 +18,7 @@ use logpipe_common::permits::Refused;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ApiError, ErrorBody};
-use crate::http::AppState;
+use crate::state::AppState;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -240,7 +240,7 @@ pub fn parse_metrics(text: &str) -> HashMap<String, f64> {
     ))]
 pub async fn events_stream(
     State(s): State<AppState>,
-    axum::Extension(client): axum::Extension<crate::http::ClientIdentity>,
+    axum::Extension(client): axum::Extension<crate::state::ClientIdentity>,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
 ) -> Response {

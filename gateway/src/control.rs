@@ -14,7 +14,8 @@ use logpipe_common::control::{GeneratorStatus, StartRequest};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ApiError, ErrorBody};
-use crate::http::{client_span, AppState};
+use crate::middleware::client_span;
+use crate::state::AppState;
 use tracing::Instrument;
 
 /// What a generator answers: its status (start, stop and status all return it) or an error.

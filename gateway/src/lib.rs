@@ -8,8 +8,13 @@
 //! - [`control`]: `POST /api/v1/generator/start|stop` fanned out to every generator instance and
 //!   `GET /api/v1/generator/status` aggregated over them.
 //! - [`error`]: the one API error type, rendered as `{"error": "...", "detail": "..."}`.
-//! - [`http`]: the router (its OpenAPI document is generated from the same route list), middleware
-//!   (request id, metrics, load shedding, deadline, auth and rate limit), `/health`, `/ready`, `/metrics`.
+//! - [`routes`]: the route table (each route with its access; the OpenAPI document and the guard's
+//!   table come from the same list) and the router with its layers.
+//! - [`middleware`]: the server span and metrics of every request, whose `traceparent` is followed,
+//!   and the guard: declared access, deadline, authentication, refused bodies, rate limit.
+//! - [`browser`]: `Host` and `Origin` checks and the console's security headers.
+//! - [`state`]: what every handler shares, and what the middleware passes to handlers.
+//! - [`ops`]: `/health`, `/ready`, `/metrics`, the OpenAPI document, the JSON 404.
 //! - [`ingest`]: `POST /api/v1/logs`: body formats, per-event validation, the idempotent producer.
 //! - [`query`]: stats, alerts and events, forwarded to the collector.
 //! - [`ratelimit`]: per-client limits per route class: exact sliding window in Redis, local fallback.
@@ -26,11 +31,14 @@ pub mod config;
 pub mod console;
 pub mod control;
 pub mod error;
-pub mod http;
 pub mod ingest;
+pub mod middleware;
+pub mod ops;
 pub mod query;
 pub mod ratelimit;
+pub mod routes;
 pub mod startup;
+pub mod state;
 pub mod telemetry;
 
 pub use startup::Application;

@@ -9,7 +9,8 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use crate::error::{ApiError, ErrorBody};
-use crate::http::{client_span, AppState};
+use crate::middleware::client_span;
+use crate::state::AppState;
 use futures::StreamExt;
 use logpipe_common::event::Level;
 use tracing::Instrument;

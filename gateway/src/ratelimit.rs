@@ -10,6 +10,9 @@
 //! When Redis does not answer within `redis_timeout_ms`, decisions move to a local `governor` limiter
 //! with the same limit per window (approximate, per instance), `gateway_rate_limit_backend` says
 //! `local`, and Redis is tried again a second later.
+//!
+//! The helpers the guard and ingest share live here too: whose limit a request spends
+//! ([`limit_identity`]), the `RateLimit-*` headers, and the 429 ([`refused`]).
 
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -21,6 +24,12 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
+use axum::http::HeaderValue;
+use axum::response::{IntoResponse, Response};
+use std::net::IpAddr;
+
+use crate::auth::Principal;
+use crate::error::ApiError;
 use crate::telemetry;
 
 /// Which limit a route falls under.
@@ -529,6 +538,33 @@ fn hash(client: &str) -> u64 {
     let mut first = [0u8; 8];
     first.copy_from_slice(&digest[..8]);
     u64::from_be_bytes(first)
+}
+
+/// Who a limit applies to: the key's name when authenticated by key, else the peer address.
+pub fn limit_identity(principal: &Principal, ip: IpAddr) -> String {
+    match &principal.key_name {
+        Some(name) => format!("key:{name}"),
+        None => format!("ip:{ip}"),
+    }
+}
+
+pub fn rate_limit_headers(resp: &mut Response, d: &Decision) {
+    let h = resp.headers_mut();
+    h.insert("ratelimit-limit", HeaderValue::from(d.limit));
+    h.insert("ratelimit-remaining", HeaderValue::from(d.remaining));
+    h.insert("ratelimit-reset", HeaderValue::from(d.reset_secs));
+}
+
+/// The refusal for a spent limit: 429 with `Retry-After` and the `RateLimit-*` headers.
+pub fn refused(route: &str, class: RouteClass, d: &Decision) -> Response {
+    telemetry::rate_limited(route);
+    let mut resp = ApiError::RateLimited {
+        class: class.as_str(),
+        retry_after_secs: d.reset_secs.max(1),
+    }
+    .into_response();
+    rate_limit_headers(&mut resp, d);
+    resp
 }
 
 #[cfg(test)]

@@ -9,9 +9,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::Authenticator;
 use crate::config::GatewayConfig;
-use crate::http::{router, AppState, Shared};
 use crate::ingest::IngestProducer;
 use crate::ratelimit::RateLimiterService;
+use crate::routes::router;
+use crate::state::{AppState, Shared};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {

@@ -506,17 +506,18 @@ pub async fn wait_status(url: &str, status: u16, timeout: Duration) {
     .await;
 }
 
-/// The metric names the README documents for `service` ("generator", "gateway" or "collector"),
-/// from its "Metrics exported today" paragraph, label sets dropped.
+/// The metric names the reference documents for `service` ("generator", "gateway" or "collector"),
+/// from the "Metrics exported today" paragraph of `docs/endpoints.md`, label sets dropped.
 pub fn documented_metrics(service: &str) -> Vec<String> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("workspace root")
         .to_path_buf();
-    let readme = std::fs::read_to_string(root.join("README.md")).expect("README.md");
+    let readme =
+        std::fs::read_to_string(root.join("docs/endpoints.md")).expect("docs/endpoints.md");
     let start = readme
         .find("Metrics exported today:")
-        .expect("the README lists the metrics");
+        .expect("docs/endpoints.md lists the metrics");
     let paragraph = &readme[start
         ..readme[start..]
             .find("\n\n")
@@ -550,8 +551,8 @@ pub fn missing_metrics(scrape: &str, names: &[String]) -> Vec<String> {
         .collect()
 }
 
-/// The metrics the README documents for `service`, but `except`, that the `scrape` lacks. Fails
-/// when the README lists fewer than `at_least` for it (a parse that found nothing proves nothing).
+/// The metrics `docs/endpoints.md` documents for `service`, but `except`, that the `scrape` lacks. Fails
+/// when it lists fewer than `at_least` for it (a parse that found nothing proves nothing).
 pub fn missing_documented(
     scrape: &str,
     service: &str,

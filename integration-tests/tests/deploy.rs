@@ -17,6 +17,25 @@ fn read(rel: &str) -> String {
 }
 
 /// The text of every `.rs` file below `dir` (relative to the root), subfolders included.
+/// The text of every file under `dir` (SQL, shell, TOML, YAML, Python), for names outside Rust.
+fn files_under(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else if p.extension().is_some_and(|x| {
+            ["sql", "sh", "toml", "yml", "yaml", "py", "mjs"].contains(&x.to_str().unwrap_or(""))
+        }) {
+            out.push(std::fs::read_to_string(&p).unwrap_or_default());
+        }
+    }
+    out
+}
+
 fn rust_sources(dir: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut stack = vec![root().join(dir)];
@@ -162,6 +181,19 @@ fn architecture_md_names_only_paths_and_code_that_exist() {
         "integration-tests",
         "load-test",
     ];
+    let lower = regex::Regex::new(r"^[a-z][a-z0-9_]*$").unwrap();
+    let lower_path = regex::Regex::new(r"^[a-z][a-z0-9_]*(::[a-z][a-z0-9_]*)+$").unwrap();
+    // Functions that live outside the Rust sources (SQL).
+    let others: String = [
+        "collector/migrations",
+        "scripts",
+        "deploy",
+        "integration-tests",
+    ]
+    .iter()
+    .flat_map(|d| files_under(&root().join(d)))
+    .collect();
+    let mut lowercase = 0;
     let (mut paths, mut names, mut missing) = (0, 0, Vec::new());
     for c in ticked.captures_iter(&doc) {
         let t = &c[1];
@@ -181,8 +213,34 @@ fn architecture_md_names_only_paths_and_code_that_exist() {
             if !t.split("::").all(|part| code.contains(part)) {
                 missing.push(t.to_owned());
             }
+        } else if let Some(f) = t.strip_suffix("()").filter(|f| lower.is_match(f)) {
+            // `function()`: a function of that name is defined.
+            lowercase += 1;
+            if !code.contains(&format!("fn {f}")) && !others.contains(&format!("FUNCTION {f}")) {
+                missing.push(t.to_owned());
+            }
+        } else if lower_path.is_match(t) {
+            // `module::item`: the module exists and the item is in the code.
+            lowercase += 1;
+            let mut parts = t.split("::");
+            let module = parts.next().unwrap_or_default();
+            let defined = code.contains(&format!("mod {module}"))
+                || crates.iter().any(|k| {
+                    root()
+                        .join(k)
+                        .join("src")
+                        .join(format!("{module}.rs"))
+                        .exists()
+                        || root().join(k).join("src").join(module).is_dir()
+                })
+                || crates.contains(&module)
+                || module.starts_with("logpipe_");
+            if !defined || !parts.all(|part| code.contains(part)) {
+                missing.push(t.to_owned());
+            }
         }
     }
+    assert!(lowercase >= 3, "{lowercase} lowercase names checked");
     assert!(
         paths >= 10 && names >= 10,
         "{paths} paths, {names} names checked"
@@ -271,4 +329,69 @@ fn compose_keeps_the_workers_and_stores_on_an_internal_network_behind_the_intern
         2,
         "Prometheus scrapes the collector and the generator with the token"
     );
+}
+
+/// Relative links of a Markdown file (`[text](target)`, images included), without anchors.
+fn relative_links(text: &str) -> Vec<String> {
+    let link = regex::Regex::new(r"!?\[[^\]]*\]\(([^)\s]+)\)").expect("regex");
+    link.captures_iter(text)
+        .map(|c| c[1].split('#').next().unwrap_or("").to_owned())
+        .filter(|t| !t.is_empty() && !t.contains("://") && !t.starts_with("mailto:"))
+        .collect()
+}
+
+#[test]
+fn the_readme_is_a_front_door_and_every_reference_page_is_one_link_away() {
+    let readme = read("README.md");
+    assert!(
+        readme.lines().count() <= 150,
+        "the README is a front door, not the manual ({} lines)",
+        readme.lines().count()
+    );
+    for must in [
+        "./setup.sh",
+        "./test.sh",
+        "http://127.0.0.1:8090/",
+        "/api/v1/generator/status",
+        "/api/v1/events",
+        "## Next steps",
+    ] {
+        assert!(readme.contains(must), "the README shows {must}");
+    }
+    let linked: BTreeSet<String> = relative_links(&readme).into_iter().collect();
+    let mut pages = Vec::new();
+    for entry in std::fs::read_dir(root().join("docs")).expect("docs/") {
+        let name = entry
+            .expect("entry")
+            .file_name()
+            .to_string_lossy()
+            .into_owned();
+        // The storage benchmark's reports are linked from BENCHMARKS.md.
+        if name.ends_with(".md") && !name.starts_with("storage-bench-") {
+            pages.push(format!("docs/{name}"));
+        }
+    }
+    assert!(pages.len() >= 10, "{pages:?}");
+    for page in &pages {
+        assert!(linked.contains(page), "the README does not link {page}");
+    }
+    // Every relative link of the README, the docs and the two design documents resolves.
+    let mut files = vec![
+        "README.md".to_owned(),
+        "ARCHITECTURE.md".to_owned(),
+        "BENCHMARKS.md".to_owned(),
+    ];
+    files.extend(pages);
+    for file in files {
+        let dir = Path::new(&file)
+            .parent()
+            .unwrap_or(Path::new(""))
+            .to_path_buf();
+        for target in relative_links(&read(&file)) {
+            assert!(
+                root().join(&dir).join(&target).exists(),
+                "{file} links {target}, which does not exist"
+            );
+        }
+    }
 }

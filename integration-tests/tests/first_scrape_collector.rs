@@ -1,4 +1,4 @@
-//! Every metric the README documents for the collector is in its first scrape, at zero, but the
+//! Every metric `docs/endpoints.md` documents for the collector is in its first scrape, at zero, but the
 //! per-partition and histogram families, which appear with their first partition or batch. Its own
 //! test binary: the Prometheus recorder is process-wide.
 

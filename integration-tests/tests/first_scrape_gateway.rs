@@ -1,4 +1,4 @@
-//! Every metric the README documents for the gateway is in its first scrape, at zero, but the
+//! Every metric `docs/endpoints.md` documents for the gateway is in its first scrape, at zero, but the
 //! per-route families, which appear with their route's first request. Its own test binary: the
 //! Prometheus recorder is process-wide.
 

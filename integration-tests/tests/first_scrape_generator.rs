@@ -1,4 +1,4 @@
-//! Every metric the README documents for the generator is in its first scrape, at zero. Its own
+//! Every metric `docs/endpoints.md` documents for the generator is in its first scrape, at zero. Its own
 //! test binary: the Prometheus recorder is process-wide, so another service in the same process
 //! would register names for it.
 

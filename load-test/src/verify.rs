@@ -23,7 +23,7 @@ const LOOKBACK: i64 = 10_000;
 
 /// A bare consumer with the best settings for a bulk read: large fetches, a deep local queue, no
 /// group, no commits, and a short fetch wait — Tansu spends about `fetch.wait.max.ms` on every
-/// fetch, data or not, so 5 ms reads several times faster than 100 ms (README, "Benchmarks").
+/// fetch, data or not, so 5 ms reads several times faster than 100 ms (docs/benchmarks.md, "Benchmarks").
 pub fn tuned_consumer(brokers: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", brokers)

@@ -1,0 +1,147 @@
+//! The ingest producer: validated events into `logs.raw` through an idempotent producer, answered
+//! only when Kafka acknowledged every one ([`IngestProducer`], [`ProduceError`]).
+
+use std::time::Duration;
+
+use futures::future::join_all;
+use logpipe_common::event::LogEvent;
+use logpipe_common::kafka::KafkaSettings;
+
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::ClientConfig;
+
+use super::IngestSettings;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProduceError {
+    /// Kafka refuses the record for its size: resending it cannot help.
+    #[error("event {index} is larger than Kafka accepts for one record: {reason}")]
+    TooLarge { index: usize, reason: String },
+    #[error("Kafka did not acknowledge {failed} of {total} events: {reason}")]
+    NotAcknowledged {
+        failed: usize,
+        total: usize,
+        reason: String,
+    },
+}
+
+/// The idempotent producer behind ingest.
+pub struct IngestProducer {
+    producer: FutureProducer,
+    topic: String,
+    delivery_timeout: Duration,
+}
+
+impl IngestProducer {
+    pub fn new(
+        kafka: &KafkaSettings,
+        settings: &IngestSettings,
+    ) -> Result<IngestProducer, rdkafka::error::KafkaError> {
+        let mut config: ClientConfig = kafka.client_config("logpipe-gateway");
+        let producer: FutureProducer = config
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", settings.linger_ms.to_string())
+            .set("compression.type", &settings.compression)
+            .set(
+                "message.timeout.ms",
+                settings.delivery_timeout_ms.to_string(),
+            )
+            .set(
+                "queue.buffering.max.messages",
+                settings.queue_max_messages.to_string(),
+            )
+            .create()?;
+        Ok(IngestProducer {
+            producer,
+            topic: kafka.raw_topic.clone(),
+            delivery_timeout: Duration::from_millis(settings.delivery_timeout_ms),
+        })
+    }
+
+    /// Produce every event and wait for every acknowledgement; `Ok` only when all were acknowledged.
+    pub async fn produce_all(
+        &self,
+        events: &[LogEvent],
+        traceparent: Option<&str>,
+    ) -> Result<(), ProduceError> {
+        let total = events.len();
+        let mut pending = Vec::with_capacity(total);
+        let mut refused: Option<String> = None;
+        for (index, event) in events.iter().enumerate() {
+            let payload = event.to_json();
+            let headers = logpipe_common::kafka::event_headers("application/json", traceparent);
+            let record = FutureRecord::to(&self.topic)
+                // The event id spreads load over every partition; windows and alert episodes do
+                // not depend on the key (ARCHITECTURE.md, "Decisions").
+                .key(event.event_id.as_bytes())
+                .payload(&payload)
+                .headers(headers);
+            match self.producer.send_result(record) {
+                Ok(f) => pending.push(f),
+                Err((e, _))
+                    if e.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageSizeTooLarge) =>
+                {
+                    // What was queued before still completes; a resend is stable (same ids).
+                    return Err(ProduceError::TooLarge {
+                        index,
+                        reason: e.to_string(),
+                    });
+                }
+                Err((e, _)) => {
+                    // Queue full or producer failed: the request fails; what was queued still
+                    // completes (or times out) on its own and is harmless to resend.
+                    refused = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        let queued = pending.len();
+        let wait = self.delivery_timeout + Duration::from_secs(1);
+        let results = tokio::time::timeout(wait, join_all(pending)).await;
+        let (acked, reason) = match results {
+            Ok(results) => {
+                let mut reason = refused;
+                let mut acked = 0;
+                for r in results {
+                    match r {
+                        Ok(Ok(_)) => acked += 1,
+                        Ok(Err((e, _))) => reason = Some(e.to_string()),
+                        Err(_) => reason = Some("producer dropped the record".into()),
+                    }
+                }
+                (acked, reason)
+            }
+            Err(_) => (0, Some("delivery timed out".into())),
+        };
+        if acked == total {
+            return Ok(());
+        }
+        Err(ProduceError::NotAcknowledged {
+            failed: total - acked.min(queued),
+            total,
+            reason: reason.unwrap_or_else(|| "unknown".into()),
+        })
+    }
+
+    /// True when the broker answers a metadata request for the topic.
+    pub async fn reachable(&self, timeout: Duration) -> bool {
+        let producer = self.producer.clone();
+        let topic = self.topic.clone();
+        tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(Some(&topic), timeout)
+                .is_ok()
+        })
+        .await
+        .unwrap_or(false)
+    }
+
+    /// Wait for queued records on shutdown.
+    pub async fn flush(&self, timeout: Duration) {
+        let producer = self.producer.clone();
+        let _ = tokio::task::spawn_blocking(move || producer.flush(timeout)).await;
+    }
+}

@@ -331,31 +331,18 @@ impl CollectorConfig {
 #[derive(Debug, clap::Parser)]
 #[command(name = "logpipe-collector", version, about)]
 pub struct Cli {
-    /// Zipkin span endpoint (`http://host:9411/api/v2/spans`); unset = no span export.
-    #[arg(long, env = "LOGPIPE_ZIPKIN_ENDPOINT")]
-    pub zipkin_endpoint: Option<String>,
-    /// Share of new traces sampled, 0.0-1.0 (requests that arrive traced keep their decision).
-    #[arg(long, env = "LOGPIPE_TRACE_SAMPLE_RATIO")]
-    pub trace_sample_ratio: Option<f64>,
+    #[command(flatten)]
+    pub common: logpipe_common::config::CommonCli,
     /// Apply the database migrations and exit.
     #[arg(long)]
     pub migrate_only: bool,
     /// Optional TOML file with any of the settings below.
     #[arg(long, env = "LOGPIPE_COLLECTOR_CONFIG")]
     pub config: Option<PathBuf>,
-    /// File holding the internal token the gateway sends (mode 0600); see `internal_token_file`.
-    #[arg(long, env = "LOGPIPE_INTERNAL_TOKEN_FILE")]
-    pub internal_token_file: Option<PathBuf>,
     #[arg(long, env = "LOGPIPE_COLLECTOR_HOST")]
     pub host: Option<String>,
     #[arg(long, env = "LOGPIPE_COLLECTOR_PORT")]
     pub port: Option<u16>,
-    #[arg(long, env = "LOGPIPE_KAFKA_BROKERS")]
-    pub brokers: Option<String>,
-    #[arg(long, env = "LOGPIPE_RAW_TOPIC")]
-    pub topic: Option<String>,
-    #[arg(long, env = "LOGPIPE_RAW_PARTITIONS")]
-    pub partitions: Option<i32>,
     #[arg(long, env = "LOGPIPE_COLLECTOR_GROUP_ID")]
     pub group_id: Option<String>,
     /// Static group membership id, unique per instance (see `consumer.group_instance_id`).
@@ -386,15 +373,11 @@ pub struct Cli {
 impl Cli {
     pub fn into_config(self) -> Result<CollectorConfig, ConfigError> {
         let mut c: CollectorConfig = load_toml(self.config.as_deref())?;
+        self.common
+            .overlay(&mut c.tracing, &mut c.kafka, &mut c.internal_token_file);
         logpipe_common::overlay!(
-            self.zipkin_endpoint.map(Some) => c.tracing.zipkin_endpoint,
-            self.trace_sample_ratio => c.tracing.sample_ratio,
             self.host => c.host,
             self.port => c.port,
-            self.internal_token_file.map(Some) => c.internal_token_file,
-            self.brokers => c.kafka.brokers,
-            self.topic => c.kafka.raw_topic,
-            self.partitions => c.kafka.raw_partitions,
             self.group_id => c.consumer.group_id,
             self.group_instance_id.map(Some) => c.consumer.group_instance_id,
             self.database_url => c.database.url,

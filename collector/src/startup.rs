@@ -3,8 +3,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use logpipe_common::kafka::{ensure_topics, TopicError};
-use rdkafka::error::KafkaError;
+use logpipe_common::kafka::ensure_topics;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -16,35 +15,24 @@ use crate::filter::{FilterError, FilterHandle};
 use crate::http::{router, AppState};
 use logpipe_common::internal::InternalToken;
 
-#[derive(Debug, thiserror::Error)]
-pub enum StartupError {
-    #[error("cannot bind {addr}: {source}")]
-    Bind {
-        addr: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error(transparent)]
-    Db(#[from] DbError),
-    #[error(transparent)]
-    Storage(#[from] crate::storage::StorageError),
-    #[error(transparent)]
-    Topics(#[from] TopicError),
-    #[error("cannot create the Kafka consumer: {0}")]
-    Consumer(#[from] KafkaError),
-    #[error("server error: {0}")]
-    Serve(#[source] std::io::Error),
-    #[error(transparent)]
-    Filter(#[from] FilterError),
-    #[error(transparent)]
-    Pattern(#[from] PatternError),
-    #[error(transparent)]
-    Config(#[from] logpipe_common::config::ConfigError),
-    /// The consume loop died (a bug): the process exits non-zero so a supervisor restarts it,
-    /// rather than serving a collector that stores nothing.
-    #[error("the consume loop stopped unexpectedly: {0}")]
-    ConsumerDied(String),
+pub use logpipe_common::startup::StartupError;
+
+// What only the collector can fail at starting, named for the error it becomes.
+macro_rules! service_errors {
+    ($($t:ty => $what:literal),* $(,)?) => {$(
+        impl From<$t> for StartupError {
+            fn from(e: $t) -> Self {
+                StartupError::service($what, e)
+            }
+        }
+    )*};
 }
+service_errors!(
+    DbError => "the database",
+    crate::storage::StorageError => "storage maintenance",
+    FilterError => "filter rules",
+    PatternError => "alert patterns",
+);
 
 pub struct Application {
     listener: TcpListener,
@@ -73,10 +61,7 @@ impl Application {
         // missing partition (or lands in the default one) because maintenance had not run yet.
         crate::storage::first_pass(&db, &config.storage).await?;
         ensure_topics(&config.kafka, &config.kafka.topics()).await?;
-        let addr = format!("{}:{}", config.host, config.port);
-        let listener = TcpListener::bind(&addr)
-            .await
-            .map_err(|source| StartupError::Bind { addr, source })?;
+        let listener = logpipe_common::startup::bind(&config.host, config.port).await?;
         Ok(Application {
             listener,
             internal,
@@ -184,7 +169,12 @@ impl Application {
         let _ = outbox.await;
         if let Err(e) = consumer_result {
             tracing::error!(error = %e, "consume loop died; exiting");
-            return Err(StartupError::ConsumerDied(e));
+            // The consume loop died (a bug): the process exits non-zero so a supervisor restarts
+            // it, rather than serving a collector that stores nothing.
+            return Err(StartupError::service(
+                "the consume loop stopped unexpectedly",
+                e,
+            ));
         }
         served.map_err(StartupError::Serve)
     }

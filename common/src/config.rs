@@ -48,6 +48,50 @@ macro_rules! overlay {
     };
 }
 
+/// The flags every service takes alike (`#[command(flatten)]` in each service's `Cli`): span
+/// export and sampling, the broker and the raw topic, the internal token's file.
+#[derive(Debug, Default, clap::Args)]
+pub struct CommonCli {
+    /// Zipkin span endpoint (`http://host:9411/api/v2/spans`); unset = no span export.
+    #[arg(long, env = "LOGPIPE_ZIPKIN_ENDPOINT")]
+    pub zipkin_endpoint: Option<String>,
+    /// Share of new traces sampled, 0.0-1.0 (requests that arrive traced keep their decision).
+    #[arg(long, env = "LOGPIPE_TRACE_SAMPLE_RATIO")]
+    pub trace_sample_ratio: Option<f64>,
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "LOGPIPE_KAFKA_BROKERS")]
+    pub brokers: Option<String>,
+    /// The raw topic's name.
+    #[arg(long, env = "LOGPIPE_RAW_TOPIC")]
+    pub topic: Option<String>,
+    /// The raw topic's partition count (when this service creates it).
+    #[arg(long, env = "LOGPIPE_RAW_PARTITIONS")]
+    pub partitions: Option<i32>,
+    /// File holding the internal token (mode 0600; `./setup.sh` makes it): the gateway sends it,
+    /// the collector and the generator ask for it.
+    #[arg(long, env = "LOGPIPE_INTERNAL_TOKEN_FILE")]
+    pub internal_token_file: Option<std::path::PathBuf>,
+}
+
+impl CommonCli {
+    /// Lay these flags over a config's tracing, Kafka and token settings.
+    pub fn overlay(
+        self,
+        tracing: &mut crate::telemetry::TracingSettings,
+        kafka: &mut crate::kafka::KafkaSettings,
+        internal_token_file: &mut Option<std::path::PathBuf>,
+    ) {
+        crate::overlay!(
+            self.zipkin_endpoint.map(Some) => tracing.zipkin_endpoint,
+            self.trace_sample_ratio => tracing.sample_ratio,
+            self.brokers => kafka.brokers,
+            self.topic => kafka.raw_topic,
+            self.partitions => kafka.raw_partitions,
+            self.internal_token_file.map(Some) => *internal_token_file,
+        );
+    }
+}
+
 /// `localhost` or a loopback IP: only this machine can connect.
 pub fn is_loopback(host: &str) -> bool {
     host.eq_ignore_ascii_case("localhost")

@@ -10,6 +10,7 @@
 //! - [`internal`]: the token the gateway presents to the collector and the generator, and the
 //!   middleware that asks for it.
 //! - [`permits`]: event streams capped in total and per client (gateway and collector).
+//! - [`startup`]: the one startup error of the three services, and binding their listener.
 //! - [`shutdown`]: SIGINT/SIGTERM turned into a `CancellationToken`.
 //! - [`config`]: reading the optional TOML layer of each service's configuration.
 //! - [`control`]: the generator's start request and status body, typed once for the generator, the
@@ -28,6 +29,7 @@ pub mod internal;
 pub mod kafka;
 pub mod permits;
 pub mod shutdown;
+pub mod startup;
 pub mod telemetry;
 
 pub use event::{Level, LogEvent};

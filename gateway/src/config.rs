@@ -157,12 +157,8 @@ impl GatewayConfig {
 #[derive(Debug, clap::Parser)]
 #[command(name = "logpipe-gateway", version, about)]
 pub struct Cli {
-    /// Zipkin span endpoint (`http://host:9411/api/v2/spans`); unset = no span export.
-    #[arg(long, env = "LOGPIPE_ZIPKIN_ENDPOINT")]
-    pub zipkin_endpoint: Option<String>,
-    /// Share of new traces sampled, 0.0-1.0 (requests that arrive traced keep their decision).
-    #[arg(long, env = "LOGPIPE_TRACE_SAMPLE_RATIO")]
-    pub trace_sample_ratio: Option<f64>,
+    #[command(flatten)]
+    pub common: logpipe_common::config::CommonCli,
     /// Optional TOML file with any of the settings below.
     #[arg(long, env = "LOGPIPE_GATEWAY_CONFIG")]
     pub config: Option<PathBuf>,
@@ -181,12 +177,6 @@ pub struct Cli {
     pub redis_url: Option<String>,
     #[arg(long, env = "LOGPIPE_GATEWAY_RATE_LIMIT_ENABLED")]
     pub rate_limit_enabled: Option<bool>,
-    #[arg(long, env = "LOGPIPE_KAFKA_BROKERS")]
-    pub brokers: Option<String>,
-    #[arg(long, env = "LOGPIPE_RAW_TOPIC")]
-    pub topic: Option<String>,
-    #[arg(long, env = "LOGPIPE_RAW_PARTITIONS")]
-    pub partitions: Option<i32>,
     #[arg(long, env = "LOGPIPE_GATEWAY_MAX_EVENTS")]
     pub max_events: Option<usize>,
     #[arg(long, env = "LOGPIPE_GATEWAY_MAX_CONCURRENT_REQUESTS")]
@@ -196,9 +186,6 @@ pub struct Cli {
     /// Serve every route without keys on a non-loopback address (see `auth.allow_open`).
     #[arg(long, env = "LOGPIPE_GATEWAY_ALLOW_OPEN")]
     pub allow_open: Option<bool>,
-    /// File holding the internal token for the collector and generators (mode 0600).
-    #[arg(long, env = "LOGPIPE_INTERNAL_TOKEN_FILE")]
-    pub internal_token_file: Option<PathBuf>,
     /// Extra `Host` names this gateway answers (comma-separated; `*` = any).
     #[arg(long, env = "LOGPIPE_GATEWAY_ALLOWED_HOSTS", value_delimiter = ',')]
     pub allowed_hosts: Option<Vec<String>>,
@@ -213,9 +200,9 @@ pub struct Cli {
 impl Cli {
     pub fn into_config(self) -> Result<GatewayConfig, ConfigError> {
         let mut c: GatewayConfig = load_toml(self.config.as_deref())?;
+        self.common
+            .overlay(&mut c.tracing, &mut c.kafka, &mut c.internal_token_file);
         logpipe_common::overlay!(
-            self.zipkin_endpoint.map(Some) => c.tracing.zipkin_endpoint,
-            self.trace_sample_ratio => c.tracing.sample_ratio,
             self.host => c.host,
             self.port => c.port,
             self.generator_urls => c.generator_urls,
@@ -223,15 +210,11 @@ impl Cli {
             self.body_limit_bytes => c.body_limit_bytes,
             self.redis_url => c.rate_limit.redis_url,
             self.rate_limit_enabled => c.rate_limit.enabled,
-            self.brokers => c.kafka.brokers,
-            self.topic => c.kafka.raw_topic,
-            self.partitions => c.kafka.raw_partitions,
             self.max_events => c.ingest.max_events,
             self.max_concurrent_requests => c.max_concurrent_requests,
             self.request_timeout_ms => c.request_timeout_ms,
             self.zipkin_ui_url.map(Some) => c.console.zipkin_ui_url,
             self.allow_open => c.auth.allow_open,
-            self.internal_token_file.map(Some) => c.internal_token_file,
             self.allowed_hosts => c.browser.allowed_hosts,
             self.allowed_origins => c.browser.allowed_origins,
         );

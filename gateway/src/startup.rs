@@ -14,25 +14,7 @@ use crate::ratelimit::RateLimiterService;
 use crate::routes::router;
 use crate::state::{AppState, Shared};
 
-#[derive(Debug, thiserror::Error)]
-pub enum StartupError {
-    #[error("cannot bind {addr}: {source}")]
-    Bind {
-        addr: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("cannot build the HTTP client: {0}")]
-    Client(#[source] reqwest::Error),
-    #[error("cannot create the Kafka producer: {0}")]
-    Producer(#[source] rdkafka::error::KafkaError),
-    #[error("invalid API key settings: {0}")]
-    Auth(#[source] crate::auth::BadKeyHash),
-    #[error("server error: {0}")]
-    Serve(#[source] std::io::Error),
-    #[error(transparent)]
-    Config(#[from] logpipe_common::config::ConfigError),
-}
+pub use logpipe_common::startup::StartupError;
 
 pub struct Application {
     listener: TcpListener,
@@ -46,10 +28,7 @@ impl Application {
         // The recorder first: series registered before it exists are lost.
         let metrics = logpipe_common::telemetry::metrics_handle();
         crate::telemetry::describe();
-        let addr = format!("{}:{}", config.host, config.port);
-        let listener = TcpListener::bind(&addr)
-            .await
-            .map_err(|source| StartupError::Bind { addr, source })?;
+        let listener = logpipe_common::startup::bind(&config.host, config.port).await?;
         let internal =
             logpipe_common::internal::InternalToken::load(config.internal_token_file.as_deref())?;
         let mut upstream_headers = reqwest::header::HeaderMap::new();
@@ -64,10 +43,11 @@ impl Application {
             .connect_timeout(Duration::from_secs(2))
             .pool_idle_timeout(Duration::from_secs(30))
             .build()
-            .map_err(StartupError::Client)?;
+            .map_err(|e| StartupError::service("cannot build the HTTP client", e))?;
         let limiter = RateLimiterService::new(config.rate_limit.clone());
         limiter.connect().await;
-        let auth = Authenticator::new(&config.auth).map_err(StartupError::Auth)?;
+        let auth = Authenticator::new(&config.auth)
+            .map_err(|e| StartupError::service("invalid API key settings", e))?;
         if auth.is_open() {
             tracing::warn!(
                 host = %config.host,
@@ -75,8 +55,7 @@ impl Application {
                  route, generator control included (`./setup.sh --with-keys` makes keys)"
             );
         }
-        let producer =
-            IngestProducer::new(&config.kafka, &config.ingest).map_err(StartupError::Producer)?;
+        let producer = IngestProducer::new(&config.kafka, &config.ingest)?;
         // Ingest needs the raw topic. Create it in the background: a broker that is down now must
         // not hold up the start (ingest answers 503 until Kafka takes the events).
         let (kafka, topic) = (

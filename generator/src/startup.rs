@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use logpipe_common::kafka::{ensure_topics, TopicError};
+use logpipe_common::kafka::ensure_topics;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -12,24 +12,12 @@ use crate::engine::{Engine, EngineError, RunParams, StartRequest};
 use crate::http::{router, AppState};
 use logpipe_common::internal::InternalToken;
 
-#[derive(Debug, thiserror::Error)]
-pub enum StartupError {
-    #[error("cannot bind {addr}: {source}")]
-    Bind {
-        addr: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error(transparent)]
-    Topics(#[from] TopicError),
-    #[error(transparent)]
-    Engine(#[from] EngineError),
-    #[error("invalid default run parameters: {0}")]
-    Defaults(String),
-    #[error(transparent)]
-    Config(#[from] logpipe_common::config::ConfigError),
-    #[error("server error: {0}")]
-    Serve(#[source] std::io::Error),
+pub use logpipe_common::startup::StartupError;
+
+impl From<EngineError> for StartupError {
+    fn from(e: EngineError) -> Self {
+        StartupError::service("the generator engine", e)
+    }
 }
 
 pub struct Application {
@@ -49,16 +37,15 @@ impl Application {
             tracing::warn!(host = %config.host, "no internal token: every local user can start and stop this generator");
         }
         ensure_topics(&config.kafka, &config.kafka.topics()).await?;
-        let addr = format!("{}:{}", config.host, config.port);
-        let listener = TcpListener::bind(&addr)
-            .await
-            .map_err(|source| StartupError::Bind { addr, source })?;
+        let listener = logpipe_common::startup::bind(&config.host, config.port).await?;
         let autostart = config.autostart;
         let engine = Engine::new(config)?;
         if autostart {
             let params =
                 RunParams::from_request(&StartRequest::default(), &engine.config().defaults)
-                    .map_err(|e| StartupError::Defaults(e.to_string()))?;
+                    .map_err(|e| {
+                        StartupError::service("invalid default run parameters", e.to_string())
+                    })?;
             engine.start(params)?;
         }
         let state = AppState {

@@ -2,7 +2,6 @@
 //! `/health`, `/ready`, `/metrics`.
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -11,37 +10,11 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use logpipe_common::http::{error_response, metrics_response};
 use logpipe_common::internal::InternalToken;
-use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 
-use crate::consumer::ConsumerHealth;
-use crate::db::Db;
-use crate::filter::FilterHandle;
 use crate::query;
 
-#[derive(Clone)]
-pub struct AppState {
-    pub db: Db,
-    pub health: Arc<ConsumerHealth>,
-    pub metrics: PrometheusHandle,
-    pub filter: FilterHandle,
-    /// Tumbling window widths, narrowest first: the stats endpoints sum the rows of the widest
-    /// one the range holds many of (see `query::stats_width`).
-    pub stats_windows_secs: Vec<i32>,
-    /// The longest range a scanning query may ask for (`database.query_max_range_hours`).
-    pub max_range_hours: u32,
-    /// Largest events page in bytes (`database.query_max_response_bytes`).
-    pub max_page_bytes: usize,
-    /// Open event streams, in total and per client (`stream.max_streams[_per_client]`).
-    pub streams: Arc<logpipe_common::permits::StreamPermits>,
-    /// The event stream's caps.
-    pub stream: crate::stream::StreamSettings,
-    /// Whose stored offsets the event stream follows.
-    pub group_id: String,
-    pub topic: String,
-    /// Fires at shutdown: open event streams end, so the server can drain.
-    pub shutdown: tokio_util::sync::CancellationToken,
-}
+pub use crate::state::AppState;
 
 /// Every route; all but `/health` ask for the internal token when one is set.
 pub fn router(state: AppState, internal: InternalToken) -> Router {

@@ -16,6 +16,7 @@
 //!   that publishes alerts to Kafka.
 //! - [`query`]: the query API (stats, alerts, events) and filter administration.
 //! - [`http`]: the router, `/health`, `/ready`, `/metrics`.
+//! - [`state`]: what the HTTP handlers share ([`state::AppState`]).
 //! - [`storage`]: time partitions made ahead, retention by dropping partitions, text indexes of
 //!   sealed partitions, storage metrics (a task of its own, on its own connection).
 //! - [`stream`]: `GET /api/v1/events/stream`, Server-Sent Events of stored events (the console's live
@@ -38,6 +39,7 @@ pub mod filter;
 pub mod http;
 pub mod query;
 pub mod startup;
+pub mod state;
 pub mod storage;
 pub mod stream;
 pub mod telemetry;

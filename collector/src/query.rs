@@ -20,7 +20,7 @@ use sqlx::{PgPool, QueryBuilder, Row};
 
 use crate::alerts::{Alert, ALERT_COLUMNS};
 use crate::detect::AlertKind;
-use crate::http::AppState;
+use crate::state::AppState;
 use crate::windows::Stats;
 
 pub const DEFAULT_LIMIT: i64 = 50;

@@ -12,7 +12,8 @@ use crate::consumer::{ConsumerHealth, ConsumerLoop};
 use crate::db::{Db, DbError};
 use crate::detect::{Detector, PatternError};
 use crate::filter::{FilterError, FilterHandle};
-use crate::http::{router, AppState};
+use crate::http::router;
+use crate::state::AppState;
 use logpipe_common::internal::InternalToken;
 
 pub use logpipe_common::startup::StartupError;

@@ -36,8 +36,8 @@ use serde_json::json;
 use sqlx::QueryBuilder;
 use tokio::sync::mpsc;
 
-use crate::http::AppState;
 use crate::query::{bad, ApiError, Params, StoredEvent};
+use crate::state::AppState;
 use logpipe_common::permits::{Permit, Refused};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

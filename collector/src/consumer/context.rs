@@ -151,7 +151,8 @@ impl ConsumerContext for CollectorContext {
                     ) {
                         tracing::error!(partition = p, error = %e, "cannot set start offset");
                     }
-                    own.partitions.insert(p, Owned::new(epoch, st));
+                    own.partitions
+                        .insert(p, Owned::new(epoch, st, Instant::now()));
                 }
                 drop(own);
                 tracing::info!(?stored, "partitions assigned; resuming from stored offsets");

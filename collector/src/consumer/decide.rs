@@ -65,14 +65,15 @@ pub(super) struct Owned {
 }
 
 impl Owned {
-    pub(super) fn new(epoch: u64, stored: Stored) -> Owned {
+    /// `now`: when it was claimed (the core has no clock of its own).
+    pub(super) fn new(epoch: u64, stored: Stored, now: Instant) -> Owned {
         Owned {
             epoch,
             expected: stored.next_offset,
             next_fetch: stored.next_offset,
             gap: None,
             max_ts: stored.max_event_ts,
-            last_record: Instant::now(),
+            last_record: now,
             services: BTreeMap::new(),
             log_start: 0,
             refused: None,
@@ -688,6 +689,7 @@ mod tests {
                 max_event_ts: None,
                 last_record_hash: None,
             },
+            Instant::now(),
         )
     }
 
@@ -778,21 +780,21 @@ mod tests {
             last_record_hash: Some(hash),
         };
         // The same log: the record at 99 is the one stored last; then records are taken.
-        let mut same = Owned::new(1, stored(42));
+        let mut same = Owned::new(1, stored(42), Instant::now());
         assert_eq!(same.verify, Some((99, 42)));
         assert_eq!(same.arrive(90, || 7, now, 5), Arrival::Skip, "the lookback");
         assert_eq!(same.arrive(99, || 42, now, 5), Arrival::Skip);
         assert_eq!(same.verify, None);
         assert_eq!(same.arrive(100, || 8, now, 5), Arrival::Take(1));
         // Another log that already reaches past the offset: nothing of it is taken.
-        let mut replaced = Owned::new(1, stored(42));
+        let mut replaced = Owned::new(1, stored(42), Instant::now());
         assert_eq!(
             replaced.arrive(99, || 43, now, 5),
             Arrival::Replaced { at: 99 }
         );
         assert_eq!(replaced.next_fetch, 100);
         // The record is not served (deleted by retention, say): nothing to compare, go on.
-        let mut gone = Owned::new(1, stored(42));
+        let mut gone = Owned::new(1, stored(42), Instant::now());
         assert_eq!(gone.arrive(100, || 8, now, 5), Arrival::Take(1));
         // No fingerprint stored (an offset reset, a row from before fingerprints): no check.
         let none = Owned::new(
@@ -801,6 +803,7 @@ mod tests {
                 last_record_hash: None,
                 ..stored(0)
             },
+            Instant::now(),
         );
         assert_eq!(none.verify, None);
     }

@@ -1180,7 +1180,7 @@ impl ConsumerLoop {
         own.epoch += 1;
         let epoch = own.epoch;
         for (p, st) in stored {
-            let mut o = Owned::new(epoch, st);
+            let mut o = Owned::new(epoch, st, Instant::now());
             if let Some(old) = own.partitions.get(&p) {
                 o.services.clone_from(&old.services);
                 o.log_start = old.log_start;

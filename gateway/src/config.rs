@@ -10,7 +10,7 @@ use logpipe_common::config::{is_loopback, redact_url};
 use logpipe_common::kafka::KafkaSettings;
 
 use crate::auth::AuthSettings;
-use crate::ingest::IngestSettings;
+use crate::ingest::produce::IngestSettings;
 use crate::ratelimit::RateLimitSettings;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -39,7 +39,7 @@ pub struct GatewayConfig {
     pub kafka: KafkaSettings,
     pub ingest: IngestSettings,
     /// The web console: the Zipkin UI its trace ids link to, the live-tail streams allowed.
-    pub console: crate::console::ConsoleSettings,
+    pub console: ConsoleSettings,
     /// The `Host` names and page origins this gateway answers (see `browser.rs`).
     pub browser: crate::browser::BrowserSettings,
     /// The token sent to the collector and the generators (a file of mode 0600; `./setup.sh`
@@ -151,6 +151,28 @@ impl GatewayConfig {
             });
         }
         Ok(())
+    }
+}
+
+/// The web console: the Zipkin UI its trace ids link to, the live-tail streams allowed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsoleSettings {
+    /// Zipkin's UI (`http://127.0.0.1:9411`): each event's trace id links to its trace there.
+    pub zipkin_ui_url: Option<String>,
+    /// Live-tail streams open at once through this gateway; more get 503.
+    pub max_streams: usize,
+    /// Live-tail streams one key (or, on an open gateway, one address) may hold; more get 429.
+    pub max_streams_per_client: usize,
+}
+
+impl Default for ConsoleSettings {
+    fn default() -> Self {
+        ConsoleSettings {
+            zipkin_ui_url: None,
+            max_streams: 64,
+            max_streams_per_client: 4,
+        }
     }
 }
 

@@ -4,8 +4,7 @@
 //! last 15 minutes at once) and the live tail's stream (`GET /api/v1/events/stream`, passed through
 //! from the collector as it arrives, at most `max_streams` at once).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::Mutex;
+use std::collections::HashMap;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -15,31 +14,10 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::StreamExt;
 use logpipe_common::permits::Refused;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::error::{ApiError, ErrorBody};
-use crate::state::AppState;
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ConsoleSettings {
-    /// Zipkin's UI (`http://127.0.0.1:9411`): each event's trace id links to its trace there.
-    pub zipkin_ui_url: Option<String>,
-    /// Live-tail streams open at once through this gateway; more get 503.
-    pub max_streams: usize,
-    /// Live-tail streams one key (or, on an open gateway, one address) may hold; more get 429.
-    pub max_streams_per_client: usize,
-}
-
-impl Default for ConsoleSettings {
-    fn default() -> Self {
-        ConsoleSettings {
-            zipkin_ui_url: None,
-            max_streams: 64,
-            max_streams_per_client: 4,
-        }
-    }
-}
+use crate::state::{AppState, Sample};
 
 const INDEX: &str = include_str!("../console/index.html");
 const APP_JS: &str = include_str!("../console/app.js");
@@ -90,29 +68,6 @@ pub async fn file(State(s): State<AppState>, Path(file): Path<String>) -> Respon
         .into_response(),
         _ => ApiError::NotFound(format!("no console file {file}")).into_response(),
     }
-}
-
-/// One sample of the pipeline's counters.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Sample {
-    /// Unix milliseconds.
-    pub t: i64,
-    /// Generators' totals (None when none answered).
-    pub generated: Option<u64>,
-    pub acked: Option<u64>,
-    /// The collector's totals (None when it did not answer).
-    pub consumed: Option<u64>,
-    pub stored: Option<u64>,
-    pub dlq: Option<u64>,
-    /// Consumer lag per Kafka partition.
-    pub lag: BTreeMap<String, i64>,
-}
-
-/// The last 15 minutes of samples, taken by a task that starts with the first request for them.
-#[derive(Default)]
-pub struct Pipeline {
-    samples: Mutex<VecDeque<Sample>>,
-    started: std::sync::OnceLock<()>,
 }
 
 const SAMPLE_EVERY: Duration = Duration::from_secs(2);

@@ -338,12 +338,6 @@ pub(crate) async fn aggregate(s: &AppState) -> AggregateStatus {
     aggregate_status(&replies)
 }
 
-/// Status requests that arrive while a status fan-out is in flight wait for that one instead of
-/// starting their own (request coalescing): the answer is at most one upstream round trip old,
-/// and a burst of pollers costs the generators one call per round trip, not one per poller.
-pub type StatusFlight =
-    std::sync::Mutex<Option<futures::future::Shared<futures::future::BoxFuture<'static, Bytes>>>>;
-
 fn aggregate_status(replies: &[InstanceReply]) -> AggregateStatus {
     let mut total = AggregateStatus {
         state: "unreachable",

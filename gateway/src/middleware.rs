@@ -14,11 +14,11 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tracing::Instrument;
 
+use crate::auth::Scope;
 use crate::auth::{AuthError, Principal};
 use crate::config::GatewayConfig;
 use crate::error::ApiError;
 use crate::ratelimit::{limit_identity, rate_limit_headers, refused, RouteClass};
-use crate::routes::{scope_for, Access};
 use crate::state::{AppState, Charged, ClientIdentity};
 use crate::{ingest, telemetry};
 
@@ -268,4 +268,23 @@ pub(crate) fn json_errors(resp: Response) -> Response {
         out.headers_mut().insert(header::ALLOW, allow.clone());
     }
     out
+}
+
+/// Who may call a route: declared where the route is registered (see `Routes::add` in `routes.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Ops endpoints (health, readiness, metrics, the OpenAPI document): no key, no limit, and not
+    /// shed under load.
+    Public,
+    /// A key holding the class's scope, and one request spent from the class's window (ingest:
+    /// one unit before the body is read, the rest of its events once they are parsed).
+    Api(RouteClass),
+}
+
+pub(crate) fn scope_for(class: RouteClass) -> Scope {
+    match class {
+        RouteClass::Control => Scope::Admin,
+        RouteClass::Ingest => Scope::Ingest,
+        RouteClass::Query | RouteClass::AuthFailure => Scope::Read,
+    }
 }

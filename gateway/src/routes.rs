@@ -21,10 +21,9 @@ use utoipa::OpenApi;
 use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouter};
 use utoipa_axum::routes;
 
-use crate::auth::Scope;
 use crate::error::{ApiError, ErrorBody};
 use crate::ingest::{IngestAccepted, Rejected};
-use crate::middleware::{guard, observe, TraceTrust};
+use crate::middleware::{guard, observe, scope_for, Access, TraceTrust};
 use crate::ops::not_found;
 use crate::ratelimit::RouteClass;
 use crate::state::AppState;
@@ -67,17 +66,6 @@ impl utoipa::Modify for KeySchemes {
             SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-API-Key"))),
         );
     }
-}
-
-/// Who may call a route: declared where the route is registered (see [`Routes::add`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Access {
-    /// Ops endpoints (health, readiness, metrics, the OpenAPI document): no key, no limit, and not
-    /// shed under load.
-    Public,
-    /// A key holding the class's scope, and one request spent from the class's window (ingest:
-    /// one unit before the body is read, the rest of its events once they are parsed).
-    Api(RouteClass),
 }
 
 /// The routes this gateway serves, each with its [`Access`]. One table drives the router, the
@@ -292,13 +280,5 @@ impl MakeRequestId for SequentialRequestId {
         let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let id = format!("{:016x}{n:016x}", self.prefix);
         HeaderValue::from_str(&id).ok().map(RequestId::new)
-    }
-}
-
-pub(crate) fn scope_for(class: RouteClass) -> Scope {
-    match class {
-        RouteClass::Control => Scope::Admin,
-        RouteClass::Ingest => Scope::Ingest,
-        RouteClass::Query | RouteClass::AuthFailure => Scope::Read,
     }
 }

@@ -49,13 +49,7 @@ pub struct ProducerSettings {
     pub flush_timeout_ms: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RunDefaults {
-    pub rate_per_second: u32,
-    pub threads: u32,
-    pub batch_size: u32,
-}
+pub use crate::params::RunDefaults;
 
 impl Default for GeneratorConfig {
     fn default() -> Self {
@@ -84,16 +78,6 @@ impl Default for ProducerSettings {
             delivery_timeout_ms: 30_000,
             queue_max_messages: 200_000,
             flush_timeout_ms: 10_000,
-        }
-    }
-}
-
-impl Default for RunDefaults {
-    fn default() -> Self {
-        Self {
-            rate_per_second: 1_000,
-            threads: 1,
-            batch_size: 100,
         }
     }
 }
@@ -160,7 +144,7 @@ impl GeneratorConfig {
                 reason: "failure_threshold and half_open_max_probes must be at least 1".into(),
             });
         }
-        crate::engine::RunParams::from_request(&Default::default(), &self.defaults)
+        crate::params::RunParams::from_request(&Default::default(), &self.defaults)
             .map(|_| ())
             .map_err(|e| ConfigError::Invalid {
                 field: "defaults",

@@ -1,6 +1,7 @@
 //! The logpipe generator: realistic log events at a target rate, produced to Kafka.
 //!
-//! - [`config`]: settings (defaults → TOML → env → flags) and the validated body of a start request.
+//! - [`config`]: settings (defaults → TOML → env → flags).
+//! - [`params`]: a start request checked against the allowed ranges, with the defaults filled in.
 //! - [`events`]: the event factory (services, components, templates, weighted levels, attributes).
 //! - [`breaker`]: the circuit breaker around produce (failsafe plus a timeout and a half-open cap).
 //! - [`budget`]: the global rate budget shared by all instances through Redis, with a local fallback.
@@ -21,6 +22,7 @@ pub mod config;
 pub mod engine;
 pub mod events;
 pub mod http;
+pub mod params;
 pub mod startup;
 pub mod telemetry;
 

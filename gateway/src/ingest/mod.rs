@@ -13,8 +13,8 @@
 //! - [`produce`]: the idempotent producer and what a Kafka failure means for the answer.
 //! - here: the settings, the handler, reading the body within its deadline, the OpenAPI schemas.
 
-mod parse;
-mod produce;
+pub mod parse;
+pub mod produce;
 
 pub use parse::*;
 pub use produce::*;
@@ -41,47 +41,6 @@ use crate::ratelimit::{limit_identity, rate_limit_headers, refused};
 use crate::state::{AppState, Charged};
 use crate::telemetry;
 use tracing::Instrument;
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct IngestSettings {
-    /// Most events one request may carry; more is a 413.
-    pub max_events: usize,
-    /// A client slower than this to send its body gets 408.
-    pub body_read_timeout_ms: u64,
-    /// Event timestamps further ahead of the gateway's clock than this are refused (422). Keep it
-    /// no larger than the collector's `allowed_lateness_secs`: an event may then be early by at most
-    /// what windows already wait for, and can never make on-time events late.
-    pub max_future_secs: i64,
-    /// Largest event (its JSON or its line) accepted; a larger one is refused by index, 413 when it
-    /// is the only one. 256 KiB, Loki's line limit: far below what Kafka takes per record (1 MB).
-    pub max_event_bytes: usize,
-    pub linger_ms: u64,
-    /// How long Kafka may take to acknowledge a record before the request fails with 503.
-    pub delivery_timeout_ms: u64,
-    pub queue_max_messages: u32,
-    pub compression: String,
-    /// On a gateway without keys, `text/plain` ingest (the one body a web page can send anywhere
-    /// without asking first) from a non-browser client. A browser's is refused either way; false
-    /// refuses it from everyone until keys are configured.
-    pub open_text_plain: bool,
-}
-
-impl Default for IngestSettings {
-    fn default() -> Self {
-        Self {
-            max_events: 10_000,
-            body_read_timeout_ms: 10_000,
-            max_future_secs: 10,
-            max_event_bytes: 256 * 1024,
-            linger_ms: 2,
-            delivery_timeout_ms: 5_000,
-            queue_max_messages: 200_000,
-            compression: "lz4".into(),
-            open_text_plain: true,
-        }
-    }
-}
 
 /// The request body as bytes, or why not: a slow client is 408, a large one 413 (the rest of its
 /// body is drained: see `linger`).

@@ -9,8 +9,6 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::detect::AlertSettings;
 pub use crate::filter::FilterRules;
-pub use crate::storage::StorageSettings;
-pub use crate::stream::StreamSettings;
 pub use crate::windows::WindowSettings;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -393,6 +391,91 @@ impl Cli {
         }
         c.validate()?;
         Ok(c)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StreamSettings {
+    pub poll_ms: u64,
+    /// The `rate` a client gets when it asks for none, and the most it may ask for.
+    pub default_events_per_sec: u32,
+    pub max_events_per_sec: u32,
+    /// A resume point further behind than this many records is moved up (and told as dropped).
+    pub max_scan_records: i64,
+    /// A client that has read nothing this long while messages wait for it is cut off.
+    pub slow_client_secs: u64,
+    /// Batches (one per poll) waiting for a client at most.
+    pub buffer_batches: usize,
+    /// Bytes of events one poll sends at most (past the first event): what waits for a client is
+    /// at most `buffer_batches` × this. Events past it are told as dropped.
+    pub max_batch_bytes: usize,
+    /// Streams open at once; more get 503.
+    pub max_streams: usize,
+    /// Streams one client (as the gateway names it: a key or an address) may hold; more get 429.
+    pub max_streams_per_client: usize,
+}
+
+impl Default for StreamSettings {
+    fn default() -> Self {
+        StreamSettings {
+            poll_ms: 500,
+            default_events_per_sec: 100,
+            max_events_per_sec: 1_000,
+            max_scan_records: 200_000,
+            slow_client_secs: 10,
+            buffer_batches: 8,
+            max_batch_bytes: 512 * 1024,
+            max_streams: 64,
+            max_streams_per_client: 4,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageSettings {
+    /// Width of a time partition (24: one partition per UTC day). Partitions are aligned to
+    /// multiples of it from the Unix epoch.
+    pub partition_hours: u32,
+    /// Partitions made ahead of the current one, so a clock skew or the turn of a day never
+    /// sends rows to the default partition.
+    pub premake_partitions: u32,
+    /// Raw events older than this are dropped, a whole partition at a time.
+    pub retention_days: u32,
+    /// The same for window results (`window_stats`): the stats API reads them.
+    pub window_retention_days: u32,
+    /// The same for the brute-force counters (`failed_logins`).
+    pub failed_login_retention_days: u32,
+    /// Alert episodes whose last detection is older than this are deleted (rows, not partitions:
+    /// see ARCHITECTURE.md).
+    pub alert_retention_days: u32,
+    pub maintenance_interval_secs: u64,
+    /// A partition's trigram index (for the events query's `q`) is built once the partition is
+    /// this long past its end and receives no more rows; the partition being written has none,
+    /// since keeping one up to date cuts the ingest rate to a third (BENCHMARKS.md).
+    pub text_index_delay_secs: u64,
+    /// Build those indexes at all (they need the `pg_trgm` extension).
+    pub text_index: bool,
+    /// How long partition DDL may wait for its lock before it gives up until the next pass: the
+    /// writer's next batch queues behind a waiting `DROP`, so this bounds its stall.
+    pub ddl_lock_timeout_ms: u64,
+}
+
+impl Default for StorageSettings {
+    fn default() -> Self {
+        StorageSettings {
+            partition_hours: 24,
+            premake_partitions: 2,
+            retention_days: 7,
+            window_retention_days: 30,
+            failed_login_retention_days: 7,
+            alert_retention_days: 90,
+            maintenance_interval_secs: 300,
+            text_index_delay_secs: 600,
+            text_index: true,
+            ddl_lock_timeout_ms: 1_000,
+        }
     }
 }
 

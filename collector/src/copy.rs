@@ -7,7 +7,7 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::db::StoredEvent;
+use crate::batch::StoredEvent;
 
 /// The column list the encoder writes, in order.
 pub const LOG_EVENT_COLUMNS: &str = "event_id, ts, level, service, component, host, message, \

@@ -9,14 +9,14 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use logpipe_common::LogEvent;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
 
 use crate::alerts;
+pub use crate::batch::{BatchOutcome, BatchWrite, OffsetMove, OffsetReset, Stored, StoredEvent};
 use crate::config::DatabaseSettings;
 use crate::copy::{CopyEncoder, LOG_EVENT_COLUMNS};
-use crate::detect::{AlertKind, AlertSettings, Findings};
+use crate::detect::AlertSettings;
 use crate::windows::{Stats, WindowKey};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -84,66 +84,6 @@ impl DbError {
 
 /// How long `/ready` waits for PostgreSQL to answer.
 const PING_TIMEOUT: Duration = Duration::from_millis(1_000);
-
-/// One event with the Kafka coordinates it came from.
-#[derive(Debug, Clone, Copy)]
-pub struct StoredEvent<'a> {
-    pub event: &'a LogEvent,
-    pub partition: i32,
-    pub offset: i64,
-}
-
-/// The offset move for one partition inside a batch: from the stored value this consumer expects to
-/// the offset after the batch's last record, and the partition's event-time progress.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct OffsetMove {
-    pub partition: i32,
-    pub expected: i64,
-    pub next: i64,
-    pub max_event_ts: Option<DateTime<Utc>>,
-    /// Fingerprint of the record at `next - 1`. A move that keeps the offset (an idle move) keeps
-    /// the stored one; a move past records stores this, `None` when it is not known (no check at
-    /// the next resume: never a stale fingerprint for a new offset).
-    pub last_record_hash: Option<i64>,
-}
-
-/// Where a partition stands in Postgres.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Stored {
-    pub next_offset: i64,
-    pub max_event_ts: Option<DateTime<Utc>>,
-    /// Fingerprint of the record at `next_offset - 1` (see the migration `offset_record_hash`).
-    pub last_record_hash: Option<i64>,
-}
-
-/// A stored offset moved because it did not fit the broker's log `[log_start, log_end]`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct OffsetReset {
-    pub partition: i32,
-    pub old_offset: i64,
-    pub new_offset: i64,
-    pub log_start: i64,
-    pub log_end: i64,
-    pub reason: &'static str,
-}
-
-/// Everything one batch writes.
-#[derive(Debug, Default)]
-pub struct BatchWrite<'a> {
-    pub events: Vec<StoredEvent<'a>>,
-    pub windows: Vec<(WindowKey, Stats)>,
-    pub findings: Findings,
-    pub moves: Vec<OffsetMove>,
-    /// Services whose error-rate windows closed up to (and including) this window start.
-    pub closed: Vec<(String, DateTime<Utc>)>,
-}
-
-/// What a committed batch did.
-#[derive(Debug, Default)]
-pub struct BatchOutcome {
-    pub stored: u64,
-    pub raised: Vec<AlertKind>,
-}
 
 #[derive(Clone)]
 pub struct Db {
@@ -448,7 +388,7 @@ async fn write_in(
         .map_err(at("error_rate"))?;
         let width = i64::from(settings.error_rate_window_secs);
         let watermark = match unknown {
-            Some(false) => crate::consumer::closed_window(oldest, lateness_secs, width),
+            Some(false) => crate::windows::closed_window(oldest, lateness_secs, width),
             _ => None, // a partition without event time yet holds every window open
         };
         for (service, upto) in &batch.closed {

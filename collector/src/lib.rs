@@ -29,6 +29,7 @@
 #![warn(clippy::unwrap_used)]
 
 pub mod alerts;
+pub mod batch;
 pub mod cardinality;
 pub mod config;
 pub mod consumer;

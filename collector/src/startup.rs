@@ -48,7 +48,7 @@ impl Application {
     pub async fn build(config: CollectorConfig) -> Result<Application, StartupError> {
         // The recorder first: series registered before it exists are lost.
         logpipe_common::telemetry::metrics_handle();
-        crate::telemetry::describe();
+        crate::telemetry::describe(&crate::storage::PARTITIONED.map(|t| t.parent));
         let internal = InternalToken::load(config.internal_token_file.as_deref())?;
         logpipe_common::internal::check_bind(&internal, &config.host)?;
         if !internal.is_set() {

@@ -26,7 +26,7 @@ pub struct AppState {
     /// Open event streams, in total and per client (`stream.max_streams[_per_client]`).
     pub streams: Arc<logpipe_common::permits::StreamPermits>,
     /// The event stream's caps.
-    pub stream: crate::stream::StreamSettings,
+    pub stream: crate::config::StreamSettings,
     /// Whose stored offsets the event stream follows.
     pub group_id: String,
     pub topic: String,

@@ -8,58 +8,11 @@
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use serde::{Deserialize, Serialize};
 use sqlx::{Connection, PgConnection};
 use tokio_util::sync::CancellationToken;
 
+pub use crate::config::StorageSettings;
 use crate::db::Db;
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct StorageSettings {
-    /// Width of a time partition (24: one partition per UTC day). Partitions are aligned to
-    /// multiples of it from the Unix epoch.
-    pub partition_hours: u32,
-    /// Partitions made ahead of the current one, so a clock skew or the turn of a day never
-    /// sends rows to the default partition.
-    pub premake_partitions: u32,
-    /// Raw events older than this are dropped, a whole partition at a time.
-    pub retention_days: u32,
-    /// The same for window results (`window_stats`): the stats API reads them.
-    pub window_retention_days: u32,
-    /// The same for the brute-force counters (`failed_logins`).
-    pub failed_login_retention_days: u32,
-    /// Alert episodes whose last detection is older than this are deleted (rows, not partitions:
-    /// see ARCHITECTURE.md).
-    pub alert_retention_days: u32,
-    pub maintenance_interval_secs: u64,
-    /// A partition's trigram index (for the events query's `q`) is built once the partition is
-    /// this long past its end and receives no more rows; the partition being written has none,
-    /// since keeping one up to date cuts the ingest rate to a third (BENCHMARKS.md).
-    pub text_index_delay_secs: u64,
-    /// Build those indexes at all (they need the `pg_trgm` extension).
-    pub text_index: bool,
-    /// How long partition DDL may wait for its lock before it gives up until the next pass: the
-    /// writer's next batch queues behind a waiting `DROP`, so this bounds its stall.
-    pub ddl_lock_timeout_ms: u64,
-}
-
-impl Default for StorageSettings {
-    fn default() -> Self {
-        StorageSettings {
-            partition_hours: 24,
-            premake_partitions: 2,
-            retention_days: 7,
-            window_retention_days: 30,
-            failed_login_retention_days: 7,
-            alert_retention_days: 90,
-            maintenance_interval_secs: 300,
-            text_index_delay_secs: 600,
-            text_index: true,
-            ddl_lock_timeout_ms: 1_000,
-        }
-    }
-}
 
 impl StorageSettings {
     pub fn validate(&self) -> Result<(), String> {

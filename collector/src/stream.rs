@@ -31,52 +31,14 @@ use chrono::{DateTime, Utc};
 use futures::stream::{self, Stream};
 use futures::StreamExt as _;
 use logpipe_common::Level;
-use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sqlx::QueryBuilder;
 use tokio::sync::mpsc;
 
+pub use crate::config::StreamSettings;
 use crate::query::{bad, ApiError, Params, StoredEvent};
 use crate::state::AppState;
 use logpipe_common::permits::{Permit, Refused};
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct StreamSettings {
-    pub poll_ms: u64,
-    /// The `rate` a client gets when it asks for none, and the most it may ask for.
-    pub default_events_per_sec: u32,
-    pub max_events_per_sec: u32,
-    /// A resume point further behind than this many records is moved up (and told as dropped).
-    pub max_scan_records: i64,
-    /// A client that has read nothing this long while messages wait for it is cut off.
-    pub slow_client_secs: u64,
-    /// Batches (one per poll) waiting for a client at most.
-    pub buffer_batches: usize,
-    /// Bytes of events one poll sends at most (past the first event): what waits for a client is
-    /// at most `buffer_batches` × this. Events past it are told as dropped.
-    pub max_batch_bytes: usize,
-    /// Streams open at once; more get 503.
-    pub max_streams: usize,
-    /// Streams one client (as the gateway names it: a key or an address) may hold; more get 429.
-    pub max_streams_per_client: usize,
-}
-
-impl Default for StreamSettings {
-    fn default() -> Self {
-        StreamSettings {
-            poll_ms: 500,
-            default_events_per_sec: 100,
-            max_events_per_sec: 1_000,
-            max_scan_records: 200_000,
-            slow_client_secs: 10,
-            buffer_batches: 8,
-            max_batch_bytes: 512 * 1024,
-            max_streams: 64,
-            max_streams_per_client: 4,
-        }
-    }
-}
 
 /// Where a stream is: the next offset per Kafka partition, and the last offset reset it knows of
 /// (`offset_resets.reset_id`). Text: `0:1200,1:1187;r3`.

@@ -12,6 +12,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+use chrono::{DateTime, Utc};
 use logpipe_common::{Level, LogEvent};
 use serde::{Deserialize, Serialize};
 
@@ -403,6 +404,28 @@ impl Aggregator {
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
     }
+}
+
+/// Index of the last closed error-rate window (window start / width) for an event-time progress:
+/// windows end at or before `max_ts - lateness`.
+pub fn closed_upto(max_ts: Option<DateTime<Utc>>, lateness_secs: i64, width: i64) -> i64 {
+    match max_ts {
+        None => i64::MIN,
+        Some(t) => (t.timestamp() - lateness_secs).div_euclid(width) - 1,
+    }
+}
+
+/// Start of the last closed error-rate window.
+pub fn closed_window(
+    max_ts: Option<DateTime<Utc>>,
+    lateness_secs: i64,
+    width: i64,
+) -> Option<DateTime<Utc>> {
+    let idx = closed_upto(max_ts, lateness_secs, width);
+    if idx == i64::MIN {
+        return None;
+    }
+    DateTime::from_timestamp(idx * width, 0)
 }
 
 #[cfg(test)]

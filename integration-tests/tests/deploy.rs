@@ -495,13 +495,18 @@ fn a_circle(graph: &std::collections::BTreeMap<String, BTreeSet<String>>) -> Opt
 }
 
 #[test]
-fn the_gateway_generator_and_common_crates_have_no_import_circle() {
-    for krate in ["common", "generator", "gateway"] {
+fn no_crate_has_an_import_circle() {
+    for krate in ["common", "generator", "gateway", "collector", "load-test"] {
         let graph = module_graph(krate);
-        assert!(graph.len() >= 5, "{krate}: {} modules read", graph.len());
+        assert!(graph.len() >= 3, "{krate}: {} modules read", graph.len());
         assert_eq!(a_circle(&graph), None, "{krate} has an import circle");
     }
-    // The collector still has one (ARCHITECTURE.md, issue 31): the check finds it, so it would
-    // find a new one in the others.
-    assert!(a_circle(&module_graph("collector")).is_some());
+    // The check finds a circle where there is one.
+    let made: std::collections::BTreeMap<String, BTreeSet<String>> = [
+        ("a".to_owned(), BTreeSet::from(["b".to_owned()])),
+        ("b".to_owned(), BTreeSet::from(["c".to_owned()])),
+        ("c".to_owned(), BTreeSet::from(["a".to_owned()])),
+    ]
+    .into();
+    assert!(a_circle(&made).is_some());
 }

@@ -21,11 +21,11 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use logpipe_common::LogEvent;
 
+use crate::batch::{BatchWrite, OffsetMove, Stored, StoredEvent};
 use crate::cardinality::{cap_findings, Caps};
-use crate::db::{BatchWrite, OffsetMove, Stored, StoredEvent};
 use crate::detect::Detector;
 use crate::filter::Filter;
-use crate::windows::{Aggregator, Spec, WindowSettings};
+use crate::windows::{closed_upto, closed_window, Aggregator, Spec, WindowSettings};
 
 /// Partitions this consumer owns: assignment epoch and the stored offset its next write must see.
 #[derive(Debug, Default)]
@@ -573,28 +573,6 @@ impl OrphanWatch {
         unstored.sort_unstable();
         unstored
     }
-}
-
-/// Index of the last closed error-rate window (window start / width) for an event-time progress:
-/// windows end at or before `max_ts - lateness`.
-pub(super) fn closed_upto(max_ts: Option<DateTime<Utc>>, lateness_secs: i64, width: i64) -> i64 {
-    match max_ts {
-        None => i64::MIN,
-        Some(t) => (t.timestamp() - lateness_secs).div_euclid(width) - 1,
-    }
-}
-
-/// Start of the last closed error-rate window.
-pub(crate) fn closed_window(
-    max_ts: Option<DateTime<Utc>>,
-    lateness_secs: i64,
-    width: i64,
-) -> Option<DateTime<Utc>> {
-    let idx = closed_upto(max_ts, lateness_secs, width);
-    if idx == i64::MIN {
-        return None;
-    }
-    DateTime::from_timestamp(idx * width, 0)
 }
 
 #[cfg(test)]

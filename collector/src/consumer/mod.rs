@@ -63,8 +63,8 @@ mod context;
 mod decide;
 mod write;
 
+use crate::windows::{closed_upto, closed_window};
 use context::*;
-pub(crate) use decide::closed_window;
 use decide::*;
 use write::*;
 

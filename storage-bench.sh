@@ -21,8 +21,8 @@ case " $* " in *" --help "*|*" -h "*) sed -n '2,14p' "$0"; exit 0 ;; esac
 ensure_build_deps
 ensure_postgres
 ensure_database logpipe_bench
-cargo build --release --locked -p logpipe-load-test --bin logpipe-storage-bench >/dev/null 2>&1 \
-    || cargo build --release --locked -p logpipe-load-test --bin logpipe-storage-bench \
+cargo build --release --locked -p logpipe-storage-bench --bin logpipe-storage-bench >/dev/null 2>&1 \
+    || cargo build --release --locked -p logpipe-storage-bench --bin logpipe-storage-bench \
     || die "building logpipe-storage-bench failed"
 exec "$CARGO_TARGET_DIR/release/logpipe-storage-bench" \
     --database-url "postgres://$PG_USER@$PG_HOST:$PG_PORT/logpipe_bench" "$@"

@@ -26,7 +26,7 @@
 #    query of the API answered, retention's drop; its checks are of answers, not of times);
 #    then integration-tests/console-test.sh: the console in headless Chromium against a keyed
 #    stack (charts, window table, alerts, a filtered live tail across a dropped connection);
-# 8. (integration-tests/broker-restart-test.sh memory is run by hand: after its own restart
+# 8. (fault-suite/scenarios/broker-restart.sh memory is run by hand: after its own restart
 #    Tansu 0.6's new group coordinator sometimes never assigns the collector a partition, which
 #    the collector reports as unstored partitions; tests/offsets.rs covers the broker restart
 #    inside cargo test);

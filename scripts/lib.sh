@@ -135,47 +135,10 @@ check() {
     if "$@"; then echo "ok - $what"; passed=$((passed + 1)); else echo "not ok - $what"; failed=$((failed + 1)); fi
 }
 
-# The preamble of the by-hand fault tests: the release binaries must exist, and the database `$1`
-# starts empty. Fails the run (through `check`) when a binary is missing.
-fault_test_setup() {
-    local db=$1 bin=$CARGO_TARGET_DIR/release
-    if [ ! -x "$bin/logpipe-collector" ] || [ ! -x "$bin/logpipe-generator" ]; then
-        check "release binaries exist (run setup.sh first)" false
-        return 1
-    fi
-    psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d postgres -qc "DROP DATABASE IF EXISTS $db" >/dev/null
-    ensure_database "$db"
-}
-
 port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
 
 # A port free on loopback now (the fault tests' private processes).
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
-# start_test_broker RUN PORT [STORAGE]: a private Tansu for a fault test, pid and log in RUN; waits
-# for its port (STORAGE defaults to memory).
-start_test_broker() {
-    local run=$1 port=$2 storage=${3:-memory://tansu/}
-    start_bg broker "$run" "$run/broker.log" "$run/broker.pid" "$TANSU_BIN" broker \
-        --listener-url "tcp://127.0.0.1:$port" --advertised-listener-url "tcp://127.0.0.1:$port" \
-        --storage-engine "$storage" >/dev/null
-    wait_port 127.0.0.1 "$port" 30
-}
-
-# start_test_service NAME RUN PORT CMD...: a fault test's service in the background (pid and log
-# named NAME in RUN), then wait (60 s) for its /ready on PORT.
-start_test_service() {
-    local name=$1 run=$2 port=$3
-    shift 3
-    start_bg "$name" "$run" "$run/$name.log" "$run/$name.pid" "$@" >/dev/null
-    wait_http "http://127.0.0.1:$port/ready" 60
-}
-
-# start_generation PORT JSON: start a run on the generator listening on PORT.
-start_generation() {
-    curl -fsS -o /dev/null -X POST "http://127.0.0.1:$1/api/v1/generator/start" \
-        -H 'content-type: application/json' -d "$2"
-}
 
 wait_port() {
     local host=$1 port=$2 secs=${3:-30}

@@ -6,6 +6,7 @@
 //!   auto-create, so every service creates what it uses at start).
 //! - [`telemetry`]: tracing subscriber, Zipkin export, trace-context helpers and the HTTP server-span
 //!   middleware, and the process-wide Prometheus recorder.
+//! - [`host`]: the machine and commit a benchmark report names.
 //! - [`http`]: the `{"error", "detail"}` body, `/health` and `/metrics`, served alike by every service.
 //! - [`internal`]: the token the gateway presents to the collector and the generator, and the
 //!   middleware that asks for it.
@@ -24,6 +25,7 @@ pub mod config;
 pub mod control;
 pub mod event;
 pub mod formats;
+pub mod host;
 pub mod http;
 pub mod internal;
 pub mod kafka;

@@ -9,6 +9,9 @@
 //! `poison` is the set of records no row can hold, shared with the fault suite's `logpipe-poison`
 //! (`src/bin`), which writes them into a running pipeline and reads the DLQ back.
 //!
+//! `stack` is `TestStack`, the collector (and, when asked, a gateway) most tests start and stop
+//! alike, and `wait_rows`.
+//!
 //! `fuzz` is the whole-path fuzzer: generated inputs through the real gateway and collector into
 //! a real database, and the checks of every promise after the run (`tests/fuzz.rs`, short form;
 //! `logpipe-fuzz` and `./fuzz.sh`, long form).
@@ -570,6 +573,8 @@ pub fn missing_documented(
 
 /// A Server-Sent Events reader for the event stream's tests.
 pub mod fuzz;
+pub mod stack;
+pub use stack::{wait_rows, TestStack, WAIT};
 pub mod poison;
 
 pub mod sse {
@@ -657,4 +662,14 @@ pub mod sse {
         );
         Reader::new(resp)
     }
+}
+
+/// Send a test's request (panics on a transport error: for tests).
+pub async fn send(req: reqwest::RequestBuilder) -> reqwest::Response {
+    req.send().await.expect("request sent")
+}
+
+/// Send a test's request and read its answer as JSON (panics when it is not JSON).
+pub async fn json_body(req: reqwest::RequestBuilder) -> serde_json::Value {
+    send(req).await.json().await.expect("a JSON answer")
 }

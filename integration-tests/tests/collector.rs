@@ -37,15 +37,7 @@ async fn all_pages(
         if let Some(c) = &cursor {
             q.push(("cursor", c.clone()));
         }
-        let page: Value = client
-            .get(url)
-            .query(&q)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let page: Value = it::json_body(client.get(url).query(&q)).await;
         out.extend(page[items].as_array().unwrap().iter().cloned());
         match page["next_cursor"].as_str() {
             Some(c) => cursor = Some(c.to_owned()),
@@ -79,10 +71,8 @@ async fn alert_counts(pool: &PgPool) -> Vec<(String, String, i64)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn window_counts_equal_counts_recomputed_from_the_raw_events_after_a_seeded_run() {
-    let name = it::unique("windows");
-    let config = it::collector_config(&name, 3);
-    let kafka = config.kafka.clone();
-    let (collector, _) = it::start_collector(config).await;
+    let s = it::TestStack::collector("windows", 3).await;
+    let (pool, kafka, producer) = (s.pool.clone(), &s.kafka, &s.producer);
     let events = it::profile_events(
         Profile::MixedFormats,
         42,
@@ -90,9 +80,7 @@ async fn window_counts_equal_counts_recomputed_from_the_raw_events_after_a_seede
         Duration::from_secs(150),
         6000,
     );
-    let producer = it::producer(&kafka);
-    it::produce_events(&producer, &kafka.raw_topic, &events).await;
-    let pool = it::schema_pool(&name).await;
+    it::produce_events(producer, &kafka.raw_topic, &events).await;
     wait_rows(&pool, "SELECT count(*) FROM log_events", 6000).await;
     wait_drained(&pool, events.len()).await;
 
@@ -143,15 +131,12 @@ async fn window_counts_equal_counts_recomputed_from_the_raw_events_after_a_seede
     // The stats endpoint sums the same rows.
     let client = reqwest::Client::new();
     let from = (aligned_start() - chrono::Duration::minutes(1)).to_rfc3339();
-    let stats: Value = client
-        .get(collector.url("/api/v1/stats"))
-        .query(&[("from", from.as_str())])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stats: Value = it::json_body(
+        client
+            .get(s.collector.url("/api/v1/stats"))
+            .query(&[("from", from.as_str())]),
+    )
+    .await;
     assert_eq!(stats["total"], 6000, "{stats}");
     let per_level: i64 = stats["by_level"]
         .as_object()
@@ -160,29 +145,22 @@ async fn window_counts_equal_counts_recomputed_from_the_raw_events_after_a_seede
         .map(|v| v.as_i64().unwrap())
         .sum();
     assert_eq!(per_level, 6000);
-    let payments: Value = client
-        .get(collector.url("/api/v1/stats/payments"))
-        .query(&[("from", from.as_str())])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let payments: Value = it::json_body(
+        client
+            .get(s.collector.url("/api/v1/stats/payments"))
+            .query(&[("from", from.as_str())]),
+    )
+    .await;
     let p50 = payments["latency_ms"]["p50"].as_f64().unwrap();
     let p95 = payments["latency_ms"]["p95"].as_f64().unwrap();
     assert!(p50 > 0.0 && p50 <= p95, "{payments}");
-    collector.stop().await;
-    it::drop_schema(&pool, &name).await;
+    s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn apache_and_syslog_records_are_parsed_and_unparseable_lines_go_to_the_dlq() {
-    let name = it::unique("lines");
-    let config = it::collector_config(&name, 1);
-    let kafka = config.kafka.clone();
-    let (collector, _) = it::start_collector(config).await;
-    let producer = it::producer(&kafka);
+    let s = it::TestStack::collector("lines", 1).await;
+    let (pool, kafka, producer, name) = (s.pool.clone(), &s.kafka, &s.producer, &s.name);
     let lines = [
         r#"10.1.2.3 - alice [23/Nov/2026:08:00:00 +0000] "GET /cart HTTP/1.1" 503 12 "-" "curl/8""#,
         "<131>1 2026-11-23T08:00:01.000Z web-1 billing 42 - - invoice failed",
@@ -190,14 +168,13 @@ async fn apache_and_syslog_records_are_parsed_and_unparseable_lines_go_to_the_dl
         "this is not a log line",
     ];
     it::produce_all(
-        &producer,
+        producer,
         &kafka.raw_topic,
         lines
             .iter()
             .map(|l| ("web".to_string(), l.as_bytes().to_vec(), "text/plain")),
     )
     .await;
-    let pool = it::schema_pool(&name).await;
     wait_drained(&pool, lines.len()).await;
     let rows: Vec<(String, String, String)> =
         sqlx::query_as("SELECT service, level, component FROM log_events ORDER BY ts")
@@ -233,8 +210,7 @@ async fn apache_and_syslog_records_are_parsed_and_unparseable_lines_go_to_the_dl
         .unwrap();
     assert_eq!(kind, b"unparseable_line");
     assert_eq!(msg.payload().unwrap(), lines[3].as_bytes());
-    collector.stop().await;
-    it::drop_schema(&pool, &name).await;
+    s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -290,11 +266,7 @@ async fn filter_rules_decide_raw_storage_windows_count_everything_and_reload_app
 
     let client = reqwest::Client::new();
     std::fs::write(&rules, "min_level = \"INFO\"\n").unwrap();
-    let resp = client
-        .post(collector.url("/admin/filters/reload"))
-        .send()
-        .await
-        .unwrap();
+    let resp = it::send(client.post(collector.url("/admin/filters/reload"))).await;
     assert_eq!(resp.status(), 200);
     it::produce_events(
         &producer,
@@ -314,22 +286,11 @@ async fn filter_rules_decide_raw_storage_windows_count_everything_and_reload_app
 
     // A broken file is refused with the reason, and the rules in force stay.
     std::fs::write(&rules, "min_level = \"LOUD\"\n").unwrap();
-    let resp = client
-        .post(collector.url("/admin/filters/reload"))
-        .send()
-        .await
-        .unwrap();
+    let resp = it::send(client.post(collector.url("/admin/filters/reload"))).await;
     assert_eq!(resp.status(), 422);
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["error"], "invalid_rules");
-    let current: Value = client
-        .get(collector.url("/admin/filters"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let current: Value = it::json_body(client.get(collector.url("/admin/filters"))).await;
     assert_eq!(current["rules"]["min_level"], "INFO");
     collector.stop().await;
     it::drop_schema(&pool, &name).await;
@@ -455,10 +416,8 @@ async fn steady_profile_raises_no_alert() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn events_query_filters_by_service_level_and_text_and_pages_with_a_cursor() {
-    let name = it::unique("events");
-    let config = it::collector_config(&name, 2);
-    let kafka = config.kafka.clone();
-    let (collector, _) = it::start_collector(config).await;
+    let s = it::TestStack::collector("events", 2).await;
+    let (pool, kafka, producer) = (s.pool.clone(), &s.kafka, &s.producer);
     let events = it::profile_events(
         Profile::Steady,
         3,
@@ -466,9 +425,7 @@ async fn events_query_filters_by_service_level_and_text_and_pages_with_a_cursor(
         Duration::from_secs(60),
         2000,
     );
-    let producer = it::producer(&kafka);
-    it::produce_events(&producer, &kafka.raw_topic, &events).await;
-    let pool = it::schema_pool(&name).await;
+    it::produce_events(producer, &kafka.raw_topic, &events).await;
     wait_drained(&pool, events.len()).await;
     let want: Vec<&str> = {
         let mut v: Vec<_> = events
@@ -487,7 +444,7 @@ async fn events_query_filters_by_service_level_and_text_and_pages_with_a_cursor(
     let from = (aligned_start() - chrono::Duration::minutes(1)).to_rfc3339();
     let got: Vec<String> = all_pages(
         &client,
-        &collector.url("/api/v1/events"),
+        &s.collector.url("/api/v1/events"),
         &[
             ("from", from),
             ("service", "payments".into()),
@@ -514,7 +471,7 @@ async fn events_query_filters_by_service_level_and_text_and_pages_with_a_cursor(
     for limit in [1, 63, 64, 65, 200, 1000] {
         let got: Vec<String> = all_pages(
             &client,
-            &collector.url("/api/v1/events"),
+            &s.collector.url("/api/v1/events"),
             &[
                 (
                     "from",
@@ -539,19 +496,18 @@ async fn events_query_filters_by_service_level_and_text_and_pages_with_a_cursor(
         ("cursor", "nope"),
         ("servcie", "typo"),
     ] {
-        let resp = client
-            .get(collector.url("/api/v1/events"))
-            .query(&[(param, value)])
-            .send()
-            .await
-            .unwrap();
+        let resp = it::send(
+            client
+                .get(s.collector.url("/api/v1/events"))
+                .query(&[(param, value)]),
+        )
+        .await;
         assert_eq!(resp.status(), 400, "{param}={value}");
         let body: Value = resp.json().await.unwrap();
         assert_eq!(body["error"], "invalid_parameter");
         assert!(body["detail"].as_str().unwrap().contains(param), "{body}");
     }
-    collector.stop().await;
-    it::drop_schema(&pool, &name).await;
+    s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -685,12 +641,8 @@ fn events_at(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_error_rate_window_is_judged_only_once_every_partition_has_passed_it() {
     use logpipe_common::Level;
-    let name = it::unique("watermark");
-    let config = it::collector_config(&name, 2);
-    let kafka = config.kafka.clone();
-    let (collector, _) = it::start_collector(config).await;
-    let pool = it::schema_pool(&name).await;
-    let producer = it::producer(&kafka);
+    let s = it::TestStack::collector("watermark", 2).await;
+    let (pool, kafka, producer) = (s.pool.clone(), &s.kafka, &s.producer);
     // The window [w, w+10 s): 100 INFO events of `api` on partition 0, and a later event that
     // takes partition 0's event time past the window's end plus the 10 s lateness.
     let w = aligned_start();
@@ -701,7 +653,7 @@ async fn an_error_rate_window_is_judged_only_once_every_partition_has_passed_it(
         w + chrono::Duration::seconds(25),
         1,
     ));
-    produce_to(&producer, &kafka.raw_topic, 0, &p0).await;
+    produce_to(producer, &kafka.raw_topic, 0, &p0).await;
     wait_drained(&pool, 101).await;
     // Judged now on partition 0 alone, the window would be normal (0 errors) and never judged again.
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -714,7 +666,7 @@ async fn an_error_rate_window_is_judged_only_once_every_partition_has_passed_it(
         w + chrono::Duration::seconds(26),
         1,
     ));
-    produce_to(&producer, &kafka.raw_topic, 1, &p1).await;
+    produce_to(producer, &kafka.raw_topic, 1, &p1).await;
     wait_drained(&pool, 202).await;
     wait_rows(
         &pool,
@@ -734,19 +686,14 @@ async fn an_error_rate_window_is_judged_only_once_every_partition_has_passed_it(
         (100, 200),
         "judged on both partitions' counts"
     );
-    collector.stop().await;
-    it::drop_schema(&pool, &name).await;
+    s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn future_dated_events_do_not_make_later_on_time_events_late() {
     use logpipe_common::Level;
-    let name = it::unique("future");
-    let config = it::collector_config(&name, 2);
-    let kafka = config.kafka.clone();
-    let (collector, _) = it::start_collector(config).await;
-    let pool = it::schema_pool(&name).await;
-    let producer = it::producer(&kafka);
+    let s = it::TestStack::collector("future", 2).await;
+    let (pool, kafka, producer) = (s.pool.clone(), &s.kafka, &s.producer);
     // Six events dated 290 s ahead (a raw producer can send them; the gateway refuses more than
     // its 10 s allowance), on both partitions: stored, but past the collector's clock plus the
     // lateness they open no window rows and move no event time...
@@ -759,7 +706,7 @@ async fn future_dated_events_do_not_make_later_on_time_events_late() {
     );
     for (i, e) in ahead.iter().enumerate() {
         produce_to(
-            &producer,
+            producer,
             &kafka.raw_topic,
             (i % 2) as i32,
             std::slice::from_ref(e),
@@ -775,7 +722,7 @@ async fn future_dated_events_do_not_make_later_on_time_events_late() {
         200,
     );
     for (i, chunk) in on_time.chunks(100).enumerate() {
-        produce_to(&producer, &kafka.raw_topic, i as i32, chunk).await;
+        produce_to(producer, &kafka.raw_topic, i as i32, chunk).await;
     }
     wait_drained(&pool, 206).await;
     let windowed: i64 = sqlx::query_scalar(
@@ -793,23 +740,21 @@ async fn future_dated_events_do_not_make_later_on_time_events_late() {
     .await
     .unwrap();
     assert_eq!(future, 6, "the future-dated events are stored");
-    collector.stop().await;
-    it::drop_schema(&pool, &name).await;
+    s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_query_over_its_budget_is_504_and_queries_cannot_starve_the_writer() {
     use logpipe_common::Level;
-    let name = it::unique("qbudget");
-    let mut config = it::collector_config(&name, 2);
-    // Each query may run 20 ms, on one connection of its own.
-    config.database.query_statement_timeout_ms = 20;
-    config.database.query_max_connections = 1;
-    // The scans below must be slow: no text index to answer them.
-    config.storage.text_index = false;
-    let kafka = config.kafka.clone();
-    let (collector, _) = it::start_collector(config).await;
-    let pool = it::schema_pool(&name).await;
+    let s = it::TestStack::collector_with("qbudget", 2, |config| {
+        // Each query may run 20 ms, on one connection of its own.
+        config.database.query_statement_timeout_ms = 20;
+        config.database.query_max_connections = 1;
+        // The scans below must be slow: no text index to answer them.
+        config.storage.text_index = false;
+    })
+    .await;
+    let (pool, kafka, producer) = (s.pool.clone(), &s.kafka, &s.producer);
     // 300,000 rows put straight into the table: an unindexed `q` over all of them takes far
     // longer than 20 ms.
     sqlx::query(
@@ -825,7 +770,9 @@ async fn a_query_over_its_budget_is_504_and_queries_cannot_starve_the_writer() {
     // Four days back (the rows cover three and a half), within the range cap.
     let from =
         (Utc::now() - chrono::Duration::days(4)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let scan = collector.url(&format!("/api/v1/events?from={from}&q=nomatch"));
+    let scan = s
+        .collector
+        .url(&format!("/api/v1/events?from={from}&q=nomatch"));
     let r = client.get(&scan).send().await.unwrap();
     assert_eq!(r.status(), 504);
     let body: Value = r.json().await.unwrap();
@@ -846,10 +793,9 @@ async fn a_query_over_its_budget_is_504_and_queries_cannot_starve_the_writer() {
             statuses
         }));
     }
-    let producer = it::producer(&kafka);
     let events = events_at("api", Level::Info, Utc::now(), 2_000);
     for (i, chunk) in events.chunks(1_000).enumerate() {
-        produce_to(&producer, &kafka.raw_topic, i as i32, chunk).await;
+        produce_to(producer, &kafka.raw_topic, i as i32, chunk).await;
     }
     wait_drained(&pool, 2_000).await;
     stop.cancel();
@@ -864,6 +810,5 @@ async fn a_query_over_its_budget_is_504_and_queries_cannot_starve_the_writer() {
         300_000 + 2_000,
         "every event stored while the scans ran"
     );
-    collector.stop().await;
-    it::drop_schema(&pool, &name).await;
+    s.stop().await;
 }

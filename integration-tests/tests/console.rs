@@ -39,11 +39,7 @@ async fn the_gateway_serves_the_console_page_and_its_files_without_a_key() {
     let config = it::get_json(&client, &gw.url("/console/config.json")).await;
     assert_eq!(config["keys_required"], true);
     assert_eq!(config["zipkin_ui_url"], "http://zipkin.example:9411");
-    let r = client
-        .get(gw.url("/console/other.js"))
-        .send()
-        .await
-        .unwrap();
+    let r = it::send(client.get(gw.url("/console/other.js"))).await;
     assert_eq!(r.status(), 404);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["error"], "not_found");
@@ -63,12 +59,12 @@ async fn the_pipeline_endpoint_samples_every_stage_every_two_seconds() {
     config.generator_urls = vec![generator.url("")];
     let gw = it::start_gateway(config).await;
     let client = reqwest::Client::new();
-    let r = client
-        .post(gw.url("/api/v1/generator/start"))
-        .json(&serde_json::json!({"rate_per_second": 500, "duration_secs": 30}))
-        .send()
-        .await
-        .unwrap();
+    let r = it::send(
+        client
+            .post(gw.url("/api/v1/generator/start"))
+            .json(&serde_json::json!({"rate_per_second": 500, "duration_secs": 30})),
+    )
+    .await;
     assert_eq!(r.status(), 202, "{}", r.text().await.unwrap_or_default());
     let samples = it::wait_for(
         "samples with stored events",
@@ -131,12 +127,7 @@ async fn streams_through_the_gateway_need_the_read_scope_and_are_capped() {
     let url = gw.url("/api/v1/events/stream?min_level=WARN");
     let r = client.get(&url).send().await.unwrap();
     assert_eq!(r.status(), 401, "no key, no stream");
-    let first = client
-        .get(&url)
-        .bearer_auth("reader-secret")
-        .send()
-        .await
-        .unwrap();
+    let first = it::send(client.get(&url).bearer_auth("reader-secret")).await;
     assert_eq!(first.status(), 200);
     assert!(first.headers()["content-type"]
         .to_str()
@@ -150,12 +141,7 @@ async fn streams_through_the_gateway_need_the_read_scope_and_are_capped() {
         .unwrap()
         .unwrap();
     assert!(String::from_utf8_lossy(&chunk).contains("event: hello"));
-    let second = client
-        .get(&url)
-        .bearer_auth("reader-secret")
-        .send()
-        .await
-        .unwrap();
+    let second = it::send(client.get(&url).bearer_auth("reader-secret")).await;
     assert_eq!(second.status(), 503, "one stream at a time here");
     let v: Value = second.json().await.unwrap();
     assert_eq!(v["error"], "too_many_streams");

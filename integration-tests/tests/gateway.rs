@@ -45,12 +45,12 @@ async fn start_with_an_out_of_range_rate_returns_422_naming_the_field() {
     let generator = it::start_generator(it::generator_config(&name, 1)).await;
     let gateway = it::start_gateway(gateway_config(vec![generator.url("")])).await;
     let client = reqwest::Client::new();
-    let resp = client
-        .post(gateway.url("/api/v1/generator/start"))
-        .json(&json!({"rate_per_second": 0}))
-        .send()
-        .await
-        .unwrap();
+    let resp = it::send(
+        client
+            .post(gateway.url("/api/v1/generator/start"))
+            .json(&json!({"rate_per_second": 0})),
+    )
+    .await;
     assert_eq!(resp.status(), 422);
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["error"], "invalid_parameter");
@@ -59,13 +59,13 @@ async fn start_with_an_out_of_range_rate_returns_422_naming_the_field() {
         "{body}"
     );
 
-    let resp = client
-        .post(gateway.url("/api/v1/generator/start"))
-        .header("content-type", "application/json")
-        .body("{oops")
-        .send()
-        .await
-        .unwrap();
+    let resp = it::send(
+        client
+            .post(gateway.url("/api/v1/generator/start"))
+            .header("content-type", "application/json")
+            .body("{oops"),
+    )
+    .await;
     assert_eq!(resp.status(), 400);
     gateway.stop().await;
     generator.stop().await;
@@ -78,12 +78,12 @@ async fn start_stop_and_status_reach_every_generator_instance() {
     let b = it::start_generator(it::generator_config(&format!("{name}b"), 1)).await;
     let gateway = it::start_gateway(gateway_config(vec![a.url(""), b.url("")])).await;
     let client = reqwest::Client::new();
-    let resp = client
-        .post(gateway.url("/api/v1/generator/start"))
-        .json(&json!({"rate_per_second": 200}))
-        .send()
-        .await
-        .unwrap();
+    let resp = it::send(
+        client
+            .post(gateway.url("/api/v1/generator/start"))
+            .json(&json!({"rate_per_second": 200})),
+    )
+    .await;
     assert_eq!(resp.status(), 202);
     let st = it::wait_for(
         "both instances running with a measured rate",
@@ -105,20 +105,9 @@ async fn start_stop_and_status_reach_every_generator_instance() {
     )
     .await;
     assert_eq!(st["rate_per_second"], 400);
-    let resp = client
-        .post(gateway.url("/api/v1/generator/stop"))
-        .send()
-        .await
-        .unwrap();
+    let resp = it::send(client.post(gateway.url("/api/v1/generator/stop"))).await;
     assert_eq!(resp.status(), 200);
-    let s: Value = client
-        .get(gateway.url("/api/v1/generator/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let s: Value = it::json_body(client.get(gateway.url("/api/v1/generator/status"))).await;
     assert_eq!(s["state"], "idle");
     assert_eq!(
         s["events_generated"], s["events_acked"],
@@ -135,13 +124,13 @@ async fn oversized_bodies_and_unknown_routes_get_json_errors() {
     config.body_limit_bytes = 1024;
     let gateway = it::start_gateway(config).await;
     let client = reqwest::Client::new();
-    let resp = client
-        .post(gateway.url("/api/v1/generator/start"))
-        .header("content-type", "application/json")
-        .body(vec![b' '; 4096])
-        .send()
-        .await
-        .unwrap();
+    let resp = it::send(
+        client
+            .post(gateway.url("/api/v1/generator/start"))
+            .header("content-type", "application/json")
+            .body(vec![b' '; 4096]),
+    )
+    .await;
     assert_eq!(resp.status(), 413);
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["error"], "payload_too_large");

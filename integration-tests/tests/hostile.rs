@@ -487,11 +487,7 @@ async fn hostile_inputs_get_precise_statuses_and_the_pipeline_still_stores_and_a
     assert!(page.contains(r#""max": 17976931348623157"#), "{page}");
     assert!(page.contains(r#""tiny": 0.000000"#), "{page}");
     // A NUL in a query parameter is a 400 naming it, not a failed query.
-    let r = client
-        .get(gw.url("/api/v1/events?service=a%00b"))
-        .send()
-        .await
-        .unwrap();
+    let r = it::send(client.get(gw.url("/api/v1/events?service=a%00b"))).await;
     assert_eq!(r.status(), 400);
     let body: Value = r.json().await.unwrap();
     assert!(
@@ -518,12 +514,12 @@ async fn a_client_over_its_ingest_limit_is_refused_before_its_body_is_read() {
     };
     config.ingest.body_read_timeout_ms = 30_000;
     let gw = it::start_gateway(config).await;
-    let r = reqwest::Client::new()
-        .post(gw.url("/api/v1/logs"))
-        .json(&event("s", "INFO", "spends the limit"))
-        .send()
-        .await
-        .unwrap();
+    let r = it::send(
+        reqwest::Client::new()
+            .post(gw.url("/api/v1/logs"))
+            .json(&event("s", "INFO", "spends the limit")),
+    )
+    .await;
     assert_eq!(r.status(), 202);
     // The next request announces a body it never sends: the answer must not wait for it.
     let started = Instant::now();
@@ -595,25 +591,12 @@ async fn the_collector_and_generator_answer_only_the_gateways_internal_token() {
         assert_eq!(client.get(&url).send().await.unwrap().status(), 200);
     }
     // With the token (what the gateway and Prometheus send).
-    let r = client
-        .get(collector.url("/metrics"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
+    let r = it::send(client.get(collector.url("/metrics")).bearer_auth(&token)).await;
     assert_eq!(r.status(), 200);
     // Through the gateway: it presents the token.
-    let r = client
-        .get(gateway.url("/api/v1/stats"))
-        .send()
-        .await
-        .unwrap();
+    let r = it::send(client.get(gateway.url("/api/v1/stats"))).await;
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
-    let r = client
-        .get(gateway.url("/api/v1/generator/status"))
-        .send()
-        .await
-        .unwrap();
+    let r = it::send(client.get(gateway.url("/api/v1/generator/status"))).await;
     assert_eq!(r.status(), 200);
     let status: Value = r.json().await.unwrap();
     assert_eq!(status["instances_reachable"], 1, "{status}");
@@ -723,12 +706,12 @@ async fn a_web_page_cannot_drive_the_gateway_nor_frame_its_console() {
     // DNS rebinding: a page at attacker.example that now resolves to 127.0.0.1 sends its own
     // name as Host, on reads too.
     for path in ["/api/v1/events", "/", "/api/v1/generator/status"] {
-        let r = client
-            .get(gateway.url(path))
-            .header("host", format!("attacker.example:{port}"))
-            .send()
-            .await
-            .unwrap();
+        let r = it::send(
+            client
+                .get(gateway.url(path))
+                .header("host", format!("attacker.example:{port}")),
+        )
+        .await;
         let (s, e) = status_and_error(r).await;
         assert_eq!((s, e.as_str()), (421, "host_not_allowed"), "{path}");
     }
@@ -869,33 +852,33 @@ async fn a_read_key_can_neither_hold_every_stream_nor_make_a_page_the_size_of_me
     // The collector keeps its own count per client, as the gateway names it.
     let mut direct = Vec::new();
     for _ in 0..3 {
-        let r = client
-            .get(collector.url("/api/v1/events/stream"))
-            .header("x-logpipe-client", "key:someone")
-            .send()
-            .await
-            .unwrap();
+        let r = it::send(
+            client
+                .get(collector.url("/api/v1/events/stream"))
+                .header("x-logpipe-client", "key:someone"),
+        )
+        .await;
         assert_eq!(r.status(), 200);
         direct.push(r);
     }
-    let r = client
-        .get(collector.url("/api/v1/events/stream"))
-        .header("x-logpipe-client", "key:someone")
-        .send()
-        .await
-        .unwrap();
+    let r = it::send(
+        client
+            .get(collector.url("/api/v1/events/stream"))
+            .header("x-logpipe-client", "key:someone"),
+    )
+    .await;
     assert_eq!(r.status(), 429);
     drop(direct);
 
     // A forged resume point is refused, not scanned from.
     for forged in ["0:999999999", "5:0", "0:0;r77"] {
-        let r = client
-            .get(gateway.url("/api/v1/events/stream"))
-            .bearer_auth("reader-two")
-            .header("last-event-id", forged)
-            .send()
-            .await
-            .unwrap();
+        let r = it::send(
+            client
+                .get(gateway.url("/api/v1/events/stream"))
+                .bearer_auth("reader-two")
+                .header("last-event-id", forged),
+        )
+        .await;
         assert_eq!(r.status(), 400, "{forged}");
         let body: Value = r.json().await.unwrap();
         assert!(

@@ -53,13 +53,13 @@ async fn ingest_returns_202_after_kafka_has_every_accepted_event_and_lists_the_r
         {"event_id": "no-service", "timestamp": "2026-11-23T08:00:00Z", "level": "INFO", "service": "", "message": "m"},
         event("a-3", "payments", "WARN", "slow charge"),
     ]);
-    let resp = client
-        .post(gw.url("/api/v1/logs"))
-        .header("traceparent", tp)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let resp = it::send(
+        client
+            .post(gw.url("/api/v1/logs"))
+            .header("traceparent", tp)
+            .json(&body),
+    )
+    .await;
     assert_eq!(resp.status(), 202);
     assert!(resp.headers().contains_key("ratelimit-remaining"));
     let out: Value = resp.json().await.unwrap();
@@ -136,13 +136,13 @@ async fn ingest_takes_ndjson_and_raw_lines_and_stable_ids_with_an_idempotency_ke
          this is not a log line\n",
         now.to_rfc3339()
     );
-    let resp = client
-        .post(gw.url("/api/v1/logs?service=edge"))
-        .header("content-type", "text/plain")
-        .body(lines)
-        .send()
-        .await
-        .unwrap();
+    let resp = it::send(
+        client
+            .post(gw.url("/api/v1/logs?service=edge"))
+            .header("content-type", "text/plain")
+            .body(lines),
+    )
+    .await;
     assert_eq!(resp.status(), 202);
     let out: Value = resp.json().await.unwrap();
     assert_eq!(out["accepted"], 2);
@@ -228,13 +228,13 @@ async fn bad_bodies_get_precise_statuses_and_json_errors() {
         assert_eq!(body["error"], error, "{body}");
         assert!(body["detail"].as_str().is_some_and(|d| !d.is_empty()));
     }
-    let resp = client
-        .post(gw.url("/api/v1/logs?servce=typo"))
-        .header("content-type", "text/plain")
-        .body("x")
-        .send()
-        .await
-        .unwrap();
+    let resp = it::send(
+        client
+            .post(gw.url("/api/v1/logs?servce=typo"))
+            .header("content-type", "text/plain")
+            .body("x"),
+    )
+    .await;
     assert_eq!(resp.status(), 400);
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["error"], "invalid_parameter");
@@ -254,12 +254,12 @@ async fn ingest_returns_503_with_retry_after_when_kafka_cannot_take_the_events()
     drop(dead);
     config.ingest.delivery_timeout_ms = 1_500;
     let gw = it::start_gateway(config).await;
-    let resp = reqwest::Client::new()
-        .post(gw.url("/api/v1/logs"))
-        .json(&event("e-1", "api", "INFO", "m"))
-        .send()
-        .await
-        .unwrap();
+    let resp = it::send(
+        reqwest::Client::new()
+            .post(gw.url("/api/v1/logs"))
+            .json(&event("e-1", "api", "INFO", "m")),
+    )
+    .await;
     assert_eq!(resp.status(), 503);
     assert_eq!(resp.headers()["retry-after"], "1");
     let body: Value = resp.json().await.unwrap();
@@ -307,13 +307,13 @@ async fn keys_are_checked_by_scope_and_repeated_bad_keys_are_limited() {
     let body: Value = wrong_scope.json().await.unwrap();
     assert_eq!(body["error"], "forbidden");
     assert!(body["detail"].as_str().unwrap().contains("read"));
-    let ingest_with_read = client
-        .post(gw.url("/api/v1/logs"))
-        .header("x-api-key", "read-secret")
-        .json(&event("e", "s", "INFO", "m"))
-        .send()
-        .await
-        .unwrap();
+    let ingest_with_read = it::send(
+        client
+            .post(gw.url("/api/v1/logs"))
+            .header("x-api-key", "read-secret")
+            .json(&event("e", "s", "INFO", "m")),
+    )
+    .await;
     assert_eq!(ingest_with_read.status(), 403);
 
     // Three bad keys are 401s; the fourth exceeds the failure limit, and from then on this client
@@ -465,11 +465,7 @@ async fn the_openapi_document_lists_every_served_route() {
     for op in &listed {
         let (method, path) = op.split_once(' ').unwrap();
         let path = path.replace("{service}", "api").replace("{file}", "app.js");
-        let r = client
-            .request(method.parse().unwrap(), gw.url(&path))
-            .send()
-            .await
-            .unwrap();
+        let r = it::send(client.request(method.parse().unwrap(), gw.url(&path))).await;
         assert!(
             r.status() != 404 && r.status() != 405,
             "{op} answered {}",
@@ -499,33 +495,13 @@ async fn events_ingested_through_the_gateway_are_queryable_through_it() {
             )
         })
         .collect();
-    let resp = client
-        .post(gw.url("/api/v1/logs"))
-        .json(&events)
-        .send()
-        .await
-        .unwrap();
+    let resp = it::send(client.post(gw.url("/api/v1/logs")).json(&events)).await;
     assert_eq!(resp.status(), 202);
-    it::wait_for("20 rows", WAIT, || {
-        let pool = pool.clone();
-        async move {
-            let n = it::count_events(&pool).await;
-            if n == 20 {
-                Ok(())
-            } else {
-                Err(format!("{n} rows"))
-            }
-        }
-    })
+    it::wait_rows(&pool, 20).await;
+    let page: Value = it::json_body(
+        client.get(gw.url("/api/v1/events?service=checkout&min_level=ERROR&limit=10")),
+    )
     .await;
-    let page: Value = client
-        .get(gw.url("/api/v1/events?service=checkout&min_level=ERROR&limit=10"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
     let ids: BTreeSet<&str> = page["events"]
         .as_array()
         .unwrap()
@@ -536,17 +512,9 @@ async fn events_ingested_through_the_gateway_are_queryable_through_it() {
         ids,
         BTreeSet::from(["q-00", "q-04", "q-08", "q-12", "q-16"])
     );
-    let stats = client
-        .get(gw.url("/api/v1/stats/checkout"))
-        .send()
-        .await
-        .unwrap();
+    let stats = it::send(client.get(gw.url("/api/v1/stats/checkout"))).await;
     assert_eq!(stats.status(), 200);
-    let bad = client
-        .get(gw.url("/api/v1/events?level=LOUD"))
-        .send()
-        .await
-        .unwrap();
+    let bad = it::send(client.get(gw.url("/api/v1/events?level=LOUD"))).await;
     assert_eq!(bad.status(), 400, "the collector's 400 passes through");
     let body: Value = bad.json().await.unwrap();
     assert!(body["detail"].as_str().unwrap().contains("level"));

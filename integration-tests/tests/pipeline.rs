@@ -32,12 +32,12 @@ async fn events_started_through_the_gateway_land_in_postgres_exactly_once() {
     let gateway = it::start_gateway(gateway_config).await;
     let client = reqwest::Client::new();
 
-    let resp = client
-        .post(gateway.url("/api/v1/generator/start"))
-        .json(&json!({"rate_per_second": 2000, "count": 3000, "batch_size": 100}))
-        .send()
-        .await
-        .unwrap();
+    let resp = it::send(
+        client
+            .post(gateway.url("/api/v1/generator/start"))
+            .json(&json!({"rate_per_second": 2000, "count": 3000, "batch_size": 100})),
+    )
+    .await;
     assert_eq!(resp.status(), 202, "{}", resp.text().await.unwrap());
 
     let st = it::wait_for("all 3000 events acknowledged by Kafka", WAIT, || {
@@ -58,18 +58,7 @@ async fn events_started_through_the_gateway_land_in_postgres_exactly_once() {
     assert_eq!(st["instances"][0]["reachable"], true);
 
     let pool = it::schema_pool(&name).await;
-    it::wait_for("3000 rows in Postgres", WAIT, || {
-        let pool = pool.clone();
-        async move {
-            let n = it::count_events(&pool).await;
-            if n == 3000 {
-                Ok(())
-            } else {
-                Err(format!("{n} rows"))
-            }
-        }
-    })
-    .await;
+    it::wait_rows(&pool, 3000).await;
     let (distinct, offsets): (i64, i64) = sqlx::query_as(
         "SELECT (SELECT count(DISTINCT event_id) FROM log_events),
                 (SELECT COALESCE(sum(next_offset), 0)::int8 FROM consumer_offsets)",
@@ -104,12 +93,12 @@ async fn a_restarted_collector_resumes_from_the_offsets_stored_in_postgres() {
         let client = client.clone();
         let generator_url = generator.url("/api/v1/generator");
         async move {
-            let r = client
-                .post(format!("{generator_url}/start"))
-                .json(&json!({"rate_per_second": 5000, "count": count}))
-                .send()
-                .await
-                .unwrap();
+            let r = it::send(
+                client
+                    .post(format!("{generator_url}/start"))
+                    .json(&json!({"rate_per_second": 5000, "count": count})),
+            )
+            .await;
             assert_eq!(r.status(), 202);
             it::wait_for("run finished", WAIT, || {
                 let client = client.clone();
@@ -169,11 +158,8 @@ async fn a_restarted_collector_resumes_from_the_offsets_stored_in_postgres() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn poison_records_go_to_the_dlq_with_their_headers_and_do_not_stop_the_partition() {
-    let name = it::unique("dlq");
-    let config = it::collector_config(&name, 1);
-    let kafka = config.kafka.clone();
-    let (collector, _) = it::start_collector(config).await;
-
+    let s = it::TestStack::collector("dlq", 1).await;
+    let (pool, kafka, name) = (s.pool.clone(), &s.kafka, &s.name);
     let producer: FutureProducer = kafka.client_config("test-producer").create().unwrap();
     let good = |i: u32| {
         json!({"event_id": format!("{name}-{i}"), "timestamp": "2026-11-23T08:00:00Z", "level": "INFO",
@@ -197,19 +183,7 @@ async fn poison_records_go_to_the_dlq_with_their_headers_and_do_not_stop_the_par
             .unwrap();
     }
 
-    let pool = it::schema_pool(&name).await;
-    it::wait_for("3 good rows", WAIT, || {
-        let pool = pool.clone();
-        async move {
-            let n = it::count_events(&pool).await;
-            if n == 3 {
-                Ok(())
-            } else {
-                Err(format!("{n} rows"))
-            }
-        }
-    })
-    .await;
+    it::wait_rows(&pool, 3).await;
 
     let consumer: StreamConsumer = kafka
         .client_config("test-dlq-reader")
@@ -252,8 +226,7 @@ async fn poison_records_go_to_the_dlq_with_their_headers_and_do_not_stop_the_par
         .await
         .unwrap();
     assert_eq!(next, 5, "the offset moves past poison records too");
-    collector.stop().await;
-    it::drop_schema(&pool, &name).await;
+    s.stop().await;
 }
 
 /// Tansu answers a fetch that starts inside a producer's record batch with nothing; the collector

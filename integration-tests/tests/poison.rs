@@ -49,12 +49,11 @@ fn poison_records() -> Vec<(Vec<u8>, &'static str, &'static str)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn poison_records_go_to_the_dlq_with_headers_and_every_good_event_is_stored_once() {
-    let name = it::unique("poison");
-    let mut config = it::collector_config(&name, 3);
-    config.consumer.batch_max_ms = 200;
-    let kafka = config.kafka.clone();
-    let (collector, _) = it::start_collector(config).await;
-    let pool = it::schema_pool(&name).await;
+    let s = it::TestStack::collector_with("poison", 3, |config| {
+        config.consumer.batch_max_ms = 200;
+    })
+    .await;
+    let (pool, kafka, producer) = (s.pool.clone(), &s.kafka, &s.producer);
     // A constraint stands for whatever else PostgreSQL may refuse that validation did not foresee.
     sqlx::query(
         "ALTER TABLE log_events ADD CONSTRAINT test_no_db_poison CHECK (message NOT LIKE 'db-poison%')",
@@ -95,8 +94,7 @@ async fn poison_records_go_to_the_dlq_with_headers_and_every_good_event_is_store
         records.push(("poison-tail".into(), payload.clone(), ct));
     }
     let total = records.len();
-    let producer = it::producer(&kafka);
-    it::produce_all(&producer, &kafka.raw_topic, records).await;
+    it::produce_all(producer, &kafka.raw_topic, records).await;
 
     // Every record's offset is stored: nothing stalls.
     it::wait_for("all offsets stored", Duration::from_secs(180), || async {
@@ -135,7 +133,7 @@ async fn poison_records_go_to_the_dlq_with_headers_and_every_good_event_is_store
     assert_eq!(missing, 0, "good events missing from log_events");
 
     // Exactly the poison records in the DLQ, each with where it came from and why.
-    let dlq = it::read_topic(&kafka, &kafka.dlq_topic, Duration::from_secs(5)).await;
+    let dlq = it::read_topic(kafka, &kafka.dlq_topic, Duration::from_secs(5)).await;
     let mut kinds: BTreeMap<String, usize> = BTreeMap::new();
     for m in &dlq {
         let h = m.headers().expect("DLQ headers");
@@ -162,7 +160,7 @@ async fn poison_records_go_to_the_dlq_with_headers_and_every_good_event_is_store
 
     // No restart needed: lag back to 0 on every partition, and ready.
     it::wait_for("lag 0 on every partition", Duration::from_secs(30), || {
-        let metrics = collector.metrics();
+        let metrics = s.collector.metrics();
         async move {
             let text = metrics.await;
             let lags: Vec<&str> = text
@@ -177,7 +175,6 @@ async fn poison_records_go_to_the_dlq_with_headers_and_every_good_event_is_store
         }
     })
     .await;
-    it::wait_status(&collector.url("/ready"), 200, Duration::from_secs(10)).await;
-    collector.stop().await;
-    it::drop_schema(&pool, &name).await;
+    it::wait_status(&s.collector.url("/ready"), 200, Duration::from_secs(10)).await;
+    s.stop().await;
 }

@@ -51,14 +51,11 @@ fn headers_of(m: &rdkafka::message::OwnedMessage) -> BTreeMap<String, String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn latencies_at_the_edge_of_f64_are_stored_and_do_not_stall_the_pipeline() {
-    let name = it::unique("edge_latency");
-    let config = it::collector_config(&name, 3);
-    let kafka = config.kafka.clone();
-    let (collector, _) = it::start_collector(config).await;
-    let mut gw = it::gateway_config(&name);
+    let s = it::TestStack::collector("edge_latency", 3).await;
+    let (pool, kafka, name) = (s.pool.clone(), &s.kafka, &s.name);
+    let mut gw = it::gateway_config(name);
     gw.kafka = kafka.clone();
     let gateway = it::start_gateway(gw).await;
-    let pool = it::schema_pool(&name).await;
     let http = reqwest::Client::new();
     // As seen: two requests of 200 valid events, one numeric attribute at the edge of its type.
     for value in [
@@ -68,21 +65,11 @@ async fn latencies_at_the_edge_of_f64_are_stored_and_do_not_stall_the_pipeline()
         let body: Vec<LogEvent> = (0..200)
             .map(|_| event("payments", "charge", value.clone()))
             .collect();
-        let resp = http
-            .post(gateway.url("/api/v1/logs"))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
+        let resp = it::send(http.post(gateway.url("/api/v1/logs")).json(&body)).await;
         assert_eq!(resp.status().as_u16(), 202, "{:?}", resp.text().await);
     }
     let marker = event("marker", "after the edge", serde_json::json!(5));
-    let resp = http
-        .post(gateway.url("/api/v1/logs"))
-        .json(&marker)
-        .send()
-        .await
-        .unwrap();
+    let resp = it::send(http.post(gateway.url("/api/v1/logs")).json(&marker)).await;
     assert_eq!(resp.status().as_u16(), 202);
     it::wait_scalar(
         &pool,
@@ -101,7 +88,7 @@ async fn latencies_at_the_edge_of_f64_are_stored_and_do_not_stall_the_pipeline()
     assert_eq!(max, 86_400_000.0, "the latency counts as one day");
     assert_eq!(count, 400);
     assert_eq!(sum, 400.0 * 86_400_000.0);
-    let clamped = collector.metrics().await;
+    let clamped = s.collector.metrics().await;
     assert!(
         clamped.contains("collector_values_clamped_total{field=\"latency_ms\"} 400"),
         "{}",
@@ -111,19 +98,15 @@ async fn latencies_at_the_edge_of_f64_are_stored_and_do_not_stall_the_pipeline()
             .collect::<Vec<_>>()
             .join("\n")
     );
-    it::wait_status(&collector.url("/ready"), 200, Duration::from_secs(10)).await;
+    it::wait_status(&s.collector.url("/ready"), 200, Duration::from_secs(10)).await;
     gateway.stop().await;
-    collector.stop().await;
-    it::drop_schema(&pool, &name).await;
+    s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_record_whose_window_row_is_refused_goes_to_the_dlq_with_its_sqlstate_stage_and_row() {
-    let name = it::unique("refused_row");
-    let config = it::collector_config(&name, 2);
-    let kafka = config.kafka.clone();
-    let (collector, _) = it::start_collector(config).await;
-    let pool = it::schema_pool(&name).await;
+    let s = it::TestStack::collector("refused_row", 2).await;
+    let (pool, kafka, producer) = (s.pool.clone(), &s.kafka, &s.producer);
     // Stands for any derived row PostgreSQL may refuse that the bounds did not foresee.
     sqlx::query(
         "ALTER TABLE window_stats ADD CONSTRAINT test_no_refused CHECK (service <> 'refused')",
@@ -141,8 +124,7 @@ async fn a_record_whose_window_row_is_refused_goes_to_the_dlq_with_its_sqlstate_
             event("refused", "no window row", serde_json::json!(1)),
         );
     }
-    let producer = it::producer(&kafka);
-    it::produce_events(&producer, &kafka.raw_topic, &events).await;
+    it::produce_events(producer, &kafka.raw_topic, &events).await;
     it::wait_scalar(
         &pool,
         "SELECT COALESCE(sum(next_offset), 0)::int8 FROM consumer_offsets",
@@ -155,7 +137,7 @@ async fn a_record_whose_window_row_is_refused_goes_to_the_dlq_with_its_sqlstate_
         .await
         .unwrap();
     assert_eq!(stored, 300);
-    let dlq = it::read_topic(&kafka, &kafka.dlq_topic, Duration::from_secs(3)).await;
+    let dlq = it::read_topic(kafka, &kafka.dlq_topic, Duration::from_secs(3)).await;
     assert_eq!(dlq.len(), 40);
     for m in &dlq {
         let h = headers_of(m);
@@ -166,9 +148,8 @@ async fn a_record_whose_window_row_is_refused_goes_to_the_dlq_with_its_sqlstate_
         assert_eq!(row[0]["service"], "refused", "{row}");
         assert!(h["error.message"].contains("test_no_refused"), "{h:?}");
     }
-    let metrics = collector.metrics().await;
+    let metrics = s.collector.metrics().await;
     assert!(metrics.contains("collector_database_refuses_everything 0"));
-    it::wait_status(&collector.url("/ready"), 200, Duration::from_secs(10)).await;
-    collector.stop().await;
-    it::drop_schema(&pool, &name).await;
+    it::wait_status(&s.collector.url("/ready"), 200, Duration::from_secs(10)).await;
+    s.stop().await;
 }

@@ -26,12 +26,11 @@ fn event(message: &str) -> LogEvent {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_database_that_refuses_every_write_stalls_loudly_and_dead_letters_nothing() {
-    let name = it::unique("refuses_all");
-    let mut config = it::collector_config(&name, 2);
-    config.consumer.retry_max_ms = 500;
-    let kafka = config.kafka.clone();
-    let (collector, _) = it::start_collector(config).await;
-    let pool = it::schema_pool(&name).await;
+    let s = it::TestStack::collector_with("refuses_all", 2, |config| {
+        config.consumer.retry_max_ms = 500;
+    })
+    .await;
+    let (pool, kafka, producer) = (s.pool.clone(), &s.kafka, &s.producer);
     // A broken trigger: every insert fails with division_by_zero, SQLSTATE 22012, the same class
     // as a record's own data exception. Only the canary can tell them apart.
     sqlx::query(
@@ -49,11 +48,10 @@ async fn a_database_that_refuses_every_write_stalls_loudly_and_dead_letters_noth
     .await
     .unwrap();
     let events: Vec<LogEvent> = (0..100).map(|i| event(&format!("e{i}"))).collect();
-    let producer = it::producer(&kafka);
-    it::produce_events(&producer, &kafka.raw_topic, &events).await;
+    it::produce_events(producer, &kafka.raw_topic, &events).await;
     // Loud: the gauge, and /ready 503 naming the failing write.
     it::wait_for("the stall is visible", Duration::from_secs(60), || {
-        let metrics = collector.metrics();
+        let metrics = s.collector.metrics();
         async move {
             let text = metrics.await;
             if text.contains("collector_database_refuses_everything 1") {
@@ -64,12 +62,13 @@ async fn a_database_that_refuses_every_write_stalls_loudly_and_dead_letters_noth
         }
     })
     .await;
-    it::wait_status(&collector.url("/ready"), 503, Duration::from_secs(10)).await;
+    it::wait_status(&s.collector.url("/ready"), 503, Duration::from_secs(10)).await;
     // It stays stalled, and sends nothing to the DLQ.
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let dlq = it::read_topic(&kafka, &kafka.dlq_topic, Duration::from_secs(2)).await;
+    let dlq = it::read_topic(kafka, &kafka.dlq_topic, Duration::from_secs(2)).await;
     assert!(dlq.is_empty(), "{} records dead-lettered", dlq.len());
-    assert!(collector
+    assert!(s
+        .collector
         .metrics()
         .await
         .contains("collector_refused_by_database_total 0"));
@@ -85,11 +84,11 @@ async fn a_database_that_refuses_every_write_stalls_loudly_and_dead_letters_noth
         Duration::from_secs(60),
     )
     .await;
-    it::wait_status(&collector.url("/ready"), 200, Duration::from_secs(20)).await;
-    assert!(collector
+    it::wait_status(&s.collector.url("/ready"), 200, Duration::from_secs(20)).await;
+    assert!(s
+        .collector
         .metrics()
         .await
         .contains("collector_database_refuses_everything 0"));
-    collector.stop().await;
-    it::drop_schema(&pool, &name).await;
+    s.stop().await;
 }

@@ -33,21 +33,21 @@ fn events(prefix: &str, service: &str, n: usize, message_bytes: usize) -> Vec<Lo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_stream_sends_what_matches_and_resumes_from_its_last_id_without_a_gap() {
-    let name = it::unique("stream");
-    let mut config = it::collector_config(&name, 3);
-    config.stream.poll_ms = 100;
-    let kafka = config.kafka.clone();
-    let (collector, _) = it::start_collector(config).await;
-    let pool = it::schema_pool(&name).await;
-    let producer = it::producer(&kafka);
-    let url = collector.url("/api/v1/events/stream?service=api&rate=1000");
+    let s = it::TestStack::collector_with("stream", 3, |config| {
+        config.stream.poll_ms = 100;
+    })
+    .await;
+    let (kafka, producer) = (&s.kafka, &s.producer);
+    let url = s
+        .collector
+        .url("/api/v1/events/stream?service=api&rate=1000");
 
     let mut r = it::sse::open(&url, None).await;
     let hello = r.next().await.unwrap();
     assert_eq!(hello.event, "hello");
     let mut last_id = hello.id.clone().unwrap();
-    it::produce_events(&producer, &kafka.raw_topic, &events("a", "api", 200, 10)).await;
-    it::produce_events(&producer, &kafka.raw_topic, &events("w", "web", 100, 10)).await;
+    it::produce_events(producer, &kafka.raw_topic, &events("a", "api", 200, 10)).await;
+    it::produce_events(producer, &kafka.raw_topic, &events("w", "web", 100, 10)).await;
     let mut got = BTreeSet::new();
     while got.len() < 200 {
         let m = r.next().await.expect("a message before the timeout");
@@ -64,7 +64,7 @@ async fn the_stream_sends_what_matches_and_resumes_from_its_last_id_without_a_ga
     drop(r);
 
     // Gone for a while; back with the last id it saw.
-    it::produce_events(&producer, &kafka.raw_topic, &events("b", "api", 150, 10)).await;
+    it::produce_events(producer, &kafka.raw_topic, &events("b", "api", 150, 10)).await;
     let mut r = it::sse::open(&url, Some(&last_id)).await;
     assert_eq!(r.next().await.unwrap().event, "hello");
     while got.len() < 350 {
@@ -82,31 +82,28 @@ async fn the_stream_sends_what_matches_and_resumes_from_its_last_id_without_a_ga
     assert_eq!(got, want, "every api event, across the reconnect");
 
     // A position it never sent is refused with the header named.
-    let resp = reqwest::Client::new()
-        .get(&url)
-        .header("last-event-id", "not-a-position")
-        .send()
-        .await
-        .unwrap();
+    let resp = it::send(
+        reqwest::Client::new()
+            .get(&url)
+            .header("last-event-id", "not-a-position"),
+    )
+    .await;
     assert_eq!(resp.status(), 400);
     let body: Value = resp.json().await.unwrap();
     assert!(body["detail"].as_str().unwrap().contains("Last-Event-ID"));
-    collector.stop().await;
-    it::drop_schema(&pool, &name).await;
+    s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_over_its_rate_sends_a_sample_and_says_how_many_it_left_out() {
-    let name = it::unique("streamrate");
-    let mut config = it::collector_config(&name, 2);
-    config.stream.poll_ms = 500;
-    let kafka = config.kafka.clone();
-    let (collector, _) = it::start_collector(config).await;
-    let pool = it::schema_pool(&name).await;
-    let mut r = it::sse::open(&collector.url("/api/v1/events/stream?rate=10"), None).await;
+    let s = it::TestStack::collector_with("streamrate", 2, |config| {
+        config.stream.poll_ms = 500;
+    })
+    .await;
+    let (kafka, producer) = (&s.kafka, &s.producer);
+    let mut r = it::sse::open(&s.collector.url("/api/v1/events/stream?rate=10"), None).await;
     assert_eq!(r.next().await.unwrap().event, "hello");
-    let producer = it::producer(&kafka);
-    it::produce_events(&producer, &kafka.raw_topic, &events("r", "api", 1000, 10)).await;
+    it::produce_events(producer, &kafka.raw_topic, &events("r", "api", 1000, 10)).await;
     let (mut sent, mut dropped) = (0i64, 0i64);
     while sent + dropped < 1000 {
         let m = r.next().await.expect("a message before the timeout");
@@ -125,34 +122,31 @@ async fn a_stream_over_its_rate_sends_a_sample_and_says_how_many_it_left_out() {
         "every event sent or counted as left out"
     );
     assert!(dropped > 0 && sent > 0, "sent {sent}, dropped {dropped}");
-    collector.stop().await;
-    it::drop_schema(&pool, &name).await;
+    s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_is_cut_off_and_told_why() {
-    let name = it::unique("streamslow");
-    let mut config = it::collector_config(&name, 2);
-    config.stream.poll_ms = 100;
-    config.stream.slow_client_secs = 1;
-    config.stream.buffer_batches = 1;
-    let kafka = config.kafka.clone();
-    let (collector, _) = it::start_collector(config).await;
-    let pool = it::schema_pool(&name).await;
+    let s = it::TestStack::collector_with("streamslow", 2, |config| {
+        config.stream.poll_ms = 100;
+        config.stream.slow_client_secs = 1;
+        config.stream.buffer_batches = 1;
+    })
+    .await;
+    let (kafka, producer) = (&s.kafka, &s.producer);
     // A client with a small receive window that sends its request and then reads nothing.
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
-    let mut conn = socket.connect(collector.addr).await.unwrap();
+    let mut conn = socket.connect(s.collector.addr).await.unwrap();
     conn.write_all(
         b"GET /api/v1/events/stream?rate=1000 HTTP/1.1\r\nhost: x\r\naccept: text/event-stream\r\nconnection: close\r\n\r\n",
     )
     .await
     .unwrap();
     // Rows keep coming, 2 KB each, so every poll has a batch for it.
-    let producer = it::producer(&kafka);
     for round in 0..20 {
         let batch = events(&format!("s{round}"), "api", 200, 2_000);
-        it::produce_events(&producer, &kafka.raw_topic, &batch).await;
+        it::produce_events(producer, &kafka.raw_topic, &batch).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -166,11 +160,11 @@ async fn a_client_that_stops_reading_is_cut_off_and_told_why() {
         "told why: …{}",
         &text[text.len().saturating_sub(400)..]
     );
-    assert!(collector
+    assert!(s
+        .collector
         .metrics()
         .await
         .lines()
         .any(|l| l.starts_with("collector_streams_cut_off_total") && !l.ends_with(" 0")));
-    collector.stop().await;
-    it::drop_schema(&pool, &name).await;
+    s.stop().await;
 }

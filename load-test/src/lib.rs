@@ -10,25 +10,19 @@
 //! `ceiling` measures the produce, consume and COPY ceilings; `report` writes the folder. `run`
 //! below ties them together; every loop is bounded by the scenario's plan and its timeouts.
 //!
-//! `storage_bench` is the storage benchmark (`./storage-bench.sh`, binary
-//! `logpipe-storage-bench`): PostgreSQL alone, partitioned vs unpartitioned ingest, the API's
-//! queries at 50 million rows, retention, size.
-//!
-//! `fault_report` is the fault suite's report (`./fault-suite.sh`, binary `logpipe-fault-report`):
-//! the scenarios' rows, their recovery times and "acknowledged, not yet stored" charts.
+//! The storage benchmark (`./storage-bench.sh`) is its own crate, `storage-bench/`, and the fault
+//! suite's report is in `fault-suite/report/`; the latter draws its charts with `report` here.
 
 // Library code states its invariants with `expect("why")`; a bare unwrap is a test's habit.
 #![warn(clippy::unwrap_used)]
 
 pub mod args;
 pub mod ceiling;
-pub mod fault_report;
 pub mod ingest;
 pub mod report;
 pub mod sample;
 pub mod scenario;
 pub mod stack;
-pub mod storage_bench;
 pub mod verify;
 
 use std::collections::BTreeMap;
@@ -304,8 +298,8 @@ impl Results<'_> {
             "- date: {}",
             self.run_began.format("%Y-%m-%d %H:%M:%S UTC")
         );
-        let _ = writeln!(s, "- commit: {}", report::git_commit());
-        let _ = writeln!(s, "- machine: {}", report::machine());
+        let _ = writeln!(s, "- commit: {}", logpipe_common::host::git_commit());
+        let _ = writeln!(s, "- machine: {}", logpipe_common::host::machine());
         let _ = writeln!(
             s,
             "- configuration: base rate {}/s, threads {}, batch {}, profile {}, duration {} s, ramp step {}/s every {} s up to {}/s, hold {} s, burst x{}; ingest {} req/s x {} events, {} clients",

@@ -1,11 +1,11 @@
-//! `logpipe-storage-bench`: see `logpipe_load_test::storage_bench` and `./storage-bench.sh`.
+//! `logpipe-storage-bench`: see the library and `./storage-bench.sh`.
 
 use clap::Parser;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let args = logpipe_load_test::storage_bench::StorageArgs::parse();
-    match logpipe_load_test::storage_bench::run(args).await {
+    let args = logpipe_storage_bench::StorageArgs::parse();
+    match logpipe_storage_bench::run(args).await {
         Ok(true) => std::process::ExitCode::SUCCESS,
         // Wrong answers (a failed query, rows that do not add up): the report lists them.
         Ok(false) => std::process::ExitCode::from(1),

@@ -11,49 +11,30 @@
 # logpipe's Tansu build fixes that (deploy/tansu/tansu-broker/group-leader.patch).
 set -uo pipefail
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-source "$ROOT/scripts/lib.sh"
-source "$ROOT/integration-tests/fault-lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 
 RATE=${LOGPIPE_PAUSE_RATE:-5000}
 RUN_SECS=${LOGPIPE_PAUSE_RUN_SECS:-60}
 PAUSE_SECS=${LOGPIPE_PAUSE_SECS:-30}
-RUN=$(mktemp -d "${TMPDIR:-/tmp}/logpipe-pause.XXXXXX")
-DB=logpipe_pause_test
-DB_URL="postgres://$PG_USER@$PG_HOST:$PG_PORT/$DB"
-BIN=$CARGO_TARGET_DIR/release
-BROKER_PORT=$(free_port)
-GEN_PORT=$(free_port)
-COL_PORT=$(free_port)
-export LOGPIPE_KAFKA_BROKERS=127.0.0.1:$BROKER_PORT LOGPIPE_DATABASE_URL=$DB_URL RUST_LOG=${LOGPIPE_PAUSE_LOG:-info,librdkafka=warn}
+fault_setup pause logpipe_pause_test GEN_PORT COL_PORT
 
-passed=0
-failed=0
 finish() {
     # What the collector said of itself at the end, before it is stopped.
     echo "collector /ready: $(curl -s --max-time 2 "http://127.0.0.1:$COL_PORT/ready")"
     [ -f "$RUN/broker.pid" ] && kill -CONT "$(cat "$RUN/broker.pid")" 2>/dev/null
     fault_end "${acked:-}" "${stored:-}" "${distinct:-}"
-    for name in generator collector broker; do stop_pid "$name" "$RUN/$name.pid" 15 >/dev/null; done
+    fault_stop generator collector broker
     fault_exit "broker-pause-test"
 }
 trap finish EXIT
-sql() { psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d "$DB" -tAc "$1" 2>/dev/null; }
-fault_acked() { generator_field "$GEN_PORT" events_acked; }
 fault_stored() { sql "SELECT count(*) FROM log_events"; }
 status() { curl -fsS --max-time 2 "http://127.0.0.1:$GEN_PORT/api/v1/generator/status" 2>/dev/null; }
 field() { python3 -c "import json,sys; print(json.load(sys.stdin).get('$1', ''))" 2>/dev/null; }
 rss_kib() { awk '/^VmRSS/ { print $2 }' "/proc/$(cat "$RUN/generator.pid")/status" 2>/dev/null || echo 0; }
 
-fault_test_setup "$DB" || exit 1
-
-start_test_broker "$RUN" "$BROKER_PORT" || { check "broker starts" false; exit 1; }
-start_test_service collector "$RUN" "$COL_PORT" "$BIN/logpipe-collector" --port "$COL_PORT" \
-    || { check "collector starts" false; exit 1; }
-start_test_service generator "$RUN" "$GEN_PORT" "$BIN/logpipe-generator" --port "$GEN_PORT" \
-    || { check "generator starts" false; exit 1; }
-start_generation "$GEN_PORT" "{\"rate_per_second\": $RATE, \"duration_secs\": $RUN_SECS}" \
-    || { check "generation starts" false; exit 1; }
+fault_prepare
+fault_collector collector "$COL_PORT"
+fault_generate "{\"rate_per_second\": $RATE, \"duration_secs\": $RUN_SECS}"
 fault_begin broker-pause
 
 sleep 8

@@ -8,23 +8,13 @@
 # them). Ends with "churn-test: N passed, M failed".
 set -uo pipefail
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-source "$ROOT/scripts/lib.sh"
-source "$ROOT/integration-tests/fault-lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 
 N=${LOGPIPE_CHURN_EVENTS:-1200000}
 RATE=${LOGPIPE_CHURN_RATE:-10000}
 EVERY=${LOGPIPE_CHURN_EVERY:-20}
-RUN=$(mktemp -d "${TMPDIR:-/tmp}/logpipe-churn.XXXXXX")
-DB=logpipe_churn_test
-DB_URL="postgres://$PG_USER@$PG_HOST:$PG_PORT/$DB"
-BIN=$CARGO_TARGET_DIR/release
-BROKER_PORT=$(free_port)
-GEN_PORT=$(free_port)
-export LOGPIPE_KAFKA_BROKERS=127.0.0.1:$BROKER_PORT LOGPIPE_DATABASE_URL=$DB_URL RUST_LOG=${LOGPIPE_CHURN_LOG:-info,librdkafka=warn}
+fault_setup churn logpipe_churn_test GEN_PORT
 
-passed=0
-failed=0
 RUNNING=()  # collector names, oldest first
 NEXT=1
 finish() {
@@ -35,18 +25,13 @@ finish() {
         done
     fi
     for f in "$RUN"/c*.pid; do [ -f "$f" ] && stop_pid "$(basename "$f" .pid)" "$f" 15 >/dev/null; done
-    for name in generator broker; do stop_pid "$name" "$RUN/$name.pid" 15 >/dev/null; done
+    fault_stop generator broker
     echo "fenced batches: $(cat "$RUN"/c*.log 2>/dev/null | grep -c 'batch fenced')"
     fault_exit "churn-test"
 }
 trap finish EXIT
-sql() { psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d "$DB" -tAc "$1" 2>/dev/null; }
-stored() { sql "SELECT COALESCE(sum(next_offset), 0) FROM consumer_offsets" || echo 0; }
-fault_acked() { generator_field "$GEN_PORT" events_acked; }
-fault_stored() { sql "SELECT COALESCE(sum(next_offset), 0) FROM consumer_offsets"; }
 
-fault_test_setup "$DB" || exit 1
-start_test_broker "$RUN" "$BROKER_PORT" || { check "broker starts" false; exit 1; }
+fault_prepare
 
 # Dynamic members; a partition nobody stores is reported after 10 s.
 printf '[consumer]\norphan_after_secs = 10\n' >"$RUN/collector.toml"
@@ -66,10 +51,7 @@ remove_oldest() {
 }
 
 add_collector || { check "the first collector starts" false; exit 1; }
-start_test_service generator "$RUN" "$GEN_PORT" "$BIN/logpipe-generator" --port "$GEN_PORT" \
-    || { check "generator starts" false; exit 1; }
-start_generation "$GEN_PORT" "{\"rate_per_second\": $RATE, \"count\": $N, \"batch_size\": 1000, \"threads\": 2}" \
-    || { check "generation starts" false; exit 1; }
+fault_generate "{\"rate_per_second\": $RATE, \"count\": $N, \"batch_size\": 1000, \"threads\": 2}"
 fault_begin churn
 
 growing=1
@@ -93,18 +75,8 @@ fault_mark "healed churn over after $steps steps (${#RUNNING[@]} running)"
 check "collectors joined and left $steps times during the run (at least 3)" [ "$steps" -ge 3 ]
 check "every added collector started" [ "$start_failed" = 0 ]
 
-deadline=$((SECONDS + 240))
-while [ $SECONDS -lt $deadline ]; do
-    [ "$(stored)" = "$N" ] && break
-    sleep 1
-done
-acked=$(generator_field "$GEN_PORT" events_acked)
-check "generator acknowledged all $N events" [ "$acked" = "$N" ]
-check "stored offsets cover all $N records" [ "$(stored)" = "$N" ]
-rows=$(sql 'SELECT count(*) FROM log_events')
-distinct=$(sql 'SELECT count(DISTINCT event_id) FROM log_events')
-check "exactly $N rows" [ "$rows" = "$N" ]
-check "$N distinct event ids" [ "$distinct" = "$N" ]
+wait_offsets_stored "$N" 240
+check_stored_exactly "$N"
 for c in "${RUNNING[@]}"; do
     check "collector $c is ready at the end" wait_http "http://127.0.0.1:$(cat "$RUN/$c.port")/ready" 30
 done

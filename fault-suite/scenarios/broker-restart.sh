@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Broker restart under load, with the release generator and collector on a private broker:
 #
-#   integration-tests/broker-restart-test.sh durable|memory
+#   fault-suite/scenarios/broker-restart.sh durable|memory
 #
 # The generator produces RATE events/s (LOGPIPE_RESTART_RATE, default 10,000) for SECS seconds
 # (LOGPIPE_RESTART_SECS, default 60); a third of the way in the broker is killed with SIGKILL and
@@ -17,9 +17,7 @@
 # log that were not stored: what the empty broker lost itself is no collector's to store. Ends with "broker-restart-test (MODE): N passed, M failed".
 set -uo pipefail
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-source "$ROOT/scripts/lib.sh"
-source "$ROOT/integration-tests/fault-lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 
 MODE=${1:-durable}
 case $MODE in
@@ -29,28 +27,16 @@ case $MODE in
 esac
 RATE=${LOGPIPE_RESTART_RATE:-10000}
 SECS=${LOGPIPE_RESTART_SECS:-60}
-RUN=$(mktemp -d "${TMPDIR:-/tmp}/logpipe-restart.XXXXXX")
-DB=logpipe_restart_$MODE
-DB_URL="postgres://$PG_USER@$PG_HOST:$PG_PORT/$DB"
-BIN=$CARGO_TARGET_DIR/release
-BROKER_PORT=$(free_port)
-GEN_PORT=$(free_port)
-COL_PORT=$(free_port)
-export LOGPIPE_KAFKA_BROKERS=127.0.0.1:$BROKER_PORT LOGPIPE_DATABASE_URL=$DB_URL RUST_LOG=${LOGPIPE_RESTART_LOG:-warn}
+fault_setup restart "logpipe_restart_$MODE" GEN_PORT COL_PORT
+export RUST_LOG=${LOGPIPE_FAULT_LOG:-warn}
 
-passed=0
-failed=0
 finish() {
     [ -n "${PROBE_PID:-}" ] && kill "$PROBE_PID" 2>/dev/null
     fault_end "${acked:-}" "${rows_end:-}" "${distinct:-}" "${lost:-}"
-    stop_pid collector "$RUN/collector.pid" 15 >/dev/null
-    stop_pid generator "$RUN/generator.pid" 15 >/dev/null
-    stop_pid broker "$RUN/broker.pid" 5 >/dev/null
+    fault_stop collector generator broker
     fault_exit "broker-restart-test ($MODE)"
 }
 trap finish EXIT
-sql() { psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d "$DB" -tAc "$1" 2>/dev/null; }
-fault_acked() { generator_field "$GEN_PORT" events_acked; }
 fault_stored() { sql "SELECT count(*) FROM log_events"; }
 
 fault_test_setup "$DB" || exit 1
@@ -86,12 +72,8 @@ while True:
 EOF
 PROBE_PID=$!
 
-start_test_service collector "$RUN" "$COL_PORT" "$BIN/logpipe-collector" --port "$COL_PORT" \
-    || { check "collector starts" false; exit 1; }
-start_test_service generator "$RUN" "$GEN_PORT" "$BIN/logpipe-generator" --port "$GEN_PORT" \
-    || { check "generator starts" false; exit 1; }
-start_generation "$GEN_PORT" "{\"rate_per_second\": $RATE, \"duration_secs\": $SECS}" \
-    || { check "generation starts" false; exit 1; }
+fault_collector collector "$COL_PORT"
+fault_generate "{\"rate_per_second\": $RATE, \"duration_secs\": $SECS}"
 fault_begin "broker-restart-$MODE"
 
 status() { curl -fsS "http://127.0.0.1:$GEN_PORT/api/v1/generator/status" 2>/dev/null; }

@@ -12,58 +12,38 @@
 # to 0 and the collector never restarted. Ends with "poison-run-test: N passed, M failed".
 set -uo pipefail
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-source "$ROOT/scripts/lib.sh"
-source "$ROOT/integration-tests/fault-lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 
 RATE=${LOGPIPE_POISON_RATE:-10000}
 RUN_SECS=${LOGPIPE_POISON_RUN_SECS:-60}
 ROUNDS=${LOGPIPE_POISON_ROUNDS:-20}
-RUN=$(mktemp -d "${TMPDIR:-/tmp}/logpipe-poison.XXXXXX")
-DB=logpipe_poison_run
-DB_URL="postgres://$PG_USER@$PG_HOST:$PG_PORT/$DB"
-BIN=$CARGO_TARGET_DIR/release
-BROKER_PORT=$(free_port)
-GEN_PORT=$(free_port)
-COL_PORT=$(free_port)
-BROKERS=127.0.0.1:$BROKER_PORT
-export LOGPIPE_KAFKA_BROKERS=$BROKERS LOGPIPE_DATABASE_URL=$DB_URL RUST_LOG=${LOGPIPE_POISON_LOG:-info,librdkafka=warn}
+fault_setup poison logpipe_poison_run GEN_PORT COL_PORT
 
-passed=0
-failed=0
 finish() {
     fault_end "${acked:-}" "${rows:-}" "${distinct:-}"
     if [ "$failed" -ne 0 ]; then
-        echo "collector /ready: $(curl -s --max-time 2 "http://127.0.0.1:$COL_PORT/ready")"
-        grep -E ' (WARN|ERROR) ' "$RUN/collector.log" 2>/dev/null | tail -n 10 | cut -c1-300
+        collector_said "$COL_PORT" "$RUN/collector.log"
     fi
-    for name in generator collector broker; do stop_pid "$name" "$RUN/$name.pid" 15 >/dev/null; done
+    fault_stop generator collector broker
     fault_exit "poison-run-test"
 }
 trap finish EXIT
-sql() { psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d "$DB" -tAc "$1" 2>/dev/null; }
 metric_sum() {
     curl -fsS --max-time 2 "http://127.0.0.1:$COL_PORT/metrics" 2>/dev/null \
         | awk -v m="$1" 'index($1, m) == 1 { s += $2; n++ } END { if (n) printf "%d\n", s }'
 }
-fault_acked() { generator_field "$GEN_PORT" events_acked; }
 fault_stored() { sql "SELECT count(*) FROM log_events"; }
 
 [ -x "$BIN/logpipe-poison" ] || { check "logpipe-poison is built (fault-suite.sh builds it)" false; exit 1; }
-fault_test_setup "$DB" || exit 1
-start_test_broker "$RUN" "$BROKER_PORT" || { check "broker starts" false; exit 1; }
-start_test_service collector "$RUN" "$COL_PORT" "$BIN/logpipe-collector" --port "$COL_PORT" \
-    || { check "collector starts" false; exit 1; }
+fault_prepare
+fault_collector collector "$COL_PORT"
 collector_pid=$(cat "$RUN/collector.pid")
-start_test_service generator "$RUN" "$GEN_PORT" "$BIN/logpipe-generator" --port "$GEN_PORT" \
-    || { check "generator starts" false; exit 1; }
-start_generation "$GEN_PORT" "{\"rate_per_second\": $RATE, \"duration_secs\": $RUN_SECS}" \
-    || { check "generation starts" false; exit 1; }
+fault_generate "{\"rate_per_second\": $RATE, \"duration_secs\": $RUN_SECS}"
 fault_begin poison-run
 
 sleep 3
 fault_mark "fault poison rounds begin"
-produced=$("$BIN/logpipe-poison" produce "$BROKERS" "$ROUNDS" 2>"$RUN/poison.err")
+produced=$("$BIN/logpipe-poison" produce "$LOGPIPE_KAFKA_BROKERS" "$ROUNDS" 2>"$RUN/poison.err")
 fault_mark "healed poison rounds over"
 check "logpipe-poison wrote $ROUNDS rounds ($produced)" [ -n "$produced" ]
 
@@ -75,7 +55,7 @@ done
 sleep 2
 rows=$(sql 'SELECT count(*) FROM log_events')
 distinct=$(sql 'SELECT count(DISTINCT event_id) FROM log_events')
-"$BIN/logpipe-poison" dlq "$BROKERS" "$ROUNDS" >"$RUN/dlq.txt" 2>>"$RUN/poison.err"
+"$BIN/logpipe-poison" dlq "$LOGPIPE_KAFKA_BROKERS" "$ROUNDS" >"$RUN/dlq.txt" 2>>"$RUN/poison.err"
 dlq_rc=$?
 cat "$RUN/dlq.txt"
 check "exactly the poison records are in logs.dlq, $ROUNDS of each kind, each with its headers" \

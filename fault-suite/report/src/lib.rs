@@ -3,7 +3,7 @@
 //! stored events (`NAME.csv`) and the moments they injected and healed their fault (`NAME.marks`);
 //! this reads them, works out each scenario's worst backlog and its time to recover, draws the
 //! "acknowledged, not yet stored" chart per scenario and writes `summary.md` with the table.
-//! `integration-tests/fault-lib.sh` writes the files.
+//! `fault-suite/lib.sh` writes the files; the charts are drawn with the load test's `report`.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -123,7 +123,7 @@ pub fn write(dir: &Path) -> anyhow::Result<(String, bool)> {
         &std::fs::read_to_string(dir.join("rows.tsv"))
             .with_context(|| format!("{}/rows.tsv (did any scenario run?)", dir.display()))?,
     );
-    let fonts = crate::report::load_font();
+    let fonts = logpipe_load_test::report::load_font();
     let mut table = String::from(
         "| scenario | acknowledged | stored | lost | duplicated | max not yet stored | recovery | not yet stored at end | result |\n\
          |---|---:|---:|---:|---:|---:|---:|---:|---|\n",
@@ -174,8 +174,8 @@ pub fn write(dir: &Path) -> anyhow::Result<(String, bool)> {
          (each event carries a unique id). Recovery: from the moment the fault was undone until \
          everything acknowledged by then was stored. Each chart shows events acknowledged and not \
          yet stored, once a second; the vertical lines are the fault steps.\n{}",
-        crate::report::git_commit(),
-        crate::report::machine(),
+        logpipe_common::host::git_commit(),
+        logpipe_common::host::machine(),
         table,
         charts
     );
@@ -199,7 +199,7 @@ fn chart(
     for (t, label) in marks {
         series.push((label.clone(), vec![(*t, 0.0), (*t, top)]));
     }
-    crate::report::line_chart(path, name, "events", &series)
+    logpipe_load_test::report::line_chart(path, name, "events", &series)
 }
 
 #[cfg(test)]

@@ -12,36 +12,21 @@
 # "redis-restart-test: N passed, M failed".
 set -uo pipefail
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-source "$ROOT/scripts/lib.sh"
-source "$ROOT/integration-tests/fault-lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 
 BUDGET=${LOGPIPE_REDIS_BUDGET:-4000}
 RUN_SECS=${LOGPIPE_REDIS_RUN_SECS:-60}
 OUTAGE_SECS=${LOGPIPE_REDIS_OUTAGE_SECS:-20}
-RUN=$(mktemp -d "${TMPDIR:-/tmp}/logpipe-redis.XXXXXX")
-DB=logpipe_redis_test
-DB_URL="postgres://$PG_USER@$PG_HOST:$PG_PORT/$DB"
-BIN=$CARGO_TARGET_DIR/release
-REDIS_P=$(free_port)
-BROKER_PORT=$(free_port)
-A_PORT=$(free_port)
-B_PORT=$(free_port)
-GW_PORT=$(free_port)
-COL_PORT=$(free_port)
-export LOGPIPE_KAFKA_BROKERS=127.0.0.1:$BROKER_PORT LOGPIPE_DATABASE_URL=$DB_URL \
-    LOGPIPE_REDIS_URL=redis://127.0.0.1:$REDIS_P RUST_LOG=${LOGPIPE_REDIS_LOG:-info,librdkafka=warn}
+fault_setup redis logpipe_redis_test REDIS_P A_PORT B_PORT GW_PORT COL_PORT
+export LOGPIPE_REDIS_URL=redis://127.0.0.1:$REDIS_P
 
-passed=0
-failed=0
 finish() {
     [ -n "${CLIENT_PID:-}" ] && kill "$CLIENT_PID" 2>/dev/null
     fault_end "${acked:-}" "${rows:-}" "${distinct:-}"
-    for name in a b gateway collector broker redis; do stop_pid "$name" "$RUN/$name.pid" 15 >/dev/null; done
+    fault_stop a b gateway collector broker redis
     fault_exit "redis-restart-test"
 }
 trap finish EXIT
-sql() { psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d "$DB" -tAc "$1" 2>/dev/null; }
 backend() {
     curl -fsS --max-time 2 "http://127.0.0.1:$1/api/v1/generator/status" 2>/dev/null \
         | python3 -c 'import json,sys; print((json.load(sys.stdin).get("budget") or {}).get("backend", ""))' 2>/dev/null
@@ -63,12 +48,10 @@ start_redis() {
     return 1
 }
 
-fault_test_setup "$DB" || exit 1
+fault_prepare
 command -v redis-server >/dev/null || apt_install redis-server
 start_redis || { check "redis starts" false; exit 1; }
-start_test_broker "$RUN" "$BROKER_PORT" || { check "broker starts" false; exit 1; }
-start_test_service collector "$RUN" "$COL_PORT" "$BIN/logpipe-collector" --port "$COL_PORT" \
-    || { check "collector starts" false; exit 1; }
+fault_collector collector "$COL_PORT"
 for g in a:$A_PORT b:$B_PORT; do
     start_test_service "${g%%:*}" "$RUN" "${g##*:}" "$BIN/logpipe-generator" --port "${g##*:}" \
         --instance-id "fault-${g%%:*}" --global-rate-per-second "$BUDGET" --budget-key-prefix "fault-$$" \

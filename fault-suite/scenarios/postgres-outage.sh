@@ -16,47 +16,36 @@
 # Ends with "postgres-outage-test: N passed, M failed".
 set -uo pipefail
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-source "$ROOT/scripts/lib.sh"
-source "$ROOT/integration-tests/fault-lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 
 MODE=${1:-stop}
 case $MODE in stop | readonly) ;; *) die "usage: $0 stop|readonly" ;; esac
 RATE=${LOGPIPE_OUTAGE_RATE:-5000}
 RUN_SECS=${LOGPIPE_OUTAGE_RUN_SECS:-120}
 OUTAGE_SECS=${LOGPIPE_OUTAGE_SECS:-60}
-RUN=$(mktemp -d "${TMPDIR:-/tmp}/logpipe-pg-$MODE.XXXXXX")
-BIN=$CARGO_TARGET_DIR/release
 PG_BIN=$(find /usr/lib/postgresql -maxdepth 2 -name bin -type d 2>/dev/null | sort -V | tail -1)
+# The scenario's database is `logpipe` in a private cluster of its own, the one it stops.
 PRIVATE_PG_PORT=$(free_port)
-BROKER_PORT=$(free_port)
-GEN_PORT=$(free_port)
-COL_PORT=$(free_port)
-DB_URL="postgres://postgres@127.0.0.1:$PRIVATE_PG_PORT/logpipe"
-export LOGPIPE_KAFKA_BROKERS=127.0.0.1:$BROKER_PORT LOGPIPE_DATABASE_URL=$DB_URL RUST_LOG=${LOGPIPE_OUTAGE_LOG:-info,librdkafka=warn}
+PG_HOST=127.0.0.1 PG_PORT=$PRIVATE_PG_PORT PG_USER=postgres
+fault_setup "pg-$MODE" logpipe GEN_PORT COL_PORT
 
-passed=0
-failed=0
 # initdb and the server refuse to run as root: as root they run as the postgres user.
 as_pg() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 pg_ctl_() { as_pg "$PG_BIN/pg_ctl" -D "$RUN/pg/data" -w -t 60 "$@"; }
 finish() {
     fault_end "${acked:-}" "${rows:-}" "${distinct:-}"
     if [ "$failed" -ne 0 ]; then
-        echo "collector /ready: $(curl -s --max-time 2 "http://127.0.0.1:$COL_PORT/ready")"
-        grep -E ' (WARN|ERROR) ' "$RUN/collector.log" 2>/dev/null | tail -n 10 | cut -c1-300
+        collector_said "$COL_PORT" "$RUN/collector.log"
     fi
-    for name in generator collector broker; do stop_pid "$name" "$RUN/$name.pid" 15 >/dev/null; done
+    fault_stop generator collector broker
     [ -f "$RUN/pg/data/postmaster.pid" ] && pg_ctl_ stop -m immediate >/dev/null 2>&1
     fault_exit "postgres-outage-test"
 }
 trap finish EXIT
-sql() { psql -h 127.0.0.1 -p "$PRIVATE_PG_PORT" -U postgres -d logpipe -tAc "$1" 2>/dev/null; }
 metric() {
     curl -fsS --max-time 2 "http://127.0.0.1:$COL_PORT/metrics" 2>/dev/null \
         | awk -v m="$1" '$1 == m { print $2; found = 1 } END { if (!found) print "" }'
 }
-fault_acked() { generator_field "$GEN_PORT" events_acked; }
 fault_stored() { sql "SELECT count(*) FROM log_events"; }
 
 if [ ! -x "$BIN/logpipe-collector" ] || [ ! -x "$BIN/logpipe-generator" ]; then
@@ -78,13 +67,9 @@ psql -h 127.0.0.1 -p "$PRIVATE_PG_PORT" -U postgres -d postgres -qc "CREATE DATA
     || { check "the test database is created" false; exit 1; }
 
 start_test_broker "$RUN" "$BROKER_PORT" || { check "broker starts" false; exit 1; }
-start_test_service collector "$RUN" "$COL_PORT" "$BIN/logpipe-collector" --port "$COL_PORT" \
-    || { check "collector starts" false; exit 1; }
+fault_collector collector "$COL_PORT"
 collector_pid=$(cat "$RUN/collector.pid")
-start_test_service generator "$RUN" "$GEN_PORT" "$BIN/logpipe-generator" --port "$GEN_PORT" \
-    || { check "generator starts" false; exit 1; }
-start_generation "$GEN_PORT" "{\"rate_per_second\": $RATE, \"duration_secs\": $RUN_SECS}" \
-    || { check "generation starts" false; exit 1; }
+fault_generate "{\"rate_per_second\": $RATE, \"duration_secs\": $RUN_SECS}"
 fault_begin "postgres-$MODE"
 
 # Let the collector write for a while first.

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Slow and abusive clients (the fault suite's scenario 11): a release gateway on a private broker,
-# with a release collector storing what it accepts, while integration-tests/slow-clients.py keeps a
+# with a release collector storing what it accepts, while slow-clients.py (beside it) keeps a
 # well-behaved client posting one event every 20 ms and, after a 5 s baseline, opens IDLE (default
 # 1,000) idle connections, TRICKLE (5) bodies sent one byte a second, and BIG (10) 10 MB bodies
 # announced by Content-Length plus as many streamed chunked, all in parallel.
@@ -11,40 +11,25 @@
 # good client's 202s is stored once. Ends with "slow-clients-test: N passed, M failed".
 set -uo pipefail
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-source "$ROOT/scripts/lib.sh"
-source "$ROOT/integration-tests/fault-lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 
 SECS=${LOGPIPE_SLOW_SECS:-30}
 IDLE=${LOGPIPE_SLOW_IDLE:-1000}
-RUN=$(mktemp -d "${TMPDIR:-/tmp}/logpipe-slow.XXXXXX")
-DB=logpipe_slow_test
-DB_URL="postgres://$PG_USER@$PG_HOST:$PG_PORT/$DB"
-BIN=$CARGO_TARGET_DIR/release
-BROKER_PORT=$(free_port)
-GW_PORT=$(free_port)
-GEN_PORT=$(free_port)
-COL_PORT=$(free_port)
-export LOGPIPE_KAFKA_BROKERS=127.0.0.1:$BROKER_PORT LOGPIPE_DATABASE_URL=$DB_URL RUST_LOG=${LOGPIPE_SLOW_LOG:-info,librdkafka=warn}
+fault_setup slow logpipe_slow_test GW_PORT GEN_PORT COL_PORT
 
-passed=0
-failed=0
 finish() {
     [ -n "${RSS_PID:-}" ] && kill "$RSS_PID" 2>/dev/null
     fault_end "${accepted:-}" "${rows:-}" "${distinct:-}"
-    for name in gateway generator collector broker; do stop_pid "$name" "$RUN/$name.pid" 15 >/dev/null; done
+    fault_stop gateway generator collector broker
     fault_exit "slow-clients-test"
 }
 trap finish EXIT
-sql() { psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d "$DB" -tAc "$1" 2>/dev/null; }
 rss_kib() { awk '/^VmRSS/ { print $2 }' "/proc/$(cat "$RUN/gateway.pid")/status" 2>/dev/null || echo 0; }
 fault_acked() { gateway_accepted "$GW_PORT"; }
 fault_stored() { sql "SELECT count(*) FROM log_events"; }
 
-fault_test_setup "$DB" || exit 1
-start_test_broker "$RUN" "$BROKER_PORT" || { check "broker starts" false; exit 1; }
-start_test_service collector "$RUN" "$COL_PORT" "$BIN/logpipe-collector" --port "$COL_PORT" \
-    || { check "collector starts" false; exit 1; }
+fault_prepare
+fault_collector collector "$COL_PORT"
 # An idle generator: the gateway is ready only when its generators answer.
 start_test_service generator "$RUN" "$GEN_PORT" "$BIN/logpipe-generator" --port "$GEN_PORT" \
     || { check "generator starts" false; exit 1; }
@@ -66,7 +51,7 @@ rss_before=$(rss_kib)
 ) &
 RSS_PID=$!
 fault_mark "fault abuse starts"
-python3 "$ROOT/integration-tests/slow-clients.py" --port "$GW_PORT" --secs "$SECS" --abuse-at 5 \
+python3 "$FAULT_DIR/scenarios/slow-clients.py" --port "$GW_PORT" --secs "$SECS" --abuse-at 5 \
     --idle "$IDLE" >"$RUN/result.json" 2>"$RUN/client.err" \
     || { cat "$RUN/client.err"; check "the client script ran" false; exit 1; }
 fault_mark "healed abuse over"

@@ -12,7 +12,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use governor::{Quota, RateLimiter};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
@@ -22,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::breaker::{self, Permit, ProbeSlot, ProduceBreaker};
 use crate::budget::GlobalBudget;
 use crate::config::GeneratorConfig;
-use crate::events::{EventFactory, BURST_MULTIPLIER};
+use crate::events::EventFactory;
 use crate::telemetry;
 
 use logpipe_common::control::BudgetStatus;
@@ -432,19 +431,8 @@ async fn worker(engine: Arc<Engine>, params: RunParams, index: u32, rate: u32, s
     let Some(rate) = NonZeroU32::new(rate) else {
         return;
     };
-    // A batch is paced as a unit, so the limiter is consulted once per batch, not once per event.
-    // Capacity is two batches, one of them drained at start: a timer that wakes late (tokio sleeps
-    // in whole milliseconds, a large share of a 5 ms batch period) leaves credit for the next batch
-    // instead of losing it, so the long-run rate holds the target.
     let batch = params.batch_size.min(rate.get());
-    let one_batch = NonZeroU32::new(batch).expect("batch >= 1");
-    let capacity = NonZeroU32::new(batch.saturating_mul(2)).expect("non-zero");
-    let limiter = RateLimiter::direct(Quota::per_second(rate).allow_burst(capacity));
-    let _ = limiter.check_n(one_batch);
-    // `burst` profile: a second limiter at ten times the rate, used while the burst is on.
-    let burst_rate = rate.saturating_mul(NonZeroU32::new(BURST_MULTIPLIER).expect("non-zero"));
-    let burst_limiter = RateLimiter::direct(Quota::per_second(burst_rate).allow_burst(capacity));
-    let _ = burst_limiter.check_n(one_batch);
+    let pacer = crate::pacing::Pacer::new(rate, batch);
     let mut factory = EventFactory::new(
         worker_seed(params.seed, &engine.config.instance_id, index),
         engine.config.instance_id.clone(),
@@ -465,25 +453,9 @@ async fn worker(engine: Arc<Engine>, params: RunParams, index: u32, rate: u32, s
             Turn::Generate(n) | Turn::Skip(n) => n,
             Turn::Done => break,
         };
-        let permits = NonZeroU32::new(n as u32).expect("n >= 1");
         let elapsed = started.elapsed();
-        let wait = if params.profile.rate_multiplier(elapsed) > 1 {
-            burst_limiter.until_n_ready(permits)
-        } else {
-            limiter.until_n_ready(permits)
-        };
-        let ready = match deadline {
-            Some(d) => tokio::select! {
-                _ = cancel.cancelled() => false,
-                _ = tokio::time::sleep_until(d) => false,
-                r = wait => r.is_ok(),
-            },
-            None => tokio::select! {
-                _ = cancel.cancelled() => false,
-                r = wait => r.is_ok(),
-            },
-        };
-        if !ready {
+        let burst = params.profile.rate_multiplier(elapsed) > 1;
+        if !pacer.ready(n, burst, deadline, &cancel).await {
             if let Turn::Generate(n) = turn {
                 remaining.fetch_add(n, Ordering::Relaxed);
             }
@@ -494,37 +466,12 @@ async fn worker(engine: Arc<Engine>, params: RunParams, index: u32, rate: u32, s
             telemetry::events_skipped(n);
             continue;
         }
-        // Several instances: this batch also needs permits from the shared budget (one round trip).
-        if let Some(budget) = &engine.budget {
-            match budget.acquire(n as u32, &cancel).await {
-                Some(0) => {}
-                Some(limited) => {
-                    engine
-                        .counters
-                        .rate_limited
-                        .fetch_add(limited, Ordering::Relaxed);
-                    telemetry::events_rate_limited(limited);
-                }
-                None => {
-                    remaining.fetch_add(n, Ordering::Relaxed);
-                    break;
-                }
-            }
+        if !take_budget(&engine, n, &cancel).await {
+            remaining.fetch_add(n, Ordering::Relaxed);
+            break;
         }
         let now = Utc::now();
-        let batch_span = tracing::info_span!(
-            parent: None,
-            "kafka.publish",
-            otel.name = %format!("publish {topic}"),
-            otel.kind = "producer",
-            messaging.system = "kafka",
-            messaging.operation.type = "send",
-            messaging.destination.name = %topic,
-            messaging.batch.message_count = n,
-        );
-        if let Some(p) = parent.take() {
-            logpipe_common::telemetry::set_parent_context(&batch_span, p);
-        }
+        let batch_span = publish_span(&topic, n, parent.take());
         let batch_tp = logpipe_common::telemetry::traceparent_of(&batch_span);
         for i in 0..n {
             let mut event = factory.next_event(now, elapsed);
@@ -575,6 +522,48 @@ async fn worker(engine: Arc<Engine>, params: RunParams, index: u32, rate: u32, s
             }
         }
     }
+}
+
+/// Several instances: a batch also needs permits from the shared budget (one round trip). False
+/// when cancelled while waiting for them.
+async fn take_budget(engine: &Engine, n: u64, cancel: &CancellationToken) -> bool {
+    let Some(budget) = &engine.budget else {
+        return true;
+    };
+    match budget.acquire(n as u32, cancel).await {
+        Some(0) => true,
+        Some(limited) => {
+            engine
+                .counters
+                .rate_limited
+                .fetch_add(limited, Ordering::Relaxed);
+            telemetry::events_rate_limited(limited);
+            true
+        }
+        None => false,
+    }
+}
+
+/// A batch's `kafka.publish` span; the first batch of a worker is a child of the start request.
+fn publish_span(
+    topic: &str,
+    n: u64,
+    parent: Option<logpipe_common::telemetry::TraceContext>,
+) -> tracing::Span {
+    let span = tracing::info_span!(
+        parent: None,
+        "kafka.publish",
+        otel.name = %format!("publish {topic}"),
+        otel.kind = "producer",
+        messaging.system = "kafka",
+        messaging.operation.type = "send",
+        messaging.destination.name = %topic,
+        messaging.batch.message_count = n,
+    );
+    if let Some(p) = parent {
+        logpipe_common::telemetry::set_parent_context(&span, p);
+    }
+    span
 }
 
 fn count_generated(engine: &Engine, n: u64) {
@@ -673,107 +662,4 @@ fn new_producer(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::events::Profile;
-    use crate::params::RunDefaults;
-
-    fn defaults() -> RunDefaults {
-        RunDefaults::default()
-    }
-
-    #[test]
-    fn empty_start_request_uses_the_configured_defaults() {
-        let p = RunParams::from_request(&StartRequest::default(), &defaults()).unwrap();
-        assert_eq!(p.rate_per_second, 1_000);
-        assert_eq!(p.threads, 1);
-        assert_eq!(p.profile, Profile::Steady);
-    }
-
-    #[test]
-    fn rate_outside_1_to_1_000_000_is_refused_naming_the_field() {
-        for bad in [0, 1_000_001] {
-            let req = StartRequest {
-                rate_per_second: Some(bad),
-                ..Default::default()
-            };
-            let err = RunParams::from_request(&req, &defaults()).unwrap_err();
-            assert_eq!(err.field, "rate_per_second");
-            assert!(err.to_string().contains("between 1 and 1000000"), "{err}");
-        }
-    }
-
-    #[test]
-    fn threads_above_64_are_refused() {
-        let req = StartRequest {
-            threads: Some(65),
-            ..Default::default()
-        };
-        assert_eq!(
-            RunParams::from_request(&req, &defaults())
-                .unwrap_err()
-                .field,
-            "threads"
-        );
-    }
-
-    #[test]
-    fn unknown_profile_is_refused_listing_the_allowed_ones() {
-        let req = StartRequest {
-            profile: Some("chaos".into()),
-            ..Default::default()
-        };
-        let err = RunParams::from_request(&req, &defaults()).unwrap_err();
-        assert_eq!(err.field, "profile");
-        assert!(err.to_string().contains("steady"));
-    }
-
-    #[test]
-    fn countdown_never_hands_out_more_than_the_count() {
-        let remaining = AtomicU64::new(250);
-        let mut total = 0;
-        loop {
-            let n = take(&remaining, 100);
-            if n == 0 {
-                break;
-            }
-            total += n;
-        }
-        assert_eq!(total, 250);
-    }
-
-    #[test]
-    fn an_open_breaker_skips_a_batch_without_touching_the_count() {
-        let remaining = AtomicU64::new(10);
-        assert_eq!(
-            plan_turn(Permit::Rejected, 500, &remaining),
-            Turn::Skip(500)
-        );
-        assert_eq!(remaining.load(Ordering::Relaxed), 10);
-    }
-
-    #[test]
-    fn a_probe_is_one_record_and_an_allowed_turn_a_batch_capped_by_the_count() {
-        let remaining = AtomicU64::new(10);
-        assert_eq!(plan_turn(Permit::Probe, 500, &remaining), Turn::Generate(1));
-        assert_eq!(plan_turn(Permit::Allowed, 4, &remaining), Turn::Generate(4));
-        assert_eq!(
-            plan_turn(Permit::Allowed, 500, &remaining),
-            Turn::Generate(5)
-        );
-        assert_eq!(plan_turn(Permit::Allowed, 500, &remaining), Turn::Done);
-        assert_eq!(plan_turn(Permit::Probe, 500, &remaining), Turn::Done);
-    }
-
-    #[test]
-    fn worker_shares_add_up_exactly_to_the_rate() {
-        for (rate, threads) in [(1, 4), (7, 3), (100_000, 7), (1_000_000, 64)] {
-            let shares: Vec<u32> = (0..threads)
-                .map(|w| worker_share(rate, threads, w))
-                .collect();
-            assert_eq!(shares.iter().sum::<u32>(), rate, "{rate}/{threads}");
-            let (lo, hi) = (shares.iter().min().unwrap(), shares.iter().max().unwrap());
-            assert!(hi - lo <= 1, "{shares:?}");
-        }
-    }
-}
+mod tests;

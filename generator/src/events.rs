@@ -234,14 +234,7 @@ impl EventFactory {
                     status,
                     level,
                 };
-                if self.rng.random_bool(0.5) {
-                    line.apache_combined(self.rng.random_range(200..20_000u32))
-                } else {
-                    line.syslog(
-                        self.rng.random_bool(0.5),
-                        self.rng.random_range(100..40_000u32),
-                    )
-                }
+                line.render(&mut self.rng)
             }
             None => message_for(
                 service.name,
@@ -254,13 +247,14 @@ impl EventFactory {
             ),
         };
 
-        let mut attributes = Map::with_capacity(6);
-        attributes.insert("http.method".into(), Value::from(method));
-        attributes.insert("http.path".into(), Value::from(path));
-        attributes.insert("http.status".into(), Value::from(status));
-        attributes.insert("latency_ms".into(), Value::from(latency_ms));
-        attributes.insert("user".into(), Value::from(user));
-        attributes.insert("client.ip".into(), Value::from(client_ip));
+        let attributes = Map::from_iter([
+            ("http.method".into(), Value::from(method)),
+            ("http.path".into(), Value::from(path)),
+            ("http.status".into(), Value::from(status)),
+            ("latency_ms".into(), Value::from(latency_ms)),
+            ("user".into(), Value::from(user)),
+            ("client.ip".into(), Value::from(client_ip)),
+        ]);
 
         let id_entropy: u128 = self.rng.random();
         let event_id =
@@ -316,6 +310,15 @@ struct Line<'a> {
 }
 
 impl Line<'_> {
+    /// A `mixed_formats` event's message: the request as an Apache combined or a syslog line.
+    fn render(&self, rng: &mut SmallRng) -> String {
+        if rng.random_bool(0.5) {
+            self.apache_combined(rng.random_range(200..20_000u32))
+        } else {
+            self.syslog(rng.random_bool(0.5), rng.random_range(100..40_000u32))
+        }
+    }
+
     fn apache_combined(&self, bytes: u32) -> String {
         format!(
             "{} - {} [{}] \"{} {} HTTP/1.1\" {} {} \"-\" \"Mozilla/5.0 (X11; Linux x86_64)\"",

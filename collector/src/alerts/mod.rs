@@ -211,66 +211,7 @@ pub async fn judge_error_rate(
         open_alert_id,
     };
     for step in decide::judge_windows(&mut st, s, service, width, &windows, upto) {
-        match step {
-            EpisodeStep::Open {
-                alert_id,
-                start,
-                end,
-                summary,
-                rate,
-                errors,
-                total,
-                baseline,
-            } => {
-                let inserted = sqlx::query(
-                    "INSERT INTO alerts (alert_id, kind, subject, service, severity, summary,
-                                         first_seen, last_seen, occurrences, details)
-                     VALUES ($1, 'error_rate_spike', $2, $2, 'warning', $3, $4, $5, 1, $6)
-                     ON CONFLICT (alert_id) DO NOTHING",
-                )
-                .bind(&alert_id)
-                .bind(service)
-                .bind(&summary)
-                .bind(start)
-                .bind(end)
-                .bind(json!({
-                    "error_rate": rate, "peak_error_rate": rate, "errors": errors,
-                    "events": total, "baseline": baseline, "window_secs": width,
-                }))
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                if inserted == 1 {
-                    raised.push(AlertKind::ErrorRateSpike);
-                }
-            }
-            EpisodeStep::Extend {
-                alert_id,
-                end,
-                rate,
-            } => {
-                sqlx::query(
-                    "UPDATE alerts SET last_seen = $2, occurrences = occurrences + 1,
-                            details = jsonb_set(details, '{peak_error_rate}',
-                                to_jsonb(GREATEST((details->>'peak_error_rate')::float8, $3)))
-                      WHERE alert_id = $1",
-                )
-                .bind(&alert_id)
-                .bind(end)
-                .bind(rate)
-                .execute(&mut *tx)
-                .await?;
-            }
-            EpisodeStep::End { alert_id, at } => {
-                sqlx::query(
-                    "UPDATE alerts SET ended_at = $2 WHERE alert_id = $1 AND ended_at IS NULL",
-                )
-                .bind(&alert_id)
-                .bind(at)
-                .execute(&mut *tx)
-                .await?;
-            }
-        }
+        write_step(tx, service, width, step, raised).await?;
     }
     sqlx::query(
         "UPDATE error_rate_state SET last_window_start = $2, baseline = $3, baseline_windows = $4,
@@ -283,6 +224,75 @@ pub async fn judge_error_rate(
     .bind(&st.open_alert_id)
     .execute(&mut *tx)
     .await?;
+    Ok(())
+}
+
+/// One step of an error-rate episode written: an alert opened, extended or ended.
+async fn write_step(
+    tx: &mut PgConnection,
+    service: &str,
+    width: i64,
+    step: EpisodeStep,
+    raised: &mut Vec<AlertKind>,
+) -> Result<(), sqlx::Error> {
+    match step {
+        EpisodeStep::Open {
+            alert_id,
+            start,
+            end,
+            summary,
+            rate,
+            errors,
+            total,
+            baseline,
+        } => {
+            let inserted = sqlx::query(
+                "INSERT INTO alerts (alert_id, kind, subject, service, severity, summary,
+                                     first_seen, last_seen, occurrences, details)
+                 VALUES ($1, 'error_rate_spike', $2, $2, 'warning', $3, $4, $5, 1, $6)
+                 ON CONFLICT (alert_id) DO NOTHING",
+            )
+            .bind(&alert_id)
+            .bind(service)
+            .bind(&summary)
+            .bind(start)
+            .bind(end)
+            .bind(json!({
+                "error_rate": rate, "peak_error_rate": rate, "errors": errors,
+                "events": total, "baseline": baseline, "window_secs": width,
+            }))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if inserted == 1 {
+                raised.push(AlertKind::ErrorRateSpike);
+            }
+        }
+        EpisodeStep::Extend {
+            alert_id,
+            end,
+            rate,
+        } => {
+            sqlx::query(
+                "UPDATE alerts SET last_seen = $2, occurrences = occurrences + 1,
+                        details = jsonb_set(details, '{peak_error_rate}',
+                            to_jsonb(GREATEST((details->>'peak_error_rate')::float8, $3)))
+                  WHERE alert_id = $1",
+            )
+            .bind(&alert_id)
+            .bind(end)
+            .bind(rate)
+            .execute(&mut *tx)
+            .await?;
+        }
+        EpisodeStep::End { alert_id, at } => {
+            sqlx::query("UPDATE alerts SET ended_at = $2 WHERE alert_id = $1 AND ended_at IS NULL")
+                .bind(&alert_id)
+                .bind(at)
+                .execute(&mut *tx)
+                .await?;
+        }
+    }
     Ok(())
 }
 

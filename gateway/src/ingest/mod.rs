@@ -223,6 +223,79 @@ pub async fn ingest_logs(
     }
 }
 
+/// The body, read within the size limit and the read timeout. A body announced larger than the
+/// limit is refused from its head, before a byte is read.
+async fn read_limited(
+    s: &AppState,
+    headers: &axum::http::HeaderMap,
+    body: axum::body::Body,
+) -> Result<Bytes, ApiError> {
+    let announced = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|len| len > s.config.body_limit_bytes as u64) {
+        linger(body.into_data_stream());
+        return Err(ApiError::PayloadTooLarge(s.config.body_limit_bytes));
+    }
+    read_body(
+        body,
+        s.config.body_limit_bytes,
+        Duration::from_millis(s.config.ingest.body_read_timeout_ms),
+    )
+    .await
+}
+
+/// The answer when no event of a body was accepted: 413 when every one was too large (the size is
+/// the problem, not the content), else 422 listing each refusal.
+fn all_refused(rejected: Vec<parse::Rejected>) -> Result<Response, ApiError> {
+    if rejected.iter().all(|r| r.error == "event_too_large") {
+        let r = &rejected[0];
+        return Err(ApiError::EventTooLarge(format!(
+            "event {}: {}",
+            r.index, r.detail
+        )));
+    }
+    let body = json!({
+        "error": "invalid_events",
+        "detail": format!("all {} events were refused", rejected.len()),
+        "accepted": 0,
+        "rejected": rejected,
+    });
+    Ok((StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response())
+}
+
+/// Charge a body's events to the client's ingest limit. The guard charged one unit before the
+/// body was read; the other events are charged now. The decision for the answer's headers, or
+/// the 429 refusal; a body larger than a whole window's limit is 413.
+async fn charge_events(
+    s: &AppState,
+    identity: &str,
+    events: usize,
+    charged: Option<Charged>,
+) -> Result<Result<Option<crate::ratelimit::Decision>, Response>, ApiError> {
+    let decision = charged.map(|Charged(d)| d);
+    if !s.limiter.enabled() {
+        return Ok(Ok(decision));
+    }
+    let limit = s.limiter.limit(RouteClass::Ingest);
+    if events > limit.limit as usize {
+        return Err(ApiError::TooManyEvents(format!(
+            "{events} events exceed the ingest limit of {} per {} ms window",
+            limit.limit, limit.window_ms
+        )));
+    }
+    let rest = events.saturating_sub(1) as u32;
+    if rest == 0 {
+        return Ok(Ok(decision));
+    }
+    let d = s.limiter.check(RouteClass::Ingest, identity, rest).await;
+    if !d.allowed {
+        return Ok(Err(refused("/api/v1/logs", RouteClass::Ingest, &d)));
+    }
+    Ok(Ok(Some(d)))
+}
+
 async fn ingest(
     s: &AppState,
     peer: SocketAddr,
@@ -242,22 +315,7 @@ async fn ingest(
         ApiError::UnsupportedMediaType(content_type.unwrap_or_default().to_owned())
     })?;
     let service = default_service(query.service.as_deref()).map_err(ApiError::InvalidParameter)?;
-    // A body announced larger than the limit is refused from its head, before a byte is read.
-    let announced = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if announced.is_some_and(|len| len > s.config.body_limit_bytes as u64) {
-        linger(body.into_data_stream());
-        return Err(ApiError::PayloadTooLarge(s.config.body_limit_bytes));
-    }
-    let body = read_body(
-        body,
-        s.config.body_limit_bytes,
-        Duration::from_millis(settings.body_read_timeout_ms),
-    )
-    .await?;
+    let body = read_limited(s, &parts.headers, body).await?;
     // The trace events belong to: this request's span when tracing is on, else the caller's header.
     let tp = logpipe_common::telemetry::traceparent_of(&tracing::Span::current())
         .or_else(|| traceparent(&parts.headers));
@@ -285,44 +343,12 @@ async fn ingest(
     })?;
     telemetry::ingest_events("rejected", parsed.rejected.len());
     if parsed.events.is_empty() {
-        // A body whose every event is too large is 413 (the size is the problem, not the content).
-        if parsed.rejected.iter().all(|r| r.error == "event_too_large") {
-            let r = &parsed.rejected[0];
-            return Err(ApiError::EventTooLarge(format!(
-                "event {}: {}",
-                r.index, r.detail
-            )));
-        }
-        let body = json!({
-            "error": "invalid_events",
-            "detail": format!("all {} events were refused", parsed.rejected.len()),
-            "accepted": 0,
-            "rejected": parsed.rejected,
-        });
-        return Ok((StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response());
+        return all_refused(parsed.rejected);
     }
-    let route = "/api/v1/logs";
-    let mut decision = charged.map(|Charged(d)| d);
-    if s.limiter.enabled() {
-        let limit = s.limiter.limit(RouteClass::Ingest);
-        if parsed.events.len() > limit.limit as usize {
-            return Err(ApiError::TooManyEvents(format!(
-                "{} events exceed the ingest limit of {} per {} ms window",
-                parsed.events.len(),
-                limit.limit,
-                limit.window_ms
-            )));
-        }
-        // The guard charged one unit before the body was read; the other events are charged now.
-        let rest = parsed.events.len().saturating_sub(1) as u32;
-        if rest > 0 {
-            let d = s.limiter.check(RouteClass::Ingest, &identity, rest).await;
-            if !d.allowed {
-                return Ok(refused(route, RouteClass::Ingest, &d));
-            }
-            decision = Some(d);
-        }
-    }
+    let decision = match charge_events(s, &identity, parsed.events.len(), charged).await? {
+        Ok(decision) => decision,
+        Err(refusal) => return Ok(refusal),
+    };
     let publish = tracing::info_span!(
         "kafka.publish",
         otel.name = %format!("publish {}", s.config.kafka.raw_topic),

@@ -228,6 +228,19 @@ generator_field() {
         | python3 -c "import json,sys; print(json.load(sys.stdin).get('$2', ''))" 2>/dev/null
 }
 
+# collector_metric PORT NAME: one sample of a collector's metric, exactly NAME (empty when absent).
+collector_metric() {
+    internal_curl -fsS --max-time 2 "http://127.0.0.1:$1/metrics" 2>/dev/null \
+        | awk -v m="$2" '$1 == m { print $2; found = 1 } END { if (!found) print "" }'
+}
+
+# collector_metric_sum PORT PREFIX: the sum of a collector's samples whose name and labels start
+# with PREFIX (every partition's lag, say), as an integer; empty when there is none.
+collector_metric_sum() {
+    internal_curl -fsS --max-time 2 "http://127.0.0.1:$1/metrics" 2>/dev/null \
+        | awk -v m="$2" 'index($1, m) == 1 { s += $2; n++ } END { if (n) printf "%d\n", s }'
+}
+
 # gateway_accepted PORT: events the gateway on PORT has had acknowledged by Kafka (its metric).
 gateway_accepted() {
     curl -fsS --max-time 2 "http://127.0.0.1:$1/metrics" 2>/dev/null \

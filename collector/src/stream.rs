@@ -36,9 +36,10 @@ use sqlx::QueryBuilder;
 use tokio::sync::mpsc;
 
 pub use crate::config::StreamSettings;
-use crate::query::{bad, ApiError, Params, StoredEvent};
+use crate::query::{bad, event_row, ApiError, Params};
 use crate::state::AppState;
 use logpipe_common::permits::{Permit, Refused};
+use logpipe_common::query::StreamParams;
 
 /// Where a stream is: the next offset per Kafka partition, and the last offset reset it knows of
 /// (`offset_resets.reset_id`). Text: `0:1200,1:1187;r3`.
@@ -251,7 +252,7 @@ pub async fn events_stream(
     headers: HeaderMap,
     Query(raw): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    let p = Params::new(raw, &["service", "min_level", "q", "rate"])?;
+    let p = Params::new(raw, StreamParams::NAMES)?;
     let settings = s.stream.clone();
     // The gateway names its client; it can, because only it holds the internal token.
     let client = headers
@@ -663,7 +664,7 @@ async fn read(
     while let Some(r) = futures::TryStreamExt::try_next(&mut rows).await? {
         use sqlx::Row;
         matched = r.try_get::<i64, _>("matched")?;
-        let json = serde_json::to_string(&StoredEvent::from_row(&r)?)
+        let json = serde_json::to_string(&event_row(&r)?)
             .map_err(|e| ApiError::Internal(format!("an event did not encode: {e}")))?;
         bytes += json.len();
         if !out.is_empty() && bytes > s.stream.max_batch_bytes {

@@ -16,6 +16,8 @@
 //! - [`config`]: reading the optional TOML layer of each service's configuration.
 //! - [`control`]: the generator's start request and status body, typed once for the generator, the
 //!   gateway and the OpenAPI document.
+//! - [`query`]: the query API's parameters (each described once) and answers, typed once for the
+//!   collector, the gateway and the OpenAPI document.
 
 // Library code states its invariants with `expect("why")`; a bare unwrap is a test's habit
 // (clippy.toml allows it in tests; benches and integration tests are not linted for it).
@@ -33,6 +35,7 @@ pub mod http;
 pub mod internal;
 pub mod kafka;
 pub mod permits;
+pub mod query;
 pub mod shutdown;
 pub mod startup;
 pub mod telemetry;

@@ -28,10 +28,6 @@ finish() {
     fault_exit "poison-run-test"
 }
 trap finish EXIT
-metric_sum() {
-    curl -fsS --max-time 2 "http://127.0.0.1:$COL_PORT/metrics" 2>/dev/null \
-        | awk -v m="$1" 'index($1, m) == 1 { s += $2; n++ } END { if (n) printf "%d\n", s }'
-}
 fault_stored() { sql "SELECT count(*) FROM log_events"; }
 
 [ -x "$BIN/logpipe-poison" ] || { check "logpipe-poison is built (fault-suite.sh builds it)" false; exit 1; }
@@ -49,7 +45,7 @@ check "logpipe-poison wrote $ROUNDS rounds ($produced)" [ -n "$produced" ]
 
 acked=$(wait_generation_done "$GEN_PORT" $((RUN_SECS + 120)))
 for _ in $(seq 1 120); do
-    [ "$(fault_stored)" -ge "${acked:-0}" ] 2>/dev/null && [ "$(metric_sum collector_consumer_lag)" = 0 ] && break
+    [ "$(fault_stored)" -ge "${acked:-0}" ] 2>/dev/null && [ "$(collector_metric_sum "$COL_PORT" collector_consumer_lag)" = 0 ] && break
     sleep 1
 done
 sleep 2
@@ -63,6 +59,6 @@ check "exactly the poison records are in logs.dlq, $ROUNDS of each kind, each wi
 check "none of them is in PostgreSQL" [ "$(sql "SELECT count(*) FROM log_events WHERE service = 'poison'")" = 0 ]
 check "every acknowledged event is stored ($rows rows for $acked acknowledged)" [ "$rows" = "$acked" ]
 check "each once ($distinct distinct ids)" [ "$distinct" = "$rows" ]
-check "lag is back to 0" [ "$(metric_sum collector_consumer_lag)" = 0 ]
+check "lag is back to 0" [ "$(collector_metric_sum "$COL_PORT" collector_consumer_lag)" = 0 ]
 check "the collector never restarted" same_process "$RUN/collector.pid" "$collector_pid"
 check "the collector is ready" wait_http "http://127.0.0.1:$COL_PORT/ready" 10

@@ -42,10 +42,6 @@ finish() {
     fault_exit "postgres-outage-test"
 }
 trap finish EXIT
-metric() {
-    curl -fsS --max-time 2 "http://127.0.0.1:$COL_PORT/metrics" 2>/dev/null \
-        | awk -v m="$1" '$1 == m { print $2; found = 1 } END { if (!found) print "" }'
-}
 fault_stored() { sql "SELECT count(*) FROM log_events"; }
 
 if [ ! -x "$BIN/logpipe-collector" ] || [ ! -x "$BIN/logpipe-generator" ]; then
@@ -116,7 +112,7 @@ echo "generated $(generator_field "$GEN_PORT" events_generated), acked $acked, f
 check "the run finished" [ "$(generator_field "$GEN_PORT" state)" = idle ]
 check "every acknowledged event is stored ($rows rows for $acked acked)" [ "$rows" = "$acked" ]
 check "each once ($distinct distinct ids)" [ "$distinct" = "$rows" ]
-check "nothing was dead-lettered (collector_dlq_total $(metric collector_dlq_total))" \
-    [ "$(metric collector_dlq_total)" = 0 ]
+check "nothing was dead-lettered (collector_dlq_total $(collector_metric "$COL_PORT" collector_dlq_total))" \
+    [ "$(collector_metric "$COL_PORT" collector_dlq_total)" = 0 ]
 check "the collector was never restarted" same_process "$RUN/collector.pid" "$collector_pid"
 check "the collector is ready again" wait_http "http://127.0.0.1:$COL_PORT/ready" 30

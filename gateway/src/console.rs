@@ -18,6 +18,7 @@ use serde::Deserialize;
 
 use crate::error::{ApiError, ErrorBody};
 use crate::state::{AppState, Sample};
+use logpipe_common::query::StreamParams;
 
 const INDEX: &str = include_str!("../console/index.html");
 const APP_JS: &str = include_str!("../console/app.js");
@@ -180,10 +181,7 @@ pub fn parse_metrics(text: &str) -> HashMap<String, f64> {
 /// reason is in `data`), `shutdown`.
 #[utoipa::path(get, path = "/api/v1/events/stream", tag = "query",
     params(
-        ("service" = Option<String>, Query, description = "Only this service"),
-        ("min_level" = Option<String>, Query, description = "This level or more severe"),
-        ("q" = Option<String>, Query, description = "Case-insensitive substring of the message"),
-        ("rate" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Events a second at most (default 100)"),
+        StreamParams,
         ("Last-Event-ID" = Option<String>, Header, description = "The `id` of the last message received, to resume"),
     ),
     responses(

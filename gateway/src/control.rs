@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::future::join_all;
 use futures::FutureExt;
-use logpipe_common::control::{GeneratorStatus, StartRequest};
+use logpipe_common::control::{parse_start_request, GeneratorStatus, StartBodyError, StartRequest};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ApiError, ErrorBody};
@@ -245,15 +245,11 @@ pub async fn start(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -
     fan_out_response(replies, StatusCode::ACCEPTED)
 }
 
-/// The start body: none (blank), a valid request, or why not (400 not JSON, 422 wrong fields).
+/// The start body: none (blank), a valid request, or why not (400 not JSON, 422 naming the field).
 fn start_request(body: &[u8]) -> Result<Option<StartRequest>, ApiError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(None);
-    }
-    // `null` is "no body" too, as the document's optional body says.
-    serde_json::from_slice::<Option<StartRequest>>(body).map_err(|e| match e.classify() {
-        serde_json::error::Category::Data => ApiError::InvalidBody(e.to_string()),
-        _ => ApiError::BadRequest(format!("the body is not valid JSON: {e}")),
+    parse_start_request(body).map_err(|e| match e {
+        StartBodyError::NotJson(_) => ApiError::BadRequest(e.to_string()),
+        StartBodyError::Field { .. } => ApiError::InvalidBody(e.to_string()),
     })
 }
 

@@ -1,5 +1,6 @@
 //! Queries, forwarded to the collector's query API with the query string untouched: the collector
-//! validates parameters (a 400 names the bad one) and its status and JSON body pass through. A
+//! validates parameters (a 400 names the bad one) and its status and JSON body pass through. The
+//! parameters and answers the document shows are the contract's types (`logpipe_common::query`). A
 //! collector that cannot be reached is a 502, one that is too slow a 504.
 
 use std::time::Duration;
@@ -12,7 +13,10 @@ use crate::error::{ApiError, ErrorBody};
 use crate::middleware::client_span;
 use crate::state::AppState;
 use futures::StreamExt;
-use logpipe_common::event::Level;
+use logpipe_common::query::{
+    AlertsPage, AlertsParams, EventsPage, EventsParams, Stats, StatsParams, Timeline,
+    TimelineParams,
+};
 use tracing::Instrument;
 
 /// Percent-encode one path segment (RFC 3986 unreserved characters pass as they are).
@@ -87,12 +91,9 @@ async fn forward(s: &AppState, headers: &HeaderMap, path: &str, query: Option<St
 
 /// Counts by level over a range, error rate and top messages, over all services.
 #[utoipa::path(get, path = "/api/v1/stats", tag = "query",
-    params(
-        ("from" = Option<String>, Query, format = DateTime, description = "RFC 3339 start (default: an hour ago); before `to`, and at most the collector's `query_max_range_hours` (168) before it"),
-        ("to" = Option<String>, Query, format = DateTime, description = "RFC 3339 end (default: now)"),
-    ),
+    params(StatsParams),
     responses(
-        (status = 200, description = "Totals and per-service counts", body = serde_json::Value),
+        (status = 200, description = "Totals and per-service counts", body = Stats),
         (status = 400, description = "A bad parameter, named", body = ErrorBody),
         (status = 502, description = "Collector unreachable", body = ErrorBody),
     ))]
@@ -108,11 +109,10 @@ pub async fn stats(
 #[utoipa::path(get, path = "/api/v1/stats/{service}", tag = "query",
     params(
         ("service" = String, Path, description = "Service name"),
-        ("from" = Option<String>, Query, format = DateTime, description = "RFC 3339 start (default: an hour before `to`); before `to`, and at most the collector's `query_max_range_hours` (168) before it"),
-        ("to" = Option<String>, Query, format = DateTime, description = "RFC 3339 end (default: now)"),
+        StatsParams,
     ),
     responses(
-        (status = 200, description = "The service's stats", body = serde_json::Value),
+        (status = 200, description = "The service's stats", body = Stats),
         (status = 400, description = "A bad parameter, named", body = ErrorBody),
         (status = 502, description = "Collector unreachable", body = ErrorBody),
     ))]
@@ -128,16 +128,9 @@ pub async fn service_stats(
 
 /// Alerts, newest first, with cursor pagination.
 #[utoipa::path(get, path = "/api/v1/alerts", tag = "query",
-    params(
-        ("from" = Option<String>, Query, format = DateTime, description = "RFC 3339 start (default: an hour before `to`); before `to`"),
-        ("to" = Option<String>, Query, format = DateTime, description = "RFC 3339 end (default: now)"),
-        ("kind" = Option<String>, Query, pattern = "^(error_rate_spike|sql_injection|brute_force|fatal_event)$", description = "Only this kind of alert"),
-        ("service" = Option<String>, Query, description = "Only this service"),
-        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Page size (default 50)"),
-        ("cursor" = Option<String>, Query, pattern = "^(-?[0-9]{1,16}\\..+)?$", description = "`next_cursor` of the previous page (opaque; empty means the first page)"),
-    ),
+    params(AlertsParams),
     responses(
-        (status = 200, description = "A page of alerts", body = serde_json::Value),
+        (status = 200, description = "A page of alerts", body = AlertsPage),
         (status = 400, description = "A bad parameter, named", body = ErrorBody),
         (status = 502, description = "Collector unreachable", body = ErrorBody),
     ))]
@@ -151,18 +144,9 @@ pub async fn alerts(
 
 /// Stored events, newest first, with filters, text search and cursor pagination.
 #[utoipa::path(get, path = "/api/v1/events", tag = "query",
-    params(
-        ("from" = Option<String>, Query, format = DateTime, description = "RFC 3339 start (default: an hour before `to`); before `to`"),
-        ("to" = Option<String>, Query, format = DateTime, description = "RFC 3339 end (default: now)"),
-        ("service" = Option<String>, Query, description = "Only this service"),
-        ("level" = Option<Level>, Query, description = "Exactly this level"),
-        ("min_level" = Option<Level>, Query, description = "This level or more severe"),
-        ("q" = Option<String>, Query, description = "Case-insensitive substring of the message; with it, `from` may be at most the collector's `query_max_range_hours` (168) before `to`"),
-        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Page size (default 50)"),
-        ("cursor" = Option<String>, Query, pattern = "^(-?[0-9]{1,16}\\..+)?$", description = "`next_cursor` of the previous page (opaque; empty means the first page)"),
-    ),
+    params(EventsParams),
     responses(
-        (status = 200, description = "A page of events", body = serde_json::Value),
+        (status = 200, description = "A page of events", body = EventsPage),
         (status = 400, description = "A bad parameter, named", body = ErrorBody),
         (status = 502, description = "Collector unreachable", body = ErrorBody),
     ))]
@@ -177,13 +161,9 @@ pub async fn events(
 /// Window counts per service and level over the range (the narrowest tumbling width giving at most
 /// 400 windows), oldest first: the console's error-rate chart and window table.
 #[utoipa::path(get, path = "/api/v1/timeline", tag = "query",
-    params(
-        ("from" = Option<String>, Query, format = DateTime, description = "RFC 3339 start (default: an hour before `to`); before `to`, and at most the collector's `query_max_range_hours` (168) before it"),
-        ("to" = Option<String>, Query, format = DateTime, description = "RFC 3339 end (default: now)"),
-        ("service" = Option<String>, Query, description = "Only this service"),
-    ),
+    params(TimelineParams),
     responses(
-        (status = 200, description = "`window_secs` and `windows`: start, service, level, count", body = serde_json::Value),
+        (status = 200, description = "Window counts, oldest first", body = Timeline),
         (status = 400, description = "A bad parameter, named", body = ErrorBody),
         (status = 502, description = "Collector unreachable", body = ErrorBody),
     ))]

@@ -13,7 +13,8 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use rdkafka::producer::Producer;
 use serde_json::json;
 
-use crate::engine::{Engine, EngineError, InvalidParam, RunParams, StartRequest, Status};
+use crate::engine::{Engine, EngineError, InvalidParam, RunParams, Status};
+use logpipe_common::control::{parse_start_request, StartBodyError, START_FIELDS};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -85,18 +86,21 @@ async fn start(
     body: Bytes,
 ) -> Result<(StatusCode, Json<Status>), ApiError> {
     // An empty body means "use the configured defaults".
-    let req: StartRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        StartRequest::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| match e.classify() {
-            serde_json::error::Category::Data => ApiError::Invalid(InvalidParam {
-                field: "body",
-                allowed: "a JSON object with rate_per_second, threads, batch_size, duration_secs, count, profile, seed".into(),
-                got: e.to_string(),
+    let req = parse_start_request(&body)
+        .map_err(|e| match e {
+            StartBodyError::NotJson(_) => ApiError::BadBody(e.to_string()),
+            StartBodyError::Field { field, detail } => ApiError::Invalid(InvalidParam {
+                // The name as a static string: one of the request's own fields, else the body.
+                field: START_FIELDS
+                    .iter()
+                    .find(|f| **f == field)
+                    .copied()
+                    .unwrap_or("body"),
+                allowed: "a value of the start request's type (see the OpenAPI document)".into(),
+                got: detail,
             }),
-            _ => ApiError::BadBody(format!("body is not valid JSON: {e}")),
         })?
-    };
+        .unwrap_or_default();
     let params = RunParams::from_request(&req, &s.engine.config().defaults)?;
     Ok((StatusCode::ACCEPTED, Json(s.engine.start(params)?)))
 }

@@ -16,6 +16,9 @@
 //! a real database, and the checks of every promise after the run (`tests/fuzz.rs`, short form;
 //! `logpipe-fuzz` and `./fuzz.sh`, long form).
 
+// Functions stay under 100 lines, as in the services (clippy.toml).
+#![warn(clippy::too_many_lines)]
+
 use std::future::Future;
 
 use futures::StreamExt;

@@ -406,7 +406,8 @@ fn module_graph(krate: &str) -> std::collections::BTreeMap<String, BTreeSet<Stri
             } else if p.extension().is_some_and(|x| x == "rs") {
                 let rel = p.strip_prefix(base).expect("under src").with_extension("");
                 let name = rel.to_string_lossy().replace("/mod", "").replace('/', "::");
-                if name != "lib" && name != "main" && !name.starts_with("bin") {
+                let test_file = name == "tests" || name.ends_with("::tests");
+                if name != "lib" && name != "main" && !name.starts_with("bin") && !test_file {
                     let text = std::fs::read_to_string(&p).expect("source");
                     let text = match text.find("#[cfg(test)]\nmod tests") {
                         Some(k) => text[..k].to_owned(),
@@ -497,7 +498,10 @@ fn a_circle(graph: &std::collections::BTreeMap<String, BTreeSet<String>>) -> Opt
 fn no_crate_has_an_import_circle() {
     for krate in CRATES {
         let graph = module_graph(krate);
-        assert!(graph.len() >= 2, "{krate}: {} modules read", graph.len());
+        // The services are read whole (a crate of one file has no graph to speak of).
+        if ["common", "generator", "gateway", "collector"].contains(&krate) {
+            assert!(graph.len() >= 3, "{krate}: {} modules read", graph.len());
+        }
         assert_eq!(a_circle(&graph), None, "{krate} has an import circle");
     }
     // The check finds a circle where there is one.

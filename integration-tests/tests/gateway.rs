@@ -40,7 +40,7 @@ async fn status_marks_an_unreachable_generator_instead_of_failing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn start_with_an_out_of_range_rate_returns_422_naming_the_field() {
+async fn start_with_an_out_of_range_or_mistyped_field_returns_422_naming_the_field() {
     let name = it::unique("gw422");
     let generator = it::start_generator(it::generator_config(&name, 1)).await;
     let gateway = it::start_gateway(gateway_config(vec![generator.url("")])).await;
@@ -58,6 +58,20 @@ async fn start_with_an_out_of_range_rate_returns_422_naming_the_field() {
         body["detail"].as_str().unwrap().contains("rate_per_second"),
         "{body}"
     );
+
+    // A value of the wrong type fails the typed contract: the 422 names its field too, at the
+    // gateway and at the generator behind it.
+    for (url, field) in [
+        (gateway.url("/api/v1/generator/start"), "rate_per_second"),
+        (generator.url("/api/v1/generator/start"), "threads"),
+    ] {
+        let wrong = json!({ field: -5 });
+        let resp = it::send(client.post(&url).json(&wrong)).await;
+        assert_eq!(resp.status(), 422, "{url}");
+        let body: Value = resp.json().await.unwrap();
+        let detail = body["detail"].as_str().unwrap();
+        assert!(detail.contains(field) && detail.contains("-5"), "{body}");
+    }
 
     let resp = it::send(
         client

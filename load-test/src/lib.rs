@@ -13,6 +13,8 @@
 //! The storage benchmark (`./storage-bench.sh`) is its own crate, `storage-bench/`, and the fault
 //! suite's report is in `fault-suite/report/`; the latter draws its charts with `report` here.
 
+// Functions stay under 100 lines, as in the services (clippy.toml).
+#![warn(clippy::too_many_lines)]
 // Library code states its invariants with `expect("why")`; a bare unwrap is a test's habit.
 #![warn(clippy::unwrap_used)]
 
@@ -69,6 +71,88 @@ fn planned_secs(a: &Args) -> u64 {
     }
 }
 
+/// Start from a drained pipeline, so the run's records begin at the stored offsets: wait until the
+/// collector's lag is 0 on every partition, for at most `timeout_secs`.
+async fn wait_drained_before(stack: &Stack, timeout_secs: u64) -> anyhow::Result<()> {
+    let mut waited = 0;
+    loop {
+        let m = stack
+            .collector_metrics()
+            .await
+            .context("the collector's metrics (--collector)")?;
+        if m.lag.values().all(|l| *l == 0) {
+            return Ok(());
+        }
+        waited += 1;
+        if waited > timeout_secs {
+            bail!(
+                "the collector still has a backlog from before the run (lag {:?})",
+                m.lag
+            );
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// The bare produce and consume of the run's own records, and a COPY of its rows, in the same run.
+async fn measure_ceilings(
+    args: &Args,
+    partitions: i32,
+    rb: &verify::ReadBack,
+    conn: &mut sqlx::pool::PoolConnection<sqlx::Postgres>,
+) -> Ceilings {
+    let mut ceilings = Ceilings::default();
+    let n = args.ceiling_events.min(rb.records as usize).max(1);
+    println!("ceilings: bare produce and consume of {n} of the run's records, COPY of its rows");
+    match ceiling::kafka(&args.brokers, partitions, rb.payloads.clone(), n).await {
+        Ok((p, c)) => {
+            ceilings.produce = Some(p);
+            ceilings.consume = Some(c);
+        }
+        Err(e) => ceilings.notes.push(format!("Kafka ceilings failed: {e:#}")),
+    }
+    match ceiling::copy(conn, n).await {
+        Ok(c) => ceilings.copy = Some(c),
+        Err(e) => ceilings.notes.push(format!("COPY ceiling failed: {e:#}")),
+    }
+    ceilings
+}
+
+/// The scenario's load, until it ends or the tool is interrupted (Ctrl-C or SIGTERM stop the
+/// generators first).
+async fn drive(
+    stack: &Stack,
+    sampler: &Sampler,
+    args: &Args,
+) -> anyhow::Result<(Outcome, Option<ingest::IngestResult>)> {
+    let load = async {
+        if args.scenario == Scenario::Ingest {
+            let r = ingest::run(args).await?;
+            let seg = scenario::Segment {
+                label: "ingest".into(),
+                rate: args.requests_per_second * args.events_per_request as u64,
+                start: 0.0,
+                end: sampler.elapsed(),
+            };
+            let outcome = Outcome {
+                segments: vec![seg.clone()],
+                measured: Some(seg),
+                ..Outcome::default()
+            };
+            anyhow::Ok((outcome, Some(r)))
+        } else {
+            Ok((scenario::run(stack, sampler, args).await?, None))
+        }
+    };
+    // Ctrl-C or SIGTERM stops the generators before the load test exits: a run must not go on
+    // generating after the tool that asked for it is gone.
+    let loaded = tokio::select! {
+        r = load => r,
+        s = interrupted() => Err(anyhow::anyhow!("interrupted by {s}; the generators were stopped")),
+    };
+    loaded
+}
+
 /// Runs the scenario, writes the report; Ok(true) when every threshold was met.
 pub async fn run(args: Args) -> anyhow::Result<bool> {
     let report_dir = args.report_dir.clone().unwrap_or_else(|| {
@@ -89,25 +173,7 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
     }
     let partitions = verify::partitions(&args.brokers, &args.topic)?;
 
-    // Start from a drained pipeline, so the run's records begin at the stored offsets.
-    let mut waited = 0;
-    loop {
-        let m = stack
-            .collector_metrics()
-            .await
-            .context("the collector's metrics (--collector)")?;
-        if m.lag.values().all(|l| *l == 0) {
-            break;
-        }
-        waited += 1;
-        if waited > args.drain_timeout_secs {
-            bail!(
-                "the collector still has a backlog from before the run (lag {:?})",
-                m.lag
-            );
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
+    wait_drained_before(&stack, args.drain_timeout_secs).await?;
     let mut start_offsets = stack.stored_offsets().await?;
     for p in 0..partitions {
         start_offsets.entry(p).or_insert(0);
@@ -131,32 +197,7 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
     );
     let sampler = Sampler::start(Arc::clone(&stack), base, planned_secs(&args));
 
-    let load = async {
-        if args.scenario == Scenario::Ingest {
-            let r = ingest::run(&args).await?;
-            let seg = scenario::Segment {
-                label: "ingest".into(),
-                rate: args.requests_per_second * args.events_per_request as u64,
-                start: 0.0,
-                end: sampler.elapsed(),
-            };
-            let outcome = Outcome {
-                segments: vec![seg.clone()],
-                measured: Some(seg),
-                ..Outcome::default()
-            };
-            anyhow::Ok((outcome, Some(r)))
-        } else {
-            Ok((scenario::run(&stack, &sampler, &args).await?, None))
-        }
-    };
-    // Ctrl-C or SIGTERM stops the generators before the load test exits: a run must not go on
-    // generating after the tool that asked for it is gone.
-    let loaded = tokio::select! {
-        r = load => r,
-        s = interrupted() => Err(anyhow::anyhow!("interrupted by {s}; the generators were stopped")),
-    };
-    let (outcome, ingest) = match loaded {
+    let (outcome, ingest) = match drive(&stack, &sampler, &args).await {
         Ok(x) => x,
         Err(e) => {
             let _ = stack.stop().await;
@@ -187,24 +228,11 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
     let mut conn = stack.db.acquire().await?;
     let verdict = verify::compare(&mut conn, &rb, run_began).await?;
 
-    let mut ceilings = Ceilings::default();
-    if !args.no_ceilings && !rb.payloads.is_empty() {
-        let n = args.ceiling_events.min(rb.records as usize).max(1);
-        println!(
-            "ceilings: bare produce and consume of {n} of the run's records, COPY of its rows"
-        );
-        match ceiling::kafka(&args.brokers, partitions, rb.payloads.clone(), n).await {
-            Ok((p, c)) => {
-                ceilings.produce = Some(p);
-                ceilings.consume = Some(c);
-            }
-            Err(e) => ceilings.notes.push(format!("Kafka ceilings failed: {e:#}")),
-        }
-        match ceiling::copy(&mut conn, n).await {
-            Ok(c) => ceilings.copy = Some(c),
-            Err(e) => ceilings.notes.push(format!("COPY ceiling failed: {e:#}")),
-        }
-    }
+    let ceilings = if args.no_ceilings || rb.payloads.is_empty() {
+        Ceilings::default()
+    } else {
+        measure_ceilings(&args, partitions, &rb, &mut conn).await
+    };
     drop(conn);
 
     let acked_total = samples.last().map(|s| s.acked).unwrap_or(0);
@@ -221,10 +249,20 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
         run_began,
         acked_total,
     };
+    write_report(&r, &samples, &report_dir)
+}
+
+/// The report folder (`summary.md`, `samples.csv`, charts) and the summary printed, with one
+/// result line in the form the test command sums up; true when every threshold was met.
+fn write_report(
+    r: &Results<'_>,
+    samples: &[Sample],
+    report_dir: &std::path::Path,
+) -> anyhow::Result<bool> {
     let (summary, ok) = r.summary();
     std::fs::write(report_dir.join("summary.md"), &summary)?;
-    std::fs::write(report_dir.join("samples.csv"), report::csv(&samples))?;
-    r.charts(&report_dir);
+    std::fs::write(report_dir.join("samples.csv"), report::csv(samples))?;
+    r.charts(report_dir);
     println!("\n{summary}");
     println!("report: {}", report_dir.display());
     // One result line in the form the test command sums up.
@@ -289,9 +327,19 @@ impl Results<'_> {
     }
 
     fn summary(&self) -> (String, bool) {
-        let a = self.args;
-        let v = self.verdict;
         let mut s = String::new();
+        self.header(&mut s);
+        self.rates(&mut s);
+        let lost_in_kafka = self.loss(&mut s);
+        self.latency(&mut s);
+        self.processes(&mut s);
+        let ok = self.thresholds(&mut s, lost_in_kafka);
+        (s, ok)
+    }
+
+    /// The title and what the run was.
+    fn header(&self, s: &mut String) {
+        let a = self.args;
         let _ = writeln!(s, "# logpipe load test: `{:?}`\n", a.scenario);
         let _ = writeln!(
             s,
@@ -312,7 +360,10 @@ impl Results<'_> {
             "- stack: gateway {}, collector {}, broker {}\n",
             a.gateway, a.collector, a.brokers
         );
+    }
 
+    /// Rates against the ceilings measured in the same run.
+    fn rates(&self, s: &mut String) {
         let _ = writeln!(s, "## Rates and ceilings\n");
         let _ = writeln!(
             s,
@@ -377,7 +428,11 @@ impl Results<'_> {
                 "\nEverything acknowledged was stored {d:.1} s after the load stopped."
             );
         }
+    }
 
+    /// Loss and duplicates by event id; returns what was acknowledged but never reached Kafka.
+    fn loss(&self, s: &mut String) -> u64 {
+        let v = self.verdict;
         let _ = writeln!(
             s,
             "\n## Loss and duplicates (by event id, against PostgreSQL)\n"
@@ -417,6 +472,12 @@ impl Results<'_> {
             let _ = writeln!(s, "\nSome lost ids: {}", v.lost_sample.join(", "));
         }
 
+        lost_in_kafka
+    }
+
+    /// End-to-end latency, alerts, and the ingest scenario's client side.
+    fn latency(&self, s: &mut String) {
+        let v = self.verdict;
         let _ = writeln!(s, "\n## Latency\n");
         match v.latency_ms {
             Some([p50, p95, p99, p999, max]) => {
@@ -467,7 +528,10 @@ impl Results<'_> {
                 "| {p50:.1} ms | {p90:.1} ms | {p99:.1} ms | {p999:.1} ms | {max:.1} ms |"
             );
         }
+    }
 
+    /// Memory of each process, and what the scenario noted.
+    fn processes(&self, s: &mut String) {
         let _ = writeln!(s, "\n## Processes\n");
         let growth = self.rss_growth();
         if growth.is_empty() {
@@ -513,8 +577,13 @@ impl Results<'_> {
                     .unwrap_or_else(|| "not reached".into())
             );
         }
+    }
 
-        // Thresholds.
+    /// The thresholds checked, listed; true when all were met.
+    fn thresholds(&self, s: &mut String, lost_in_kafka: u64) -> bool {
+        let a = self.args;
+        let v = self.verdict;
+        let growth = self.rss_growth();
         let mut checks: Vec<(String, bool)> = Vec::new();
         let loss = v.lost + lost_in_kafka;
         checks.push((
@@ -571,7 +640,7 @@ impl Results<'_> {
         }
         let ok = checks.iter().all(|c| c.1);
         let _ = writeln!(s, "\n**{}**", if ok { "PASS" } else { "FAIL" });
-        (s, ok)
+        ok
     }
 
     fn charts(&self, dir: &std::path::Path) {

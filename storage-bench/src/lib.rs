@@ -17,6 +17,9 @@
 //! Nothing here is a pass/fail on time (speed is reported, not asserted); the exit code fails only
 //! on wrong answers: a query that is not 200 where it should be, rows that do not add up.
 
+// Functions stay under 100 lines, as in the services (clippy.toml).
+#![warn(clippy::too_many_lines)]
+
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;

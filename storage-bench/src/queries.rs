@@ -24,70 +24,7 @@ impl Bench {
         let now = Utc::now();
         let day_end = storage::slot_start(now, TimeDelta::hours(24)) - TimeDelta::days(1);
         let day = (day_end - TimeDelta::days(1), day_end);
-        let rfc = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-        let last_day = format!("from={}&to={}", rfc(now - TimeDelta::days(1)), rfc(now));
-        let sealed = format!("from={}&to={}", rfc(day.0), rfc(day.1));
-        let queries: Vec<(&str, String, Option<EventsFilter>)> = vec![
-            (
-                "events, last hour",
-                "/api/v1/events".into(),
-                Some(filter(now - TimeDelta::hours(1), now)),
-            ),
-            (
-                "events, one service, last hour",
-                format!("/api/v1/events?service={SERVICE}"),
-                Some(EventsFilter {
-                    service: Some(SERVICE.into()),
-                    ..filter(now - TimeDelta::hours(1), now)
-                }),
-            ),
-            (
-                "events, WARN and above, last hour",
-                "/api/v1/events?min_level=WARN".into(),
-                Some(EventsFilter {
-                    min_level: Some(Level::Warn),
-                    ..filter(now - TimeDelta::hours(1), now)
-                }),
-            ),
-            (
-                "events, FATAL, last 24 h",
-                format!("/api/v1/events?level=FATAL&{last_day}"),
-                Some(EventsFilter {
-                    level: Some(Level::Fatal),
-                    ..filter(now - TimeDelta::days(1), now)
-                }),
-            ),
-            (
-                "q (a match), one sealed day",
-                format!("/api/v1/events?q=charge%20declined&{sealed}"),
-                Some(EventsFilter {
-                    text: Some(TERM_MATCH.into()),
-                    ..filter(day.0, day.1)
-                }),
-            ),
-            (
-                "q (no match), one sealed day",
-                format!("/api/v1/events?q={TERM_NONE}&{sealed}"),
-                Some(EventsFilter {
-                    text: Some(TERM_NONE.into()),
-                    ..filter(day.0, day.1)
-                }),
-            ),
-            (
-                "q (no match), last 24 h (includes the day being written)",
-                format!("/api/v1/events?q={TERM_NONE}&{last_day}"),
-                Some(EventsFilter {
-                    text: Some(TERM_NONE.into()),
-                    ..filter(now - TimeDelta::days(1), now)
-                }),
-            ),
-            ("stats, one day", format!("/api/v1/stats?{last_day}"), None),
-            (
-                "stats, one service, one day",
-                format!("/api/v1/stats/{SERVICE}?{last_day}"),
-                None,
-            ),
-        ];
+        let queries = query_set(now, day);
         let _ = writeln!(
             self.out,
             "## Queries (through the collector's API, {} runs each after a warm-up)\n\n\
@@ -317,4 +254,76 @@ pub(crate) async fn serve_api(
             .await;
     });
     Ok((addr, stop))
+}
+
+/// The queries timed: a name, the API path, and the filter whose plan is explained (none: the
+/// stats plan). `day` is a sealed day.
+fn query_set(
+    now: DateTime<Utc>,
+    day: (DateTime<Utc>, DateTime<Utc>),
+) -> Vec<(&'static str, String, Option<EventsFilter>)> {
+    let rfc = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let last_day = format!("from={}&to={}", rfc(now - TimeDelta::days(1)), rfc(now));
+    let sealed = format!("from={}&to={}", rfc(day.0), rfc(day.1));
+    vec![
+        (
+            "events, last hour",
+            "/api/v1/events".into(),
+            Some(filter(now - TimeDelta::hours(1), now)),
+        ),
+        (
+            "events, one service, last hour",
+            format!("/api/v1/events?service={SERVICE}"),
+            Some(EventsFilter {
+                service: Some(SERVICE.into()),
+                ..filter(now - TimeDelta::hours(1), now)
+            }),
+        ),
+        (
+            "events, WARN and above, last hour",
+            "/api/v1/events?min_level=WARN".into(),
+            Some(EventsFilter {
+                min_level: Some(Level::Warn),
+                ..filter(now - TimeDelta::hours(1), now)
+            }),
+        ),
+        (
+            "events, FATAL, last 24 h",
+            format!("/api/v1/events?level=FATAL&{last_day}"),
+            Some(EventsFilter {
+                level: Some(Level::Fatal),
+                ..filter(now - TimeDelta::days(1), now)
+            }),
+        ),
+        (
+            "q (a match), one sealed day",
+            format!("/api/v1/events?q=charge%20declined&{sealed}"),
+            Some(EventsFilter {
+                text: Some(TERM_MATCH.into()),
+                ..filter(day.0, day.1)
+            }),
+        ),
+        (
+            "q (no match), one sealed day",
+            format!("/api/v1/events?q={TERM_NONE}&{sealed}"),
+            Some(EventsFilter {
+                text: Some(TERM_NONE.into()),
+                ..filter(day.0, day.1)
+            }),
+        ),
+        (
+            "q (no match), last 24 h (includes the day being written)",
+            format!("/api/v1/events?q={TERM_NONE}&{last_day}"),
+            Some(EventsFilter {
+                text: Some(TERM_NONE.into()),
+                ..filter(now - TimeDelta::days(1), now)
+            }),
+        ),
+        ("stats, one day", format!("/api/v1/stats?{last_day}"), None),
+        (
+            "stats, one service, one day",
+            format!("/api/v1/stats/{SERVICE}?{last_day}"),
+            None,
+        ),
+    ]
 }

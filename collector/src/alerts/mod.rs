@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use serde::Serialize;
 use serde_json::json;
 use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
@@ -25,21 +24,26 @@ pub mod decide;
 
 use decide::EpisodeStep;
 
-/// An alert as stored, served and published.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
-pub struct Alert {
-    pub alert_id: String,
-    pub kind: String,
-    pub subject: String,
-    pub service: String,
-    pub severity: String,
-    pub summary: String,
-    pub first_seen: DateTime<Utc>,
-    pub last_seen: DateTime<Utc>,
-    pub occurrences: i64,
-    pub details: serde_json::Value,
-    pub raised_at: DateTime<Utc>,
-    pub ended_at: Option<DateTime<Utc>>,
+/// An alert as stored, served and published: the query contract's type, one for all three.
+pub use logpipe_common::query::Alert;
+
+/// One `alerts` row (selected as `ALERT_COLUMNS`).
+pub fn alert_row(r: &sqlx::postgres::PgRow) -> Result<Alert, sqlx::Error> {
+    use sqlx::Row;
+    Ok(Alert {
+        alert_id: r.try_get("alert_id")?,
+        kind: r.try_get("kind")?,
+        subject: r.try_get("subject")?,
+        service: r.try_get("service")?,
+        severity: r.try_get("severity")?,
+        summary: r.try_get("summary")?,
+        first_seen: r.try_get("first_seen")?,
+        last_seen: r.try_get("last_seen")?,
+        occurrences: r.try_get("occurrences")?,
+        details: r.try_get("details")?,
+        raised_at: r.try_get("raised_at")?,
+        ended_at: r.try_get("ended_at")?,
+    })
 }
 
 pub const ALERT_COLUMNS: &str = "alert_id, kind, subject, service, severity, summary, first_seen, \
@@ -336,12 +340,15 @@ async fn publish_pending(
     // No transaction is held while Kafka answers: row locks held across a produce (up to its
     // timeout) would stall the writer's alert updates behind the broker. Two collectors may then
     // publish one alert twice; it is keyed by its id, as after a crash between produce and mark.
-    let alerts: Vec<Alert> = sqlx::query_as(&format!(
+    let alerts = sqlx::query(&format!(
         "SELECT {ALERT_COLUMNS} FROM alerts WHERE published_at IS NULL
           ORDER BY raised_at LIMIT 200"
     ))
     .fetch_all(pool)
-    .await?;
+    .await?
+    .iter()
+    .map(alert_row)
+    .collect::<Result<Vec<Alert>, _>>()?;
     if alerts.is_empty() {
         return Ok(());
     }

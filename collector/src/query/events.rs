@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
+use logpipe_common::query::{EventRow, EventsParams, KafkaPosition};
 use logpipe_common::Level;
-use serde::Serialize;
 use serde_json::value::RawValue;
 use sqlx::{QueryBuilder, Row};
 
@@ -19,19 +19,7 @@ pub async fn events(
     State(s): State<AppState>,
     Query(raw): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    let p = Params::new(
-        raw,
-        &[
-            "from",
-            "to",
-            "service",
-            "level",
-            "min_level",
-            "q",
-            "limit",
-            "cursor",
-        ],
-    )?;
+    let p = Params::new(raw, EventsParams::NAMES)?;
     // A filtered page reads every row of its range the filter rules out until it has `limit`
     // (a rare service, a text that matches nothing): capped. An unfiltered page stops at `limit`.
     let filtered = ["q", "service", "level", "min_level"]
@@ -101,7 +89,7 @@ async fn page_within(
             .fetch_all(s.db.query_pool())
             .await?;
         for r in rows.iter().take(chunk as usize) {
-            let e = StoredEvent::from_row(r)?;
+            let e = event_row(r)?;
             event.clear();
             serde_json::to_writer(&mut event, &e)
                 .map_err(|e| ApiError::Internal(format!("an event did not encode: {e}")))?;
@@ -203,50 +191,24 @@ pub(crate) fn contains_pattern(text: &str) -> String {
     format!("%{escaped}%")
 }
 
-/// One stored event as the events query returns it.
-#[derive(Debug, Serialize)]
-pub struct StoredEvent {
-    event_id: String,
-    timestamp: DateTime<Utc>,
-    level: String,
-    service: String,
-    component: String,
-    host: String,
-    message: String,
-    trace_id: Option<String>,
-    span_id: Option<String>,
-    /// PostgreSQL's own text of the jsonb, passed through unparsed: jsonb keeps numbers exactly
-    /// and prints them in full (`1e-252` comes back as a 0, a point and 251 zeros), which an f64
-    /// parse may refuse. A row must never fail its query.
-    attributes: Box<RawValue>,
-    kafka: KafkaPosition,
-}
-
-#[derive(Debug, Serialize)]
-pub struct KafkaPosition {
-    partition: i32,
-    offset: i64,
-}
-
-impl StoredEvent {
-    pub(crate) fn from_row(r: &sqlx::postgres::PgRow) -> Result<StoredEvent, ApiError> {
-        let attributes: String = r.try_get("attributes")?;
-        Ok(StoredEvent {
-            event_id: r.try_get("event_id")?,
-            timestamp: r.try_get("ts")?,
-            level: r.try_get("level")?,
-            service: r.try_get("service")?,
-            component: r.try_get("component")?,
-            host: r.try_get("host")?,
-            message: r.try_get("message")?,
-            trace_id: r.try_get("trace_id")?,
-            span_id: r.try_get("span_id")?,
-            attributes: RawValue::from_string(attributes)
-                .map_err(|e| ApiError::Internal(format!("stored attributes are not JSON: {e}")))?,
-            kafka: KafkaPosition {
-                partition: r.try_get("kafka_partition")?,
-                offset: r.try_get("kafka_offset")?,
-            },
-        })
-    }
+/// One stored event's row as the events query and the stream answer it.
+pub(crate) fn event_row(r: &sqlx::postgres::PgRow) -> Result<EventRow, ApiError> {
+    let attributes: String = r.try_get("attributes")?;
+    Ok(EventRow {
+        event_id: r.try_get("event_id")?,
+        timestamp: r.try_get("ts")?,
+        level: r.try_get("level")?,
+        service: r.try_get("service")?,
+        component: r.try_get("component")?,
+        host: r.try_get("host")?,
+        message: r.try_get("message")?,
+        trace_id: r.try_get("trace_id")?,
+        span_id: r.try_get("span_id")?,
+        attributes: RawValue::from_string(attributes)
+            .map_err(|e| ApiError::Internal(format!("stored attributes are not JSON: {e}")))?,
+        kafka: KafkaPosition {
+            partition: r.try_get("kafka_partition")?,
+            offset: r.try_get("kafka_offset")?,
+        },
+    })
 }

@@ -12,12 +12,15 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Duration, Utc};
+use logpipe_common::query::{
+    self, AlertsPage, AlertsParams, LatencySummary, ServiceCount, Stats as StatsAnswer,
+    StatsParams, Timeline, TimelineParams, TimelineWindow, TopMessage,
+};
 use logpipe_common::Level;
-use serde::Serialize;
 use serde_json::{json, Value};
 use sqlx::{PgPool, QueryBuilder, Row};
 
-use crate::alerts::{Alert, ALERT_COLUMNS};
+use crate::alerts::{alert_row, ALERT_COLUMNS};
 use crate::detect::AlertKind;
 use crate::state::AppState;
 use crate::windows::Stats;
@@ -25,8 +28,9 @@ use crate::windows::Stats;
 mod events;
 pub use events::*;
 
-pub const DEFAULT_LIMIT: i64 = 50;
-pub const MAX_LIMIT: i64 = 1000;
+/// The page size's default and most, as the contract states them.
+pub const DEFAULT_LIMIT: i64 = query::DEFAULT_LIMIT as i64;
+pub const MAX_LIMIT: i64 = query::MAX_LIMIT as i64;
 /// Rows read at most to rank top messages (the most recent in the range).
 pub const TOP_MESSAGES_SAMPLE: i64 = 100_000;
 
@@ -231,20 +235,12 @@ fn cursor_of(ts: DateTime<Utc>, id: &str) -> String {
     format!("{}.{id}", ts.timestamp_micros())
 }
 
-#[derive(Debug, Serialize)]
-struct ServiceCount {
-    service: String,
-    total: i64,
-    errors: i64,
-    error_rate: f64,
-}
-
 /// `GET /api/v1/stats`
 pub async fn stats(
     State(s): State<AppState>,
     Query(raw): Query<HashMap<String, String>>,
-) -> Result<Json<Value>, ApiError> {
-    let p = Params::new(raw, &["from", "to"])?;
+) -> Result<Json<StatsAnswer>, ApiError> {
+    let p = Params::new(raw, StatsParams::NAMES)?;
     let (from, to) = p.capped_range(s.max_range_hours)?;
     Ok(Json(stats_body(&s, from, to, None).await?))
 }
@@ -254,8 +250,8 @@ pub async fn service_stats(
     State(s): State<AppState>,
     Path(service): Path<String>,
     Query(raw): Query<HashMap<String, String>>,
-) -> Result<Json<Value>, ApiError> {
-    let p = Params::new(raw, &["from", "to"])?;
+) -> Result<Json<StatsAnswer>, ApiError> {
+    let p = Params::new(raw, StatsParams::NAMES)?;
     if service.contains('\0') {
         return Err(bad("service", "must not contain a NUL character"));
     }
@@ -268,7 +264,7 @@ async fn stats_body(
     from: DateTime<Utc>,
     to: DateTime<Utc>,
     service: Option<&str>,
-) -> Result<Value, ApiError> {
+) -> Result<StatsAnswer, ApiError> {
     let pool = s.db.query_pool();
     let width = stats_width(&s.stats_windows_secs, to - from);
     let rows = sqlx::query(STATS_SQL)
@@ -321,32 +317,30 @@ async fn stats_body(
         })
         .collect();
     services.sort_by(|a, b| b.total.cmp(&a.total).then(a.service.cmp(&b.service)));
-    let top = top_messages(pool, from, to, service).await?;
-    let mut body = json!({
-        "from": from,
-        "to": to,
-        "window_secs": width,
-        "total": total,
-        "by_level": by_level,
-        "errors": errors,
-        "error_rate": ratio(errors, total),
-        "top_messages": top,
-    });
-    match service {
-        Some(svc) => {
-            body["service"] = json!(svc);
-            body["latency_ms"] = json!({
-                "count": latency.latency_count,
-                "avg": (latency.latency_count > 0)
-                    .then(|| latency.latency_sum_ms / latency.latency_count as f64),
-                "p50": latency.quantile_ms(0.5),
-                "p95": latency.quantile_ms(0.95),
-                "max": latency.latency_max_ms,
-            });
-        }
-        None => body["services"] = json!(services),
-    }
-    Ok(body)
+    let top_messages = top_messages(pool, from, to, service).await?;
+    Ok(StatsAnswer {
+        from,
+        to,
+        window_secs: width,
+        total,
+        by_level: by_level
+            .into_iter()
+            .map(|(level, n)| (level.to_owned(), n))
+            .collect(),
+        errors,
+        error_rate: ratio(errors, total),
+        top_messages,
+        service: service.map(str::to_owned),
+        latency_ms: service.map(|_| LatencySummary {
+            count: latency.latency_count,
+            avg: (latency.latency_count > 0)
+                .then(|| latency.latency_sum_ms / latency.latency_count as f64),
+            p50: latency.quantile_ms(0.5),
+            p95: latency.quantile_ms(0.95),
+            max: latency.latency_max_ms,
+        }),
+        services: service.is_none().then_some(services),
+    })
 }
 
 /// `GET /api/v1/timeline`: window counts per service and level over the range, oldest first, from
@@ -355,8 +349,8 @@ async fn stats_body(
 pub async fn timeline(
     State(s): State<AppState>,
     Query(raw): Query<HashMap<String, String>>,
-) -> Result<Json<Value>, ApiError> {
-    let p = Params::new(raw, &["from", "to", "service"])?;
+) -> Result<Json<Timeline>, ApiError> {
+    let p = Params::new(raw, TimelineParams::NAMES)?;
     let (from, to) = p.capped_range(s.max_range_hours)?;
     let secs = (to - from).num_seconds();
     let width = s
@@ -378,18 +372,21 @@ pub async fn timeline(
     .bind(p.str("service"))
     .fetch_all(s.db.query_pool())
     .await?;
-    let windows: Vec<Value> = rows
+    let windows = rows
         .into_iter()
-        .map(|(start, service, level, count)| {
-            json!({"start": start, "service": service, "level": level, "count": count})
+        .map(|(start, service, level, count)| TimelineWindow {
+            start,
+            service,
+            level,
+            count,
         })
         .collect();
-    Ok(Json(json!({
-        "from": from,
-        "to": to,
-        "window_secs": width,
-        "windows": windows,
-    })))
+    Ok(Json(Timeline {
+        from,
+        to,
+        window_secs: width,
+        windows,
+    }))
 }
 
 /// Counts come from tumbling windows (their rows partition the range without overlap): the widest
@@ -460,7 +457,7 @@ async fn top_messages(
     from: DateTime<Utc>,
     to: DateTime<Utc>,
     service: Option<&str>,
-) -> Result<Value, sqlx::Error> {
+) -> Result<Vec<TopMessage>, sqlx::Error> {
     let rows: Vec<(String, i64)> = sqlx::query_as(TOP_MESSAGES_SQL)
         .bind(from)
         .bind(to)
@@ -468,18 +465,18 @@ async fn top_messages(
         .bind(TOP_MESSAGES_SAMPLE)
         .fetch_all(pool)
         .await?;
-    Ok(json!(rows
+    Ok(rows
         .into_iter()
-        .map(|(message, count)| json!({"message": message, "count": count}))
-        .collect::<Vec<_>>()))
+        .map(|(message, count)| TopMessage { message, count })
+        .collect())
 }
 
 /// `GET /api/v1/alerts`
 pub async fn alerts(
     State(s): State<AppState>,
     Query(raw): Query<HashMap<String, String>>,
-) -> Result<Json<Value>, ApiError> {
-    let p = Params::new(raw, &["from", "to", "kind", "service", "limit", "cursor"])?;
+) -> Result<Json<AlertsPage>, ApiError> {
+    let p = Params::new(raw, AlertsParams::NAMES)?;
     let (from, to) = p.range()?;
     let kind = p
         .typed("kind")
@@ -511,14 +508,23 @@ pub async fn alerts(
     }
     q.push(" ORDER BY first_seen DESC, alert_id DESC LIMIT ")
         .push_bind(limit + 1);
-    let mut rows: Vec<Alert> = q.build_query_as().fetch_all(s.db.query_pool()).await?;
+    let mut rows = q
+        .build()
+        .fetch_all(s.db.query_pool())
+        .await?
+        .iter()
+        .map(alert_row)
+        .collect::<Result<Vec<_>, _>>()?;
     let next = (rows.len() as i64 > limit).then(|| {
         rows.truncate(limit as usize);
         rows.last()
             .map(|a| cursor_of(a.first_seen, &a.alert_id))
             .unwrap_or_default()
     });
-    Ok(Json(json!({ "alerts": rows, "next_cursor": next })))
+    Ok(Json(AlertsPage {
+        alerts: rows,
+        next_cursor: next,
+    }))
 }
 
 /// `GET /admin/filters`

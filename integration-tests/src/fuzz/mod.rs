@@ -135,6 +135,59 @@ fn fail(report: &mut Report, what: String) {
     }
 }
 
+/// Send a chunk of requests, `concurrency` at a time, and check each answer (counted in
+/// `report.requests`).
+async fn send_chunk(
+    http: &reqwest::Client,
+    target: &Target,
+    chunk: &[gen::IngestRequest],
+    concurrency: usize,
+    report: &mut Report,
+    services: &mut HashSet<String>,
+) {
+    for group in chunk.chunks(concurrency.max(1)) {
+        let sends = group.iter().map(|req| send(http, &target.gateway, req));
+        for (req, outcome) in group.iter().zip(futures::future::join_all(sends).await) {
+            report.requests += 1;
+            match outcome {
+                Ok((status, body)) => {
+                    *report.statuses.entry(status).or_default() += 1;
+                    check_answer(report, req, status, &body);
+                    if (200..300).contains(&status) {
+                        report.accepted += accepted_count(&body);
+                    }
+                }
+                Err(e) => {
+                    let n = report.requests;
+                    fail(report, format!("request {n} ({}): {e}", req.content_type));
+                }
+            }
+            collect_services(req, services);
+        }
+    }
+}
+
+/// Every promise checked once the run is over: storage, the query API, the collector's memory.
+async fn check_after_run(
+    http: &reqwest::Client,
+    target: &Target,
+    opts: &Options,
+    started: chrono::DateTime<Utc>,
+    services: &HashSet<String>,
+    report: &mut Report,
+) {
+    check_storage(target, opts, report).await;
+    check_queries(http, target, started, services, report).await;
+    report.rss_kib = rss_kib(target.collector_pid);
+    if report.rss_kib > opts.rss_limit_kib {
+        let rss = report.rss_kib;
+        fail(
+            report,
+            format!("RSS {rss} KiB over the bound of {} KiB", opts.rss_limit_kib),
+        );
+    }
+}
+
 /// Run the fuzzer against `target` and check every promise.
 pub async fn run(target: &Target, opts: &Options) -> Report {
     let mut rng = StdRng::seed_from_u64(opts.seed);
@@ -161,7 +214,6 @@ pub async fn run(target: &Target, opts: &Options) -> Report {
     };
     let mut markers: Vec<String> = Vec::new();
     let mut services: HashSet<String> = HashSet::new();
-    let mut sent_requests = 0usize;
     // A client trickling one event at a time from one template: each copy reaches the collector
     // in a batch of its own, so the same window rows are added to batch after batch.
     let mut trickle: Option<(String, u32)> = None;
@@ -213,26 +265,15 @@ pub async fn run(target: &Target, opts: &Options) -> Report {
             }
             chunk.push(req);
         }
-        for group in chunk.chunks(opts.concurrency.max(1)) {
-            let sends = group.iter().map(|req| send(&http, &target.gateway, req));
-            for (req, outcome) in group.iter().zip(futures::future::join_all(sends).await) {
-                sent_requests += 1;
-                match outcome {
-                    Ok((status, body)) => {
-                        *report.statuses.entry(status).or_default() += 1;
-                        check_answer(&mut report, req, status, &body);
-                        if (200..300).contains(&status) {
-                            report.accepted += accepted_count(&body);
-                        }
-                    }
-                    Err(e) => fail(
-                        &mut report,
-                        format!("request {sent_requests} ({}): {e}", req.content_type),
-                    ),
-                }
-                collect_services(req, &mut services);
-            }
-        }
+        send_chunk(
+            &http,
+            target,
+            &chunk,
+            opts.concurrency,
+            &mut report,
+            &mut services,
+        )
+        .await;
         let marker = next_id();
         let took = send_marker(&http, target, &marker, opts.marker_timeout).await;
         report.markers += 1;
@@ -245,17 +286,7 @@ pub async fn run(target: &Target, opts: &Options) -> Report {
         }
         markers.push(marker);
     }
-    report.requests = sent_requests;
-    check_storage(target, opts, &mut report).await;
-    check_queries(&http, target, started, &services, &mut report).await;
-    report.rss_kib = rss_kib(target.collector_pid);
-    if report.rss_kib > opts.rss_limit_kib {
-        let rss = report.rss_kib;
-        fail(
-            &mut report,
-            format!("RSS {rss} KiB over the bound of {} KiB", opts.rss_limit_kib),
-        );
-    }
+    check_after_run(&http, target, opts, started, &services, &mut report).await;
     report
 }
 
@@ -392,39 +423,14 @@ async fn send_marker(
     ))
 }
 
-/// Every record of the raw topic stored once or dead-lettered; lag back to 0; ready.
-async fn check_storage(target: &Target, opts: &Options, report: &mut Report) {
-    let raw = crate::read_topic(
-        &target.kafka,
-        &target.kafka.raw_topic,
-        Duration::from_secs(3),
-    )
-    .await;
-    report.records = raw.len();
-    let mut ends: BTreeMap<i32, i64> = BTreeMap::new();
-    let mut gateway_records = 0usize;
-    for m in &raw {
-        let e = ends.entry(m.partition()).or_default();
-        *e = (*e).max(m.offset() + 1);
-        let is_raw = m
-            .headers()
-            .is_some_and(|h| h.iter().any(|h| h.key == "logpipe-fuzz"));
-        if !is_raw {
-            gateway_records += 1;
-        }
-    }
-    // The gateway produced exactly what its 2xx answers accepted (plus the markers).
-    if gateway_records != report.accepted + report.markers {
-        let accepted = report.accepted;
-        let markers = report.markers;
-        fail(
-            report,
-            format!(
-                "the gateway produced {gateway_records} records; its answers accepted {accepted} (+{markers} markers)"
-            ),
-        );
-    }
-    // Lag back to 0: every partition's stored offset at the log's end.
+/// Lag back to 0: every partition's stored offset at the log's end (`ends`) within the drain
+/// timeout; false (and a failure) when not.
+async fn wait_lag_zero(
+    target: &Target,
+    ends: &BTreeMap<i32, i64>,
+    opts: &Options,
+    report: &mut Report,
+) -> bool {
     let deadline = Instant::now() + opts.drain_timeout;
     loop {
         let stored: Vec<(i32, i64)> =
@@ -438,7 +444,7 @@ async fn check_storage(target: &Target, opts: &Options, report: &mut Report) {
             .filter(|(p, end)| stored.get(p).copied().unwrap_or(0) < **end)
             .collect();
         if behind.is_empty() {
-            break;
+            return true;
         }
         if Instant::now() >= deadline {
             fail(
@@ -448,11 +454,16 @@ async fn check_storage(target: &Target, opts: &Options, report: &mut Report) {
                     opts.drain_timeout
                 ),
             );
-            return;
+            return false;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    // The DLQ: where each dead-lettered record came from, and why.
+}
+
+/// The DLQ: where each dead-lettered record came from, and why (each counted in `dlq_kinds`).
+/// A record dead-lettered twice, one without provenance, or a valid one the database refused, is
+/// a failure.
+async fn dead_letters(target: &Target, report: &mut Report) -> HashMap<(i32, i64), String> {
     let dlq = crate::read_topic(
         &target.kafka,
         &target.kafka.dlq_topic,
@@ -495,6 +506,45 @@ async fn check_storage(target: &Target, opts: &Options, report: &mut Report) {
             _ => fail(report, "a DLQ record without provenance or reason".into()),
         }
     }
+    dead
+}
+
+/// Every record of the raw topic stored once or dead-lettered; lag back to 0; ready.
+async fn check_storage(target: &Target, opts: &Options, report: &mut Report) {
+    let raw = crate::read_topic(
+        &target.kafka,
+        &target.kafka.raw_topic,
+        Duration::from_secs(3),
+    )
+    .await;
+    report.records = raw.len();
+    let mut ends: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut gateway_records = 0usize;
+    for m in &raw {
+        let e = ends.entry(m.partition()).or_default();
+        *e = (*e).max(m.offset() + 1);
+        let is_raw = m
+            .headers()
+            .is_some_and(|h| h.iter().any(|h| h.key == "logpipe-fuzz"));
+        if !is_raw {
+            gateway_records += 1;
+        }
+    }
+    // The gateway produced exactly what its 2xx answers accepted (plus the markers).
+    if gateway_records != report.accepted + report.markers {
+        let accepted = report.accepted;
+        let markers = report.markers;
+        fail(
+            report,
+            format!(
+                "the gateway produced {gateway_records} records; its answers accepted {accepted} (+{markers} markers)"
+            ),
+        );
+    }
+    if !wait_lag_zero(target, &ends, opts, report).await {
+        return;
+    }
+    let dead = dead_letters(target, report).await;
     report.dead_lettered = dead.len();
     // Stored rows by their Kafka coordinates, and every stored id.
     let rows: Vec<(i32, i64, String)> =

@@ -676,3 +676,10 @@ pub async fn send(req: reqwest::RequestBuilder) -> reqwest::Response {
 pub async fn json_body(req: reqwest::RequestBuilder) -> serde_json::Value {
     send(req).await.json().await.expect("a JSON answer")
 }
+
+/// Send a test's request: its status and its answer as JSON (panics when it is not JSON).
+pub async fn call(req: reqwest::RequestBuilder) -> (u16, serde_json::Value) {
+    let resp = send(req).await;
+    let status = resp.status().as_u16();
+    (status, resp.json().await.expect("a JSON answer"))
+}

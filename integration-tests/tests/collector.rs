@@ -286,9 +286,8 @@ async fn filter_rules_decide_raw_storage_windows_count_everything_and_reload_app
 
     // A broken file is refused with the reason, and the rules in force stay.
     std::fs::write(&rules, "min_level = \"LOUD\"\n").unwrap();
-    let resp = it::send(client.post(collector.url("/admin/filters/reload"))).await;
-    assert_eq!(resp.status(), 422);
-    let body: Value = resp.json().await.unwrap();
+    let (status, body) = it::call(client.post(collector.url("/admin/filters/reload"))).await;
+    assert_eq!(status, 422);
     assert_eq!(body["error"], "invalid_rules");
     let current: Value = it::json_body(client.get(collector.url("/admin/filters"))).await;
     assert_eq!(current["rules"]["min_level"], "INFO");
@@ -496,14 +495,13 @@ async fn events_query_filters_by_service_level_and_text_and_pages_with_a_cursor(
         ("cursor", "nope"),
         ("servcie", "typo"),
     ] {
-        let resp = it::send(
+        let (status, body) = it::call(
             client
                 .get(s.collector.url("/api/v1/events"))
                 .query(&[(param, value)]),
         )
         .await;
-        assert_eq!(resp.status(), 400, "{param}={value}");
-        let body: Value = resp.json().await.unwrap();
+        assert_eq!(status, 400, "{param}={value}");
         assert_eq!(body["error"], "invalid_parameter");
         assert!(body["detail"].as_str().unwrap().contains(param), "{body}");
     }

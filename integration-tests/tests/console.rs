@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use logpipe_gateway::auth::{sha256, ApiKeyConfig, Scope};
 use logpipe_integration_tests as it;
-use serde_json::Value;
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -39,9 +38,8 @@ async fn the_gateway_serves_the_console_page_and_its_files_without_a_key() {
     let config = it::get_json(&client, &gw.url("/console/config.json")).await;
     assert_eq!(config["keys_required"], true);
     assert_eq!(config["zipkin_ui_url"], "http://zipkin.example:9411");
-    let r = it::send(client.get(gw.url("/console/other.js"))).await;
-    assert_eq!(r.status(), 404);
-    let body: Value = r.json().await.unwrap();
+    let (status, body) = it::call(client.get(gw.url("/console/other.js"))).await;
+    assert_eq!(status, 404);
     assert_eq!(body["error"], "not_found");
     // The data behind the page is the API's, with its keys.
     let r = client.get(gw.url("/api/v1/pipeline")).send().await.unwrap();
@@ -141,9 +139,8 @@ async fn streams_through_the_gateway_need_the_read_scope_and_are_capped() {
         .unwrap()
         .unwrap();
     assert!(String::from_utf8_lossy(&chunk).contains("event: hello"));
-    let second = it::send(client.get(&url).bearer_auth("reader-secret")).await;
-    assert_eq!(second.status(), 503, "one stream at a time here");
-    let v: Value = second.json().await.unwrap();
+    let (status, v) = it::call(client.get(&url).bearer_auth("reader-secret")).await;
+    assert_eq!(status, 503, "one stream at a time here");
     assert_eq!(v["error"], "too_many_streams");
     drop(body);
     // The first one's permit comes back when its client goes.

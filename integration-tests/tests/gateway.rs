@@ -45,14 +45,13 @@ async fn start_with_an_out_of_range_or_mistyped_field_returns_422_naming_the_fie
     let generator = it::start_generator(it::generator_config(&name, 1)).await;
     let gateway = it::start_gateway(gateway_config(vec![generator.url("")])).await;
     let client = reqwest::Client::new();
-    let resp = it::send(
+    let (status, body) = it::call(
         client
             .post(gateway.url("/api/v1/generator/start"))
             .json(&json!({"rate_per_second": 0})),
     )
     .await;
-    assert_eq!(resp.status(), 422);
-    let body: Value = resp.json().await.unwrap();
+    assert_eq!(status, 422);
     assert_eq!(body["error"], "invalid_parameter");
     assert!(
         body["detail"].as_str().unwrap().contains("rate_per_second"),
@@ -66,9 +65,8 @@ async fn start_with_an_out_of_range_or_mistyped_field_returns_422_naming_the_fie
         (generator.url("/api/v1/generator/start"), "threads"),
     ] {
         let wrong = json!({ field: -5 });
-        let resp = it::send(client.post(&url).json(&wrong)).await;
-        assert_eq!(resp.status(), 422, "{url}");
-        let body: Value = resp.json().await.unwrap();
+        let (status, body) = it::call(client.post(&url).json(&wrong)).await;
+        assert_eq!(status, 422, "{url}");
         let detail = body["detail"].as_str().unwrap();
         assert!(detail.contains(field) && detail.contains("-5"), "{body}");
     }

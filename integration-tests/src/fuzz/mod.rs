@@ -18,6 +18,7 @@
 //! form. Both print the seed; `LOGPIPE_FUZZ_SEED` / `--seed` replays it.
 
 pub mod gen;
+pub mod values;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};

@@ -20,6 +20,7 @@ use rdkafka::ClientContext;
 use sqlx::pool::PoolConnection;
 use sqlx::Postgres;
 
+use crate::cpu::{CpuMeter, PhaseCpu};
 use crate::verify::read_back;
 
 /// Events moved and the seconds it took.
@@ -40,6 +41,8 @@ pub struct Ceilings {
     pub produce: Option<Rate>,
     pub consume: Option<Rate>,
     pub copy: Option<Rate>,
+    /// What each bare stage cost in CPU (see `cpu`), in the order measured.
+    pub cpu: Vec<PhaseCpu>,
     pub notes: Vec<String>,
 }
 
@@ -64,13 +67,15 @@ impl ProducerContext for Counting {
 }
 
 /// Produces `n` records (the payloads, cycled) into a new topic of `partitions` partitions and
-/// reads them back; returns both rates. The topic is deleted afterwards.
+/// reads them back; returns both rates and what each cost in CPU (`meter`). The topic is deleted
+/// afterwards.
 pub async fn kafka(
     brokers: &str,
     partitions: i32,
     payloads: Vec<Vec<u8>>,
     n: usize,
-) -> anyhow::Result<(Rate, Rate)> {
+    meter: &CpuMeter,
+) -> anyhow::Result<(Rate, Rate, [PhaseCpu; 2])> {
     if payloads.is_empty() {
         bail!("no payloads to measure with");
     }
@@ -101,17 +106,21 @@ pub async fn kafka(
     }
     let t = topic.clone();
     let b = brokers.to_string();
+    let before = meter.read();
     let produced = tokio::task::spawn_blocking(move || produce_loop(&b, &t, &payloads, n))
         .await
         .context("produce ceiling")??;
+    let produce_cpu = meter.phase("produce", produced.events, &before);
     let t = topic.clone();
     let b = brokers.to_string();
+    let before = meter.read();
     let consumed = tokio::task::spawn_blocking(move || {
         let start: BTreeMap<i32, i64> = (0..partitions).map(|p| (p, 0)).collect();
         read_back(&b, &t, &start, &BTreeMap::new(), 0, false)
     })
     .await
     .context("consume ceiling")??;
+    let consume_cpu = meter.phase("consume", consumed.records, &before);
     let _ = admin.delete_topics(&[&topic], &opts).await;
     Ok((
         produced,
@@ -119,6 +128,7 @@ pub async fn kafka(
             events: consumed.records,
             secs: consumed.secs,
         },
+        [produce_cpu, consume_cpu],
     ))
 }
 
@@ -172,7 +182,11 @@ fn produce_loop(
 
 /// One bulk binary COPY of up to `n` of the run's rows (from `lt_ids`, see `verify::compare`) into
 /// a new table shaped like `log_events`, timed alone; the table is dropped afterwards.
-pub async fn copy(conn: &mut PoolConnection<Postgres>, n: usize) -> anyhow::Result<Rate> {
+pub async fn copy(
+    conn: &mut PoolConnection<Postgres>,
+    n: usize,
+    meter: &CpuMeter,
+) -> anyhow::Result<(Rate, PhaseCpu)> {
     let table = format!("lt_copy_ceiling_{}", chrono::Utc::now().timestamp_millis());
     let mut out = conn
         .copy_out_raw(&format!(
@@ -191,6 +205,7 @@ pub async fn copy(conn: &mut PoolConnection<Postgres>, n: usize) -> anyhow::Resu
     .execute(&mut **conn)
     .await?;
     let began = Instant::now();
+    let before = meter.read();
     let result = async {
         let mut copy = conn
             .copy_in_raw(&format!("COPY {table} FROM STDIN WITH (FORMAT binary)"))
@@ -200,9 +215,15 @@ pub async fn copy(conn: &mut PoolConnection<Postgres>, n: usize) -> anyhow::Resu
     }
     .await;
     let secs = began.elapsed().as_secs_f64();
+    let after = meter.read();
     sqlx::query(&format!("DROP TABLE IF EXISTS {table}"))
         .execute(&mut **conn)
         .await?;
     let rows = result.context("COPY ceiling")?;
-    Ok(Rate { events: rows, secs })
+    let cpu = PhaseCpu {
+        phase: "copy",
+        events: rows,
+        secs: crate::cpu::spent(&before, &after),
+    };
+    Ok((Rate { events: rows, secs }, cpu))
 }

@@ -20,6 +20,7 @@
 
 pub mod args;
 pub mod ceiling;
+pub mod cpu;
 pub mod ingest;
 pub mod report;
 pub mod sample;
@@ -94,22 +95,28 @@ async fn wait_drained_before(stack: &Stack, timeout_secs: u64) -> anyhow::Result
 /// The bare produce and consume of the run's own records, and a COPY of its rows, in the same run.
 async fn measure_ceilings(
     args: &Args,
+    stack: &Stack,
     partitions: i32,
     rb: &verify::ReadBack,
     conn: &mut sqlx::pool::PoolConnection<sqlx::Postgres>,
 ) -> Ceilings {
     let mut ceilings = Ceilings::default();
+    let meter = cpu::CpuMeter::for_ceilings(&stack.processes);
     let n = args.ceiling_events.min(rb.records as usize).max(1);
     println!("ceilings: bare produce and consume of {n} of the run's records, COPY of its rows");
-    match ceiling::kafka(&args.brokers, partitions, rb.payloads.clone(), n).await {
-        Ok((p, c)) => {
+    match ceiling::kafka(&args.brokers, partitions, rb.payloads.clone(), n, &meter).await {
+        Ok((p, c, cpu)) => {
             ceilings.produce = Some(p);
             ceilings.consume = Some(c);
+            ceilings.cpu.extend(cpu);
         }
         Err(e) => ceilings.notes.push(format!("Kafka ceilings failed: {e:#}")),
     }
-    match ceiling::copy(conn, n).await {
-        Ok(c) => ceilings.copy = Some(c),
+    match ceiling::copy(conn, n, &meter).await {
+        Ok((c, cpu)) => {
+            ceilings.copy = Some(c);
+            ceilings.cpu.push(cpu);
+        }
         Err(e) => ceilings.notes.push(format!("COPY ceiling failed: {e:#}")),
     }
     ceilings
@@ -228,7 +235,7 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
     let ceilings = if args.no_ceilings || rb.payloads.is_empty() {
         Ceilings::default()
     } else {
-        measure_ceilings(&args, partitions, &rb, &mut conn).await
+        measure_ceilings(&args, &stack, partitions, &rb, &mut conn).await
     };
     drop(conn);
 

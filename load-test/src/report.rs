@@ -1,6 +1,6 @@
 //! The report folder: `summary.md` (configuration, commit, machine, ceilings and ratios, loss,
 //! latency, processes, thresholds), `samples.csv` (one row per second) and PNG charts drawn with
-//! plotters (rates per stage, lag, latency percentiles, RSS per process).
+//! plotters (rates per stage, lag, latency percentiles, RSS per process, CPU per event by process).
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -143,6 +143,82 @@ pub fn line_chart(
             .legend(move |(x, y)| {
                 PathElement::new(vec![(x, y), (x + 18, y)], colour.stroke_width(2))
             });
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 13))
+        .position(SeriesLabelPosition::UpperRight)
+        .draw()
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    root.present().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    Ok(())
+}
+
+/// Stacked bars: one bar per column (a phase), one stack per series (a process), each value in
+/// `unit`. A series missing from a column adds nothing to it.
+pub fn stacked_bars(
+    path: &Path,
+    title: &str,
+    unit: &str,
+    columns: &[String],
+    series: &[(String, Vec<f64>)],
+) -> anyhow::Result<()> {
+    let tops: Vec<f64> = (0..columns.len())
+        .map(|c| {
+            series
+                .iter()
+                .map(|(_, v)| v.get(c).copied().unwrap_or(0.0))
+                .sum()
+        })
+        .collect();
+    let y_max = tops.iter().copied().fold(1.0_f64, f64::max);
+    let root = BitMapBackend::new(path, (1000, 420)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(70)
+        .build_cartesian_2d(
+            (0..columns.len() as u32).into_segmented(),
+            0.0..y_max * 1.15,
+        )
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_label_formatter(&|v| match v {
+            SegmentValue::CenterOf(i) => columns.get(*i as usize).cloned().unwrap_or_default(),
+            _ => String::new(),
+        })
+        .y_desc(unit)
+        .label_style(("sans-serif", 13))
+        .draw()
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let mut bottoms = vec![0.0_f64; columns.len()];
+    for (k, (name, values)) in series.iter().enumerate() {
+        let colour = COLOURS[k % COLOURS.len()];
+        let bars: Vec<_> = (0..columns.len())
+            .map(|c| {
+                let v = values.get(c).copied().unwrap_or(0.0);
+                let (lo, hi) = (bottoms[c], bottoms[c] + v);
+                bottoms[c] = hi;
+                Rectangle::new(
+                    [
+                        (SegmentValue::Exact(c as u32), lo),
+                        (SegmentValue::Exact(c as u32 + 1), hi),
+                    ],
+                    colour.filled(),
+                )
+            })
+            .collect();
+        chart
+            .draw_series(bars)
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?
+            .label(name.as_str())
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 14, y + 5)], colour.filled()));
     }
     chart
         .configure_series_labels()

@@ -27,6 +27,8 @@ pub struct Sample {
     pub lag: BTreeMap<i32, i64>,
     /// Per process: CPU percent of one core over the last second, RSS bytes.
     pub procs: BTreeMap<String, (f64, u64)>,
+    /// Per process: CPU seconds used so far (the process's own total, not since the run began).
+    pub cpu_secs: BTreeMap<String, f64>,
 }
 
 impl Sample {
@@ -169,6 +171,7 @@ async fn sample_loop(
                 .sum();
         }
         s.procs.clear();
+        s.cpu_secs.clear();
         // PostgreSQL does the storing's other half: its processes are summed as one row (local
         // servers only; a remote database is not sampled).
         let postgres = ("postgres".to_string(), pids_named("postgres"));
@@ -183,6 +186,7 @@ async fn sample_loop(
                 };
                 last_cpu.insert(name.clone(), (cpu, t));
                 s.procs.insert(name.clone(), (pct, rss));
+                s.cpu_secs.insert(name.clone(), cpu);
             }
         }
         let dt = (s.t - prev.t).max(0.001);

@@ -9,7 +9,7 @@ use crate::args::{Args, Scenario};
 use crate::ceiling::{Ceilings, Rate};
 use crate::sample::Sample;
 use crate::scenario::Outcome;
-use crate::{ingest, report, scenario, verify};
+use crate::{cpu, ingest, report, scenario, verify};
 
 /// The processes whose memory must stay flat in a soak.
 const OWN_SERVICES: [&str; 3] = ["collector", "generator", "gateway"];
@@ -69,11 +69,123 @@ impl Results<'_> {
         let mut s = String::new();
         self.header(&mut s);
         self.rates(&mut s);
+        self.cpu(&mut s);
         let lost_in_kafka = self.loss(&mut s);
         self.latency(&mut s);
         self.processes(&mut s);
         let ok = self.thresholds(&mut s, lost_in_kafka);
         (s, ok)
+    }
+
+    /// CPU per event by process, for the run and for each bare stage, and the bare limit.
+    fn cpu(&self, s: &mut String) {
+        let _ = writeln!(s, "\n## CPU per event\n");
+        let Some(run) = cpu::run_cpu(self.samples).filter(|r| r.events > 0) else {
+            let _ = writeln!(s, "Not measured (no stored events, or no process sampled).");
+            return;
+        };
+        let stages = &self.ceilings.cpu;
+        let mut names: Vec<&String> = run.secs.keys().collect();
+        for st in stages {
+            names.extend(st.secs.keys());
+        }
+        names.sort();
+        names.dedup();
+        let cell = |p: &cpu::PhaseCpu, n: &str| {
+            p.us_per_event(n)
+                .map_or_else(|| "".to_owned(), |us| format!("{us:.1}"))
+        };
+        let _ = writeln!(
+            s,
+            "Microseconds of CPU per event in each process: over the run (per stored event, the \
+             drain included) and in each bare stage of the same run. {} cores.\n",
+            cpu::cores()
+        );
+        let mut head = String::from("| process | run |");
+        let mut rule = String::from("|---|---:|");
+        for st in stages {
+            let _ = write!(head, " bare {} |", st.phase);
+            rule.push_str("---:|");
+        }
+        let _ = writeln!(s, "{head}\n{rule}");
+        for n in names {
+            let mut row = format!("| {n} | {} |", cell(&run, n));
+            for st in stages {
+                let _ = write!(row, " {} |", cell(st, n));
+            }
+            let _ = writeln!(s, "{row}");
+        }
+        let mut total = format!("| **all** | **{:.1}** |", run.total_us_per_event());
+        for st in stages {
+            let _ = write!(total, " **{:.1}** |", st.total_us_per_event());
+        }
+        let _ = writeln!(s, "{total}");
+        let bare_us: f64 = stages.iter().map(cpu::PhaseCpu::total_us_per_event).sum();
+        let pipeline_us = run.total_us_per_event();
+        if let Some(limit) = cpu::bare_limit(cpu::cores(), stages) {
+            let _ = writeln!(
+                s,
+                "\n- pipeline: {pipeline_us:.1} µs per stored event; the bare stages together: \
+                 {bare_us:.1} µs; the pipeline costs {:.2}× its bare stages (goal: at most 1.25).",
+                pipeline_us / bare_us
+            );
+            let _ = writeln!(
+                s,
+                "- bare limit: {} cores ÷ {bare_us:.1} µs = {limit:.0} events/s.",
+                cpu::cores()
+            );
+            if let Some(k) = self.measured {
+                let _ = writeln!(
+                    s,
+                    "- stored in the measured stretch: {:.0}/s = {:.2} of the bare limit.",
+                    k.stored_rate,
+                    k.stored_rate / limit
+                );
+            }
+        } else {
+            let _ = writeln!(s, "\n- pipeline: {pipeline_us:.1} µs per stored event; the bare stages were not all measured.");
+        }
+    }
+
+    /// `cpu-per-event.png`: µs of CPU per event, stacked by process, for the run and each bare
+    /// stage.
+    fn cpu_chart(&self, dir: &std::path::Path) {
+        let Some(run) = cpu::run_cpu(self.samples).filter(|r| r.events > 0) else {
+            return;
+        };
+        let phases: Vec<&cpu::PhaseCpu> = std::iter::once(&run)
+            .chain(self.ceilings.cpu.iter())
+            .collect();
+        let columns: Vec<String> = phases
+            .iter()
+            .map(|p| match p.phase {
+                "run" => "pipeline (run)".to_owned(),
+                other => format!("bare {other}"),
+            })
+            .collect();
+        let mut names: Vec<&String> = phases.iter().flat_map(|p| p.secs.keys()).collect();
+        names.sort();
+        names.dedup();
+        let series: Vec<(String, Vec<f64>)> = names
+            .into_iter()
+            .map(|n| {
+                let v = phases
+                    .iter()
+                    .map(|p| p.us_per_event(n).unwrap_or(0.0))
+                    .collect();
+                (n.clone(), v)
+            })
+            .collect();
+        let path = dir.join("cpu-per-event.png");
+        if let Err(e) = report::stacked_bars(
+            &path,
+            "CPU per event by process",
+            "µs per event",
+            &columns,
+            &series,
+        ) {
+            println!("chart {}: {e:#}", path.display());
+        }
     }
 
     /// The title and what the run was.
@@ -387,6 +499,7 @@ impl Results<'_> {
             println!("no DejaVu font found (Debian: fonts-dejavu-core): charts skipped");
             return;
         }
+        self.cpu_chart(dir);
         let s = self.samples;
         let rates = vec![
             (

@@ -174,6 +174,11 @@ pub fn stacked_bars(
         })
         .collect();
     let y_max = tops.iter().copied().fold(1.0_f64, f64::max);
+    if columns.is_empty() {
+        return Ok(());
+    }
+    // An integer range holds both ends: `0..last` is one segment per column.
+    let last = columns.len() as u32 - 1;
     let root = BitMapBackend::new(path, (1000, 420)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e:?}"))?;
     let mut chart = ChartBuilder::on(&root)
@@ -181,10 +186,7 @@ pub fn stacked_bars(
         .margin(12)
         .x_label_area_size(36)
         .y_label_area_size(70)
-        .build_cartesian_2d(
-            (0..columns.len() as u32).into_segmented(),
-            0.0..y_max * 1.15,
-        )
+        .build_cartesian_2d((0..last).into_segmented(), 0.0..y_max * 1.15)
         .map_err(|e| anyhow::anyhow!("{e:?}"))?;
     chart
         .configure_mesh()
@@ -205,13 +207,15 @@ pub fn stacked_bars(
                 let v = values.get(c).copied().unwrap_or(0.0);
                 let (lo, hi) = (bottoms[c], bottoms[c] + v);
                 bottoms[c] = hi;
-                Rectangle::new(
+                let mut bar = Rectangle::new(
                     [
                         (SegmentValue::Exact(c as u32), lo),
                         (SegmentValue::Exact(c as u32 + 1), hi),
                     ],
                     colour.filled(),
-                )
+                );
+                bar.set_margin(0, 0, 30, 30);
+                bar
             })
             .collect();
         chart
@@ -241,6 +245,37 @@ mod tests {
             t,
             acked,
             ..Sample::default()
+        }
+    }
+
+    #[test]
+    fn stacked_bars_draw_a_png_and_nothing_for_no_columns() {
+        if !load_font() {
+            return; // no font on this machine: charts are skipped, as in a run
+        }
+        let dir = std::env::temp_dir().join(format!("lt-bars-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("bars.png");
+        let columns = vec!["pipeline (run)".to_owned(), "bare copy".to_owned()];
+        let series = vec![
+            ("collector".to_owned(), vec![5.5, 0.0]),
+            ("postgres".to_owned(), vec![8.1, 6.0]),
+        ];
+        stacked_bars(
+            &path,
+            "CPU per event by process",
+            "µs per event",
+            &columns,
+            &series,
+        )
+        .unwrap();
+        let png = std::fs::read(&path).unwrap();
+        assert!(png.starts_with(b"\x89PNG"), "a PNG");
+        let none = dir.join("none.png");
+        stacked_bars(&none, "t", "u", &[], &[]).unwrap();
+        assert!(!none.exists());
+        if std::env::var_os("LOGPIPE_KEEP_CHART").is_none() {
+            std::fs::remove_dir_all(&dir).unwrap();
         }
     }
 

@@ -269,6 +269,23 @@ pub fn set_remote_parent(span: &tracing::Span, traceparent: Option<&str>) {
 }
 
 /// True when the `traceparent` says its trace is sampled (worth spans downstream).
+/// A record's `traceparent` header when it asks for sampling, well formed and lower-cased; None
+/// otherwise. Most records carry a trace nobody samples (flags `00`): their flags field is read
+/// first and the header goes no further, so an unsampled record costs no parse and no allocation.
+pub fn sampled_traceparent(header: &[u8]) -> Option<String> {
+    let flags = header.trim_ascii().split(|b| *b == b'-').nth(3)?;
+    let flags = std::str::from_utf8(flags).ok()?;
+    match u8::from_str_radix(flags, 16) {
+        // The sampled flag is bit 0 (W3C Trace Context); a field that is not hex falls through to
+        // the full check, which refuses it.
+        Ok(f) if f & 1 == 0 && flags.len() == 2 => None,
+        _ => {
+            let tp = well_formed_traceparent(std::str::from_utf8(header).ok()?)?;
+            is_sampled(&tp).then_some(tp)
+        }
+    }
+}
+
 pub fn is_sampled(traceparent: &str) -> bool {
     parse_traceparent(traceparent).is_some_and(|sc| sc.is_sampled())
 }
@@ -327,6 +344,53 @@ pub fn metrics_handle() -> PrometheusHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// What `sampled_traceparent` must equal: the full check, then the flag.
+    fn slow_path(header: &[u8]) -> Option<String> {
+        well_formed_traceparent(std::str::from_utf8(header).ok()?).filter(|tp| is_sampled(tp))
+    }
+
+    /// Traceparents near the valid form: each part a hex run of any length (the right one most of
+    /// the time), any flags, sometimes upper case, padded, with extra parts, or a foreign byte.
+    fn near_traceparent() -> impl Strategy<Value = Vec<u8>> {
+        let hex =
+            |n: usize| proptest::string::string_regex(&format!("[0-9a-fA-F]{{{n}}}")).unwrap();
+        (
+            prop_oneof![Just("00".to_owned()), hex(2), "[0-9a-z+ ]{0,3}"],
+            prop_oneof![4 => hex(32), 1 => "[0-9a-f]{0,40}"],
+            prop_oneof![4 => hex(16), 1 => "[0-9a-f]{0,20}"],
+            prop_oneof![4 => hex(2), 1 => "[0-9a-zA-Z+ -]{0,4}"],
+            prop_oneof![4 => Just(String::new()), 1 => "-[0-9a-f]{0,6}"],
+            prop_oneof![4 => Just(String::new()), 1 => Just(" ".to_owned())],
+        )
+            .prop_map(|(v, t, s, f, extra, pad)| {
+                format!("{pad}{v}-{t}-{s}-{f}{extra}{pad}").into_bytes()
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn the_fast_path_answers_as_the_full_check_does(
+            header in prop_oneof![4 => near_traceparent(), 1 => proptest::collection::vec(any::<u8>(), 0..70)]
+        ) {
+            prop_assert_eq!(sampled_traceparent(&header), slow_path(&header));
+        }
+    }
+
+    #[test]
+    fn an_unsampled_trace_is_not_parsed_and_a_sampled_one_is_checked() {
+        let sampled = b"00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01";
+        assert_eq!(
+            sampled_traceparent(sampled).as_deref(),
+            Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+        );
+        assert_eq!(
+            sampled_traceparent(b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"),
+            None
+        );
+        assert_eq!(sampled_traceparent(b"00-zz-00f067aa0ba902b7-01"), None);
+    }
 
     #[test]
     fn traceparent_parses_and_keeps_the_sampled_flag() {

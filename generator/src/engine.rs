@@ -473,6 +473,7 @@ async fn worker(engine: Arc<Engine>, params: RunParams, index: u32, rate: u32, s
         let now = Utc::now();
         let batch_span = publish_span(&topic, n, parent.take());
         let batch_tp = logpipe_common::telemetry::traceparent_of(&batch_span);
+        let mut sender = Sender::new(&engine, &topic, &cancel);
         for i in 0..n {
             let mut event = factory.next_event(now, elapsed);
             let traceparent = match &batch_tp {
@@ -491,16 +492,14 @@ async fn worker(engine: Arc<Engine>, params: RunParams, index: u32, rate: u32, s
             };
             buf.clear();
             serde_json::to_writer(&mut buf, &event).expect("event serializes");
-            let outcome = send(
-                &engine,
-                &topic,
-                &event.event_id, // spreads load over every partition (ARCHITECTURE.md)
-                &buf,
-                traceparent.as_deref(),
-                &mut probe,
-                &cancel,
-            )
-            .await;
+            let outcome = sender
+                .send(
+                    &event.event_id, // spreads load over every partition (ARCHITECTURE.md)
+                    &buf,
+                    traceparent.as_deref(),
+                    &mut probe,
+                )
+                .await;
             match outcome {
                 SendOutcome::Handled => {}
                 SendOutcome::Skipped => {
@@ -571,8 +570,8 @@ fn count_generated(engine: &Engine, n: u64) {
     telemetry::events_generated(n);
 }
 
-/// Hand one record to the producer, waiting (not spinning, not growing memory) while its local
-/// queue is full. Returns false when cancelled while waiting.
+/// What handing one record to the producer came to: it waits (not spinning, not growing memory)
+/// while the producer's local queue is full.
 enum SendOutcome {
     /// Queued, or refused outright (counted as failed).
     Handled,
@@ -581,49 +580,70 @@ enum SendOutcome {
     Cancelled,
 }
 
-async fn send(
-    engine: &Engine,
-    topic: &str,
-    key: &str,
-    payload: &[u8],
-    traceparent: Option<&str>,
-    probe: &mut Option<ProbeSlot<'_>>,
-    cancel: &CancellationToken,
-) -> SendOutcome {
-    loop {
-        let headers = logpipe_common::kafka::event_headers("application/json", traceparent);
-        let record = BaseRecord::with_opaque_to(topic, if probe.is_some() { PROBE } else { 0 })
-            .key(key)
-            .payload(payload)
-            .headers(headers);
-        let producer = engine.producer();
-        match producer.send(record) {
-            Ok(()) => {
-                engine.breaker.queued();
-                if let Some(slot) = probe.take() {
-                    slot.handed_over();
+/// Sends one batch's records. It takes the engine's producer once per batch, not per record (the
+/// handle's clone and drop, under the engine's lock, showed in the generator's profile), and takes
+/// the replacement when its own producer failed fatally.
+struct Sender<'a> {
+    engine: &'a Engine,
+    producer: ThreadedProducer<DeliveryCounter>,
+    topic: &'a str,
+    cancel: &'a CancellationToken,
+}
+
+impl<'a> Sender<'a> {
+    fn new(engine: &'a Engine, topic: &'a str, cancel: &'a CancellationToken) -> Self {
+        Self {
+            producer: engine.producer(),
+            engine,
+            topic,
+            cancel,
+        }
+    }
+
+    async fn send(
+        &mut self,
+        key: &str,
+        payload: &[u8],
+        traceparent: Option<&str>,
+        probe: &mut Option<ProbeSlot<'_>>,
+    ) -> SendOutcome {
+        let engine = self.engine;
+        loop {
+            let headers = logpipe_common::kafka::event_headers("application/json", traceparent);
+            let record =
+                BaseRecord::with_opaque_to(self.topic, if probe.is_some() { PROBE } else { 0 })
+                    .key(key)
+                    .payload(payload)
+                    .headers(headers);
+            match self.producer.send(record) {
+                Ok(()) => {
+                    engine.breaker.queued();
+                    if let Some(slot) = probe.take() {
+                        slot.handed_over();
+                    }
+                    return SendOutcome::Handled;
                 }
-                return SendOutcome::Handled;
-            }
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                if engine.breaker.state() == breaker::OPEN {
-                    return SendOutcome::Skipped;
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    if engine.breaker.state() == breaker::OPEN {
+                        return SendOutcome::Skipped;
+                    }
+                    tokio::select! {
+                        _ = self.cancel.cancelled() => return SendOutcome::Cancelled,
+                        _ = tokio::time::sleep(Duration::from_millis(2)) => {}
+                    }
                 }
-                tokio::select! {
-                    _ = cancel.cancelled() => return SendOutcome::Cancelled,
-                    _ = tokio::time::sleep(Duration::from_millis(2)) => {}
+                Err((e, _)) => {
+                    if matches!(e, KafkaError::MessageProduction(RDKafkaErrorCode::Fatal)) {
+                        engine.replace_producer(false);
+                        self.producer = engine.producer();
+                    }
+                    // Not queued at all: no delivery report will come, so count it here.
+                    engine.counters.failed.fetch_add(1, Ordering::Relaxed);
+                    telemetry::send_errors(1);
+                    tracing::warn!(error = %e, "produce refused");
+                    engine.breaker.failed_now();
+                    return SendOutcome::Handled;
                 }
-            }
-            Err((e, _)) => {
-                if matches!(e, KafkaError::MessageProduction(RDKafkaErrorCode::Fatal)) {
-                    engine.replace_producer(false);
-                }
-                // Not queued at all: no delivery report will come, so count it here.
-                engine.counters.failed.fetch_add(1, Ordering::Relaxed);
-                telemetry::send_errors(1);
-                tracing::warn!(error = %e, "produce refused");
-                engine.breaker.failed_now();
-                return SendOutcome::Handled;
             }
         }
     }

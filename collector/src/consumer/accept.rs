@@ -134,8 +134,8 @@ impl ConsumerLoop {
     /// The `kafka.process` span of a sampled record, a child of the producer's trace.
     fn process_span(&self, msg: &rdkafka::message::BorrowedMessage<'_>) -> Option<tracing::Span> {
         let partition = msg.partition();
-        traceparent(msg)
-            .filter(|tp| logpipe_common::telemetry::is_sampled(tp))
+        header_value(msg.headers(), "traceparent")
+            .and_then(logpipe_common::telemetry::sampled_traceparent)
             .map(|tp| {
                 let span = tracing::info_span!(
                     parent: None,
@@ -196,12 +196,6 @@ impl ConsumerLoop {
         );
         Ok(event)
     }
-}
-
-/// The record's `traceparent` header, if any.
-fn traceparent(msg: &rdkafka::message::BorrowedMessage<'_>) -> Option<String> {
-    let v = header_value(msg.headers(), "traceparent")?;
-    logpipe_common::telemetry::well_formed_traceparent(std::str::from_utf8(v).ok()?)
 }
 
 /// Records are JSON unless they say `text/plain` or do not start with `{`.

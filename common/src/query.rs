@@ -53,6 +53,14 @@ fn string() -> ObjectBuilder {
     ObjectBuilder::new().schema_type(Type::String)
 }
 
+/// An integer from 1 to `max`.
+fn integer_up_to(max: u32) -> ObjectBuilder {
+    ObjectBuilder::new()
+        .schema_type(Type::Integer)
+        .minimum(Some(1))
+        .maximum(Some(max))
+}
+
 /// The parameters, each described once.
 pub mod param {
     use super::*;
@@ -114,10 +122,7 @@ pub mod param {
         query_param(
             "rate",
             &format!("Events a second at most (default {DEFAULT_STREAM_RATE})"),
-            ObjectBuilder::new()
-                .schema_type(Type::Integer)
-                .minimum(Some(1))
-                .maximum(Some(MAX_STREAM_RATE)),
+            integer_up_to(MAX_STREAM_RATE),
         )
     }
 
@@ -125,10 +130,7 @@ pub mod param {
         query_param(
             "limit",
             &format!("Page size (default {DEFAULT_LIMIT})"),
-            ObjectBuilder::new()
-                .schema_type(Type::Integer)
-                .minimum(Some(1))
-                .maximum(Some(MAX_LIMIT)),
+            integer_up_to(MAX_LIMIT),
         )
     }
 

@@ -2,7 +2,8 @@
 //!
 //! Keys live in config only as SHA-256 hashes (hex); a presented key is hashed and compared with every
 //! configured hash in constant time, so neither the comparison nor the number of keys checked leaks how
-//! close a guess was. Keys arrive as `Authorization: Bearer <key>` or `X-API-Key: <key>` and never reach
+//! close a guess was. Keys arrive as `Authorization: Bearer <key>` or `X-API-Key: <key>`, or in the
+//! forms shippers can send (`Basic` with the key as password, Elasticsearch's `ApiKey`), and never reach
 //! logs, metrics or Redis: what identifies a client downstream is the key's configured *name*.
 //!
 //! Scopes: `admin` (generator control, and everything else), `ingest` (`POST /api/v1/logs`), `read`
@@ -11,6 +12,7 @@
 //! only on a loopback address unless `allow_open` says otherwise; once keys exist, anonymous
 //! clients hold `anonymous_scopes` (none by default).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
@@ -112,6 +114,20 @@ pub fn sha256(data: &[u8]) -> [u8; 32] {
     Sha256::digest(data).into()
 }
 
+/// `base64(<a>:<b>)`, with `pick` choosing the key from the pair.
+fn decoded_pair(
+    value: &str,
+    pick: impl for<'a> Fn(&'a str, &'a str) -> &'a str,
+) -> Option<Cow<'static, str>> {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(value)
+        .ok()?;
+    let text = String::from_utf8(bytes).ok()?;
+    let (a, b) = text.split_once(':')?;
+    Some(Cow::Owned(pick(a, b).to_owned()))
+}
+
 fn parse_hex32(s: &str) -> Option<[u8; 32]> {
     let s = s.trim();
     if s.len() != 64 {
@@ -153,26 +169,43 @@ impl Authenticator {
         self.keys.is_empty()
     }
 
-    /// The key a request presents, if any.
-    fn presented(headers: &HeaderMap) -> Option<&str> {
+    /// The key a request presents, if any, in any form a shipper can send:
+    /// `Authorization: Bearer <key>`; `X-API-Key: <key>`; `Authorization: Basic` with the key as
+    /// the password (the user is free: Loki and Elasticsearch clients send one), or as the user
+    /// when the password is empty; `Authorization: ApiKey` as Elasticsearch clients send it,
+    /// base64 of `<id>:<key>` (the id is free), or the key itself.
+    fn presented(headers: &HeaderMap) -> Option<Cow<'_, str>> {
         if let Some(v) = headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
         {
-            if let Some(k) = v
-                .strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-            {
-                return Some(k.trim());
+            let (scheme, value) = v.trim().split_once(' ').unwrap_or((v, ""));
+            let value = value.trim();
+            match scheme.to_ascii_lowercase().as_str() {
+                "bearer" => return Some(Cow::Borrowed(value)),
+                "basic" => {
+                    return decoded_pair(
+                        value,
+                        |user, pass| if pass.is_empty() { user } else { pass },
+                    )
+                }
+                "apikey" => {
+                    return decoded_pair(value, |_, key| key).or(Some(Cow::Borrowed(value)))
+                }
+                _ => {}
             }
         }
-        headers.get("x-api-key").and_then(|v| v.to_str().ok())
+        headers
+            .get("x-api-key")
+            .and_then(|v| v.to_str().ok())
+            .map(Cow::Borrowed)
     }
 
     /// Who the request is from, and whether it may use `scope`.
     pub fn authorize(&self, headers: &HeaderMap, scope: Scope) -> Result<Principal, AuthError> {
         let principal = match Self::presented(headers) {
             Some(key) if !self.keys.is_empty() => {
+                let key = key.as_ref();
                 let presented = sha256(key.as_bytes());
                 // Check every key, without an early exit, so timing says nothing about which matched.
                 let mut found: Option<&ApiKeyConfig> = None;
@@ -259,6 +292,35 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("authorization", format!("Bearer {key}").parse().unwrap());
         h
+    }
+
+    #[test]
+    fn a_key_is_taken_in_every_form_a_shipper_sends() {
+        use base64::Engine;
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let a = Authenticator::new(&settings()).unwrap();
+        let with = |value: String| {
+            let mut h = HeaderMap::new();
+            h.insert("authorization", value.parse().unwrap());
+            a.authorize(&h, Scope::Ingest).map(|p| p.key_name)
+        };
+        let shipper = Ok(Some("shipper".to_owned()));
+        assert_eq!(with("bearer ingest-key".into()), shipper);
+        assert_eq!(
+            with(format!("Basic {}", b64("elastic:ingest-key"))),
+            shipper
+        );
+        assert_eq!(with(format!("Basic {}", b64("ingest-key:"))), shipper);
+        assert_eq!(
+            with(format!("ApiKey {}", b64("shipper:ingest-key"))),
+            shipper
+        );
+        assert_eq!(with("ApiKey ingest-key".into()), shipper);
+        assert_eq!(
+            with(format!("Basic {}", b64("ingest-key:wrong"))),
+            Err(AuthError::Invalid)
+        );
+        assert_eq!(with("Basic %%%".into()), Err(AuthError::Missing));
     }
 
     #[test]

@@ -41,11 +41,14 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
         .into_response()
 }
 
-/// The console.
+/// The console; to an Elasticsearch client (one that asks for JSON), the cluster's identity.
 #[utoipa::path(get, path = "/", tag = "console", responses(
-    (status = 200, description = "The console's page", content_type = "text/html"),
+    (status = 200, description = "The console's page, or for a client asking for JSON, an Elasticsearch cluster's identity", content_type = "text/html"),
 ))]
-pub async fn index() -> Response {
+pub async fn index(headers: HeaderMap) -> Response {
+    if crate::protocols::elastic::wants_elastic(&headers) {
+        return crate::protocols::elastic::info();
+    }
     asset("text/html; charset=utf-8", INDEX)
 }
 

@@ -52,6 +52,8 @@ pub enum ApiError {
         "unsupported content type {0:?}: send application/json, application/x-ndjson or text/plain"
     )]
     UnsupportedMediaType(String),
+    #[error("unsupported content encoding {0:?}: send gzip or no `Content-Encoding`")]
+    UnsupportedEncoding(String),
     #[error("{0}; nothing from this request is acknowledged, resend it unchanged")]
     KafkaUnavailable(String),
     #[error("the gateway is at its concurrency limit; retry shortly")]
@@ -98,6 +100,9 @@ impl ApiError {
             ApiError::InvalidBody(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_body"),
             ApiError::UnsupportedMediaType(_) => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
+            ApiError::UnsupportedEncoding(_) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_encoding")
             }
             ApiError::KafkaUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "kafka_unavailable"),
             ApiError::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),

@@ -16,6 +16,8 @@
 //! - [`state`]: what every handler shares, and what the middleware passes to handlers.
 //! - [`ops`]: `/health`, `/ready`, `/metrics`, the OpenAPI document, the JSON 404.
 //! - [`ingest`]: `POST /api/v1/logs`: body formats, per-event validation, the idempotent producer.
+//! - [`protocols`]: the shippers' protocols on the same intake: OTLP/HTTP logs (`POST /v1/logs`) and
+//!   the Elasticsearch bulk API (`POST /_bulk`, with the probes shippers send first).
 //! - [`query`]: stats, alerts and events, forwarded to the collector.
 //! - [`ratelimit`]: per-client limits per route class: exact sliding window in Redis, local fallback.
 //! - [`startup`]: `Application::build(config)` → `run_until_stopped(token)`.
@@ -37,6 +39,7 @@ pub mod error;
 pub mod ingest;
 pub mod middleware;
 pub mod ops;
+pub mod protocols;
 pub mod query;
 pub mod ratelimit;
 pub mod routes;

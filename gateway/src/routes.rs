@@ -27,7 +27,7 @@ use crate::middleware::{guard, observe, scope_for, Access, TraceTrust};
 use crate::ops::not_found;
 use crate::ratelimit::RouteClass;
 use crate::state::AppState;
-use crate::{control, ingest, query};
+use crate::{control, ingest, protocols, query};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -131,6 +131,30 @@ pub fn routes() -> (Routes, Routes) {
         .add(
             Access::Api(RouteClass::Query),
             routes!(crate::console::pipeline),
+        )
+        .add(
+            Access::Api(RouteClass::Ingest),
+            routes!(protocols::otlp::export_logs),
+        )
+        .add(
+            Access::Api(RouteClass::Ingest),
+            routes!(protocols::elastic::bulk),
+        )
+        .add(
+            Access::Api(RouteClass::Ingest),
+            routes!(protocols::elastic::bulk_index),
+        )
+        .add(
+            Access::Api(RouteClass::Ingest),
+            routes!(protocols::elastic::template),
+        )
+        .add(
+            Access::Api(RouteClass::Ingest),
+            routes!(protocols::elastic::legacy_template),
+        )
+        .add(
+            Access::Api(RouteClass::Ingest),
+            routes!(protocols::elastic::ilm_policy),
         );
     let ops = Routes::new(utoipa::openapi::OpenApi::default())
         .add(Access::Public, routes!(crate::ops::health))
@@ -138,7 +162,8 @@ pub fn routes() -> (Routes, Routes) {
         .add(Access::Public, routes!(crate::ops::metrics))
         .add(Access::Public, routes!(crate::ops::openapi_json))
         .add(Access::Public, routes!(crate::console::index))
-        .add(Access::Public, routes!(crate::console::file));
+        .add(Access::Public, routes!(crate::console::file))
+        .add(Access::Public, routes!(protocols::elastic::license));
     (api, ops)
 }
 
@@ -250,6 +275,7 @@ pub fn router(state: AppState) -> Router {
             TraceTrust::of(&state.config),
             observe,
         ))
+        .layer(middleware::from_fn(protocols::protocol_errors))
         .layer(PropagateRequestIdLayer::new(x_request_id.clone()))
         .layer(SetRequestIdLayer::new(
             x_request_id,

@@ -13,9 +13,11 @@
 //! - [`produce`]: the idempotent producer and what a Kafka failure means for the answer.
 //! - here: the settings, the handler, reading the body within its deadline, the OpenAPI schemas.
 
+pub mod intake;
 pub mod parse;
 pub mod produce;
 
+pub use intake::{read_decoded, Intake, Undelivered};
 pub use parse::*;
 pub use produce::*;
 
@@ -28,7 +30,6 @@ use axum::extract::{ConnectInfo, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use chrono::Utc;
 use logpipe_common::event::LogEvent;
 
 use serde::{Deserialize, Serialize};
@@ -37,10 +38,9 @@ use serde_json::json;
 use crate::auth::Principal;
 use crate::error::{ApiError, ErrorBody};
 use crate::ratelimit::RouteClass;
-use crate::ratelimit::{limit_identity, rate_limit_headers, refused};
+use crate::ratelimit::{rate_limit_headers, refused};
 use crate::state::{AppState, Charged};
 use crate::telemetry;
-use tracing::Instrument;
 
 /// The request body as bytes, or why not: a slow client is 408, a large one 413 (the rest of its
 /// body is drained: see `linger`).
@@ -225,7 +225,7 @@ pub async fn ingest_logs(
 
 /// The body, read within the size limit and the read timeout. A body announced larger than the
 /// limit is refused from its head, before a byte is read.
-async fn read_limited(
+pub(crate) async fn read_limited(
     s: &AppState,
     headers: &axum::http::HeaderMap,
     body: axum::body::Body,
@@ -268,8 +268,9 @@ fn all_refused(rejected: Vec<parse::Rejected>) -> Result<Response, ApiError> {
 /// Charge a body's events to the client's ingest limit. The guard charged one unit before the
 /// body was read; the other events are charged now. The decision for the answer's headers, or
 /// the 429 refusal; a body larger than a whole window's limit is 413.
-async fn charge_events(
+pub(crate) async fn charge_events(
     s: &AppState,
+    route: &str,
     identity: &str,
     events: usize,
     charged: Option<Charged>,
@@ -291,7 +292,7 @@ async fn charge_events(
     }
     let d = s.limiter.check(RouteClass::Ingest, identity, rest).await;
     if !d.allowed {
-        return Ok(Err(refused("/api/v1/logs", RouteClass::Ingest, &d)));
+        return Ok(Err(refused(route, RouteClass::Ingest, &d)));
     }
     Ok(Ok(Some(d)))
 }
@@ -303,9 +304,8 @@ async fn ingest(
     charged: Option<Charged>,
     query: Result<Query<IngestQuery>, QueryRejection>,
     req: Request,
-) -> Result<Response, ApiError> {
+) -> Result<Response, Undelivered> {
     let Query(query) = query.map_err(|e| ApiError::InvalidParameter(e.body_text()))?;
-    let settings = &s.config.ingest;
     let (parts, body) = req.into_parts();
     let content_type = parts
         .headers
@@ -315,70 +315,24 @@ async fn ingest(
         ApiError::UnsupportedMediaType(content_type.unwrap_or_default().to_owned())
     })?;
     let service = default_service(query.service.as_deref()).map_err(ApiError::InvalidParameter)?;
-    let body = read_limited(s, &parts.headers, body).await?;
-    // The trace events belong to: this request's span when tracing is on, else the caller's header.
-    let tp = logpipe_common::telemetry::traceparent_of(&tracing::Span::current())
-        .or_else(|| traceparent(&parts.headers));
-    let identity = limit_identity(principal, peer.ip());
-    // Derived ids belong to the key (anonymous clients share one namespace, so a resend from
-    // another address still gets the same ids).
-    let namespace = principal.key_name.as_deref().unwrap_or("anonymous");
-    let id_seed = parts
-        .headers
-        .get("idempotency-key")
-        .map(|k| [b"idempotency\n", namespace.as_bytes(), b"\n", k.as_bytes()].concat());
-    let ctx = ParseContext {
-        received_at: Utc::now(),
-        max_events: settings.max_events,
-        max_future_secs: settings.max_future_secs,
-        max_event_bytes: settings.max_event_bytes,
-        default_service: service,
-        id_seed,
-        tenant: principal.key_name.clone(),
-        trace_id: tp.as_deref().map(|t| t[3..35].to_owned()),
+    let body = read_decoded(s, &parts.headers, body).await?;
+    let intake = Intake {
+        s,
+        principal,
+        peer,
+        charged,
+        route: "/api/v1/logs",
     };
+    let ctx = intake.context(&parts.headers, service, &body, false);
     let parsed = ctx.parse(format, &body).map_err(|e| match e {
         BodyError::TooManyEvents { .. } => ApiError::TooManyEvents(e.to_string()),
         other => ApiError::BadRequest(other.to_string()),
     })?;
     telemetry::ingest_events("rejected", parsed.rejected.len());
     if parsed.events.is_empty() {
-        return all_refused(parsed.rejected);
+        return Ok(all_refused(parsed.rejected)?);
     }
-    let decision = match charge_events(s, &identity, parsed.events.len(), charged).await? {
-        Ok(decision) => decision,
-        Err(refusal) => return Ok(refusal),
-    };
-    let publish = tracing::info_span!(
-        "kafka.publish",
-        otel.name = %format!("publish {}", s.config.kafka.raw_topic),
-        otel.kind = "producer",
-        messaging.system = "kafka",
-        messaging.operation.type = "send",
-        messaging.destination.name = %s.config.kafka.raw_topic,
-        messaging.batch.message_count = parsed.events.len(),
-    );
-    let header_tp = logpipe_common::telemetry::traceparent_of(&publish).or(tp);
-    let produced = s
-        .producer
-        .produce_all(&parsed.events, header_tp.as_deref())
-        .instrument(publish)
-        .await;
-    match produced {
-        Ok(()) => {}
-        Err(e @ ProduceError::TooLarge { .. }) => {
-            telemetry::ingest_events("rejected", parsed.events.len());
-            return Err(ApiError::EventTooLarge(format!(
-                "{e} (the index counts accepted events only)"
-            )));
-        }
-        Err(e) => {
-            telemetry::ingest_events("failed", parsed.events.len());
-            tracing::warn!(error = %e, "ingest not acknowledged by Kafka");
-            return Err(ApiError::KafkaUnavailable(e.to_string()));
-        }
-    }
-    telemetry::ingest_events("accepted", parsed.events.len());
+    let decision = intake.deliver(&parts.headers, &parsed.events).await?;
     let mut resp = (
         StatusCode::ACCEPTED,
         Json(IngestAccepted {

@@ -101,7 +101,7 @@ impl ParseContext<'_> {
     }
 
     /// Refuse an event whose text is larger than one event may be, before it is parsed.
-    fn check_size(&self, len: usize) -> Result<(), EventError> {
+    pub(crate) fn check_size(&self, len: usize) -> Result<(), EventError> {
         if len > self.max_event_bytes {
             return Err(EventError::TooLarge {
                 len,
@@ -111,7 +111,7 @@ impl ParseContext<'_> {
         Ok(())
     }
 
-    fn finish(
+    pub(crate) fn finish(
         &self,
         index: usize,
         mut event: LogEvent,

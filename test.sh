@@ -41,6 +41,7 @@ ensure_postgres
 ensure_redis
 ensure_tansu
 ensure_database logpipe_test
+ensure_shipper_clients
 # The budget tests run a private redis-server of their own, to stop and restart it.
 command -v redis-server >/dev/null || apt_install redis-server
 

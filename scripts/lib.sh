@@ -48,6 +48,21 @@ ensure_build_deps() {
     command -v cargo >/dev/null || die "cargo not found: install Rust (rustup) first"
 }
 
+# The shipper clients tests/shippers.rs drives (integration-tests/shippers/requirements.txt), in a
+# virtualenv in the per-user cache; reinstalled only when the pinned list changes.
+ensure_shipper_clients() {
+    local venv=$LOGPIPE_CACHE/shippers-venv req=$LOGPIPE_ROOT/integration-tests/shippers/requirements.txt
+    local stamp=$venv/.requirements
+    if [ -x "$venv/bin/python" ] && cmp -s "$req" "$stamp"; then
+        return 0
+    fi
+    python3 -m venv "$venv" 2>/dev/null || { apt_install python3-venv; python3 -m venv "$venv"; } \
+        || die "could not make a virtualenv at $venv"
+    log "pip install the shipper clients into $venv"
+    "$venv/bin/pip" install -q -r "$req" || die "pip install -r $req failed"
+    cp "$req" "$stamp"
+}
+
 pg_up() { pg_isready -q -h "$PG_HOST" -p "$PG_PORT" 2>/dev/null; }
 
 # Use the PostgreSQL reachable on 127.0.0.1 if there is one; else start the installed cluster; else

@@ -155,7 +155,7 @@ pub fn error_response(status: StatusCode, code: &str, reason: String) -> Respons
 }
 
 /// Bulk into the default index (`POST /_bulk`).
-#[utoipa::path(post, path = "/_bulk", tag = "protocols",
+#[utoipa::path(method(post, put), path = "/_bulk", tag = "protocols",
     request_body(description = "NDJSON action/source pairs", content((String = "application/x-ndjson"))),
     responses(
         (status = 200, description = "Per item: 201 stored (in Kafka), 400 refused; `errors` tells whether any was refused"),
@@ -175,7 +175,7 @@ pub async fn bulk(
 
 /// Bulk into `{index}` (`POST /{index}/_bulk`): the index names the service of documents that
 /// name none.
-#[utoipa::path(post, path = "/{index}/_bulk", tag = "protocols",
+#[utoipa::path(method(post, put), path = "/{index}/_bulk", tag = "protocols",
     params(("index" = String, Path, description = "Default index of the items (and service of documents naming none)")),
     request_body(description = "NDJSON action/source pairs", content((String = "application/x-ndjson"))),
     responses(

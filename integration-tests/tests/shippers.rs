@@ -1,0 +1,297 @@
+//! The shippers' protocols end to end: real clients (the OpenTelemetry Python SDK's OTLP/HTTP
+//! exporter, the official Elasticsearch Python client's bulk helper) send through a gateway with
+//! keys to a collector on Postgres, and every record is stored once with its fields mapped. Then
+//! what a client does on a bad day: resend the same body, send a broken one, send no key.
+//!
+//! The clients come from `integration-tests/shippers/requirements.txt`, installed by test.sh into
+//! the per-user cache (`LOGPIPE_SHIPPER_PYTHON` names another interpreter).
+
+use std::collections::BTreeMap;
+use std::process::Command;
+
+use logpipe_gateway::auth::{sha256, ApiKeyConfig, Scope};
+use logpipe_gateway::protocols::otlp::proto::{
+    AnyValue, ExportLogsServiceRequest, InstrumentationScope, KeyValue, LogRecord, Resource,
+    ResourceLogs, ScopeLogs, Status, Value as OtlpValue,
+};
+use logpipe_integration_tests as it;
+use logpipe_integration_tests::stack::TestStack;
+use prost::Message;
+use serde_json::{json, Value};
+
+const KEY: &str = "shipper-secret";
+
+fn python() -> String {
+    std::env::var("LOGPIPE_SHIPPER_PYTHON").unwrap_or_else(|_| {
+        let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+        format!("{home}/.cache/logpipe/shippers-venv/bin/python")
+    })
+}
+
+/// Run a shipper script; its stdout, one JSON value per line.
+fn ship(script: &str, args: &[&str]) -> Vec<Value> {
+    let path = format!("{}/shippers/{script}", env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new(python())
+        .arg(&path)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "{} could not run ({e}): install the clients with \
+                 `source scripts/lib.sh && ensure_shipper_clients`",
+                python()
+            )
+        });
+    assert!(
+        out.status.success(),
+        "{script} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8(out.stdout)
+        .expect("UTF-8 output")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON value per line"))
+        .collect()
+}
+
+async fn keyed_stack(test: &str) -> TestStack {
+    TestStack::collector(test, 2)
+        .await
+        .with_gateway(|c| {
+            c.auth.keys = vec![ApiKeyConfig {
+                name: "shipper".into(),
+                sha256: sha256(KEY.as_bytes())
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect(),
+                scopes: vec![Scope::Ingest],
+            }];
+        })
+        .await
+}
+
+/// Stored rows of `service`: message → (level, host, component, attributes).
+async fn stored(
+    stack: &TestStack,
+    service: &str,
+) -> BTreeMap<String, (String, String, String, Value)> {
+    let rows: Vec<(String, String, String, String, Value)> = sqlx::query_as(
+        "SELECT message, level, host, component, attributes FROM log_events WHERE service = $1",
+    )
+    .bind(service)
+    .fetch_all(&stack.pool)
+    .await
+    .expect("query rows");
+    rows.into_iter()
+        .map(|(m, l, h, c, a)| (m, (l, h, c, a)))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_opentelemetry_sdk_exporter_ships_every_record_once_with_its_fields_mapped() {
+    let stack = keyed_stack("otlp-sdk").await;
+    let run = stack.name.replace('_', "-");
+    let count = 2_000;
+    let out = ship(
+        "otlp_sdk.py",
+        &[&stack.gw("/v1/logs"), KEY, &run, &count.to_string()],
+    );
+    assert_eq!(out.last(), Some(&json!({"done": true})), "the SDK flushed");
+    stack.wait_rows(count).await;
+    let rows = stored(&stack, &format!("otlp-{run}")).await;
+    assert_eq!(rows.len(), count as usize, "each message once");
+    for sent in &out[..out.len() - 1] {
+        let message = sent["message"].as_str().expect("message");
+        let (level, host, component, attrs) = rows
+            .get(message)
+            .unwrap_or_else(|| panic!("{message:?} was not stored"));
+        assert_eq!(Some(level.as_str()), sent["level"].as_str(), "{message}");
+        assert_eq!(host, "shipper-host");
+        assert_eq!(
+            component,
+            &format!("shipper.{run}"),
+            "the logger is the scope"
+        );
+        assert_eq!(attrs["seq"], sent["seq"], "{attrs}");
+        assert_eq!(attrs["run"], json!(run));
+    }
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_elasticsearch_client_bulk_ships_every_document_once_and_hears_of_the_refused_one() {
+    let stack = keyed_stack("es-bulk").await;
+    let run = stack.name.replace('_', "-");
+    let count = 1_000;
+    let stamp = chrono::Utc::now().to_rfc3339();
+    let out = ship(
+        "es_bulk.py",
+        &[&stack.gw(""), KEY, &run, &count.to_string(), &stamp],
+    );
+    let report = &out[0];
+    assert_eq!(
+        report["version"],
+        json!(logpipe_gateway::protocols::elastic::VERSION)
+    );
+    let sent = report["sent"].as_array().expect("sent");
+    assert_eq!(report["ok"], json!(sent.len()));
+    // One in every hundred has a timestamp that is not a date: refused in its own item, alone.
+    let refused = report["errors"].as_array().expect("errors");
+    assert_eq!(refused.len(), count as usize / 100, "{refused:?}");
+    for r in refused {
+        assert_eq!(r["status"], 400);
+        assert_eq!(r["type"], "document_parsing_exception");
+    }
+    stack.wait_rows(sent.len() as i64).await;
+    let rows = stored(&stack, &format!("es-{run}")).await;
+    assert_eq!(rows.len(), sent.len());
+    for doc in sent {
+        let message = doc["message"].as_str().expect("message");
+        let (level, host, component, attrs) = rows
+            .get(message)
+            .unwrap_or_else(|| panic!("{message:?} was not stored"));
+        assert_eq!(Some(level.as_str()), doc["level"].as_str());
+        assert_eq!(
+            (host.as_str(), component.as_str()),
+            ("shipper-host", "es-shipper")
+        );
+        assert_eq!(
+            attrs["labels"]["seq"], doc["seq"],
+            "the rest stays: {attrs}"
+        );
+    }
+    // The same documents again (the client's retry after a lost answer): their `_id`s make them
+    // the same events, so nothing is stored twice.
+    let again = ship(
+        "es_bulk.py",
+        &[&stack.gw(""), KEY, &run, &count.to_string(), &stamp],
+    );
+    assert_eq!(again[0]["ok"], json!(sent.len()));
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    stack.wait_rows(sent.len() as i64).await;
+    stack.stop().await;
+}
+
+fn otlp_body(service: &str, n: usize) -> Vec<u8> {
+    let s = |v: &str| {
+        Some(AnyValue {
+            value: Some(OtlpValue::String(v.into())),
+        })
+    };
+    let now = chrono::Utc::now().timestamp_nanos_opt().expect("in range") as u64;
+    let records = (0..n)
+        .map(|i| LogRecord {
+            time_unix_nano: now + i as u64,
+            severity_number: if i == 0 { 21 } else { 9 },
+            body: s(&format!("record {i}")),
+            ..Default::default()
+        })
+        .collect();
+    ExportLogsServiceRequest {
+        resource_logs: vec![ResourceLogs {
+            resource: Some(Resource {
+                attributes: vec![KeyValue {
+                    key: "service.name".into(),
+                    value: s(service),
+                }],
+            }),
+            scope_logs: vec![ScopeLogs {
+                scope: Some(InstrumentationScope::default()),
+                log_records: records,
+            }],
+        }],
+    }
+    .encode_to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resent_body_is_stored_once_and_a_refusal_comes_in_the_protocols_own_shape() {
+    let stack = keyed_stack("otlp-resend").await;
+    let client = &stack.client;
+    let otlp = otlp_body("resend", 50);
+    for _ in 0..2 {
+        let resp = it::send(
+            client
+                .post(stack.gw("/v1/logs"))
+                .bearer_auth(KEY)
+                .header("content-type", "application/x-protobuf")
+                .body(otlp.clone()),
+        )
+        .await;
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["content-type"], "application/x-protobuf");
+    }
+    // Stable ids need stable timestamps: a document without one takes its arrival time, so
+    // the resend of such a document would be a new event (docs/protocols.md).
+    let at = chrono::Utc::now().to_rfc3339();
+    let bulk = (0..30)
+        .map(|i| format!("{{\"create\":{{}}}}\n{{\"@timestamp\":\"{at}\",\"message\":\"bulk {i}\",\"service.name\":\"resend\"}}\n"))
+        .collect::<String>();
+    for _ in 0..2 {
+        let (status, answer) = it::call(
+            client
+                .post(stack.gw("/logs-x/_bulk"))
+                .basic_auth("elastic", Some(KEY))
+                .header("content-type", "application/x-ndjson")
+                .body(bulk.clone()),
+        )
+        .await;
+        assert_eq!(
+            (status, &answer["errors"]),
+            (200, &json!(false)),
+            "{answer}"
+        );
+    }
+    stack.wait_rows(80).await;
+
+    // No key: a `google.rpc.Status` for OTLP (code 16, UNAUTHENTICATED), Elasticsearch's error
+    // object for bulk, each with its status and the product header Elasticsearch clients check.
+    let resp = it::send(
+        client
+            .post(stack.gw("/v1/logs"))
+            .header("content-type", "application/x-protobuf")
+            .body(otlp.clone()),
+    )
+    .await;
+    assert_eq!(resp.status(), 401);
+    let status = Status::decode(resp.bytes().await.expect("body")).expect("a Status");
+    assert_eq!(status.code, 16);
+    let resp = it::send(client.post(stack.gw("/_bulk")).body(bulk.clone())).await;
+    assert_eq!(resp.status(), 401);
+    assert_eq!(resp.headers()["x-elastic-product"], "Elasticsearch");
+    let body: Value = resp.json().await.expect("JSON");
+    assert_eq!(body["error"]["type"], "security_exception");
+    assert_eq!(body["status"], 401);
+
+    // A bulk body whose action and source lines disagree is refused whole: nothing stored.
+    let broken =
+        "{\"index\":{}}\n{\"message\":\"orphan\"}\n{\"message\":\"no action\"}\n{\"index\":{}}\n";
+    let (status, answer) = it::call(
+        client
+            .post(stack.gw("/_bulk"))
+            .bearer_auth(KEY)
+            .body(broken),
+    )
+    .await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        answer["error"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("line [3]")),
+        "{answer}"
+    );
+    // An OTLP body that is not one: 400, not retried by the exporter.
+    let resp = it::send(
+        client
+            .post(stack.gw("/v1/logs"))
+            .bearer_auth(KEY)
+            .header("content-type", "application/x-protobuf")
+            .body(otlp[..otlp.len() - 5].to_vec()),
+    )
+    .await;
+    assert_eq!(resp.status(), 400);
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    stack.wait_rows(80).await;
+    stack.stop().await;
+}

@@ -43,7 +43,10 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
 
 /// The console; to an Elasticsearch client (one that asks for JSON), the cluster's identity.
 #[utoipa::path(get, path = "/", tag = "console", responses(
-    (status = 200, description = "The console's page, or for a client asking for JSON, an Elasticsearch cluster's identity", content_type = "text/html"),
+    (status = 200, description = "The console's page, or for a client asking for JSON, an Elasticsearch cluster's identity", content(
+        (String = "text/html"),
+        (serde_json::Value = "application/json"),
+    )),
 ))]
 pub async fn index(headers: HeaderMap) -> Response {
     if crate::protocols::elastic::wants_elastic(&headers) {

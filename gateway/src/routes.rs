@@ -191,6 +191,7 @@ fn document_access(access: Access, item: &mut utoipa::openapi::PathItem) {
         &mut item.put,
         &mut item.patch,
         &mut item.delete,
+        &mut item.head,
     ]
     .into_iter()
     .flatten()

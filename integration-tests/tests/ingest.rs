@@ -453,6 +453,22 @@ async fn the_openapi_document_lists_every_served_route() {
         "GET /metrics",
         "GET /",
         "GET /console/{file}",
+        // The shippers' protocols (docs/protocols.md).
+        "POST /v1/logs",
+        "POST /_bulk",
+        "PUT /_bulk",
+        "POST /{index}/_bulk",
+        "PUT /{index}/_bulk",
+        "GET /_license",
+        "GET /_index_template/{name}",
+        "HEAD /_index_template/{name}",
+        "PUT /_index_template/{name}",
+        "GET /_template/{name}",
+        "HEAD /_template/{name}",
+        "PUT /_template/{name}",
+        "GET /_ilm/policy/{name}",
+        "HEAD /_ilm/policy/{name}",
+        "PUT /_ilm/policy/{name}",
     ]
     .into_iter()
     .map(String::from)
@@ -462,7 +478,11 @@ async fn the_openapi_document_lists_every_served_route() {
     let client = reqwest::Client::new();
     for op in &listed {
         let (method, path) = op.split_once(' ').unwrap();
-        let path = path.replace("{service}", "api").replace("{file}", "app.js");
+        let path = path
+            .replace("{service}", "api")
+            .replace("{file}", "app.js")
+            .replace("{index}", "logs")
+            .replace("{name}", "logs");
         let r = it::send(client.request(method.parse().unwrap(), gw.url(&path))).await;
         assert!(
             r.status() != 404 && r.status() != 405,

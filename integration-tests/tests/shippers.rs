@@ -295,3 +295,176 @@ async fn a_resent_body_is_stored_once_and_a_refusal_comes_in_the_protocols_own_s
     stack.wait_rows(80).await;
     stack.stop().await;
 }
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(data).expect("in memory");
+    e.finish().expect("in memory")
+}
+
+/// Hostile bodies on each decoder, each with its precise status, and afterwards only what was
+/// acknowledged is stored, all of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_protocol_bodies_get_precise_refusals_and_only_acknowledged_events_are_stored() {
+    let stack = keyed_stack("proto-hostile").await;
+    let client = &stack.client;
+    let post = |path: &str, ct: &str, body: Vec<u8>| {
+        client
+            .post(stack.gw(path))
+            .bearer_auth(KEY)
+            .header("content-type", ct)
+            .body(body)
+    };
+    let pb = "application/x-protobuf";
+    let good = otlp_body("hostile", 10);
+    // 20,000 empty records: the repeated field is cheap to send, and over `max_events`.
+    let mut many = ExportLogsServiceRequest::decode(&good[..]).expect("decodes");
+    many.resource_logs[0].scope_logs[0].log_records = vec![LogRecord::default(); 20_000];
+    // 64 MiB of zeros, 64 KB on the wire.
+    let bomb = gzip(&vec![0u8; 64 << 20]);
+    let bulk_bomb = gzip(
+        &[
+            b"{\"index\":{}}\n{\"message\":\"",
+            &vec![b'a'; 8 << 20][..],
+            b"\"}\n",
+        ]
+        .concat(),
+    );
+    let cases: Vec<(&str, reqwest::RequestBuilder, u16)> = vec![
+        (
+            "truncated protobuf",
+            post("/v1/logs", pb, good[..good.len() - 4].to_vec()),
+            400,
+        ),
+        (
+            "a varint that never ends",
+            post(
+                "/v1/logs",
+                pb,
+                vec![
+                    0x0a, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+                ],
+            ),
+            400,
+        ),
+        (
+            "a length past the end",
+            post("/v1/logs", pb, vec![0x0a, 0x7f, 0x0a]),
+            400,
+        ),
+        (
+            "20,000 records in one request",
+            post("/v1/logs", pb, many.encode_to_vec()),
+            413,
+        ),
+        (
+            "OTLP/JSON that is not",
+            post(
+                "/v1/logs",
+                "application/json",
+                b"{\"resourceLogs\":{}}".to_vec(),
+            ),
+            400,
+        ),
+        (
+            "another content type",
+            post("/v1/logs", "text/plain", good.clone()),
+            415,
+        ),
+        (
+            "a gzip bomb",
+            post("/v1/logs", pb, bomb).header("content-encoding", "gzip"),
+            413,
+        ),
+        (
+            "an unknown encoding",
+            post("/v1/logs", pb, good.clone()).header("content-encoding", "br"),
+            415,
+        ),
+        (
+            "a source line with no action",
+            post(
+                "/_bulk",
+                "application/x-ndjson",
+                b"{\"index\":{}}\n{\"message\":\"a\"}\n{\"message\":\"b\"}\n".to_vec(),
+            ),
+            400,
+        ),
+        (
+            "an action with no source",
+            post(
+                "/_bulk",
+                "application/x-ndjson",
+                b"{\"index\":{}}\n{\"message\":\"a\"}\n{\"create\":{}}\n".to_vec(),
+            ),
+            400,
+        ),
+        (
+            "two actions on one line",
+            post(
+                "/_bulk",
+                "application/x-ndjson",
+                b"{\"index\":{},\"delete\":{}}\n{}\n".to_vec(),
+            ),
+            400,
+        ),
+        (
+            "bytes that are not UTF-8",
+            post(
+                "/_bulk",
+                "application/x-ndjson",
+                b"{\"index\":{}}\n{\"message\":\"\xff\xfe\"}\n".to_vec(),
+            ),
+            400,
+        ),
+        (
+            "10,001 actions",
+            post(
+                "/_bulk",
+                "application/x-ndjson",
+                "{\"delete\":{\"_id\":\"x\"}}\n".repeat(10_001).into_bytes(),
+            ),
+            413,
+        ),
+        (
+            "a bulk gzip bomb",
+            post("/_bulk", "application/x-ndjson", bulk_bomb).header("content-encoding", "gzip"),
+            413,
+        ),
+    ];
+    for (what, req, want) in cases {
+        let resp = it::send(req).await;
+        let status = resp.status().as_u16();
+        let body = resp.bytes().await.expect("body");
+        assert_eq!(
+            status,
+            want,
+            "{what}: {}",
+            String::from_utf8_lossy(&body[..body.len().min(300)])
+        );
+    }
+    // A bulk body of only refused items: 200 with every item refused, nothing stored.
+    let (status, answer) = it::call(post(
+        "/_bulk",
+        "application/x-ndjson",
+        b"{\"update\":{\"_id\":\"1\"}}\n{\"doc\":{}}\n{\"index\":{}}\n[1,2]\n{\"index\":{}}\n{\"message\":\"\\u0000\"}\n".to_vec(),
+    ))
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(answer["errors"], true);
+    let statuses: Vec<u64> = answer["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|item| item.as_object()?.values().next()?["status"].as_u64())
+        .collect();
+    assert_eq!(statuses, vec![400, 400, 400], "{answer}");
+    // What was acknowledged, all of it and only it.
+    let resp = it::send(post("/v1/logs", pb, good)).await;
+    assert_eq!(resp.status(), 200);
+    stack.wait_rows(10).await;
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    stack.wait_rows(10).await;
+    stack.stop().await;
+}

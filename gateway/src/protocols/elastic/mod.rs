@@ -99,7 +99,11 @@ pub async fn license() -> Response {
 /// acknowledged and not applied, and a lookup finds one (so the shipper does not try to install it).
 #[utoipa::path(method(get, head, put), path = "/_index_template/{name}", tag = "protocols",
     params(("name" = String, Path, description = "Template name")),
-    responses((status = 200, description = "Acknowledged; logpipe's schema is fixed, so it is not applied")))]
+    responses((status = 200, description = "Acknowledged; logpipe's schema is fixed, so it is not applied"),
+        (status = 401, description = "Missing or invalid API key (`security_exception`)"),
+        (status = 403, description = "The key lacks the `ingest` scope"),
+        (status = 429, description = "The ingest limit is spent"),
+    ))]
 pub async fn template(Path(name): Path<String>) -> Response {
     template_answer(&name)
 }
@@ -107,7 +111,11 @@ pub async fn template(Path(name): Path<String>) -> Response {
 /// Legacy templates (`/_template/{name}`), answered like index templates.
 #[utoipa::path(method(get, head, put), path = "/_template/{name}", tag = "protocols",
     params(("name" = String, Path, description = "Template name")),
-    responses((status = 200, description = "Acknowledged and not applied")))]
+    responses((status = 200, description = "Acknowledged and not applied"),
+        (status = 401, description = "Missing or invalid API key (`security_exception`)"),
+        (status = 403, description = "The key lacks the `ingest` scope"),
+        (status = 429, description = "The ingest limit is spent"),
+    ))]
 pub async fn legacy_template(Path(name): Path<String>) -> Response {
     template_answer(&name)
 }
@@ -124,7 +132,11 @@ fn template_answer(name: &str) -> Response {
 /// Lifecycle policies, answered like templates.
 #[utoipa::path(method(get, head, put), path = "/_ilm/policy/{name}", tag = "protocols",
     params(("name" = String, Path, description = "Policy name")),
-    responses((status = 200, description = "Acknowledged and not applied")))]
+    responses((status = 200, description = "Acknowledged and not applied"),
+        (status = 401, description = "Missing or invalid API key (`security_exception`)"),
+        (status = 403, description = "The key lacks the `ingest` scope"),
+        (status = 429, description = "The ingest limit is spent"),
+    ))]
 pub async fn ilm_policy(Path(name): Path<String>) -> Response {
     Json(json!({"acknowledged": true, name: {"version": 1, "policy": {"phases": {}}}}))
         .into_response()
@@ -160,7 +172,12 @@ pub fn error_response(status: StatusCode, code: &str, reason: String) -> Respons
     responses(
         (status = 200, description = "Per item: 201 stored (in Kafka), 400 refused; `errors` tells whether any was refused"),
         (status = 400, description = "Not a bulk body (a malformed action line): nothing is stored"),
+        (status = 401, description = "Missing or invalid API key (`security_exception`)"),
+        (status = 403, description = "The key lacks the `ingest` scope (`security_exception`)"),
+        (status = 408, description = "The body arrived too slowly"),
         (status = 413, description = "Body (decoded) or action count over the limit"),
+        (status = 415, description = "An unknown `Content-Encoding`"),
+        (status = 429, description = "The ingest limit is spent (`es_rejected_execution_exception`)"),
         (status = 503, description = "Kafka did not acknowledge; resend"),
     ))]
 pub async fn bulk(
@@ -181,6 +198,13 @@ pub async fn bulk(
     responses(
         (status = 200, description = "Per item: 201 stored (in Kafka), 400 refused"),
         (status = 400, description = "Not a bulk body: nothing is stored"),
+        (status = 401, description = "Missing or invalid API key (`security_exception`)"),
+        (status = 403, description = "The key lacks the `ingest` scope (`security_exception`)"),
+        (status = 408, description = "The body arrived too slowly"),
+        (status = 413, description = "Body (decoded) or action count over the limit"),
+        (status = 415, description = "An unknown `Content-Encoding`"),
+        (status = 429, description = "The ingest limit is spent (`es_rejected_execution_exception`)"),
+        (status = 503, description = "Kafka did not acknowledge; resend"),
     ))]
 pub async fn bulk_index(
     State(s): State<AppState>,

@@ -266,7 +266,11 @@ fn summary(rejected: &[Rejected]) -> String {
         (status = 400, description = "Not an OTLP request, or every record was refused; do not resend"),
         (status = 413, description = "Body (decoded) or record count over the limit"),
         (status = 415, description = "Not protobuf or JSON, or an unknown `Content-Encoding`"),
-        (status = 503, description = "Kafka did not acknowledge; resend after `Retry-After`"),
+        (status = 401, description = "Missing or invalid API key (a `google.rpc.Status`, code 16)"),
+        (status = 403, description = "The key lacks the `ingest` scope (code 7)"),
+        (status = 408, description = "The body arrived too slowly"),
+        (status = 429, description = "The ingest limit is spent; resend after `Retry-After` (code 8)"),
+        (status = 503, description = "Kafka did not acknowledge; resend after `Retry-After` (code 14)"),
     ))]
 pub async fn export_logs(
     State(s): State<AppState>,

@@ -2,7 +2,7 @@
 //!
 //!   LOGPIPE_BENCH_BROKERS=127.0.0.1:9092 cargo bench -p logpipe-gateway --bench http [-- SECS [PHASE..]]
 //!
-//! PHASE is `status`, `ingest` or `latency` (default: all three, in that order).
+//! PHASE is `status`, `ingest`, `latency` or `protocols` (default: the first three, in that order).
 //!
 //! The servers run on a two-worker runtime, as the gateway binary does: a bare axum server (the
 //! ceiling: a route that answers a small JSON, and one that reads a body and answers 202), one idle
@@ -24,6 +24,11 @@
 //!    paced: every connection sends on a fixed schedule, and a request held up by a slow previous
 //!    one counts from its scheduled start, so a stall shows up as latency rather than as a lower
 //!    rate (wrk2's correction). The produce ceiling is paced the same way.
+//!
+//! 4. protocols: the same 1,000 events through each shipper protocol, closed loop over 8
+//!    connections, against the gateway's own JSON path in the same phase (goal: each ≥ 0.8 of it):
+//!    OTLP/HTTP protobuf, the same gzip-compressed (as the exporters send it), OTLP/JSON, and an
+//!    Elasticsearch bulk body of ECS documents.
 //!
 //! The client shares the 2 cores with the servers, Redis and the broker, so absolute numbers are
 //! lower than a remote client would see; the ratios compare like with like.
@@ -89,6 +94,7 @@ fn main() {
                 Phase::Status => status(secs, &targets).await,
                 Phase::Ingest => ingest(secs, &targets, &batch, &servers).await,
                 Phase::Latency => latency(secs, &targets, &batch, &servers).await,
+                Phase::Protocols => protocols(secs, &targets, &batch).await,
             }
         });
     }
@@ -104,6 +110,7 @@ enum Phase {
     Status,
     Ingest,
     Latency,
+    Protocols,
 }
 
 impl Phase {
@@ -112,6 +119,7 @@ impl Phase {
             "status" => Some(Phase::Status),
             "ingest" => Some(Phase::Ingest),
             "latency" => Some(Phase::Latency),
+            "protocols" => Some(Phase::Protocols),
             _ => None,
         }
     }
@@ -270,6 +278,176 @@ async fn ingest(secs: Duration, t: &Targets, batch: &Bytes, servers: &Handle) {
     );
 }
 
+/// The same events through each shipper protocol against the gateway's own JSON path.
+async fn protocols(secs: Duration, t: &Targets, batch: &Bytes) {
+    let events: Vec<LogEvent> = serde_json::from_slice(&batch_body(BATCH, true)).expect("events");
+    let otlp = Bytes::from(otlp_body(&events));
+    let targets = [
+        (
+            "own JSON path, POST /api/v1/logs",
+            Target::post(t.gateway, "/api/v1/logs", batch.clone()),
+        ),
+        (
+            "OTLP/HTTP protobuf, POST /v1/logs",
+            Target::post(t.gateway, "/v1/logs", otlp.clone())
+                .typed("application/x-protobuf", false),
+        ),
+        (
+            "OTLP/HTTP protobuf gzip",
+            Target::post(t.gateway, "/v1/logs", Bytes::from(gzip(&otlp)))
+                .typed("application/x-protobuf", true),
+        ),
+        (
+            "OTLP/HTTP JSON",
+            Target::post(t.gateway, "/v1/logs", Bytes::from(otlp_json(&events))),
+        ),
+        (
+            "Elasticsearch bulk, POST /_bulk",
+            Target::post(t.gateway, "/_bulk", Bytes::from(bulk_body(&events)))
+                .typed("application/x-ndjson", false),
+        ),
+    ];
+    for (_, target) in &targets {
+        http(target, 4, Load::Closed(WARM)).await;
+    }
+    let mut own = 0.0;
+    for (what, target) in &targets {
+        let o = http(target, 8, Load::Closed(secs)).await;
+        report(what, &o, BATCH);
+        if own == 0.0 {
+            own = o.rate();
+        } else {
+            let ratio = o.rate() / own;
+            println!(
+                "  ratio to the own JSON path: {ratio:.3}   goal 0.8: {}",
+                verdict(ratio >= 0.8)
+            );
+        }
+    }
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(data).expect("in memory");
+    e.finish().expect("in memory")
+}
+
+/// The events as one OTLP request: one resource per service, as an SDK per process sends them.
+fn otlp_body(events: &[LogEvent]) -> Vec<u8> {
+    use logpipe_gateway::protocols::otlp::proto::*;
+    use prost::Message;
+    let s = |v: &str| {
+        Some(AnyValue {
+            value: Some(Value::String(v.into())),
+        })
+    };
+    let int = |v: i64| {
+        Some(AnyValue {
+            value: Some(Value::Int(v)),
+        })
+    };
+    let mut by_service: std::collections::BTreeMap<&str, Vec<LogRecord>> = Default::default();
+    for e in events {
+        let attributes = e
+            .attributes
+            .iter()
+            .map(|(k, v)| KeyValue {
+                key: k.clone(),
+                value: int(v.as_i64().unwrap_or(0)),
+            })
+            .collect();
+        by_service.entry(&e.service).or_default().push(LogRecord {
+            time_unix_nano: e.timestamp.timestamp_nanos_opt().unwrap_or(0) as u64,
+            severity_number: if e.level == logpipe_common::event::Level::Error {
+                17
+            } else {
+                9
+            },
+            body: s(&e.message),
+            attributes,
+            ..Default::default()
+        });
+    }
+    ExportLogsServiceRequest {
+        resource_logs: by_service
+            .into_iter()
+            .map(|(service, records)| ResourceLogs {
+                resource: Some(Resource {
+                    attributes: vec![
+                        KeyValue {
+                            key: "service.name".into(),
+                            value: s(service),
+                        },
+                        KeyValue {
+                            key: "host.name".into(),
+                            value: s("bench-1"),
+                        },
+                    ],
+                }),
+                scope_logs: vec![ScopeLogs {
+                    scope: Some(InstrumentationScope {
+                        name: "api".into(),
+                        version: String::new(),
+                    }),
+                    log_records: records,
+                }],
+            })
+            .collect(),
+    }
+    .encode_to_vec()
+}
+
+/// The same request in OTLP/JSON.
+fn otlp_json(events: &[LogEvent]) -> Vec<u8> {
+    let mut by_service: std::collections::BTreeMap<&str, Vec<Value>> = Default::default();
+    for e in events {
+        let attributes: Vec<Value> = e
+            .attributes
+            .iter()
+            .map(|(k, v)| json!({"key": k, "value": {"intValue": v.to_string()}}))
+            .collect();
+        by_service.entry(&e.service).or_default().push(json!({
+            "timeUnixNano": e.timestamp.timestamp_nanos_opt().unwrap_or(0).to_string(),
+            "severityNumber": if e.level == logpipe_common::event::Level::Error { 17 } else { 9 },
+            "body": {"stringValue": e.message},
+            "attributes": attributes,
+        }));
+    }
+    let resource_logs: Vec<Value> = by_service
+        .into_iter()
+        .map(|(service, records)| {
+            json!({
+                "resource": {"attributes": [
+                    {"key": "service.name", "value": {"stringValue": service}},
+                    {"key": "host.name", "value": {"stringValue": "bench-1"}}]},
+                "scopeLogs": [{"scope": {"name": "api"}, "logRecords": records}],
+            })
+        })
+        .collect();
+    serde_json::to_vec(&json!({"resourceLogs": resource_logs})).expect("JSON")
+}
+
+/// The events as an Elasticsearch bulk body of ECS documents.
+fn bulk_body(events: &[LogEvent]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for e in events {
+        out.extend_from_slice(b"{\"create\":{\"_index\":\"logs-bench\"}}\n");
+        let doc = json!({
+            "@timestamp": e.timestamp.to_rfc3339(),
+            "log": {"level": e.level.as_str(), "logger": e.component},
+            "service": {"name": e.service},
+            "host": {"name": e.host},
+            "message": e.message,
+            "http.status": e.attributes.get("http.status"),
+            "latency_ms": e.attributes.get("latency_ms"),
+        });
+        serde_json::to_writer(&mut out, &doc).expect("JSON");
+        out.push(b'\n');
+    }
+    out
+}
+
 /// Latency at half of each goal, paced, against the same ceilings.
 async fn latency(secs: Duration, t: &Targets, batch: &Bytes, servers: &Handle) {
     let status = Target::get(t.gateway, "/api/v1/generator/status");
@@ -383,6 +561,8 @@ struct Target {
     method: hyper::Method,
     path: &'static str,
     body: Bytes,
+    content_type: &'static str,
+    gzip: bool,
 }
 
 impl Target {
@@ -392,6 +572,8 @@ impl Target {
             method: hyper::Method::GET,
             path,
             body: Bytes::new(),
+            content_type: "application/json",
+            gzip: false,
         }
     }
 
@@ -401,7 +583,15 @@ impl Target {
             method: hyper::Method::POST,
             path,
             body,
+            content_type: "application/json",
+            gzip: false,
         }
+    }
+
+    fn typed(mut self, content_type: &'static str, gzip: bool) -> Target {
+        self.content_type = content_type;
+        self.gzip = gzip;
+        self
     }
 
     fn request(&self) -> hyper::Request<Full<Bytes>> {
@@ -410,7 +600,10 @@ impl Target {
             .uri(self.path)
             .header(hyper::header::HOST, "bench");
         if !self.body.is_empty() {
-            b = b.header(hyper::header::CONTENT_TYPE, "application/json");
+            b = b.header(hyper::header::CONTENT_TYPE, self.content_type);
+        }
+        if self.gzip {
+            b = b.header(hyper::header::CONTENT_ENCODING, "gzip");
         }
         b.body(Full::new(self.body.clone())).expect("request")
     }

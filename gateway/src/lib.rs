@@ -17,7 +17,8 @@
 //! - [`ops`]: `/health`, `/ready`, `/metrics`, the OpenAPI document, the JSON 404.
 //! - [`ingest`]: `POST /api/v1/logs`: body formats, per-event validation, the idempotent producer.
 //! - [`protocols`]: the shippers' protocols on the same intake: OTLP/HTTP logs (`POST /v1/logs`) and
-//!   the Elasticsearch bulk API (`POST /_bulk`, with the probes shippers send first).
+//!   the Elasticsearch bulk API (`POST /_bulk`, with the probes shippers send first), Loki push
+//!   (`POST /loki/api/v1/push`).
 //! - [`query`]: stats, alerts and events, forwarded to the collector.
 //! - [`ratelimit`]: per-client limits per route class: exact sliding window in Redis, local fallback.
 //! - [`startup`]: `Application::build(config)` → `run_until_stopped(token)`.

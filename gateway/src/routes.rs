@@ -155,6 +155,10 @@ pub fn routes() -> (Routes, Routes) {
         .add(
             Access::Api(RouteClass::Ingest),
             routes!(protocols::elastic::ilm_policy),
+        )
+        .add(
+            Access::Api(RouteClass::Ingest),
+            routes!(protocols::loki::push),
         );
     let ops = Routes::new(utoipa::openapi::OpenApi::default())
         .add(Access::Public, routes!(crate::ops::health))

@@ -5,10 +5,12 @@
 //!
 //! - [`otlp`]: OTLP/HTTP logs (`POST /v1/logs`).
 //! - [`elastic`]: the Elasticsearch bulk API and the probes shippers send before it.
+//! - [`loki`]: Loki's push API (`POST /loki/api/v1/push`).
 //! - here: [`protocol_errors`], which rewrites every error answer on those routes (the guard's
 //!   401/429 included) from logpipe's `{"error", "detail"}` into the protocol's error shape.
 
 pub mod elastic;
+pub mod loki;
 pub mod otlp;
 
 use axum::body::Body;
@@ -24,6 +26,7 @@ use crate::error::ErrorBody;
 pub enum Protocol {
     Otlp(otlp::Encoding),
     Elastic,
+    Loki,
 }
 
 impl Protocol {
@@ -35,6 +38,9 @@ impl Protocol {
             return Some(Protocol::Otlp(
                 otlp::Encoding::from_content_type(ct).unwrap_or(otlp::Encoding::Protobuf),
             ));
+        }
+        if path == "/loki/api/v1/push" {
+            return Some(Protocol::Loki);
         }
         if elastic::is_elastic_path(path) || (path == "/" && elastic::wants_elastic(headers)) {
             return Some(Protocol::Elastic);
@@ -85,5 +91,6 @@ fn shape(protocol: Protocol, status: StatusCode, error: ErrorBody) -> Response {
     match protocol {
         Protocol::Otlp(encoding) => otlp::error_response(encoding, status, error.detail),
         Protocol::Elastic => elastic::error_response(status, &error.error, error.detail),
+        Protocol::Loki => loki::error_response(status, error.detail),
     }
 }

@@ -48,19 +48,25 @@ ensure_build_deps() {
     command -v cargo >/dev/null || die "cargo not found: install Rust (rustup) first"
 }
 
-# The shipper clients tests/shippers.rs drives (integration-tests/shippers/requirements.txt), in a
-# virtualenv in the per-user cache; reinstalled only when the pinned list changes.
+# The shipper clients tests/shippers.rs drives, in the per-user cache, reinstalled only when a
+# pinned list changes: the Python ones (integration-tests/shippers/requirements.txt) in a
+# virtualenv, the Node.js ones (integration-tests/shippers/package.json) in a node_modules.
 ensure_shipper_clients() {
-    local venv=$LOGPIPE_CACHE/shippers-venv req=$LOGPIPE_ROOT/integration-tests/shippers/requirements.txt
-    local stamp=$venv/.requirements
-    if [ -x "$venv/bin/python" ] && cmp -s "$req" "$stamp"; then
-        return 0
+    local dir=$LOGPIPE_ROOT/integration-tests/shippers
+    local venv=$LOGPIPE_CACHE/shippers-venv node=$LOGPIPE_CACHE/shippers-node
+    if ! { [ -x "$venv/bin/python" ] && cmp -s "$dir/requirements.txt" "$venv/.requirements"; }; then
+        python3 -m venv "$venv" 2>/dev/null || { apt_install python3-venv; python3 -m venv "$venv"; } \
+            || die "could not make a virtualenv at $venv"
+        log "pip install the shipper clients into $venv"
+        "$venv/bin/pip" install -q -r "$dir/requirements.txt" || die "pip install -r $dir/requirements.txt failed"
+        cp "$dir/requirements.txt" "$venv/.requirements"
     fi
-    python3 -m venv "$venv" 2>/dev/null || { apt_install python3-venv; python3 -m venv "$venv"; } \
-        || die "could not make a virtualenv at $venv"
-    log "pip install the shipper clients into $venv"
-    "$venv/bin/pip" install -q -r "$req" || die "pip install -r $req failed"
-    cp "$req" "$stamp"
+    if ! { [ -d "$node/node_modules/winston-loki" ] && cmp -s "$dir/package.json" "$node/package.json"; }; then
+        command -v npm >/dev/null || apt_install nodejs npm
+        mkdir -p "$node" && cp "$dir/package.json" "$node/package.json"
+        log "npm install the shipper clients into $node"
+        (cd "$node" && npm install --silent --no-audit --no-fund >/dev/null) || die "npm install in $node failed"
+    fi
 }
 
 pg_up() { pg_isready -q -h "$PG_HOST" -p "$PG_PORT" 2>/dev/null; }

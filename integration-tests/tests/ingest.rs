@@ -469,6 +469,7 @@ async fn the_openapi_document_lists_every_served_route() {
         "GET /_ilm/policy/{name}",
         "HEAD /_ilm/policy/{name}",
         "PUT /_ilm/policy/{name}",
+        "POST /loki/api/v1/push",
     ]
     .into_iter()
     .map(String::from)

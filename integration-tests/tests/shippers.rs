@@ -28,20 +28,29 @@ fn python() -> String {
     })
 }
 
-/// Run a shipper script; its stdout, one JSON value per line.
+fn node_modules() -> String {
+    std::env::var("LOGPIPE_SHIPPER_NODE_MODULES").unwrap_or_else(|_| {
+        let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+        format!("{home}/.cache/logpipe/shippers-node/node_modules")
+    })
+}
+
+/// Run a shipper script (Python, or Node.js for `.js`); its stdout, one JSON value per line.
 fn ship(script: &str, args: &[&str]) -> Vec<Value> {
     let path = format!("{}/shippers/{script}", env!("CARGO_MANIFEST_DIR"));
-    let out = Command::new(python())
-        .arg(&path)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!(
-                "{} could not run ({e}): install the clients with \
-                 `source scripts/lib.sh && ensure_shipper_clients`",
-                python()
-            )
-        });
+    let mut cmd = if script.ends_with(".js") {
+        let mut c = Command::new("node");
+        c.env("NODE_PATH", node_modules());
+        c
+    } else {
+        Command::new(python())
+    };
+    let out = cmd.arg(&path).args(args).output().unwrap_or_else(|e| {
+        panic!(
+            "{script} could not run ({e}): install the clients with \
+             `source scripts/lib.sh && ensure_shipper_clients`"
+        )
+    });
     assert!(
         out.status.success(),
         "{script} failed: {}\n{}",
@@ -170,6 +179,39 @@ async fn an_elasticsearch_client_bulk_ships_every_document_once_and_hears_of_the
     assert_eq!(again[0]["ok"], json!(sent.len()));
     tokio::time::sleep(std::time::Duration::from_secs(3)).await;
     stack.wait_rows(sent.len() as i64).await;
+    stack.stop().await;
+}
+
+/// winston-loki, in both its encodings, through Basic auth: every line stored once, labels mapped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loki_client_ships_every_line_once_in_protobuf_and_in_json() {
+    let stack = keyed_stack("loki-winston").await;
+    let mut total = 0;
+    for (mode, count) in [("--protobuf", 1_500), ("--json", 500)] {
+        let run = format!("{}{mode}", stack.name.replace('_', "-"));
+        let out = ship(
+            "loki_winston.js",
+            &[&stack.gw(""), KEY, &run, &count.to_string(), mode],
+        );
+        assert_eq!(
+            out.last().map(|d| &d["done"]),
+            Some(&json!(true)),
+            "{:?}",
+            out.last()
+        );
+        total += count;
+        stack.wait_rows(total).await;
+        let rows = stored(&stack, &format!("loki-{run}")).await;
+        assert_eq!(rows.len(), count as usize, "{mode}: each line once");
+        for sent in &out[..out.len() - 1] {
+            let message = sent["message"].as_str().expect("message");
+            let (level, host, _, _) = rows
+                .get(message)
+                .unwrap_or_else(|| panic!("{mode}: {message:?} was not stored"));
+            assert_eq!(Some(level.as_str()), sent["level"].as_str(), "{message}");
+            assert_eq!(host, "shipper-host");
+        }
+    }
     stack.stop().await;
 }
 
@@ -323,6 +365,20 @@ async fn hostile_protocol_bodies_get_precise_refusals_and_only_acknowledged_even
     many.resource_logs[0].scope_logs[0].log_records = vec![LogRecord::default(); 20_000];
     // 64 MiB of zeros, 64 KB on the wire.
     let bomb = gzip(&vec![0u8; 64 << 20]);
+    // A snappy preamble claiming 64 MiB (a varint), then a few bytes.
+    let snappy_claim = vec![0x80, 0x80, 0x80, 0x20, 0x00, 0x01, 0x02];
+    let bad_labels = {
+        use logpipe_gateway::protocols::loki::{PushRequest, StreamAdapter};
+        let push = PushRequest {
+            streams: vec![StreamAdapter {
+                labels: "job=\"x\"".into(),
+                entries: vec![],
+            }],
+        };
+        snap::raw::Encoder::new()
+            .compress_vec(&push.encode_to_vec())
+            .expect("in memory")
+    };
     let bulk_bomb = gzip(
         &[
             b"{\"index\":{}}\n{\"message\":\"",

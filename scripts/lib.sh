@@ -48,11 +48,17 @@ ensure_build_deps() {
     command -v cargo >/dev/null || die "cargo not found: install Rust (rustup) first"
 }
 
-# The shipper clients tests/shippers.rs drives, in the per-user cache, reinstalled only when a
-# pinned list changes: the Python ones (integration-tests/shippers/requirements.txt) in a
-# virtualenv, the Node.js ones (integration-tests/shippers/package.json) in a node_modules.
+# The shipper clients tests/shippers.rs drives: syslog-ng with its HTTP module and SCL (Debian's;
+# it replaces rsyslog where that is installed, as the two packages conflict), and, in the per-user
+# cache, reinstalled only when a pinned list changes, the Python ones
+# (integration-tests/shippers/requirements.txt) in a virtualenv and the Node.js ones
+# (integration-tests/shippers/package.json) in a node_modules.
 ensure_shipper_clients() {
     local dir=$LOGPIPE_ROOT/integration-tests/shippers
+    if ! command -v syslog-ng >/dev/null || [ ! -d /usr/share/syslog-ng/include/scl/elasticsearch ] \
+        || ! compgen -G '/usr/lib/syslog-ng/*/libhttp.so' >/dev/null; then
+        apt_install syslog-ng-core syslog-ng-mod-http syslog-ng-scl
+    fi
     local venv=$LOGPIPE_CACHE/shippers-venv node=$LOGPIPE_CACHE/shippers-node
     if ! { [ -x "$venv/bin/python" ] && cmp -s "$dir/requirements.txt" "$venv/.requirements"; }; then
         python3 -m venv "$venv" 2>/dev/null || { apt_install python3-venv; python3 -m venv "$venv"; } \

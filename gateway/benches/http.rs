@@ -27,8 +27,8 @@
 //!
 //! 4. protocols: the same 1,000 events through each shipper protocol, closed loop over 8
 //!    connections, against the gateway's own JSON path in the same phase (goal: each ≥ 0.8 of it):
-//!    OTLP/HTTP protobuf, the same gzip-compressed (as the exporters send it), OTLP/JSON, and an
-//!    Elasticsearch bulk body of ECS documents.
+//!    OTLP/HTTP protobuf, the same gzip-compressed (as the exporters send it), OTLP/JSON, an
+//!    Elasticsearch bulk body of ECS documents, and a Loki push (snappy protobuf, as Promtail sends).
 //!
 //! The client shares the 2 cores with the servers, Redis and the broker, so absolute numbers are
 //! lower than a remote client would see; the ratios compare like with like.
@@ -306,6 +306,15 @@ async fn protocols(secs: Duration, t: &Targets, batch: &Bytes) {
             Target::post(t.gateway, "/_bulk", Bytes::from(bulk_body(&events)))
                 .typed("application/x-ndjson", false),
         ),
+        (
+            "Loki push, snappy protobuf, POST /loki/api/v1/push",
+            Target::post(
+                t.gateway,
+                "/loki/api/v1/push",
+                Bytes::from(loki_body(&events)),
+            )
+            .typed("application/x-protobuf", false),
+        ),
     ];
     for (_, target) in &targets {
         http(target, 4, Load::Closed(WARM)).await;
@@ -426,6 +435,36 @@ fn otlp_json(events: &[LogEvent]) -> Vec<u8> {
         })
         .collect();
     serde_json::to_vec(&json!({"resourceLogs": resource_logs})).expect("JSON")
+}
+
+/// The events as a Loki push: one stream per service and level, snappy-compressed protobuf.
+fn loki_body(events: &[LogEvent]) -> Vec<u8> {
+    use logpipe_gateway::protocols::loki::{EntryAdapter, PushRequest, StreamAdapter, Timestamp};
+    use prost::Message;
+    let mut streams: std::collections::BTreeMap<String, Vec<EntryAdapter>> = Default::default();
+    for e in events {
+        let labels = format!(
+            "{{service_name=\"{}\", level=\"{}\", host=\"{}\"}}",
+            e.service, e.level, e.host
+        );
+        streams.entry(labels).or_default().push(EntryAdapter {
+            timestamp: Some(Timestamp {
+                seconds: e.timestamp.timestamp(),
+                nanos: e.timestamp.timestamp_subsec_nanos() as i32,
+            }),
+            line: e.message.clone(),
+            structured_metadata: vec![],
+        });
+    }
+    let push = PushRequest {
+        streams: streams
+            .into_iter()
+            .map(|(labels, entries)| StreamAdapter { labels, entries })
+            .collect(),
+    };
+    snap::raw::Encoder::new()
+        .compress_vec(&push.encode_to_vec())
+        .expect("in memory")
 }
 
 /// The events as an Elasticsearch bulk body of ECS documents.

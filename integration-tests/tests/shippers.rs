@@ -215,6 +215,80 @@ async fn a_loki_client_ships_every_line_once_in_protobuf_and_in_json() {
     stack.stop().await;
 }
 
+/// syslog-ng's `elasticsearch-http()` destination with its default template, configured by
+/// deploy/shippers/syslog-ng.conf as users get it, fed RFC 5424 lines over TCP: every line stored
+/// once with its program, severity and host mapped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn syslog_ngs_elasticsearch_destination_ships_every_line_once_with_its_defaults() {
+    use std::io::Write;
+    let stack = keyed_stack("syslog-ng-es").await;
+    let dir = std::env::temp_dir().join(&stack.name);
+    std::fs::create_dir_all(&dir).expect("run dir");
+    let port = it::free_port();
+    let program = format!("app-{}", &stack.name[stack.name.len() - 8..]);
+    let log = std::fs::File::create(dir.join("syslog-ng.log")).expect("log file");
+    // The configuration users get (deploy/shippers/syslog-ng.conf), as it is.
+    let config = format!(
+        "{}/../deploy/shippers/syslog-ng.conf",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let mut daemon = it::spawn_listening(
+        Command::new("syslog-ng")
+            .env("LOGPIPE_BULK_URL", stack.gw("/_bulk"))
+            .env("LOGPIPE_KEY", KEY)
+            .env("SYSLOG_PORT", port.to_string())
+            .args(["-F", "--no-caps", "-f", &config])
+            .arg("-R")
+            .arg(dir.join("persist"))
+            .arg("-p")
+            .arg(dir.join("pid"))
+            .arg("-c")
+            .arg(dir.join("ctl"))
+            .stderr(log.try_clone().expect("log"))
+            .stdout(log),
+        port,
+    );
+    let count = 1_000;
+    let severities = [
+        (3, "ERROR"),
+        (4, "WARN"),
+        (6, "INFO"),
+        (7, "DEBUG"),
+        (2, "FATAL"),
+    ];
+    let mut expected = BTreeMap::new();
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    for seq in 0..count {
+        let (severity, level) = severities[seq % severities.len()];
+        let message = format!("line {seq} \"quoted\" back\\slash ünïcødé ✓ <b>&amp;</b> {{brace}}");
+        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        writeln!(
+            conn,
+            "<{}>1 {now} web-7 {program} 42 - - {message}",
+            8 + severity
+        )
+        .expect("write a line");
+        expected.insert(message, level);
+    }
+    conn.flush().expect("flush");
+    drop(conn);
+    stack.wait_rows(count as i64).await;
+    let rows = stored(&stack, &program).await;
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    assert_eq!(rows.len(), count, "each line once");
+    for (message, level) in &expected {
+        let (stored_level, host, _, attrs) = rows
+            .get(message)
+            .unwrap_or_else(|| panic!("{message:?} was not stored"));
+        assert_eq!(stored_level, level, "{message}");
+        assert_eq!(host, "web-7");
+        assert_eq!(attrs["PID"], "42", "{attrs}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    stack.stop().await;
+}
+
 fn otlp_body(service: &str, n: usize) -> Vec<u8> {
     let s = |v: &str| {
         Some(AnyValue {
@@ -487,6 +561,30 @@ async fn hostile_protocol_bodies_get_precise_refusals_and_only_acknowledged_even
             "a bulk gzip bomb",
             post("/_bulk", "application/x-ndjson", bulk_bomb).header("content-encoding", "gzip"),
             413,
+        ),
+        (
+            "a snappy body claiming 64 MiB",
+            post("/loki/api/v1/push", pb, snappy_claim),
+            413,
+        ),
+        (
+            "a Loki body that is not snappy",
+            post("/loki/api/v1/push", pb, good.clone()),
+            400,
+        ),
+        (
+            "a label set without braces",
+            post("/loki/api/v1/push", pb, bad_labels),
+            400,
+        ),
+        (
+            "a Loki JSON timestamp that is not one",
+            post(
+                "/loki/api/v1/push",
+                "application/json",
+                br#"{"streams":[{"stream":{"app":"x"},"values":[["soon","line"]]}]}"#.to_vec(),
+            ),
+            400,
         ),
     ];
     for (what, req, want) in cases {

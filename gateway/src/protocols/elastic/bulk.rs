@@ -169,10 +169,12 @@ pub fn parse_timestamp(v: &Value) -> Option<DateTime<Utc>> {
 
 /// Where a document's fields go. Written down in docs/protocols.md.
 pub const TIMESTAMP_FIELDS: [&str; 3] = ["@timestamp", "timestamp", "time"];
-pub const LEVEL_FIELDS: [&str; 3] = ["log.level", "level", "severity"];
-pub const SERVICE_FIELDS: [&str; 2] = ["service.name", "service"];
-pub const MESSAGE_FIELDS: [&str; 4] = ["message", "msg", "log", "event.original"];
-pub const HOST_FIELDS: [&str; 3] = ["host.name", "host.hostname", "host"];
+/// The upper-case names are syslog-ng's: its `elasticsearch-http()` sends `format-json --scope
+/// rfc5424` unless told otherwise, so a document written by its defaults maps too.
+pub const LEVEL_FIELDS: [&str; 4] = ["log.level", "level", "severity", "PRIORITY"];
+pub const SERVICE_FIELDS: [&str; 3] = ["service.name", "service", "PROGRAM"];
+pub const MESSAGE_FIELDS: [&str; 5] = ["message", "msg", "log", "event.original", "MESSAGE"];
+pub const HOST_FIELDS: [&str; 4] = ["host.name", "host.hostname", "host", "HOST"];
 pub const COMPONENT_FIELDS: [&str; 2] = ["log.logger", "component"];
 
 /// One source document as an event (its id and checks come after, from the intake's context):
@@ -272,6 +274,30 @@ mod tests {
         assert_eq!(
             Value::Object(e.attributes),
             json!({"log": {"file": {"path": "/var/log/app.log"}}, "host": {"ip": ["10.0.0.1"]}, "http": {"status": 503}})
+        );
+    }
+
+    #[test]
+    fn a_document_in_syslog_ngs_default_template_maps_too() {
+        let doc = obj(
+            json!({"PROGRAM": "sshd", "PRIORITY": "err", "HOST": "bastion",
+            "MESSAGE": "Failed password", "FACILITY": "auth", "PID": "42",
+            "@timestamp": "2026-12-05T11:59:00+01:00"}),
+        );
+        let e = document_event(doc, "syslog", now()).unwrap();
+        assert_eq!(
+            (
+                e.service.as_str(),
+                e.level,
+                e.host.as_str(),
+                e.message.as_str()
+            ),
+            ("sshd", Level::Error, "bastion", "Failed password")
+        );
+        assert_eq!(e.timestamp.to_rfc3339(), "2026-12-05T10:59:00+00:00");
+        assert_eq!(
+            Value::Object(e.attributes),
+            json!({"FACILITY": "auth", "PID": "42"})
         );
     }
 

@@ -167,7 +167,8 @@ pub fn routes() -> (Routes, Routes) {
         .add(Access::Public, routes!(crate::ops::openapi_json))
         .add(Access::Public, routes!(crate::console::index))
         .add(Access::Public, routes!(crate::console::file))
-        .add(Access::Public, routes!(protocols::elastic::license));
+        .add(Access::Public, routes!(protocols::elastic::license))
+        .add(Access::Public, routes!(protocols::elastic::cluster_health));
     (api, ops)
 }
 

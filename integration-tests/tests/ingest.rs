@@ -460,6 +460,7 @@ async fn the_openapi_document_lists_every_served_route() {
         "POST /{index}/_bulk",
         "PUT /{index}/_bulk",
         "GET /_license",
+        "GET /_cluster/health",
         "GET /_index_template/{name}",
         "HEAD /_index_template/{name}",
         "PUT /_index_template/{name}",

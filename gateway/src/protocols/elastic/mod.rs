@@ -39,6 +39,7 @@ pub const VERSION: &str = "8.17.0";
 pub fn is_elastic_path(path: &str) -> bool {
     path.ends_with("/_bulk")
         || path == "/_license"
+        || path == "/_cluster/health"
         || path.starts_with("/_index_template/")
         || path.starts_with("/_template/")
         || path.starts_with("/_ilm/")
@@ -92,6 +93,19 @@ pub async fn license() -> Response {
         "status": "active", "uid": "logpipe", "type": "basic", "mode": "basic",
         "issue_date_in_millis": 0, "max_nodes": 1000, "issued_to": "logpipe", "issuer": "logpipe"
     }}))
+    .into_response()
+}
+
+/// `GET /_cluster/health`: green (Vector's health check, and others, ask before they ship).
+#[utoipa::path(get, path = "/_cluster/health", tag = "protocols",
+    responses((status = 200, description = "A green single-node cluster, as Elasticsearch answers")))]
+pub async fn cluster_health() -> Response {
+    Json(json!({
+        "cluster_name": "logpipe", "status": "green", "timed_out": false,
+        "number_of_nodes": 1, "number_of_data_nodes": 1, "active_primary_shards": 1,
+        "active_shards": 1, "relocating_shards": 0, "initializing_shards": 0,
+        "unassigned_shards": 0, "active_shards_percent_as_number": 100.0
+    }))
     .into_response()
 }
 

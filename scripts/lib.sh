@@ -49,8 +49,10 @@ ensure_build_deps() {
 }
 
 # The shipper clients tests/shippers.rs drives: syslog-ng with its HTTP module and SCL (Debian's;
-# it replaces rsyslog where that is installed, as the two packages conflict), and, in the per-user
-# cache, reinstalled only when a pinned list changes, the Python ones
+# it replaces rsyslog where that is installed, as the two packages conflict); rsyslog with
+# omelasticsearch unpacked from Debian's packages into the per-user cache, beside it (its
+# libraries installed; the package itself would remove syslog-ng); and, in the per-user cache,
+# reinstalled only when a pinned list changes, the Python ones
 # (integration-tests/shippers/requirements.txt) in a virtualenv and the Node.js ones
 # (integration-tests/shippers/package.json) in a node_modules.
 ensure_shipper_clients() {
@@ -58,6 +60,22 @@ ensure_shipper_clients() {
     if ! command -v syslog-ng >/dev/null || [ ! -d /usr/share/syslog-ng/include/scl/elasticsearch ] \
         || ! compgen -G '/usr/lib/syslog-ng/*/libhttp.so' >/dev/null; then
         apt_install syslog-ng-core syslog-ng-mod-http syslog-ng-scl
+    fi
+    local rsyslog=$LOGPIPE_CACHE/rsyslog
+    if [ ! -x "$rsyslog/usr/sbin/rsyslogd" ] || [ ! -e "$rsyslog/usr/lib/x86_64-linux-gnu/rsyslog/omelasticsearch.so" ]; then
+        local missing=() p
+        for p in libestr0 libfastjson4 liblognorm5 libcurl4; do
+            dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+        done
+        [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
+        local debs
+        debs=$(mktemp -d)
+        log "unpacking Debian's rsyslog and rsyslog-elasticsearch into $rsyslog"
+        (cd "$debs" && chmod 777 . && apt-get download -qq rsyslog rsyslog-elasticsearch >/dev/null 2>&1) \
+            || die "apt-get download rsyslog rsyslog-elasticsearch failed"
+        mkdir -p "$rsyslog"
+        for p in "$debs"/*.deb; do dpkg -x "$p" "$rsyslog" || die "dpkg -x $p failed"; done
+        rm -rf "$debs"
     fi
     local venv=$LOGPIPE_CACHE/shippers-venv node=$LOGPIPE_CACHE/shippers-node
     if ! { [ -x "$venv/bin/python" ] && cmp -s "$dir/requirements.txt" "$venv/.requirements"; }; then

@@ -220,7 +220,6 @@ async fn a_loki_client_ships_every_line_once_in_protobuf_and_in_json() {
 /// once with its program, severity and host mapped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn syslog_ngs_elasticsearch_destination_ships_every_line_once_with_its_defaults() {
-    use std::io::Write;
     let stack = keyed_stack("syslog-ng-es").await;
     let dir = std::env::temp_dir().join(&stack.name);
     std::fs::create_dir_all(&dir).expect("run dir");
@@ -248,7 +247,19 @@ async fn syslog_ngs_elasticsearch_destination_ships_every_line_once_with_its_def
             .stdout(log),
         port,
     );
-    let count = 1_000;
+    let expected = feed_rfc5424(port, &program, 1_000);
+    stack.wait_rows(expected.len() as i64).await;
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    check_relayed(&stack, &program, &expected, true).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    stack.stop().await;
+}
+
+/// Write `count` RFC 5424 lines over TCP, newline-framed, from host `web-7` and app `program`,
+/// with special characters and five severities; message → the level logpipe must store.
+fn feed_rfc5424(port: u16, program: &str, count: usize) -> BTreeMap<String, &'static str> {
+    use std::io::Write;
     let severities = [
         (3, "ERROR"),
         (4, "WARN"),
@@ -271,20 +282,73 @@ async fn syslog_ngs_elasticsearch_destination_ships_every_line_once_with_its_def
         expected.insert(message, level);
     }
     conn.flush().expect("flush");
-    drop(conn);
-    stack.wait_rows(count as i64).await;
-    let rows = stored(&stack, &program).await;
-    let _ = daemon.kill();
-    let _ = daemon.wait();
-    assert_eq!(rows.len(), count, "each line once");
-    for (message, level) in &expected {
+    expected
+}
+
+/// Every line relayed stored once, with its level, host (and, when the relay sends it, its pid).
+async fn check_relayed(
+    stack: &TestStack,
+    program: &str,
+    expected: &BTreeMap<String, &'static str>,
+    with_pid: bool,
+) {
+    let rows = stored(stack, program).await;
+    assert_eq!(rows.len(), expected.len(), "each line once");
+    for (message, level) in expected {
         let (stored_level, host, _, attrs) = rows
             .get(message)
             .unwrap_or_else(|| panic!("{message:?} was not stored"));
         assert_eq!(stored_level, level, "{message}");
         assert_eq!(host, "web-7");
-        assert_eq!(attrs["PID"], "42", "{attrs}");
+        if with_pid {
+            assert_eq!(attrs["PID"], "42", "{attrs}");
+        }
     }
+}
+
+/// rsyslog's omelasticsearch with the ECS template of deploy/shippers/rsyslog.conf, run as it is:
+/// every line stored once with its program, severity and host mapped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rsyslogs_elasticsearch_action_ships_every_line_once() {
+    let stack = keyed_stack("rsyslog-es").await;
+    let dir = std::env::temp_dir().join(&stack.name);
+    std::fs::create_dir_all(&dir).expect("run dir");
+    let rsyslog = std::env::var("LOGPIPE_RSYSLOG_ROOT").unwrap_or_else(|_| {
+        let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+        format!("{home}/.cache/logpipe/rsyslog")
+    });
+    let port = it::free_port();
+    let gateway = stack.gw("");
+    let gateway_port = gateway
+        .rsplit(':')
+        .next()
+        .expect("a port")
+        .trim_end_matches('/');
+    let config = format!(
+        "{}/../deploy/shippers/rsyslog.conf",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let program = format!("rs-{}", &stack.name[stack.name.len() - 8..]);
+    let log = std::fs::File::create(dir.join("rsyslog.log")).expect("log file");
+    let mut daemon = it::spawn_listening(
+        Command::new(format!("{rsyslog}/usr/sbin/rsyslogd"))
+            .env("LOGPIPE_ES_HOST", "127.0.0.1")
+            .env("LOGPIPE_ES_PORT", gateway_port)
+            .env("LOGPIPE_KEY", KEY)
+            .env("SYSLOG_PORT", port.to_string())
+            .args(["-n", "-M"])
+            .arg(format!("{rsyslog}/usr/lib/x86_64-linux-gnu/rsyslog"))
+            .args(["-f", &config, "-i"])
+            .arg(dir.join("pid"))
+            .stderr(log.try_clone().expect("log"))
+            .stdout(log),
+        port,
+    );
+    let expected = feed_rfc5424(port, &program, 1_000);
+    stack.wait_rows(expected.len() as i64).await;
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    check_relayed(&stack, &program, &expected, false).await;
     let _ = std::fs::remove_dir_all(&dir);
     stack.stop().await;
 }

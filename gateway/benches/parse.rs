@@ -7,6 +7,10 @@
 //! Gateway: `ParseContext::parse`, what `POST /api/v1/logs` runs: split the array, read each event on
 //! its own (so one bad event refuses only itself), give it an id, the request's trace and validate
 //! it. The ratio of the two means is printed at the end.
+//!
+//! Then each shipper protocol's decode of the same 1,000 events (with ids as clients send them),
+//! what its route runs before the producer: the body's digest for stable ids, the decode, the
+//! mapping, each event's id and checks. Each is printed as a ratio to the gateway's own parse.
 
 use std::cell::Cell;
 use std::time::{Duration, Instant};
@@ -14,6 +18,10 @@ use std::time::{Duration, Instant};
 use criterion::{black_box, Criterion};
 use logpipe_common::event::LogEvent;
 use logpipe_gateway::ingest::{BodyFormat, ParseContext};
+use logpipe_gateway::protocols::{elastic, loki, otlp};
+
+#[path = "common/bodies.rs"]
+mod bodies;
 use serde_json::{json, Value};
 
 const EVENTS: usize = 1_000;
@@ -73,6 +81,7 @@ fn main() {
         assert_eq!(parsed.events.len(), EVENTS);
         black_box(parsed);
     });
+    let protocols = protocols(&mut c, &body, &ctx);
     c.final_summary();
     println!(
         "1,000-event batch: ceiling {:.0} µs, gateway {:.0} µs = {:.2} x the ceiling ({:.0} events/s on one core)",
@@ -81,4 +90,77 @@ fn main() {
         gateway / ceiling,
         EVENTS as f64 / gateway
     );
+    for (name, mean) in protocols {
+        println!(
+            "  {name}: {:.0} µs = {:.2} x the gateway's own parse ({:.0} events/s on one core)",
+            mean * 1e6,
+            mean / gateway,
+            EVENTS as f64 / mean
+        );
+    }
+}
+
+/// Each protocol's decode of the same events: what its route does before the producer.
+fn protocols(
+    c: &mut Criterion,
+    json_body: &[u8],
+    ctx: &ParseContext<'_>,
+) -> Vec<(&'static str, f64)> {
+    let events: Vec<LogEvent> = serde_json::from_slice(json_body).unwrap();
+    let otlp_pb = bodies::otlp_body(&events);
+    let otlp_gz = bodies::gzip(&otlp_pb);
+    let otlp_json = bodies::otlp_json(&events);
+    let bulk = bodies::bulk_body(&events);
+    let loki_pb = bodies::loki_body(&events);
+    let digest = |body: &[u8]| {
+        use sha2::Digest;
+        let mut ctx = ctx.clone();
+        ctx.id_seed = Some(sha2::Sha256::digest(body).to_vec());
+        ctx
+    };
+    let mut out = Vec::new();
+    out.push((
+        "OTLP protobuf",
+        measure(c, "OTLP protobuf", || {
+            let ctx = digest(black_box(&otlp_pb));
+            let req = otlp::decode(otlp::Encoding::Protobuf, &otlp_pb).unwrap();
+            assert_eq!(otlp::to_events(&ctx, &req).events.len(), EVENTS);
+        }),
+    ));
+    out.push((
+        "OTLP protobuf gzip",
+        measure(c, "OTLP protobuf gzip", || {
+            let raw =
+                logpipe_gateway::ingest::intake::gunzip(black_box(&otlp_gz), 4 << 20).unwrap();
+            let ctx = digest(&raw);
+            let req = otlp::decode(otlp::Encoding::Protobuf, &raw).unwrap();
+            assert_eq!(otlp::to_events(&ctx, &req).events.len(), EVENTS);
+        }),
+    ));
+    out.push((
+        "OTLP JSON",
+        measure(c, "OTLP JSON", || {
+            let ctx = digest(black_box(&otlp_json));
+            let req = otlp::decode(otlp::Encoding::Json, &otlp_json).unwrap();
+            assert_eq!(otlp::to_events(&ctx, &req).events.len(), EVENTS);
+        }),
+    ));
+    out.push((
+        "Elasticsearch bulk",
+        measure(c, "Elasticsearch bulk", || {
+            let ctx = digest(black_box(&bulk));
+            let items = elastic::bulk::read_bulk(&bulk).unwrap();
+            let (events, _) = elastic::items_to_events(&ctx, &items, None);
+            assert_eq!(events.len(), EVENTS);
+        }),
+    ));
+    out.push((
+        "Loki snappy protobuf",
+        measure(c, "Loki snappy protobuf", || {
+            let ctx = digest(black_box(&loki_pb));
+            let streams = loki::decode(true, &loki_pb, 4 << 20).unwrap();
+            assert_eq!(loki::to_events(&ctx, streams).events.len(), EVENTS);
+        }),
+    ));
+    out
 }

@@ -257,13 +257,14 @@ async fn bulk_into(
 }
 
 /// What becomes of one item: the event it made (by its position among the events), or its refusal.
-enum Outcome {
+#[derive(Debug)]
+pub enum Outcome {
     Event(usize),
     Refused(&'static str, String),
 }
 
 /// Each item's event or refusal, in order.
-fn items_to_events(
+pub fn items_to_events(
     ctx: &ParseContext<'_>,
     items: &[Item<'_>],
     url_index: Option<&str>,

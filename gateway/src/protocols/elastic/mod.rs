@@ -22,9 +22,9 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use logpipe_common::event::LogEvent;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
-use self::bulk::{document_event, read_bulk, Item, Op};
+use self::bulk::{read_bulk, source_event, Item, Op, Source};
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::ingest::{read_decoded, Intake, ParseContext, Undelivered};
@@ -310,9 +310,9 @@ fn item_event(
     let parsing = |reason: String| ("document_parsing_exception", reason);
     ctx.check_size(source.len())
         .map_err(|e| parsing(e.to_string()))?;
-    let doc: Map<String, Value> = serde_json::from_str(source)
+    let doc: Source = serde_json::from_str(source)
         .map_err(|e| parsing(format!("the source is not a JSON object: {e}")))?;
-    let mut event = document_event(doc, index, ctx.received_at).map_err(parsing)?;
+    let mut event = source_event(doc, index, ctx.received_at).map_err(parsing)?;
     let had_id = match &item.meta.id {
         Some(id) if !id.is_empty() => {
             event.event_id = id.clone();

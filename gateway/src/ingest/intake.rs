@@ -75,6 +75,63 @@ pub fn gunzip(raw: &[u8], limit: usize) -> Result<Vec<u8>, ApiError> {
     Ok(out)
 }
 
+/// What every ingest handler takes from its request before the body: the state, who sent it, from
+/// where, and what the guard already charged. One extractor, so each protocol's handler is one
+/// line: `respond(run(ingress.intake(route), req).await)`.
+pub struct Ingress {
+    pub state: AppState,
+    pub principal: Principal,
+    pub peer: SocketAddr,
+    pub charged: Option<Charged>,
+}
+
+impl axum::extract::FromRequestParts<AppState> for Ingress {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let peer = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<SocketAddr>>()
+            .map(|c| c.0)
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+        // The guard puts the principal on every API route; without it the route was served
+        // around the guard, which the route table forbids.
+        let principal = parts
+            .extensions
+            .get::<Principal>()
+            .cloned()
+            .ok_or_else(|| ApiError::Undeclared("an ingest route".into()).into_response())?;
+        Ok(Ingress {
+            state: state.clone(),
+            principal,
+            peer,
+            charged: parts.extensions.get::<Charged>().copied(),
+        })
+    }
+}
+
+impl Ingress {
+    /// This request's intake on `route` (the template, for the limiter's refusal and its metric).
+    pub fn intake(&self, route: &'static str) -> Intake<'_> {
+        Intake {
+            s: &self.state,
+            principal: &self.principal,
+            peer: self.peer,
+            charged: self.charged,
+            route,
+        }
+    }
+}
+
+/// A handler's answer: its own, or the refusal in the gateway's shape (which the protocols'
+/// middleware gives each protocol's shape).
+pub fn respond(r: Result<Response, Undelivered>) -> Response {
+    r.unwrap_or_else(IntoResponse::into_response)
+}
+
 /// One ingest request on its way in: who sent it, from where, and what its guard already charged.
 pub struct Intake<'a> {
     pub s: &'a AppState,

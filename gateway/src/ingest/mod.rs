@@ -17,25 +17,23 @@ pub mod intake;
 pub mod parse;
 pub mod produce;
 
-pub use intake::{read_decoded, Intake, Undelivered};
+pub use intake::{read_decoded, respond, Ingress, Intake, Undelivered};
 pub use parse::*;
 pub use produce::*;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{ConnectInfo, Query, Request, State};
+use axum::extract::{Query, Request};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
+use axum::Json;
 use logpipe_common::event::LogEvent;
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::auth::Principal;
 use crate::error::{ApiError, ErrorBody};
 use crate::ratelimit::RouteClass;
 use crate::ratelimit::{rate_limit_headers, refused};
@@ -201,26 +199,11 @@ pub struct IngestQuery {
         (status = 503, description = "Kafka did not acknowledge; resend", body = ErrorBody),
     ))]
 pub async fn ingest_logs(
-    State(s): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Extension(principal): Extension<Principal>,
-    charged: Option<Extension<Charged>>,
+    ingress: Ingress,
     query: Result<Query<IngestQuery>, QueryRejection>,
     req: Request,
 ) -> Response {
-    match ingest(
-        &s,
-        peer,
-        &principal,
-        charged.map(|Extension(c)| c),
-        query,
-        req,
-    )
-    .await
-    {
-        Ok(resp) => resp,
-        Err(e) => e.into_response(),
-    }
+    respond(ingest(ingress.intake("/api/v1/logs"), query, req).await)
 }
 
 /// The body, read within the size limit and the read timeout. A body announced larger than the
@@ -298,10 +281,7 @@ pub(crate) async fn charge_events(
 }
 
 async fn ingest(
-    s: &AppState,
-    peer: SocketAddr,
-    principal: &Principal,
-    charged: Option<Charged>,
+    intake: Intake<'_>,
     query: Result<Query<IngestQuery>, QueryRejection>,
     req: Request,
 ) -> Result<Response, Undelivered> {
@@ -315,14 +295,7 @@ async fn ingest(
         ApiError::UnsupportedMediaType(content_type.unwrap_or_default().to_owned())
     })?;
     let service = default_service(query.service.as_deref()).map_err(ApiError::InvalidParameter)?;
-    let body = read_decoded(s, &parts.headers, body).await?;
-    let intake = Intake {
-        s,
-        principal,
-        peer,
-        charged,
-        route: "/api/v1/logs",
-    };
+    let body = read_decoded(intake.s, &parts.headers, body).await?;
     let ctx = intake.context(&parts.headers, service, &body, false);
     let parsed = ctx.parse(format, &body).map_err(|e| match e {
         BodyError::TooManyEvents { .. } => ApiError::TooManyEvents(e.to_string()),

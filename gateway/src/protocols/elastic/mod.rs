@@ -14,22 +14,20 @@
 
 pub mod bulk;
 
-use std::net::SocketAddr;
 use std::time::Instant;
 
-use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::extract::{Path, Request};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
+use axum::Json;
 use logpipe_common::event::LogEvent;
 use serde_json::json;
 
 use self::bulk::{read_bulk, source_event, Item, Op, Source};
-use crate::auth::Principal;
 use crate::error::ApiError;
+use crate::ingest::intake::{respond, Ingress};
 use crate::ingest::{read_decoded, Intake, ParseContext, Undelivered};
 use crate::ratelimit::rate_limit_headers;
-use crate::state::{AppState, Charged};
 use crate::telemetry;
 
 /// The version logpipe answers as: the 8.x line the current shippers and clients expect.
@@ -194,14 +192,8 @@ pub fn error_response(status: StatusCode, code: &str, reason: String) -> Respons
         (status = 429, description = "The ingest limit is spent (`es_rejected_execution_exception`)"),
         (status = 503, description = "Kafka did not acknowledge; resend"),
     ))]
-pub async fn bulk(
-    State(s): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Extension(principal): Extension<Principal>,
-    charged: Option<Extension<Charged>>,
-    req: Request,
-) -> Response {
-    bulk_into(&s, peer, &principal, charged, None, req).await
+pub async fn bulk(ingress: Ingress, req: Request) -> Response {
+    respond(run_bulk(ingress.intake("/_bulk"), None, req).await)
 }
 
 /// Bulk into `{index}` (`POST /{index}/_bulk`): the index names the service of documents that
@@ -220,40 +212,8 @@ pub async fn bulk(
         (status = 429, description = "The ingest limit is spent (`es_rejected_execution_exception`)"),
         (status = 503, description = "Kafka did not acknowledge; resend"),
     ))]
-pub async fn bulk_index(
-    State(s): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Extension(principal): Extension<Principal>,
-    charged: Option<Extension<Charged>>,
-    Path(index): Path<String>,
-    req: Request,
-) -> Response {
-    bulk_into(&s, peer, &principal, charged, Some(index), req).await
-}
-
-async fn bulk_into(
-    s: &AppState,
-    peer: SocketAddr,
-    principal: &Principal,
-    charged: Option<Extension<Charged>>,
-    index: Option<String>,
-    req: Request,
-) -> Response {
-    let intake = Intake {
-        s,
-        principal,
-        peer,
-        charged: charged.map(|Extension(c)| c),
-        route: if index.is_some() {
-            "/{index}/_bulk"
-        } else {
-            "/_bulk"
-        },
-    };
-    match run_bulk(intake, index.as_deref(), req).await {
-        Ok(resp) => resp,
-        Err(e) => e.into_response(),
-    }
+pub async fn bulk_index(ingress: Ingress, Path(index): Path<String>, req: Request) -> Response {
+    respond(run_bulk(ingress.intake("/{index}/_bulk"), Some(&index), req).await)
 }
 
 /// What becomes of one item: the event it made (by its position among the events), or its refusal.

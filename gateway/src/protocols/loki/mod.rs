@@ -10,23 +10,19 @@
 //! 400 with a text body naming the refused entries (the others are delivered, as Loki does, and
 //! a client does not resend a 400); 429/503 with `Retry-After` for what a resend can cure.
 
-use std::net::SocketAddr;
-
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::Request;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Extension;
 use chrono::DateTime;
 use logpipe_common::event::{EventError, Level, LogEvent};
 use prost::Message;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use crate::auth::Principal;
 use crate::error::ApiError;
+use crate::ingest::intake::{respond, Ingress};
 use crate::ingest::{read_decoded, Intake, ParseContext, Parsed, Rejected, Undelivered};
 use crate::ratelimit::rate_limit_headers;
-use crate::state::{AppState, Charged};
 use crate::telemetry;
 
 /// Labels that name the service, first found wins (`service_name` is what Loki 3 derives).
@@ -365,24 +361,8 @@ pub fn error_response(status: StatusCode, detail: String) -> Response {
         (status = 429, description = "The ingest limit is spent; resend after `Retry-After`"),
         (status = 503, description = "Kafka did not acknowledge; resend"),
     ))]
-pub async fn push(
-    State(s): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Extension(principal): Extension<Principal>,
-    charged: Option<Extension<Charged>>,
-    req: Request,
-) -> Response {
-    let intake = Intake {
-        s: &s,
-        principal: &principal,
-        peer,
-        charged: charged.map(|Extension(c)| c),
-        route: "/loki/api/v1/push",
-    };
-    match run_push(intake, req).await {
-        Ok(resp) => resp,
-        Err(e) => e.into_response(),
-    }
+pub async fn push(ingress: Ingress, req: Request) -> Response {
+    respond(run_push(ingress.intake("/loki/api/v1/push"), req).await)
 }
 
 async fn run_push(intake: Intake<'_>, req: Request) -> Result<Response, Undelivered> {

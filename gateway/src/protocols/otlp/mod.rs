@@ -17,24 +17,20 @@
 
 pub mod proto;
 
-use std::net::SocketAddr;
-
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::Request;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Extension;
 use chrono::{DateTime, Utc};
 use logpipe_common::event::{EventError, Level, LogEvent};
 use prost::Message;
 use serde_json::{Map, Value as Json};
 
 use self::proto::{AnyValue, ExportLogsServiceRequest, KeyValue, LogRecord, Value};
-use crate::auth::Principal;
 use crate::error::ApiError;
+use crate::ingest::intake::{respond, Ingress};
 use crate::ingest::{read_decoded, Intake, ParseContext, Parsed, Rejected, Undelivered};
 use crate::ratelimit::rate_limit_headers;
-use crate::state::{AppState, Charged};
 use crate::telemetry;
 
 /// The two OTLP/HTTP encodings.
@@ -272,24 +268,8 @@ fn summary(rejected: &[Rejected]) -> String {
         (status = 429, description = "The ingest limit is spent; resend after `Retry-After` (code 8)"),
         (status = 503, description = "Kafka did not acknowledge; resend after `Retry-After` (code 14)"),
     ))]
-pub async fn export_logs(
-    State(s): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Extension(principal): Extension<Principal>,
-    charged: Option<Extension<Charged>>,
-    req: Request,
-) -> Response {
-    let intake = Intake {
-        s: &s,
-        principal: &principal,
-        peer,
-        charged: charged.map(|Extension(c)| c),
-        route: "/v1/logs",
-    };
-    match export(intake, req).await {
-        Ok(resp) => resp,
-        Err(e) => e.into_response(),
-    }
+pub async fn export_logs(ingress: Ingress, req: Request) -> Response {
+    respond(export(ingress.intake("/v1/logs"), req).await)
 }
 
 async fn export(intake: Intake<'_>, req: Request) -> Result<Response, Undelivered> {

@@ -180,7 +180,10 @@ pub fn error_response(status: StatusCode, code: &str, reason: String) -> Respons
 
 /// Bulk into the default index (`POST /_bulk`).
 #[utoipa::path(method(post, put), path = "/_bulk", tag = "protocols",
-    request_body(description = "NDJSON action/source pairs", content((String = "application/x-ndjson"))),
+    request_body(description = "NDJSON action/source pairs (Elasticsearch takes either content type)", content(
+        (String = "application/x-ndjson"),
+        (String = "application/json"),
+    )),
     responses(
         (status = 200, description = "Per item: 201 stored (in Kafka), 400 refused; `errors` tells whether any was refused"),
         (status = 400, description = "Not a bulk body (a malformed action line): nothing is stored"),
@@ -200,7 +203,10 @@ pub async fn bulk(ingress: Ingress, req: Request) -> Response {
 /// name none.
 #[utoipa::path(method(post, put), path = "/{index}/_bulk", tag = "protocols",
     params(("index" = String, Path, description = "Default index of the items (and service of documents naming none)")),
-    request_body(description = "NDJSON action/source pairs", content((String = "application/x-ndjson"))),
+    request_body(description = "NDJSON action/source pairs (Elasticsearch takes either content type)", content(
+        (String = "application/x-ndjson"),
+        (String = "application/json"),
+    )),
     responses(
         (status = 200, description = "Per item: 201 stored (in Kafka), 400 refused"),
         (status = 400, description = "Not a bulk body: nothing is stored"),

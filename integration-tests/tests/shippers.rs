@@ -231,7 +231,7 @@ async fn syslog_ngs_elasticsearch_destination_ships_every_line_once_with_its_def
         "{}/../deploy/shippers/syslog-ng.conf",
         env!("CARGO_MANIFEST_DIR")
     );
-    let mut daemon = it::spawn_listening(
+    let daemon = it::spawn_listening(
         Command::new("syslog-ng")
             .env("LOGPIPE_BULK_URL", stack.gw("/_bulk"))
             .env("LOGPIPE_KEY", KEY)
@@ -247,13 +247,7 @@ async fn syslog_ngs_elasticsearch_destination_ships_every_line_once_with_its_def
             .stdout(log),
         port,
     );
-    let expected = feed_rfc5424(port, &program, 1_000);
-    stack.wait_rows(expected.len() as i64).await;
-    let _ = daemon.kill();
-    let _ = daemon.wait();
-    check_relayed(&stack, &program, &expected, true).await;
-    let _ = std::fs::remove_dir_all(&dir);
-    stack.stop().await;
+    relay_and_check(stack, daemon, port, &program, &dir, true).await;
 }
 
 /// Write `count` RFC 5424 lines over TCP, newline-framed, from host `web-7` and app `program`,
@@ -283,6 +277,25 @@ fn feed_rfc5424(port: u16, program: &str, count: usize) -> BTreeMap<String, &'st
     }
     conn.flush().expect("flush");
     expected
+}
+
+/// Feed 1,000 lines to a relay listening on `port`, wait for them, stop the relay, check every
+/// line stored once, and clean up.
+async fn relay_and_check(
+    stack: TestStack,
+    mut daemon: std::process::Child,
+    port: u16,
+    program: &str,
+    dir: &std::path::Path,
+    with_pid: bool,
+) {
+    let expected = feed_rfc5424(port, program, 1_000);
+    stack.wait_rows(expected.len() as i64).await;
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    check_relayed(&stack, program, &expected, with_pid).await;
+    let _ = std::fs::remove_dir_all(dir);
+    stack.stop().await;
 }
 
 /// Every line relayed stored once, with its level, host (and, when the relay sends it, its pid).
@@ -330,7 +343,7 @@ async fn rsyslogs_elasticsearch_action_ships_every_line_once() {
     );
     let program = format!("rs-{}", &stack.name[stack.name.len() - 8..]);
     let log = std::fs::File::create(dir.join("rsyslog.log")).expect("log file");
-    let mut daemon = it::spawn_listening(
+    let daemon = it::spawn_listening(
         Command::new(format!("{rsyslog}/usr/sbin/rsyslogd"))
             .env("LOGPIPE_ES_HOST", "127.0.0.1")
             .env("LOGPIPE_ES_PORT", gateway_port)
@@ -344,13 +357,7 @@ async fn rsyslogs_elasticsearch_action_ships_every_line_once() {
             .stdout(log),
         port,
     );
-    let expected = feed_rfc5424(port, &program, 1_000);
-    stack.wait_rows(expected.len() as i64).await;
-    let _ = daemon.kill();
-    let _ = daemon.wait();
-    check_relayed(&stack, &program, &expected, false).await;
-    let _ = std::fs::remove_dir_all(&dir);
-    stack.stop().await;
+    relay_and_check(stack, daemon, port, &program, &dir, false).await;
 }
 
 fn otlp_body(service: &str, n: usize) -> Vec<u8> {

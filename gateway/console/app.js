@@ -237,21 +237,30 @@ function row(e, term) {
 
 function atBottom(box) { return box.scrollHeight - box.scrollTop - box.clientHeight < 8; }
 
+/// Shows a batch of events: one layout read and one DOM insertion per batch, never per event. An
+/// unfiltered tail brings hundreds of events a second; laying the page out for each one kept the
+/// renderer busy enough on a slow machine that its timers (charts, status) stopped firing.
 function append(events) {
+  if (!events.length) return;
   const box = $("tail");
   const follow = atBottom(box);
   const term = state.tail.filter.q;
+  const fresh = [];
   for (const e of events) {
     if (state.tail.seen.has(e.event_id)) continue; // a poll read again after a reconnect
     state.tail.seen.add(e.event_id);
     state.tail.order.push(e.event_id);
-    if (state.tail.order.length > SEEN_IDS) state.tail.seen.delete(state.tail.order.shift());
-    state.tail.events.push(e);
-    if (state.tail.events.length > TAIL_ROWS) state.tail.events.shift();
     state.tail.received++;
-    box.appendChild(row(e, term));
+    fresh.push(e);
   }
-  while (box.childElementCount > TAIL_ROWS) box.firstElementChild.remove();
+  const over = state.tail.order.length - SEEN_IDS;
+  if (over > 0) for (const id of state.tail.order.splice(0, over)) state.tail.seen.delete(id);
+  state.tail.events.push(...fresh);
+  if (state.tail.events.length > TAIL_ROWS) state.tail.events.splice(0, state.tail.events.length - TAIL_ROWS);
+  const frag = document.createDocumentFragment();
+  for (const e of fresh.slice(-TAIL_ROWS)) frag.appendChild(row(e, term));
+  box.appendChild(frag);
+  for (let extra = box.childElementCount - TAIL_ROWS; extra > 0; extra--) box.firstElementChild.remove();
   if (follow) box.scrollTop = box.scrollHeight;
   tailStatus();
 }
@@ -286,10 +295,13 @@ async function readStream(controller) {
     const { value, done } = await reader.read();
     if (done) return "the stream ended";
     buf += value;
-    let cut;
-    while ((cut = buf.indexOf("\n\n")) >= 0) {
-      const block = buf.slice(0, cut);
-      buf = buf.slice(cut + 2);
+    // Everything this read brought is shown at once (a poll arrives as one write).
+    const batch = [];
+    let position = null, note;
+    let from = 0, cut;
+    while ((cut = buf.indexOf("\n\n", from)) >= 0) {
+      const block = buf.slice(from, cut);
+      from = cut + 2;
       let event = "message", data = "", id = null;
       for (const line of block.split("\n")) {
         if (line.startsWith(":")) continue; // a heartbeat
@@ -300,12 +312,16 @@ async function readStream(controller) {
         else if (field === "data") data += (data ? "\n" : "") + val;
         else if (field === "id") id = val;
       }
-      if (event === "log") append([JSON.parse(data)]);
-      else if (event === "dropped") { state.tail.dropped += JSON.parse(data).dropped; tailStatus(); }
-      else if (event === "cutoff" || event === "shutdown" || event === "reset") tailStatus(JSON.parse(data).reason);
-      // The id comes last in a poll: everything before it is shown.
-      if (id !== null) state.tail.position = id;
+      if (event === "log") batch.push(JSON.parse(data));
+      else if (event === "dropped") state.tail.dropped += JSON.parse(data).dropped;
+      else if (event === "cutoff" || event === "shutdown" || event === "reset") note = JSON.parse(data).reason;
+      // The id comes last in a poll: everything before it is in this batch or an earlier one.
+      if (id !== null) position = id;
     }
+    buf = buf.slice(from);
+    append(batch);
+    tailStatus(note);
+    if (position !== null) state.tail.position = position;
   }
 }
 

@@ -48,6 +48,8 @@ pub struct GatewayConfig {
     /// Largest answer read from the collector; a larger one is 502 (the collector's own pages
     /// stop at `database.query_max_response_bytes`, far below).
     pub upstream_max_response_bytes: usize,
+    /// Syslog over TCP and UDP (off unless an address is set).
+    pub syslog: crate::syslog::SyslogSettings,
 }
 
 impl Default for GatewayConfig {
@@ -70,6 +72,7 @@ impl Default for GatewayConfig {
             browser: Default::default(),
             internal_token_file: None,
             upstream_max_response_bytes: 32 * 1024 * 1024,
+            syslog: Default::default(),
         }
     }
 }
@@ -138,6 +141,12 @@ impl GatewayConfig {
             field: "auth.keys",
             reason: e.to_string(),
         })?;
+        self.syslog
+            .validate()
+            .map_err(|reason| ConfigError::Invalid {
+                field: "syslog",
+                reason,
+            })?;
         if self.auth.keys.is_empty() && !self.auth.allow_open && !is_loopback(&self.host) {
             return Err(ConfigError::Invalid {
                 field: "auth.keys",
@@ -217,6 +226,15 @@ pub struct Cli {
     /// Zipkin's UI as the browser reaches it: the console links each event's trace id there.
     #[arg(long, env = "LOGPIPE_CONSOLE_ZIPKIN_UI_URL")]
     pub zipkin_ui_url: Option<String>,
+    /// Syslog over TCP (RFC 6587 framing) on this `ip:port` (off when unset).
+    #[arg(long, env = "LOGPIPE_SYSLOG_TCP_ADDR")]
+    pub syslog_tcp_addr: Option<String>,
+    /// Syslog over UDP on this `ip:port` (off when unset).
+    #[arg(long, env = "LOGPIPE_SYSLOG_UDP_ADDR")]
+    pub syslog_udp_addr: Option<String>,
+    /// Let the syslog listeners bind an address other than loopback (syslog carries no key).
+    #[arg(long, env = "LOGPIPE_SYSLOG_ALLOW_REMOTE")]
+    pub syslog_allow_remote: Option<bool>,
 }
 
 impl Cli {
@@ -239,6 +257,9 @@ impl Cli {
             self.allow_open => c.auth.allow_open,
             self.allowed_hosts => c.browser.allowed_hosts,
             self.allowed_origins => c.browser.allowed_origins,
+            self.syslog_tcp_addr.map(Some) => c.syslog.tcp_addr,
+            self.syslog_udp_addr.map(Some) => c.syslog.udp_addr,
+            self.syslog_allow_remote => c.syslog.allow_remote,
         );
         c.generator_urls = c
             .generator_urls
@@ -290,6 +311,29 @@ mod tests {
         let mut c = GatewayConfig::default();
         c.rate_limit.ingest.window_ms = 0;
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn syslog_listens_only_on_loopback_unless_allowed() {
+        let cli = Cli::try_parse_from(["gw", "--syslog-tcp-addr", "127.0.0.1:5514"]).unwrap();
+        assert_eq!(
+            cli.into_config().unwrap().syslog.tcp_addr.as_deref(),
+            Some("127.0.0.1:5514")
+        );
+        let cli = Cli::try_parse_from(["gw", "--syslog-udp-addr", "0.0.0.0:514"]).unwrap();
+        let err = cli.into_config().unwrap_err().to_string();
+        assert!(err.contains("allow_remote"), "{err}");
+        let cli = Cli::try_parse_from([
+            "gw",
+            "--syslog-udp-addr",
+            "0.0.0.0:514",
+            "--syslog-allow-remote",
+            "true",
+        ])
+        .unwrap();
+        assert!(cli.into_config().is_ok());
+        let cli = Cli::try_parse_from(["gw", "--syslog-tcp-addr", "localhost"]).unwrap();
+        assert!(cli.into_config().is_err(), "an address without a port");
     }
 
     #[test]

@@ -19,6 +19,8 @@
 //! - [`protocols`]: the shippers' protocols on the same intake: OTLP/HTTP logs (`POST /v1/logs`) and
 //!   the Elasticsearch bulk API (`POST /_bulk`, with the probes shippers send first), Loki push
 //!   (`POST /loki/api/v1/push`).
+//! - [`syslog`]: syslog over TCP (RFC 6587 framing) and UDP, off by default, into the same intake:
+//!   limits by peer address, backpressure on TCP, counted drops on UDP.
 //! - [`query`]: stats, alerts and events, forwarded to the collector.
 //! - [`ratelimit`]: per-client limits per route class: exact sliding window in Redis, local fallback.
 //! - [`startup`]: `Application::build(config)` → `run_until_stopped(token)`.
@@ -46,6 +48,7 @@ pub mod ratelimit;
 pub mod routes;
 pub mod startup;
 pub mod state;
+pub mod syslog;
 pub mod telemetry;
 
 pub use startup::Application;

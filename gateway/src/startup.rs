@@ -18,6 +18,7 @@ pub use logpipe_common::startup::StartupError;
 
 pub struct Application {
     listener: TcpListener,
+    syslog: crate::syslog::Listeners,
     state: AppState,
 }
 
@@ -29,6 +30,16 @@ impl Application {
         let metrics = logpipe_common::telemetry::metrics_handle();
         crate::telemetry::describe();
         let listener = logpipe_common::startup::bind(&config.host, config.port).await?;
+        let syslog = crate::syslog::Listeners::bind(&config.syslog)
+            .await
+            .map_err(|source| StartupError::Bind {
+                addr: format!(
+                    "syslog {:?} {:?}",
+                    config.syslog.tcp_addr, config.syslog.udp_addr
+                ),
+                source,
+            })?;
+        crate::telemetry::describe_syslog(&syslog.transports());
         let internal =
             logpipe_common::internal::InternalToken::load(config.internal_token_file.as_deref())?;
         let mut upstream_headers = reqwest::header::HeaderMap::new();
@@ -89,13 +100,26 @@ impl Application {
             ready_flight: Default::default(),
             shutdown: CancellationToken::new(),
         });
-        Ok(Application { listener, state })
+        Ok(Application {
+            listener,
+            syslog,
+            state,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.listener
             .local_addr()
             .expect("bound listener has an address")
+    }
+
+    /// The syslog listeners' addresses, when on (a test binds port 0 and asks).
+    pub fn syslog_tcp_addr(&self) -> Option<SocketAddr> {
+        self.syslog.tcp_addr()
+    }
+
+    pub fn syslog_udp_addr(&self) -> Option<SocketAddr> {
+        self.syslog.udp_addr()
     }
 
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), StartupError> {
@@ -108,11 +132,15 @@ impl Application {
             stop.cancelled().await;
             streams_stop.cancel();
         });
+        // The syslog listeners stop reading at shutdown and deliver what they read before the
+        // producer is flushed below.
+        let syslog = tokio::spawn(self.syslog.run(self.state.clone(), shutdown.clone()));
         let app = router(self.state).into_make_service_with_connect_info::<SocketAddr>();
         let served = axum::serve(self.listener, app)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
             .await
             .map_err(StartupError::Serve);
+        let _ = syslog.await;
         // In-flight ingest requests have had their answers; flush whatever is still queued.
         producer.flush(Duration::from_secs(5)).await;
         served

@@ -16,6 +16,72 @@ pub fn describe() {
     }
 }
 
+/// The syslog listeners' series, at zero, when a listener is on.
+pub fn describe_syslog(transports: &[&'static str]) {
+    for &t in transports {
+        for outcome in ["accepted", "refused", "undelivered"] {
+            counter!("syslog_messages_total", "transport" => t, "outcome" => outcome).increment(0);
+        }
+        counter!("syslog_unparsed_total", "transport" => t).increment(0);
+        counter!("syslog_truncated_total", "transport" => t).increment(0);
+        if t == "udp" {
+            for reason in ["queue_full", "rate_limited"] {
+                counter!("syslog_udp_dropped_total", "reason" => reason).increment(0);
+            }
+            gauge!("syslog_udp_kernel_drops").set(0.0);
+        } else {
+            gauge!("syslog_tcp_connections").set(0.0);
+        }
+    }
+}
+
+/// Syslog messages by outcome: `accepted` (in Kafka), `refused` (not even its text can be an
+/// event, or a TCP message cut short by its sender), `undelivered` (read, not in Kafka by shutdown).
+pub fn syslog_messages(transport: &'static str, outcome: &'static str, n: usize) {
+    if n > 0 {
+        counter!("syslog_messages_total", "transport" => transport, "outcome" => outcome)
+            .increment(n as u64);
+    }
+}
+
+/// A message that was not syslog, kept as its text.
+pub fn syslog_unparsed(transport: &'static str) {
+    counter!("syslog_unparsed_total", "transport" => transport).increment(1);
+}
+
+/// A message over `max_message_bytes`, kept as its head.
+pub fn syslog_truncated(transport: &'static str) {
+    counter!("syslog_truncated_total", "transport" => transport).increment(1);
+}
+
+/// Datagrams the UDP listener dropped: `queue_full`, `rate_limited`.
+pub fn syslog_udp_dropped(reason: &'static str, n: usize) {
+    if n > 0 {
+        counter!("syslog_udp_dropped_total", "reason" => reason).increment(n as u64);
+    }
+}
+
+/// The kernel's drops on the UDP socket (its receive buffer was full), as the kernel counts them.
+pub fn syslog_udp_kernel_drops(n: u64) {
+    gauge!("syslog_udp_kernel_drops").set(n as f64);
+}
+
+/// A listener held a batch back (TCP: and stopped reading) because of `rate_limited` or `kafka`;
+/// counted in milliseconds waited.
+pub fn syslog_backpressure(transport: &'static str, reason: &'static str, waited: Duration) {
+    counter!("syslog_backpressure_ms_total", "transport" => transport, "reason" => reason)
+        .increment(waited.as_millis() as u64);
+}
+
+pub fn syslog_connections(delta: f64) {
+    gauge!("syslog_tcp_connections").increment(delta);
+}
+
+/// A TCP connection closed at accept: `total` or `per_peer` cap reached.
+pub fn syslog_connection_refused(reason: &'static str) {
+    counter!("syslog_tcp_connections_refused_total", "reason" => reason).increment(1);
+}
+
 /// A request refused before routing for what a browser would send: `host_not_allowed`,
 /// `cross_origin`.
 pub fn browser_refused(reason: &'static str) {

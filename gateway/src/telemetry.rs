@@ -25,7 +25,7 @@ pub fn describe_syslog(transports: &[&'static str]) {
         counter!("syslog_unparsed_total", "transport" => t).increment(0);
         counter!("syslog_truncated_total", "transport" => t).increment(0);
         if t == "udp" {
-            for reason in ["queue_full", "rate_limited"] {
+            for reason in ["peer_share", "queue_full", "rate_limited"] {
                 counter!("syslog_udp_dropped_total", "reason" => reason).increment(0);
             }
             gauge!("syslog_udp_kernel_drops").set(0.0);
@@ -54,7 +54,7 @@ pub fn syslog_truncated(transport: &'static str) {
     counter!("syslog_truncated_total", "transport" => transport).increment(1);
 }
 
-/// Datagrams the UDP listener dropped: `queue_full`, `rate_limited`.
+/// Datagrams the UDP listener dropped: `peer_share`, `queue_full`, `rate_limited`.
 pub fn syslog_udp_dropped(reason: &'static str, n: usize) {
     if n > 0 {
         counter!("syslog_udp_dropped_total", "reason" => reason).increment(n as u64);

@@ -404,8 +404,9 @@ pub fn frame_event(
     peer: IpAddr,
     frame: &Frame,
 ) -> Result<Option<LogEvent>, EventError> {
-    let text = String::from_utf8_lossy(&frame.bytes);
-    let text = text.trim_end_matches(['\r', '\n', '\0']);
+    // NUL is the one character an event may not hold: shown as U+FFFD like invalid UTF-8.
+    let text = String::from_utf8_lossy(&frame.bytes).replace('\0', "\u{fffd}");
+    let text = text.trim_end_matches(['\r', '\n', '\u{fffd}']);
     if text.trim().is_empty() {
         return Ok(None);
     }
@@ -438,7 +439,7 @@ pub fn frame_event(
         service: ctx.default_service.to_owned(),
         component: "syslog".into(),
         host: String::new(),
-        message: text.replace('\0', "\u{fffd}"),
+        message: text.to_owned(),
         trace_id: None,
         span_id: None,
         attributes: Default::default(),

@@ -1,13 +1,15 @@
 //! The syslog UDP listener: one datagram is one message (RFC 5426). A receiving task only copies
 //! datagrams into a bounded queue, so the socket is drained as fast as the kernel fills it; a
-//! delivering task takes them in batches, by sender. UDP cannot push back, so every message not
-//! delivered is counted by why: `queue_full` (the producer fell behind), `rate_limited` (the
-//! sender's limit), and the kernel's own drops on this socket (`syslog_udp_kernel_drops`, read from
-//! `/proc/net/udp`), so sent = stored + counted, always.
+//! delivering task takes them in batches, by sender. One sender may hold at most a quarter of the
+//! queue, so a flood from one address leaves room for the others. UDP cannot push back, so every
+//! message not delivered is counted by why: `peer_share` (its sender holds its quarter),
+//! `queue_full` (the producer fell behind everyone), `rate_limited` (the sender's limit), and the
+//! kernel's own drops on this socket (`syslog_udp_kernel_drops`, read from `/proc/net/udp`), so
+//! sent = stored + counted, always.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -42,20 +44,63 @@ pub async fn serve(socket: UdpSocket, d: Delivery) {
     let settings = d.settings().clone();
     let (tx, rx) = mpsc::channel(settings.udp_queue_datagrams);
     let kernel = KernelDrops::of(&socket);
+    let shares = Arc::new(Shares::new(settings.udp_queue_datagrams));
     let receiver = tokio::spawn(receive(
         Arc::new(socket),
         tx,
         settings.max_message_bytes,
+        shares.clone(),
         d.clone(),
     ));
-    work(rx, &d, settings.batch_max_events, kernel).await;
+    work(rx, &d, settings.batch_max_events, &shares, kernel).await;
     let _ = receiver.await;
+}
+
+/// Datagrams queued per sender, so one sender cannot fill the queue.
+struct Shares {
+    per_peer: usize,
+    queued: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl Shares {
+    fn new(queue: usize) -> Shares {
+        Shares {
+            per_peer: (queue / 4).max(1),
+            queued: Mutex::default(),
+        }
+    }
+
+    /// Takes a slot for `peer`; false when it holds its share already.
+    fn take(&self, peer: IpAddr) -> bool {
+        let mut q = self.queued.lock().expect("shares lock");
+        let n = q.entry(peer).or_insert(0);
+        if *n >= self.per_peer {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    fn give_back(&self, peers: impl Iterator<Item = IpAddr>) {
+        let mut q = self.queued.lock().expect("shares lock");
+        for peer in peers {
+            if let Some(n) = q.get_mut(&peer) {
+                *n -= 1;
+                if *n == 0 {
+                    // Only senders with something queued are kept: the map cannot grow with
+                    // every address ever seen.
+                    q.remove(&peer);
+                }
+            }
+        }
+    }
 }
 
 async fn receive(
     socket: Arc<UdpSocket>,
     tx: mpsc::Sender<(SocketAddr, Frame)>,
     max: usize,
+    shares: Arc<Shares>,
     d: Delivery,
 ) {
     // One byte over the limit: a datagram that fills it was longer (Linux cuts it silently).
@@ -77,10 +122,15 @@ async fn receive(
             bytes: Bytes::copy_from_slice(&buf[..n.min(max)]),
             truncated: n > max,
         };
+        if !shares.take(peer.ip()) {
+            telemetry::syslog_udp_dropped("peer_share", 1);
+            continue;
+        }
         match tx.try_send((peer, frame)) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
-                telemetry::syslog_udp_dropped("queue_full", 1)
+                shares.give_back(std::iter::once(peer.ip()));
+                telemetry::syslog_udp_dropped("queue_full", 1);
             }
             Err(mpsc::error::TrySendError::Closed(_)) => return,
         }
@@ -92,13 +142,19 @@ async fn work(
     mut rx: mpsc::Receiver<(SocketAddr, Frame)>,
     d: &Delivery,
     batch_max: usize,
+    shares: &Shares,
     kernel: Option<KernelDrops>,
 ) {
     let mut batch = Vec::with_capacity(batch_max);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
-            n = rx.recv_many(&mut batch, batch_max) => if n == 0 { break },
+            n = rx.recv_many(&mut batch, batch_max) => {
+                if n == 0 {
+                    break;
+                }
+                shares.give_back(batch.iter().map(|(peer, _)| peer.ip()));
+            }
             _ = tick.tick() => {
                 if let Some(k) = &kernel { k.publish() }
                 continue;

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Bring the whole logpipe stack up and start generating.
 #
-#   ./setup.sh [--durable] [--rate N] [--no-generate] [--with-keys] [--with-prometheus] [--native|--docker]
+#   ./setup.sh [--durable] [--rate N] [--no-generate] [--with-keys] [--with-prometheus] [--syslog[=PORT]]
+#              [--native|--docker]
 #
 # With a Docker engine (`docker info` succeeds) it runs docker-compose; otherwise it runs natively:
 # installs what is missing (apt build deps, PostgreSQL, Redis, the Tansu broker), builds release
@@ -12,7 +13,8 @@
 # safe. ./stop.sh stops what it started. --with-keys (native mode) makes an admin, an ingest and a
 # read API key for a gateway it starts, prints them once and keeps only their SHA-256 hashes
 # ($RUN_DIR/gateway-keys.toml, in force until deleted); without keys the gateway is open, on
-# 127.0.0.1 only.
+# 127.0.0.1 only. --syslog (native mode) turns on the gateway's syslog listeners, TCP and UDP on
+# 127.0.0.1:5514 (or PORT); LOGPIPE_SYSLOG_TCP_ADDR / LOGPIPE_SYSLOG_UDP_ADDR set either alone.
 set -euo pipefail
 
 source "$(dirname "${BASH_SOURCE[0]}")/scripts/lib.sh"
@@ -24,6 +26,7 @@ DURABLE=0
 GENERATE=1
 PROMETHEUS=0
 WITH_KEYS=0
+SYSLOG_PORT=
 RATE=${LOGPIPE_RATE:-1000}
 while [ $# -gt 0 ]; do
     case $1 in
@@ -34,7 +37,9 @@ while [ $# -gt 0 ]; do
         --docker) MODE=docker ;;
         --with-prometheus) PROMETHEUS=1 ;;
         --with-keys) WITH_KEYS=1 ;;
-        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        --syslog) SYSLOG_PORT=5514 ;;
+        --syslog=*) SYSLOG_PORT=${1#--syslog=} ;;
+        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
         *) die "unknown option $1 (see --help)" ;;
     esac
     shift
@@ -104,6 +109,7 @@ print_keys() {
 }
 
 if [ "$MODE" = docker ]; then
+    [ -n "$SYSLOG_PORT" ] && die "--syslog is for native mode; under compose set LOGPIPE_SYSLOG_TCP_ADDR and publish the port in docker-compose.yml"
     log "Docker engine found: running the stack with docker compose"
     # Containers take the token from their environment (a bind-mounted 0600 file would keep the
     # host owner, whom the container user is not); Prometheus reads a copy in this run directory.
@@ -194,6 +200,10 @@ if [ "$WITH_KEYS" = 1 ] && ! pid_alive "$RUN_DIR/pids/gateway.pid" logpipe-gatew
     make_keys
 fi
 [ -f "$keys_file" ] && GATEWAY_ARGS=(--config "$keys_file")
+if [ -n "$SYSLOG_PORT" ]; then
+    case $SYSLOG_PORT in ''|*[!0-9]*) die "--syslog=PORT takes a port number, not $SYSLOG_PORT" ;; esac
+    GATEWAY_ARGS+=(--syslog-tcp-addr "127.0.0.1:$SYSLOG_PORT" --syslog-udp-addr "127.0.0.1:$SYSLOG_PORT")
+fi
 start_service gateway "$GATEWAY_PORT" --port "$GATEWAY_PORT" --brokers "$BROKERS" \
     --generator-urls "http://127.0.0.1:$GENERATOR_PORT" --collector-url "http://127.0.0.1:$COLLECTOR_PORT" \
     "${INTERNAL[@]}" "${GATEWAY_ARGS[@]}"
@@ -248,6 +258,7 @@ logpipe is up (native mode).
   gateway    http://127.0.0.1:$GATEWAY_PORT   (pid $(cat "$RUN_DIR/pids/gateway.pid"))
   generator  http://127.0.0.1:$GENERATOR_PORT   (pid $(cat "$RUN_DIR/pids/generator.pid"); answers the gateway's token only)
   collector  http://127.0.0.1:$COLLECTOR_PORT   (pid $(cat "$RUN_DIR/pids/collector.pid"); answers the gateway's token only)$( [ "$PROMETHEUS" = 1 ] && printf '\n  prometheus http://127.0.0.1:%s' "$PROMETHEUS_PORT")
+$( [ -n "$SYSLOG_PORT" ] && printf '  syslog     127.0.0.1:%s TCP (RFC 6587) and UDP  (logger -n 127.0.0.1 -P %s -T --rfc5424 hello)\n' "$SYSLOG_PORT" "$SYSLOG_PORT")
   broker     127.0.0.1:$BROKER_PORT  Tansu, $( [ "$DURABLE" = 1 ] && echo "sqlite (durable)" || echo "memory (lost on stop)" ) (pid $(cat "$RUN_DIR/pids/broker.pid"))
   postgres   $DATABASE_URL
   logs       $RUN_DIR/logs/

@@ -319,6 +319,33 @@ async fn check_relayed(
     }
 }
 
+/// rsyslogd (unpacked from Debian's packages into the per-user cache) running
+/// `deploy/shippers/{config}` as it is, with `env`, relaying what it gets on a free port, which
+/// it returns with the process.
+fn rsyslogd(
+    config: &str,
+    env: &[(&str, String)],
+    dir: &std::path::Path,
+) -> (std::process::Child, u16) {
+    let rsyslog = std::env::var("LOGPIPE_RSYSLOG_ROOT").unwrap_or_else(|_| {
+        let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+        format!("{home}/.cache/logpipe/rsyslog")
+    });
+    let port = it::free_port();
+    let config = format!("{}/../deploy/shippers/{config}", env!("CARGO_MANIFEST_DIR"));
+    let log = std::fs::File::create(dir.join("rsyslog.log")).expect("log file");
+    let mut cmd = Command::new(format!("{rsyslog}/usr/sbin/rsyslogd"));
+    cmd.envs(env.iter().map(|(k, v)| (k, v)))
+        .env("SYSLOG_PORT", port.to_string())
+        .args(["-n", "-M"])
+        .arg(format!("{rsyslog}/usr/lib/x86_64-linux-gnu/rsyslog"))
+        .args(["-f", &config, "-i"])
+        .arg(dir.join("pid"))
+        .stderr(log.try_clone().expect("log"))
+        .stdout(log);
+    (it::spawn_listening(&mut cmd, port), port)
+}
+
 /// rsyslog's omelasticsearch with the ECS template of deploy/shippers/rsyslog.conf, run as it is:
 /// every line stored once with its program, severity and host mapped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -326,36 +353,45 @@ async fn rsyslogs_elasticsearch_action_ships_every_line_once() {
     let stack = keyed_stack("rsyslog-es").await;
     let dir = std::env::temp_dir().join(&stack.name);
     std::fs::create_dir_all(&dir).expect("run dir");
-    let rsyslog = std::env::var("LOGPIPE_RSYSLOG_ROOT").unwrap_or_else(|_| {
-        let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
-        format!("{home}/.cache/logpipe/rsyslog")
-    });
-    let port = it::free_port();
     let gateway = stack.gw("");
     let gateway_port = gateway
         .rsplit(':')
         .next()
         .expect("a port")
-        .trim_end_matches('/');
-    let config = format!(
-        "{}/../deploy/shippers/rsyslog.conf",
-        env!("CARGO_MANIFEST_DIR")
-    );
+        .trim_end_matches('/')
+        .to_owned();
     let program = format!("rs-{}", &stack.name[stack.name.len() - 8..]);
-    let log = std::fs::File::create(dir.join("rsyslog.log")).expect("log file");
-    let daemon = it::spawn_listening(
-        Command::new(format!("{rsyslog}/usr/sbin/rsyslogd"))
-            .env("LOGPIPE_ES_HOST", "127.0.0.1")
-            .env("LOGPIPE_ES_PORT", gateway_port)
-            .env("LOGPIPE_KEY", KEY)
-            .env("SYSLOG_PORT", port.to_string())
-            .args(["-n", "-M"])
-            .arg(format!("{rsyslog}/usr/lib/x86_64-linux-gnu/rsyslog"))
-            .args(["-f", &config, "-i"])
-            .arg(dir.join("pid"))
-            .stderr(log.try_clone().expect("log"))
-            .stdout(log),
-        port,
+    let (daemon, port) = rsyslogd(
+        "rsyslog.conf",
+        &[
+            ("LOGPIPE_ES_HOST", "127.0.0.1".into()),
+            ("LOGPIPE_ES_PORT", gateway_port),
+            ("LOGPIPE_KEY", KEY.into()),
+        ],
+        &dir,
+    );
+    relay_and_check(stack, daemon, port, &program, &dir, false).await;
+}
+
+/// rsyslog's omfwd over TCP, octet-counted RFC 5424 (deploy/shippers/rsyslog-omfwd.conf as it is)
+/// into the gateway's syslog listener: every line stored once with its program, severity and host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rsyslogs_omfwd_over_tcp_ships_every_line_once_to_the_syslog_listener() {
+    let listener = it::free_port();
+    let stack = TestStack::collector("rsyslog-omfwd", 2)
+        .await
+        .with_gateway(|c| c.syslog.tcp_addr = Some(format!("127.0.0.1:{listener}")))
+        .await;
+    let dir = std::env::temp_dir().join(&stack.name);
+    std::fs::create_dir_all(&dir).expect("run dir");
+    let program = format!("fwd-{}", &stack.name[stack.name.len() - 8..]);
+    let (daemon, port) = rsyslogd(
+        "rsyslog-omfwd.conf",
+        &[
+            ("LOGPIPE_SYSLOG_HOST", "127.0.0.1".into()),
+            ("LOGPIPE_SYSLOG_PORT", listener.to_string()),
+        ],
+        &dir,
     );
     relay_and_check(stack, daemon, port, &program, &dir, false).await;
 }

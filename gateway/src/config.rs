@@ -49,7 +49,7 @@ pub struct GatewayConfig {
     /// stop at `database.query_max_response_bytes`, far below).
     pub upstream_max_response_bytes: usize,
     /// Syslog over TCP and UDP (off unless an address is set).
-    pub syslog: crate::syslog::SyslogSettings,
+    pub syslog: crate::syslog::settings::SyslogSettings,
 }
 
 impl Default for GatewayConfig {

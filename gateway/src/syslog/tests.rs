@@ -5,6 +5,7 @@ use chrono::{TimeZone, Utc};
 use proptest::prelude::*;
 
 use super::*;
+use logpipe_common::event::MAX_MESSAGE_BYTES;
 
 const PEER: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3));
 

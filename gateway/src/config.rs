@@ -21,6 +21,9 @@ pub struct GatewayConfig {
     pub host: String,
     /// 0 picks a free port (tests).
     pub port: u16,
+    /// A second port serving the same routes, on the same host: 4318, OTLP/HTTP's own, so an
+    /// exporter left at its default endpoint reaches `POST /v1/logs`. Unset: none.
+    pub otlp_port: Option<u16>,
     /// Base URLs of the generator instances this gateway controls; `dns+http://name:port` means
     /// every address `name` resolves to (scaled compose services).
     pub generator_urls: Vec<String>,
@@ -58,6 +61,7 @@ impl Default for GatewayConfig {
             tracing: Default::default(),
             host: "127.0.0.1".into(),
             port: 8090,
+            otlp_port: None,
             generator_urls: vec!["http://127.0.0.1:8080".into()],
             collector_url: "http://127.0.0.1:8082".into(),
             upstream_timeout_ms: 5_000,
@@ -197,6 +201,9 @@ pub struct Cli {
     pub host: Option<String>,
     #[arg(long, env = "LOGPIPE_GATEWAY_PORT")]
     pub port: Option<u16>,
+    /// Serve the same routes on this port too (4318: OTLP/HTTP exporters' default).
+    #[arg(long, env = "LOGPIPE_GATEWAY_OTLP_PORT")]
+    pub otlp_port: Option<u16>,
     /// Comma-separated generator base URLs.
     #[arg(long, env = "LOGPIPE_GENERATOR_URLS", value_delimiter = ',')]
     pub generator_urls: Option<Vec<String>>,
@@ -245,6 +252,7 @@ impl Cli {
         logpipe_common::overlay!(
             self.host => c.host,
             self.port => c.port,
+            self.otlp_port.map(Some) => c.otlp_port,
             self.generator_urls => c.generator_urls,
             self.collector_url => c.collector_url,
             self.body_limit_bytes => c.body_limit_bytes,

@@ -18,6 +18,8 @@ pub use logpipe_common::startup::StartupError;
 
 pub struct Application {
     listener: TcpListener,
+    /// The same routes on OTLP/HTTP's port, when configured.
+    otlp_listener: Option<TcpListener>,
     syslog: crate::syslog::Listeners,
     state: AppState,
 }
@@ -30,6 +32,10 @@ impl Application {
         let metrics = logpipe_common::telemetry::metrics_handle();
         crate::telemetry::describe();
         let listener = logpipe_common::startup::bind(&config.host, config.port).await?;
+        let otlp_listener = match config.otlp_port {
+            Some(port) => Some(logpipe_common::startup::bind(&config.host, port).await?),
+            None => None,
+        };
         let syslog = crate::syslog::Listeners::bind(&config.syslog)
             .await
             .map_err(|source| StartupError::Bind {
@@ -102,6 +108,7 @@ impl Application {
         });
         Ok(Application {
             listener,
+            otlp_listener,
             syslog,
             state,
         })
@@ -111,6 +118,13 @@ impl Application {
         self.listener
             .local_addr()
             .expect("bound listener has an address")
+    }
+
+    /// The second port's address, when configured.
+    pub fn otlp_addr(&self) -> Option<SocketAddr> {
+        self.otlp_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
     }
 
     /// The syslog listeners' addresses, when on (a test binds port 0 and asks).
@@ -135,11 +149,30 @@ impl Application {
         // The syslog listeners stop reading at shutdown and deliver what they read before the
         // producer is flushed below.
         let syslog = tokio::spawn(self.syslog.run(self.state.clone(), shutdown.clone()));
-        let app = router(self.state).into_make_service_with_connect_info::<SocketAddr>();
-        let served = axum::serve(self.listener, app)
+        let routes = router(self.state);
+        let second = self.otlp_listener.map(|l| {
+            tracing::info!(addr = ?l.local_addr().ok(), "gateway also listening (OTLP/HTTP port)");
+            let app = routes
+                .clone()
+                .into_make_service_with_connect_info::<SocketAddr>();
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                axum::serve(l, app)
+                    .with_graceful_shutdown(async move { stop.cancelled().await })
+                    .await
+            })
+        });
+        let app = routes.into_make_service_with_connect_info::<SocketAddr>();
+        let mut served = axum::serve(self.listener, app)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
             .await
             .map_err(StartupError::Serve);
+        if let Some(second) = second {
+            let r = second.await.unwrap_or(Ok(()));
+            if served.is_ok() {
+                served = r.map_err(StartupError::Serve);
+            }
+        }
         let _ = syslog.await;
         // In-flight ingest requests have had their answers; flush whatever is still queued.
         producer.flush(Duration::from_secs(5)).await;

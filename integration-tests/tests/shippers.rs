@@ -65,6 +65,14 @@ fn ship(script: &str, args: &[&str]) -> Vec<Value> {
 }
 
 async fn keyed_stack(test: &str) -> TestStack {
+    keyed_stack_with(test, |_| {}).await
+}
+
+/// A stack whose gateway has the shippers' key, its configuration then changed by `tune`.
+async fn keyed_stack_with(
+    test: &str,
+    tune: impl FnOnce(&mut logpipe_gateway::config::GatewayConfig),
+) -> TestStack {
     TestStack::collector(test, 2)
         .await
         .with_gateway(|c| {
@@ -76,6 +84,7 @@ async fn keyed_stack(test: &str) -> TestStack {
                     .collect(),
                 scopes: vec![Scope::Ingest],
             }];
+            tune(c);
         })
         .await
 }
@@ -99,13 +108,13 @@ async fn stored(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_opentelemetry_sdk_exporter_ships_every_record_once_with_its_fields_mapped() {
-    let stack = keyed_stack("otlp-sdk").await;
+    // The exporter sends to the gateway's second port, as it would to 4318, OTLP/HTTP's own.
+    let otlp_port = it::free_port();
+    let stack = keyed_stack_with("otlp-sdk", |c| c.otlp_port = Some(otlp_port)).await;
     let run = stack.name.replace('_', "-");
     let count = 2_000;
-    let out = ship(
-        "otlp_sdk.py",
-        &[&stack.gw("/v1/logs"), KEY, &run, &count.to_string()],
-    );
+    let endpoint = format!("http://127.0.0.1:{otlp_port}/v1/logs");
+    let out = ship("otlp_sdk.py", &[&endpoint, KEY, &run, &count.to_string()]);
     assert_eq!(out.last(), Some(&json!({"done": true})), "the SDK flushed");
     stack.wait_rows(count).await;
     let rows = stored(&stack, &format!("otlp-{run}")).await;

@@ -76,17 +76,22 @@ async fn keyed_stack_with(
     TestStack::collector(test, 2)
         .await
         .with_gateway(|c| {
-            c.auth.keys = vec![ApiKeyConfig {
-                name: "shipper".into(),
-                sha256: sha256(KEY.as_bytes())
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect(),
-                scopes: vec![Scope::Ingest],
-            }];
+            shipper_key(c);
             tune(c);
         })
         .await
+}
+
+/// The key every shipper here sends, with the ingest scope.
+fn shipper_key(c: &mut logpipe_gateway::config::GatewayConfig) {
+    c.auth.keys = vec![ApiKeyConfig {
+        name: "shipper".into(),
+        sha256: sha256(KEY.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
+        scopes: vec![Scope::Ingest],
+    }];
 }
 
 /// Stored rows of `service`: message → (level, host, component, attributes).
@@ -259,9 +264,13 @@ async fn syslog_ngs_elasticsearch_destination_ships_every_line_once_with_its_def
     relay_and_check(stack, daemon, port, &program, &dir, true).await;
 }
 
-/// Write `count` RFC 5424 lines over TCP, newline-framed, from host `web-7` and app `program`,
+/// Write the lines numbered `seqs` as RFC 5424 over TCP, newline-framed, from host `web-7` and app `program`,
 /// with special characters and five severities; message → the level logpipe must store.
-fn feed_rfc5424(port: u16, program: &str, count: usize) -> BTreeMap<String, &'static str> {
+fn feed_rfc5424(
+    port: u16,
+    program: &str,
+    seqs: std::ops::Range<usize>,
+) -> BTreeMap<String, &'static str> {
     use std::io::Write;
     let severities = [
         (3, "ERROR"),
@@ -272,7 +281,7 @@ fn feed_rfc5424(port: u16, program: &str, count: usize) -> BTreeMap<String, &'st
     ];
     let mut expected = BTreeMap::new();
     let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    for seq in 0..count {
+    for seq in seqs {
         let (severity, level) = severities[seq % severities.len()];
         let message = format!("line {seq} \"quoted\" back\\slash ünïcødé ✓ <b>&amp;</b> {{brace}}");
         let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
@@ -298,7 +307,7 @@ async fn relay_and_check(
     dir: &std::path::Path,
     with_pid: bool,
 ) {
-    let expected = feed_rfc5424(port, program, 1_000);
+    let expected = feed_rfc5424(port, program, 0..1_000);
     stack.wait_rows(expected.len() as i64).await;
     let _ = daemon.kill();
     let _ = daemon.wait();
@@ -380,6 +389,46 @@ async fn rsyslogs_elasticsearch_action_ships_every_line_once() {
         &dir,
     );
     relay_and_check(stack, daemon, port, &program, &dir, false).await;
+}
+
+/// rsyslog's omelasticsearch (deploy/shippers/rsyslog.conf as it is) across a restart of the
+/// gateway: lines sent before, during and after the gateway is away are each stored once. rsyslog
+/// holds what it could not send and resends the batch it got no answer for; a resent body gives
+/// the same ids, so the collector stores it once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rsyslog_ships_every_line_once_across_a_gateway_restart() {
+    let gateway_port = it::free_port();
+    let mut stack = keyed_stack_with("rsyslog-restart", |c| c.port = gateway_port).await;
+    let dir = std::env::temp_dir().join(&stack.name);
+    std::fs::create_dir_all(&dir).expect("run dir");
+    let program = format!("rr-{}", &stack.name[stack.name.len() - 8..]);
+    let (mut daemon, port) = rsyslogd(
+        "rsyslog.conf",
+        &[
+            ("LOGPIPE_ES_HOST", "127.0.0.1".into()),
+            ("LOGPIPE_ES_PORT", gateway_port.to_string()),
+            ("LOGPIPE_KEY", KEY.into()),
+        ],
+        &dir,
+    );
+    let mut expected = feed_rfc5424(port, &program, 0..1_000);
+    // Stop the gateway while that may still be on its way, send more while it is away.
+    stack.gateway.take().expect("a gateway").stop().await;
+    expected.extend(feed_rfc5424(port, &program, 1_000..2_000));
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let mut config = it::gateway_config(&stack.name);
+    config.kafka = stack.kafka.clone();
+    config.collector_url = stack.collector.url("");
+    config.port = gateway_port;
+    shipper_key(&mut config);
+    stack.gateway = Some(it::start_gateway(config).await);
+    expected.extend(feed_rfc5424(port, &program, 2_000..3_000));
+    stack.wait_rows(expected.len() as i64).await;
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    check_relayed(&stack, &program, &expected, false).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    stack.stop().await;
 }
 
 /// rsyslog's omfwd over TCP, octet-counted RFC 5424 (deploy/shippers/rsyslog-omfwd.conf as it is)

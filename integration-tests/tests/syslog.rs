@@ -183,7 +183,8 @@ async fn a_tcp_sender_over_its_limit_is_held_back_and_loses_nothing() {
 }
 
 /// A flood of datagrams: every one is stored or counted (queue, limit, kernel), none vanishes;
-/// and a second sender over the same listener keeps all of its own.
+/// and a second sender over the same listener keeps all of its own, unless the kernel itself
+/// dropped datagrams (its buffer is shared; it counts, not by sender).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_udp_flood_is_stored_or_counted_and_leaves_another_sender_whole() {
     let (stack, addr) = syslog_stack("syslog-udp", |c| {
@@ -227,7 +228,11 @@ async fn a_udp_flood_is_stored_or_counted_and_leaves_another_sender_whole() {
             let dropped = metric(&m, "syslog_udp_dropped_total", &[]);
             let kernel = metric(&m, "syslog_udp_kernel_drops", &[]);
             let total = (stored + calm) as f64 + dropped + kernel;
-            if calm == expected_calm && total == (flood + expected_calm) as f64 {
+            // The per-sender share protects the listener's queue. The socket's buffer in the
+            // kernel is one for all senders: when a busy machine let it fill, the kernel may
+            // have dropped the calm sender's datagrams too, and says so (but not whose).
+            let calm_whole = calm == expected_calm || (kernel > 0.0 && calm < expected_calm);
+            if calm_whole && total == (flood + expected_calm) as f64 {
                 Ok((stored, dropped, kernel))
             } else {
                 let reasons: Vec<String> = m

@@ -28,7 +28,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::ingest::{ParseContext, ProduceError};
+use crate::ingest::{publish_span, ParseContext, ProduceError};
 use crate::ratelimit::RouteClass;
 use crate::state::AppState;
 use crate::telemetry;
@@ -205,15 +205,7 @@ impl Delivery {
     /// Produces the events and waits for Kafka's acknowledgement, in the batch's trace.
     pub async fn produce(&self, events: &[LogEvent]) -> Result<(), ProduceError> {
         let s = &self.state;
-        let publish = tracing::info_span!(
-            "kafka.publish",
-            otel.name = %format!("publish {}", s.config.kafka.raw_topic),
-            otel.kind = "producer",
-            messaging.system = "kafka",
-            messaging.operation.type = "send",
-            messaging.destination.name = %s.config.kafka.raw_topic,
-            messaging.batch.message_count = events.len(),
-        );
+        let publish = publish_span(&s.config.kafka.raw_topic, events.len());
         let tp = logpipe_common::telemetry::traceparent_of(&publish);
         s.producer
             .produce_all(events, tp.as_deref())

@@ -165,6 +165,23 @@ fn with_service_name(body: &[u8], service: &str) -> Option<Vec<u8>> {
     serde_json::to_vec(&spans).ok()
 }
 
+/// The span one batch is produced to Kafka in, under `parent` (`None`: a trace of its own), named
+/// as OpenTelemetry's messaging conventions name it. Every producer of events uses it (the
+/// generator's workers, the gateway's ingest and syslog), so one trace looks alike wherever it
+/// starts.
+pub fn publish_span(topic: &str, messages: u64, parent: Option<tracing::Id>) -> tracing::Span {
+    tracing::info_span!(
+        parent: parent,
+        "kafka.publish",
+        otel.name = %format!("publish {topic}"),
+        otel.kind = "producer",
+        messaging.system = "kafka",
+        messaging.operation.type = "send",
+        messaging.destination.name = %topic,
+        messaging.batch.message_count = messages,
+    )
+}
+
 /// The W3C `traceparent` of `span`, when it belongs to a trace (tracing export on).
 pub fn traceparent_of(span: &tracing::Span) -> Option<String> {
     let cx = span.context();

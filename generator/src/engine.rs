@@ -543,22 +543,14 @@ async fn take_budget(engine: &Engine, n: u64, cancel: &CancellationToken) -> boo
     }
 }
 
-/// A batch's `kafka.publish` span; the first batch of a worker is a child of the start request.
+/// A batch's `kafka.publish` span, a trace of its own; the first batch of a worker is a child of
+/// the start request.
 fn publish_span(
     topic: &str,
     n: u64,
     parent: Option<logpipe_common::telemetry::TraceContext>,
 ) -> tracing::Span {
-    let span = tracing::info_span!(
-        parent: None,
-        "kafka.publish",
-        otel.name = %format!("publish {topic}"),
-        otel.kind = "producer",
-        messaging.system = "kafka",
-        messaging.operation.type = "send",
-        messaging.destination.name = %topic,
-        messaging.batch.message_count = n,
-    );
+    let span = logpipe_common::telemetry::publish_span(topic, n, None);
     if let Some(p) = parent {
         logpipe_common::telemetry::set_parent_context(&span, p);
     }

@@ -14,7 +14,7 @@ use chrono::Utc;
 use logpipe_common::event::LogEvent;
 use tracing::Instrument;
 
-use super::{charge_events, publish_span, read_limited, traceparent, ParseContext, ProduceError};
+use super::{charge_events, read_limited, traceparent, ParseContext, ProduceError};
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::ratelimit::{limit_identity, Decision};
@@ -201,7 +201,11 @@ impl<'a> Intake<'a> {
                 Ok(decision) => decision,
                 Err(refusal) => return Err(Undelivered::Limited(refusal)),
             };
-        let publish = publish_span(&s.config.kafka.raw_topic, events.len());
+        let publish = logpipe_common::telemetry::publish_span(
+            &s.config.kafka.raw_topic,
+            events.len() as u64,
+            tracing::Span::current().id(),
+        );
         let tp = logpipe_common::telemetry::traceparent_of(&tracing::Span::current())
             .or_else(|| traceparent(headers));
         let header_tp = logpipe_common::telemetry::traceparent_of(&publish).or(tp);

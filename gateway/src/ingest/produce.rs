@@ -25,20 +25,6 @@ pub enum ProduceError {
     },
 }
 
-/// The span a batch is produced in (what every ingest path sends to Kafka, HTTP or syslog): its
-/// `traceparent` goes into the records' headers, so the trace reaches the stored rows.
-pub fn publish_span(topic: &str, events: usize) -> tracing::Span {
-    tracing::info_span!(
-        "kafka.publish",
-        otel.name = %format!("publish {topic}"),
-        otel.kind = "producer",
-        messaging.system = "kafka",
-        messaging.operation.type = "send",
-        messaging.destination.name = %topic,
-        messaging.batch.message_count = events,
-    )
-}
-
 /// The idempotent producer behind ingest.
 pub struct IngestProducer {
     producer: FutureProducer,

@@ -28,7 +28,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::ingest::{publish_span, ParseContext, ProduceError};
+use crate::ingest::{ParseContext, ProduceError};
 use crate::ratelimit::RouteClass;
 use crate::state::AppState;
 use crate::telemetry;
@@ -205,7 +205,11 @@ impl Delivery {
     /// Produces the events and waits for Kafka's acknowledgement, in the batch's trace.
     pub async fn produce(&self, events: &[LogEvent]) -> Result<(), ProduceError> {
         let s = &self.state;
-        let publish = publish_span(&s.config.kafka.raw_topic, events.len());
+        let publish = logpipe_common::telemetry::publish_span(
+            &s.config.kafka.raw_topic,
+            events.len() as u64,
+            tracing::Span::current().id(),
+        );
         let tp = logpipe_common::telemetry::traceparent_of(&publish);
         s.producer
             .produce_all(events, tp.as_deref())

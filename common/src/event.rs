@@ -27,19 +27,7 @@ pub const MIN_YEAR: i32 = 1;
 pub const MAX_YEAR: i32 = 9999;
 
 /// Severity, ordered from least to most severe so filters can say `level >= WARN`.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    Hash,
-    Serialize,
-    Deserialize,
-    utoipa::ToSchema,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Level {
     Trace,
@@ -82,20 +70,55 @@ impl fmt::Display for Level {
 #[error("unknown level {0:?}; expected one of TRACE DEBUG INFO WARN ERROR FATAL")]
 pub struct UnknownLevel(pub String);
 
+/// Every spelling a level is read from, case-insensitively: logpipe's own six and the aliases real
+/// emitters send (syslog's `warning`, `err`, `crit`, `emerg`, `alert`, `notice`; `critical`).
+const LEVEL_NAMES: [(&str, Level); 15] = [
+    ("INFO", Level::Info),
+    ("ERROR", Level::Error),
+    ("WARN", Level::Warn),
+    ("DEBUG", Level::Debug),
+    ("FATAL", Level::Fatal),
+    ("TRACE", Level::Trace),
+    ("WARNING", Level::Warn),
+    ("ERR", Level::Error),
+    ("NOTICE", Level::Info),
+    ("INFORMATION", Level::Info),
+    ("CRITICAL", Level::Fatal),
+    ("CRIT", Level::Fatal),
+    ("EMERG", Level::Fatal),
+    ("ALERT", Level::Fatal),
+    ("EMERGENCY", Level::Fatal),
+];
+
 impl FromStr for Level {
     type Err = UnknownLevel;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        // Accept the aliases real emitters use (`warning`, `err`, `critical`), case-insensitively.
-        match s.to_ascii_uppercase().as_str() {
-            "TRACE" => Ok(Level::Trace),
-            "DEBUG" => Ok(Level::Debug),
-            "INFO" | "INFORMATION" | "NOTICE" => Ok(Level::Info),
-            "WARN" | "WARNING" => Ok(Level::Warn),
-            "ERROR" | "ERR" => Ok(Level::Error),
-            "FATAL" | "CRITICAL" | "CRIT" | "EMERG" | "ALERT" => Ok(Level::Fatal),
-            _ => Err(UnknownLevel(s.to_owned())),
+        LEVEL_NAMES
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case(s))
+            .map(|&(_, level)| level)
+            .ok_or_else(|| UnknownLevel(s.to_owned()))
+    }
+}
+
+/// Read as [`FromStr`] does, so a JSON event may say `"level":"warning"` as a syslog template
+/// writes it; written back always in the canonical upper case.
+impl<'de> Deserialize<'de> for Level {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Level;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(
+                    "a level: TRACE DEBUG INFO WARN ERROR FATAL (or an alias such as warning, err)",
+                )
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Level, E> {
+                s.parse().map_err(E::custom)
+            }
         }
+        d.deserialize_str(Visitor)
     }
 }
 
@@ -452,5 +475,41 @@ mod tests {
         assert_eq!("warning".parse::<Level>().unwrap(), Level::Warn);
         assert_eq!("crit".parse::<Level>().unwrap(), Level::Fatal);
         assert!("nope".parse::<Level>().is_err());
+        assert!("".parse::<Level>().is_err());
+    }
+
+    #[test]
+    fn a_json_level_reads_any_case_and_syslogs_aliases_and_writes_back_canonical() {
+        for (text, level) in [
+            ("warning", Level::Warn),
+            ("Err", Level::Error),
+            ("notice", Level::Info),
+            ("emerg", Level::Fatal),
+            ("INFO", Level::Info),
+        ] {
+            let raw = format!(
+                r#"{{"event_id":"1","timestamp":"2026-11-23T08:00:00Z","level":"{text}","service":"s","message":"m"}}"#
+            );
+            let e = LogEvent::from_json(raw.as_bytes()).unwrap();
+            assert_eq!(e.level, level, "{text}");
+            assert!(String::from_utf8(e.to_json())
+                .unwrap()
+                .contains(level.as_str()));
+        }
+        let raw = br#"{"event_id":"1","timestamp":"2026-11-23T08:00:00Z","level":7,"service":"s","message":"m"}"#;
+        assert_eq!(LogEvent::from_json(raw).unwrap_err().kind(), "invalid_json");
+    }
+
+    proptest::proptest! {
+        /// Any text is read as a level exactly when its upper case is one of the known names, and
+        /// the JSON and `FromStr` readings agree.
+        #[test]
+        fn any_level_text_is_read_exactly_when_it_names_a_level(text in "[a-zA-Z]{0,12}|\\PC{0,12}") {
+            let by_str = text.parse::<Level>().ok();
+            let known = LEVEL_NAMES.iter().any(|(n, _)| n.eq_ignore_ascii_case(&text));
+            proptest::prop_assert_eq!(by_str.is_some(), known);
+            let json = serde_json::to_string(&text).unwrap();
+            proptest::prop_assert_eq!(serde_json::from_str::<Level>(&json).ok(), by_str);
+        }
     }
 }

@@ -26,7 +26,8 @@
 //!    rate (wrk2's correction). The produce ceiling is paced the same way.
 //!
 //! 4. protocols: the same 1,000 events through each shipper protocol, closed loop over 8
-//!    connections, each right after the gateway's own JSON path (goal: each ≥ 0.8 of it):
+//!    connections, interleaved with the gateway's own JSON path in four slices each (goal: each
+//!    ≥ 0.8 of its events/s), with the servers' CPU per event of both (`common/cpu.rs`):
 //!    OTLP/HTTP protobuf, the same gzip-compressed (as the exporters send it), OTLP/JSON, an
 //!    Elasticsearch bulk body of ECS documents, and a Loki push (snappy protobuf, as Promtail sends).
 //!
@@ -54,6 +55,8 @@ use tokio_util::sync::CancellationToken;
 
 #[path = "common/bodies.rs"]
 mod bodies;
+#[path = "common/cpu.rs"]
+mod cpu;
 use bodies::{bulk_body, gzip, loki_body, otlp_body, otlp_json};
 
 // The allocator the gateway binary runs with.
@@ -323,18 +326,63 @@ async fn protocols(secs: Duration, t: &Targets, batch: &Bytes) {
     for (_, target) in &targets {
         http(target, 4, Load::Closed(WARM)).await;
     }
-    // Paired: the own path right before each protocol, so the machine's drift (the VM's speed,
-    // the in-memory broker's growing log) falls on both sides of each ratio alike.
+    // Interleaved: the own path and the protocol take turns in ROUNDS slices each, so the
+    // machine's drift (the VM's speed moves by a third within a minute, the in-memory broker's
+    // log grows) falls on both sides of each ratio alike. Beside events/s, the servers' CPU per
+    // event: what each path costs, which the neighbours' load does not move.
+    const ROUNDS: u32 = 4;
+    let slice = (secs / ROUNDS).max(Duration::from_secs(1));
     let (own_what, own) = &targets[0];
     for (what, target) in &targets[1..] {
-        let base = http(own, 8, Load::Closed(secs)).await;
-        let o = http(target, 8, Load::Closed(secs)).await;
-        report(own_what, &base, BATCH);
-        report(what, &o, BATCH);
+        let (mut base, mut o) = (Tally::default(), Tally::default());
+        for _ in 0..ROUNDS {
+            base.add(cpu::servers_ns(http(own, 8, Load::Closed(slice))).await);
+            o.add(cpu::servers_ns(http(target, 8, Load::Closed(slice))).await);
+        }
+        base.report(own_what);
+        o.report(what);
         let ratio = o.rate() / base.rate();
         println!(
-            "  ratio to the own JSON path: {ratio:.3}   goal 0.8: {}",
-            verdict(ratio >= 0.8)
+            "  ratio to the own JSON path: {ratio:.3}   goal 0.8: {}   CPU per event: {:.2}x the own path's",
+            verdict(ratio >= 0.8),
+            o.cpu_us() / base.cpu_us()
+        );
+    }
+}
+
+/// Requests, time and the servers' CPU summed over a path's slices.
+#[derive(Default)]
+struct Tally {
+    ok: u64,
+    failed: u64,
+    took: Duration,
+    cpu_ns: u64,
+    p99s: Vec<f64>,
+}
+
+impl Tally {
+    fn add(&mut self, (o, cpu_ns): (Outcome, u64)) {
+        self.ok += o.ok;
+        self.failed += o.failed;
+        self.took += o.took;
+        self.cpu_ns += cpu_ns;
+        self.p99s.push(o.p(0.99));
+    }
+    fn rate(&self) -> f64 {
+        self.ok as f64 * BATCH as f64 / self.took.as_secs_f64()
+    }
+    /// The servers' CPU per event, in microseconds.
+    fn cpu_us(&self) -> f64 {
+        self.cpu_ns as f64 / 1e3 / (self.ok as f64 * BATCH as f64)
+    }
+    fn report(&self, what: &str) {
+        let p99s: Vec<String> = self.p99s.iter().map(|p| format!("{p:.1}")).collect();
+        println!(
+            "{what}: {:.0} events/s, {} failed; servers' CPU {:.2} us per event; p99 ms by slice {}",
+            self.rate(),
+            self.failed,
+            self.cpu_us(),
+            p99s.join(" ")
         );
     }
 }

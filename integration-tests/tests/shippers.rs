@@ -229,6 +229,31 @@ async fn a_loki_client_ships_every_line_once_in_protobuf_and_in_json() {
     stack.stop().await;
 }
 
+/// syslog-ng (Debian's) running `deploy/shippers/{config}` as it is, with `env`, relaying what it
+/// gets on a free port, which it returns with the process.
+fn syslog_ng(
+    config: &str,
+    env: &[(&str, String)],
+    dir: &std::path::Path,
+) -> (std::process::Child, u16) {
+    let port = it::free_port();
+    let config = format!("{}/../deploy/shippers/{config}", env!("CARGO_MANIFEST_DIR"));
+    let log = std::fs::File::create(dir.join("syslog-ng.log")).expect("log file");
+    let mut cmd = Command::new("syslog-ng");
+    cmd.envs(env.iter().map(|(k, v)| (k, v)))
+        .env("SYSLOG_PORT", port.to_string())
+        .args(["-F", "-e", "--no-caps", "-f", &config])
+        .arg("-R")
+        .arg(dir.join("persist"))
+        .arg("-p")
+        .arg(dir.join("pid"))
+        .arg("-c")
+        .arg(dir.join("ctl"))
+        .stderr(log.try_clone().expect("log"))
+        .stdout(log);
+    (it::spawn_listening(&mut cmd, port), port)
+}
+
 /// syslog-ng's `elasticsearch-http()` destination with its default template, configured by
 /// deploy/shippers/syslog-ng.conf as users get it, fed RFC 5424 lines over TCP: every line stored
 /// once with its program, severity and host mapped.
@@ -237,31 +262,47 @@ async fn syslog_ngs_elasticsearch_destination_ships_every_line_once_with_its_def
     let stack = keyed_stack("syslog-ng-es").await;
     let dir = std::env::temp_dir().join(&stack.name);
     std::fs::create_dir_all(&dir).expect("run dir");
-    let port = it::free_port();
     let program = format!("app-{}", &stack.name[stack.name.len() - 8..]);
-    let log = std::fs::File::create(dir.join("syslog-ng.log")).expect("log file");
-    // The configuration users get (deploy/shippers/syslog-ng.conf), as it is.
-    let config = format!(
-        "{}/../deploy/shippers/syslog-ng.conf",
-        env!("CARGO_MANIFEST_DIR")
+    let (daemon, port) = syslog_ng(
+        "syslog-ng.conf",
+        &[
+            ("LOGPIPE_BULK_URL", stack.gw("/_bulk")),
+            ("LOGPIPE_KEY", KEY.into()),
+        ],
+        &dir,
     );
-    let daemon = it::spawn_listening(
-        Command::new("syslog-ng")
-            .env("LOGPIPE_BULK_URL", stack.gw("/_bulk"))
-            .env("LOGPIPE_KEY", KEY)
-            .env("SYSLOG_PORT", port.to_string())
-            .args(["-F", "--no-caps", "-f", &config])
-            .arg("-R")
-            .arg(dir.join("persist"))
-            .arg("-p")
-            .arg(dir.join("pid"))
-            .arg("-c")
-            .arg(dir.join("ctl"))
-            .stderr(log.try_clone().expect("log"))
-            .stdout(log),
+    relay_and_check(stack, daemon, port, &program, &dir, Some("PID")).await;
+}
+
+/// syslog-ng's generic `http()` destination with the JSON template of
+/// deploy/shippers/syslog-ng-http.conf, into `POST /api/v1/logs`, across a restart of the gateway:
+/// every line stored once with its level (syslog's names), host and pid. The template's event_id
+/// is syslog-ng's `${UNIQID}`, so a batch it resends is stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn syslog_ngs_http_destination_ships_every_line_once_across_a_gateway_restart() {
+    let gateway_port = it::free_port();
+    let stack = keyed_stack_with("syslog-ng-http", |c| c.port = gateway_port).await;
+    let dir = std::env::temp_dir().join(&stack.name);
+    std::fs::create_dir_all(&dir).expect("run dir");
+    let program = format!("sh-{}", &stack.name[stack.name.len() - 8..]);
+    let (daemon, port) = syslog_ng(
+        "syslog-ng-http.conf",
+        &[
+            ("LOGPIPE_LOGS_URL", stack.gw("/api/v1/logs")),
+            ("LOGPIPE_KEY", KEY.into()),
+        ],
+        &dir,
+    );
+    across_a_gateway_restart(
+        stack,
+        gateway_port,
+        daemon,
         port,
-    );
-    relay_and_check(stack, daemon, port, &program, &dir, true).await;
+        &program,
+        &dir,
+        Some("pid"),
+    )
+    .await;
 }
 
 /// Write the lines numbered `seqs` as RFC 5424 over TCP, newline-framed, from host `web-7` and app `program`,
@@ -305,34 +346,41 @@ async fn relay_and_check(
     port: u16,
     program: &str,
     dir: &std::path::Path,
-    with_pid: bool,
+    pid: Option<&str>,
 ) {
     let expected = feed_rfc5424(port, program, 0..1_000);
     stack.wait_rows(expected.len() as i64).await;
     let _ = daemon.kill();
     let _ = daemon.wait();
-    check_relayed(&stack, program, &expected, with_pid).await;
+    check_relayed(&stack, program, &expected, pid).await;
     let _ = std::fs::remove_dir_all(dir);
     stack.stop().await;
 }
 
-/// Every line relayed stored once, with its level, host (and, when the relay sends it, its pid).
+/// Every line relayed stored once, with its level, host (and, when the relay sends it, its pid
+/// in the attribute `pid`).
 async fn check_relayed(
     stack: &TestStack,
     program: &str,
     expected: &BTreeMap<String, &'static str>,
-    with_pid: bool,
+    pid: Option<&str>,
 ) {
     let rows = stored(stack, program).await;
-    assert_eq!(rows.len(), expected.len(), "each line once");
+    assert_eq!(rows.len(), expected.len(), "each line stored");
+    let (count,): (i64,) = sqlx::query_as("SELECT count(*) FROM log_events WHERE service = $1")
+        .bind(program)
+        .fetch_one(&stack.pool)
+        .await
+        .expect("count rows");
+    assert_eq!(count, expected.len() as i64, "each line once, none twice");
     for (message, level) in expected {
         let (stored_level, host, _, attrs) = rows
             .get(message)
             .unwrap_or_else(|| panic!("{message:?} was not stored"));
         assert_eq!(stored_level, level, "{message}");
         assert_eq!(host, "web-7");
-        if with_pid {
-            assert_eq!(attrs["PID"], "42", "{attrs}");
+        if let Some(pid) = pid {
+            assert_eq!(attrs[pid], "42", "{attrs}");
         }
     }
 }
@@ -388,7 +436,7 @@ async fn rsyslogs_elasticsearch_action_ships_every_line_once() {
         ],
         &dir,
     );
-    relay_and_check(stack, daemon, port, &program, &dir, false).await;
+    relay_and_check(stack, daemon, port, &program, &dir, None).await;
 }
 
 /// rsyslog's omelasticsearch (deploy/shippers/rsyslog.conf as it is) across a restart of the
@@ -398,11 +446,11 @@ async fn rsyslogs_elasticsearch_action_ships_every_line_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rsyslog_ships_every_line_once_across_a_gateway_restart() {
     let gateway_port = it::free_port();
-    let mut stack = keyed_stack_with("rsyslog-restart", |c| c.port = gateway_port).await;
+    let stack = keyed_stack_with("rsyslog-restart", |c| c.port = gateway_port).await;
     let dir = std::env::temp_dir().join(&stack.name);
     std::fs::create_dir_all(&dir).expect("run dir");
     let program = format!("rr-{}", &stack.name[stack.name.len() - 8..]);
-    let (mut daemon, port) = rsyslogd(
+    let (daemon, port) = rsyslogd(
         "rsyslog.conf",
         &[
             ("LOGPIPE_ES_HOST", "127.0.0.1".into()),
@@ -411,10 +459,24 @@ async fn rsyslog_ships_every_line_once_across_a_gateway_restart() {
         ],
         &dir,
     );
-    let mut expected = feed_rfc5424(port, &program, 0..1_000);
-    // Stop the gateway while that may still be on its way, send more while it is away.
+    across_a_gateway_restart(stack, gateway_port, daemon, port, &program, &dir, None).await;
+}
+
+/// Feed a relay listening on `port` 1,000 lines, stop the gateway (on `gateway_port`) while they
+/// may still be on their way, feed 1,000 more while it is away, start it again, feed 1,000 more:
+/// each of the 3,000 is stored once. Then stop the relay and clean up.
+async fn across_a_gateway_restart(
+    mut stack: TestStack,
+    gateway_port: u16,
+    mut daemon: std::process::Child,
+    port: u16,
+    program: &str,
+    dir: &std::path::Path,
+    pid: Option<&str>,
+) {
+    let mut expected = feed_rfc5424(port, program, 0..1_000);
     stack.gateway.take().expect("a gateway").stop().await;
-    expected.extend(feed_rfc5424(port, &program, 1_000..2_000));
+    expected.extend(feed_rfc5424(port, program, 1_000..2_000));
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     let mut config = it::gateway_config(&stack.name);
     config.kafka = stack.kafka.clone();
@@ -422,12 +484,12 @@ async fn rsyslog_ships_every_line_once_across_a_gateway_restart() {
     config.port = gateway_port;
     shipper_key(&mut config);
     stack.gateway = Some(it::start_gateway(config).await);
-    expected.extend(feed_rfc5424(port, &program, 2_000..3_000));
+    expected.extend(feed_rfc5424(port, program, 2_000..3_000));
     stack.wait_rows(expected.len() as i64).await;
     let _ = daemon.kill();
     let _ = daemon.wait();
-    check_relayed(&stack, &program, &expected, false).await;
-    let _ = std::fs::remove_dir_all(&dir);
+    check_relayed(&stack, program, &expected, pid).await;
+    let _ = std::fs::remove_dir_all(dir);
     stack.stop().await;
 }
 
@@ -451,7 +513,7 @@ async fn rsyslogs_omfwd_over_tcp_ships_every_line_once_to_the_syslog_listener() 
         ],
         &dir,
     );
-    relay_and_check(stack, daemon, port, &program, &dir, false).await;
+    relay_and_check(stack, daemon, port, &program, &dir, None).await;
 }
 
 fn otlp_body(service: &str, n: usize) -> Vec<u8> {

@@ -339,8 +339,8 @@ async fn protocols(secs: Duration, t: &Targets, batch: &Bytes) {
             base.add(cpu::servers_ns(http(own, 8, Load::Closed(slice))).await);
             o.add(cpu::servers_ns(http(target, 8, Load::Closed(slice))).await);
         }
-        base.report(own_what);
-        o.report(what);
+        base.report(own_what, own.body.len());
+        o.report(what, target.body.len());
         let ratio = o.rate() / base.rate();
         println!(
             "  ratio to the own JSON path: {ratio:.3}   goal 0.8: {}   CPU per event: {:.2}x the own path's",
@@ -375,10 +375,10 @@ impl Tally {
     fn cpu_us(&self) -> f64 {
         self.cpu_ns as f64 / 1e3 / (self.ok as f64 * BATCH as f64)
     }
-    fn report(&self, what: &str) {
+    fn report(&self, what: &str, body_bytes: usize) {
         let p99s: Vec<String> = self.p99s.iter().map(|p| format!("{p:.1}")).collect();
         println!(
-            "{what}: {:.0} events/s, {} failed; servers' CPU {:.2} us per event; p99 ms by slice {}",
+            "{what} ({body_bytes} bytes): {:.0} events/s, {} failed; servers' CPU {:.2} us per event; p99 ms by slice {}",
             self.rate(),
             self.failed,
             self.cpu_us(),

@@ -6,9 +6,9 @@
 #
 # Loads --rows synthetic events (default 50,000,000 over 7 days, about 20 GB with indexes: the run
 # checks free disk first) and reports in one run: COPY into the partitioned layout vs the old
-# unpartitioned one (ratio, same rows), query p50/p95 through the collector's API with their
-# EXPLAIN ANALYZE, the text-index build, the time to drop a day, size per million rows, and a
-# paced writer's rate alone and under eight worst-case query clients. Writes summary.md and
+# unpartitioned one (ratio, same rows), each index's cost to the writer (CPU per row), query p50/p95
+# through the collector's API with EXPLAIN ANALYZE, the text-index build, the time to drop a day,
+# size per million rows, a paced writer's rate alone and under eight query clients. Writes summary.md and
 # explain.md into --report-dir (default storage-bench-report). Exit code: 0 every answer right,
 # 1 a wrong answer (a failed query, rows that do not add up), 2 the run failed.
 # The full run takes about an hour on 2 cores; the test command runs a short form.

@@ -8,14 +8,13 @@
 //! The rows come from a factory of their own, so the load's counts and windows stay untouched.
 
 use std::fmt::Write as _;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::TimeDelta;
-use logpipe_collector::copy::LOG_EVENT_COLUMNS;
 use logpipe_generator::events::{EventFactory, Profile};
 use sqlx::{ConnectOptions, Connection, PgConnection};
 
-use crate::load::encode;
+use crate::load::{copy_into, encode};
 use crate::Bench;
 
 const SCHEMA: &str = "storage_bench_cost";
@@ -29,7 +28,7 @@ const COLUMNS: &str = "event_id TEXT COLLATE \"C\" NOT NULL, ts TIMESTAMPTZ NOT 
     kafka_offset BIGINT NOT NULL, stored_at TIMESTAMPTZ NOT NULL DEFAULT now()";
 
 /// (table, what it has beyond the bare heap, the statements that add it).
-const VARIANTS: [(&str, &str, &[&str]); 6] = [
+const VARIANTS: [(&str, &str, &[&str]); 7] = [
     ("heap", "nothing: the bare heap", &[]),
     (
         "level_check",
@@ -45,6 +44,11 @@ const VARIANTS: [(&str, &str, &[&str]); 6] = [
         "service_ts",
         "the B-tree (service, ts DESC)",
         &["CREATE INDEX ON service_ts (service, ts DESC)"],
+    ),
+    (
+        "service_only",
+        "a B-tree (service) alone (the alternative: equal keys deduplicated)",
+        &["CREATE INDEX ON service_only (service)"],
     ),
     (
         "tail_brin",
@@ -85,17 +89,7 @@ struct Writer {
 impl Writer {
     async fn copy(&mut self, table: &str, data: &[u8]) -> anyhow::Result<()> {
         let before = cpu_ns(self.pid);
-        let started = Instant::now();
-        let mut tx = self.conn.begin().await?;
-        let mut copy = tx
-            .copy_in_raw(&format!(
-                "COPY {table} ({LOG_EVENT_COLUMNS}) FROM STDIN WITH (FORMAT binary)"
-            ))
-            .await?;
-        copy.send(data).await?;
-        copy.finish().await?;
-        tx.commit().await?;
-        self.wall += started.elapsed();
+        self.wall += copy_into(&mut self.conn, table, data).await?;
         self.cpu_ns = match (self.cpu_ns, before, cpu_ns(self.pid)) {
             (Some(sum), Some(b), Some(a)) => Some(sum + a.saturating_sub(b)),
             _ => None,

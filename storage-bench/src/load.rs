@@ -331,11 +331,20 @@ pub(crate) fn encode(rows: &[(LogEvent, i32, i64)]) -> Vec<u8> {
 
 /// One transaction with one binary COPY, as the collector's batch writes its rows.
 pub(crate) async fn copy_batch(conn: &mut PgConnection, data: &[u8]) -> anyhow::Result<Duration> {
+    copy_into(conn, "log_events", data).await
+}
+
+/// [`copy_batch`] into another table with `log_events`' columns.
+pub(crate) async fn copy_into(
+    conn: &mut PgConnection,
+    table: &str,
+    data: &[u8],
+) -> anyhow::Result<Duration> {
     let started = Instant::now();
     let mut tx = conn.begin().await?;
     let mut copy = tx
         .copy_in_raw(&format!(
-            "COPY log_events ({LOG_EVENT_COLUMNS}) FROM STDIN WITH (FORMAT binary)"
+            "COPY {table} ({LOG_EVENT_COLUMNS}) FROM STDIN WITH (FORMAT binary)"
         ))
         .await?;
     copy.send(data).await?;

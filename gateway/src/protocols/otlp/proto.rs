@@ -205,25 +205,76 @@ impl<'de> Deserialize<'de> for AnyValue {
     }
 }
 
+/// A JSON number or string, read as it comes: no buffering, and no error built for the variant
+/// that does not fit (an untagged enum did both for every timestamp, which OTLP/JSON writes as a
+/// string; that was a tenth of the decode).
+enum Scalar<'a> {
+    U(u64),
+    I(i64),
+    F(f64),
+    S(std::borrow::Cow<'a, str>),
+}
+
+impl<'de> Deserialize<'de> for Scalar<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct ScalarVisitor;
+        impl<'de> Visitor<'de> for ScalarVisitor {
+            type Value = Scalar<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a number, or a string holding one")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Scalar<'de>, E> {
+                Ok(Scalar::U(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Scalar<'de>, E> {
+                Ok(Scalar::I(v))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Scalar<'de>, E> {
+                Ok(Scalar::F(v))
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Scalar<'de>, E> {
+                Ok(Scalar::S(std::borrow::Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Scalar<'de>, E> {
+                Ok(Scalar::S(std::borrow::Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_any(ScalarVisitor)
+    }
+}
+
+impl Scalar<'_> {
+    /// An integer, from a JSON integer or a decimal string; a fraction is not one.
+    fn integer<T: TryFrom<u64> + TryFrom<i64> + std::str::FromStr>(&self) -> Option<T> {
+        match self {
+            Scalar::U(n) => T::try_from(*n).ok(),
+            Scalar::I(n) => T::try_from(*n).ok(),
+            Scalar::F(_) => None,
+            Scalar::S(s) => s.trim().parse().ok(),
+        }
+    }
+}
+
+impl std::fmt::Display for Scalar<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Scalar::U(n) => write!(f, "{n}"),
+            Scalar::I(n) => write!(f, "{n}"),
+            Scalar::F(n) => write!(f, "{n}"),
+            Scalar::S(s) => write!(f, "{s:?}"),
+        }
+    }
+}
+
 /// A protobuf-JSON 64-bit integer: a number or a decimal string.
 struct I64Text(i64);
 
 impl<'de> Deserialize<'de> for I64Text {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Either<'a> {
-            N(i64),
-            S(std::borrow::Cow<'a, str>),
-        }
-        match Either::deserialize(d)? {
-            Either::N(n) => Ok(I64Text(n)),
-            Either::S(s) => s
-                .trim()
-                .parse()
-                .map(I64Text)
-                .map_err(|_| de::Error::custom(format!("{s:?} is not a 64-bit integer"))),
-        }
+        let v = Scalar::deserialize(d)?;
+        v.integer()
+            .map(I64Text)
+            .ok_or_else(|| de::Error::custom(format!("{v} is not a 64-bit integer")))
     }
 }
 
@@ -232,15 +283,11 @@ struct F64Text(f64);
 
 impl<'de> Deserialize<'de> for F64Text {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Either<'a> {
-            N(f64),
-            S(std::borrow::Cow<'a, str>),
-        }
-        match Either::deserialize(d)? {
-            Either::N(n) => Ok(F64Text(n)),
-            Either::S(s) => match s.as_ref() {
+        match Scalar::deserialize(d)? {
+            Scalar::U(n) => Ok(F64Text(n as f64)),
+            Scalar::I(n) => Ok(F64Text(n as f64)),
+            Scalar::F(n) => Ok(F64Text(n)),
+            Scalar::S(s) => match s.as_ref() {
                 "NaN" => Ok(F64Text(f64::NAN)),
                 "Infinity" => Ok(F64Text(f64::INFINITY)),
                 "-Infinity" => Ok(F64Text(f64::NEG_INFINITY)),
@@ -255,34 +302,20 @@ impl<'de> Deserialize<'de> for F64Text {
 }
 
 fn u64_text<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Either<'a> {
-        N(u64),
-        S(std::borrow::Cow<'a, str>),
-    }
-    match Either::deserialize(d)? {
-        Either::N(n) => Ok(n),
-        Either::S(s) => s
-            .trim()
-            .parse()
-            .map_err(|_| de::Error::custom(format!("{s:?} is not an unsigned 64-bit integer"))),
-    }
+    let v = Scalar::deserialize(d)?;
+    v.integer()
+        .ok_or_else(|| de::Error::custom(format!("{v} is not an unsigned 64-bit integer")))
 }
 
 /// A severity number, or its enum name (`SEVERITY_NUMBER_WARN`), which some senders write.
 fn severity<'de, D: Deserializer<'de>>(d: D) -> Result<i32, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Either<'a> {
-        N(i32),
-        S(std::borrow::Cow<'a, str>),
-    }
-    match Either::deserialize(d)? {
-        Either::N(n) => Ok(n),
-        Either::S(s) => severity_by_name(&s)
-            .ok_or_else(|| de::Error::custom(format!("{s:?} is not a severity number"))),
-    }
+    let v = Scalar::deserialize(d)?;
+    let n = match &v {
+        Scalar::S(s) => severity_by_name(s),
+        // A number written as a number; a string is a name, as before.
+        number => number.integer(),
+    };
+    n.ok_or_else(|| de::Error::custom(format!("{v} is not a severity number")))
 }
 
 fn severity_by_name(name: &str) -> Option<i32> {
@@ -342,5 +375,68 @@ mod tests {
         assert_eq!(severity_by_name("SEVERITY_NUMBER_UNSPECIFIED"), Some(0));
         assert_eq!(severity_by_name("SEVERITY_NUMBER_INFO5"), None);
         assert_eq!(severity_by_name("INFO"), None);
+    }
+
+    #[derive(Debug, Deserialize)]
+    struct Fields {
+        #[serde(default, deserialize_with = "u64_text")]
+        t: u64,
+        #[serde(default, deserialize_with = "severity")]
+        sev: i32,
+        #[serde(default)]
+        i: Option<I64Text>,
+        #[serde(default)]
+        f: Option<F64Text>,
+    }
+
+    impl std::fmt::Debug for I64Text {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "{}", self.0)
+        }
+    }
+
+    impl std::fmt::Debug for F64Text {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "{}", self.0)
+        }
+    }
+
+    fn read(json: &str) -> Result<Fields, String> {
+        serde_json::from_str(json).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn protobuf_json_numbers_read_as_numbers_or_decimal_strings_and_nothing_else() {
+        let f = read(
+            r#"{"t":"1733486400000000000","sev":"SEVERITY_NUMBER_WARN2","i":"-5","f":"Infinity"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (f.t, f.sev, f.i.unwrap().0),
+            (1_733_486_400_000_000_000, 14, -5)
+        );
+        assert!(f.f.unwrap().0.is_infinite());
+        let f =
+            read(r#"{"t":18446744073709551615,"sev":9,"i":-9223372036854775808,"f":2}"#).unwrap();
+        assert_eq!((f.t, f.sev, f.i.unwrap().0), (u64::MAX, 9, i64::MIN));
+        assert_eq!(f.f.unwrap().0, 2.0);
+        assert_eq!(read(r#"{"t":" 7 "}"#).unwrap().t, 7);
+        for (bad, says) in [
+            (r#"{"t":1.5}"#, "1.5 is not an unsigned"),
+            (r#"{"t":-1}"#, "-1 is not an unsigned"),
+            (r#"{"t":"12x"}"#, "\"12x\" is not an unsigned"),
+            (r#"{"t":null}"#, "a number, or a string"),
+            (r#"{"t":true}"#, "a number, or a string"),
+            (
+                r#"{"i":9223372036854775808}"#,
+                "9223372036854775808 is not a 64-bit",
+            ),
+            (r#"{"sev":"9"}"#, "\"9\" is not a severity"),
+            (r#"{"sev":4294967296}"#, "4294967296 is not a severity"),
+            (r#"{"f":"fast"}"#, "\"fast\" is not a number"),
+        ] {
+            let e = read(bad).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
     }
 }

@@ -229,6 +229,15 @@ async fn a_loki_client_ships_every_line_once_in_protobuf_and_in_json() {
     stack.stop().await;
 }
 
+/// A relay test's run folder (its config's state, pid and log) and the program name its lines
+/// carry, both named after the test's stack so parallel tests do not meet.
+fn relay_run(stack: &TestStack, prefix: &str) -> (std::path::PathBuf, String) {
+    let dir = std::env::temp_dir().join(&stack.name);
+    std::fs::create_dir_all(&dir).expect("run dir");
+    let program = format!("{prefix}-{}", &stack.name[stack.name.len() - 8..]);
+    (dir, program)
+}
+
 /// syslog-ng (Debian's) running `deploy/shippers/{config}` as it is, with `env`, relaying what it
 /// gets on a free port, which it returns with the process.
 fn syslog_ng(
@@ -260,9 +269,7 @@ fn syslog_ng(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn syslog_ngs_elasticsearch_destination_ships_every_line_once_with_its_defaults() {
     let stack = keyed_stack("syslog-ng-es").await;
-    let dir = std::env::temp_dir().join(&stack.name);
-    std::fs::create_dir_all(&dir).expect("run dir");
-    let program = format!("app-{}", &stack.name[stack.name.len() - 8..]);
+    let (dir, program) = relay_run(&stack, "app");
     let (daemon, port) = syslog_ng(
         "syslog-ng.conf",
         &[
@@ -282,9 +289,7 @@ async fn syslog_ngs_elasticsearch_destination_ships_every_line_once_with_its_def
 async fn syslog_ngs_http_destination_ships_every_line_once_across_a_gateway_restart() {
     let gateway_port = it::free_port();
     let stack = keyed_stack_with("syslog-ng-http", |c| c.port = gateway_port).await;
-    let dir = std::env::temp_dir().join(&stack.name);
-    std::fs::create_dir_all(&dir).expect("run dir");
-    let program = format!("sh-{}", &stack.name[stack.name.len() - 8..]);
+    let (dir, program) = relay_run(&stack, "sh");
     let (daemon, port) = syslog_ng(
         "syslog-ng-http.conf",
         &[
@@ -417,8 +422,7 @@ fn rsyslogd(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rsyslogs_elasticsearch_action_ships_every_line_once() {
     let stack = keyed_stack("rsyslog-es").await;
-    let dir = std::env::temp_dir().join(&stack.name);
-    std::fs::create_dir_all(&dir).expect("run dir");
+    let (dir, program) = relay_run(&stack, "rs");
     let gateway = stack.gw("");
     let gateway_port = gateway
         .rsplit(':')
@@ -426,7 +430,6 @@ async fn rsyslogs_elasticsearch_action_ships_every_line_once() {
         .expect("a port")
         .trim_end_matches('/')
         .to_owned();
-    let program = format!("rs-{}", &stack.name[stack.name.len() - 8..]);
     let (daemon, port) = rsyslogd(
         "rsyslog.conf",
         &[
@@ -447,9 +450,7 @@ async fn rsyslogs_elasticsearch_action_ships_every_line_once() {
 async fn rsyslog_ships_every_line_once_across_a_gateway_restart() {
     let gateway_port = it::free_port();
     let stack = keyed_stack_with("rsyslog-restart", |c| c.port = gateway_port).await;
-    let dir = std::env::temp_dir().join(&stack.name);
-    std::fs::create_dir_all(&dir).expect("run dir");
-    let program = format!("rr-{}", &stack.name[stack.name.len() - 8..]);
+    let (dir, program) = relay_run(&stack, "rr");
     let (daemon, port) = rsyslogd(
         "rsyslog.conf",
         &[
@@ -502,9 +503,7 @@ async fn rsyslogs_omfwd_over_tcp_ships_every_line_once_to_the_syslog_listener() 
         .await
         .with_gateway(|c| c.syslog.tcp_addr = Some(format!("127.0.0.1:{listener}")))
         .await;
-    let dir = std::env::temp_dir().join(&stack.name);
-    std::fs::create_dir_all(&dir).expect("run dir");
-    let program = format!("fwd-{}", &stack.name[stack.name.len() - 8..]);
+    let (dir, program) = relay_run(&stack, "fwd");
     let (daemon, port) = rsyslogd(
         "rsyslog-omfwd.conf",
         &[

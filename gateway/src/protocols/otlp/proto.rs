@@ -439,4 +439,41 @@ mod tests {
             assert!(e.contains(says), "{bad}: {e}");
         }
     }
+
+    proptest::proptest! {
+        /// Any 64-bit integer reads back the same, written as a number or as a (padded) string.
+        #[test]
+        fn any_integer_reads_back_as_a_number_or_a_string(
+            t in proptest::prelude::any::<u64>(),
+            i in proptest::prelude::any::<i64>(),
+            sev in 0i32..=24,
+            quoted in proptest::prelude::any::<bool>(),
+            pad in "[ ]{0,2}",
+        ) {
+            let q = |v: String| if quoted { format!("\"{pad}{v}{pad}\"") } else { v };
+            let json = format!(r#"{{"t":{},"sev":{sev},"i":{}}}"#, q(t.to_string()), q(i.to_string()));
+            let f = read(&json).unwrap();
+            proptest::prop_assert_eq!((f.t, f.sev, f.i.unwrap().0), (t, sev, i));
+        }
+
+        /// Any string or float in an integer field is read exactly when it is an integer, and
+        /// otherwise refused with a message naming what it is not; never a panic.
+        #[test]
+        fn any_text_or_float_in_an_integer_field_is_read_or_refused_by_name(
+            text in "\\PC{0,24}|-?[0-9]{1,21}",
+            x in proptest::prelude::any::<f64>(),
+        ) {
+            let json = format!(r#"{{"t":{}}}"#, serde_json::to_string(&text).unwrap());
+            match (read(&json), text.trim().parse::<u64>()) {
+                (Ok(f), Ok(n)) => proptest::prop_assert_eq!(f.t, n),
+                (Err(e), Err(_)) => proptest::prop_assert!(e.contains("is not an unsigned"), "{}", e),
+                (got, want) => proptest::prop_assert!(false, "{:?} read as {:?}, expected {:?}", text, got.map(|f| f.t), want),
+            }
+            if x.is_finite() {
+                let json = format!(r#"{{"i":{x:?}}}"#);
+                let e = read(&json).unwrap_err();
+                proptest::prop_assert!(e.contains("is not a 64-bit integer"), "{}", e);
+            }
+        }
+    }
 }

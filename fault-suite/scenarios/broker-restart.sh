@@ -12,8 +12,8 @@
 #   gone with it). The collector must detect that its stored offsets lie past the new log's end,
 #   record the reset, and store every record of the new log: per partition, the rows stored since
 #   its reset equal its new log end, and nothing is stored twice.
-# Also checked in both: the broker answers a Metadata request within 1 s at every probe except
-# while it is down. In the fault suite's row (scenario 5), "lost" in memory mode counts the records of the new
+# Also checked in both: the broker answers a Metadata request at every probe except while it is
+# down, within 5 s each and within 1 s at 19 probes in 20. In the fault suite's row (scenario 5), "lost" in memory mode counts the records of the new
 # log that were not stored: what the empty broker lost itself is no collector's to store. Ends with "broker-restart-test (MODE): N passed, M failed".
 set -uo pipefail
 
@@ -137,5 +137,16 @@ distinct=$(sql 'SELECT count(DISTINCT event_id) FROM log_events')
 [ "$MODE" = memory ] && lost=$(new_log_gap)
 check "no event is stored twice" [ "$rows_end" = "$distinct" ]
 check "the collector never exited" pid_alive "$RUN/collector.pid" logpipe-collector
-slow=$(awk -v d="$down_at" -v u="$up_at" '$1 < d - 1 || $1 > u + 1 { if ($2 == "DOWN" || $2 > 1000) n++ } END { print n + 0 }' "$RUN/probe.log")
-check "the broker answered a metadata request within 1 s at every probe but while down ($(wc -l <"$RUN/probe.log") probes)" [ "$slow" = 0 ]
+# The spin this probe was written for (a broker pinned by its own storage, produce starved) leaves
+# it unanswered for the probe's whole 5 s timeout, probe after probe. A single answer after 1 s is
+# what a 2-core machine does while the generator's backlog and the collector's catch-up hit the
+# restarted broker at once (seen once in CI: 1 of 66 probes), so slow answers are counted, printed
+# and bounded rather than each one failing the run.
+outside() { awk -v d="$down_at" -v u="$up_at" '$1 < d - 1 || $1 > u + 1' "$RUN/probe.log"; }
+probes=$(outside | wc -l)
+unanswered=$(outside | awk '$2 == "DOWN"' | wc -l)
+slow=$(outside | awk '$2 != "DOWN" && $2 > 1000' | wc -l)
+echo "probes outside the outage: $probes, answered after 1 s: $slow, unanswered in 5 s: $unanswered, slowest: $(outside | awk '$2 != "DOWN" && $2 > m { m = $2 } END { print m + 0 }') ms"
+outside | awk '$2 == "DOWN" || $2 > 1000 { print "  slow probe at " $1 ": " $2 }'
+check "the broker answered every metadata probe outside the outage within 5 s ($probes probes)" [ "$unanswered" = 0 ]
+check "at most 1 in 20 of those answers took over 1 s ($slow of $probes)" [ $((slow * 20)) -le "$probes" ]

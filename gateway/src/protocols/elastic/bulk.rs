@@ -1,11 +1,14 @@
 //! An Elasticsearch `_bulk` body, read: NDJSON action/source pairs ([`read_bulk`]), and each
-//! source document mapped to an event from its ECS fields, with fallbacks ([`document_event`]).
+//! source document mapped to an event from its ECS fields, with fallbacks ([`document_event`],
+//! over the fields [`super::source`] reads).
 //! Pure: no I/O, so every decision here is unit-tested and fuzzed.
 
 use chrono::{DateTime, Utc};
 use logpipe_common::event::{Level, LogEvent};
 use serde::Deserialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
+
+use super::source::Fields;
 
 /// What an action line asks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,40 +129,6 @@ pub fn read_bulk(body: &[u8]) -> Result<Vec<Item<'_>>, BulkError> {
     Ok(items)
 }
 
-/// Take a field by its dotted ECS name, whether the document writes it flat (`"log.level": …`) or
-/// nested (`"log": {"level": …}`); an object left empty by the take is removed too.
-pub fn take(doc: &mut Map<String, Value>, dotted: &str) -> Option<Value> {
-    if let Some(v) = doc.remove(dotted) {
-        return Some(v);
-    }
-    let (head, rest) = dotted.split_once('.')?;
-    let Some(Value::Object(inner)) = doc.get_mut(head) else {
-        return None;
-    };
-    let v = take(inner, rest)?;
-    if inner.is_empty() {
-        doc.remove(head);
-    }
-    Some(v)
-}
-
-/// The first of `names` that holds a string, taken out of the document. A field of another type is
-/// left where it is (it stays in `attributes`, so nothing is lost).
-fn take_string(doc: &mut Map<String, Value>, names: &[&str]) -> Option<String> {
-    for name in names {
-        match take(doc, name) {
-            Some(Value::String(s)) => return Some(s),
-            Some(other) => put_back(doc, name, other),
-            None => {}
-        }
-    }
-    None
-}
-
-fn put_back(doc: &mut Map<String, Value>, dotted: &str, v: Value) {
-    doc.insert(dotted.to_owned(), v);
-}
-
 /// A document timestamp: RFC 3339 (a date-time without an offset is UTC, as Elasticsearch reads
 /// it), or epoch milliseconds as a number.
 pub fn parse_timestamp(v: &Value) -> Option<DateTime<Utc>> {
@@ -187,99 +156,25 @@ pub const MESSAGE_FIELDS: [&str; 5] = ["message", "msg", "log", "event.original"
 pub const HOST_FIELDS: [&str; 4] = ["host.name", "host.hostname", "host", "HOST"];
 pub const COMPONENT_FIELDS: [&str; 2] = ["log.logger", "component"];
 
-/// A source document read in one pass: the top-level fields the mapping may take (by their name,
-/// flat or as the head of a nested one) set aside in a small map, every other field straight into
-/// the attributes, so the mapping's lookups never search the whole document.
-#[derive(Debug, Default)]
-pub struct Source {
-    pub mapped: Map<String, Value>,
-    pub rest: Map<String, Value>,
-}
-
-/// Whether a top-level key is one the mapping may take (a name in its lists, or the head of one).
-fn may_map(key: &str) -> bool {
-    matches!(
-        key,
-        "@timestamp"
-            | "timestamp"
-            | "time"
-            | "log"
-            | "log.level"
-            | "log.logger"
-            | "level"
-            | "severity"
-            | "PRIORITY"
-            | "service"
-            | "service.name"
-            | "PROGRAM"
-            | "message"
-            | "msg"
-            | "event"
-            | "event.original"
-            | "MESSAGE"
-            | "host"
-            | "host.name"
-            | "host.hostname"
-            | "HOST"
-            | "component"
-            | "trace"
-            | "trace.id"
-            | "span"
-            | "span.id"
-    )
-}
-
-impl<'de> Deserialize<'de> for Source {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct SourceVisitor;
-        impl<'de> serde::de::Visitor<'de> for SourceVisitor {
-            type Value = Source;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut map: A,
-            ) -> Result<Source, A::Error> {
-                let mut src = Source::default();
-                while let Some(key) = map.next_key::<String>()? {
-                    let value: Value = map.next_value()?;
-                    if may_map(&key) {
-                        src.mapped.insert(key, value);
-                    } else {
-                        src.rest.insert(key, value);
-                    }
-                }
-                Ok(src)
-            }
-        }
-        d.deserialize_map(SourceVisitor)
-    }
-}
-
-/// A source document as an event: [`document_event`] on the fields it may map, the rest kept as
-/// they came.
-pub fn source_event(
-    src: Source,
-    default_service: &str,
-    received_at: DateTime<Utc>,
-) -> Result<LogEvent, String> {
-    let mut event = document_event(src.mapped, default_service, received_at)?;
-    let left = std::mem::replace(&mut event.attributes, src.rest);
-    event.attributes.extend(left);
-    Ok(event)
+/// The first of `names` that holds a string, taken out of the document. A field of another type is
+/// left where it is (it stays in `attributes`, so nothing is lost).
+fn take_string(doc: &mut impl Fields, names: &[&str]) -> Option<String> {
+    names
+        .iter()
+        .find_map(|name| doc.take_string_if(name, |_| true))
 }
 
 /// One source document as an event (its id and checks come after, from the intake's context):
 /// `default_service` is the action's or the URL's index, used when the document names no service.
+/// The route reads documents as [`Source`]s; a whole object maps the same (the tests' reference).
 pub fn document_event(
-    mut doc: Map<String, Value>,
+    mut doc: impl Fields,
     default_service: &str,
     received_at: DateTime<Utc>,
 ) -> Result<LogEvent, String> {
     let mut timestamp = None;
     for name in TIMESTAMP_FIELDS {
-        if let Some(v) = take(&mut doc, name) {
+        if let Some(v) = doc.take_value(name) {
             match parse_timestamp(&v) {
                 Some(t) => {
                     timestamp = Some(t);
@@ -293,21 +188,12 @@ pub fn document_event(
             }
         }
     }
-    let mut level = Level::Info;
-    for name in LEVEL_FIELDS {
-        match take(&mut doc, name) {
-            Some(Value::String(s)) => match s.parse() {
-                Ok(l) => {
-                    level = l;
-                    break;
-                }
-                // An unknown level is kept as it came, where it came.
-                Err(_) => put_back(&mut doc, name, Value::String(s)),
-            },
-            Some(other) => put_back(&mut doc, name, other),
-            None => {}
-        }
-    }
+    // An unknown level is kept as it came, where it came.
+    let level = LEVEL_FIELDS
+        .iter()
+        .find_map(|name| doc.take_string_if(name, |s| s.parse::<Level>().is_ok()))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(Level::Info);
     let service =
         take_string(&mut doc, &SERVICE_FIELDS).unwrap_or_else(|| default_service.to_owned());
     let message = take_string(&mut doc, &MESSAGE_FIELDS).unwrap_or_default();
@@ -325,7 +211,7 @@ pub fn document_event(
         message,
         trace_id,
         span_id,
-        attributes: doc,
+        attributes: doc.into_attributes(),
     })
 }
 
@@ -337,6 +223,9 @@ mod tests {
     fn now() -> DateTime<Utc> {
         "2026-12-05T12:00:00Z".parse().unwrap()
     }
+
+    use crate::protocols::elastic::source::Source;
+    use serde_json::Map;
 
     fn obj(v: Value) -> Map<String, Value> {
         v.as_object().unwrap().clone()
@@ -368,6 +257,26 @@ mod tests {
             Value::Object(e.attributes),
             json!({"log": {"file": {"path": "/var/log/app.log"}}, "host": {"ip": ["10.0.0.1"]}, "http": {"status": 503}})
         );
+    }
+
+    #[test]
+    fn a_value_the_mapping_cannot_use_stays_where_it_came_in_both_readings() {
+        let text = r#"{"log": {"level": "bogus", "file": "f"}, "host": {"name": 7},
+            "service": {"name": "api"}, "message": "m", "trace": {}}"#;
+        let whole: Map<String, Value> = serde_json::from_str(text).unwrap();
+        let read: Source = serde_json::from_str(text).unwrap();
+        for e in [
+            document_event(whole, "idx", now()).unwrap(),
+            document_event(read, "idx", now()).unwrap(),
+        ] {
+            assert_eq!((e.level, e.service.as_str()), (Level::Info, "api"));
+            assert_eq!(
+                Value::Object(e.attributes),
+                json!({"log": {"level": "bogus", "file": "f"}, "host": {"name": 7}, "trace": {}}),
+                "an unknown level and a host name that is no string stay nested; an object sent \
+                 empty stays, one emptied by the mapping (service) goes"
+            );
+        }
     }
 
     #[test]
@@ -452,43 +361,68 @@ mod tests {
     }
 
     proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1_000))]
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2_000))]
 
-        /// Any body is split or refused, and any document is mapped or refused: never a panic,
-        /// and a mapped document keeps every field it did not map.
+        /// Any body is split or refused, never a panic.
         #[test]
-        fn any_bulk_body_or_document_is_read_or_refused(
+        fn any_bulk_body_is_read_or_refused(
             bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
             lines in proptest::collection::vec("\\PC{0,40}", 0..6),
-            keys in proptest::collection::vec("(@timestamp|log|log\\.level|log\\.logger|level|service|service\\.name|message|msg|host|host\\.name|host\\.hostname|event|trace|span|x)", 0..8),
-            values in proptest::collection::vec(proptest::prelude::any::<i64>(), 0..8),
         ) {
             let _ = read_bulk(&bytes);
             let _ = read_bulk(lines.join("\n").as_bytes());
-            let mut doc = Map::new();
-            for (k, v) in keys.iter().zip(values.iter()) {
-                let value = match v.rem_euclid(8) {
+        }
+
+        /// A document read in one pass (as the route reads it) maps exactly as the same text read
+        /// whole into an object: the same event and attributes, or the same refusal. The keys are
+        /// every name the mapping takes, heads and others, sent flat or nested, twice, or with an
+        /// escape in the key; the values every JSON type, levels known and unknown, dates good
+        /// and bad.
+        #[test]
+        fn a_document_read_in_one_pass_maps_as_the_whole_object(
+            fields in proptest::collection::vec((0usize..32, proptest::prelude::any::<bool>(), 0usize..14, proptest::prelude::any::<i64>()), 0..10),
+        ) {
+            const NAMES: [&str; 29] = ["@timestamp", "timestamp", "time", "log", "log.level",
+                "log.logger", "level", "severity", "PRIORITY", "service", "service.name",
+                "PROGRAM", "message", "msg", "event", "event.original", "MESSAGE", "host",
+                "host.name", "host.hostname", "HOST", "component", "trace", "trace.id", "span",
+                "span.id", "x", "http.status", "logger"];
+            let mut text = String::from("{");
+            for (n, (name, escaped, kind, v)) in fields.iter().enumerate() {
+                let name = NAMES[name % NAMES.len()];
+                let key = if *escaped {
+                    // The first character as a \u escape: the key is not borrowed from the text.
+                    format!("\\u{:04x}{}", name.as_bytes()[0], &name[1..])
+                } else {
+                    name.to_owned()
+                };
+                let value = match kind {
                     0 => json!(v),
                     1 => json!(v.to_string()),
-                    2 => json!({"level": v.to_string(), "name": "n"}),
+                    2 => json!({"level": (["warning", "bogus", "ERROR"][v.rem_euclid(3) as usize]), "name": "n", "logger": "l"}),
                     3 => json!({}),
                     4 => json!({"level": v, "logger": [v], "id": {"x": v}}),
-                    5 => json!({"name": "svc", "original": "o", "hostname": "h", "extra": null}),
+                    5 => json!({"name": "svc", "original": "o", "hostname": "h", "extra": null, "id": "abc"}),
                     6 => json!([v, {"level": "WARN"}]),
-                    _ => json!("ERROR"),
+                    7 => json!("2026-12-05T11:59:58.123Z"),
+                    8 => json!("2026-12-05T11:59:58"),
+                    9 => json!(null),
+                    10 => json!(*v as f64 / 3.0),
+                    11 => json!(v % 2 == 0),
+                    12 => json!((["crit", "warning", "notice", "Debug", "nope"][v.rem_euclid(5) as usize])),
+                    _ => json!({"level": {"nested": v}, "name": 7}),
                 };
-                doc.insert(k.clone(), value);
+                if n > 0 {
+                    text.push(',');
+                }
+                text.push_str(&format!("\"{key}\":{value}"));
             }
-            let whole = document_event(doc.clone(), "idx", now());
-            let text = Value::Object(doc.clone()).to_string();
-            let split: Source = serde_json::from_value(Value::Object(doc)).unwrap();
-            let split = source_event(split, "idx", now());
-            // From the text, as the route reads it, the same.
+            text.push('}');
+            let whole: Map<String, Value> = serde_json::from_str(&text).unwrap();
+            let whole = document_event(whole, "idx", now());
             let read: Source = serde_json::from_str(&text).unwrap();
-            let read = source_event(read, "idx", now());
-            proptest::prop_assert_eq!(&split, &read);
-            // Reading in one pass maps exactly as the mapping over the whole document.
-            proptest::prop_assert_eq!(whole.map_err(|e| e.len()), split.map_err(|e| e.len()));
+            let read = document_event(read, "idx", now());
+            proptest::prop_assert_eq!(whole, read, "{}", text);
         }
     }
 }

@@ -3,6 +3,7 @@
 //! `omelasticsearch`, the Elasticsearch clients' bulk helpers).
 //!
 //! - [`bulk`]: the body's action/source pairs and each document's field mapping (pure).
+//! - [`source`]: a document's fields read in one pass into slots for that mapping.
 //! - here: `POST /_bulk` and `POST /{index}/_bulk`, answered per item in Elasticsearch's shape
 //!   (`errors`, `items[].status`), so a refused document is reported alone and the rest is not
 //!   resent; the probes shippers send first (`GET /`, `HEAD /`, `GET /_license`, index templates
@@ -13,6 +14,7 @@
 //! 409); `update` and `delete` are refused per item.
 
 pub mod bulk;
+pub mod source;
 
 use std::time::Instant;
 
@@ -23,7 +25,8 @@ use axum::Json;
 use logpipe_common::event::LogEvent;
 use serde_json::json;
 
-use self::bulk::{read_bulk, source_event, Item, Op, Source};
+use self::bulk::{document_event, read_bulk, Item, Op};
+use self::source::Source;
 use crate::error::ApiError;
 use crate::ingest::intake::{respond, Ingress};
 use crate::ingest::{read_decoded, Intake, ParseContext, Undelivered};
@@ -278,7 +281,7 @@ fn item_event(
         .map_err(|e| parsing(e.to_string()))?;
     let doc: Source = serde_json::from_str(source)
         .map_err(|e| parsing(format!("the source is not a JSON object: {e}")))?;
-    let mut event = source_event(doc, index, ctx.received_at).map_err(parsing)?;
+    let mut event = document_event(doc, index, ctx.received_at).map_err(parsing)?;
     let had_id = match &item.meta.id {
         Some(id) if !id.is_empty() => {
             event.event_id = id.clone();

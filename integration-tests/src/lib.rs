@@ -12,6 +12,9 @@
 //! `stack` is `TestStack`, the collector (and, when asked, a gateway) most tests start and stop
 //! alike, and `wait_rows`.
 //!
+//! `conformance` is the broker conformance cases (`tests/conformance.rs`, and the table printed by
+//! `logpipe-broker-conformance`).
+//!
 //! `fuzz` is the whole-path fuzzer: generated inputs through the real gateway and collector into
 //! a real database, and the checks of every promise after the run (`tests/fuzz.rs`, short form;
 //! `logpipe-fuzz` and `./fuzz.sh`, long form).
@@ -575,6 +578,7 @@ pub fn missing_documented(
 }
 
 /// A Server-Sent Events reader for the event stream's tests.
+pub mod conformance;
 pub mod fuzz;
 pub mod stack;
 pub use stack::{wait_rows, TestStack, WAIT};

@@ -1,0 +1,20 @@
+//! The broker conformance cases logpipe relies on with no workaround, against the test broker
+//! (`logpipe-broker-conformance` prints every case as a table).
+
+use logpipe_integration_tests::conformance::run;
+
+async fn passes(case: &str) {
+    let exe = std::path::Path::new(env!("CARGO_BIN_EXE_logpipe-broker-conformance"));
+    let o = run(case, &logpipe_integration_tests::brokers(), exe).await;
+    assert!(o.pass, "{case}: {}", o.detail);
+}
+
+#[tokio::test]
+async fn idempotent_produces_are_stored_once_at_contiguous_offsets() {
+    passes("idempotent_produce").await;
+}
+
+#[tokio::test]
+async fn a_sigkilled_members_partitions_go_to_the_survivor_within_the_session_timeout() {
+    passes("member_killed").await;
+}

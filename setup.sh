@@ -149,9 +149,10 @@ ensure_redis
 ensure_tansu
 ensure_database "$DB_NAME"
 
-log "building release binaries (target dir: $CARGO_TARGET_DIR)"
-cargo build --release --locked -p logpipe-generator -p logpipe-gateway -p logpipe-collector \
-    >"$RUN_DIR/logs/build.log" 2>&1 || { tail -40 "$RUN_DIR/logs/build.log" >&2; die "build failed"; }
+log "building release binaries (target dir: $CARGO_TARGET_DIR; several minutes the first time, then seconds)"
+with_progress logpipe 0 "$RUN_DIR/logs/build.log" \
+    cargo build --release --locked -p logpipe-generator -p logpipe-gateway -p logpipe-collector \
+    || { tail -40 "$RUN_DIR/logs/build.log" >&2; die "build failed"; }
 BIN=$CARGO_TARGET_DIR/$PROFILE_DIR
 
 log "applying migrations to $DB_NAME"

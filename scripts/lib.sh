@@ -145,6 +145,26 @@ fetch_crate() { # NAME SHA256 DIR: download and unpack NAME-$TANSU_VERSION from 
     echo "$2  $file" | sha256sum -c --quiet - || die "checksum mismatch for $file"
     tar xzf "$file" -C "$3"
 }
+# with_progress LABEL TOTAL LOG CMD...: run a cargo build CMD with its output in LOG, and print once
+# a minute how many crates it has compiled (of about TOTAL; 0 when unknown) and for how long, so a
+# first build's quarter of an hour is never silent. Returns CMD's status.
+with_progress() {
+    local label=$1 total=$2 build_log=$3 pid started=$SECONDS next=60 n of=""
+    shift 3
+    [ "$total" -gt 0 ] && of=" of about $total"
+    "$@" >"$build_log" 2>&1 &
+    pid=$!
+    while kill -0 "$pid" 2>/dev/null; do
+        sleep 2
+        if [ $((SECONDS - started)) -ge $next ]; then
+            n=$(grep -c '^ *Compiling ' "$build_log")
+            log "  $label: $n$of crates compiled, $((next / 60)) min in"
+            next=$((next + 60))
+        fi
+    done
+    wait "$pid"
+}
+
 ensure_tansu() {
     [ -x "$TANSU_BIN" ] && return 0
     local src=$LOGPIPE_CACHE/tansu-src build_log=$LOGPIPE_CACHE/tansu-build.log crate sum patch
@@ -166,8 +186,8 @@ ensure_tansu() {
         printf '%s = { path = "../%s-%s" }\n' "$crate" "$crate" "$TANSU_VERSION" \
             >>"$src/tansu-$TANSU_VERSION/Cargo.toml"
     done
-    CARGO_TARGET_DIR=$src/target cargo build --release --features dynostore,libsql \
-        --manifest-path "$src/tansu-$TANSU_VERSION/Cargo.toml" >"$build_log" 2>&1 \
+    CARGO_TARGET_DIR=$src/target with_progress Tansu 410 "$build_log" cargo build --release \
+        --features dynostore,libsql --manifest-path "$src/tansu-$TANSU_VERSION/Cargo.toml" \
         || { tail -30 "$build_log" >&2; die "building Tansu failed"; }
     install -D -m 0755 "$src/target/release/tansu" "$TANSU_BIN"
 }

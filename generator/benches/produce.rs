@@ -8,6 +8,10 @@
 //! only delivery-acknowledged records. Every phase writes to its own new topic, and the two phases
 //! alternate for `ROUNDS` rounds so neither always runs on a colder or warmer broker; the best round
 //! of each is reported.
+//!
+//! Each phase also reports this process's CPU per event (user + system time of all its threads,
+//! librdkafka's included, from `/proc/self/stat`): the generator's cost against a bare producer
+//! of the same payloads, which holds still when the shared machine's speed moves (issue 32).
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -67,12 +71,21 @@ fn main() {
 
         let mut ceiling_best: f64 = 0.0;
         let mut engine_best: f64 = 0.0;
+        let (mut ceiling_cpu, mut engine_cpu) = (f64::MAX, f64::MAX);
         for round in 0..ROUNDS {
+            let cpu0 = process_cpu_secs();
             let c = bare_loop(&settings("ceiling", round), &config, records.clone()).await;
+            let cpu1 = process_cpu_secs();
             let g = engine_run(&settings("generator", round), &config, n).await;
-            println!("round {round}: ceiling {c:>10.0} events/s   generator {g:>10.0} events/s");
+            let cpu2 = process_cpu_secs();
+            let (cu, gu) = ((cpu1 - cpu0) * 1e6 / n as f64, (cpu2 - cpu1) * 1e6 / n as f64);
+            println!(
+                "round {round}: ceiling {c:>10.0} events/s ({cu:.2} µs CPU per event)   generator {g:>10.0} events/s ({gu:.2} µs CPU per event)"
+            );
             ceiling_best = ceiling_best.max(c);
             engine_best = engine_best.max(g);
+            ceiling_cpu = ceiling_cpu.min(cu);
+            engine_cpu = engine_cpu.min(gu);
         }
         println!("events per phase:        {n} (avg payload {avg} bytes)");
         println!("ceiling (bare rdkafka):  {ceiling_best:>10.0} events/s (best of {ROUNDS})");
@@ -81,7 +94,28 @@ fn main() {
             "ratio generator/ceiling: {:>10.3}",
             engine_best / ceiling_best
         );
+        println!(
+            "CPU per event (lowest of {ROUNDS}): bare producer {ceiling_cpu:.2} µs, generator {engine_cpu:.2} µs = {:.2} x the bare producer",
+            engine_cpu / ceiling_cpu
+        );
     });
+}
+
+/// User + system CPU seconds of this process, every thread it ever ran included (exited ones too,
+/// unlike a sum over `/proc/self/task`): fields 14 and 15 of `/proc/self/stat`, in the kernel's
+/// fixed 100 ticks a second.
+fn process_cpu_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The command name (field 2) may hold spaces; the fields after its closing parenthesis start
+    // at field 3.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let ticks: u64 = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|f| f.parse::<u64>().ok())
+        .sum();
+    ticks as f64 / 100.0
 }
 
 async fn bare_loop(

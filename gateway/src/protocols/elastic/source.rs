@@ -13,48 +13,32 @@ use serde_json::{Map, Value};
 /// The fields of one document, as the mapping takes them: a field is taken (removed) only when the
 /// mapping can use it, otherwise it stays where it came, so `attributes` keeps it as sent.
 pub trait Fields {
-    /// Take the field named `dotted` (flat, or nested one level under its head) whatever it holds.
-    fn take_value(&mut self, dotted: &str) -> Option<Value>;
-    /// Take the field named `dotted` when it holds a string that `usable` accepts.
-    fn take_string_if(&mut self, dotted: &str, usable: impl Fn(&str) -> bool) -> Option<String>;
+    /// Take the field named `dotted` (flat, or nested one level under its head) when `pick`
+    /// accepts its value.
+    fn take_where(&mut self, dotted: &str, pick: impl Fn(&Value) -> bool) -> Option<Value>;
+
     /// What is left: the event's attributes.
     fn into_attributes(self) -> Map<String, Value>;
+
+    /// Take the field named `dotted` whatever it holds.
+    fn take_value(&mut self, dotted: &str) -> Option<Value> {
+        self.take_where(dotted, |_| true)
+    }
+
+    /// Take the field named `dotted` when it holds a string that `usable` accepts.
+    fn take_string_if(&mut self, dotted: &str, usable: impl Fn(&str) -> bool) -> Option<String> {
+        match self.take_where(dotted, |v| v.as_str().is_some_and(&usable))? {
+            Value::String(s) => Some(s),
+            _ => None,
+        }
+    }
 }
 
 /// A field by its dotted ECS name in a whole object: the flat key first (`"log.level"`), else
 /// nested under its head (`"log": {"level"}`); an object emptied by a take is removed too (one
 /// left empty by the sender stays).
 impl Fields for Map<String, Value> {
-    fn take_value(&mut self, dotted: &str) -> Option<Value> {
-        self.take_string_or_value(dotted, |_| true)
-    }
-
-    fn take_string_if(&mut self, dotted: &str, usable: impl Fn(&str) -> bool) -> Option<String> {
-        match self.take_string_or_value(dotted, |v| v.as_str().is_some_and(&usable))? {
-            Value::String(s) => Some(s),
-            _ => None,
-        }
-    }
-
-    fn into_attributes(self) -> Map<String, Value> {
-        self
-    }
-}
-
-trait TakeWhere {
-    fn take_string_or_value(
-        &mut self,
-        dotted: &str,
-        pick: impl Fn(&Value) -> bool,
-    ) -> Option<Value>;
-}
-
-impl TakeWhere for Map<String, Value> {
-    fn take_string_or_value(
-        &mut self,
-        dotted: &str,
-        pick: impl Fn(&Value) -> bool,
-    ) -> Option<Value> {
+    fn take_where(&mut self, dotted: &str, pick: impl Fn(&Value) -> bool) -> Option<Value> {
         if let Some(v) = self.get(dotted) {
             return if pick(v) { self.remove(dotted) } else { None };
         }
@@ -70,6 +54,10 @@ impl TakeWhere for Map<String, Value> {
             self.remove(head);
         }
         v
+    }
+
+    fn into_attributes(self) -> Map<String, Value> {
+        self
     }
 }
 
@@ -157,7 +145,7 @@ impl Head {
     }
 }
 
-impl Source {
+impl Fields for Source {
     fn take_where(&mut self, dotted: &str, pick: impl Fn(&Value) -> bool) -> Option<Value> {
         if let Some(i) = flat_slot(dotted) {
             if let Some(v) = &self.flat[i] {
@@ -186,19 +174,6 @@ impl Source {
                 Some(HeadValue::Other(v)) => Some(v),
                 _ => None,
             },
-            _ => None,
-        }
-    }
-}
-
-impl Fields for Source {
-    fn take_value(&mut self, dotted: &str) -> Option<Value> {
-        self.take_where(dotted, |_| true)
-    }
-
-    fn take_string_if(&mut self, dotted: &str, usable: impl Fn(&str) -> bool) -> Option<String> {
-        match self.take_where(dotted, |v| v.as_str().is_some_and(&usable))? {
-            Value::String(s) => Some(s),
             _ => None,
         }
     }

@@ -1,5 +1,5 @@
 //! Where a source document's fields are taken from: the [`Fields`] the mapping in
-//! [`super::bulk::document_event`] reads through, over a whole JSON object (`Map`, the plain form
+//! `bulk.rs` (`document_event`) reads through, over a whole JSON object (`Map`, the plain form
 //! and the tests' reference) and over [`Source`], a document read in one pass that sets each
 //! field the mapping may take in a slot of its own, nested heads (`log`, `service`, `host`,
 //! `event`, `trace`, `span`) included, so no tree is built for them and no map is searched.

@@ -9,6 +9,12 @@ TANSU_VERSION=0.6.0
 # Tansu is built from its crates with logpipe's patches (deploy/tansu/*.patch, see its README); the
 # build's folder names the patch level, so a changed patch set builds afresh.
 TANSU_PATCH_LEVEL=p3
+# nisshi is Tansu's successor (issue 33), built unpatched from its published crate with the lock
+# file it publishes, by the one toolchain it needs (rama 0.4 wants Rust 1.96), installed for that
+# build alone; the workspace keeps its own toolchain.
+NISSHI_VERSION=0.8.1
+NISSHI_TOOLCHAIN=1.96.0
+export NISSHI_BIN=${NISSHI_BIN:-$LOGPIPE_CACHE/nisshi-$NISSHI_VERSION/bin/nisshi}
 export TANSU_BIN=${TANSU_BIN:-$LOGPIPE_CACHE/tansu-$TANSU_VERSION-$TANSU_PATCH_LEVEL/bin/tansu}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$LOGPIPE_CACHE/target}
 PG_HOST=${LOGPIPE_PG_HOST:-127.0.0.1}
@@ -138,10 +144,11 @@ ensure_redis() {
 # published crates of Tansu and of the parts logpipe patches (checksums pinned), each patched with
 # deploy/tansu/<crate>/*.patch, built with the lock file Tansu publishes (only the patched crates'
 # entries change). deploy/tansu/README.md says what each patch fixes.
-fetch_crate() { # NAME SHA256 DIR: download and unpack NAME-$TANSU_VERSION from crates.io
-    local file=$3/$1-$TANSU_VERSION.crate
-    curl -fsSL --retry 3 -o "$file" "https://static.crates.io/crates/$1/$1-$TANSU_VERSION.crate" \
-        || die "cannot download the crate $1 $TANSU_VERSION"
+fetch_crate() { # NAME SHA256 DIR [VERSION]: download and unpack NAME-VERSION (Tansu's) from crates.io
+    local version=${4:-$TANSU_VERSION}
+    local file=$3/$1-$version.crate
+    curl -fsSL --retry 3 -o "$file" "https://static.crates.io/crates/$1/$1-$version.crate" \
+        || die "cannot download the crate $1 $version"
     echo "$2  $file" | sha256sum -c --quiet - || die "checksum mismatch for $file"
     tar xzf "$file" -C "$3"
 }
@@ -190,6 +197,26 @@ ensure_tansu() {
         --features dynostore,libsql --manifest-path "$src/tansu-$TANSU_VERSION/Cargo.toml" \
         || { tail -30 "$build_log" >&2; die "building Tansu failed"; }
     install -D -m 0755 "$src/target/release/tansu" "$TANSU_BIN"
+}
+
+ensure_nisshi() {
+    [ -x "$NISSHI_BIN" ] && return 0
+    local src=$LOGPIPE_CACHE/nisshi-src build_log=$LOGPIPE_CACHE/nisshi-build.log
+    mkdir -p "$LOGPIPE_CACHE"
+    log "building nisshi $NISSHI_VERSION into $LOGPIPE_CACHE (once per machine; about 15 minutes on 2 cores)"
+    log "  build log: $build_log"
+    rustup toolchain list | grep -q "^$NISSHI_TOOLCHAIN" \
+        || rustup toolchain install "$NISSHI_TOOLCHAIN" --profile minimal \
+        || die "cannot install Rust $NISSHI_TOOLCHAIN for nisshi"
+    rm -rf "$src"/nisshi-* && mkdir -p "$src"
+    fetch_crate nisshi a357efb09b95f96964366d41b030341aa9c729544ae4dd9cdd012d7ef8e19a52 "$src" \
+        "$NISSHI_VERSION"
+    # Only the two engines logpipe starts: memory:// (dynostore) and sqlite:// (libsql).
+    CARGO_TARGET_DIR=$src/target with_progress nisshi 465 "$build_log" \
+        cargo "+$NISSHI_TOOLCHAIN" build --release --locked --no-default-features \
+        --features dynostore,libsql --manifest-path "$src/nisshi-$NISSHI_VERSION/Cargo.toml" \
+        || { tail -30 "$build_log" >&2; die "building nisshi failed"; }
+    install -D -m 0755 "$src/target/release/nisshi" "$NISSHI_BIN"
 }
 
 # check WHAT CMD...: run CMD; print "ok - WHAT" or "not ok - WHAT" and count it in the caller's

@@ -5,6 +5,7 @@
 //! producer. Delivery reports, not sends, decide what counts as acknowledged.
 
 use std::collections::hash_map::DefaultHasher;
+use std::fmt::Write;
 use std::hash::{Hash, Hasher};
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -441,6 +442,7 @@ async fn worker(engine: Arc<Engine>, params: RunParams, index: u32, rate: u32, s
     let started = Instant::now();
     let topic = engine.config.kafka.raw_topic.clone();
     let mut buf = Vec::with_capacity(512);
+    let mut simulated_tp = String::with_capacity(64);
     loop {
         if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
             break;
@@ -475,28 +477,32 @@ async fn worker(engine: Arc<Engine>, params: RunParams, index: u32, rate: u32, s
         let batch_tp = logpipe_common::telemetry::traceparent_of(&batch_span);
         let mut sender = Sender::new(&engine, &topic, &cancel);
         for i in 0..n {
-            let mut event = factory.next_event(now, elapsed);
+            let draft = factory.draw(now, elapsed);
+            buf.clear();
             let traceparent = match &batch_tp {
                 // The event joins the pipeline's trace, so its row leads to the trace.
                 Some(tp) => {
-                    event.trace_id = Some(tp[3..35].to_owned());
-                    event.span_id = Some(tp[36..52].to_owned());
-                    Some(tp.clone())
+                    draft.write_json(&mut buf, Some((&tp[3..35], &tp[36..52])));
+                    tp.as_str()
                 }
                 // Tracing off: the simulated ids travel as a trace nobody samples.
-                None => event
-                    .trace_id
-                    .as_ref()
-                    .zip(event.span_id.as_ref())
-                    .map(|(t, s)| format!("00-{t}-{s}-00")),
+                None => {
+                    draft.write_json(&mut buf, None);
+                    simulated_tp.clear();
+                    let _ = write!(
+                        simulated_tp,
+                        "00-{}-{}-00",
+                        draft.trace_hex().as_str(),
+                        draft.span_hex().as_str()
+                    );
+                    simulated_tp.as_str()
+                }
             };
-            buf.clear();
-            serde_json::to_writer(&mut buf, &event).expect("event serializes");
             let outcome = sender
                 .send(
-                    &event.event_id, // spreads load over every partition (ARCHITECTURE.md)
+                    draft.id_text().as_str(), // spreads load over every partition (ARCHITECTURE.md)
                     &buf,
-                    traceparent.as_deref(),
+                    Some(traceparent),
                     &mut probe,
                 )
                 .await;

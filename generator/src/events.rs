@@ -9,13 +9,16 @@
 //! multiplies the rate by 10 from second 20 to 30, `mixed-formats` carries Apache combined and syslog
 //! lines in a fifth of the messages, and `steady` is the background alone.
 
+use std::fmt::Write;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use logpipe_common::{Level, LogEvent};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use serde_json::{Map, Value};
+
+mod draft;
+pub use draft::{Draft, Hex, IdText};
 
 struct Service {
     name: &'static str,
@@ -155,6 +158,10 @@ pub struct EventFactory {
     host: String,
     profile: Profile,
     service_total: u32,
+    /// Reused for each draw's made strings, so a draw allocates nothing once they have grown.
+    message: String,
+    user: String,
+    client_ip: String,
 }
 
 impl EventFactory {
@@ -164,25 +171,39 @@ impl EventFactory {
             host: host.into(),
             profile,
             service_total: SERVICES.iter().map(|s| s.weight).sum(),
+            message: String::new(),
+            user: String::new(),
+            client_ip: String::new(),
         }
     }
 
     /// The next event at wall-clock `now`, `elapsed` into the run (which drives the profile).
     pub fn next_event(&mut self, now: DateTime<Utc>, elapsed: Duration) -> LogEvent {
+        self.draw(now, elapsed).to_event()
+    }
+
+    /// The next event as a [`Draft`] borrowing this factory: what [`Self::next_event`] returns,
+    /// before any of it is copied into a `LogEvent`.
+    pub fn draw(&mut self, now: DateTime<Utc>, elapsed: Duration) -> Draft<'_> {
         let episode = self.profile.in_episode(elapsed);
         let mut service = self.pick_service();
         let mut component = service.components[self.rng.random_range(0..service.components.len())];
         let mut level = self.pick_level();
         let mut method = *pick_weighted(&mut self.rng, &METHODS);
         let mut path = service.paths[self.rng.random_range(0..service.paths.len())];
-        let mut user = format!("u-{}", self.rng.random_range(1..5_000u32));
-        let mut client_ip = format!(
+        let (user, client_ip, message) = (&mut self.user, &mut self.client_ip, &mut self.message);
+        user.clear();
+        client_ip.clear();
+        message.clear();
+        let _ = write!(user, "u-{}", self.rng.random_range(1..5_000u32));
+        let _ = write!(
+            client_ip,
             "10.{}.{}.{}",
             self.rng.random_range(0..4u8),
             self.rng.random_range(0..=255u8),
             self.rng.random_range(1..=254u8)
         );
-        let mut message = None;
+        let mut failed_login = false;
         match self.profile {
             // The spiking service's requests fail three times in five during the episode.
             Profile::ErrorSpike
@@ -199,11 +220,15 @@ impl EventFactory {
                     level = Level::Warn;
                     method = "POST";
                     path = "/login";
-                    client_ip = ATTACKER_IPS[self.rng.random_range(0..ATTACKER_IPS.len())].into();
-                    user = ATTACKED_USERS[self.rng.random_range(0..ATTACKED_USERS.len())].into();
-                    message = Some(format!(
+                    client_ip.clear();
+                    client_ip.push_str(ATTACKER_IPS[self.rng.random_range(0..ATTACKER_IPS.len())]);
+                    user.clear();
+                    user.push_str(ATTACKED_USERS[self.rng.random_range(0..ATTACKED_USERS.len())]);
+                    let _ = write!(
+                        message,
                         "login failed: invalid password for user {user} from {client_ip}"
-                    ));
+                    );
+                    failed_login = true;
                 } else if roll < 10 {
                     service = service_named("search");
                     component = "query";
@@ -214,29 +239,29 @@ impl EventFactory {
             }
             _ => {}
         }
-        let status = if message.is_some() {
+        let status = if failed_login {
             401
         } else {
             status_for(level, &mut self.rng)
         };
         let latency_ms = latency_for(level, &mut self.rng);
-        let message = match message {
-            Some(m) => m,
-            None if self.profile == Profile::MixedFormats && self.rng.random_ratio(1, 5) => {
-                let line = Line {
-                    now,
-                    host: &self.host,
-                    service: service.name,
-                    client_ip: &client_ip,
-                    user: &user,
-                    method,
-                    path,
-                    status,
-                    level,
-                };
-                line.render(&mut self.rng)
-            }
-            None => message_for(
+        if failed_login {
+        } else if self.profile == Profile::MixedFormats && self.rng.random_ratio(1, 5) {
+            let line = Line {
+                now,
+                host: &self.host,
+                service: service.name,
+                client_ip,
+                user,
+                method,
+                path,
+                status,
+                level,
+            };
+            line.render(&mut self.rng, message);
+        } else {
+            message_for(
+                message,
                 service.name,
                 component,
                 level,
@@ -244,32 +269,28 @@ impl EventFactory {
                 path,
                 status,
                 latency_ms,
-            ),
-        };
-
-        let attributes = Map::from_iter([
-            ("http.method".into(), Value::from(method)),
-            ("http.path".into(), Value::from(path)),
-            ("http.status".into(), Value::from(status)),
-            ("latency_ms".into(), Value::from(latency_ms)),
-            ("user".into(), Value::from(user)),
-            ("client.ip".into(), Value::from(client_ip)),
-        ]);
+            );
+        }
 
         let id_entropy: u128 = self.rng.random();
-        let event_id =
-            ulid::Ulid::from_parts(now.timestamp_millis().max(0) as u64, id_entropy).to_string();
-        LogEvent {
-            event_id,
+        let trace = self.rng.random::<u128>();
+        let span = self.rng.random::<u64>();
+        Draft {
+            id: ulid::Ulid::from_parts(now.timestamp_millis().max(0) as u64, id_entropy),
             timestamp: now,
             level,
-            service: service.name.into(),
-            component: component.into(),
-            host: self.host.clone(),
+            service: service.name,
+            component,
+            host: &self.host,
             message,
-            trace_id: Some(format!("{:032x}", self.rng.random::<u128>())),
-            span_id: Some(format!("{:016x}", self.rng.random::<u64>())),
-            attributes,
+            method,
+            path,
+            status,
+            latency_ms,
+            user,
+            client_ip,
+            trace,
+            span,
         }
     }
 
@@ -311,16 +332,17 @@ struct Line<'a> {
 
 impl Line<'_> {
     /// A `mixed_formats` event's message: the request as an Apache combined or a syslog line.
-    fn render(&self, rng: &mut SmallRng) -> String {
+    fn render(&self, rng: &mut SmallRng, out: &mut String) {
         if rng.random_bool(0.5) {
-            self.apache_combined(rng.random_range(200..20_000u32))
+            self.apache_combined(rng.random_range(200..20_000u32), out)
         } else {
-            self.syslog(rng.random_bool(0.5), rng.random_range(100..40_000u32))
+            self.syslog(rng.random_bool(0.5), rng.random_range(100..40_000u32), out)
         }
     }
 
-    fn apache_combined(&self, bytes: u32) -> String {
-        format!(
+    fn apache_combined(&self, bytes: u32, out: &mut String) {
+        let _ = write!(
+            out,
             "{} - {} [{}] \"{} {} HTTP/1.1\" {} {} \"-\" \"Mozilla/5.0 (X11; Linux x86_64)\"",
             self.client_ip,
             self.user,
@@ -329,11 +351,11 @@ impl Line<'_> {
             self.path,
             self.status,
             bytes
-        )
+        );
     }
 
     /// RFC 5424 when `modern`, else RFC 3164 (BSD), facility local0.
-    fn syslog(&self, modern: bool, pid: u32) -> String {
+    fn syslog(&self, modern: bool, pid: u32, out: &mut String) {
         let severity = match self.level {
             Level::Fatal => 2,
             Level::Error => 3,
@@ -343,7 +365,8 @@ impl Line<'_> {
         };
         let pri = 16 * 8 + severity;
         if modern {
-            format!(
+            let _ = write!(
+                out,
                 "<{pri}>1 {} {} {} {pid} - - {} {} -> {}",
                 self.now.format("%Y-%m-%dT%H:%M:%S%.3fZ"),
                 self.host,
@@ -351,9 +374,10 @@ impl Line<'_> {
                 self.method,
                 self.path,
                 self.status
-            )
+            );
         } else {
-            format!(
+            let _ = write!(
+                out,
                 "<{pri}>{} {} {}[{pid}]: {} {} -> {}",
                 self.now.format("%b %e %H:%M:%S"),
                 self.host,
@@ -361,7 +385,7 @@ impl Line<'_> {
                 self.method,
                 self.path,
                 self.status
-            )
+            );
         }
     }
 }
@@ -402,7 +426,9 @@ fn latency_for(level: Level, rng: &mut SmallRng) -> u32 {
     base + tail + error_penalty
 }
 
+#[allow(clippy::too_many_arguments)] // the pieces of one request, each used by some template
 fn message_for(
+    out: &mut String,
     service: &str,
     component: &str,
     level: Level,
@@ -410,28 +436,43 @@ fn message_for(
     path: &str,
     status: u16,
     latency_ms: u32,
-) -> String {
-    match (service, level) {
+) {
+    let _ = match (service, level) {
         ("payments", Level::Error | Level::Fatal) => {
-            format!("charge declined by upstream processor after {latency_ms} ms (status {status})")
+            write!(
+                out,
+                "charge declined by upstream processor after {latency_ms} ms (status {status})"
+            )
         }
-        ("auth", Level::Warn) => format!("login failed: invalid credentials on {path}"),
+        ("auth", Level::Warn) => write!(out, "login failed: invalid credentials on {path}"),
         ("auth", Level::Error | Level::Fatal) => {
-            format!("token signing key unavailable; {method} {path} -> {status}")
+            write!(
+                out,
+                "token signing key unavailable; {method} {path} -> {status}"
+            )
         }
-        ("inventory", Level::Warn) => format!("stock level below threshold in {component}"),
-        ("search", Level::Warn) => format!("slow query: {latency_ms} ms on {path}"),
+        ("inventory", Level::Warn) => write!(out, "stock level below threshold in {component}"),
+        ("search", Level::Warn) => write!(out, "slow query: {latency_ms} ms on {path}"),
         (_, Level::Error | Level::Fatal) => {
-            format!("{method} {path} failed with {status}: upstream timeout in {component}")
+            write!(
+                out,
+                "{method} {path} failed with {status}: upstream timeout in {component}"
+            )
         }
         (_, Level::Warn) => {
-            format!("{method} {path} -> {status} (client error) in {latency_ms} ms")
+            write!(
+                out,
+                "{method} {path} -> {status} (client error) in {latency_ms} ms"
+            )
         }
         (_, Level::Debug | Level::Trace) => {
-            format!("{component}: cache lookup for {path} took {latency_ms} ms")
+            write!(
+                out,
+                "{component}: cache lookup for {path} took {latency_ms} ms"
+            )
         }
-        _ => format!("{method} {path} -> {status} in {latency_ms} ms"),
-    }
+        _ => write!(out, "{method} {path} -> {status} in {latency_ms} ms"),
+    };
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@ case " $* " in *" --help "*|*" -h "*) sed -n '2,13p' "$0"; exit 0 ;; esac
 ensure_build_deps
 ensure_postgres
 ensure_redis
-ensure_tansu
+ensure_broker
 ensure_database logpipe_test
 
 RUN=$(mktemp -d "${TMPDIR:-/tmp}/logpipe-fuzz.XXXXXX")
@@ -34,8 +34,8 @@ trap cleanup EXIT
 cargo build --release --locked -p logpipe-integration-tests --bin logpipe-fuzz \
     || die "building logpipe-fuzz failed"
 start_bg "fuzz broker" "$RUN" "$RUN/broker.log" "$RUN/broker.pid" \
-    "$TANSU_BIN" broker --listener-url "tcp://127.0.0.1:$BROKER_PORT" \
-    --advertised-listener-url "tcp://127.0.0.1:$BROKER_PORT" --storage-engine memory://tansu/
+    "$LOGPIPE_BROKER_BIN" broker --listener-url "tcp://127.0.0.1:$BROKER_PORT" \
+    --advertised-listener-url "tcp://127.0.0.1:$BROKER_PORT" --storage-engine "$(broker_storage memory)"
 wait_port 127.0.0.1 "$BROKER_PORT" 30 || { cat "$RUN/broker.log"; die "fuzz broker did not start"; }
 
 LOGPIPE_TEST_BROKERS="127.0.0.1:$BROKER_PORT" \

@@ -146,7 +146,7 @@ log "native mode (no Docker engine); run directory: $RUN_DIR"
 ensure_build_deps
 ensure_postgres
 ensure_redis
-ensure_tansu
+ensure_broker
 ensure_database "$DB_NAME"
 
 log "building release binaries (target dir: $CARGO_TARGET_DIR; several minutes the first time, then seconds)"
@@ -160,17 +160,17 @@ log "applying migrations to $DB_NAME"
     || { tail -20 "$RUN_DIR/logs/migrate.log" >&2; die "migrations failed"; }
 
 # --- broker ---------------------------------------------------------------------------------------
-if pid_alive "$RUN_DIR/pids/broker.pid" tansu; then
+if pid_alive "$RUN_DIR/pids/broker.pid" "$LOGPIPE_BROKER"; then
     log "broker already running (pid $(cat "$RUN_DIR/pids/broker.pid"))"
 else
     port_open 127.0.0.1 "$BROKER_PORT" && die "port $BROKER_PORT is taken by a process this setup did not start"
     if [ "$DURABLE" = 1 ]; then
-        STORAGE="sqlite://tansu.db"   # relative to the broker's working directory, the data dir
+        STORAGE=$(broker_storage durable)   # relative to the broker's working directory, the data dir
     else
-        STORAGE="memory://tansu/"
+        STORAGE=$(broker_storage memory)
     fi
     start_bg broker "$RUN_DIR/broker-data" "$RUN_DIR/logs/broker.log" "$RUN_DIR/pids/broker.pid" \
-        "$TANSU_BIN" broker --listener-url "tcp://127.0.0.1:$BROKER_PORT" \
+        "$LOGPIPE_BROKER_BIN" broker --listener-url "tcp://127.0.0.1:$BROKER_PORT" \
         --advertised-listener-url "tcp://127.0.0.1:$BROKER_PORT" --storage-engine "$STORAGE"
     wait_port 127.0.0.1 "$BROKER_PORT" 30 || die "broker did not open port $BROKER_PORT; see $RUN_DIR/logs/broker.log"
 fi

@@ -39,7 +39,7 @@ cd "$LOGPIPE_ROOT" || exit 1
 ensure_build_deps
 ensure_postgres
 ensure_redis
-ensure_tansu
+ensure_broker
 ensure_database logpipe_test
 ensure_shipper_clients
 # The budget tests run a private redis-server of their own, to stop and restart it.
@@ -60,8 +60,8 @@ cleanup() {
 trap cleanup EXIT
 
 start_bg "test broker" "$TEST_RUN" "$TEST_RUN/broker.log" "$TEST_RUN/broker.pid" \
-    "$TANSU_BIN" broker --listener-url "tcp://127.0.0.1:$BROKER_PORT" \
-    --advertised-listener-url "tcp://127.0.0.1:$BROKER_PORT" --storage-engine memory://tansu/
+    "$LOGPIPE_BROKER_BIN" broker --listener-url "tcp://127.0.0.1:$BROKER_PORT" \
+    --advertised-listener-url "tcp://127.0.0.1:$BROKER_PORT" --storage-engine "$(broker_storage memory)"
 wait_port 127.0.0.1 "$BROKER_PORT" 30 || { cat "$TEST_RUN/broker.log"; die "test broker did not start"; }
 
 export LOGPIPE_TEST_BROKERS="127.0.0.1:$BROKER_PORT"

@@ -62,8 +62,8 @@ fault_test_setup() {
 # start_test_broker RUN PORT [STORAGE]: a private Tansu for a fault test, pid and log in RUN; waits
 # for its port (STORAGE defaults to memory).
 start_test_broker() {
-    local run=$1 port=$2 storage=${3:-memory://tansu/}
-    start_bg broker "$run" "$run/broker.log" "$run/broker.pid" "$TANSU_BIN" broker \
+    local run=$1 port=$2 storage=${3:-$(broker_storage memory)}
+    start_bg broker "$run" "$run/broker.log" "$run/broker.pid" "$LOGPIPE_BROKER_BIN" broker \
         --listener-url "tcp://127.0.0.1:$port" --advertised-listener-url "tcp://127.0.0.1:$port" \
         --storage-engine "$storage" >/dev/null
     wait_port 127.0.0.1 "$port" 30

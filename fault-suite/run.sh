@@ -62,7 +62,7 @@ export LOGPIPE_FAULT_REPORT=$REPORT
 
 ensure_build_deps
 ensure_postgres
-ensure_tansu
+ensure_broker
 # The charts' text is drawn with a system TrueType font.
 [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || apt_install fonts-dejavu-core
 # A private redis-server for the Redis restart.

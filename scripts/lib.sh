@@ -9,13 +9,23 @@ TANSU_VERSION=0.6.0
 # Tansu is built from its crates with logpipe's patches (deploy/tansu/*.patch, see its README); the
 # build's folder names the patch level, so a changed patch set builds afresh.
 TANSU_PATCH_LEVEL=p3
+export TANSU_BIN=${TANSU_BIN:-$LOGPIPE_CACHE/tansu-$TANSU_VERSION-$TANSU_PATCH_LEVEL/bin/tansu}
 # nisshi is Tansu's successor (issue 33), built unpatched from its published crate with the lock
 # file it publishes, by the one toolchain it needs (rama 0.4 wants Rust 1.96), installed for that
 # build alone; the workspace keeps its own toolchain.
 NISSHI_VERSION=0.8.1
 NISSHI_TOOLCHAIN=1.96.0
 export NISSHI_BIN=${NISSHI_BIN:-$LOGPIPE_CACHE/nisshi-$NISSHI_VERSION/bin/nisshi}
-export TANSU_BIN=${TANSU_BIN:-$LOGPIPE_CACHE/tansu-$TANSU_VERSION-$TANSU_PATCH_LEVEL/bin/tansu}
+# The broker native mode builds and starts (docs/testing.md, "Broker conformance", says why):
+# LOGPIPE_BROKER=tansu or nisshi. LOGPIPE_BROKER_BIN is its binary (always the one LOGPIPE_BROKER
+# names; TANSU_BIN and NISSHI_BIN move them), which the integration tests' private brokers use
+# too; both take the same command line.
+export LOGPIPE_BROKER=${LOGPIPE_BROKER:-tansu}
+case "$LOGPIPE_BROKER" in
+    tansu) export LOGPIPE_BROKER_BIN=$TANSU_BIN ;;
+    nisshi) export LOGPIPE_BROKER_BIN=$NISSHI_BIN ;;
+    *) printf '[logpipe] error: LOGPIPE_BROKER is tansu or nisshi, not %s\n' "$LOGPIPE_BROKER" >&2; exit 2 ;;
+esac
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$LOGPIPE_CACHE/target}
 PG_HOST=${LOGPIPE_PG_HOST:-127.0.0.1}
 PG_PORT=${LOGPIPE_PG_PORT:-5432}
@@ -217,6 +227,22 @@ ensure_nisshi() {
         --features dynostore,libsql --manifest-path "$src/nisshi-$NISSHI_VERSION/Cargo.toml" \
         || { tail -30 "$build_log" >&2; die "building nisshi failed"; }
     install -D -m 0755 "$src/target/release/nisshi" "$NISSHI_BIN"
+}
+
+ensure_broker() {
+    case "$LOGPIPE_BROKER" in
+        tansu) ensure_tansu ;;
+        nisshi) ensure_nisshi ;;
+    esac
+}
+
+# broker_storage memory|durable: the broker's --storage-engine URL. A durable log is a SQLite file
+# named for its broker in the broker's working directory, so one broker never opens the other's.
+broker_storage() {
+    case "$1" in
+        durable) echo "sqlite://$LOGPIPE_BROKER.db" ;;
+        *) echo "memory://$LOGPIPE_BROKER/" ;;
+    esac
 }
 
 # check WHAT CMD...: run CMD; print "ok - WHAT" or "not ok - WHAT" and count it in the caller's

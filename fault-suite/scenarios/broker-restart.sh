@@ -21,8 +21,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 
 MODE=${1:-durable}
 case $MODE in
-    durable) STORAGE=sqlite://tansu.db ;;
-    memory) STORAGE=memory://tansu/ ;;
+    durable) STORAGE=$(broker_storage durable) ;;
+    memory) STORAGE=$(broker_storage memory) ;;
     *) die "usage: $0 durable|memory" ;;
 esac
 RATE=${LOGPIPE_RESTART_RATE:-10000}

@@ -237,11 +237,12 @@ pub fn spawn_listening(cmd: &mut std::process::Command, port: u16) -> std::proce
     panic!("{cmd:?} did not listen on port {port}");
 }
 
-/// The Tansu binary `./test.sh` builds into the per-user cache: `TANSU_BIN`, which
-/// `scripts/lib.sh` exports, else the cache folder of the patch level it builds.
-pub fn tansu_bin() -> std::path::PathBuf {
+/// The broker binary `./test.sh` builds into the per-user cache: `LOGPIPE_BROKER_BIN`, which
+/// `scripts/lib.sh` exports for the broker `LOGPIPE_BROKER` names, else the cache folder of the
+/// one it builds by default.
+pub fn broker_bin() -> std::path::PathBuf {
     use std::path::PathBuf;
-    if let Ok(p) = std::env::var("TANSU_BIN") {
+    if let Ok(p) = std::env::var("LOGPIPE_BROKER_BIN") {
         return p.into();
     }
     let cache = std::env::var("LOGPIPE_CACHE")
@@ -252,23 +253,42 @@ pub fn tansu_bin() -> std::path::PathBuf {
     let bin = cache.join("tansu-0.6.0-p3/bin/tansu");
     assert!(
         bin.exists(),
-        "Tansu not found at {}; ./test.sh builds it",
+        "the broker was not found at {}; ./test.sh builds it",
         bin.display()
     );
     bin
 }
 
-/// A private Tansu broker on `port`, run from `dir` (its log goes to `dir/broker.log`), with the
-/// given storage engine (`memory://tansu/`, or `sqlite://tansu.db` to survive a restart).
-pub fn start_tansu(port: u16, dir: &std::path::Path, storage: &str) -> std::process::Child {
+/// Where a private broker keeps its log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerLog {
+    /// In memory: a restart starts from an empty log.
+    Memory,
+    /// A SQLite file in the broker's folder, named for the broker: survives a restart.
+    Durable,
+}
+
+/// A private broker on `port`, run from `dir` (its log goes to `dir/broker.log`), keeping its log
+/// as `log` says.
+pub fn start_broker(port: u16, dir: &std::path::Path, log: BrokerLog) -> std::process::Child {
     use std::process::{Command, Stdio};
+    let bin = broker_bin();
+    let name = bin
+        .file_stem()
+        .and_then(|n| n.to_str())
+        .unwrap_or("broker")
+        .to_owned();
+    let storage = match log {
+        BrokerLog::Memory => format!("memory://{name}/"),
+        BrokerLog::Durable => format!("sqlite://{name}.db"),
+    };
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(dir.join("broker.log"))
         .expect("broker log");
     let url = format!("tcp://127.0.0.1:{port}");
-    let mut cmd = Command::new(tansu_bin());
+    let mut cmd = Command::new(bin);
     cmd.args([
         "broker",
         "--listener-url",
@@ -276,7 +296,7 @@ pub fn start_tansu(port: u16, dir: &std::path::Path, storage: &str) -> std::proc
         "--advertised-listener-url",
         &url,
     ])
-    .args(["--storage-engine", storage])
+    .args(["--storage-engine", &storage])
     .current_dir(dir)
     .stdin(Stdio::null())
     .stdout(log.try_clone().expect("broker log"))

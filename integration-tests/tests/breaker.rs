@@ -15,7 +15,7 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::Message;
 
 fn start_broker(port: u16, dir: &std::path::Path) -> Child {
-    it::start_tansu(port, dir, "sqlite://tansu.db")
+    it::start_broker(port, dir, it::BrokerLog::Durable)
 }
 
 /// Wait until the generator's status satisfies `ok`.
@@ -152,7 +152,7 @@ async fn after_an_in_memory_broker_restarts_empty_the_producer_is_replaced_once_
     let dir = std::env::temp_dir().join(&name);
     std::fs::create_dir_all(&dir).unwrap();
     let port = it::free_port();
-    let mut broker = it::start_tansu(port, &dir, "memory://tansu/");
+    let mut broker = it::start_broker(port, &dir, it::BrokerLog::Memory);
 
     // The default backoff (2 s doubling to 30 s): by the time the stuck producer is replaced
     // (15 s without an acknowledgement), the old producer's breaker probed only every 16 s.
@@ -162,7 +162,7 @@ async fn after_an_in_memory_broker_restarts_empty_the_producer_is_replaced_once_
     let (engine, running) = generate_then_kill_the_broker(&config, &mut broker).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     // Back, empty: the topic made again (as the collector and the gateway do at start).
-    let mut broker = it::start_tansu(port, &dir, "memory://tansu/");
+    let mut broker = it::start_broker(port, &dir, it::BrokerLog::Memory);
     let kafka = config.kafka.clone();
     it::wait_for("topics made on the new broker", WAIT, || {
         let kafka = kafka.clone();

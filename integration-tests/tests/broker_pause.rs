@@ -44,7 +44,7 @@ async fn a_collector_gets_its_partitions_back_after_the_broker_was_frozen_past_i
     let dir = std::env::temp_dir().join(&name);
     std::fs::create_dir_all(&dir).unwrap();
     let port = it::free_port();
-    let broker = Broker(it::start_tansu(port, &dir, "memory://tansu/"));
+    let broker = Broker(it::start_broker(port, &dir, it::BrokerLog::Memory));
     let mut config = it::collector_config(&name, 2);
     config.kafka.brokers = format!("127.0.0.1:{port}");
     let kafka = config.kafka.clone();

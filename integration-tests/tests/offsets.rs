@@ -103,7 +103,7 @@ async fn stack_with_stored_events(test: &str, policy: OffsetPolicy) -> Stack {
     let dir = std::env::temp_dir().join(&name);
     std::fs::create_dir_all(&dir).unwrap();
     let port = it::free_port();
-    let broker = Broker(it::start_tansu(port, &dir, "memory://tansu/"));
+    let broker = Broker(it::start_broker(port, &dir, it::BrokerLog::Memory));
     let mut config = it::collector_config(&name, 2);
     config.kafka.brokers = format!("127.0.0.1:{port}");
     config.consumer.offset_out_of_range = policy;
@@ -136,7 +136,7 @@ impl Stack {
     async fn restart_broker_empty(&mut self) {
         self.broker.0.kill().unwrap();
         self.broker.0.wait().unwrap();
-        self.broker = Broker(it::start_tansu(self.port, &self.dir, "memory://tansu/"));
+        self.broker = Broker(it::start_broker(self.port, &self.dir, it::BrokerLog::Memory));
         logpipe_common::kafka::ensure_topics(&self.kafka, &self.kafka.topics())
             .await
             .expect("topics created again");

@@ -33,9 +33,8 @@ trap cleanup EXIT
 
 cargo build --release --locked -p logpipe-integration-tests --bin logpipe-fuzz \
     || die "building logpipe-fuzz failed"
-start_bg "fuzz broker" "$RUN" "$RUN/broker.log" "$RUN/broker.pid" \
-    "$LOGPIPE_BROKER_BIN" broker --listener-url "tcp://127.0.0.1:$BROKER_PORT" \
-    --advertised-listener-url "tcp://127.0.0.1:$BROKER_PORT" --storage-engine "$(broker_storage memory)"
+broker_command "$BROKER_PORT" "$(broker_storage memory)"
+start_bg "fuzz broker" "$RUN" "$RUN/broker.log" "$RUN/broker.pid" "${BROKER_CMD[@]}"
 wait_port 127.0.0.1 "$BROKER_PORT" 30 || { cat "$RUN/broker.log"; die "fuzz broker did not start"; }
 
 LOGPIPE_TEST_BROKERS="127.0.0.1:$BROKER_PORT" \

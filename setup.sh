@@ -169,9 +169,9 @@ else
     else
         STORAGE=$(broker_storage memory)
     fi
+    broker_command "$BROKER_PORT" "$STORAGE"
     start_bg broker "$RUN_DIR/broker-data" "$RUN_DIR/logs/broker.log" "$RUN_DIR/pids/broker.pid" \
-        "$LOGPIPE_BROKER_BIN" broker --listener-url "tcp://127.0.0.1:$BROKER_PORT" \
-        --advertised-listener-url "tcp://127.0.0.1:$BROKER_PORT" --storage-engine "$STORAGE"
+        "${BROKER_CMD[@]}"
     wait_port 127.0.0.1 "$BROKER_PORT" 30 || die "broker did not open port $BROKER_PORT; see $RUN_DIR/logs/broker.log"
 fi
 

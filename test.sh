@@ -59,9 +59,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-start_bg "test broker" "$TEST_RUN" "$TEST_RUN/broker.log" "$TEST_RUN/broker.pid" \
-    "$LOGPIPE_BROKER_BIN" broker --listener-url "tcp://127.0.0.1:$BROKER_PORT" \
-    --advertised-listener-url "tcp://127.0.0.1:$BROKER_PORT" --storage-engine "$(broker_storage memory)"
+broker_command "$BROKER_PORT" "$(broker_storage memory)"
+start_bg "test broker" "$TEST_RUN" "$TEST_RUN/broker.log" "$TEST_RUN/broker.pid" "${BROKER_CMD[@]}"
 wait_port 127.0.0.1 "$BROKER_PORT" 30 || { cat "$TEST_RUN/broker.log"; die "test broker did not start"; }
 
 export LOGPIPE_TEST_BROKERS="127.0.0.1:$BROKER_PORT"

@@ -59,13 +59,12 @@ fault_test_setup() {
     ensure_database "$db"
 }
 
-# start_test_broker RUN PORT [STORAGE]: a private Tansu for a fault test, pid and log in RUN; waits
+# start_test_broker RUN PORT [STORAGE]: a private broker for a fault test, pid and log in RUN; waits
 # for its port (STORAGE defaults to memory).
 start_test_broker() {
     local run=$1 port=$2 storage=${3:-$(broker_storage memory)}
-    start_bg broker "$run" "$run/broker.log" "$run/broker.pid" "$LOGPIPE_BROKER_BIN" broker \
-        --listener-url "tcp://127.0.0.1:$port" --advertised-listener-url "tcp://127.0.0.1:$port" \
-        --storage-engine "$storage" >/dev/null
+    broker_command "$port" "$storage"
+    start_bg broker "$run" "$run/broker.log" "$run/broker.pid" "${BROKER_CMD[@]}" >/dev/null
     wait_port 127.0.0.1 "$port" 30
 }
 

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::breaker::{self, Permit, ProbeSlot, ProduceBreaker};
 use crate::budget::GlobalBudget;
 use crate::config::GeneratorConfig;
-use crate::events::EventFactory;
+use crate::events::{Draft, EventFactory};
 use crate::telemetry;
 
 use logpipe_common::control::BudgetStatus;
@@ -478,26 +478,7 @@ async fn worker(engine: Arc<Engine>, params: RunParams, index: u32, rate: u32, s
         let mut sender = Sender::new(&engine, &topic, &cancel);
         for i in 0..n {
             let draft = factory.draw(now, elapsed);
-            buf.clear();
-            let traceparent = match &batch_tp {
-                // The event joins the pipeline's trace, so its row leads to the trace.
-                Some(tp) => {
-                    draft.write_json(&mut buf, Some((&tp[3..35], &tp[36..52])));
-                    tp.as_str()
-                }
-                // Tracing off: the simulated ids travel as a trace nobody samples.
-                None => {
-                    draft.write_json(&mut buf, None);
-                    simulated_tp.clear();
-                    let _ = write!(
-                        simulated_tp,
-                        "00-{}-{}-00",
-                        draft.trace_hex().as_str(),
-                        draft.span_hex().as_str()
-                    );
-                    simulated_tp.as_str()
-                }
-            };
+            let traceparent = encode(&draft, batch_tp.as_deref(), &mut buf, &mut simulated_tp);
             let outcome = sender
                 .send(
                     draft.id_text().as_str(), // spreads load over every partition (ARCHITECTURE.md)
@@ -525,6 +506,35 @@ async fn worker(engine: Arc<Engine>, params: RunParams, index: u32, rate: u32, s
             if i + 1 == n {
                 count_generated(&engine, n);
             }
+        }
+    }
+}
+
+/// Writes `draft`'s payload into `buf` and returns the traceparent its record carries: the batch's
+/// own (`batch_tp`), whose ids the event then carries so its row leads to the trace, or, with
+/// tracing off, the simulated ids as a trace nobody samples (written into `scratch`).
+fn encode<'a>(
+    draft: &Draft<'_>,
+    batch_tp: Option<&'a str>,
+    buf: &mut Vec<u8>,
+    scratch: &'a mut String,
+) -> &'a str {
+    buf.clear();
+    match batch_tp {
+        Some(tp) => {
+            draft.write_json(buf, Some((&tp[3..35], &tp[36..52])));
+            tp
+        }
+        None => {
+            draft.write_json(buf, None);
+            scratch.clear();
+            let _ = write!(
+                scratch,
+                "00-{}-{}-00",
+                draft.trace_hex().as_str(),
+                draft.span_hex().as_str()
+            );
+            scratch.as_str()
         }
     }
 }

@@ -186,11 +186,14 @@ impl EventFactory {
     /// before any of it is copied into a `LogEvent`.
     pub fn draw(&mut self, now: DateTime<Utc>, elapsed: Duration) -> Draft<'_> {
         let episode = self.profile.in_episode(elapsed);
-        let mut service = self.pick_service();
-        let mut component = service.components[self.rng.random_range(0..service.components.len())];
-        let mut level = self.pick_level();
-        let mut method = *pick_weighted(&mut self.rng, &METHODS);
-        let mut path = service.paths[self.rng.random_range(0..service.paths.len())];
+        let service = self.pick_service();
+        let mut req = Request {
+            service,
+            component: service.components[self.rng.random_range(0..service.components.len())],
+            level: self.pick_level(),
+            method: pick_weighted(&mut self.rng, &METHODS),
+            path: service.paths[self.rng.random_range(0..service.paths.len())],
+        };
         let (user, client_ip, message) = (&mut self.user, &mut self.client_ip, &mut self.message);
         user.clear();
         client_ip.clear();
@@ -203,42 +206,26 @@ impl EventFactory {
             self.rng.random_range(0..=255u8),
             self.rng.random_range(1..=254u8)
         );
-        let mut failed_login = false;
-        match self.profile {
+        let failed_login = match self.profile {
             // The spiking service's requests fail three times in five during the episode.
             Profile::ErrorSpike
                 if episode && service.name == SPIKE_SERVICE && self.rng.random_ratio(3, 5) =>
             {
-                level = Level::Error;
+                req.level = Level::Error;
+                false
             }
             Profile::SecurityAttack if episode => {
-                let roll = self.rng.random_range(0..100u32);
-                if roll < 8 {
-                    // Brute force: failed logins from a few IPs against a few accounts.
-                    service = service_named("auth");
-                    component = "login";
-                    level = Level::Warn;
-                    method = "POST";
-                    path = "/login";
-                    client_ip.clear();
-                    client_ip.push_str(ATTACKER_IPS[self.rng.random_range(0..ATTACKER_IPS.len())]);
-                    user.clear();
-                    user.push_str(ATTACKED_USERS[self.rng.random_range(0..ATTACKED_USERS.len())]);
-                    let _ = write!(
-                        message,
-                        "login failed: invalid password for user {user} from {client_ip}"
-                    );
-                    failed_login = true;
-                } else if roll < 10 {
-                    service = service_named("search");
-                    component = "query";
-                    level = Level::Warn;
-                    method = "GET";
-                    path = SQLI_PATHS[self.rng.random_range(0..SQLI_PATHS.len())];
-                }
+                attack(&mut self.rng, &mut req, user, client_ip, message)
             }
-            _ => {}
-        }
+            _ => false,
+        };
+        let Request {
+            service,
+            component,
+            level,
+            method,
+            path,
+        } = req;
         let status = if failed_login {
             401
         } else {
@@ -246,6 +233,7 @@ impl EventFactory {
         };
         let latency_ms = latency_for(level, &mut self.rng);
         if failed_login {
+            // Its message was written with it.
         } else if self.profile == Profile::MixedFormats && self.rng.random_ratio(1, 5) {
             let line = Line {
                 now,
@@ -306,7 +294,59 @@ impl EventFactory {
     }
 
     fn pick_level(&mut self) -> Level {
-        *pick_weighted(&mut self.rng, &LEVEL_WEIGHTS)
+        pick_weighted(&mut self.rng, &LEVEL_WEIGHTS)
+    }
+}
+
+/// The names of one request, which a profile's episode may change.
+#[derive(Clone, Copy)]
+struct Request {
+    service: &'static Service,
+    component: &'static str,
+    level: Level,
+    method: &'static str,
+    path: &'static str,
+}
+
+/// `security-attack`'s episode: one request in 12.5 a failed login from an attacker (true, with
+/// its message written), one in 50 an injection probe, the rest left alone.
+fn attack(
+    rng: &mut SmallRng,
+    req: &mut Request,
+    user: &mut String,
+    client_ip: &mut String,
+    message: &mut String,
+) -> bool {
+    let roll = rng.random_range(0..100u32);
+    if roll < 8 {
+        // Brute force: failed logins from a few IPs against a few accounts.
+        *req = Request {
+            service: service_named("auth"),
+            component: "login",
+            level: Level::Warn,
+            method: "POST",
+            path: "/login",
+        };
+        client_ip.clear();
+        client_ip.push_str(ATTACKER_IPS[rng.random_range(0..ATTACKER_IPS.len())]);
+        user.clear();
+        user.push_str(ATTACKED_USERS[rng.random_range(0..ATTACKED_USERS.len())]);
+        let _ = write!(
+            message,
+            "login failed: invalid password for user {user} from {client_ip}"
+        );
+        true
+    } else {
+        if roll < 10 {
+            *req = Request {
+                service: service_named("search"),
+                component: "query",
+                level: Level::Warn,
+                method: "GET",
+                path: SQLI_PATHS[rng.random_range(0..SQLI_PATHS.len())],
+            };
+        }
+        false
     }
 }
 
@@ -390,16 +430,16 @@ impl Line<'_> {
     }
 }
 
-fn pick_weighted<'a, T>(rng: &mut SmallRng, items: &'a [(T, u32)]) -> &'a T {
+fn pick_weighted<T: Copy>(rng: &mut SmallRng, items: &[(T, u32)]) -> T {
     let total: u32 = items.iter().map(|(_, w)| w).sum();
     let mut x = rng.random_range(0..total);
-    for (item, w) in items {
-        if x < *w {
+    for &(item, w) in items {
+        if x < w {
             return item;
         }
         x -= w;
     }
-    &items[0].0
+    items[0].0
 }
 
 fn status_for(level: Level, rng: &mut SmallRng) -> u16 {

@@ -297,6 +297,11 @@ pub fn start_broker(port: u16, dir: &std::path::Path, log: BrokerLog) -> std::pr
         &url,
     ])
     .args(["--storage-engine", &storage])
+    // Its own level, never the test's RUST_LOG: nisshi writes every span at info (scripts/lib.sh).
+    .env(
+        "RUST_LOG",
+        std::env::var("LOGPIPE_BROKER_LOG").unwrap_or_else(|_| "warn".into()),
+    )
     .current_dir(dir)
     .stdin(Stdio::null())
     .stdout(log.try_clone().expect("broker log"))

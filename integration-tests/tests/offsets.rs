@@ -136,7 +136,11 @@ impl Stack {
     async fn restart_broker_empty(&mut self) {
         self.broker.0.kill().unwrap();
         self.broker.0.wait().unwrap();
-        self.broker = Broker(it::start_broker(self.port, &self.dir, it::BrokerLog::Memory));
+        self.broker = Broker(it::start_broker(
+            self.port,
+            &self.dir,
+            it::BrokerLog::Memory,
+        ));
         logpipe_common::kafka::ensure_topics(&self.kafka, &self.kafka.topics())
             .await
             .expect("topics created again");

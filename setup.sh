@@ -5,7 +5,7 @@
 #              [--native|--docker]
 #
 # With a Docker engine (`docker info` succeeds) it runs docker-compose; otherwise it runs natively:
-# installs what is missing (apt build deps, PostgreSQL, Redis, the Tansu broker), builds release
+# installs what is missing (apt build deps, PostgreSQL, Redis, the broker, Tansu or nisshi), builds release
 # binaries, applies migrations, starts broker, collector, generator and gateway in the background with
 # pid files and logs under one run directory, waits for each /ready, and starts generation through the
 # gateway. --with-prometheus also starts Prometheus from Debian's package (installed if missing),
@@ -160,8 +160,8 @@ log "applying migrations to $DB_NAME"
     || { tail -20 "$RUN_DIR/logs/migrate.log" >&2; die "migrations failed"; }
 
 # --- broker ---------------------------------------------------------------------------------------
-if pid_alive "$RUN_DIR/pids/broker.pid" "$LOGPIPE_BROKER"; then
-    log "broker already running (pid $(cat "$RUN_DIR/pids/broker.pid"))"
+if pid_alive "$RUN_DIR/pids/broker.pid" "$BROKER_PROCESS"; then
+    log "broker already running (pid $(cat "$RUN_DIR/pids/broker.pid"): $(tr '\0' ' ' <"/proc/$(cat "$RUN_DIR/pids/broker.pid")/cmdline" | cut -d' ' -f1))"
 else
     port_open 127.0.0.1 "$BROKER_PORT" && die "port $BROKER_PORT is taken by a process this setup did not start"
     if [ "$DURABLE" = 1 ]; then
@@ -260,7 +260,7 @@ logpipe is up (native mode).
   generator  http://127.0.0.1:$GENERATOR_PORT   (pid $(cat "$RUN_DIR/pids/generator.pid"); answers the gateway's token only)
   collector  http://127.0.0.1:$COLLECTOR_PORT   (pid $(cat "$RUN_DIR/pids/collector.pid"); answers the gateway's token only)$( [ "$PROMETHEUS" = 1 ] && printf '\n  prometheus http://127.0.0.1:%s' "$PROMETHEUS_PORT")
 $( [ -n "$SYSLOG_PORT" ] && printf '  syslog     127.0.0.1:%s TCP (RFC 6587) and UDP  (logger -n 127.0.0.1 -P %s -T --rfc5424 hello)\n' "$SYSLOG_PORT" "$SYSLOG_PORT")
-  broker     127.0.0.1:$BROKER_PORT  Tansu, $( [ "$DURABLE" = 1 ] && echo "sqlite (durable)" || echo "memory (lost on stop)" ) (pid $(cat "$RUN_DIR/pids/broker.pid"))
+  broker     127.0.0.1:$BROKER_PORT  $(basename "$(tr '\0' ' ' <"/proc/$(cat "$RUN_DIR/pids/broker.pid")/cmdline" | cut -d' ' -f1)"), $( [ "$DURABLE" = 1 ] && echo "sqlite (durable)" || echo "memory (lost on stop)" ) (pid $(cat "$RUN_DIR/pids/broker.pid"))
   postgres   $DATABASE_URL
   logs       $RUN_DIR/logs/
   status     curl http://127.0.0.1:$GATEWAY_PORT/api/v1/generator/status

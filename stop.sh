@@ -45,7 +45,7 @@ collector_lag() {
 drain_collector() {
     local port secs=${LOGPIPE_STOP_DRAIN_SECS:-120} reading="" told=""
     pid_alive "$RUN_DIR/pids/collector.pid" logpipe-collector || return 0
-    pid_alive "$RUN_DIR/pids/broker.pid" "$LOGPIPE_BROKER" || return 0
+    pid_alive "$RUN_DIR/pids/broker.pid" "$BROKER_PROCESS" || return 0
     port=$(sed -n 's/^COLLECTOR_PORT=//p' "$RUN_DIR/ports.env" 2>/dev/null)
     port=${port:-${LOGPIPE_COLLECTOR_PORT:-8082}}
     log "waiting (up to ${secs}s) for the collector to store what the broker holds"

@@ -229,6 +229,11 @@ ensure_nisshi() {
     install -D -m 0755 "$src/target/release/nisshi" "$NISSHI_BIN"
 }
 
+# Either broker, as pid_alive matches a command line: a stack set up with one LOGPIPE_BROKER is
+# still found, drained and stopped by a later stop.sh or setup.sh run with the other (or none).
+# shellcheck disable=SC2034 # read by setup.sh and stop.sh
+BROKER_PROCESS='/bin/tansu \|/bin/nisshi '
+
 ensure_broker() {
     case "$LOGPIPE_BROKER" in
         tansu) ensure_tansu ;;

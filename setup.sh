@@ -5,7 +5,7 @@
 #              [--native|--docker]
 #
 # With a Docker engine (`docker info` succeeds) it runs docker-compose; otherwise it runs natively:
-# installs what is missing (apt build deps, PostgreSQL, Redis, the broker, Tansu or nisshi), builds release
+# installs what is missing (apt build deps, PostgreSQL, Redis, the broker, nisshi), builds release
 # binaries, applies migrations, starts broker, collector, generator and gateway in the background with
 # pid files and logs under one run directory, waits for each /ready, and starts generation through the
 # gateway. --with-prometheus also starts Prometheus from Debian's package (installed if missing),

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The one test command: every test, unit to end-to-end, against real Redis, PostgreSQL and a
-# Kafka-API broker (Tansu).
+# Kafka-API broker (nisshi).
 #
 #   ./test.sh
 #
-# 1. ensures the dependencies the way setup.sh does (apt build deps, PostgreSQL, Redis, Tansu);
+# 1. ensures the dependencies the way setup.sh does (apt build deps, PostgreSQL, Redis, nisshi);
 #    then the lint gate (scripts/lint.sh: cargo fmt --check, clippy -D warnings, shellcheck): a
 #    lint failure fails the run, the tests still run so one run reports everything;
 # 2. starts a private in-memory broker on its own port for the run, and stops it at the end;
@@ -15,10 +15,10 @@
 # 5. runs ./fault-suite.sh --short, the fault suite's short form (release binaries): the collector
 #    SIGKILLed 3 times during 1,000,000 events (exactly 1,000,000 rows, ids, offsets, and window
 #    counts equal to a recount); one of two collectors frozen past its session timeout (a zombie);
-#    collectors joining and leaving every 12 s; the durable (SQLite) broker SIGKILLed and restarted
-#    during 10,000 events/s; a private PostgreSQL stopped 15 s, then read-only 15 s; Redis killed
-#    under load; poison records; slow clients; each with every acknowledged event stored once, and
-#    a table and charts in its report;
+#    collectors joining and leaving every 12 s; the broker SIGKILLed and restarted during 10,000
+#    events/s, in memory (restarted empty) and durable (SQLite, restarted on its data); a private
+#    PostgreSQL stopped 15 s, then read-only 15 s; Redis killed under load; poison records; slow
+#    clients; each with every acknowledged event stored once, and a table and charts in its report;
 # 6. (the full fault suite, ./fault-suite.sh, is run by hand: README, "Fault tests");
 # 7. runs ./load-test.sh steady --own-stack, the load test's short form (20,000 events/s for 15 s
 #    on a private stack, loss by event id, ceilings, report): the tool itself cannot rot;
@@ -26,10 +26,6 @@
 #    query of the API answered, retention's drop; its checks are of answers, not of times);
 #    then integration-tests/console-test.sh: the console in headless Chromium against a keyed
 #    stack (charts, window table, alerts, a filtered live tail across a dropped connection);
-# 8. (fault-suite/scenarios/broker-restart.sh memory is run by hand: after its own restart
-#    Tansu 0.6's new group coordinator sometimes never assigns the collector a partition, which
-#    the collector reports as unstored partitions; tests/offsets.rs covers the broker restart
-#    inside cargo test);
 # Exits non-zero on any failure; the last line is the summary over all of it.
 set -uo pipefail
 

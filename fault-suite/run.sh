@@ -22,9 +22,9 @@
 #   poison-run          8  poison records mixed into a run         (poison-run.sh)
 #   slow-clients       11  trickled bodies, 1,000 idle connections, 10 MB bodies (slow-clients.sh)
 #   postgres-readonly  13  PostgreSQL read-only 60 s (a full disk) (postgres-outage.sh readonly)
-# --short runs the scenarios the test command runs, smaller (a few minutes in all): crash, zombie,
-# churn, broker-pause, broker-restart-durable, postgres-stop, redis-restart, poison-run,
-# slow-clients, postgres-readonly. broker-restart-memory runs only when named or in the full suite.
+# --short runs every scenario, smaller (a few minutes in all), as the test command does.
+# (broker-restart-memory joined it when logpipe moved to nisshi: Tansu 0.6's coordinator sometimes
+# never assigned a partition after its own restart.)
 # Writes DIR (default fault-reports/<time>): rows.tsv, a CSV and a chart per scenario, summary.md
 # with the table; prints the table. Exit code 0 when every scenario passed.
 set -uo pipefail
@@ -47,8 +47,8 @@ while [ $# -gt 0 ]; do
 done
 if [ ${#NAMES[@]} -eq 0 ]; then
     if [ "$SHORT" = 1 ]; then
-        NAMES=(crash zombie churn broker-pause broker-restart-durable postgres-stop redis-restart poison-run
-            slow-clients postgres-readonly)
+        NAMES=(crash zombie churn broker-pause broker-restart-memory broker-restart-durable postgres-stop
+            redis-restart poison-run slow-clients postgres-readonly)
     else
         NAMES=(crash zombie churn broker-pause broker-restart-memory broker-restart-durable postgres-stop
             redis-restart poison-run slow-clients postgres-readonly)
@@ -90,7 +90,8 @@ run_scenario() {
             if [ "$SHORT" = 1 ]; then env LOGPIPE_PAUSE_RUN_SECS=40 LOGPIPE_PAUSE_SECS=15 bash $t/broker-pause.sh
             else bash $t/broker-pause.sh; fi ;;
         broker-restart-memory)
-            bash $t/broker-restart.sh memory ;;
+            if [ "$SHORT" = 1 ]; then env LOGPIPE_RESTART_SECS=30 bash $t/broker-restart.sh memory
+            else bash $t/broker-restart.sh memory; fi ;;
         broker-restart-durable)
             if [ "$SHORT" = 1 ]; then env LOGPIPE_RESTART_SECS=30 bash $t/broker-restart.sh durable
             else env LOGPIPE_RESTART_SECS=120 bash $t/broker-restart.sh durable; fi ;;

@@ -336,8 +336,8 @@ fi
 check "schemathesis finds nothing against the gateway's OpenAPI document" test "$schemathesis_ok" = 1
 
 # A crash, ./setup.sh again, then ./stop.sh, on the in-memory broker: the collector started in the
-# killed one's place may own no partition until the group hands it some (Tansu does not rebalance
-# when the dead member's session expires; the collector joins again after 15 s), and stop.sh must
+# killed one's place may own no partition until the group hands it some (up to the dead member's
+# session timeout; Tansu 0.6 did not rebalance then at all), and stop.sh must
 # wait for it rather than read "no lag series" as "nothing to wait for": the broker loses what is
 # unstored when it stops. Every event the generator acknowledged must then be stored.
 curl -s -o /dev/null -X POST -H "authorization: Bearer $ADMIN_KEY" "$GATEWAY/api/v1/generator/stop"

@@ -3,28 +3,24 @@
 # starting processes with pid files, and stopping exactly those pids. Source it; do not run it.
 
 LOGPIPE_ROOT=${LOGPIPE_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
-# Per-user cache: the Tansu binary and the Cargo target directory live here so every clone reuses them.
+# Per-user cache: the broker binary and the Cargo target directory live here so every clone reuses them.
 LOGPIPE_CACHE=${LOGPIPE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/logpipe}
-TANSU_VERSION=0.6.0
-# Tansu is built from its crates with logpipe's patches (deploy/tansu/*.patch, see its README); the
-# build's folder names the patch level, so a changed patch set builds afresh.
-TANSU_PATCH_LEVEL=p3
-export TANSU_BIN=${TANSU_BIN:-$LOGPIPE_CACHE/tansu-$TANSU_VERSION-$TANSU_PATCH_LEVEL/bin/tansu}
-# nisshi is Tansu's successor (issue 33), built unpatched from its published crate with the lock
-# file it publishes, by the one toolchain it needs (rama 0.4 wants Rust 1.96), installed for that
-# build alone; the workspace keeps its own toolchain.
+# The broker native mode builds and starts is nisshi, Tansu's successor (issue 33; logpipe ran on
+# Tansu 0.6.0 with three local patches until then, deploy/nisshi/README.md says why it moved). It
+# is built unpatched from its published crate with the lock file it publishes, by the one toolchain
+# it needs (rama 0.4 wants Rust 1.96), installed for that build alone; the workspace keeps its own.
 NISSHI_VERSION=0.8.1
 NISSHI_TOOLCHAIN=1.96.0
 export NISSHI_BIN=${NISSHI_BIN:-$LOGPIPE_CACHE/nisshi-$NISSHI_VERSION/bin/nisshi}
-# The broker native mode builds and starts (docs/testing.md, "Broker conformance", says why):
-# LOGPIPE_BROKER=tansu or nisshi. LOGPIPE_BROKER_BIN is its binary (always the one LOGPIPE_BROKER
-# names; TANSU_BIN and NISSHI_BIN move them), which the integration tests' private brokers use
-# too; both take the same command line.
-export LOGPIPE_BROKER=${LOGPIPE_BROKER:-tansu}
+# LOGPIPE_BROKER_BIN is the broker every script and the integration tests' private brokers start;
+# another build of a broker with the same command line can stand in for it (setting it skips the
+# build). LOGPIPE_BROKER names its memory engine and durable file.
+export LOGPIPE_BROKER_BIN=${LOGPIPE_BROKER_BIN:-$NISSHI_BIN}
+export LOGPIPE_BROKER=${LOGPIPE_BROKER:-nisshi}
 case "$LOGPIPE_BROKER" in
-    tansu) export LOGPIPE_BROKER_BIN=$TANSU_BIN ;;
-    nisshi) export LOGPIPE_BROKER_BIN=$NISSHI_BIN ;;
-    *) printf '[logpipe] error: LOGPIPE_BROKER is tansu or nisshi, not %s\n' "$LOGPIPE_BROKER" >&2; exit 2 ;;
+    nisshi) ;;
+    tansu) printf '[logpipe] error: LOGPIPE_BROKER=tansu is gone: logpipe runs on nisshi, Tansu'"'"'s successor (deploy/nisshi/README.md); unset it\n' >&2; exit 2 ;;
+    *) printf '[logpipe] error: LOGPIPE_BROKER is nisshi, not %s\n' "$LOGPIPE_BROKER" >&2; exit 2 ;;
 esac
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$LOGPIPE_CACHE/target}
 PG_HOST=${LOGPIPE_PG_HOST:-127.0.0.1}
@@ -150,17 +146,14 @@ ensure_redis() {
     die "Redis is not reachable on 127.0.0.1:$REDIS_PORT"
 }
 
-# Tansu is built once per user (12-15 minutes on 2 cores) and reused by every clone and CI run: the
-# published crates of Tansu and of the parts logpipe patches (checksums pinned), each patched with
-# deploy/tansu/<crate>/*.patch, built with the lock file Tansu publishes (only the patched crates'
-# entries change). deploy/tansu/README.md says what each patch fixes.
-fetch_crate() { # NAME SHA256 DIR [VERSION]: download and unpack NAME-VERSION (Tansu's) from crates.io
-    local version=${4:-$TANSU_VERSION}
-    local file=$3/$1-$version.crate
-    curl -fsSL --retry 3 -o "$file" "https://static.crates.io/crates/$1/$1-$version.crate" \
-        || die "cannot download the crate $1 $version"
-    echo "$2  $file" | sha256sum -c --quiet - || die "checksum mismatch for $file"
-    tar xzf "$file" -C "$3"
+# fetch_crate NAME VERSION SHA256 DIR: download NAME-VERSION from crates.io, check it against the
+# checksum the crates.io index publishes, and unpack it in DIR.
+fetch_crate() {
+    local file=$4/$1-$2.crate
+    curl -fsSL --retry 3 -o "$file" "https://static.crates.io/crates/$1/$1-$2.crate" \
+        || die "cannot download the crate $1 $2"
+    echo "$3  $file" | sha256sum -c --quiet - || die "checksum mismatch for $file"
+    tar xzf "$file" -C "$4"
 }
 # with_progress LABEL TOTAL LOG CMD...: run a cargo build CMD with its output in LOG, and print once
 # a minute how many crates it has compiled (of about TOTAL; 0 when unknown) and for how long, so a
@@ -182,33 +175,6 @@ with_progress() {
     wait "$pid"
 }
 
-ensure_tansu() {
-    [ -x "$TANSU_BIN" ] && return 0
-    local src=$LOGPIPE_CACHE/tansu-src build_log=$LOGPIPE_CACHE/tansu-build.log crate sum patch
-    mkdir -p "$LOGPIPE_CACHE"
-    log "building Tansu $TANSU_VERSION ($TANSU_PATCH_LEVEL) into $LOGPIPE_CACHE (once per machine; 12-15 minutes on 2 cores)"
-    log "  build log: $build_log"
-    # Its target folder stays: a new patch level rebuilds only what the patches touch.
-    rm -rf "$src"/tansu-* && mkdir -p "$src"
-    fetch_crate tansu 4fdd85473ec265140488cf8d55e82b844f5c051c8916fabdd4a71156ac053f6d "$src"
-    printf '\n[patch.crates-io]\n' >>"$src/tansu-$TANSU_VERSION/Cargo.toml"
-    for crate in tansu-storage:720d2ed8e6010c70f7f06e5af5a7274ebbf6e42fdcd9e46de542b10dc4d2f35d \
-        tansu-broker:93c1e91b40c2a706dfdbe9a795c08c70918c874ad23f6e0e87564cc0a180e720; do
-        sum=${crate#*:} crate=${crate%%:*}
-        fetch_crate "$crate" "$sum" "$src"
-        for patch in "$LOGPIPE_ROOT/deploy/tansu/$crate"/*.patch; do
-            patch -s -p1 -N --no-backup-if-mismatch -d "$src/$crate-$TANSU_VERSION" <"$patch" \
-                || die "cannot apply $patch"
-        done
-        printf '%s = { path = "../%s-%s" }\n' "$crate" "$crate" "$TANSU_VERSION" \
-            >>"$src/tansu-$TANSU_VERSION/Cargo.toml"
-    done
-    CARGO_TARGET_DIR=$src/target with_progress Tansu 410 "$build_log" cargo build --release \
-        --features dynostore,libsql --manifest-path "$src/tansu-$TANSU_VERSION/Cargo.toml" \
-        || { tail -30 "$build_log" >&2; die "building Tansu failed"; }
-    install -D -m 0755 "$src/target/release/tansu" "$TANSU_BIN"
-}
-
 ensure_nisshi() {
     [ -x "$NISSHI_BIN" ] && return 0
     local src=$LOGPIPE_CACHE/nisshi-src build_log=$LOGPIPE_CACHE/nisshi-build.log
@@ -219,34 +185,41 @@ ensure_nisshi() {
         || rustup toolchain install "$NISSHI_TOOLCHAIN" --profile minimal \
         || die "cannot install Rust $NISSHI_TOOLCHAIN for nisshi"
     rm -rf "$src"/nisshi-* && mkdir -p "$src"
-    fetch_crate nisshi a357efb09b95f96964366d41b030341aa9c729544ae4dd9cdd012d7ef8e19a52 "$src" \
-        "$NISSHI_VERSION"
+    fetch_crate nisshi "$NISSHI_VERSION" \
+        a357efb09b95f96964366d41b030341aa9c729544ae4dd9cdd012d7ef8e19a52 "$src"
     # Only the two engines logpipe starts: memory:// (dynostore) and sqlite:// (libsql).
+    # --timings keeps where the build's minutes go (target/cargo-timings/) for the next cut.
     CARGO_TARGET_DIR=$src/target with_progress nisshi 465 "$build_log" \
-        cargo "+$NISSHI_TOOLCHAIN" build --release --locked --no-default-features \
+        cargo "+$NISSHI_TOOLCHAIN" build --release --locked --timings --no-default-features \
         --features dynostore,libsql --manifest-path "$src/nisshi-$NISSHI_VERSION/Cargo.toml" \
         || { tail -30 "$build_log" >&2; die "building nisshi failed"; }
     install -D -m 0755 "$src/target/release/nisshi" "$NISSHI_BIN"
 }
 
-# Either broker, as pid_alive matches a command line: a stack set up with one LOGPIPE_BROKER is
-# still found, drained and stopped by a later stop.sh or setup.sh run with the other (or none).
+# The broker's process, as pid_alive matches a command line: the binary started, or a Tansu that an
+# older checkout's setup.sh started (so this stop.sh still drains and stops that stack).
 # shellcheck disable=SC2034 # read by setup.sh and stop.sh
-BROKER_PROCESS='/bin/tansu \|/bin/nisshi '
+BROKER_PROCESS="$LOGPIPE_BROKER_BIN \\|/bin/tansu "
 
 ensure_broker() {
-    case "$LOGPIPE_BROKER" in
-        tansu) ensure_tansu ;;
-        nisshi) ensure_nisshi ;;
-    esac
+    [ -x "$LOGPIPE_BROKER_BIN" ] && return 0
+    [ "$LOGPIPE_BROKER_BIN" = "$NISSHI_BIN" ] || die "LOGPIPE_BROKER_BIN=$LOGPIPE_BROKER_BIN is not an executable"
+    ensure_nisshi
 }
 
 # broker_command PORT STORAGE: sets BROKER_CMD to the broker's command line on 127.0.0.1:PORT.
 # The broker logs at LOGPIPE_BROKER_LOG (default warn), never at the services' RUST_LOG: nisshi
 # writes every span's enter and exit at info, 29 GB in a four-minute fault scenario.
+# A new group's first rebalance does not wait (GROUP_INITIAL_REBALANCE_DELAY, nisshi's name for
+# Kafka's group.initial.rebalance.delay.ms, 3 s by default): a collector starting alone got its
+# partitions 3 s after it joined, and events produced meanwhile waited (the load test's p99 3.0 s
+# at 40,000 events/s; 60 ms with 0). Collectors starting together rebalance once per arrival
+# instead, which cooperative-sticky keeps cheap. An environment variable, so another broker
+# binary given as LOGPIPE_BROKER_BIN ignores it.
 broker_command() {
     # shellcheck disable=SC2034 # read by the caller
-    BROKER_CMD=(env "RUST_LOG=${LOGPIPE_BROKER_LOG:-warn}" "$LOGPIPE_BROKER_BIN" broker
+    BROKER_CMD=(env "RUST_LOG=${LOGPIPE_BROKER_LOG:-warn}" GROUP_INITIAL_REBALANCE_DELAY=0s
+        "$LOGPIPE_BROKER_BIN" broker
         --listener-url "tcp://127.0.0.1:$1" --advertised-listener-url "tcp://127.0.0.1:$1"
         --storage-engine "$2")
 }

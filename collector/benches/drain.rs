@@ -2,7 +2,7 @@
 //!
 //!   LOGPIPE_BENCH_BROKERS=127.0.0.1:9092 \
 //!   LOGPIPE_BENCH_DATABASE_URL=postgres://postgres@127.0.0.1:5432/logpipe_bench \
-//!   cargo bench -p logpipe-collector --bench drain [-- N] [-- N warn] [-- RATE alerts]
+//!   cargo bench -p logpipe-collector --bench drain [-- N] [-- N warn] [-- N consume] [-- RATE alerts]
 //!
 //! The topic (6 partitions) is filled with N events of the generator's `steady` profile first; then,
 //! each on the same records:
@@ -51,6 +51,9 @@ fn main() {
     let alerts_only = std::env::args().any(|a| a == "alerts");
     // `-- N warn`: only the fill and the WARN+ collector phase (to profile it alone).
     let warn_only = std::env::args().any(|a| a == "warn");
+    // `-- N consume`: only the fill and the consume phases, no PostgreSQL (the broker's ceilings,
+    // as `scripts/broker-bench.sh` compares brokers).
+    let consume_only = std::env::args().any(|a| a == "consume");
     let brokers =
         std::env::var("LOGPIPE_BENCH_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
     let db_url = std::env::var("LOGPIPE_BENCH_DATABASE_URL")
@@ -95,11 +98,13 @@ fn main() {
             })
             .collect();
         let warn_share = events.iter().filter(|e| e.level >= Level::Warn).count() as f64 / n as f64;
+        let filled = std::time::Instant::now();
         fill(&kafka, &events);
         println!(
-            "filled {topic}: {n} events, {:.0} bytes each on average, {:.1}% WARN and above",
+            "filled {topic}: {n} events, {:.0} bytes each on average, {:.1}% WARN and above, {:.0} events/s",
             events.iter().map(|e| e.to_json().len()).sum::<usize>() as f64 / n as f64,
-            warn_share * 100.0
+            warn_share * 100.0,
+            n as f64 / filled.elapsed().as_secs_f64()
         );
 
         if warn_only {
@@ -127,6 +132,9 @@ fn main() {
             }
         }
         println!("ceiling   consume, best of those  {consume:>9.0} events/s");
+        if consume_only {
+            return;
+        }
         // What one thread reads when it also parses and validates each record (the least the
         // collector must do with every event: windows and alerts see them all), best settings.
         let parsed = bare_consume(&kafka, n, &format!("{tag}-parse"), &best, true);

@@ -72,12 +72,13 @@ pub struct ConsumerSettings {
     /// Deadline to commit the last batch on shutdown.
     pub drain_timeout_ms: u64,
     /// On assignment, fetch from this many records before the stored offset and skip up to it.
-    /// Tansu 0.6 answers a fetch that starts inside a producer's record batch with nothing (it
-    /// only returns batches that begin at or after the offset), so resuming mid-batch would skip
-    /// the rest of that batch; starting a batch's length earlier gets the whole batch back. Must
-    /// be at least the producers' `batch.num.messages` (librdkafka default 10,000); 0 with a broker
-    /// that returns the containing batch, as Kafka does (the fetch still starts one record back:
-    /// the replaced-log check re-reads the record before the stored offset).
+    /// 0 (default) for a broker that answers a fetch starting inside a producer's record batch
+    /// with that batch, as Apache Kafka and nisshi do (conformance case `fetch_inside_a_batch`;
+    /// the fetch still starts one record back: the replaced-log check re-reads the record before
+    /// the stored offset). Tansu 0.6's memory engine answers such a fetch with nothing, so
+    /// resuming mid-batch skipped the rest of that batch: on such a broker set it to at least the
+    /// producers' `batch.num.messages` (librdkafka default 10,000; it was the default until
+    /// logpipe moved to nisshi).
     pub resume_lookback_records: i64,
     /// A record whose offset skips ahead of the next expected one makes the collector fetch the
     /// missing offsets again, up to this many times (2 s apart) before it accepts the gap. Tansu
@@ -95,12 +96,13 @@ pub struct ConsumerSettings {
     /// offset unmoved for this long, is one nobody stores: `/ready` fails on every collector of the
     /// group (`partitions_unstored`), `collector_partitions_unstored` counts it, an ERROR says which.
     pub orphan_after_secs: u64,
-    /// How the group shares partitions. `range` (default) is Kafka's eager protocol: every
-    /// rebalance revokes all and assigns again. `cooperative-sticky` moves only what must move,
-    /// but Tansu 0.6's coordinator mishandles it (the "cooperative rebalance" workaround): when a
-    /// member left, the remaining one had its partitions revoked and none assigned again, the
-    /// group stalled (reproduced by `tests/orphans.rs` in 3 of 4 runs). Eager costs a re-read of
-    /// the buffered records on each rebalance (they were never stored, so nothing doubles).
+    /// How the group shares partitions. `cooperative-sticky` (default) moves only what must move:
+    /// a member joining or leaving does not stop the others' partitions. `range` is Kafka's eager
+    /// protocol: every rebalance revokes all and assigns again, at the cost of a re-read of the
+    /// buffered records (never stored, so nothing doubles). `range` was the default until logpipe
+    /// moved to nisshi: Tansu 0.6's coordinator stranded a cooperative group when a member left
+    /// (`tests/orphans.rs` failed 3 of 4 runs; 7 of 7 passed on nisshi), so keep `range` for a
+    /// broker that fails the conformance case `cooperative_sticky`.
     pub assignment_strategy: AssignmentStrategy,
     /// Batches that may wait for the writer while it commits the one before. The consume loop
     /// reads and parses the next batch meanwhile either way. 0 (default): a batch is handed over
@@ -114,9 +116,9 @@ pub struct ConsumerSettings {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum AssignmentStrategy {
-    #[default]
     Range,
     RoundRobin,
+    #[default]
     CooperativeSticky,
 }
 
@@ -227,11 +229,11 @@ impl Default for ConsumerSettings {
             retry_initial_ms: 100,
             retry_max_ms: 5_000,
             drain_timeout_ms: 10_000,
-            resume_lookback_records: 10_000,
+            resume_lookback_records: 0,
             gap_repair_retries: 5,
             offset_out_of_range: OffsetPolicy::ResetToStart,
             orphan_after_secs: 60,
-            assignment_strategy: AssignmentStrategy::Range,
+            assignment_strategy: AssignmentStrategy::CooperativeSticky,
             write_queue_batches: 0,
         }
     }

@@ -6,9 +6,10 @@
 # every event Kafka acknowledged must be stored exactly once. Needs the release binaries (setup.sh
 # builds them). Ends with "broker-pause-test: N passed, M failed".
 #
-# On stock Tansu 0.6 the last rows fail: after the freeze its group coordinator kept a member it had
-# dropped in the group's assignment (or as its leader), so a partition was never assigned again.
-# logpipe's Tansu build fixes that (deploy/tansu/tansu-broker/group-leader.patch).
+# On stock Tansu 0.6 the last rows failed: after the freeze its group coordinator kept a member it
+# had dropped in the group's assignment (or as its leader), so a partition was never assigned
+# again. logpipe patched Tansu for it until it moved to nisshi, which needs no patch
+# (deploy/nisshi/README.md).
 set -uo pipefail
 
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"

@@ -6,7 +6,7 @@
 # The generator produces RATE events/s (LOGPIPE_RESTART_RATE, default 10,000) for SECS seconds
 # (LOGPIPE_RESTART_SECS, default 60); a third of the way in the broker is killed with SIGKILL and
 # started again 2 s later on the same port.
-# - durable (Tansu on SQLite): the restarted broker has its data. Every event the generator saw
+# - durable (the broker on SQLite): the restarted broker has its data. Every event the generator saw
 #   acknowledged is stored exactly once, and no stored offset was reset.
 # - memory: the restarted broker is empty (what an in-memory broker acknowledged and nobody stored is
 #   gone with it). The collector must detect that its stored offsets lie past the new log's end,

@@ -4,10 +4,9 @@
 # database; the collector is killed with SIGKILL at random moments (KILLS times, default 3) and
 # restarted each time. Passes when Postgres ends with exactly N rows, N distinct event ids, and the
 # stored offsets cover all N records. Needs the release binaries (setup.sh builds them).
-# The collector runs as a dynamic group member, as by default: with `--group-instance-id` (static
-# membership) Tansu 0.6's coordinator wedged the group in 2 of 11 runs here and once in CI (the
-# "dead leader kept" row of ARCHITECTURE.md's Tansu table); dynamic, 6 of 6 passed. A restarted
-# dynamic member waits up to the session timeout (10 s) for the killed one to expire.
+# The collector runs as a dynamic group member, as by default (with `--group-instance-id`, static
+# membership, Tansu 0.6's coordinator wedged the group in 2 of 11 runs; deploy/nisshi/README.md).
+# A restarted dynamic member waits up to the session timeout (10 s) for the killed one to expire.
 # Ends with "crash-test: N passed, M failed".
 set -uo pipefail
 

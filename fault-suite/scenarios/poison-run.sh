@@ -6,7 +6,7 @@
 # a message, NUL deep in attributes, timestamps at -5000, year 0 and +10000, invalid UTF-8 in a JSON
 # record and in a raw line, a 40 KiB message, a syslog line cut inside a multibyte character (the
 # set tests/poison.rs checks, which adds records the database itself refuses). Debian's kcat cannot
-# be the raw producer: its librdkafka 2.0.2 fails Tansu 0.6's ApiVersions answer ("Read underflow").
+# be the raw producer: its librdkafka 2.0.2 failed Tansu 0.6's ApiVersions answer ("Read underflow").
 # Passes when exactly those records are in logs.dlq, ROUNDS of each kind, each with its source and
 # error headers; none of them is in PostgreSQL, every acknowledged event is stored once, lag is back
 # to 0 and the collector never restarted. Ends with "poison-run-test: N passed, M failed".

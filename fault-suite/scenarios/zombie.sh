@@ -44,7 +44,7 @@ kill -STOP "$(cat "$RUN/a.pid")"
 frozen_at=$(offsets_stored)
 # Meanwhile B must not be silent: either the group hands it A's partitions and the stored offsets
 # move, or B's /ready reports partitions nobody stores (Apache Kafka evicts A after its session
-# timeout; Tansu 0.6 sometimes keeps a silent member until it speaks again, ARCHITECTURE.md), or
+# timeout; Tansu 0.6 sometimes kept a silent member until it spoke again, ARCHITECTURE.md), or
 # B's writes fail on A's locks (A frozen in the middle of a COPY keeps them until it resumes;
 # B's lock_timeout makes that a failing write, not a silent wait).
 said_so=0

@@ -41,8 +41,8 @@ pub const CASES: [Case; 7] = [
     Case {
         name: "fetch_inside_a_batch",
         kafka: "a fetch from an offset inside a record batch returns that batch; the consumer starts at the offset",
-        relied_on: false,
-        logpipe: "works around it: resume lookback (`resume_lookback_records`)",
+        relied_on: true,
+        logpipe: "relies on it: a collector resumes at its stored offset (`resume_lookback_records` 0; a lookback for a broker that fails this)",
     },
     Case {
         name: "list_offsets_by_timestamp",
@@ -59,8 +59,8 @@ pub const CASES: [Case; 7] = [
     Case {
         name: "cooperative_sticky",
         kafka: "two members with cooperative-sticky share four partitions, two each; when one leaves, the other gets all four",
-        relied_on: false,
-        logpipe: "works around it: the eager `range` protocol by default (`assignment_strategy`)",
+        relied_on: true,
+        logpipe: "relies on it: the collector's default protocol (`assignment_strategy`; `range` for a broker that fails this)",
     },
     Case {
         name: "static_membership",

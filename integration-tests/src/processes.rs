@@ -27,8 +27,7 @@ pub fn spawn_listening(cmd: &mut std::process::Command, port: u16) -> std::proce
 }
 
 /// The broker binary `./test.sh` builds into the per-user cache: `LOGPIPE_BROKER_BIN`, which
-/// `scripts/lib.sh` exports for the broker `LOGPIPE_BROKER` names, else the cache folder of the
-/// one it builds by default.
+/// `scripts/lib.sh` exports, else the cache folder it builds nisshi into.
 pub fn broker_bin() -> std::path::PathBuf {
     use std::path::PathBuf;
     if let Ok(p) = std::env::var("LOGPIPE_BROKER_BIN") {
@@ -39,7 +38,7 @@ pub fn broker_bin() -> std::path::PathBuf {
         .unwrap_or_else(|_| {
             PathBuf::from(std::env::var("HOME").expect("HOME")).join(".cache/logpipe")
         });
-    let bin = cache.join("tansu-0.6.0-p3/bin/tansu");
+    let bin = cache.join("nisshi-0.8.1/bin/nisshi");
     assert!(
         bin.exists(),
         "the broker was not found at {}; ./test.sh builds it",
@@ -91,6 +90,8 @@ pub fn start_broker(port: u16, dir: &std::path::Path, log: BrokerLog) -> std::pr
         "RUST_LOG",
         std::env::var("LOGPIPE_BROKER_LOG").unwrap_or_else(|_| "warn".into()),
     )
+    // A new group's first rebalance does not wait 3 s, as scripts/lib.sh starts it.
+    .env("GROUP_INITIAL_REBALANCE_DELAY", "0s")
     .current_dir(dir)
     .stdin(Stdio::null())
     .stdout(log.try_clone().expect("broker log"))

@@ -2,7 +2,7 @@
 //! the group must form again by itself and every record produced before and after is stored.
 //! Tansu 0.6 could keep as the group's leader a member it had already dropped, so every member
 //! that joined after was told to follow a leader that never synced, and nothing was assigned
-//! again (`deploy/tansu/tansu-broker/group-leader.patch`). Each freeze is a race between the
+//! again (logpipe patched it until the move to nisshi, deploy/nisshi/README.md). Each freeze is a race between the
 //! collector's old connection (its last heartbeat) and its new one (its join), so the test freezes
 //! the broker several times.
 //!

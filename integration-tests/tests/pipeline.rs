@@ -229,8 +229,9 @@ async fn poison_records_go_to_the_dlq_with_their_headers_and_do_not_stop_the_par
     s.stop().await;
 }
 
-/// Tansu answers a fetch that starts inside a producer's record batch with nothing; the collector
-/// starts a lookback earlier and skips to its stored offset, so the rest of that batch is stored.
+/// A collector resuming at a stored offset inside a producer's record batch stores the rest of that
+/// batch: the broker answers with the whole batch (no lookback by default; Tansu 0.6 answered with
+/// nothing, so the collector fetched `resume_lookback_records` earlier until the move to nisshi).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_collector_resuming_inside_a_producer_batch_stores_the_rest_of_that_batch() {
     let name = it::unique("midbatch");

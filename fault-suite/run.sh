@@ -46,13 +46,8 @@ while [ $# -gt 0 ]; do
     shift
 done
 if [ ${#NAMES[@]} -eq 0 ]; then
-    if [ "$SHORT" = 1 ]; then
-        NAMES=(crash zombie churn broker-pause broker-restart-memory broker-restart-durable postgres-stop
-            redis-restart poison-run slow-clients postgres-readonly)
-    else
-        NAMES=(crash zombie churn broker-pause broker-restart-memory broker-restart-durable postgres-stop
-            redis-restart poison-run slow-clients postgres-readonly)
-    fi
+    NAMES=(crash zombie churn broker-pause broker-restart-memory broker-restart-durable postgres-stop
+        redis-restart poison-run slow-clients postgres-readonly)
 fi
 REPORT=${REPORT:-fault-reports/$(date +%Y-%m-%d-%H%M%S)}
 mkdir -p "$REPORT"

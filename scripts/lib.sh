@@ -14,13 +14,13 @@ NISSHI_TOOLCHAIN=1.96.0
 export NISSHI_BIN=${NISSHI_BIN:-$LOGPIPE_CACHE/nisshi-$NISSHI_VERSION/bin/nisshi}
 # LOGPIPE_BROKER_BIN is the broker every script and the integration tests' private brokers start;
 # another build of a broker with the same command line can stand in for it (setting it skips the
-# build). LOGPIPE_BROKER names its memory engine and durable file.
+# build). Its memory engine and durable file are named for the binary (broker_storage).
 export LOGPIPE_BROKER_BIN=${LOGPIPE_BROKER_BIN:-$NISSHI_BIN}
-export LOGPIPE_BROKER=${LOGPIPE_BROKER:-nisshi}
-case "$LOGPIPE_BROKER" in
+# LOGPIPE_BROKER chose between Tansu and nisshi before the move; an old setting is refused aloud
+# rather than ignored.
+case "${LOGPIPE_BROKER:-nisshi}" in
     nisshi) ;;
-    tansu) printf '[logpipe] error: LOGPIPE_BROKER=tansu is gone: logpipe runs on nisshi, Tansu'"'"'s successor (deploy/nisshi/README.md); unset it\n' >&2; exit 2 ;;
-    *) printf '[logpipe] error: LOGPIPE_BROKER is nisshi, not %s\n' "$LOGPIPE_BROKER" >&2; exit 2 ;;
+    *) printf '[logpipe] error: LOGPIPE_BROKER=%s: logpipe runs on nisshi only since Tansu was retired (deploy/nisshi/README.md); unset it, or set LOGPIPE_BROKER_BIN to run another broker binary\n' "$LOGPIPE_BROKER" >&2; exit 2 ;;
 esac
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$LOGPIPE_CACHE/target}
 PG_HOST=${LOGPIPE_PG_HOST:-127.0.0.1}
@@ -225,11 +225,12 @@ broker_command() {
 }
 
 # broker_storage memory|durable: the broker's --storage-engine URL. A durable log is a SQLite file
-# named for its broker in the broker's working directory, so one broker never opens the other's.
+# named for the broker binary in its working directory (as `it::start_broker` names it), so one
+# broker never opens another's.
 broker_storage() {
     case "$1" in
-        durable) echo "sqlite://$LOGPIPE_BROKER.db" ;;
-        *) echo "memory://$LOGPIPE_BROKER/" ;;
+        durable) echo "sqlite://$(basename "$LOGPIPE_BROKER_BIN").db" ;;
+        *) echo "memory://$(basename "$LOGPIPE_BROKER_BIN")/" ;;
     esac
 }
 

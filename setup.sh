@@ -146,11 +146,10 @@ log "native mode (no Docker engine); run directory: $RUN_DIR"
 ensure_build_deps
 ensure_postgres
 ensure_redis
-ensure_broker
 ensure_database "$DB_NAME"
 
 log "building release binaries (target dir: $CARGO_TARGET_DIR; several minutes the first time, then seconds)"
-with_progress logpipe 0 "$RUN_DIR/logs/build.log" \
+build_beside_broker logpipe 0 "$RUN_DIR/logs/build.log" \
     cargo build --release --locked -p logpipe-generator -p logpipe-gateway -p logpipe-collector \
     || { tail -40 "$RUN_DIR/logs/build.log" >&2; die "build failed"; }
 BIN=$CARGO_TARGET_DIR/$PROFILE_DIR

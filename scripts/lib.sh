@@ -207,6 +207,30 @@ ensure_broker() {
     ensure_nisshi
 }
 
+# build_beside_broker LABEL TOTAL LOG CMD...: run the cargo build CMD as with_progress does while the
+# broker builds beside it, when it must be built (issue 33: on a fresh machine the two builds no
+# longer wait on each other, and each prints its own progress). The broker builds in its own
+# process group, so a failed CMD stops it at once instead of leaving the user a quarter of an hour
+# to learn of it. Returns CMD's status; dies if the broker's build failed (ensure_broker says why).
+build_beside_broker() {
+    local broker_pid="" rc=0
+    if [ ! -x "$LOGPIPE_BROKER_BIN" ]; then
+        log "the broker and $1 build side by side (a first build on 2 cores: about 27 minutes in all)"
+        setsid bash -c "source '$LOGPIPE_ROOT/scripts/lib.sh' && ensure_broker" &
+        broker_pid=$!
+    fi
+    with_progress "$@" || rc=$?
+    if [ -n "$broker_pid" ]; then
+        if [ "$rc" -ne 0 ]; then
+            kill -- "-$broker_pid" 2>/dev/null
+            wait "$broker_pid" 2>/dev/null
+        else
+            wait "$broker_pid" || die "the broker was not built (see above)"
+        fi
+    fi
+    return "$rc"
+}
+
 # broker_command PORT STORAGE: sets BROKER_CMD to the broker's command line on 127.0.0.1:PORT.
 # The broker logs at LOGPIPE_BROKER_LOG (default warn), never at the services' RUST_LOG: nisshi
 # writes every span's enter and exit at info, 29 GB in a four-minute fault scenario.

@@ -149,7 +149,7 @@ ensure_redis
 ensure_database "$DB_NAME"
 
 log "building release binaries (target dir: $CARGO_TARGET_DIR; several minutes the first time, then seconds)"
-build_beside_broker logpipe 0 "$RUN_DIR/logs/build.log" \
+build_beside_broker logpipe 280 "$RUN_DIR/logs/build.log" \
     cargo build --release --locked -p logpipe-generator -p logpipe-gateway -p logpipe-collector \
     || { tail -40 "$RUN_DIR/logs/build.log" >&2; die "build failed"; }
 BIN=$CARGO_TARGET_DIR/$PROFILE_DIR

@@ -179,7 +179,7 @@ ensure_nisshi() {
     [ -x "$NISSHI_BIN" ] && return 0
     local src=$LOGPIPE_CACHE/nisshi-src build_log=$LOGPIPE_CACHE/nisshi-build.log
     mkdir -p "$LOGPIPE_CACHE"
-    log "building nisshi $NISSHI_VERSION into $LOGPIPE_CACHE (once per machine; about 15 minutes on 2 cores)"
+    log "building nisshi $NISSHI_VERSION into $LOGPIPE_CACHE (once per machine; 16 to 18 minutes on 2 cores)"
     log "  build log: $build_log"
     rustup toolchain list | grep -q "^$NISSHI_TOOLCHAIN" \
         || rustup toolchain install "$NISSHI_TOOLCHAIN" --profile minimal \
@@ -215,7 +215,7 @@ ensure_broker() {
 build_beside_broker() {
     local broker_pid="" rc=0
     if [ ! -x "$LOGPIPE_BROKER_BIN" ]; then
-        log "the broker and $1 build side by side (a first build on 2 cores: about 27 minutes in all)"
+        log "the broker and $1 build side by side (a first build on 2 cores: about 18 minutes in all, the broker's being the longer)"
         setsid bash -c "source '$LOGPIPE_ROOT/scripts/lib.sh' && ensure_broker" &
         broker_pid=$!
     fi

@@ -151,7 +151,7 @@ pub struct PatternError {
 pub const MAX_RUNS_PER_SUBJECT: usize = 16;
 
 /// Everything the detectors found in one batch, keyed for a stable write order.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Findings {
     /// Per (kind, subject), runs of detections no further apart in event time than the episode
     /// gap: a batch that holds the end of one episode and the start of the next (a backlog read

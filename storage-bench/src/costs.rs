@@ -28,7 +28,7 @@ const COLUMNS: &str = "event_id TEXT COLLATE \"C\" NOT NULL, ts TIMESTAMPTZ NOT 
     kafka_offset BIGINT NOT NULL, stored_at TIMESTAMPTZ NOT NULL DEFAULT now()";
 
 /// (table, what it has beyond the bare heap, the statements that add it).
-const VARIANTS: [(&str, &str, &[&str]); 7] = [
+const VARIANTS: [(&str, &str, &[&str]); 9] = [
     ("heap", "nothing: the bare heap", &[]),
     (
         "level_check",
@@ -46,6 +46,11 @@ const VARIANTS: [(&str, &str, &[&str]); 7] = [
         &["CREATE INDEX ON service_ts (service, ts DESC)"],
     ),
     (
+        "service_ts_asc",
+        "the B-tree (service, ts) ascending (the alternative: read backwards for newest first)",
+        &["CREATE INDEX ON service_ts_asc (service, ts)"],
+    ),
+    (
         "service_only",
         "a B-tree (service) alone (the alternative: equal keys deduplicated)",
         &["CREATE INDEX ON service_only (service)"],
@@ -54,6 +59,12 @@ const VARIANTS: [(&str, &str, &[&str]); 7] = [
         "tail_brin",
         "the BRIN (kafka_offset, stored_at)",
         &["CREATE INDEX ON tail_brin USING brin (kafka_offset, stored_at)"],
+    ),
+    (
+        "attrs_text",
+        "attributes as text, not jsonb (below the heap by what jsonb's input costs)",
+        &["ALTER TABLE attrs_text ALTER attributes DROP DEFAULT, ALTER attributes TYPE text, \
+           ALTER attributes SET DEFAULT '{}'"],
     ),
     (
         "live",
@@ -69,7 +80,7 @@ const VARIANTS: [(&str, &str, &[&str]); 7] = [
 
 /// Nanoseconds a process has run on a CPU (its main thread: a PostgreSQL backend has one), or
 /// none where the server's processes cannot be read (another host).
-fn cpu_ns(pid: i32) -> Option<u64> {
+pub(crate) fn cpu_ns(pid: i32) -> Option<u64> {
     std::fs::read_to_string(format!("/proc/{pid}/schedstat"))
         .ok()?
         .split_whitespace()

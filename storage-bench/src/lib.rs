@@ -6,6 +6,8 @@
 //!   into both, batch by batch as the collector writes (the ratio);
 //! - what each index and constraint of a live partition costs the writer, in rows/s and in the
 //!   PostgreSQL backend's CPU per row, against the bare heap (`costs`);
+//! - what the collector's per-batch statements (offset moves, window upserts, alert findings) add
+//!   to the COPY of the same rows (`batches`);
 //! - the bulk load of the rest, the window rows, and the text-index build of the sealed days;
 //! - p50/p95 of each query the API serves, through the collector's own router, with the
 //!   `EXPLAIN (ANALYZE)` of each (the evidence for every index);
@@ -35,6 +37,7 @@ use logpipe_generator::events::{EventFactory, Profile};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgPool};
 
+mod batches;
 mod costs;
 mod load;
 mod queries;
@@ -180,6 +183,7 @@ pub async fn run(args: StorageArgs) -> anyhow::Result<bool> {
     b.header();
     b.ratio().await?;
     b.index_costs().await?;
+    b.batch_costs().await?;
     b.bulk_load().await?;
     b.text_indexes().await?;
     b.sizes().await?;

@@ -35,9 +35,14 @@ cd "$LOGPIPE_ROOT" || exit 1
 ensure_build_deps
 ensure_postgres
 ensure_redis
-ensure_broker
 ensure_database logpipe_test
 ensure_shipper_clients
+# On a fresh machine the broker and the tests build side by side (as in setup.sh); a failure
+# here is reported by `cargo test` below, with its compiler output.
+build_beside_broker "the tests" 0 "$LOGPIPE_CACHE/test-build.log" \
+    cargo test --workspace --locked --no-run \
+    || log "building the tests failed; cargo test below shows why"
+ensure_broker   # built by now, unless a failed test build stopped it
 # The budget tests run a private redis-server of their own, to stop and restart it.
 command -v redis-server >/dev/null || apt_install redis-server
 

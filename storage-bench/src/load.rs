@@ -318,7 +318,11 @@ impl Bench {
 }
 
 pub(crate) fn encode(rows: &[(LogEvent, i32, i64)]) -> Vec<u8> {
-    let mut enc = CopyEncoder::with_capacity(rows.len());
+    encode_into(CopyEncoder::with_capacity(rows.len()), rows)
+}
+
+/// The rows through `enc` (a jsonb or a json attributes column).
+pub(crate) fn encode_into(mut enc: CopyEncoder, rows: &[(LogEvent, i32, i64)]) -> Vec<u8> {
     for (event, partition, offset) in rows {
         enc.row(&StoredEvent {
             event,

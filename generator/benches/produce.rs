@@ -2,7 +2,7 @@
 //!
 //!   LOGPIPE_BENCH_BROKERS=127.0.0.1:9092 cargo bench -p logpipe-generator --bench produce [-- N]
 //!
-//! Ceiling: N pre-serialized records of the standard profile (key, payload and the same two headers
+//! Ceiling: N pre-serialized records of the steady profile (the same key, payload and two headers
 //! the generator attaches) sent by a bare rdkafka loop (same producer settings, no generation, no
 //! pacing). Generator: the real engine producing N events with the rate set to the maximum. Both count
 //! only delivery-acknowledged records. Every phase writes to its own new topic, and the two phases
@@ -27,7 +27,7 @@ use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedPr
 
 const ROUNDS: usize = 2;
 
-/// Pre-serialized records: key, payload, traceparent.
+/// Pre-serialized records: key (the event id), payload, traceparent.
 type Records = Vec<(String, Vec<u8>, String)>;
 
 fn main() {
@@ -63,7 +63,9 @@ fn main() {
                     e.trace_id.as_deref().unwrap_or_default(),
                     e.span_id.as_deref().unwrap_or_default()
                 );
-                (e.service.clone(), e.to_json(), traceparent)
+                // Keyed by event id, as the engine keys (spreading the load over every
+                // partition): keyed by service, the ceiling fell below the engine it bounds.
+                (e.event_id.clone(), e.to_json(), traceparent)
             })
             .collect();
         let avg = records.iter().map(|(_, p, _)| p.len()).sum::<usize>() / records.len();

@@ -25,6 +25,7 @@ use logpipe_collector::storage;
 use logpipe_collector::windows::{Aggregator, WindowSettings};
 use logpipe_common::LogEvent;
 use logpipe_generator::events::{EventFactory, Profile};
+use sqlx::{ConnectOptions, Connection};
 
 use crate::costs::cpu_ns;
 use crate::load::copy_batch;
@@ -132,6 +133,12 @@ impl Bench {
 
     /// A fresh migrated schema with its partitions made, reached through one connection.
     async fn layer(&self, schema: &str) -> anyhow::Result<Layer> {
+        // A schema left by an interrupted run (perhaps by another build's migrations) goes first.
+        let mut conn = self.base.connect().await?;
+        sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+            .execute(&mut conn)
+            .await?;
+        conn.close().await?;
         let db = Db::connect(&DatabaseSettings {
             url: self.args.database_url.clone(),
             schema: schema.into(),
@@ -139,10 +146,6 @@ impl Bench {
             ..DatabaseSettings::default()
         })
         .await?;
-        // A schema left by an interrupted run starts empty again.
-        sqlx::query("TRUNCATE log_events, window_stats, alerts, failed_logins, consumer_offsets")
-            .execute(db.pool())
-            .await?;
         storage::first_pass(&db, &storage_settings(&self.args, false)).await?;
         let partitions: Vec<i32> = (0..PARTITIONS).collect();
         db.claim_offsets(GROUP, TOPIC, &partitions).await?;

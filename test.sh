@@ -5,8 +5,9 @@
 #   ./test.sh
 #
 # 1. ensures the dependencies the way setup.sh does (apt build deps, PostgreSQL, Redis, nisshi,
-#    which on a fresh machine builds beside the tests' own build); then the lint gate (scripts/lint.sh: cargo fmt --check, clippy -D warnings, shellcheck): a
-#    lint failure fails the run, the tests still run so one run reports everything;
+#    which on a fresh machine builds beside the tests' own build); then the lint gate
+#    (scripts/lint.sh: cargo fmt --check, clippy -D warnings, shellcheck): a lint failure fails
+#    the run, the tests still run so one run reports everything;
 # 2. starts a private in-memory broker on its own port for the run, and stops it at the end;
 # 3. runs `cargo test --workspace` (each integration test uses its own topics, schema, group);
 # 4. runs integration-tests/system-test.sh, which brings a whole stack up with setup.sh on its own

@@ -164,6 +164,10 @@ with_progress() {
     [ "$total" -gt 0 ] && of=" of about $total"
     "$@" >"$build_log" 2>&1 &
     pid=$!
+    # A background job of a script ignores SIGINT, so on Ctrl-C the build is stopped here, and
+    # so is a broker build running beside it (build_beside_broker).
+    # shellcheck disable=SC2064 # the pids are fixed now
+    trap "kill $pid 2>/dev/null; ${BESIDE_PID:+kill -- -$BESIDE_PID 2>/dev/null;} exit 130" INT TERM
     while kill -0 "$pid" 2>/dev/null; do
         sleep 2
         if [ $((SECONDS - started)) -ge $next ]; then
@@ -172,6 +176,7 @@ with_progress() {
             next=$((next + 60))
         fi
     done
+    trap - INT TERM
     wait "$pid"
 }
 
@@ -216,10 +221,12 @@ build_beside_broker() {
     local broker_pid="" rc=0
     if [ ! -x "$LOGPIPE_BROKER_BIN" ]; then
         log "the broker and $1 build side by side (a first build on 2 cores: about 18 minutes in all, the broker's being the longer)"
+        # A script's background job is not a group leader, so setsid does not fork: the pid is
+        # the new group's.
         setsid bash -c "source '$LOGPIPE_ROOT/scripts/lib.sh' && ensure_broker" &
         broker_pid=$!
     fi
-    with_progress "$@" || rc=$?
+    BESIDE_PID=$broker_pid with_progress "$@" || rc=$?
     if [ -n "$broker_pid" ]; then
         if [ "$rc" -ne 0 ]; then
             kill -- "-$broker_pid" 2>/dev/null

@@ -349,6 +349,15 @@ pub fn metrics_handle() -> PrometheusHandle {
                     ],
                 )
                 .expect("bucket list is not empty")
+                // Batch sizes, in events: from one (an idle pipeline) to the largest batch limit.
+                .set_buckets_for_metric(
+                    Matcher::Suffix("_batch_events".into()),
+                    &[
+                        1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
+                        25000.0,
+                    ],
+                )
+                .expect("bucket list is not empty")
                 .build_recorder();
             let handle = recorder.handle();
             // Another recorder may already be installed by an embedding program; then ours only renders.

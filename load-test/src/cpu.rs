@@ -104,6 +104,21 @@ pub fn run_cpu(samples: &[Sample]) -> Option<PhaseCpu> {
     })
 }
 
+/// What the collector's writer did over the run: batches committed, their mean size in events
+/// and their mean commit in milliseconds. None when no batch committed (or the collector restarted,
+/// its totals starting again from zero).
+pub fn run_writer(samples: &[Sample]) -> Option<(u64, f64, f64)> {
+    let (first, last) = (samples.first()?.writer, samples.last()?.writer);
+    let batches = last.batches.checked_sub(first.batches).filter(|b| *b > 0)?;
+    let events = last.events.checked_sub(first.events)?;
+    let secs = last.commit_secs - first.commit_secs;
+    Some((
+        batches,
+        events as f64 / batches as f64,
+        secs / batches as f64 * 1e3,
+    ))
+}
+
 /// Cores ÷ the bare stages' CPU per event summed: events a second a pipeline costing no more than
 /// its bare stages would reach here. None until every stage was measured.
 pub fn bare_limit(cores: f64, stages: &[PhaseCpu]) -> Option<f64> {
@@ -126,6 +141,27 @@ mod tests {
             events,
             secs: secs.iter().map(|(n, s)| ((*n).to_owned(), *s)).collect(),
         }
+    }
+
+    #[test]
+    fn the_writers_batches_are_the_difference_over_the_run() {
+        use crate::stack::Writer;
+        let at = |batches, events, commit_secs| Sample {
+            writer: Writer {
+                batches,
+                events,
+                commit_secs,
+            },
+            ..Sample::default()
+        };
+        let run = [at(10, 1_000, 1.0), at(30, 9_000, 2.0), at(50, 41_000, 3.0)];
+        assert_eq!(run_writer(&run), Some((40, 1_000.0, 50.0)));
+        assert_eq!(run_writer(&run[..1]), None, "no batch in the run");
+        assert_eq!(
+            run_writer(&[at(50, 41_000, 3.0), at(5, 100, 0.1)]),
+            None,
+            "a restarted collector's totals start again"
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::stack::{pids_named, usage_of, Stack};
+use crate::stack::{pids_named, usage_of, Stack, Writer};
 
 #[derive(Debug, Clone, Default)]
 pub struct Sample {
@@ -29,6 +29,8 @@ pub struct Sample {
     pub procs: BTreeMap<String, (f64, u64)>,
     /// Per process: CPU seconds used so far (the process's own total, not since the run began).
     pub cpu_secs: BTreeMap<String, f64>,
+    /// The collector's writer, its own totals (not since the run began).
+    pub writer: Writer,
 }
 
 impl Sample {
@@ -163,6 +165,7 @@ async fn sample_loop(
         if let Ok(m) = stack.collector_metrics().await {
             s.consumed = m.consumed.saturating_sub(base.consumed);
             s.lag = m.lag;
+            s.writer = m.writer;
         }
         if let Ok(offsets) = stack.stored_offsets().await {
             s.stored = offsets

@@ -28,6 +28,16 @@ pub struct CollectorMetrics {
     pub consumed: u64,
     pub stored: u64,
     pub lag: BTreeMap<i32, i64>,
+    pub writer: Writer,
+}
+
+/// The collector's writer, totals since it started: committed batches, the event rows they wrote,
+/// and the seconds their transactions took.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Writer {
+    pub batches: u64,
+    pub events: u64,
+    pub commit_secs: f64,
 }
 
 pub struct Stack {
@@ -164,6 +174,12 @@ pub fn parse_metrics(text: &str) -> CollectorMetrics {
             m.consumed = v as u64;
         } else if name == "collector_events_stored_total" {
             m.stored = v as u64;
+        } else if name == "collector_batch_events_count" {
+            m.writer.batches = v as u64;
+        } else if name == "collector_batch_events_sum" {
+            m.writer.events = v as u64;
+        } else if name == "collector_batch_commit_seconds_sum" {
+            m.writer.commit_secs = v;
         } else if let Some(rest) = name.strip_prefix("collector_consumer_lag{") {
             let partition = rest
                 .split("partition=\"")
@@ -232,6 +248,20 @@ mod tests {
         let m = parse_metrics(text);
         assert_eq!((m.consumed, m.stored), (120, 100));
         assert_eq!(m.lag, BTreeMap::from([(0, 5), (3, 0)]));
+    }
+
+    #[test]
+    fn metrics_text_gives_the_writers_batch_totals() {
+        let text = "collector_batch_events_bucket{le=\"+Inf\"} 4\n\
+                    collector_batch_events_sum 9000\ncollector_batch_events_count 4\n\
+                    collector_batch_commit_seconds_sum 0.25\ncollector_batch_commit_seconds_count 4\n";
+        let m = parse_metrics(text);
+        let want = Writer {
+            batches: 4,
+            events: 9000,
+            commit_secs: 0.25,
+        };
+        assert_eq!(m.writer, want);
     }
 
     #[test]

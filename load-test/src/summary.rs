@@ -145,6 +145,15 @@ impl Results<'_> {
         } else {
             let _ = writeln!(s, "\n- pipeline: {pipeline_us:.1} µs per stored event; the bare stages were not all measured.");
         }
+        // PostgreSQL's share rests on the batch size group commit chose: each batch pays its
+        // window upserts, offsets and commit once, whatever its size.
+        if let Some((batches, mean, commit_ms)) = cpu::run_writer(self.samples) {
+            let _ = writeln!(
+                s,
+                "- the collector's writer: {batches} batches, {mean:.0} events each on average, \
+                 {commit_ms:.1} ms a commit on average."
+            );
+        }
     }
 
     /// `cpu-per-event.png`: µs of CPU per event, stacked by process, for the run and each bare

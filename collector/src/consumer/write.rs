@@ -280,7 +280,7 @@ impl ConsumerLoop {
             .stored
             .fetch_add(outcome.stored, Ordering::Relaxed);
         telemetry::events_stored(outcome.stored);
-        telemetry::batch_committed(started.elapsed());
+        telemetry::batch_committed(started.elapsed(), write.events.len());
         if let Some(newest) = write.events.iter().map(|e| e.event.timestamp).max() {
             let age = (Utc::now() - newest).to_std().unwrap_or_default();
             telemetry::event_age(age);

@@ -279,66 +279,97 @@ impl LogEvent {
     }
 
     /// Everything PostgreSQL would refuse is refused here, naming the field: the gateway answers
-    /// 422 with it, the collector sends such records to the DLQ. Shared so the two never disagree.
+    /// 422 with it, the collector sends such records to the DLQ. Shared so the two never disagree
+    /// (the collector's [`crate::RawEvent`] checks the same fields with the same function).
     pub fn validate(&self) -> Result<(), EventError> {
-        fn non_empty(field: &'static str, v: &str) -> Result<(), EventError> {
-            if v.trim().is_empty() {
-                Err(EventError::Empty(field))
-            } else {
-                Ok(())
-            }
-        }
-        fn max_len(field: &'static str, v: &str, max: usize) -> Result<(), EventError> {
-            if v.len() > max {
-                Err(EventError::TooLong {
-                    field,
-                    len: v.len(),
-                    max,
-                })
-            } else {
-                Ok(())
-            }
-        }
-        non_empty("event_id", &self.event_id)?;
-        non_empty("service", &self.service)?;
-        non_empty("message", &self.message)?;
-        max_len("event_id", &self.event_id, MAX_NAME_BYTES)?;
-        max_len("service", &self.service, MAX_NAME_BYTES)?;
-        max_len("component", &self.component, MAX_NAME_BYTES)?;
-        max_len("host", &self.host, MAX_NAME_BYTES)?;
-        max_len("message", &self.message, MAX_MESSAGE_BYTES)?;
-        if let Some(t) = &self.trace_id {
-            max_len("trace_id", t, 64)?;
-        }
-        if let Some(s) = &self.span_id {
-            max_len("span_id", s, 32)?;
-        }
-        if self.attributes.len() > MAX_ATTRIBUTES {
-            return Err(EventError::TooManyAttributes(self.attributes.len()));
-        }
-        let year = chrono::Datelike::year(&self.timestamp);
-        if !(MIN_YEAR..=MAX_YEAR).contains(&year) {
-            return Err(EventError::TimestampOutOfRange(self.timestamp.to_rfc3339()));
-        }
-        for (field, v) in [
-            ("event_id", self.event_id.as_str()),
-            ("service", &self.service),
-            ("component", &self.component),
-            ("host", &self.host),
-            ("message", &self.message),
-            ("trace_id", self.trace_id.as_deref().unwrap_or_default()),
-            ("span_id", self.span_id.as_deref().unwrap_or_default()),
-        ] {
-            if v.contains('\0') {
-                return Err(EventError::NulCharacter(field.to_owned()));
-            }
-        }
+        validate_fields(&Fields {
+            event_id: &self.event_id,
+            service: &self.service,
+            component: &self.component,
+            host: &self.host,
+            message: &self.message,
+            trace_id: self.trace_id.as_deref(),
+            span_id: self.span_id.as_deref(),
+            timestamp: self.timestamp,
+            attributes: self.attributes.len(),
+        })?;
         let mut bytes = 0;
         for (k, v) in &self.attributes {
             check_attribute(k, v, 1, &mut bytes, &mut || format!("attributes.{k}"))?;
         }
         Ok(())
     }
+}
+
+/// An event's named fields, borrowed, and how many attributes it has: what [`validate_fields`]
+/// checks before the attributes' contents.
+pub(crate) struct Fields<'a> {
+    pub event_id: &'a str,
+    pub service: &'a str,
+    pub component: &'a str,
+    pub host: &'a str,
+    pub message: &'a str,
+    pub trace_id: Option<&'a str>,
+    pub span_id: Option<&'a str>,
+    pub timestamp: DateTime<Utc>,
+    pub attributes: usize,
+}
+
+/// The checks of every named field, in the order their errors are reported.
+pub(crate) fn validate_fields(f: &Fields<'_>) -> Result<(), EventError> {
+    fn non_empty(field: &'static str, v: &str) -> Result<(), EventError> {
+        if v.trim().is_empty() {
+            Err(EventError::Empty(field))
+        } else {
+            Ok(())
+        }
+    }
+    fn max_len(field: &'static str, v: &str, max: usize) -> Result<(), EventError> {
+        if v.len() > max {
+            Err(EventError::TooLong {
+                field,
+                len: v.len(),
+                max,
+            })
+        } else {
+            Ok(())
+        }
+    }
+    non_empty("event_id", f.event_id)?;
+    non_empty("service", f.service)?;
+    non_empty("message", f.message)?;
+    max_len("event_id", f.event_id, MAX_NAME_BYTES)?;
+    max_len("service", f.service, MAX_NAME_BYTES)?;
+    max_len("component", f.component, MAX_NAME_BYTES)?;
+    max_len("host", f.host, MAX_NAME_BYTES)?;
+    max_len("message", f.message, MAX_MESSAGE_BYTES)?;
+    if let Some(t) = f.trace_id {
+        max_len("trace_id", t, 64)?;
+    }
+    if let Some(s) = f.span_id {
+        max_len("span_id", s, 32)?;
+    }
+    if f.attributes > MAX_ATTRIBUTES {
+        return Err(EventError::TooManyAttributes(f.attributes));
+    }
+    let year = chrono::Datelike::year(&f.timestamp);
+    if !(MIN_YEAR..=MAX_YEAR).contains(&year) {
+        return Err(EventError::TimestampOutOfRange(f.timestamp.to_rfc3339()));
+    }
+    for (field, v) in [
+        ("event_id", f.event_id),
+        ("service", f.service),
+        ("component", f.component),
+        ("host", f.host),
+        ("message", f.message),
+        ("trace_id", f.trace_id.unwrap_or_default()),
+        ("span_id", f.span_id.unwrap_or_default()),
+    ] {
+        if v.contains('\0') {
+            return Err(EventError::NulCharacter(field.to_owned()));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

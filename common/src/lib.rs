@@ -1,6 +1,8 @@
 //! Shared code for the logpipe services, and nothing else.
 //!
 //! - [`event`]: the log event on the wire (its JSON schema, see ARCHITECTURE.md), its level and validation.
+//! - [`raw_event`]: the event as the collector holds it, the record's text with its fields located;
+//!   [`attributes`] checks and reads the attributes' JSON text without building a tree.
 //! - [`formats`]: Apache combined and syslog (RFC 5424 / 3164) lines parsed into the event.
 //! - [`kafka`]: broker settings, rdkafka client configs and idempotent topic creation (Tansu has no
 //!   auto-create, so every service creates what it uses at start).
@@ -26,6 +28,7 @@
 // lint gate (`-D warnings`) holds every service to it.
 #![warn(clippy::too_many_lines)]
 
+pub mod attributes;
 pub mod config;
 pub mod control;
 pub mod event;
@@ -36,8 +39,10 @@ pub mod internal;
 pub mod kafka;
 pub mod permits;
 pub mod query;
+pub mod raw_event;
 pub mod shutdown;
 pub mod startup;
 pub mod telemetry;
 
 pub use event::{Level, LogEvent};
+pub use raw_event::RawEvent;

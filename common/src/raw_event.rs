@@ -1,0 +1,303 @@
+//! The event as the collector holds it: the record's JSON text, kept whole, with each field
+//! located in it. Reading one costs a copy of the record and a pass over its attributes, where
+//! [`LogEvent`] costs a `String` per field and a tree of the attributes; and the attributes go to
+//! PostgreSQL as the text that arrived, never rebuilt and written again.
+//!
+//! It accepts and refuses what [`LogEvent::from_json`] does, with the same errors, with one
+//! documented difference: attributes are bounded as written, so a key written twice counts twice
+//! toward the 64 entries and 16 KiB (jsonb, like serde_json's map, then keeps the last). The
+//! property tests in `tests/raw_event.rs` hold the two readings to that.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::ops::Range;
+
+use chrono::{DateTime, Utc};
+use serde::de::{Deserializer, Visitor};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::attributes::{scan, Attribute, Entry};
+use crate::event::{validate_fields, EventError, Fields, Level, LogEvent};
+
+/// A field's text: where it lies in the record, or the decoded text when it held escapes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Text {
+    At(u32, u32),
+    Owned(Box<str>),
+}
+
+impl Text {
+    fn get<'a>(&'a self, record: &'a str) -> &'a str {
+        match self {
+            Text::At(a, b) => &record[*a as usize..*b as usize],
+            Text::Owned(s) => s,
+        }
+    }
+}
+
+/// One event, kept as the JSON text it arrived in (see the module documentation).
+#[derive(Clone, PartialEq, Eq)]
+pub struct RawEvent {
+    record: Box<str>,
+    event_id: Text,
+    service: Text,
+    component: Text,
+    host: Text,
+    message: Text,
+    trace_id: Option<Text>,
+    span_id: Option<Text>,
+    attributes: Text,
+    entries: Vec<Entry>,
+    timestamp: DateTime<Utc>,
+    level: Level,
+}
+
+impl fmt::Debug for RawEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RawEvent")
+            .field("event_id", &self.event_id())
+            .field("timestamp", &self.timestamp)
+            .field("level", &self.level)
+            .field("service", &self.service())
+            .field("message", &self.message())
+            .field("attributes", &self.attributes_json())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A string field as read: borrowed from the record unless it held an escape.
+struct Str<'a>(Cow<'a, str>);
+
+impl Default for Str<'_> {
+    fn default() -> Self {
+        Str(Cow::Borrowed(""))
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Str<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Str<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Self::Value, E> {
+                Ok(Str(Cow::Borrowed(s)))
+            }
+            fn visit_str<E>(self, s: &str) -> Result<Self::Value, E> {
+                Ok(Str(Cow::Owned(s.to_owned())))
+            }
+            fn visit_string<E>(self, s: String) -> Result<Self::Value, E> {
+                Ok(Str(Cow::Owned(s)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// The attributes' text; present whenever the field is, so `null` reaches the scan and is refused
+/// there as the map it is not (an `Option` would read it as absent).
+struct Attrs<'a>(Option<&'a RawValue>);
+
+impl Default for Attrs<'_> {
+    fn default() -> Self {
+        Attrs(None)
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Attrs<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        <&'de RawValue>::deserialize(d).map(|raw| Attrs(Some(raw)))
+    }
+}
+
+/// The wire schema (`LogEvent`'s serde attributes, field for field), borrowing.
+#[derive(Deserialize)]
+struct Wire<'a> {
+    #[serde(default, borrow)]
+    event_id: Option<Str<'a>>,
+    timestamp: DateTime<Utc>,
+    level: Level,
+    #[serde(borrow)]
+    service: Str<'a>,
+    #[serde(default, borrow)]
+    component: Str<'a>,
+    #[serde(default, borrow)]
+    host: Str<'a>,
+    #[serde(borrow)]
+    message: Str<'a>,
+    #[serde(default, borrow)]
+    trace_id: Option<Str<'a>>,
+    #[serde(default, borrow)]
+    span_id: Option<Str<'a>>,
+    #[serde(default, borrow)]
+    attributes: Attrs<'a>,
+}
+
+/// Where `part` lies in `whole`, when it is a slice of it.
+fn range_in(whole: &str, part: &str) -> Option<Range<usize>> {
+    let start = (part.as_ptr() as usize).checked_sub(whole.as_ptr() as usize)?;
+    let end = start + part.len();
+    (end <= whole.len()).then_some(start..end)
+}
+
+fn locate(record: &str, s: Cow<'_, str>) -> Text {
+    match s {
+        Cow::Borrowed(b) => match range_in(record, b) {
+            Some(r) if u32::try_from(r.end).is_ok() => Text::At(r.start as u32, r.end as u32),
+            _ => Text::Owned(b.into()),
+        },
+        Cow::Owned(o) => Text::Owned(o.into_boxed_str()),
+    }
+}
+
+impl RawEvent {
+    /// Read and validate one JSON record.
+    pub fn from_json(bytes: &[u8]) -> Result<RawEvent, EventError> {
+        let text = std::str::from_utf8(bytes).map_err(|e| EventError::Json(e.to_string()))?;
+        Self::parse(text.into())
+    }
+
+    fn parse(record: Box<str>) -> Result<RawEvent, EventError> {
+        let wire: Wire<'_> =
+            serde_json::from_str(&record).map_err(|e| EventError::Json(e.to_string()))?;
+        let (attributes, scanned) = match wire.attributes.0 {
+            None => (Text::Owned("{}".into()), Default::default()),
+            Some(raw) => {
+                let scanned = scan(raw.get())?;
+                (locate(&record, Cow::Borrowed(raw.get())), scanned)
+            }
+        };
+        let text = |s: Option<Str<'_>>| s.map(|s| locate(&record, s.0));
+        let mut event = RawEvent {
+            event_id: text(wire.event_id).unwrap_or(Text::Owned("".into())),
+            service: locate(&record, wire.service.0),
+            component: locate(&record, wire.component.0),
+            host: locate(&record, wire.host.0),
+            message: locate(&record, wire.message.0),
+            trace_id: text(wire.trace_id),
+            span_id: text(wire.span_id),
+            attributes,
+            entries: scanned.entries,
+            timestamp: wire.timestamp,
+            level: wire.level,
+            record,
+        };
+        validate_fields(&Fields {
+            event_id: event.event_id(),
+            service: event.service(),
+            component: event.component(),
+            host: event.host(),
+            message: event.message(),
+            trace_id: event.trace_id(),
+            span_id: event.span_id(),
+            timestamp: event.timestamp,
+            attributes: event.entries.len(),
+        })?;
+        if let Some(problem) = scanned.problem {
+            return Err(problem);
+        }
+        if scanned.rewrite {
+            event.rewrite_attributes()?;
+        }
+        Ok(event)
+    }
+
+    /// Numbers PostgreSQL might refuse as written (see `attributes::MAX_VERBATIM_NUMBER_BYTES`)
+    /// are written as serde_json writes them, which it always takes.
+    fn rewrite_attributes(&mut self) -> Result<(), EventError> {
+        let map: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(self.attributes_json())
+                .map_err(|e| EventError::Json(e.to_string()))?;
+        let text = serde_json::Value::Object(map).to_string();
+        self.entries = scan(&text)?.entries;
+        self.attributes = Text::Owned(text.into_boxed_str());
+        Ok(())
+    }
+
+    /// An event built in code (a parsed Apache or syslog line, the canary), validated as a
+    /// record would be.
+    pub fn from_event(event: &LogEvent) -> Result<RawEvent, EventError> {
+        Self::parse(
+            String::from_utf8(event.to_json())
+                .expect("JSON is UTF-8")
+                .into(),
+        )
+    }
+
+    /// The event as the owned type, for code that builds or compares whole events.
+    pub fn to_event(&self) -> LogEvent {
+        LogEvent {
+            event_id: self.event_id().to_owned(),
+            timestamp: self.timestamp,
+            level: self.level,
+            service: self.service().to_owned(),
+            component: self.component().to_owned(),
+            host: self.host().to_owned(),
+            message: self.message().to_owned(),
+            trace_id: self.trace_id().map(str::to_owned),
+            span_id: self.span_id().map(str::to_owned),
+            attributes: serde_json::from_str(self.attributes_json())
+                .expect("the attributes were read as a map"),
+        }
+    }
+
+    pub fn event_id(&self) -> &str {
+        self.event_id.get(&self.record)
+    }
+
+    pub fn timestamp(&self) -> DateTime<Utc> {
+        self.timestamp
+    }
+
+    pub fn level(&self) -> Level {
+        self.level
+    }
+
+    pub fn service(&self) -> &str {
+        self.service.get(&self.record)
+    }
+
+    pub fn component(&self) -> &str {
+        self.component.get(&self.record)
+    }
+
+    pub fn host(&self) -> &str {
+        self.host.get(&self.record)
+    }
+
+    pub fn message(&self) -> &str {
+        self.message.get(&self.record)
+    }
+
+    pub fn trace_id(&self) -> Option<&str> {
+        self.trace_id.as_ref().map(|t| t.get(&self.record))
+    }
+
+    pub fn span_id(&self) -> Option<&str> {
+        self.span_id.as_ref().map(|t| t.get(&self.record))
+    }
+
+    /// The attributes as a JSON object's text: as they arrived, or rewritten where a number
+    /// had to be; `{}` when there were none.
+    pub fn attributes_json(&self) -> &str {
+        self.attributes.get(&self.record)
+    }
+
+    /// How many attributes were written (a key written twice counts twice).
+    pub fn attribute_count(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// One top-level attribute; when a key was written twice, the last (as jsonb keeps it).
+    pub fn attribute(&self, key: &str) -> Option<Attribute<'_>> {
+        let text = self.attributes_json();
+        self.entries
+            .iter()
+            .rev()
+            .find(|e| e.is(text, key))
+            .map(|e| Attribute::new(e.value(text)))
+    }
+}

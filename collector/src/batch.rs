@@ -3,7 +3,7 @@
 //! module, so neither side depends on the other for them.
 
 use chrono::{DateTime, Utc};
-use logpipe_common::LogEvent;
+use logpipe_common::RawEvent;
 
 use crate::detect::{AlertKind, Findings};
 use crate::windows::{Stats, WindowKey};
@@ -12,7 +12,7 @@ use crate::windows::{Stats, WindowKey};
 
 #[derive(Debug, Clone, Copy)]
 pub struct StoredEvent<'a> {
-    pub event: &'a LogEvent,
+    pub event: &'a RawEvent,
     pub partition: i32,
     pub offset: i64,
 }

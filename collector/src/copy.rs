@@ -66,25 +66,26 @@ impl CopyEncoder {
     pub fn row(&mut self, s: &StoredEvent<'_>) {
         let e = &s.event;
         self.buf.extend_from_slice(&FIELDS.to_be_bytes());
-        self.text(&e.event_id);
-        self.timestamptz(e.timestamp);
-        self.text(e.level.as_str());
-        self.text(&e.service);
-        self.text(&e.component);
-        self.text(&e.host);
-        self.text(&e.message);
-        self.opt_text(e.trace_id.as_deref());
-        self.opt_text(e.span_id.as_deref());
-        // jsonb binary = a version byte (1) and the JSON text (json's is the text alone); the
-        // length is patched after writing.
-        let at = self.buf.len();
-        self.buf.extend_from_slice(&0i32.to_be_bytes());
-        if !self.json_attributes {
+        self.text(e.event_id());
+        self.timestamptz(e.timestamp());
+        self.text(e.level().as_str());
+        self.text(e.service());
+        self.text(e.component());
+        self.text(e.host());
+        self.text(e.message());
+        self.opt_text(e.trace_id());
+        self.opt_text(e.span_id());
+        // The attributes' text as it arrived (checked to be what jsonb takes, see
+        // `logpipe_common::attributes`): jsonb binary = a version byte (1) and the JSON text,
+        // json's is the text alone.
+        let attributes = e.attributes_json();
+        let version = usize::from(!self.json_attributes);
+        self.buf
+            .extend_from_slice(&((attributes.len() + version) as i32).to_be_bytes());
+        if version == 1 {
             self.buf.push(1);
         }
-        serde_json::to_writer(&mut self.buf, &e.attributes).expect("a JSON map serializes");
-        let len = (self.buf.len() - at - 4) as i32;
-        self.buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
+        self.buf.extend_from_slice(attributes.as_bytes());
         self.buf.extend_from_slice(&4i32.to_be_bytes());
         self.buf.extend_from_slice(&s.partition.to_be_bytes());
         self.buf.extend_from_slice(&8i32.to_be_bytes());
@@ -100,7 +101,7 @@ impl CopyEncoder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use logpipe_common::{Level, LogEvent};
+    use logpipe_common::{Level, LogEvent, RawEvent};
 
     #[test]
     fn a_row_has_twelve_fields_with_null_for_missing_trace_ids() {
@@ -117,6 +118,7 @@ mod tests {
             span_id: None,
             attributes: Default::default(),
         };
+        let event = RawEvent::from_event(&event).unwrap();
         enc.row(&StoredEvent {
             event: &event,
             partition: 2,

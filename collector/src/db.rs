@@ -468,16 +468,16 @@ async fn insert_events_skipping_duplicates(
     let mut offsets = Vec::with_capacity(n);
     for s in events {
         let e = s.event;
-        ids.push(e.event_id.as_str());
-        ts.push(e.timestamp);
-        levels.push(e.level.as_str());
-        services.push(e.service.as_str());
-        components.push(e.component.as_str());
-        hosts.push(e.host.as_str());
-        messages.push(e.message.as_str());
-        trace_ids.push(e.trace_id.as_deref());
-        span_ids.push(e.span_id.as_deref());
-        attributes.push(serde_json::Value::Object(e.attributes.clone()).to_string());
+        ids.push(e.event_id());
+        ts.push(e.timestamp());
+        levels.push(e.level().as_str());
+        services.push(e.service());
+        components.push(e.component());
+        hosts.push(e.host());
+        messages.push(e.message());
+        trace_ids.push(e.trace_id());
+        span_ids.push(e.span_id());
+        attributes.push(e.attributes_json());
         partitions.push(s.partition);
         offsets.push(s.offset);
     }

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use logpipe_common::{Level, LogEvent};
+use logpipe_common::{Level, RawEvent};
 use regex::{Regex, RegexSet};
 use serde::{Deserialize, Serialize};
 
@@ -169,7 +169,7 @@ impl Findings {
         &mut self,
         kind: AlertKind,
         subject: &str,
-        e: &LogEvent,
+        e: &RawEvent,
         example: &str,
         gap: chrono::Duration,
     ) {
@@ -177,7 +177,7 @@ impl Findings {
             .detections
             .entry((kind, subject.to_owned()))
             .or_default();
-        let t = e.timestamp;
+        let t = e.timestamp();
         let mut run = runs
             .iter_mut()
             .position(|d| t >= d.first_seen - gap && t <= d.last_seen + gap);
@@ -200,7 +200,7 @@ impl Findings {
             None => runs.push(Detection {
                 kind,
                 subject: subject.to_owned(),
-                service: e.service.clone(),
+                service: e.service().to_owned(),
                 first_seen: t,
                 last_seen: t,
                 count: 1,
@@ -226,50 +226,49 @@ impl Detector {
         })
     }
 
-    pub fn inspect(&self, e: &LogEvent, out: &mut Findings) {
-        if e.level == Level::Fatal {
+    pub fn inspect(&self, e: &RawEvent, out: &mut Findings) {
+        if e.level() == Level::Fatal {
             out.detect(
                 AlertKind::FatalEvent,
-                &e.service,
+                e.service(),
                 e,
-                &e.message,
+                e.message(),
                 self.episode_gap,
             );
         }
         let path = e
-            .attributes
-            .get("http.path")
-            .or_else(|| e.attributes.get("url"))
+            .attribute("http.path")
+            .or_else(|| e.attribute("url"))
             .and_then(|v| v.as_str())
-            .unwrap_or("");
+            .unwrap_or_default();
+        let path = path.as_ref();
         // Cheap gate: every signature needs a quote, a semicolon or a parenthesis, or the word union.
         let suspicious =
             |s: &str| s.contains(['\'', ';', '(']) || s.contains("union") || s.contains("UNION");
         if (suspicious(path) && self.sqli.is_match(path))
-            || (suspicious(&e.message) && self.sqli.is_match(&e.message))
+            || (suspicious(e.message()) && self.sqli.is_match(e.message()))
         {
-            let example = if path.is_empty() { &e.message } else { path };
+            let example = if path.is_empty() { e.message() } else { path };
             out.detect(
                 AlertKind::SqlInjection,
-                &e.service,
+                e.service(),
                 e,
                 example,
                 self.episode_gap,
             );
         }
-        if self.failed_login.is_match(&e.message) {
-            let ts = e.timestamp.timestamp();
+        if self.failed_login.is_match(e.message()) {
+            let t = e.timestamp();
+            let ts = t.timestamp();
             let start = ts.div_euclid(self.brute_window_secs) * self.brute_window_secs;
-            let window_start = DateTime::from_timestamp(start, 0).unwrap_or(e.timestamp);
+            let window_start = DateTime::from_timestamp(start, 0).unwrap_or(t);
             let subjects = [
-                e.attributes
-                    .get("client.ip")
+                e.attribute("client.ip")
                     .and_then(|v| v.as_str())
-                    .map(|ip| bounded_subject("ip", ip)),
-                e.attributes
-                    .get("user")
+                    .map(|ip| bounded_subject("ip", &ip)),
+                e.attribute("user")
                     .and_then(|v| v.as_str())
-                    .map(|u| bounded_subject("user", u)),
+                    .map(|u| bounded_subject("user", &u)),
             ];
             for subject in subjects.into_iter().flatten() {
                 let f = out
@@ -277,15 +276,15 @@ impl Detector {
                     .entry((subject.clone(), start))
                     .or_insert_with(|| FailedLogins {
                         subject,
-                        service: e.service.clone(),
+                        service: e.service().to_owned(),
                         window_start,
                         hits: 0,
-                        first_seen: e.timestamp,
-                        last_seen: e.timestamp,
+                        first_seen: t,
+                        last_seen: t,
                     });
                 f.hits += 1;
-                f.first_seen = f.first_seen.min(e.timestamp);
-                f.last_seen = f.last_seen.max(e.timestamp);
+                f.first_seen = f.first_seen.min(t);
+                f.last_seen = f.last_seen.max(t);
             }
         }
     }
@@ -315,6 +314,7 @@ pub fn bounded_subject(prefix: &str, value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use logpipe_common::LogEvent;
     use proptest::prelude::*;
 
     proptest! {
@@ -329,7 +329,7 @@ mod tests {
     }
 
     fn event(level: Level, service: &str, message: &str, path: &str) -> LogEvent {
-        LogEvent {
+        logpipe_common::LogEvent {
             event_id: "1".into(),
             timestamp: "2026-11-23T08:00:05Z".parse().unwrap(),
             level,
@@ -351,7 +351,7 @@ mod tests {
         let d = Detector::new(&AlertSettings::default()).unwrap();
         let mut f = Findings::default();
         for e in events {
-            d.inspect(e, &mut f);
+            d.inspect(&RawEvent::from_event(e).unwrap(), &mut f);
         }
         f
     }

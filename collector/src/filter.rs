@@ -15,10 +15,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
-use logpipe_common::{Level, LogEvent};
+use logpipe_common::{Level, RawEvent};
 use regex::RegexSet;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -107,30 +106,31 @@ impl Filter {
     }
 
     /// Whether the event is stored raw.
-    pub fn stores(&self, e: &LogEvent) -> bool {
+    pub fn stores(&self, e: &RawEvent) -> bool {
         if self.pass_all {
             return true;
         }
         let r = &self.rules;
-        if r.exclude_services.contains(&e.service)
-            || (!r.include_services.is_empty() && !r.include_services.contains(&e.service))
+        let service = e.service();
+        if r.exclude_services.iter().any(|s| s == service)
+            || (!r.include_services.is_empty() && !r.include_services.iter().any(|s| s == service))
         {
             return false;
         }
-        if !self.drop.is_empty() && self.drop.is_match(&e.message) {
+        if !self.drop.is_empty() && self.drop.is_match(e.message()) {
             return false;
         }
         let attrs_match = r.match_attributes.iter().all(|(k, want)| {
-            e.attributes.get(k).is_some_and(|v| match v {
-                Value::String(s) => s == want,
-                // Numbers and booleans compare by their JSON text.
-                other => want.as_str() == other.to_string().as_str(),
+            e.attribute(k).is_some_and(|v| match v.as_str() {
+                Some(s) => s == want.as_str(),
+                // Numbers and booleans compare by their JSON text, as serde_json writes it.
+                None => *want == v.to_json_string(),
             })
         });
         if !attrs_match {
             return false;
         }
-        e.level >= r.min_level || (!self.keep.is_empty() && self.keep.is_match(&e.message))
+        e.level() >= r.min_level || (!self.keep.is_empty() && self.keep.is_match(e.message()))
     }
 }
 
@@ -184,8 +184,8 @@ fn read_rules(path: &Path) -> Result<FilterRules, FilterError> {
 mod tests {
     use super::*;
 
-    fn event(level: Level, service: &str, message: &str) -> LogEvent {
-        LogEvent {
+    fn event(level: Level, service: &str, message: &str) -> RawEvent {
+        let event = logpipe_common::LogEvent {
             event_id: "1".into(),
             timestamp: chrono::Utc::now(),
             level,
@@ -199,7 +199,8 @@ mod tests {
                 .as_object()
                 .unwrap()
                 .clone(),
-        }
+        };
+        RawEvent::from_event(&event).unwrap()
     }
 
     #[test]

@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
-use logpipe_common::{Level, LogEvent};
+use logpipe_common::{Level, RawEvent};
 use serde::{Deserialize, Serialize};
 
 use crate::cardinality::{Admission, KeyCap, OVERFLOW_KEY};
@@ -181,9 +181,9 @@ impl WindowSettings {
 
     /// The latency of an event in ms, from the first configured attribute that holds a number,
     /// bounded to `0..=MAX_LATENCY_MS` (see [`Latency`]).
-    pub fn latency_ms(&self, e: &LogEvent) -> Option<Latency> {
+    pub fn latency_ms(&self, e: &RawEvent) -> Option<Latency> {
         self.latency_attributes.iter().find_map(|k| {
-            let v = e.attributes.get(k)?;
+            let v = e.attribute(k)?;
             v.as_f64()
                 .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
                 .and_then(Latency::bounded)
@@ -332,8 +332,8 @@ pub struct Aggregator {
 impl Aggregator {
     /// Add an event under `service`: its own, or the overflow key when its window holds too many
     /// services already (see `cardinality`).
-    pub fn add(&mut self, service: &str, e: &LogEvent, latency: Option<Latency>) {
-        let key = (service.to_owned(), e.level, e.timestamp.timestamp());
+    pub fn add(&mut self, service: &str, e: &RawEvent, latency: Option<Latency>) {
+        let key = (service.to_owned(), e.level(), e.timestamp().timestamp());
         self.seconds.entry(key).or_default().add_event(latency);
     }
 
@@ -568,13 +568,13 @@ mod tests {
         ]
     }
 
-    fn event_with_latency(v: serde_json::Value) -> LogEvent {
-        let mut e: LogEvent = serde_json::from_str(
+    fn event_with_latency(v: serde_json::Value) -> RawEvent {
+        let mut e: logpipe_common::LogEvent = serde_json::from_str(
             r#"{"event_id":"x","timestamp":"2026-11-23T08:00:00Z","level":"INFO","service":"s","message":"m"}"#,
         )
         .unwrap();
         e.attributes.insert("latency_ms".into(), v);
-        e
+        RawEvent::from_event(&e).unwrap()
     }
 
     proptest! {

@@ -99,13 +99,8 @@ impl<'de: 'a, 'a> Deserialize<'de> for Str<'a> {
 
 /// The attributes' text; present whenever the field is, so `null` reaches the scan and is refused
 /// there as the map it is not (an `Option` would read it as absent).
+#[derive(Default)]
 struct Attrs<'a>(Option<&'a RawValue>);
-
-impl Default for Attrs<'_> {
-    fn default() -> Self {
-        Attrs(None)
-    }
-}
 
 impl<'de: 'a, 'a> Deserialize<'de> for Attrs<'a> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -242,6 +237,12 @@ impl RawEvent {
             attributes: serde_json::from_str(self.attributes_json())
                 .expect("the attributes were read as a map"),
         }
+    }
+
+    /// The record's whole JSON text (a line's: the event it was read into, as JSON): what a
+    /// dead-letter copy carries.
+    pub fn record(&self) -> &str {
+        &self.record
     }
 
     pub fn event_id(&self) -> &str {

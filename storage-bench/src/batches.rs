@@ -23,7 +23,7 @@ use logpipe_collector::db::{BatchWrite, Db, OffsetMove, StoredEvent};
 use logpipe_collector::detect::{AlertSettings, Detector};
 use logpipe_collector::storage;
 use logpipe_collector::windows::{Aggregator, WindowSettings};
-use logpipe_common::LogEvent;
+use logpipe_common::RawEvent;
 use logpipe_generator::events::{EventFactory, Profile};
 use sqlx::{ConnectOptions, Connection};
 
@@ -64,7 +64,7 @@ struct Layer {
 
 /// One batch as the collector's planner would hand it to the writer.
 struct Planned {
-    rows: Vec<(LogEvent, i32, i64)>,
+    rows: Vec<(RawEvent, i32, i64)>,
     data: Vec<u8>,
     moves: Vec<OffsetMove>,
     windows: Vec<(
@@ -100,6 +100,8 @@ impl Bench {
                     let mut e = factory.next_event(ts, Duration::from_secs(i / 40_000));
                     e.timestamp = ts;
                     e.event_id = format!("batch-{i:010}");
+                    let e = logpipe_common::RawEvent::from_event(&e)
+                        .expect("a generated event is valid");
                     (e, (i % 6) as i32, (i / 6) as i64)
                 })
                 .collect();
@@ -195,7 +197,7 @@ impl Bench {
 
 /// The moves, window deltas and findings of one batch, made as the collector's planner makes them.
 fn plan(
-    rows: Vec<(LogEvent, i32, i64)>,
+    rows: Vec<(RawEvent, i32, i64)>,
     next: &mut BTreeMap<i32, i64>,
     detector: &Detector,
     windows: &WindowSettings,
@@ -206,9 +208,9 @@ fn plan(
     let mut ends: BTreeMap<i32, (i64, DateTime<Utc>)> = BTreeMap::new();
     for (e, partition, offset) in &rows {
         detector.inspect(e, &mut findings);
-        agg.add(&e.service, e, windows.latency_ms(e));
-        let end = ends.entry(*partition).or_insert((0, e.timestamp));
-        *end = (offset + 1, end.1.max(e.timestamp));
+        agg.add(e.service(), e, windows.latency_ms(e));
+        let end = ends.entry(*partition).or_insert((0, e.timestamp()));
+        *end = (offset + 1, end.1.max(e.timestamp()));
     }
     let moves = ends
         .into_iter()

@@ -164,6 +164,8 @@ impl Bench {
                     let mut e = factory.next_event(ts, Duration::from_secs(i / 10_000));
                     e.timestamp = ts;
                     e.event_id = format!("cost-{i:010}");
+                    let e = logpipe_common::RawEvent::from_event(&e)
+                        .expect("a generated event is valid");
                     (e, (i % 6) as i32, (i / 6) as i64)
                 })
                 .collect();

@@ -10,7 +10,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use logpipe_collector::copy::{CopyEncoder, LOG_EVENT_COLUMNS};
 use logpipe_collector::db::StoredEvent;
 use logpipe_collector::storage;
-use logpipe_common::LogEvent;
+use logpipe_common::RawEvent;
 use logpipe_generator::events::{EventFactory, Profile};
 use sqlx::{Connection, PgConnection};
 
@@ -18,7 +18,7 @@ use crate::{storage_settings, Bench};
 
 impl Bench {
     /// The next `n` events, in time order, with their Kafka coordinates; counted into windows.
-    pub(crate) fn make(&mut self, n: usize) -> Vec<(LogEvent, i32, i64)> {
+    pub(crate) fn make(&mut self, n: usize) -> Vec<(RawEvent, i32, i64)> {
         let span_ms = (self.end - self.start).num_milliseconds() as u64;
         let mut out = Vec::with_capacity(n);
         for _ in 0..n {
@@ -38,6 +38,7 @@ impl Bench {
                     .entry((width, start, e.service.clone(), e.level.as_str()))
                     .or_default() += 1;
             }
+            let e = RawEvent::from_event(&e).expect("a generated event is valid");
             out.push((e, (i % 6) as i32, (i / 6) as i64));
         }
         out
@@ -258,12 +259,13 @@ impl Bench {
         while Instant::now() < deadline {
             tick.tick().await;
             let now = Utc::now();
-            let rows: Vec<(LogEvent, i32, i64)> = (0..per_tick)
+            let rows: Vec<(RawEvent, i32, i64)> = (0..per_tick)
                 .map(|_| {
                     let i = self.made;
                     self.made += 1;
                     let mut e = factory.next_event(now, Duration::ZERO);
                     e.event_id = format!("sb-{i:010}");
+                    let e = RawEvent::from_event(&e).expect("a generated event is valid");
                     (e, 0, i as i64)
                 })
                 .collect();
@@ -317,12 +319,12 @@ impl Bench {
     }
 }
 
-pub(crate) fn encode(rows: &[(LogEvent, i32, i64)]) -> Vec<u8> {
+pub(crate) fn encode(rows: &[(RawEvent, i32, i64)]) -> Vec<u8> {
     encode_into(CopyEncoder::with_capacity(rows.len()), rows)
 }
 
 /// The rows through `enc` (a jsonb or a json attributes column).
-pub(crate) fn encode_into(mut enc: CopyEncoder, rows: &[(LogEvent, i32, i64)]) -> Vec<u8> {
+pub(crate) fn encode_into(mut enc: CopyEncoder, rows: &[(RawEvent, i32, i64)]) -> Vec<u8> {
     for (event, partition, offset) in rows {
         enc.row(&StoredEvent {
             event,

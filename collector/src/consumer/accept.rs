@@ -24,7 +24,7 @@ impl ConsumerLoop {
             if is_raw_line(msg, payload) {
                 self.parse_raw(msg, payload)
             } else {
-                LogEvent::from_json(payload)
+                RawEvent::from_json(payload)
             }
         }));
         let poison = |kind: &'static str, message: String| Item::Poison {
@@ -160,7 +160,7 @@ impl ConsumerLoop {
         &self,
         msg: &rdkafka::message::BorrowedMessage<'_>,
         payload: &[u8],
-    ) -> Result<LogEvent, EventError> {
+    ) -> Result<RawEvent, EventError> {
         let line = std::str::from_utf8(payload).map_err(|e| EventError::Unparseable {
             format: "text",
             reason: format!("not UTF-8: {e}"),
@@ -194,7 +194,7 @@ impl ConsumerLoop {
             )
             .as_bytes(),
         );
-        Ok(event)
+        RawEvent::from_event(&event)
     }
 }
 

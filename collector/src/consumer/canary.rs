@@ -4,7 +4,7 @@
 //! (`write.rs`, `dead_letter`) writes the canary and rolls it back.
 
 use chrono::{DateTime, Utc};
-use logpipe_common::LogEvent;
+use logpipe_common::{LogEvent, RawEvent};
 
 use crate::db::{BatchWrite, OffsetMove, StoredEvent};
 use crate::detect::Findings;
@@ -12,11 +12,11 @@ use crate::windows::{Aggregator, Spec};
 
 /// The canary's event: valid by construction, FATAL so the alert statements run, with a latency
 /// so every window column is written. Its id is fresh, so it never meets a stored row.
-pub(super) fn canary_event(now: DateTime<Utc>) -> LogEvent {
+pub(super) fn canary_event(now: DateTime<Utc>) -> RawEvent {
     let mut attributes = serde_json::Map::new();
     attributes.insert("latency_ms".into(), 1.into());
     attributes.insert("client.ip".into(), "192.0.2.1".into());
-    LogEvent {
+    let event = LogEvent {
         event_id: format!("logpipe-canary-{}", LogEvent::new_id()),
         timestamp: now,
         level: logpipe_common::Level::Fatal,
@@ -27,32 +27,37 @@ pub(super) fn canary_event(now: DateTime<Utc>) -> LogEvent {
         trace_id: None,
         span_id: None,
         attributes,
-    }
+    };
+    RawEvent::from_event(&event).expect("the canary is valid by construction")
 }
 
 /// The canary's write: the refused record's offset `moves` as they are, and the canary event in
 /// place of the record with every kind of row an event derives (raw row, window rows, a detection,
 /// a failed-login counter, an error-rate judgement), so each statement of the batch write runs.
 pub(super) fn canary_write<'a>(
-    event: &'a LogEvent,
+    event: &'a RawEvent,
     moves: &[OffsetMove],
     specs: &[Spec],
 ) -> BatchWrite<'a> {
     use crate::detect::{AlertKind, Detection, FailedLogins};
     let mut agg = Aggregator::default();
-    agg.add(&event.service, event, crate::windows::Latency::bounded(1.0));
+    agg.add(
+        event.service(),
+        event,
+        crate::windows::Latency::bounded(1.0),
+    );
     let mut findings = Findings::default();
-    let t = event.timestamp;
+    let t = event.timestamp();
     findings.detections.insert(
-        (AlertKind::FatalEvent, event.service.clone()),
+        (AlertKind::FatalEvent, event.service().to_owned()),
         vec![Detection {
             kind: AlertKind::FatalEvent,
-            subject: event.service.clone(),
-            service: event.service.clone(),
+            subject: event.service().to_owned(),
+            service: event.service().to_owned(),
             first_seen: t,
             last_seen: t,
             count: 1,
-            example: event.message.clone(),
+            example: event.message().to_owned(),
         }],
     );
     let start = t.timestamp().div_euclid(60) * 60;
@@ -60,7 +65,7 @@ pub(super) fn canary_write<'a>(
         ("ip:192.0.2.1".into(), start),
         FailedLogins {
             subject: "ip:192.0.2.1".into(),
-            service: event.service.clone(),
+            service: event.service().to_owned(),
             window_start: DateTime::from_timestamp(start, 0).unwrap_or(t),
             hits: 1,
             first_seen: t,
@@ -77,7 +82,7 @@ pub(super) fn canary_write<'a>(
         windows: agg.into_deltas(specs),
         findings,
         moves: moves.to_vec(),
-        closed: vec![(event.service.clone(), t - chrono::Duration::days(1))],
+        closed: vec![(event.service().to_owned(), t - chrono::Duration::days(1))],
     }
 }
 
@@ -113,7 +118,7 @@ pub(super) fn describe_rows(write: &BatchWrite<'_>, stage: Option<&str>) -> Stri
         _ => json!(write
             .events
             .iter()
-            .map(|e| json!({"table": "log_events", "event_id": e.event.event_id, "ts": e.event.timestamp}))
+            .map(|e| json!({"table": "log_events", "event_id": e.event.event_id(), "ts": e.event.timestamp()}))
             .collect::<Vec<_>>()),
     };
     let mut text = v.to_string();
@@ -136,7 +141,7 @@ mod tests {
     fn the_canary_writes_every_kind_of_row_for_the_refused_records_moves() {
         let now = DateTime::from_timestamp(1_800_000_300, 0).unwrap();
         let e = canary_event(now);
-        e.validate().expect("the canary is a valid event");
+        assert_eq!(e.level(), logpipe_common::Level::Fatal);
         let moves = vec![OffsetMove {
             partition: 2,
             expected: 40,

@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use logpipe_common::LogEvent;
+use logpipe_common::RawEvent;
 
 use crate::batch::{BatchWrite, OffsetMove, Stored, StoredEvent};
 use crate::cardinality::{cap_findings, Caps};
@@ -345,7 +345,7 @@ pub(super) struct Pending {
 }
 
 pub(super) enum Item {
-    Event(Box<LogEvent>),
+    Event(Box<RawEvent>),
     /// A record that cannot be stored: it goes to the DLQ with `kind` and `message` as headers,
     /// and `headers` besides (a refused record's SQLSTATE, stage and derived row).
     Poison {
@@ -431,10 +431,10 @@ impl Planner<'_> {
             self.detector.inspect(e, &mut plan.write.findings);
             let late = m
                 .max_event_ts
-                .is_some_and(|max| e.timestamp < max - lateness);
+                .is_some_and(|max| e.timestamp() < max - lateness);
             if late {
                 plan.late += 1;
-            } else if e.timestamp > horizon {
+            } else if e.timestamp() > horizon {
                 // Dated past the collector's clock plus the lateness (only a raw producer can: the
                 // gateway refuses more than its own small allowance): stored and counted, but it
                 // neither moves event time nor opens window rows (else one such event would make
@@ -444,17 +444,17 @@ impl Planner<'_> {
             } else {
                 let latency = self.windows.latency_ms(e);
                 plan.clamped_latencies += u64::from(latency.is_some_and(|l| l.clamped));
-                agg.add(&e.service, e, latency);
+                agg.add(e.service(), e, latency);
                 // An event dated ahead of its record's timestamp is windowed under its own time
                 // but moves the partition's event time no further than the record's.
-                let progress = p.record_ts.map_or(e.timestamp, |r| e.timestamp.min(r));
+                let progress = p.record_ts.map_or(e.timestamp(), |r| e.timestamp().min(r));
                 m.max_event_ts = Some(m.max_event_ts.map_or(progress, |t| t.max(progress)));
-                let secs = e.timestamp.timestamp();
+                let secs = e.timestamp().timestamp();
                 let s = services.entry(p.partition).or_default();
-                match s.get_mut(e.service.as_str()) {
+                match s.get_mut(e.service()) {
                     Some(last) => *last = (*last).max(secs),
                     None => {
-                        s.insert(e.service.clone(), secs);
+                        s.insert(e.service().to_owned(), secs);
                     }
                 }
             }

@@ -39,7 +39,7 @@ use chrono::{DateTime, Utc};
 use logpipe_common::event::EventError;
 use logpipe_common::formats::{derived_id, parse_line, LineContext};
 use logpipe_common::kafka::header_value;
-use logpipe_common::LogEvent;
+use logpipe_common::RawEvent;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;

@@ -142,12 +142,12 @@ impl ConsumerLoop {
         }
         let p = &mut batch[at];
         if let Item::Event(e) = &p.item {
-            tracing::error!(partition = p.partition, offset = p.offset, event_id = %e.event_id,
+            tracing::error!(partition = p.partition, offset = p.offset, event_id = %e.event_id(),
                 sqlstate = sqlstate.as_deref().unwrap_or("-"), stage = stage.unwrap_or("-"),
                 "record refused by the database (a known-good write commits); sent to the DLQ");
             p.item = Item::Poison {
-                key: Some(e.service.as_bytes().to_vec()),
-                payload: e.to_json(),
+                key: Some(e.service().as_bytes().to_vec()),
+                payload: e.record().as_bytes().to_vec(),
                 kind: "refused_by_database",
                 message: format!("PostgreSQL refused the record's rows: {refusal}"),
                 headers: vec![
@@ -281,7 +281,7 @@ impl ConsumerLoop {
             .fetch_add(outcome.stored, Ordering::Relaxed);
         telemetry::events_stored(outcome.stored);
         telemetry::batch_committed(started.elapsed(), write.events.len());
-        if let Some(newest) = write.events.iter().map(|e| e.event.timestamp).max() {
+        if let Some(newest) = write.events.iter().map(|e| e.event.timestamp()).max() {
             let age = (Utc::now() - newest).to_std().unwrap_or_default();
             telemetry::event_age(age);
         }

@@ -264,8 +264,8 @@ fn only_the_last_record_of_each_partition_in_a_batch_gets_its_fingerprint() {
     );
 }
 
-fn event(secs: i64, level: logpipe_common::Level, service: &str) -> LogEvent {
-    LogEvent {
+fn event(secs: i64, level: logpipe_common::Level, service: &str) -> RawEvent {
+    let event = logpipe_common::LogEvent {
         event_id: format!("e{secs}{service}"),
         timestamp: DateTime::from_timestamp(1_800_000_000 + secs, 0).unwrap(),
         level,
@@ -276,7 +276,8 @@ fn event(secs: i64, level: logpipe_common::Level, service: &str) -> LogEvent {
         trace_id: None,
         span_id: None,
         attributes: serde_json::Map::new(),
-    }
+    };
+    RawEvent::from_event(&event).unwrap()
 }
 
 fn pending(partition: i32, offset: i64, item: Item) -> Pending {
@@ -511,10 +512,11 @@ fn login_subjects_past_the_cap_count_together_and_can_still_raise_brute_force() 
     own.insert(0, owned(0));
     let batch: Vec<Pending> = (0..5)
         .map(|i| {
-            let mut e = event(1, Level::Warn, "auth");
+            let mut e = event(1, Level::Warn, "auth").to_event();
             e.message = "login failed".into();
             e.attributes
                 .insert("client.ip".into(), format!("198.51.100.{i}").into());
+            let e = RawEvent::from_event(&e).unwrap();
             pending(0, i, Item::Event(Box::new(e)))
         })
         .collect();

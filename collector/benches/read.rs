@@ -26,6 +26,10 @@ use logpipe_generator::events::{EventFactory, Profile};
 
 const RECORDS: usize = 1_000;
 
+// The collector binary's allocator, so allocation costs what it costs in production.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Runs `f` under criterion and keeps its own total, so the means can be compared at the end.
 fn measure(c: &mut Criterion, name: &str, f: impl Fn()) -> f64 {
     let total = Cell::new((Duration::ZERO, 0u64));

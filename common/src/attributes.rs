@@ -241,6 +241,12 @@ impl Scanner<'_> {
             self.at += 1;
         }
         let token = &self.text[start..self.at];
+        self.bytes += 8;
+        // Most numbers are small integers: finite, and numeric takes them as written.
+        let digits = token.strip_prefix('-').unwrap_or(token);
+        if digits.len() <= 18 && digits.bytes().all(|b| b.is_ascii_digit()) {
+            return Ok(());
+        }
         // serde_json's own reading, so the same numbers are refused as when the attributes were
         // read into a map (an `f64` overflow is "number out of range").
         serde_json::from_str::<f64>(token).map_err(|e| json_error(e.to_string()))?;
@@ -250,7 +256,6 @@ impl Scanner<'_> {
         if token.len() > MAX_VERBATIM_NUMBER_BYTES || exponent_digits > 3 {
             self.out.rewrite = true;
         }
-        self.bytes += 8;
         Ok(())
     }
 
@@ -275,9 +280,7 @@ impl Scanner<'_> {
         };
         loop {
             let rest = &bytes[self.at.min(bytes.len())..];
-            let run = rest
-                .iter()
-                .position(|&b| b == b'"' || b == b'\\')
+            let run = memchr::memchr2(b'"', b'\\', rest)
                 .ok_or_else(|| json_error("EOF while parsing a string in field `attributes`"))?;
             read.decoded += run;
             self.at += run + 1;

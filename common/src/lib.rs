@@ -3,6 +3,7 @@
 //! - [`event`]: the log event on the wire (its JSON schema, see ARCHITECTURE.md), its level and validation.
 //! - [`raw_event`]: the event as the collector holds it, the record's text with its fields located;
 //!   [`attributes`] checks and reads the attributes' JSON text without building a tree.
+//! - [`timestamp`]: event timestamps read fast in the common form, by chrono in every other.
 //! - [`formats`]: Apache combined and syslog (RFC 5424 / 3164) lines parsed into the event.
 //! - [`kafka`]: broker settings, rdkafka client configs and idempotent topic creation (Tansu has no
 //!   auto-create, so every service creates what it uses at start).
@@ -43,6 +44,7 @@ pub mod raw_event;
 pub mod shutdown;
 pub mod startup;
 pub mod telemetry;
+pub mod timestamp;
 
 pub use event::{Level, LogEvent};
 pub use raw_event::RawEvent;

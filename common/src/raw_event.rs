@@ -113,6 +113,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Attrs<'a> {
 struct Wire<'a> {
     #[serde(default, borrow)]
     event_id: Option<Str<'a>>,
+    #[serde(deserialize_with = "timestamp")]
     timestamp: DateTime<Utc>,
     level: Level,
     #[serde(borrow)]
@@ -129,6 +130,21 @@ struct Wire<'a> {
     span_id: Option<Str<'a>>,
     #[serde(default, borrow)]
     attributes: Attrs<'a>,
+}
+
+/// A timestamp string, as chrono's `Deserialize` reads one (`crate::timestamp`).
+fn timestamp<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+    struct V;
+    impl Visitor<'_> for V {
+        type Value = DateTime<Utc>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an RFC 3339 date and time")
+        }
+        fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Self::Value, E> {
+            crate::timestamp::parse_utc(s).map_err(E::custom)
+        }
+    }
+    d.deserialize_str(V)
 }
 
 /// Where `part` lies in `whole`, when it is a slice of it.

@@ -77,15 +77,17 @@ impl CopyEncoder {
         self.opt_text(e.span_id());
         // The attributes' text as it arrived (checked to be what jsonb takes, see
         // `logpipe_common::attributes`): jsonb binary = a version byte (1) and the JSON text,
-        // json's is the text alone.
-        let attributes = e.attributes_json();
-        let version = usize::from(!self.json_attributes);
-        self.buf
-            .extend_from_slice(&((attributes.len() + version) as i32).to_be_bytes());
-        if version == 1 {
+        // its top-level keys in jsonb's order; json's is the text alone, as it arrived.
+        let length_at = self.buf.len();
+        self.buf.extend_from_slice(&0i32.to_be_bytes());
+        if self.json_attributes {
+            self.buf.extend_from_slice(e.attributes_json().as_bytes());
+        } else {
             self.buf.push(1);
+            e.write_attributes_for_jsonb(&mut self.buf);
         }
-        self.buf.extend_from_slice(attributes.as_bytes());
+        let length = (self.buf.len() - length_at - 4) as i32;
+        self.buf[length_at..length_at + 4].copy_from_slice(&length.to_be_bytes());
         self.buf.extend_from_slice(&4i32.to_be_bytes());
         self.buf.extend_from_slice(&s.partition.to_be_bytes());
         self.buf.extend_from_slice(&8i32.to_be_bytes());

@@ -17,7 +17,7 @@ use serde::de::{Deserializer, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::attributes::{scan, Attribute, Entry};
+use crate::attributes::{scan, write_in_jsonb_order, Attribute, Entry};
 use crate::event::{validate_fields, EventError, Fields, Level, LogEvent};
 
 /// A field's text: where it lies in the record, or the decoded text when it held escapes.
@@ -301,6 +301,13 @@ impl RawEvent {
     /// had to be; `{}` when there were none.
     pub fn attributes_json(&self) -> &str {
         self.attributes.get(&self.record)
+    }
+
+    /// The attributes' text for a jsonb column: their top-level entries in the order jsonb
+    /// stores them (see `attributes::write_in_jsonb_order`); the same object as
+    /// [`Self::attributes_json`].
+    pub fn write_attributes_for_jsonb(&self, out: &mut Vec<u8>) {
+        write_in_jsonb_order(self.attributes_json(), &self.entries, out);
     }
 
     /// How many attributes were written (a key written twice counts twice).

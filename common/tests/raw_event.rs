@@ -303,6 +303,34 @@ fn record() -> impl Strategy<Value = String> {
     })
 }
 
+/// An object's top-level keys in the order written.
+fn top_level_keys(json: &str) -> Vec<String> {
+    struct Keys(Vec<String>);
+    impl<'de> serde::Deserialize<'de> for Keys {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> serde::de::Visitor<'de> for V {
+                type Value = Keys;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("an object")
+                }
+                fn visit_map<A: serde::de::MapAccess<'de>>(
+                    self,
+                    mut m: A,
+                ) -> Result<Keys, A::Error> {
+                    let mut keys = Vec::new();
+                    while let Some((k, _)) = m.next_entry::<String, serde::de::IgnoredAny>()? {
+                        keys.push(k);
+                    }
+                    Ok(Keys(keys))
+                }
+            }
+            d.deserialize_map(V)
+        }
+    }
+    serde_json::from_str::<Keys>(json).unwrap().0
+}
+
 /// Both readings of one record agree (see the module documentation).
 fn agree(record: &str) -> Result<(), TestCaseError> {
     let raw = RawEvent::from_json(record.as_bytes());
@@ -323,6 +351,22 @@ fn agree(record: &str) -> Result<(), TestCaseError> {
                 "{} stored as {}",
                 record,
                 stored
+            );
+            // What COPY sends a jsonb column: the same object, its keys in jsonb's order.
+            let mut for_jsonb = Vec::new();
+            raw.write_attributes_for_jsonb(&mut for_jsonb);
+            let for_jsonb = std::str::from_utf8(&for_jsonb).unwrap();
+            let reordered: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_str(for_jsonb).unwrap();
+            prop_assert_eq!(&reordered, &values, "{} for jsonb as {}", stored, for_jsonb);
+            let keys = top_level_keys(for_jsonb);
+            prop_assert!(
+                keys.windows(2)
+                    .all(|w| (w[0].len(), &w[0]) <= (w[1].len(), &w[1]))
+                    || stored.contains('\\'),
+                "{} for jsonb as {}",
+                stored,
+                for_jsonb
             );
             for (k, v) in &tree.attributes {
                 let a = raw.attribute(k).expect("every attribute is found");
@@ -406,4 +450,27 @@ fn a_key_written_twice_counts_twice_and_reads_as_its_last_value() {
     let e = RawEvent::from_json(r.as_bytes()).unwrap();
     assert_eq!(e.attribute("a").unwrap().as_f64(), Some(2.0));
     assert_eq!(e.to_event(), LogEvent::from_json(r.as_bytes()).unwrap());
+}
+
+#[test]
+fn attributes_go_to_jsonb_in_its_key_order_keeping_the_last_of_a_key_written_twice() {
+    let jsonb = |attrs: &str| {
+        let r = format!(
+            r#"{{"event_id":"1","timestamp":"2026-12-06T08:00:00Z","level":"INFO","service":"s","message":"m","attributes":{attrs}}}"#
+        );
+        let mut out = Vec::new();
+        RawEvent::from_json(r.as_bytes())
+            .unwrap()
+            .write_attributes_for_jsonb(&mut out);
+        String::from_utf8(out).unwrap()
+    };
+    // Shorter keys first, then bytewise; equal keys in the order written, values as written.
+    assert_eq!(
+        jsonb(r#"{ "zz" : 1, "b":2.50, "a":{"y":1,"x":2}, "b":3 }"#),
+        r#"{"a":{"y":1,"x":2},"b":2.50,"b":3,"zz":1}"#
+    );
+    // Already in order, or an escaped key: as written.
+    assert_eq!(jsonb(r#"{"b": 1, "aa": 2}"#), r#"{"b": 1, "aa": 2}"#);
+    assert_eq!(jsonb(r#"{"zz":1,"\u0061":2}"#), r#"{"zz":1,"\u0061":2}"#);
+    assert_eq!(jsonb("{}"), "{}");
 }

@@ -474,3 +474,53 @@ fn attributes_go_to_jsonb_in_its_key_order_keeping_the_last_of_a_key_written_twi
     assert_eq!(jsonb(r#"{"zz":1,"\u0061":2}"#), r#"{"zz":1,"\u0061":2}"#);
     assert_eq!(jsonb("{}"), "{}");
 }
+
+/// Attributes of a few entries: short keys (so they repeat and tie on length), some escaped, in
+/// any order.
+fn unordered_attributes() -> impl Strategy<Value = String> {
+    let key = prop_oneof![
+        6 => "[a-c]{0,3}",
+        1 => Just("\\u0061".to_owned()),
+        1 => Just("é".to_owned()),
+    ];
+    prop::collection::vec((key, any::<i16>(), " ?"), 0..12).prop_map(|entries| {
+        let members: Vec<String> = entries
+            .iter()
+            .map(|(k, v, ws)| format!("{ws}\"{k}\"{ws}:{ws}{v}{ws}"))
+            .collect();
+        format!("{{{}}}", members.join(","))
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn attributes_reordered_for_jsonb_are_the_same_object_with_the_same_last_values(
+        attrs in unordered_attributes()
+    ) {
+        let r = format!(
+            r#"{{"event_id":"1","timestamp":"2026-12-06T08:00:00Z","level":"INFO","service":"s","message":"m","attributes":{attrs}}}"#
+        );
+        let e = RawEvent::from_json(r.as_bytes()).unwrap();
+        let mut out = Vec::new();
+        e.write_attributes_for_jsonb(&mut out);
+        let out = String::from_utf8(out).unwrap();
+        // serde_json's map keeps the last of a key written twice, as jsonb does.
+        let before: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&attrs).unwrap();
+        let after: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&out).unwrap();
+        prop_assert_eq!(&before, &after, "{} sent as {}", attrs, out);
+        if !attrs.contains('\\') {
+            let keys = top_level_keys(&out);
+            prop_assert!(
+                keys.windows(2).all(|w| (w[0].len(), &w[0]) <= (w[1].len(), &w[1])),
+                "{} sent as {}",
+                attrs,
+                out
+            );
+            prop_assert_eq!(keys.len(), top_level_keys(&attrs).len());
+        } else {
+            prop_assert_eq!(&out, &attrs);
+        }
+    }
+}

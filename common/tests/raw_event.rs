@@ -311,7 +311,7 @@ fn top_level_keys(json: &str) -> Vec<String> {
             struct V;
             impl<'de> serde::de::Visitor<'de> for V {
                 type Value = Keys;
-                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                     f.write_str("an object")
                 }
                 fn visit_map<A: serde::de::MapAccess<'de>>(

@@ -600,6 +600,30 @@ pub async fn send(req: reqwest::RequestBuilder) -> reqwest::Response {
     req.send().await.expect("request sent")
 }
 
+/// Send an ingest request as the API tells a client to: a 503 (Kafka did not acknowledge in
+/// time; nothing of the request counts as accepted) is resent unchanged after its `Retry-After`,
+/// up to three times, each one printed. The ids stay the same, so a resend stores nothing twice;
+/// a broker that stays down still fails the test with the last answer.
+pub async fn send_ingest(req: reqwest::RequestBuilder) -> reqwest::Response {
+    for attempt in 1..=3 {
+        let resp = send(req.try_clone().expect("a body that can be resent")).await;
+        if resp.status().as_u16() != 503 {
+            return resp;
+        }
+        let wait = resp
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+            .unwrap_or(1);
+        eprintln!(
+            "ingest answered 503 (attempt {attempt}), resending in {wait} s: {}",
+            resp.text().await.unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_secs(wait)).await;
+    }
+    send(req).await
+}
+
 /// Send a test's request and read its answer as JSON (panics when it is not JSON).
 pub async fn json_body(req: reqwest::RequestBuilder) -> serde_json::Value {
     send(req).await.json().await.expect("a JSON answer")

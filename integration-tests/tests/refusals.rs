@@ -65,12 +65,12 @@ async fn latencies_at_the_edge_of_f64_are_stored_and_do_not_stall_the_pipeline()
         let body: Vec<LogEvent> = (0..200)
             .map(|_| event("payments", "charge", value.clone()))
             .collect();
-        let resp = it::send(http.post(gateway.url("/api/v1/logs")).json(&body)).await;
+        let resp = it::send_ingest(http.post(gateway.url("/api/v1/logs")).json(&body)).await;
         assert_eq!(resp.status().as_u16(), 202, "{:?}", resp.text().await);
     }
     let marker = event("marker", "after the edge", serde_json::json!(5));
-    let resp = it::send(http.post(gateway.url("/api/v1/logs")).json(&marker)).await;
-    assert_eq!(resp.status().as_u16(), 202);
+    let resp = it::send_ingest(http.post(gateway.url("/api/v1/logs")).json(&marker)).await;
+    assert_eq!(resp.status().as_u16(), 202, "{:?}", resp.text().await);
     it::wait_scalar(
         &pool,
         "SELECT count(*) FROM log_events",

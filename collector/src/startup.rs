@@ -116,12 +116,13 @@ impl Application {
         let outbox_stop = CancellationToken::new();
         let outbox = tokio::spawn(crate::alerts::run_outbox(
             self.db.pool().clone(),
-            self.config
-                .kafka
-                .client_config("logpipe-collector-alerts")
-                .set("enable.idempotence", "true")
-                .set("acks", "all")
-                .create()?,
+            logpipe_common::producer::AckProducer::new(
+                self.config
+                    .kafka
+                    .client_config("logpipe-collector-alerts")
+                    .set("enable.idempotence", "true")
+                    .set("acks", "all"),
+            )?,
             self.config.kafka.alerts_topic.clone(),
             outbox_stop.clone(),
         ));

@@ -7,6 +7,8 @@
 //! - [`formats`]: Apache combined and syslog (RFC 5424 / 3164) lines parsed into the event.
 //! - [`kafka`]: broker settings, rdkafka client configs and idempotent topic creation (Tansu has no
 //!   auto-create, so every service creates what it uses at start).
+//! - [`producer`]: producers polled without rdkafka's spinning thread, one of them answering each
+//!   record with a future.
 //! - [`telemetry`]: tracing subscriber, Zipkin export, trace-context helpers and the HTTP server-span
 //!   middleware, and the process-wide Prometheus recorder.
 //! - [`host`]: the machine and commit a benchmark report names.
@@ -39,6 +41,7 @@ pub mod http;
 pub mod internal;
 pub mod kafka;
 pub mod permits;
+pub mod producer;
 pub mod query;
 pub mod raw_event;
 pub mod shutdown;

@@ -13,8 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use logpipe_common::producer::PolledProducer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::ClientContext;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -112,7 +113,7 @@ impl ActiveRun {
 pub struct Engine {
     config: GeneratorConfig,
     /// Replaced when librdkafka declares it fatally failed (see `replace_failed_producer`).
-    producer: std::sync::RwLock<ThreadedProducer<DeliveryCounter>>,
+    producer: std::sync::RwLock<PolledProducer<DeliveryCounter>>,
     counters: Arc<Counters>,
     breaker: Arc<ProduceBreaker>,
     budget: Option<GlobalBudget>,
@@ -159,7 +160,7 @@ impl Engine {
     }
 
     /// The current producer (a cheap handle; the producer may be replaced after a fatal error).
-    pub fn producer(&self) -> ThreadedProducer<DeliveryCounter> {
+    pub fn producer(&self) -> PolledProducer<DeliveryCounter> {
         self.producer.read().expect("producer lock").clone()
     }
 
@@ -593,7 +594,7 @@ enum SendOutcome {
 /// the replacement when its own producer failed fatally.
 struct Sender<'a> {
     engine: &'a Engine,
-    producer: ThreadedProducer<DeliveryCounter>,
+    producer: PolledProducer<DeliveryCounter>,
     topic: &'a str,
     cancel: &'a CancellationToken,
 }
@@ -666,11 +667,10 @@ fn new_producer(
     counters: &Arc<Counters>,
     breaker: &Arc<ProduceBreaker>,
     generation: u64,
-) -> Result<ThreadedProducer<DeliveryCounter>, EngineError> {
+) -> Result<PolledProducer<DeliveryCounter>, EngineError> {
     let p = &config.producer;
-    config
-        .kafka
-        .client_config(&config.instance_id)
+    let mut client = config.kafka.client_config(&config.instance_id);
+    client
         .set("enable.idempotence", "true")
         .set("acks", &p.acks)
         .set("linger.ms", p.linger_ms.to_string())
@@ -680,13 +680,16 @@ fn new_producer(
             "queue.buffering.max.messages",
             p.queue_max_messages.to_string(),
         )
-        .set("batch.num.messages", "10000")
-        .create_with_context(DeliveryCounter {
+        .set("batch.num.messages", "10000");
+    PolledProducer::new(
+        &client,
+        DeliveryCounter {
             counters: counters.clone(),
             breaker: breaker.clone(),
             generation,
-        })
-        .map_err(EngineError::Producer)
+        },
+    )
+    .map_err(EngineError::Producer)
 }
 
 #[cfg(test)]

@@ -13,7 +13,8 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use logpipe_common::producer::AckProducer;
+use rdkafka::producer::BaseRecord;
 use serde_json::json;
 use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
@@ -304,7 +305,7 @@ async fn write_step(
 /// drop the rare duplicate after a crash between produce and mark), until cancelled.
 pub async fn run_outbox(
     pool: PgPool,
-    producer: FutureProducer,
+    producer: AckProducer,
     topic: String,
     cancel: CancellationToken,
 ) {
@@ -334,7 +335,7 @@ pub enum OutboxError {
 
 async fn publish_pending(
     pool: &PgPool,
-    producer: &FutureProducer,
+    producer: &AckProducer,
     topic: &str,
 ) -> Result<(), OutboxError> {
     // No transaction is held while Kafka answers: row locks held across a produce (up to its
@@ -359,8 +360,8 @@ async fn publish_pending(
     for a in &alerts {
         let payload = serde_json::to_vec(a).expect("alert serializes");
         let sent = producer
-            .send(
-                FutureRecord::to(topic)
+            .send_and_wait(
+                BaseRecord::to(topic)
                     .key(a.alert_id.as_str())
                     .payload(&payload),
                 Duration::from_secs(10),
@@ -368,7 +369,7 @@ async fn publish_pending(
             .await;
         match sent {
             Ok(_) => ids.push(a.alert_id.as_str()),
-            Err((e, _)) => {
+            Err(e) => {
                 failed = Some(e);
                 break;
             }

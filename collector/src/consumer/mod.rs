@@ -39,12 +39,12 @@ use chrono::{DateTime, Utc};
 use logpipe_common::event::EventError;
 use logpipe_common::formats::{derived_id, parse_line, LineContext};
 use logpipe_common::kafka::header_value;
+use logpipe_common::producer::AckProducer;
 use logpipe_common::RawEvent;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::producer::FutureProducer;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::runtime::Handle;
@@ -104,7 +104,7 @@ pub struct ConsumerLoop {
     config: CollectorConfig,
     db: Db,
     consumer: BaseConsumer<CollectorContext>,
-    dlq: FutureProducer,
+    dlq: AckProducer,
     ownership: Arc<Mutex<Ownership>>,
     health: Arc<ConsumerHealth>,
     filter: FilterHandle,
@@ -194,12 +194,13 @@ impl ConsumerLoop {
             )
             .create_with_context(context)?;
         consumer.subscribe(&[&config.kafka.raw_topic])?;
-        let dlq: FutureProducer = config
-            .kafka
-            .client_config("logpipe-collector-dlq")
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .create()?;
+        let dlq = AckProducer::new(
+            config
+                .kafka
+                .client_config("logpipe-collector-dlq")
+                .set("enable.idempotence", "true")
+                .set("acks", "all"),
+        )?;
         let specs = config.windows.specs();
         let caps = Caps::new(
             config.windows.max_services_per_window,

@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use futures::future::join_all;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::FutureRecord;
+use rdkafka::producer::BaseRecord;
 
 use crate::db::{BatchWrite, DbError};
 use crate::telemetry;
@@ -350,17 +350,17 @@ impl ConsumerLoop {
                 value: Some(value.as_str()),
             });
         }
-        let mut record = FutureRecord::to(&self.config.kafka.dlq_topic)
+        let mut record = BaseRecord::to(&self.config.kafka.dlq_topic)
             .payload(payload)
             .headers(headers);
         if let Some(k) = key {
             record = record.key(k);
         }
         self.dlq
-            .send(record, Duration::from_secs(10))
+            .send_and_wait(record, Duration::from_secs(10))
             .await
             .map(|_| ())
-            .map_err(|(e, _)| FlushError::Dlq(e))
+            .map_err(FlushError::Dlq)
     }
 }
 

@@ -8,8 +8,9 @@ use futures::future::join_all;
 use logpipe_common::event::LogEvent;
 use logpipe_common::kafka::KafkaSettings;
 
+use logpipe_common::producer::AckProducer;
 use rdkafka::error::RDKafkaErrorCode;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{BaseRecord, Producer};
 use rdkafka::ClientConfig;
 
 #[derive(Debug, thiserror::Error)]
@@ -27,7 +28,7 @@ pub enum ProduceError {
 
 /// The idempotent producer behind ingest.
 pub struct IngestProducer {
-    producer: FutureProducer,
+    producer: AckProducer,
     topic: String,
     delivery_timeout: Duration,
 }
@@ -38,7 +39,7 @@ impl IngestProducer {
         settings: &IngestSettings,
     ) -> Result<IngestProducer, rdkafka::error::KafkaError> {
         let mut config: ClientConfig = kafka.client_config("logpipe-gateway");
-        let producer: FutureProducer = config
+        config
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", settings.linger_ms.to_string())
@@ -50,8 +51,8 @@ impl IngestProducer {
             .set(
                 "queue.buffering.max.messages",
                 settings.queue_max_messages.to_string(),
-            )
-            .create()?;
+            );
+        let producer = AckProducer::new(&config)?;
         Ok(IngestProducer {
             producer,
             topic: kafka.raw_topic.clone(),
@@ -71,13 +72,13 @@ impl IngestProducer {
         for (index, event) in events.iter().enumerate() {
             let payload = event.to_json();
             let headers = logpipe_common::kafka::event_headers("application/json", traceparent);
-            let record = FutureRecord::to(&self.topic)
+            let record = BaseRecord::to(&self.topic)
                 // The event id spreads load over every partition; windows and alert episodes do
                 // not depend on the key (ARCHITECTURE.md, "Decisions").
                 .key(event.event_id.as_bytes())
                 .payload(&payload)
                 .headers(headers);
-            match self.producer.send_result(record) {
+            match self.producer.send(record) {
                 Ok(f) => pending.push(f),
                 Err((e, _))
                     if e.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageSizeTooLarge) =>
@@ -105,9 +106,8 @@ impl IngestProducer {
                 let mut acked = 0;
                 for r in results {
                     match r {
-                        Ok(Ok(_)) => acked += 1,
-                        Ok(Err((e, _))) => reason = Some(e.to_string()),
-                        Err(_) => reason = Some("producer dropped the record".into()),
+                        Ok(_) => acked += 1,
+                        Err(e) => reason = Some(e.to_string()),
                     }
                 }
                 (acked, reason)

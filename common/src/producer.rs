@@ -16,7 +16,7 @@ use std::future::Future;
 use std::ops::Deref;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -77,7 +77,7 @@ impl<C: ProducerContext + 'static> PolledProducer<C> {
             producer,
             _poller: Arc::new(Poller {
                 stop,
-                thread: Mutex::new(Some(thread)),
+                thread: Some(thread),
             }),
         })
     }
@@ -86,14 +86,13 @@ impl<C: ProducerContext + 'static> PolledProducer<C> {
 /// Stops and joins the polling thread when the last handle goes.
 struct Poller {
     stop: Arc<AtomicBool>,
-    thread: Mutex<Option<JoinHandle<()>>>,
+    thread: Option<JoinHandle<()>>,
 }
 
 impl Drop for Poller {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        let thread = self.thread.lock().map(|mut t| t.take()).unwrap_or(None);
-        if let Some(t) = thread {
+        if let Some(t) = self.thread.take() {
             // The thread holds the producer too; it is destroyed there, after its last poll.
             let _ = t.join();
         }

@@ -7,7 +7,6 @@ use std::time::Duration;
 use futures::future::join_all;
 use logpipe_common::event::LogEvent;
 use logpipe_common::kafka::KafkaSettings;
-
 use logpipe_common::producer::AckProducer;
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::producer::{BaseRecord, Producer};

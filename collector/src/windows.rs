@@ -133,6 +133,20 @@ pub struct Spec {
 }
 
 impl Spec {
+    /// The tumbling family among `specs` that holds this hopping family's windows starting on a
+    /// multiple of its width: a window of the same span counts the same events, since lateness
+    /// and the services cap decide per event and per epoch, not per family. With the defaults
+    /// (60 s tumbling, 60/30 hopping) every other hopping window was written twice, a quarter
+    /// of the rows each batch upserts (BENCHMARKS.md); it is written once, as the tumbling row,
+    /// so the hopping family reads as its own rows and those (ARCHITECTURE.md, "Storage").
+    pub fn held_by(self, specs: &[Spec]) -> Option<Spec> {
+        let tumbling = Spec {
+            width: self.width,
+            slide: self.width,
+        };
+        (self.slide != self.width && specs.contains(&tumbling)).then_some(tumbling)
+    }
+
     /// Window starts (epoch seconds) of every window of this family that contains `ts_secs`.
     pub fn starts(self, ts_secs: i64) -> impl Iterator<Item = i64> {
         let last = ts_secs.div_euclid(self.slide) * self.slide;
@@ -382,12 +396,18 @@ impl Aggregator {
         out
     }
 
-    /// The deltas to upsert, one per window row touched.
+    /// The deltas to upsert, one per window row touched. A hopping window that is also a
+    /// window of a tumbling family in `specs` (same width, starting on a multiple of it) gets no
+    /// row of its own: the tumbling row holds the same events (see [`Spec::held_by`]).
     pub fn into_deltas(self, specs: &[Spec]) -> Vec<(WindowKey, Stats)> {
+        let held: Vec<Option<Spec>> = specs.iter().map(|s| s.held_by(specs)).collect();
         let mut rows: HashMap<WindowKey, Stats> = HashMap::new();
         for ((service, level, sec), stats) in self.seconds {
-            for &spec in specs {
+            for (&spec, held) in specs.iter().zip(&held) {
                 for start_secs in spec.starts(sec) {
+                    if held.is_some_and(|t| start_secs.rem_euclid(t.width) == 0) {
+                        continue;
+                    }
                     rows.entry(WindowKey {
                         spec,
                         start_secs,
@@ -429,219 +449,4 @@ pub fn closed_window(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    #[test]
-    fn tumbling_window_holds_each_second_exactly_once() {
-        let s = Spec {
-            width: 10,
-            slide: 10,
-        };
-        assert_eq!(s.starts(25).collect::<Vec<_>>(), vec![20]);
-        assert_eq!(s.starts(20).collect::<Vec<_>>(), vec![20]);
-        assert_eq!(s.starts(-1).collect::<Vec<_>>(), vec![-10]);
-    }
-
-    #[test]
-    fn hopping_window_puts_an_event_in_size_over_slide_windows() {
-        let s = Spec {
-            width: 60,
-            slide: 20,
-        };
-        assert_eq!(s.starts(65).collect::<Vec<_>>(), vec![60, 40, 20]);
-    }
-
-    #[test]
-    fn quantiles_come_from_the_histogram_within_bucket_precision() {
-        let mut st = Stats::default();
-        for l in 1..=100 {
-            st.add_event(Latency::bounded(f64::from(l)));
-        }
-        let p50 = st.quantile_ms(0.5).unwrap();
-        let p95 = st.quantile_ms(0.95).unwrap();
-        assert!((50.0..=50.0 * 1.19).contains(&p50), "{p50}");
-        assert!((95.0..=100.0).contains(&p95), "{p95}");
-        assert_eq!(st.quantile_ms(1.0), Some(100.0));
-        assert_eq!(st.latency_max_ms, Some(100.0));
-    }
-
-    #[test]
-    fn merged_partials_equal_the_whole() {
-        let mut whole = Stats::default();
-        let mut a = Stats::default();
-        let mut b = Stats::default();
-        for l in [3.0, 700.0, 12.5, 0.2, 90_000.0] {
-            whole.add_event(Latency::bounded(l));
-            if l < 50.0 {
-                a.add_event(Latency::bounded(l));
-            } else {
-                b.add_event(Latency::bounded(l));
-            }
-        }
-        a.merge(&b);
-        assert_eq!(a, whole);
-        assert_eq!(
-            whole.hist_literal().matches(',').count() + 1,
-            whole.hist.len()
-        );
-    }
-
-    #[test]
-    fn hopping_slide_must_divide_the_size() {
-        let w = WindowSettings {
-            hopping: vec![Hopping {
-                size_secs: 50,
-                slide_secs: 20,
-            }],
-            ..Default::default()
-        };
-        assert!(w.validate().is_err());
-    }
-
-    /// PostgreSQL's arithmetic in the window upsert (`db::upsert_windows`), mirrored: BIGINT
-    /// addition fails on overflow, DOUBLE PRECISION addition fails when finite inputs give an
-    /// infinity ("value out of range: overflow"), GREATEST and `hist_add` as written there.
-    fn upsert_in_sql(row: &Stats, delta: &Stats) -> Result<Stats, &'static str> {
-        fn add_f8(a: f64, b: f64) -> Result<f64, &'static str> {
-            let r = a + b;
-            if r.is_infinite() && a.is_finite() && b.is_finite() {
-                return Err("value out of range: overflow");
-            }
-            Ok(r)
-        }
-        let add_i8 = |a: i64, b: i64| a.checked_add(b).ok_or("bigint out of range");
-        let n = row.hist.len().max(delta.hist.len());
-        let mut hist = Vec::with_capacity(n);
-        for i in 0..n {
-            hist.push(add_i8(
-                row.hist.get(i).copied().unwrap_or(0),
-                delta.hist.get(i).copied().unwrap_or(0),
-            )?);
-        }
-        Ok(Stats {
-            count: add_i8(row.count, delta.count)?,
-            latency_count: add_i8(row.latency_count, delta.latency_count)?,
-            latency_sum_ms: add_f8(row.latency_sum_ms, delta.latency_sum_ms)?,
-            latency_max_ms: match (row.latency_max_ms, delta.latency_max_ms) {
-                (Some(a), Some(b)) => Some(a.max(b)),
-                (a, b) => a.or(b),
-            },
-            hist,
-        })
-    }
-
-    /// Any JSON number or string an event may carry as a latency, the type edges weighted in.
-    fn any_latency_value() -> impl Strategy<Value = serde_json::Value> {
-        prop_oneof![
-            any::<f64>().prop_map(serde_json::Value::from),
-            any::<i64>().prop_map(serde_json::Value::from),
-            any::<u64>().prop_map(serde_json::Value::from),
-            prop::sample::select(vec![
-                f64::MAX,
-                f64::MIN_POSITIVE,
-                1e308,
-                -1e308,
-                MAX_LATENCY_MS,
-                MAX_LATENCY_MS * 2.0,
-                0.0,
-                -0.0,
-                9.007_199_254_740_993e15,
-            ])
-            .prop_map(serde_json::Value::from),
-            prop::sample::select(vec![
-                "1e308",
-                "-1e308",
-                "1e999",
-                "NaN",
-                "inf",
-                "-inf",
-                "Infinity",
-                " 5 ",
-                "0x10",
-                "18446744073709551616",
-                "",
-            ])
-            .prop_map(serde_json::Value::from),
-            "[0-9eE.+-]{0,24}".prop_map(serde_json::Value::from),
-        ]
-    }
-
-    fn event_with_latency(v: serde_json::Value) -> RawEvent {
-        let mut e: logpipe_common::LogEvent = serde_json::from_str(
-            r#"{"event_id":"x","timestamp":"2026-11-23T08:00:00Z","level":"INFO","service":"s","message":"m"}"#,
-        )
-        .unwrap();
-        e.attributes.insert("latency_ms".into(), v);
-        RawEvent::from_event(&e).unwrap()
-    }
-
-    proptest! {
-        #[test]
-        fn a_latency_from_any_value_is_finite_and_within_its_bound(v in any_latency_value()) {
-            let w = WindowSettings::default();
-            if let Some(l) = w.latency_ms(&event_with_latency(v)) {
-                prop_assert!(l.ms().is_finite());
-                prop_assert!((0.0..=MAX_LATENCY_MS).contains(&l.ms()));
-            }
-        }
-
-        /// Rows built from any values, merged in any grouping, and upserted into a stored row
-        /// that already holds the most events a row can take, never overflow.
-        #[test]
-        fn window_rows_of_any_values_never_overflow_the_upsert(
-            values in prop::collection::vec(any_latency_value(), 1..60),
-            split in 0usize..60,
-        ) {
-            let w = WindowSettings::default();
-            let lats: Vec<_> = values.into_iter().map(|v| w.latency_ms(&event_with_latency(v))).collect();
-            let mut whole = Stats::default();
-            let (mut a, mut b) = (Stats::default(), Stats::default());
-            for (i, l) in lats.iter().enumerate() {
-                whole.add_event(*l);
-                if i < split { a.add_event(*l) } else { b.add_event(*l) }
-            }
-            a.merge(&b);
-            prop_assert_eq!(a.count, whole.count);
-            prop_assert_eq!(&a.hist, &whole.hist);
-            prop_assert!((a.latency_sum_ms - whole.latency_sum_ms).abs() <= 1e-6 * whole.latency_sum_ms.max(1.0));
-            prop_assert!(whole.latency_sum_ms <= whole.latency_count as f64 * MAX_LATENCY_MS);
-            // The worst stored row: MAX_EVENTS_PER_ROW events, each at the bound.
-            let mut worst = Stats {
-                count: MAX_EVENTS_PER_ROW,
-                latency_count: MAX_EVENTS_PER_ROW,
-                latency_sum_ms: MAX_EVENTS_PER_ROW as f64 * MAX_LATENCY_MS,
-                latency_max_ms: Some(MAX_LATENCY_MS),
-                hist: vec![0; HIST_BUCKETS],
-            };
-            worst.hist[HIST_BUCKETS - 1] = MAX_EVENTS_PER_ROW;
-            let upserted = upsert_in_sql(&worst, &whole);
-            prop_assert!(upserted.is_ok(), "{:?}", upserted);
-            let again = upsert_in_sql(&upserted.unwrap(), &whole);
-            prop_assert!(again.is_ok());
-        }
-    }
-
-    #[test]
-    fn the_value_that_overflowed_postgres_is_now_one_day() {
-        // Found by a new user: two requests with latency_ms 1.7e308 overflowed the upsert.
-        let w = WindowSettings::default();
-        let l = w
-            .latency_ms(&event_with_latency(serde_json::json!(1.7e308)))
-            .unwrap();
-        assert!(l.clamped);
-        assert_eq!(l.ms(), MAX_LATENCY_MS);
-        let mut row = Stats::default();
-        row.add_event(Some(l));
-        let mut delta = Stats::default();
-        delta.add_event(Some(l));
-        assert!(upsert_in_sql(&row, &delta).is_ok());
-        // And the unbounded value does overflow the mirrored arithmetic (the mirror is faithful).
-        let raw = Stats {
-            latency_sum_ms: 1.7e308,
-            ..Stats::default()
-        };
-        assert!(upsert_in_sql(&raw, &raw).is_err());
-    }
-}
+mod tests;

@@ -107,14 +107,44 @@ async fn window_counts_equal_counts_recomputed_from_the_raw_events_after_a_seede
             "{width}-second windows differ from the raw rows"
         );
     }
-    // Hopping 60/30: every event is in exactly two windows.
+    // Hopping 60/30: every event is in exactly two windows, and each window counts the raw
+    // rows in its minute. Those starting on a minute are the tumbling minute's rows (written
+    // once: `Spec::held_by`), the others rows of their own.
     let hopping: i64 = sqlx::query_scalar(
-        "SELECT sum(event_count)::int8 FROM window_stats WHERE width_secs = 60 AND slide_secs = 30",
+        "SELECT sum(event_count)::int8 FROM window_stats
+          WHERE width_secs = 60 AND slide_secs IN (30, 60)",
     )
     .fetch_one(&pool)
     .await
     .unwrap();
     assert_eq!(hopping, 12_000);
+    let (hopping_mismatches, twice): (i64, i64) = sqlx::query_as(
+        "WITH hop AS (
+             SELECT window_start AS ws, service, level, event_count AS n FROM window_stats
+              WHERE width_secs = 60 AND slide_secs = 30),
+         minute AS (
+             SELECT window_start AS ws, service, level, event_count AS n FROM window_stats
+              WHERE width_secs = 60 AND slide_secs = 60),
+         win AS (SELECT * FROM hop UNION ALL SELECT * FROM minute),
+         raw AS (
+             SELECT s.ws, e.service, e.level, count(*)::int8 AS n
+               FROM log_events e,
+                    LATERAL (VALUES (date_bin('30 seconds', e.ts, 'epoch')),
+                                    (date_bin('30 seconds', e.ts, 'epoch') - interval '30 seconds'))
+                            AS s(ws)
+              GROUP BY 1, 2, 3)
+         SELECT (SELECT count(*) FROM raw FULL JOIN win USING (ws, service, level)
+                  WHERE raw.n IS DISTINCT FROM win.n),
+                (SELECT count(*) FROM hop JOIN minute USING (ws, service, level))",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (hopping_mismatches, twice),
+        (0, 0),
+        "hopping windows differ from the raw rows, or are written beside the minute's"
+    );
     // Latency statistics come from the events' latency_ms attribute.
     let (lc, max): (i64, f64) = sqlx::query_as(
         "SELECT sum(latency_count)::int8, max(latency_max_ms) FROM window_stats

@@ -1,16 +1,20 @@
 //! What the collector's batch adds to its COPY (issue 32 item 3, the per-batch statements): the
-//! same batches written four ways, each into a migrated schema of its own (the real partitioned
+//! same batches written five ways, each into a migrated schema of its own (the real partitioned
 //! table, every index) through a pool of one connection, whose backend's CPU is read as in
 //! `costs`. The layers, each the one before plus one part of what `Db::write_batch` commits:
 //!
 //! 1. the rows alone: one COPY per transaction;
 //! 2. `Db::write_batch` with the rows and the offset moves: the fenced `UPDATE` per partition and
 //!    the COPY under its savepoint;
-//! 3. and the window deltas of those rows (one `INSERT … ON CONFLICT DO UPDATE` over arrays);
-//! 4. and the detector's findings: the batch as the collector commits it (the error-rate
+//! 3. and the window deltas of those rows as versions before 2026-12-07 wrote them: a 60/30
+//!    hopping window that starts on a minute written beside the minute's tumbling row;
+//! 4. and the window deltas as written now (one `INSERT … ON CONFLICT DO UPDATE` over arrays),
+//!    such a window written once (`Spec::held_by`), so this layer's line beside the one above is
+//!    what that saves;
+//! 5. and the detector's findings: the batch as the collector commits it (the error-rate
 //!    judgement of closed windows aside: it runs once per window, not per batch).
 //!
-//! Every batch goes to all four, each batch starting with another, as in `costs`. Window deltas,
+//! Every batch goes to all five, each batch starting with another, as in `costs`. Window deltas,
 //! findings and moves are made before the clock starts: only PostgreSQL's side is compared.
 
 use std::collections::BTreeMap;
@@ -22,7 +26,7 @@ use logpipe_collector::config::DatabaseSettings;
 use logpipe_collector::db::{BatchWrite, Db, OffsetMove, StoredEvent};
 use logpipe_collector::detect::{AlertSettings, Detector};
 use logpipe_collector::storage;
-use logpipe_collector::windows::{Aggregator, WindowSettings};
+use logpipe_collector::windows::{Aggregator, Spec, Stats, WindowKey, WindowSettings};
 use logpipe_common::RawEvent;
 use logpipe_generator::events::{EventFactory, Profile};
 use sqlx::{ConnectOptions, Connection};
@@ -39,7 +43,7 @@ const PARTITIONS: i32 = 6;
 const STEP_MICROS: i64 = 25;
 
 /// (schema, what the layer writes).
-const LAYERS: [(&str, &str); 4] = [
+const LAYERS: [(&str, &str); 5] = [
     (
         "storage_bench_b_copy",
         "the rows alone: one COPY per transaction",
@@ -48,7 +52,14 @@ const LAYERS: [(&str, &str); 4] = [
         "storage_bench_b_offsets",
         "+ the offset moves (fenced UPDATE per partition) and the COPY's savepoint",
     ),
-    ("storage_bench_b_windows", "+ the window upserts"),
+    (
+        "storage_bench_b_windows_twice",
+        "+ the window upserts, the minute's hopping windows written twice (before 2026-12-07)",
+    ),
+    (
+        "storage_bench_b_windows",
+        "+ the window upserts as written now",
+    ),
     (
         "storage_bench_b_findings",
         "+ the detector's findings: the batch as the collector commits it",
@@ -67,10 +78,9 @@ struct Planned {
     rows: Vec<(RawEvent, i32, i64)>,
     data: Vec<u8>,
     moves: Vec<OffsetMove>,
-    windows: Vec<(
-        logpipe_collector::windows::WindowKey,
-        logpipe_collector::windows::Stats,
-    )>,
+    windows: Vec<(WindowKey, Stats)>,
+    /// The same deltas as versions before 2026-12-07 wrote them.
+    windows_twice: Vec<(WindowKey, Stats)>,
     findings: logpipe_collector::detect::Findings,
 }
 
@@ -201,14 +211,19 @@ fn plan(
     next: &mut BTreeMap<i32, i64>,
     detector: &Detector,
     windows: &WindowSettings,
-    specs: &[logpipe_collector::windows::Spec],
+    specs: &[Spec],
 ) -> Planned {
+    // Before: each family aggregated alone, so none held another's windows.
     let mut agg = Aggregator::default();
+    let mut alone: Vec<Aggregator> = specs.iter().map(|_| Aggregator::default()).collect();
     let mut findings = Default::default();
     let mut ends: BTreeMap<i32, (i64, DateTime<Utc>)> = BTreeMap::new();
     for (e, partition, offset) in &rows {
         detector.inspect(e, &mut findings);
         agg.add(e.service(), e, windows.latency_ms(e));
+        for a in &mut alone {
+            a.add(e.service(), e, windows.latency_ms(e));
+        }
         let end = ends.entry(*partition).or_insert((0, e.timestamp()));
         *end = (offset + 1, end.1.max(e.timestamp()));
     }
@@ -222,11 +237,18 @@ fn plan(
             last_record_hash: None,
         })
         .collect();
+    let mut twice: Vec<(WindowKey, Stats)> = alone
+        .into_iter()
+        .zip(specs)
+        .flat_map(|(a, spec)| a.into_deltas(std::slice::from_ref(spec)))
+        .collect();
+    twice.sort_by(|a, b| a.0.cmp(&b.0));
     Planned {
         data: crate::load::encode(&rows),
         rows,
         moves,
         windows: agg.into_deltas(specs),
+        windows_twice: twice,
         findings,
     }
 }
@@ -255,12 +277,12 @@ async fn write_layer(
             })
             .collect(),
         moves: p.moves.clone(),
-        windows: if v >= 2 {
-            p.windows.clone()
-        } else {
-            Vec::new()
+        windows: match v {
+            2 => p.windows_twice.clone(),
+            3.. => p.windows.clone(),
+            _ => Vec::new(),
         },
-        findings: if v >= 3 {
+        findings: if v >= 4 {
             p.findings.clone()
         } else {
             Default::default()

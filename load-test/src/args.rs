@@ -113,6 +113,9 @@ pub struct Args {
     pub ceiling_events: usize,
     #[arg(long)]
     pub no_ceilings: bool,
+    /// Seconds of the bare stages run at the rate the pipeline held (`paced`); 0 skips them.
+    #[arg(long, default_value_t = 10)]
+    pub paced_ceiling_secs: u64,
 
     // Thresholds (the exit code is 1 when one is not met).
     /// Most events acknowledged and never stored.

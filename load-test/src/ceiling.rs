@@ -43,16 +43,19 @@ pub struct Ceilings {
     pub copy: Option<Rate>,
     /// What each bare stage cost in CPU (see `cpu`), in the order measured.
     pub cpu: Vec<PhaseCpu>,
+    /// The pace the paced stages ran at, and what they cost (see `paced`).
+    pub pace: Option<crate::paced::Pace>,
+    pub paced: Vec<PhaseCpu>,
     pub notes: Vec<String>,
 }
 
 #[derive(Default)]
-struct Delivered {
-    ok: AtomicU64,
-    failed: AtomicU64,
+pub(crate) struct Delivered {
+    pub(crate) ok: AtomicU64,
+    pub(crate) failed: AtomicU64,
 }
 
-struct Counting(Arc<Delivered>);
+pub(crate) struct Counting(Arc<Delivered>);
 
 impl ClientContext for Counting {}
 
@@ -79,31 +82,7 @@ pub async fn kafka(
     if payloads.is_empty() {
         bail!("no payloads to measure with");
     }
-    let topic = format!(
-        "logpipe-load-test-ceiling-{}",
-        chrono::Utc::now().timestamp_millis()
-    );
-    let mut base = ClientConfig::new();
-    base.set("bootstrap.servers", brokers);
-    let admin: AdminClient<DefaultClientContext> = base.create()?;
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    let res = admin
-        .create_topics(
-            &[NewTopic::new(
-                &topic,
-                partitions,
-                TopicReplication::Fixed(1),
-            )],
-            &opts,
-        )
-        .await?;
-    for r in res {
-        if let Err((t, code)) = r {
-            if code != RDKafkaErrorCode::TopicAlreadyExists {
-                bail!("creating {t}: {code}");
-            }
-        }
-    }
+    let (admin, topic) = new_topic(brokers, partitions, "ceiling").await?;
     let t = topic.clone();
     let b = brokers.to_string();
     let before = meter.read();
@@ -121,7 +100,7 @@ pub async fn kafka(
     .await
     .context("consume ceiling")??;
     let consume_cpu = meter.phase("consume", consumed.records, &before);
-    let _ = admin.delete_topics(&[&topic], &opts).await;
+    delete_topic(&admin, &topic).await;
     Ok((
         produced,
         Rate {
@@ -132,14 +111,54 @@ pub async fn kafka(
     ))
 }
 
-fn produce_loop(
+/// A new topic of `partitions` partitions for a bare stage, and the admin client that deletes it.
+pub(crate) async fn new_topic(
     brokers: &str,
-    topic: &str,
-    payloads: &[Vec<u8>],
-    n: usize,
-) -> anyhow::Result<Rate> {
-    let delivered = Arc::new(Delivered::default());
-    let producer: BaseProducer<Counting> = ClientConfig::new()
+    partitions: i32,
+    what: &str,
+) -> anyhow::Result<(AdminClient<DefaultClientContext>, String)> {
+    let topic = format!(
+        "logpipe-load-test-{what}-{}",
+        chrono::Utc::now().timestamp_millis()
+    );
+    let mut base = ClientConfig::new();
+    base.set("bootstrap.servers", brokers);
+    let admin: AdminClient<DefaultClientContext> = base.create()?;
+    let res = admin
+        .create_topics(
+            &[NewTopic::new(
+                &topic,
+                partitions,
+                TopicReplication::Fixed(1),
+            )],
+            &admin_options(),
+        )
+        .await?;
+    for r in res {
+        if let Err((t, code)) = r {
+            if code != RDKafkaErrorCode::TopicAlreadyExists {
+                bail!("creating {t}: {code}");
+            }
+        }
+    }
+    Ok((admin, topic))
+}
+
+fn admin_options() -> AdminOptions {
+    AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)))
+}
+
+pub(crate) async fn delete_topic(admin: &AdminClient<DefaultClientContext>, topic: &str) {
+    let _ = admin.delete_topics(&[topic], &admin_options()).await;
+}
+
+/// The bare producer: the generator's guarantees (idempotent, acks=all, lz4, linger 5 ms) with
+/// room for the largest batches; `delivered` counts its acknowledgements.
+pub(crate) fn bare_producer(
+    brokers: &str,
+    delivered: &Arc<Delivered>,
+) -> anyhow::Result<BaseProducer<Counting>> {
+    Ok(ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("enable.idempotence", "true")
         .set("acks", "all")
@@ -150,7 +169,17 @@ fn produce_loop(
         .set("queue.buffering.max.messages", "2000000")
         .set("queue.buffering.max.kbytes", "2097151")
         .set("socket.nagle.disable", "true")
-        .create_with_context(Counting(Arc::clone(&delivered)))?;
+        .create_with_context(Counting(Arc::clone(delivered)))?)
+}
+
+fn produce_loop(
+    brokers: &str,
+    topic: &str,
+    payloads: &[Vec<u8>],
+    n: usize,
+) -> anyhow::Result<Rate> {
+    let delivered = Arc::new(Delivered::default());
+    let producer = bare_producer(brokers, &delivered)?;
     let began = Instant::now();
     for i in 0..n {
         let payload = &payloads[i % payloads.len()];
@@ -187,23 +216,8 @@ pub async fn copy(
     n: usize,
     meter: &CpuMeter,
 ) -> anyhow::Result<(Rate, PhaseCpu)> {
-    let table = format!("lt_copy_ceiling_{}", chrono::Utc::now().timestamp_millis());
-    let mut out = conn
-        .copy_out_raw(&format!(
-            "COPY (SELECT e.* FROM log_events e JOIN lt_ids i USING (event_id) LIMIT {n}) \
-             TO STDOUT WITH (FORMAT binary)"
-        ))
-        .await?;
-    let mut buf: Vec<u8> = Vec::new();
-    while let Some(chunk) = out.try_next().await? {
-        buf.extend_from_slice(&chunk);
-    }
-    drop(out);
-    sqlx::query(&format!(
-        "CREATE TABLE {table} (LIKE log_events INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING INDEXES)"
-    ))
-    .execute(&mut **conn)
-    .await?;
+    let buf = run_rows(conn, n).await?;
+    let table = copy_table(conn, "ceiling").await?;
     let began = Instant::now();
     let before = meter.read();
     let result = async {
@@ -226,4 +240,38 @@ pub async fn copy(
         secs: crate::cpu::spent(&before, &after),
     };
     Ok((Rate { events: rows, secs }, cpu))
+}
+
+/// Up to `n` of the run's stored rows (from `lt_ids`, see `verify::compare`) as one binary COPY
+/// payload.
+pub(crate) async fn run_rows(
+    conn: &mut PoolConnection<Postgres>,
+    n: usize,
+) -> anyhow::Result<Vec<u8>> {
+    let mut out = conn
+        .copy_out_raw(&format!(
+            "COPY (SELECT e.* FROM log_events e JOIN lt_ids i USING (event_id) LIMIT {n}) \
+             TO STDOUT WITH (FORMAT binary)"
+        ))
+        .await?;
+    let mut buf: Vec<u8> = Vec::new();
+    while let Some(chunk) = out.try_next().await? {
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf)
+}
+
+/// A new table shaped like `log_events` (columns, defaults, constraints, indexes); the caller
+/// drops it.
+pub(crate) async fn copy_table(
+    conn: &mut PoolConnection<Postgres>,
+    what: &str,
+) -> anyhow::Result<String> {
+    let table = format!("lt_copy_{what}_{}", chrono::Utc::now().timestamp_millis());
+    sqlx::query(&format!(
+        "CREATE TABLE {table} (LIKE log_events INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING INDEXES)"
+    ))
+    .execute(&mut **conn)
+    .await?;
+    Ok(table)
 }

@@ -7,7 +7,8 @@
 //! `sample` records one row per second and shows progress; `scenario` turns a scenario into rate
 //! segments run through the generators; `ingest` is the HTTP scenario (open loop, coordinated
 //! omission corrected); `verify` reads the run back from Kafka and looks every id up in PostgreSQL;
-//! `ceiling` measures the produce, consume and COPY ceilings; `summary` judges the run and writes
+//! `ceiling` measures the produce, consume and COPY ceilings, `paced` the same bare clients at the
+//! rate the pipeline held; `summary` judges the run and writes
 //! `summary.md`; `report` draws the charts and the CSV. `run` below ties them together; every loop is bounded by the scenario's plan and its timeouts.
 //!
 //! The storage benchmark (`./storage-bench.sh`) is its own crate, `storage-bench/`, and the fault
@@ -22,6 +23,7 @@ pub mod args;
 pub mod ceiling;
 pub mod cpu;
 pub mod ingest;
+pub mod paced;
 pub mod report;
 pub mod sample;
 pub mod scenario;
@@ -98,6 +100,7 @@ async fn measure_ceilings(
     stack: &Stack,
     partitions: i32,
     rb: &verify::ReadBack,
+    pace: Option<paced::Pace>,
     conn: &mut sqlx::pool::PoolConnection<sqlx::Postgres>,
 ) -> Ceilings {
     let mut ceilings = Ceilings::default();
@@ -118,6 +121,25 @@ async fn measure_ceilings(
             ceilings.cpu.push(cpu);
         }
         Err(e) => ceilings.notes.push(format!("COPY ceiling failed: {e:#}")),
+    }
+    let Some(pace) = pace else {
+        return ceilings;
+    };
+    println!(
+        "ceilings: the bare stages paced at {:.0} events/s for {:.0} s, COPY in batches of {}",
+        pace.rate, pace.secs, pace.batch_rows
+    );
+    ceilings.pace = Some(pace);
+    let payloads = rb.payloads.clone();
+    match paced::produce_consume(&args.brokers, partitions, payloads, pace, &meter).await {
+        Ok(cpu) => ceilings.paced.push(cpu),
+        Err(e) => ceilings
+            .notes
+            .push(format!("paced produce + consume failed: {e:#}")),
+    }
+    match paced::copy_batches(conn, n, pace.batch_rows, &meter).await {
+        Ok(cpu) => ceilings.paced.push(cpu),
+        Err(e) => ceilings.notes.push(format!("paced COPY failed: {e:#}")),
     }
     ceilings
 }
@@ -232,10 +254,22 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
     let mut conn = stack.db.acquire().await?;
     let verdict = verify::compare(&mut conn, &rb, run_began).await?;
 
+    // The pace the pipeline held, for the paced stages: its stored rate over the measured
+    // stretch and its writer's mean batch.
+    let pace = match (&measured, cpu::run_writer(&samples)) {
+        (Some(k), Some((_, mean, _))) if args.paced_ceiling_secs > 0 && k.stored_rate >= 1.0 => {
+            Some(paced::Pace {
+                rate: k.stored_rate,
+                batch_rows: mean.round().max(1.0) as usize,
+                secs: args.paced_ceiling_secs as f64,
+            })
+        }
+        _ => None,
+    };
     let ceilings = if args.no_ceilings || rb.payloads.is_empty() {
         Ceilings::default()
     } else {
-        measure_ceilings(&args, &stack, partitions, &rb, &mut conn).await
+        measure_ceilings(&args, &stack, partitions, &rb, pace, &mut conn).await
     };
     drop(conn);
 

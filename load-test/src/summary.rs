@@ -85,8 +85,10 @@ impl Results<'_> {
             return;
         };
         let stages = &self.ceilings.cpu;
+        // The table's columns: the flat-out stages, then the same clients at the held rate.
+        let columns: Vec<&cpu::PhaseCpu> = stages.iter().chain(&self.ceilings.paced).collect();
         let mut names: Vec<&String> = run.secs.keys().collect();
-        for st in stages {
+        for st in &columns {
             names.extend(st.secs.keys());
         }
         names.sort();
@@ -103,20 +105,20 @@ impl Results<'_> {
         );
         let mut head = String::from("| process | run |");
         let mut rule = String::from("|---|---:|");
-        for st in stages {
+        for st in &columns {
             let _ = write!(head, " bare {} |", st.phase);
             rule.push_str("---:|");
         }
         let _ = writeln!(s, "{head}\n{rule}");
         for n in names {
             let mut row = format!("| {n} | {} |", cell(&run, n));
-            for st in stages {
+            for st in &columns {
                 let _ = write!(row, " {} |", cell(st, n));
             }
             let _ = writeln!(s, "{row}");
         }
         let mut total = format!("| **all** | **{:.1}** |", run.total_us_per_event());
-        for st in stages {
+        for st in &columns {
             let _ = write!(total, " **{:.1}** |", st.total_us_per_event());
         }
         let _ = writeln!(s, "{total}");
@@ -145,6 +147,19 @@ impl Results<'_> {
         } else {
             let _ = writeln!(s, "\n- pipeline: {pipeline_us:.1} µs per stored event; the bare stages were not all measured.");
         }
+        if let (Some(pace), [a, b]) = (self.ceilings.pace, self.ceilings.paced.as_slice()) {
+            let paced_us = a.total_us_per_event() + b.total_us_per_event();
+            let _ = writeln!(
+                s,
+                "- at the held rate: the same bare clients paced at {:.0} events/s (produce and \
+                 consume in the same {:.0} s; COPY in transactions of {} rows, the writer's mean \
+                 batch) cost {paced_us:.1} µs together; the pipeline costs {:.2}× them.",
+                pace.rate,
+                pace.secs,
+                pace.batch_rows,
+                pipeline_us / paced_us
+            );
+        }
         // PostgreSQL's share rests on the batch size group commit chose: each batch pays its
         // window upserts, offsets and commit once, whatever its size.
         if let Some((batches, mean, commit_ms)) = cpu::run_writer(self.samples) {
@@ -164,6 +179,7 @@ impl Results<'_> {
         };
         let phases: Vec<&cpu::PhaseCpu> = std::iter::once(&run)
             .chain(self.ceilings.cpu.iter())
+            .chain(self.ceilings.paced.iter())
             .collect();
         let columns: Vec<String> = phases
             .iter()
@@ -280,7 +296,7 @@ impl Results<'_> {
         }
         let _ = writeln!(
             s,
-            "\nCeilings: produce = a bare idempotent rdkafka loop (acks=all, lz4, linger 5 ms, large batches) of the run's own payloads into a new topic with as many partitions; consume = a tuned bare consumer (64 MiB fetches, 16 MiB per partition, deep queue) reading those back; COPY = one binary COPY of the run's stored rows into a new table with `log_events`' columns, defaults, constraints and indexes."
+            "\nCeilings: produce = a bare idempotent rdkafka loop (acks=all, lz4, linger 5 ms, large batches) of the run's own payloads into a new topic with as many partitions; consume = a tuned bare consumer (64 MiB fetches, 16 MiB per partition, deep queue) reading those back; COPY = one binary COPY of the run's stored rows into a new table with `log_events`' columns, defaults, constraints and indexes. Paced (CPU only): the same producer sending at the rate the pipeline held, round the partitions, while the same consumer reads them as they arrive; and the COPY cut into transactions of the writer's mean batch."
         );
         if let Some(d) = self.drain_secs {
             let _ = writeln!(

@@ -144,6 +144,22 @@ async fn measure_ceilings(
     ceilings
 }
 
+/// The pace the pipeline held, for the paced stages: its stored rate over the measured stretch
+/// and its writer's mean batch.
+fn held_pace(
+    args: &Args,
+    measured: Option<&scenario::Kept>,
+    samples: &[Sample],
+) -> Option<paced::Pace> {
+    let k = measured.filter(|k| k.stored_rate >= 1.0)?;
+    let (_, mean, _) = cpu::run_writer(samples)?;
+    (args.paced_ceiling_secs > 0).then(|| paced::Pace {
+        rate: k.stored_rate,
+        batch_rows: mean.round().max(1.0) as usize,
+        secs: args.paced_ceiling_secs as f64,
+    })
+}
+
 /// The scenario's load, until it ends or the tool is interrupted (Ctrl-C or SIGTERM stop the
 /// generators first).
 async fn drive(
@@ -254,18 +270,7 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
     let mut conn = stack.db.acquire().await?;
     let verdict = verify::compare(&mut conn, &rb, run_began).await?;
 
-    // The pace the pipeline held, for the paced stages: its stored rate over the measured
-    // stretch and its writer's mean batch.
-    let pace = match (&measured, cpu::run_writer(&samples)) {
-        (Some(k), Some((_, mean, _))) if args.paced_ceiling_secs > 0 && k.stored_rate >= 1.0 => {
-            Some(paced::Pace {
-                rate: k.stored_rate,
-                batch_rows: mean.round().max(1.0) as usize,
-                secs: args.paced_ceiling_secs as f64,
-            })
-        }
-        _ => None,
-    };
+    let pace = held_pace(&args, measured.as_ref(), &samples);
     let ceilings = if args.no_ceilings || rb.payloads.is_empty() {
         Ceilings::default()
     } else {

@@ -7,27 +7,28 @@
 //! held, with the batches that rate gives:
 //!
 //! - produce + consume: the bare producer paced at the held rate (the generator's linger and
-//!   guarantees, records spread over the partitions), and the bare consumer reading them in the
+//!   guarantees, unkeyed as in the flat-out ceiling), and the bare consumer reading them in the
 //!   same seconds, as they arrive;
 //! - COPY: the run's rows in transactions of the writer's mean batch (one COPY each, no other
 //!   statement).
 //!
 //! Both are counted in the same processes as the flat-out stages (`cpu::CpuMeter`).
 
-use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
 use sqlx::pool::PoolConnection;
 use sqlx::Postgres;
 
 use crate::ceiling::{bare_producer, copy_table, delete_topic, new_topic, run_rows, Delivered};
 use crate::cpu::{CpuMeter, PhaseCpu};
-use crate::verify::read_back;
+use crate::verify::tuned_consumer;
 
 /// The pace the pipeline held: its stored rate over the measured stretch and its writer's mean
 /// batch.
@@ -52,39 +53,57 @@ pub async fn produce_consume(
     }
     let n = ((pace.rate * pace.secs) as usize).max(1);
     let (admin, topic) = new_topic(brokers, partitions, "paced").await?;
-    // Records go round the partitions, so each partition's count is known to the reader.
-    let min_end: BTreeMap<i32, i64> = (0..partitions)
-        .map(|p| {
-            let extra = usize::from((p as usize) < n % partitions as usize);
-            (p, (n / partitions as usize + extra) as i64)
-        })
-        .collect();
-    let start: BTreeMap<i32, i64> = (0..partitions).map(|p| (p, 0)).collect();
     let before = meter.read();
     let (b, t) = (brokers.to_owned(), topic.clone());
-    let reader = tokio::task::spawn_blocking(move || read_back(&b, &t, &start, &min_end, 0, false));
+    let reader = tokio::task::spawn_blocking(move || consume_n(&b, &t, partitions, n as u64));
     let (b, t) = (brokers.to_owned(), topic.clone());
     let rate = pace.rate;
-    let produced =
-        tokio::task::spawn_blocking(move || produce_paced(&b, &t, partitions, &payloads, n, rate))
-            .await
-            .context("paced produce")?;
+    let produced = tokio::task::spawn_blocking(move || produce_paced(&b, &t, &payloads, n, rate))
+        .await
+        .context("paced produce")?;
     let read = reader.await.context("paced consume")?;
     let cpu = meter.phase("produce + consume, paced", n as u64, &before);
     delete_topic(&admin, &topic).await;
     produced?;
-    let read = read?;
-    if read.records < n as u64 {
-        bail!("the paced consumer read {} of {n} records", read.records);
-    }
+    read?;
     Ok(cpu)
+}
+
+/// Reads `topic` from its start until `n` records came, as they arrive.
+fn consume_n(brokers: &str, topic: &str, partitions: i32, n: u64) -> anyhow::Result<()> {
+    // The collector's fetch wait (`consumer.fetch_wait_max_ms`, 20 ms), not the backlog
+    // reader's 5 ms: on a stream that arrives as it is read, the shorter wait cost the broker
+    // more (6.3 against 5.4 µs an event, one run each; BENCHMARKS.md).
+    let consumer: BaseConsumer = tuned_consumer(brokers)
+        .set("fetch.wait.max.ms", "20")
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    let mut read = 0u64;
+    let mut last = Instant::now();
+    while read < n {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(_)) => {
+                read += 1;
+                last = Instant::now();
+            }
+            Some(Err(KafkaError::PartitionEOF(_))) | None => {}
+            Some(Err(e)) => return Err(e).context("paced consume"),
+        }
+        if last.elapsed() > Duration::from_secs(30) {
+            bail!("the paced consumer read {read} of {n} records, then nothing for 30 s");
+        }
+    }
+    Ok(())
 }
 
 /// `n` records at `rate` a second: each millisecond or so, what is due by then.
 fn produce_paced(
     brokers: &str,
     topic: &str,
-    partitions: i32,
     payloads: &[Vec<u8>],
     n: usize,
     rate: f64,
@@ -96,9 +115,10 @@ fn produce_paced(
     while sent < n {
         let due = ((began.elapsed().as_secs_f64() * rate) as usize).min(n);
         while sent < due {
-            let record = BaseRecord::<(), [u8]>::to(topic)
-                .payload(&payloads[sent % payloads.len()])
-                .partition((sent % partitions as usize) as i32);
+            // No key: the sticky partitioner, as in the flat-out ceiling (records sent round
+            // the partitions one by one cost nisshi 2.9 times the CPU in one run, BENCHMARKS.md).
+            let record =
+                BaseRecord::<(), [u8]>::to(topic).payload(&payloads[sent % payloads.len()]);
             match producer.send(record) {
                 Ok(()) => sent += 1,
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {

@@ -22,7 +22,8 @@
 #    clients; each with every acknowledged event stored once, and a table and charts in its report;
 # 6. (the full fault suite, ./fault-suite.sh, is run by hand: README, "Fault tests");
 # 7. runs ./load-test.sh steady --own-stack, the load test's short form (20,000 events/s for 15 s
-#    on a private stack, loss by event id, ceilings, report): the tool itself cannot rot;
+#    on a private stack, loss by event id, ceilings, 5 s of the bare stages at the held rate,
+#    report): the tool itself cannot rot;
 #    then ./storage-bench.sh's short form (200,000 rows: partitioned vs unpartitioned COPY, every
 #    query of the API answered, retention's drop; its checks are of answers, not of times);
 #    then integration-tests/console-test.sh: the console in headless Chromium against a keyed
@@ -82,6 +83,7 @@ fault_rc=${PIPESTATUS[0]}
 
 log "load test (short form)"
 bash load-test.sh steady --own-stack --rate 20000 --duration-secs 15 --ceiling-events 100000 \
+    --paced-ceiling-secs 5 \
     --report-dir "$TEST_RUN/load-test-report" 2>&1 | tee "$TEST_RUN/load-test.log"
 load_rc=${PIPESTATUS[0]}
 

@@ -480,14 +480,7 @@ async fn worker(engine: Arc<Engine>, params: RunParams, index: u32, rate: u32, s
         for i in 0..n {
             let draft = factory.draw(now, elapsed);
             let traceparent = encode(&draft, batch_tp.as_deref(), &mut buf, &mut simulated_tp);
-            let outcome = sender
-                .send(
-                    draft.id_text().as_str(), // spreads load over every partition (ARCHITECTURE.md)
-                    &buf,
-                    Some(traceparent),
-                    &mut probe,
-                )
-                .await;
+            let outcome = sender.send(&buf, Some(traceparent), &mut probe).await;
             match outcome {
                 SendOutcome::Handled => {}
                 SendOutcome::Skipped => {
@@ -609,9 +602,11 @@ impl<'a> Sender<'a> {
         }
     }
 
+    /// One record, without a key: librdkafka's sticky partitioner fills one partition's batch
+    /// at a time and moves on, so load still spreads over every partition, in larger batches
+    /// (ARCHITECTURE.md, "Generated records carry no key").
     async fn send(
         &mut self,
-        key: &str,
         payload: &[u8],
         traceparent: Option<&str>,
         probe: &mut Option<ProbeSlot<'_>>,
@@ -619,11 +614,12 @@ impl<'a> Sender<'a> {
         let engine = self.engine;
         loop {
             let headers = logpipe_common::kafka::event_headers("application/json", traceparent);
-            let record =
-                BaseRecord::with_opaque_to(self.topic, if probe.is_some() { PROBE } else { 0 })
-                    .key(key)
-                    .payload(payload)
-                    .headers(headers);
+            let record = BaseRecord::<(), [u8], usize>::with_opaque_to(
+                self.topic,
+                if probe.is_some() { PROBE } else { 0 },
+            )
+            .payload(payload)
+            .headers(headers);
             match self.producer.send(record) {
                 Ok(()) => {
                     engine.breaker.queued();

@@ -44,9 +44,19 @@ pub struct Ceilings {
     /// What each bare stage cost in CPU (see `cpu`), in the order measured.
     pub cpu: Vec<PhaseCpu>,
     /// The pace the paced stages ran at, and what they cost (see `paced`).
-    pub pace: Option<crate::paced::Pace>,
+    pub pace: Option<Pace>,
     pub paced: Vec<PhaseCpu>,
     pub notes: Vec<String>,
+}
+
+/// The pace the pipeline held, for the paced stages (`paced`): its stored rate over the measured
+/// stretch and its writer's mean batch. Here, beside the ceilings it extends, so `paced` depends on
+/// this module and not the other way.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Pace {
+    pub rate: f64,
+    pub batch_rows: usize,
+    pub secs: f64,
 }
 
 #[derive(Default)]

@@ -100,7 +100,7 @@ async fn measure_ceilings(
     stack: &Stack,
     partitions: i32,
     rb: &verify::ReadBack,
-    pace: Option<paced::Pace>,
+    pace: Option<ceiling::Pace>,
     conn: &mut sqlx::pool::PoolConnection<sqlx::Postgres>,
 ) -> Ceilings {
     let mut ceilings = Ceilings::default();
@@ -150,10 +150,10 @@ fn held_pace(
     args: &Args,
     measured: Option<&scenario::Kept>,
     samples: &[Sample],
-) -> Option<paced::Pace> {
+) -> Option<ceiling::Pace> {
     let k = measured.filter(|k| k.stored_rate >= 1.0)?;
     let (_, mean, _) = cpu::run_writer(samples)?;
-    (args.paced_ceiling_secs > 0).then(|| paced::Pace {
+    (args.paced_ceiling_secs > 0).then(|| ceiling::Pace {
         rate: k.stored_rate,
         batch_rows: mean.round().max(1.0) as usize,
         secs: args.paced_ceiling_secs as f64,

@@ -26,18 +26,11 @@ use rdkafka::{Offset, TopicPartitionList};
 use sqlx::pool::PoolConnection;
 use sqlx::Postgres;
 
-use crate::ceiling::{bare_producer, copy_table, delete_topic, new_topic, run_rows, Delivered};
+use crate::ceiling::{
+    bare_producer, copy_table, delete_topic, new_topic, run_rows, Delivered, Pace,
+};
 use crate::cpu::{CpuMeter, PhaseCpu};
 use crate::verify::tuned_consumer;
-
-/// The pace the pipeline held: its stored rate over the measured stretch and its writer's mean
-/// batch.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Pace {
-    pub rate: f64,
-    pub batch_rows: usize,
-    pub secs: f64,
-}
 
 /// Produce `pace.rate × pace.secs` of the run's payloads at that rate while a bare consumer reads
 /// them back as they arrive; the CPU both cost, with the broker's, per record.

@@ -50,4 +50,4 @@ pub mod telemetry;
 pub mod timestamp;
 
 pub use event::{Level, LogEvent};
-pub use raw_event::RawEvent;
+pub use raw_event::{RawEvent, Unchecked};

@@ -3,6 +3,10 @@
 //! [`LogEvent`] costs a `String` per field and a tree of the attributes; and the attributes go to
 //! PostgreSQL as the text that arrived, never rebuilt and written again.
 //!
+//! An ingest point reads a record as [`Unchecked`], fills in what the event left out (an id, the
+//! request's trace), checks it, and sends it on with [`RawEvent::write_json`]: the attributes as
+//! their text, never parsed into a tree and written again.
+//!
 //! It accepts and refuses what [`LogEvent::from_json`] does, with the same errors, with one
 //! documented difference: attributes are bounded as written, so a key written twice counts twice
 //! toward the 64 entries and 16 KiB (jsonb, like serde_json's map, then keeps the last). The
@@ -172,6 +176,16 @@ impl RawEvent {
     }
 
     fn parse(record: Box<str>) -> Result<RawEvent, EventError> {
+        Self::read(record)?.check()
+    }
+
+    /// Read one record whose id (or trace) the reader may still fill in: only its JSON and its
+    /// attributes' syntax are checked yet (see [`Unchecked`]).
+    pub fn read_json(text: &str) -> Result<Unchecked, EventError> {
+        Self::read(text.into())
+    }
+
+    fn read(record: Box<str>) -> Result<Unchecked, EventError> {
         let wire: Wire<'_> =
             serde_json::from_str(&record).map_err(|e| EventError::Json(e.to_string()))?;
         let (attributes, scanned) = match wire.attributes.0 {
@@ -182,7 +196,7 @@ impl RawEvent {
             }
         };
         let text = |s: Option<Str<'_>>| s.map(|s| locate(&record, s.0));
-        let mut event = RawEvent {
+        let event = RawEvent {
             event_id: text(wire.event_id).unwrap_or(Text::Owned("".into())),
             service: locate(&record, wire.service.0),
             component: locate(&record, wire.component.0),
@@ -196,24 +210,11 @@ impl RawEvent {
             level: wire.level,
             record,
         };
-        validate_fields(&Fields {
-            event_id: event.event_id(),
-            service: event.service(),
-            component: event.component(),
-            host: event.host(),
-            message: event.message(),
-            trace_id: event.trace_id(),
-            span_id: event.span_id(),
-            timestamp: event.timestamp,
-            attributes: event.entries.len(),
-        })?;
-        if let Some(problem) = scanned.problem {
-            return Err(problem);
-        }
-        if scanned.rewrite {
-            event.rewrite_attributes()?;
-        }
-        Ok(event)
+        Ok(Unchecked {
+            event,
+            problem: scanned.problem,
+            rewrite: scanned.rewrite,
+        })
     }
 
     /// Numbers PostgreSQL might refuse as written (see `attributes::MAX_VERBATIM_NUMBER_BYTES`)
@@ -315,6 +316,38 @@ impl RawEvent {
         self.entries.len()
     }
 
+    /// Appends the event's wire JSON: `LogEvent`'s fields in its order, the attributes as their
+    /// text (as they arrived, or rewritten where a number had to be). For an event that arrived as
+    /// serde writes a [`LogEvent`], these are the bytes `LogEvent::to_json` writes; for any other,
+    /// the same event, without building the attributes' tree to write them.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        fn field(out: &mut Vec<u8>, name: &str, value: &impl serde::Serialize) {
+            out.push(b'"');
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b"\":");
+            // Strings, a level and a timestamp into a `Vec`: nothing here can fail.
+            serde_json::to_writer(&mut *out, value).expect("a field serializes");
+            out.push(b',');
+        }
+        out.push(b'{');
+        field(out, "event_id", &self.event_id());
+        field(out, "timestamp", &self.timestamp);
+        field(out, "level", &self.level);
+        field(out, "service", &self.service());
+        field(out, "component", &self.component());
+        field(out, "host", &self.host());
+        field(out, "message", &self.message());
+        if let Some(t) = self.trace_id() {
+            field(out, "trace_id", &t);
+        }
+        if let Some(s) = self.span_id() {
+            field(out, "span_id", &s);
+        }
+        out.extend_from_slice(b"\"attributes\":");
+        out.extend_from_slice(self.attributes_json().as_bytes());
+        out.push(b'}');
+    }
+
     /// One top-level attribute; when a key was written twice, the last (as jsonb keeps it).
     pub fn attribute(&self, key: &str) -> Option<Attribute<'_>> {
         let text = self.attributes_json();
@@ -323,5 +356,66 @@ impl RawEvent {
             .rev()
             .find(|e| e.is(text, key))
             .map(|e| Attribute::new(e.value(text)))
+    }
+}
+
+/// An event read from its JSON ([`RawEvent::read_json`]) whose named fields are not checked yet:
+/// what an ingest point holds while it fills in what the event left out (an id, the request's
+/// trace). [`Unchecked::check`] makes it a [`RawEvent`] with exactly the checks, in the order,
+/// [`RawEvent::from_json`] applies.
+pub struct Unchecked {
+    event: RawEvent,
+    /// The attributes' first broken bound, reported after the named fields (as `from_json` does).
+    problem: Option<EventError>,
+    rewrite: bool,
+}
+
+impl Unchecked {
+    /// The id as read; empty when the record had none (absent or `null`).
+    pub fn event_id(&self) -> &str {
+        self.event.event_id()
+    }
+
+    pub fn timestamp(&self) -> DateTime<Utc> {
+        self.event.timestamp
+    }
+
+    pub fn trace_id(&self) -> Option<&str> {
+        self.event.trace_id()
+    }
+
+    pub fn set_event_id(&mut self, id: String) {
+        self.event.event_id = Text::Owned(id.into_boxed_str());
+    }
+
+    pub fn set_trace_id(&mut self, id: String) {
+        self.event.trace_id = Some(Text::Owned(id.into_boxed_str()));
+    }
+
+    /// Every check [`RawEvent::from_json`] makes, in its order.
+    pub fn check(self) -> Result<RawEvent, EventError> {
+        let Unchecked {
+            mut event,
+            problem,
+            rewrite,
+        } = self;
+        validate_fields(&Fields {
+            event_id: event.event_id(),
+            service: event.service(),
+            component: event.component(),
+            host: event.host(),
+            message: event.message(),
+            trace_id: event.trace_id(),
+            span_id: event.span_id(),
+            timestamp: event.timestamp,
+            attributes: event.entries.len(),
+        })?;
+        if let Some(problem) = problem {
+            return Err(problem);
+        }
+        if rewrite {
+            event.rewrite_attributes()?;
+        }
+        Ok(event)
     }
 }

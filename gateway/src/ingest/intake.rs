@@ -11,10 +11,9 @@ use axum::body::Bytes;
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
-use logpipe_common::event::LogEvent;
 use tracing::Instrument;
 
-use super::{charge_events, read_limited, traceparent, ParseContext, ProduceError};
+use super::{charge_events, read_limited, traceparent, ParseContext, Payload, ProduceError};
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::ratelimit::{limit_identity, Decision};
@@ -192,7 +191,7 @@ impl<'a> Intake<'a> {
     pub async fn deliver(
         self,
         headers: &HeaderMap,
-        events: &[LogEvent],
+        events: &[impl Payload + Sync],
     ) -> Result<Option<Decision>, Undelivered> {
         let s = self.s;
         let identity = limit_identity(self.principal, self.peer.ip());

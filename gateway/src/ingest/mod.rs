@@ -385,14 +385,14 @@ mod tests {
         let body = r#" {"event_id":null,"timestamp":"2026-11-23T07:59:00Z","level":"INFO","service":"api","message":"ok"}"#;
         let p = ctx().parse(BodyFormat::Json, body.as_bytes()).unwrap();
         assert_eq!(p.events.len(), 1);
-        assert_eq!(p.events[0].event_id.len(), 26, "a fresh ULID");
+        assert_eq!(p.events[0].event_id().len(), 26, "a fresh ULID");
         let p = ctx()
             .parse(
                 BodyFormat::Ndjson,
                 format!("{GOOD}\n[1]\nnot json\n").as_bytes(),
             )
             .unwrap();
-        assert_eq!(p.events[0].event_id, "e1", "a given id is kept");
+        assert_eq!(p.events[0].event_id(), "e1", "a given id is kept");
         let details: Vec<(usize, &str)> = p
             .rejected
             .iter()
@@ -417,8 +417,8 @@ mod tests {
         );
         let p = ctx().parse(BodyFormat::Ndjson, body.as_bytes()).unwrap();
         assert_eq!(p.events.len(), 2);
-        assert_eq!(p.events[0].event_id, "e1");
-        assert_eq!(p.events[1].event_id.len(), 26, "a ULID");
+        assert_eq!(p.events[0].event_id(), "e1");
+        assert_eq!(p.events[1].event_id().len(), 26, "a ULID");
     }
 
     #[test]
@@ -428,10 +428,10 @@ mod tests {
         c.id_seed = Some(b"key-1".to_vec());
         let a = c.parse(BodyFormat::Json, body).unwrap();
         let b = c.parse(BodyFormat::Json, body).unwrap();
-        assert_eq!(a.events[0].event_id, b.events[0].event_id);
+        assert_eq!(a.events[0].event_id(), b.events[0].event_id());
         c.id_seed = Some(b"key-2".to_vec());
         let other = c.parse(BodyFormat::Json, body).unwrap();
-        assert_ne!(a.events[0].event_id, other.events[0].event_id);
+        assert_ne!(a.events[0].event_id(), other.events[0].event_id());
     }
 
     #[test]
@@ -443,9 +443,9 @@ mod tests {
         c.tenant = Some("tenant-b".into());
         let b = c.parse(BodyFormat::Json, GOOD.as_bytes()).unwrap();
         let (a1, a2, b) = (
-            &a1.events[0].event_id,
-            &a2.events[0].event_id,
-            &b.events[0].event_id,
+            a1.events[0].event_id(),
+            a2.events[0].event_id(),
+            b.events[0].event_id(),
         );
         assert_eq!(a1, a2, "a resend by the same key keeps its id");
         assert_ne!(
@@ -493,7 +493,7 @@ mod tests {
         );
         let p = ctx().parse(BodyFormat::Lines, body.as_bytes()).unwrap();
         assert_eq!(p.events.len(), 2);
-        assert_eq!(p.events[0].service, "edge");
+        assert_eq!(p.events[0].service(), "edge");
         assert_eq!(p.rejected.len(), 1);
         assert_eq!(
             (p.rejected[0].index, p.rejected[0].error),
@@ -539,7 +539,7 @@ mod tests {
         let mut c = ctx();
         c.trace_id = Some("4bf92f3577b34da6a3ce929d0e0e4736".into());
         let p = c.parse(BodyFormat::Json, GOOD.as_bytes()).unwrap();
-        assert_eq!(p.events[0].trace_id, c.trace_id);
+        assert_eq!(p.events[0].trace_id(), c.trace_id.as_deref());
     }
 
     #[test]

@@ -6,6 +6,7 @@ use axum::http::HeaderMap;
 use chrono::{DateTime, Utc};
 use logpipe_common::event::{EventError, LogEvent, MAX_NAME_BYTES};
 use logpipe_common::formats::{derived_id, parse_line, LineContext};
+use logpipe_common::{RawEvent, Unchecked};
 
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -49,11 +50,68 @@ pub struct Rejected {
     pub detail: String,
 }
 
-/// The outcome of parsing a body: valid events (with their index) and the rejected ones.
-#[derive(Debug, Default)]
-pub struct Parsed {
-    pub events: Vec<LogEvent>,
+/// The outcome of parsing a body: valid events (in the body's order) and the rejected ones. The
+/// own route's events are [`RawEvent`]s, kept as the text they arrived in; the protocols build
+/// [`LogEvent`]s.
+#[derive(Debug)]
+pub struct Parsed<E = LogEvent> {
+    pub events: Vec<E>,
     pub rejected: Vec<Rejected>,
+}
+
+impl<E> Default for Parsed<E> {
+    fn default() -> Self {
+        Parsed {
+            events: Vec::new(),
+            rejected: Vec::new(),
+        }
+    }
+}
+
+/// What [`ParseContext`] fills in before an event's checks: the same for an event read from JSON
+/// ([`Unchecked`]) and one built from a line or a protocol's record ([`LogEvent`]).
+pub(crate) trait Fill {
+    fn event_id(&self) -> &str;
+    fn timestamp(&self) -> DateTime<Utc>;
+    fn has_trace(&self) -> bool;
+    fn set_event_id(&mut self, id: String);
+    fn set_trace_id(&mut self, id: String);
+}
+
+impl Fill for LogEvent {
+    fn event_id(&self) -> &str {
+        &self.event_id
+    }
+    fn timestamp(&self) -> DateTime<Utc> {
+        self.timestamp
+    }
+    fn has_trace(&self) -> bool {
+        self.trace_id.is_some()
+    }
+    fn set_event_id(&mut self, id: String) {
+        self.event_id = id;
+    }
+    fn set_trace_id(&mut self, id: String) {
+        self.trace_id = Some(id);
+    }
+}
+
+impl Fill for Unchecked {
+    fn event_id(&self) -> &str {
+        Unchecked::event_id(self)
+    }
+    fn timestamp(&self) -> DateTime<Utc> {
+        Unchecked::timestamp(self)
+    }
+    fn has_trace(&self) -> bool {
+        self.trace_id().is_some()
+    }
+    fn set_event_id(&mut self, id: String) {
+        Unchecked::set_event_id(self, id);
+    }
+    fn set_trace_id(&mut self, id: String) {
+        Unchecked::set_trace_id(self, id);
+    }
 }
 
 /// Problems with the body as a whole (as opposed to one event in it).
@@ -117,42 +175,49 @@ impl ParseContext<'_> {
         mut event: LogEvent,
         had_id: bool,
     ) -> Result<LogEvent, EventError> {
+        self.fill(index, &mut event, had_id)?;
+        event.validate()?;
+        Ok(event)
+    }
+
+    /// The event's id (its own, scoped to the key, or one made here), the request's trace when it
+    /// carries none, and the bound on how far ahead it may be: what comes before its own checks.
+    fn fill(&self, index: usize, event: &mut impl Fill, had_id: bool) -> Result<(), EventError> {
         if !had_id {
-            event.event_id = self.id_for(index, event.timestamp);
+            let id = self.id_for(index, event.timestamp());
+            event.set_event_id(id);
         } else if let Some(tenant) = &self.tenant {
             // The client's id is checked as the event's own would be, before it is replaced.
-            if event.event_id.len() > MAX_NAME_BYTES {
+            let own = event.event_id();
+            if own.len() > MAX_NAME_BYTES {
                 return Err(EventError::TooLong {
                     field: "event_id",
-                    len: event.event_id.len(),
+                    len: own.len(),
                     max: MAX_NAME_BYTES,
                 });
             }
-            let seed = [
-                b"event_id\n",
-                tenant.as_bytes(),
-                b"\n",
-                event.event_id.as_bytes(),
-            ]
-            .concat();
-            event.event_id = derived_id(event.timestamp, &seed);
+            let seed = [b"event_id\n", tenant.as_bytes(), b"\n", own.as_bytes()].concat();
+            let id = derived_id(event.timestamp(), &seed);
+            event.set_event_id(id);
         }
-        if event.trace_id.is_none() {
-            event.trace_id.clone_from(&self.trace_id);
+        if !event.has_trace() {
+            if let Some(trace) = &self.trace_id {
+                event.set_trace_id(trace.clone());
+            }
         }
-        let ahead = (event.timestamp - self.received_at).num_seconds();
+        let ahead = (event.timestamp() - self.received_at).num_seconds();
         if ahead > self.max_future_secs {
             return Err(EventError::InFuture {
                 ahead_secs: ahead,
                 max_secs: self.max_future_secs,
             });
         }
-        event.validate()?;
-        Ok(event)
+        Ok(())
     }
 
-    /// One event's JSON, straight into the event type (no intermediate `Value` tree).
-    fn event_from_json(&self, index: usize, json: &str) -> Result<LogEvent, EventError> {
+    /// One event's JSON, kept as its text with its fields located (no `String` per field, no
+    /// tree of its attributes): it goes to Kafka as [`RawEvent::write_json`] writes it.
+    fn event_from_json(&self, index: usize, json: &str) -> Result<RawEvent, EventError> {
         self.check_size(json.len())?;
         if !json.trim_start().starts_with('{') {
             return Err(EventError::Json(
@@ -162,13 +227,13 @@ impl ParseContext<'_> {
                 },
             ));
         }
-        let event: LogEvent =
-            serde_json::from_str(json).map_err(|e| EventError::Json(e.to_string()))?;
-        let had_id = !event.event_id.is_empty();
-        self.finish(index, event, had_id)
+        let mut event = RawEvent::read_json(json)?;
+        let had_id = !event.event_id().is_empty();
+        self.fill(index, &mut event, had_id)?;
+        event.check()
     }
 
-    fn event_from_line(&self, index: usize, line: &str) -> Result<LogEvent, EventError> {
+    fn event_from_line(&self, index: usize, line: &str) -> Result<RawEvent, EventError> {
         self.check_size(line.len())?;
         let ctx = LineContext {
             event_id: "pending".into(),
@@ -176,13 +241,13 @@ impl ParseContext<'_> {
             received_at: self.received_at,
         };
         let event = parse_line(line, &ctx)?;
-        self.finish(index, event, false)
+        RawEvent::from_event(&self.finish(index, event, false)?)
     }
 
     /// Split, parse and validate a body.
-    pub fn parse(&self, format: BodyFormat, body: &[u8]) -> Result<Parsed, BodyError> {
+    pub fn parse(&self, format: BodyFormat, body: &[u8]) -> Result<Parsed<RawEvent>, BodyError> {
         let mut parsed = Parsed::default();
-        let mut push = |index: usize, r: Result<LogEvent, EventError>| match r {
+        let mut push = |index: usize, r: Result<RawEvent, EventError>| match r {
             Ok(e) => parsed.events.push(e),
             Err(e) => parsed.rejected.push(Rejected {
                 index,
@@ -252,5 +317,113 @@ pub fn default_service(service: Option<&str>) -> Result<&str, String> {
             s.len()
         )),
         Some(s) => Ok(s),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use proptest::sample::select;
+
+    /// One event's JSON from parts each valid or not: ids absent, null, given or too long;
+    /// timestamps past, near, ahead or malformed; strings with escapes, NUL or past their bound;
+    /// attributes absent, nested, repeated, not an object or holding a NUL; an unknown field.
+    fn record() -> impl Strategy<Value = String> {
+        (
+            select(vec![
+                "",
+                r#""event_id":null,"#,
+                r#""event_id":"e-1","#,
+                r#""event_id":"é\"q","#,
+                r#""event_id":"  ","#,
+            ]),
+            prop_oneof![Just(None), Just(Some(200usize))],
+            select(vec![-86_400i64, -1, 0, 9, 11, 3_600]),
+            select(vec![r#""INFO""#, r#""warning""#, r#""Fatal""#, r#""LOUD""#]),
+            select(vec![r#""api""#, r#""""#, r#"" ""#, r#""a\u0000b""#, r#""p\u00e9""#]),
+            select(vec![r#""m""#, r#""q \"x\" \\ \n é""#, r#""""#]),
+            select(vec!["", r#","trace_id":"abc""#, r#","trace_id":null"#]),
+            select(vec![
+                "",
+                r#","attributes":{}"#,
+                r#","attributes":{"b":"x", "a":[1,{"c":null}],"n":-2.5e3}"#,
+                r#","attributes":{"a":1,"a":2}"#,
+                r#","attributes":{"k":"\u0000"}"#,
+                r#","attributes":[1]"#,
+                r#","attributes":null"#,
+            ]),
+            select(vec!["", r#","unknown":{"x":[1]}"#, r#","timestamp":"2026-01-01T00:00:00Z""#]),
+        )
+            .prop_map(
+                |(id, long_id, ahead, level, service, message, trace, attributes, extra)| {
+                    let id = match long_id {
+                        Some(n) if !id.is_empty() => format!(r#""event_id":"{}","#, "x".repeat(n)),
+                        _ => id.to_owned(),
+                    };
+                    let received: DateTime<Utc> = "2026-12-07T10:00:00Z".parse().unwrap();
+                    let ts = (received + chrono::Duration::seconds(ahead)).to_rfc3339();
+                    format!(
+                        r#"{{{id}"timestamp":"{ts}","level":{level},"service":{service},"message":{message}{trace}{attributes}{extra}}}"#
+                    )
+                },
+            )
+    }
+
+    fn context(tenant: bool, seed: bool, trace: bool) -> ParseContext<'static> {
+        ParseContext {
+            received_at: "2026-12-07T10:00:00Z".parse().unwrap(),
+            max_events: 10,
+            max_future_secs: 10,
+            max_event_bytes: 4096,
+            default_service: "edge",
+            id_seed: seed.then(|| b"seed".to_vec()),
+            tenant: tenant.then(|| "tenant-a".into()),
+            trace_id: trace.then(|| "4bf92f3577b34da6a3ce929d0e0e4736".into()),
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+        /// The own route keeps each event as its text and writes it on without a tree; it must
+        /// accept, refuse, fill in and send what reading it into a `LogEvent` and writing that
+        /// (the protocols' path, and this route's before) would.
+        #[test]
+        fn the_own_route_sends_what_the_event_type_would(
+            record in record(),
+            (tenant, seed, trace) in (any::<bool>(), any::<bool>(), any::<bool>()),
+        ) {
+            let ctx = context(tenant, seed, trace);
+            let reference = serde_json::from_str::<LogEvent>(&record)
+                .map_err(|e| EventError::Json(e.to_string()))
+                .and_then(|e| {
+                    let had_id = !e.event_id.is_empty();
+                    ctx.finish(0, e, had_id)
+                });
+            let parsed = ctx.parse(BodyFormat::Json, record.as_bytes()).unwrap();
+            match (parsed.events.first(), reference) {
+                (Some(raw), Ok(mut expected)) => {
+                    let mut wire = Vec::new();
+                    raw.write_json(&mut wire);
+                    let sent = LogEvent::from_json(&wire).unwrap();
+                    if !seed && !record.contains(r#""event_id":""#) {
+                        // No id of its own and no seed: a fresh random id on each side.
+                        prop_assert_eq!(sent.event_id.len(), 26);
+                        expected.event_id.clone_from(&sent.event_id);
+                    }
+                    prop_assert_eq!(sent, expected, "{}", record);
+                }
+                (None, Err(e)) => {
+                    prop_assert_eq!(parsed.rejected[0].error, e.kind(), "{}: {}", record, e);
+                    if !matches!(e, EventError::Json(_)) {
+                        prop_assert_eq!(&parsed.rejected[0].detail, &e.to_string());
+                    }
+                }
+                (raw, reference) => {
+                    prop_assert!(false, "{record}: route {raw:?} {:?}, reference {reference:?}", parsed.rejected)
+                }
+            }
+        }
     }
 }

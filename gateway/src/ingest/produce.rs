@@ -1,5 +1,6 @@
 //! The ingest producer: validated events into `logs.raw` through an idempotent producer, answered
-//! only when Kafka acknowledged every one ([`IngestProducer`], [`ProduceError`]).
+//! only when Kafka acknowledged every one ([`IngestProducer`], [`ProduceError`]), each event
+//! written as its record's payload ([`Payload`]).
 
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -8,6 +9,7 @@ use futures::future::join_all;
 use logpipe_common::event::LogEvent;
 use logpipe_common::kafka::KafkaSettings;
 use logpipe_common::producer::AckProducer;
+use logpipe_common::RawEvent;
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::producer::{BaseRecord, Producer};
 use rdkafka::ClientConfig;
@@ -23,6 +25,24 @@ pub enum ProduceError {
         total: usize,
         reason: String,
     },
+}
+
+/// An event as one record's payload: its wire JSON.
+pub trait Payload {
+    fn write_payload(&self, out: &mut Vec<u8>);
+}
+
+impl Payload for LogEvent {
+    fn write_payload(&self, out: &mut Vec<u8>) {
+        serde_json::to_writer(out, self).expect("LogEvent serializes");
+    }
+}
+
+/// An event read from the own route's JSON: its attributes go on as their text.
+impl Payload for RawEvent {
+    fn write_payload(&self, out: &mut Vec<u8>) {
+        self.write_json(out);
+    }
 }
 
 /// The idempotent producer behind ingest.
@@ -62,19 +82,23 @@ impl IngestProducer {
     /// Produce every event and wait for every acknowledgement; `Ok` only when all were acknowledged.
     pub async fn produce_all(
         &self,
-        events: &[LogEvent],
+        events: &[impl Payload],
         traceparent: Option<&str>,
     ) -> Result<(), ProduceError> {
         let total = events.len();
         let mut pending = Vec::with_capacity(total);
         let mut refused: Option<String> = None;
+        // librdkafka copies each payload when it takes the record, so one buffer serves them all.
+        let mut payload = Vec::new();
         for (index, event) in events.iter().enumerate() {
-            let payload = event.to_json();
+            payload.clear();
+            event.write_payload(&mut payload);
             let headers = logpipe_common::kafka::event_headers("application/json", traceparent);
-            let record = BaseRecord::to(&self.topic)
-                // The event id spreads load over every partition; windows and alert episodes do
-                // not depend on the key (ARCHITECTURE.md, "Decisions").
-                .key(event.event_id.as_bytes())
+            // No key: librdkafka's sticky partitioner fills one partition's batch at a time and
+            // moves on, so load still spreads over every partition, in a few large batches where
+            // a key per event made one small batch per partition each linger. Nothing downstream
+            // depends on the key (ARCHITECTURE.md, "Decisions").
+            let record = BaseRecord::<(), [u8]>::to(&self.topic)
                 .payload(&payload)
                 .headers(headers);
             match self.producer.send(record) {

@@ -131,6 +131,7 @@ pub struct LogEvent {
     #[schema(required = false, nullable = true, max_length = 128)]
     pub event_id: String,
     /// Within years 1..=9999, and (at the gateway) no more than `max_future_secs` ahead.
+    #[serde(serialize_with = "crate::timestamp::serialize_utc")]
     pub timestamp: DateTime<Utc>,
     pub level: Level,
     #[schema(min_length = 1, max_length = 128, pattern = "\\S")]

@@ -331,7 +331,11 @@ impl RawEvent {
         }
         out.push(b'{');
         field(out, "event_id", &self.event_id());
-        field(out, "timestamp", &self.timestamp);
+        field(
+            out,
+            "timestamp",
+            &crate::timestamp::Rfc3339(&self.timestamp),
+        );
         field(out, "level", &self.level);
         field(out, "service", &self.service());
         field(out, "component", &self.component());

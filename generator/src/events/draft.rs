@@ -126,7 +126,10 @@ impl Serialize for Wire<'_, '_> {
         let d = self.draft;
         let mut e = s.serialize_struct("LogEvent", 10)?;
         e.serialize_field("event_id", self.event_id)?;
-        e.serialize_field("timestamp", &d.timestamp)?;
+        e.serialize_field(
+            "timestamp",
+            &logpipe_common::timestamp::Rfc3339(&d.timestamp),
+        )?;
         e.serialize_field("level", &d.level)?;
         e.serialize_field("service", d.service)?;
         e.serialize_field("component", d.component)?;

@@ -7,9 +7,11 @@
 //! request's trace), checks it, and sends it on with [`RawEvent::write_json`]: the attributes as
 //! their text, never parsed into a tree and written again.
 //!
-//! It accepts and refuses what [`LogEvent::from_json`] does, with the same errors, with one
-//! documented difference: attributes are bounded as written, so a key written twice counts twice
-//! toward the 64 entries and 16 KiB (jsonb, like serde_json's map, then keeps the last). The
+//! It accepts and refuses what [`LogEvent::from_json`] does, with the same errors, with two
+//! documented differences: attributes are bounded as written, so a key written twice counts twice
+//! toward the 64 entries and 16 KiB (jsonb, like serde_json's map, then keeps the last); and
+//! attributes nested past serde_json's recursion limit (128 levels) are refused as `too_deep`,
+//! naming the bound, where the tree reading stops at the limit and says `invalid_json`. The
 //! property tests in `tests/raw_event.rs` hold the two readings to that.
 
 use std::borrow::Cow;

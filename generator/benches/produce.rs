@@ -30,7 +30,7 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 const ROUNDS: usize = 2;
 
 /// Pre-serialized records: key (the event id), payload, traceparent.
-type Records = Vec<(String, Vec<u8>, String)>;
+type Records = Vec<(Vec<u8>, String)>;
 
 fn main() {
     let n: u64 = std::env::args()
@@ -65,12 +65,13 @@ fn main() {
                     e.trace_id.as_deref().unwrap_or_default(),
                     e.span_id.as_deref().unwrap_or_default()
                 );
-                // Keyed by event id, as the engine keys (spreading the load over every
-                // partition): keyed by service, the ceiling fell below the engine it bounds.
-                (e.event_id.clone(), e.to_json(), traceparent)
+                // Unkeyed, as the engine sends since 7163194 (librdkafka's sticky partitioner):
+                // keyed by service, the ceiling fell below the engine it bounds, and keyed by
+                // event id each linger made one small batch per partition.
+                (e.to_json(), traceparent)
             })
             .collect();
-        let avg = records.iter().map(|(_, p, _)| p.len()).sum::<usize>() / records.len();
+        let avg = records.iter().map(|(p, _)| p.len()).sum::<usize>() / records.len();
         let records = std::sync::Arc::new(records);
 
         let mut ceiling_best: f64 = 0.0;
@@ -153,7 +154,7 @@ async fn bare_loop(
         // topic's metadata are in hand before the clock starts, as the engine's producer (made
         // before its topic) has them. Without it the first acknowledgement came 0.5-1.0 s into a
         // 0.9-1.4 s phase of 150,000 events, and the engine beat its ceiling 1.9 to 1.
-        let warm_up = BaseRecord::to(&topic).key("warm-up").payload(&records[0].1);
+        let warm_up = BaseRecord::<(), _>::to(&topic).payload(&records[0].0);
         producer
             .send(warm_up)
             .map_err(|(e, _)| e)
@@ -163,7 +164,7 @@ async fn bare_loop(
             .expect("warm-up flush");
         producer.context().acked.store(0, Ordering::Relaxed);
         let started = Instant::now();
-        for (key, payload, traceparent) in records.iter() {
+        for (payload, traceparent) in records.iter() {
             loop {
                 let headers = OwnedHeaders::new_with_capacity(2)
                     .insert(Header {
@@ -174,8 +175,7 @@ async fn bare_loop(
                         key: "traceparent",
                         value: Some(traceparent.as_str()),
                     });
-                let record = BaseRecord::to(&topic)
-                    .key(key)
+                let record = BaseRecord::<(), _>::to(&topic)
                     .payload(payload)
                     .headers(headers);
                 match producer.send(record) {

@@ -274,7 +274,9 @@ pub async fn produce_all(
         .await;
 }
 
-/// Events as JSON records keyed by event id, the way the generator and the gateway write them.
+/// Events as JSON records, keyed by event id: the services send theirs unkeyed (librdkafka's
+/// sticky partitioner), but a test wants its records spread over every partition whatever its
+/// count (the collector reads either alike).
 pub async fn produce_events(
     producer: &rdkafka::producer::FutureProducer,
     topic: &str,
@@ -285,7 +287,6 @@ pub async fn produce_events(
         topic,
         events
             .iter()
-            // Keyed by event id, as the generator and the gateway key them.
             .map(|e| (e.event_id.clone(), e.to_json(), "application/json")),
     )
     .await;

@@ -82,7 +82,7 @@ impl TestStack {
             .url(path)
     }
 
-    /// Produce events to the raw topic, keyed by event id, as the gateway writes them.
+    /// Produce events to the raw topic as JSON records keyed by event id (see `produce_events`).
     pub async fn produce(&self, events: &[logpipe_common::LogEvent]) {
         crate::produce_events(&self.producer, &self.kafka.raw_topic, events).await;
     }

@@ -328,12 +328,14 @@ async fn hostile_inputs_get_precise_statuses_and_the_pipeline_still_stores_and_a
             422,
             "invalid_json",
         ),
+        // Named by its bound since the gateway keeps attributes as text (2026-12-07); a tree
+        // reader stopped at serde_json's recursion limit and called it invalid JSON.
         (
             "attributes nested 200 levels",
             "application/json",
             deep_attrs.into_bytes(),
             422,
-            "invalid_json",
+            "too_deep",
         ),
         (
             "one 1.2 MB event",

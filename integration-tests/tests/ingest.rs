@@ -85,7 +85,11 @@ async fn ingest_returns_202_after_kafka_has_every_accepted_event_and_lists_the_r
     let mut ids = BTreeSet::new();
     for m in &records {
         let e = logpipe_common::LogEvent::from_json(m.payload().unwrap()).unwrap();
-        assert_eq!(m.key(), Some(e.event_id.as_bytes()), "keyed by event id");
+        assert_eq!(
+            m.key(),
+            None,
+            "unkeyed: the sticky partitioner spreads them"
+        );
         assert_eq!(header(m, "traceparent").as_deref(), Some(tp));
         assert_eq!(
             header(m, "content-type").as_deref(),

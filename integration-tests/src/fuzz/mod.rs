@@ -475,6 +475,79 @@ async fn dead_letters(target: &Target, report: &mut Report) -> HashMap<(i32, i64
     dead
 }
 
+/// Each record of the raw topic against the stored rows (by their Kafka coordinates, and every
+/// stored id): stored at its own offset, dead-lettered, or a resent copy of an event stored once.
+fn match_records_to_rows(
+    raw: &[rdkafka::message::OwnedMessage],
+    rows: Vec<(i32, i64, String)>,
+    dead: &HashMap<(i32, i64), String>,
+    report: &mut Report,
+) {
+    // Stored rows by their Kafka coordinates, and every stored id.
+    let mut at_offset: HashMap<(i32, i64), usize> = HashMap::new();
+    let mut ids: HashSet<String> = HashSet::new();
+    for (p, o, id) in rows {
+        *at_offset.entry((p, o)).or_default() += 1;
+        ids.insert(id);
+    }
+    // Records carry no key, so a resent request's copies may sit on any partitions, in any
+    // order: a copy with no row at its offset passes when its id was sent more than once and
+    // exactly one of its copies is stored at its own offset.
+    let id_of = |m: &rdkafka::message::OwnedMessage| {
+        m.payload()
+            .and_then(|p| serde_json::from_slice::<serde_json::Value>(p).ok())
+            .and_then(|v| v["event_id"].as_str().map(str::to_owned))
+    };
+    let mut copies: HashMap<String, usize> = HashMap::new();
+    for id in raw.iter().filter_map(id_of) {
+        *copies.entry(id).or_default() += 1;
+    }
+    let mut stored_copies: HashMap<String, usize> = HashMap::new();
+    let mut resent: HashSet<String> = HashSet::new();
+    for m in raw {
+        let at = (m.partition(), m.offset());
+        let id = id_of(m);
+        let sent_again = id
+            .as_ref()
+            .is_some_and(|id| copies.get(id).copied().unwrap_or(0) > 1);
+        let stored = at_offset.get(&at).copied().unwrap_or(0);
+        match (stored, dead.contains_key(&at)) {
+            (1, false) => {
+                report.stored_at_own_offset += 1;
+                if let Some(id) = &id {
+                    *stored_copies.entry(id.clone()).or_default() += 1;
+                }
+            }
+            (0, true) => {}
+            (0, false) if sent_again && id.as_ref().is_some_and(|i| ids.contains(i)) => {
+                report.stored_as_resend += 1;
+                resent.extend(id);
+            }
+            (n, d) => fail(
+                report,
+                format!(
+                    "record {at:?} (id {id:?}): {n} rows at its offset, dead-lettered: {d}; payload {}",
+                    m.payload()
+                        .map(|p| String::from_utf8_lossy(&p[..p.len().min(300)]).into_owned())
+                        .unwrap_or_default()
+                ),
+            ),
+        }
+    }
+    for id in resent {
+        let n = stored_copies.get(&id).copied().unwrap_or(0);
+        if n != 1 {
+            fail(
+                report,
+                format!(
+                    "id {id:?} was sent {} times and stored at {n} of their offsets",
+                    copies[&id]
+                ),
+            );
+        }
+    }
+}
+
 /// Every record of the raw topic stored once or dead-lettered; lag back to 0; ready.
 async fn check_storage(target: &Target, opts: &Options, report: &mut Report) {
     let raw = crate::read_topic(
@@ -512,44 +585,12 @@ async fn check_storage(target: &Target, opts: &Options, report: &mut Report) {
     }
     let dead = dead_letters(target, report).await;
     report.dead_lettered = dead.len();
-    // Stored rows by their Kafka coordinates, and every stored id.
     let rows: Vec<(i32, i64, String)> =
         sqlx::query_as("SELECT kafka_partition, kafka_offset, event_id FROM log_events")
             .fetch_all(&target.pool)
             .await
             .expect("read stored rows");
-    let mut at_offset: HashMap<(i32, i64), usize> = HashMap::new();
-    let mut ids: HashSet<String> = HashSet::new();
-    for (p, o, id) in rows {
-        *at_offset.entry((p, o)).or_default() += 1;
-        ids.insert(id);
-    }
-    let mut seen_ids: HashSet<String> = HashSet::new();
-    for m in &raw {
-        let at = (m.partition(), m.offset());
-        let id = m
-            .payload()
-            .and_then(|p| serde_json::from_slice::<serde_json::Value>(p).ok())
-            .and_then(|v| v["event_id"].as_str().map(str::to_owned));
-        let resend = id.as_ref().is_some_and(|id| !seen_ids.insert(id.clone()));
-        let stored = at_offset.get(&at).copied().unwrap_or(0);
-        match (stored, dead.contains_key(&at)) {
-            (1, false) => report.stored_at_own_offset += 1,
-            (0, true) => {}
-            (0, false) if resend && id.as_ref().is_some_and(|i| ids.contains(i)) => {
-                report.stored_as_resend += 1;
-            }
-            (n, d) => fail(
-                report,
-                format!(
-                    "record {at:?} (id {id:?}): {n} rows at its offset, dead-lettered: {d}; payload {}",
-                    m.payload()
-                        .map(|p| String::from_utf8_lossy(&p[..p.len().min(300)]).into_owned())
-                        .unwrap_or_default()
-                ),
-            ),
-        }
-    }
+    match_records_to_rows(&raw, rows, &dead, report);
     let ready = reqwest::get(format!("{}/ready", target.collector)).await;
     match ready {
         Ok(r) if r.status().as_u16() == 200 => {}

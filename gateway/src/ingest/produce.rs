@@ -97,7 +97,7 @@ impl IngestProducer {
             // No key: librdkafka's sticky partitioner fills one partition's batch at a time and
             // moves on, so load still spreads over every partition, in a few large batches where
             // a key per event made one small batch per partition each linger. Nothing downstream
-            // depends on the key (ARCHITECTURE.md, "Decisions").
+            // depends on the key (ARCHITECTURE.md, "Decisions and why").
             let record = BaseRecord::<(), [u8]>::to(&self.topic)
                 .payload(&payload)
                 .headers(headers);

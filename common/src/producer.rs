@@ -1,5 +1,7 @@
 //! Producers polled by a thread of their own that sleeps while nothing happens
-//! ([`PolledProducer`]), and the one whose deliveries come back as futures ([`AckProducer`]).
+//! ([`PolledProducer`]), and the one whose deliveries come back as futures ([`AckProducer`]): one
+//! per record ([`Ack`]), or one for a group of records ([`Acks`]), which costs no allocation per
+//! record and wakes its waiter once, when the last acknowledgement is in.
 //!
 //! Why not rdkafka's `ThreadedProducer` / `FutureProducer`: their thread calls
 //! `BaseProducer::poll(100 ms)`, which polls against a deadline and hands librdkafka the time left
@@ -15,8 +17,8 @@
 use std::future::Future;
 use std::ops::Deref;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -27,7 +29,7 @@ use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, ProducerContext};
 use rdkafka::util::IntoOpaque;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Notify};
 
 /// How long one poll waits for a delivery report. Its 50 µs above the whole milliseconds cover
 /// the moment between the poll's deadline being set and librdkafka being asked; a wait ends later
@@ -109,25 +111,68 @@ pub struct Delivered {
 /// The outcome of one record: acknowledged, or the error it failed with.
 pub type AckResult = Result<Delivered, KafkaError>;
 
-/// Reports each record's delivery to the future its sender holds.
+/// Where a record's delivery report goes: the future of the one record, or its group's count.
+pub enum Reply {
+    One(oneshot::Sender<AckResult>),
+    Group(GroupState),
+}
+
+/// The state of an [`Acks`] group, shared with each of its records' opaques.
+pub struct GroupState {
+    /// Records sent and not yet reported, plus one until the sender waits (so the last report
+    /// cannot come before the group is complete).
+    pending: AtomicUsize,
+    acked: AtomicUsize,
+    error: Mutex<Option<KafkaError>>,
+    done: Notify,
+}
+
+impl GroupState {
+    /// One fewer pending; the last wakes the waiter (a permit, if it is not waiting yet).
+    fn settle(&self) {
+        if self.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.done.notify_one();
+        }
+    }
+}
+
+/// Reports each record's delivery to the future its sender holds, or to its group.
 pub struct AckContext;
 
 // rdkafka's defaults: its log lines and errors go where `DefaultClientContext` sends them.
 impl ClientContext for AckContext {}
 
 impl ProducerContext for AckContext {
-    type DeliveryOpaque = Box<oneshot::Sender<AckResult>>;
+    type DeliveryOpaque = Arc<Reply>;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, tx: Self::DeliveryOpaque) {
-        let outcome = match result {
-            Ok(m) => Ok(Delivered {
-                partition: m.partition(),
-                offset: m.offset(),
-            }),
-            Err((e, _)) => Err(e.clone()),
-        };
-        // A sender that stopped waiting (a request that timed out) needs no answer.
-        let _ = tx.send(outcome);
+    fn delivery(&self, result: &DeliveryResult<'_>, reply: Self::DeliveryOpaque) {
+        match &*reply {
+            Reply::Group(group) => {
+                match result {
+                    Ok(_) => {
+                        group.acked.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err((e, _)) => {
+                        *group.error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.clone());
+                    }
+                }
+                group.settle();
+            }
+            Reply::One(_) => {
+                let outcome = match result {
+                    Ok(m) => Ok(Delivered {
+                        partition: m.partition(),
+                        offset: m.offset(),
+                    }),
+                    Err((e, _)) => Err(e.clone()),
+                };
+                // The record's opaque is the only handle on its reply.
+                if let Ok(Reply::One(tx)) = Arc::try_unwrap(reply) {
+                    // A sender that stopped waiting (a request that timed out) needs no answer.
+                    let _ = tx.send(outcome);
+                }
+            }
+        }
     }
 }
 
@@ -165,9 +210,25 @@ impl AckProducer {
         P: rdkafka::message::ToBytes + ?Sized,
     {
         let (tx, rx) = oneshot::channel();
-        match self.inner.send(with_opaque(record, Box::new(tx))) {
+        match self
+            .inner
+            .send(with_opaque(record, Arc::new(Reply::One(tx))))
+        {
             Ok(()) => Ok(Ack { rx }),
             Err((e, record)) => Err((e, with_opaque(record, ()))),
+        }
+    }
+
+    /// A group of records whose acknowledgements are awaited together ([`Acks::wait`]).
+    pub fn group(&self) -> Acks {
+        Acks {
+            producer: self.clone(),
+            state: Arc::new(Reply::Group(GroupState {
+                pending: AtomicUsize::new(1),
+                acked: AtomicUsize::new(0),
+                error: Mutex::new(None),
+                done: Notify::new(),
+            })),
         }
     }
 
@@ -231,5 +292,67 @@ impl Future for Ack {
         Pin::new(&mut self.rx)
             .poll(cx)
             .map(|r| r.unwrap_or(Err(KafkaError::Canceled)))
+    }
+}
+
+/// Records sent as a group ([`AckProducer::group`]): each costs its group one count, not an
+/// allocation and a future, and the waiter is woken once, by the last acknowledgement.
+pub struct Acks {
+    producer: AckProducer,
+    state: Arc<Reply>,
+}
+
+/// How a group's records ended: how many were acknowledged, and an error one of the others
+/// failed with.
+#[derive(Debug)]
+pub struct GroupOutcome {
+    pub acked: usize,
+    pub error: Option<KafkaError>,
+}
+
+impl Acks {
+    fn group(&self) -> &GroupState {
+        match &*self.state {
+            Reply::Group(g) => g,
+            Reply::One(_) => unreachable!("a group's state is a group"),
+        }
+    }
+
+    /// Queue a record of the group; one the producer refuses at once comes back with the error
+    /// and does not count.
+    #[allow(clippy::result_large_err)] // the record comes back whole, as rdkafka's `send` does
+    pub fn send<'a, K, P>(
+        &self,
+        record: BaseRecord<'a, K, P>,
+    ) -> Result<(), (KafkaError, BaseRecord<'a, K, P>)>
+    where
+        K: rdkafka::message::ToBytes + ?Sized,
+        P: rdkafka::message::ToBytes + ?Sized,
+    {
+        self.group().pending.fetch_add(1, Ordering::AcqRel);
+        match self
+            .producer
+            .inner
+            .send(with_opaque(record, self.state.clone()))
+        {
+            Ok(()) => Ok(()),
+            Err((e, record)) => {
+                self.group().settle();
+                Err((e, with_opaque(record, ())))
+            }
+        }
+    }
+
+    /// Wait until every record sent in the group was acknowledged or failed.
+    pub async fn wait(self) -> GroupOutcome {
+        let group = self.group();
+        group.settle();
+        while group.pending.load(Ordering::Acquire) != 0 {
+            group.done.notified().await;
+        }
+        GroupOutcome {
+            acked: group.acked.load(Ordering::Relaxed),
+            error: group.error.lock().unwrap_or_else(|p| p.into_inner()).take(),
+        }
     }
 }

@@ -19,7 +19,8 @@
 //! 2. ingest: `POST /api/v1/logs` with 1,000-event JSON batches (parse, validation, Redis check
 //!    counting 1,000, produce and wait for Kafka's acks), closed loop over 8 connections; ceilings:
 //!    the same body to the bare route, and the gateway's own producer sending the same 1,000 events
-//!    and awaiting the acks with no HTTP in front (what Kafka alone allows).
+//!    and awaiting the acks with no HTTP in front (what Kafka alone allows); and the CPU per event
+//!    of each (this process's threads, less the load client's).
 //! 3. latency: each at half its goal rate (10,000 requests/s; 25 batches/s = 25,000 events/s),
 //!    paced: every connection sends on a fixed schedule, and a request held up by a slow previous
 //!    one counts from its scheduled start, so a stall shows up as latency rather than as a lower
@@ -268,8 +269,8 @@ async fn ingest(secs: Duration, t: &Targets, batch: &Bytes, servers: &Handle) {
         Load::Closed(secs),
     )
     .await;
-    let i_kafka = produce(t, servers, 8, Load::Closed(secs)).await;
-    let i_gw = http(&logs, 8, Load::Closed(secs)).await;
+    let (i_kafka, kafka_ns) = cpu::servers_ns(produce(t, servers, 8, Load::Closed(secs))).await;
+    let (i_gw, gw_ns) = cpu::servers_ns(http(&logs, 8, Load::Closed(secs))).await;
     report("ingest, bare axum body route (ceiling)", &i_bare, BATCH);
     report(
         "ingest, producer alone: 1,000 events to Kafka acks (ceiling)",
@@ -277,6 +278,14 @@ async fn ingest(secs: Duration, t: &Targets, batch: &Bytes, servers: &Handle) {
         BATCH,
     );
     report("ingest, gateway", &i_gw, BATCH);
+    // The servers' CPU (this process less the load client's thread; the broker and Redis are
+    // processes of their own): steadier than events/s on a VM whose speed moves.
+    let us_per_event = |o: &Outcome, ns: u64| ns as f64 / 1e3 / (o.ok as f64 * BATCH as f64);
+    println!(
+        "  CPU per event: producer alone {:.2} µs, gateway {:.2} µs",
+        us_per_event(&i_kafka, kafka_ns),
+        us_per_event(&i_gw, gw_ns)
+    );
     println!(
         "  ingest ratio gateway/bare: {:.3}, gateway/producer alone: {:.3}   goal {INGEST_GOAL:.0} events/s: {}",
         i_gw.rate() / i_bare.rate(),

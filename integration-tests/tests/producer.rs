@@ -59,6 +59,50 @@ async fn acks_name_each_record_refusals_come_back_whole_and_an_idle_producer_sle
     let read = it::read_topic(&kafka, &kafka.raw_topic, Duration::from_secs(2)).await;
     assert_eq!(read.len(), 10);
 
+    // A group's records are counted together, and its waiter is told once they all came back:
+    // an empty group at once; a record refused at once does not count; a record the broker
+    // cannot take (a partition the topic lacks) is reported as the group's error.
+    let empty = producer.group().wait().await;
+    assert_eq!((empty.acked, empty.error.is_none()), (0, true));
+    let group = producer.group();
+    for i in 0..20 {
+        let payload = format!("grouped {i}");
+        group
+            .send(BaseRecord::<(), _>::to(&kafka.raw_topic).payload(&payload))
+            .map_err(|(e, _)| e)
+            .expect("queued");
+    }
+    let too_big = vec![b'x'; 20_000];
+    assert!(group
+        .send(BaseRecord::<(), _>::to(&kafka.raw_topic).payload(&too_big))
+        .is_err());
+    let outcome = tokio::time::timeout(Duration::from_secs(10), group.wait())
+        .await
+        .expect("the group is told");
+    assert_eq!((outcome.acked, outcome.error.is_none()), (20, true));
+    let group = producer.group();
+    let refused_at_once = group
+        .send(
+            BaseRecord::<(), _>::to(&kafka.raw_topic)
+                .partition(7)
+                .payload("nowhere"),
+        )
+        .is_err();
+    group
+        .send(BaseRecord::<(), _>::to(&kafka.raw_topic).payload("somewhere"))
+        .map_err(|(e, _)| e)
+        .expect("queued");
+    let outcome = tokio::time::timeout(Duration::from_secs(30), group.wait())
+        .await
+        .expect("the group is told");
+    assert_eq!(outcome.acked, 1);
+    assert!(
+        refused_at_once || outcome.error.is_some(),
+        "the record for a partition the topic lacks failed somewhere"
+    );
+    let read = it::read_topic(&kafka, &kafka.raw_topic, Duration::from_secs(2)).await;
+    assert_eq!(read.len(), 31);
+
     // A record larger than the producer takes is refused at once, and comes back whole.
     let big = vec![b'x'; 20_000];
     match producer.send(BaseRecord::<(), _>::to(&kafka.raw_topic).payload(&big)) {

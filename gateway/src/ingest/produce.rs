@@ -5,7 +5,6 @@
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
-use futures::future::join_all;
 use logpipe_common::event::LogEvent;
 use logpipe_common::kafka::KafkaSettings;
 use logpipe_common::producer::AckProducer;
@@ -86,7 +85,9 @@ impl IngestProducer {
         traceparent: Option<&str>,
     ) -> Result<(), ProduceError> {
         let total = events.len();
-        let mut pending = Vec::with_capacity(total);
+        // One count per record and one wake when the last is acknowledged, not a future each.
+        let acks = self.producer.group();
+        let mut queued = 0;
         let mut refused: Option<String> = None;
         // librdkafka copies each payload when it takes the record, so one buffer serves them all.
         let mut payload = Vec::new();
@@ -101,8 +102,8 @@ impl IngestProducer {
             let record = BaseRecord::<(), [u8]>::to(&self.topic)
                 .payload(&payload)
                 .headers(headers);
-            match self.producer.send(record) {
-                Ok(f) => pending.push(f),
+            match acks.send(record) {
+                Ok(()) => queued += 1,
                 Err((e, _))
                     if e.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageSizeTooLarge) =>
                 {
@@ -120,21 +121,12 @@ impl IngestProducer {
                 }
             }
         }
-        let queued = pending.len();
         let wait = self.delivery_timeout + Duration::from_secs(1);
-        let results = tokio::time::timeout(wait, join_all(pending)).await;
-        let (acked, reason) = match results {
-            Ok(results) => {
-                let mut reason = refused;
-                let mut acked = 0;
-                for r in results {
-                    match r {
-                        Ok(_) => acked += 1,
-                        Err(e) => reason = Some(e.to_string()),
-                    }
-                }
-                (acked, reason)
-            }
+        let (acked, reason) = match tokio::time::timeout(wait, acks.wait()).await {
+            Ok(outcome) => (
+                outcome.acked,
+                outcome.error.map(|e| e.to_string()).or(refused),
+            ),
             Err(_) => (0, Some("delivery timed out".into())),
         };
         if acked == total {

@@ -258,11 +258,12 @@ impl Default for DatabaseSettings {
 impl CollectorConfig {
     pub fn summary(&self) -> String {
         format!(
-            "listen={}:{} brokers={} topic={} group={} db={} schema={} batch={}/{}ms",
+            "listen={}:{} brokers={} topic={} kafka_options={} group={} db={} schema={} batch={}/{}ms",
             self.host,
             self.port,
-            self.kafka.brokers,
+            redact_url(&self.kafka.brokers),
             self.kafka.raw_topic,
+            self.kafka.librdkafka_options,
             self.consumer.group_id,
             redact_url(&self.database.url),
             self.database.schema,
@@ -272,6 +273,7 @@ impl CollectorConfig {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.kafka.validate()?;
         let schema_ok = !self.database.schema.is_empty()
             && self
                 .database
@@ -504,5 +506,57 @@ mod tests {
         let cli = Cli::try_parse_from(["c", "--database-schema", "x; drop table y"]).unwrap();
         let err = cli.into_config().unwrap_err().to_string();
         assert!(err.contains("database.schema"), "{err}");
+    }
+
+    #[test]
+    fn librdkafka_options_come_from_the_file_then_the_flags_and_secrets_stay_hidden() {
+        let dir = std::env::temp_dir().join(format!("logpipe-opts-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("collector.toml");
+        std::fs::write(
+            &file,
+            "[kafka.librdkafka_options]\n\"socket.timeout.ms\" = \"30000\"\n\
+             \"sasl.password\" = \"file-secret\"\n",
+        )
+        .unwrap();
+        let cli = Cli::try_parse_from([
+            "c",
+            "--config",
+            file.to_str().unwrap(),
+            "--kafka-option",
+            "socket.timeout.ms=20000",
+            "--kafka-option",
+            "sasl.username=app",
+        ])
+        .unwrap();
+        let c = cli.into_config().unwrap();
+        let client = c.kafka.client_config("x");
+        assert_eq!(
+            client.get("socket.timeout.ms"),
+            Some("20000"),
+            "the flag wins"
+        );
+        assert_eq!(client.get("sasl.password"), Some("file-secret"));
+        for shown in [c.summary(), format!("{c:?}")] {
+            assert!(!shown.contains("file-secret"), "{shown}");
+            assert!(shown.contains("socket.timeout.ms=20000"), "{shown}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_librdkafka_option_logpipe_decides_is_refused_at_start_with_its_reason() {
+        let cli = Cli::try_parse_from(["c", "--kafka-option", "enable.auto.commit=true"]).unwrap();
+        let err = cli.into_config().unwrap_err().to_string();
+        assert!(
+            err.contains("kafka.librdkafka_options")
+                && err.contains("enable.auto.commit")
+                && err.contains("offsets live in PostgreSQL"),
+            "{err}"
+        );
+        let cli = Cli::try_parse_from(["c", "--kafka-option", "fetch.wait.max.mss=5"]).unwrap();
+        let err = cli.into_config().unwrap_err().to_string();
+        assert!(err.contains("fetch.wait.max.mss"), "{err}");
+        assert!(Cli::try_parse_from(["c", "--kafka-option", "no-value"]).is_err());
     }
 }

@@ -71,6 +71,11 @@ pub struct CommonCli {
     /// the collector and the generator ask for it.
     #[arg(long, env = "LOGPIPE_INTERNAL_TOKEN_FILE")]
     pub internal_token_file: Option<std::path::PathBuf>,
+    /// A librdkafka property for every Kafka client, `name=value` (repeatable; in the
+    /// environment, `;` between pairs). Over the file's `[kafka.librdkafka_options]`.
+    #[arg(long = "kafka-option", env = "LOGPIPE_KAFKA_OPTIONS", value_delimiter = ';',
+          value_parser = crate::kafka::parse_pair, hide_env_values = true)]
+    pub kafka_options: Vec<(String, String)>,
 }
 
 impl CommonCli {
@@ -89,6 +94,9 @@ impl CommonCli {
             self.partitions => kafka.raw_partitions,
             self.internal_token_file.map(Some) => *internal_token_file,
         );
+        for (name, value) in self.kafka_options {
+            kafka.librdkafka_options.insert(name, value);
+        }
     }
 }
 

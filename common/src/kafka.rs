@@ -11,6 +11,9 @@ use rdkafka::message::{BorrowedHeaders, Header, Headers, OwnedHeaders};
 use rdkafka::types::RDKafkaErrorCode;
 use serde::{Deserialize, Serialize};
 
+mod options;
+pub use options::{decided, parse_pair, LibrdkafkaOptions, OptionError};
+
 pub const TOPIC_RAW: &str = "logs.raw";
 pub const TOPIC_DLQ: &str = "logs.dlq";
 pub const TOPIC_ALERTS: &str = "alerts";
@@ -52,6 +55,8 @@ pub struct KafkaSettings {
     pub raw_partitions: i32,
     /// How long admin and metadata calls may take before they count as failed.
     pub request_timeout_ms: u64,
+    /// librdkafka properties laid over every client this service makes (`options.rs`).
+    pub librdkafka_options: LibrdkafkaOptions,
 }
 
 impl Default for KafkaSettings {
@@ -63,12 +68,15 @@ impl Default for KafkaSettings {
             alerts_topic: TOPIC_ALERTS.into(),
             raw_partitions: 6,
             request_timeout_ms: 10_000,
+            librdkafka_options: LibrdkafkaOptions::default(),
         }
     }
 }
 
 impl KafkaSettings {
-    /// The base config every client starts from.
+    /// The base config every client starts from: logpipe's defaults, then the operator's
+    /// `librdkafka_options`. What a client sets after this is a property the options may not
+    /// hold (`options::decided`), so nothing the operator set is replaced without a word.
     pub fn client_config(&self, client_id: &str) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.brokers)
@@ -85,7 +93,18 @@ impl KafkaSettings {
             c.set("debug", contexts)
                 .set_log_level(rdkafka::config::RDKafkaLogLevel::Debug);
         }
+        self.librdkafka_options.apply(&mut c);
         c
+    }
+
+    /// The options' check (`LibrdkafkaOptions::check`), as a config error naming the field.
+    pub fn validate(&self) -> Result<(), crate::config::ConfigError> {
+        self.librdkafka_options
+            .check()
+            .map_err(|e| crate::config::ConfigError::Invalid {
+                field: "kafka.librdkafka_options",
+                reason: e.to_string(),
+            })
     }
 
     /// The topics this deployment uses, with their partition counts.

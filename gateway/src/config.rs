@@ -84,7 +84,7 @@ impl Default for GatewayConfig {
 impl GatewayConfig {
     pub fn summary(&self) -> String {
         format!(
-            "listen={}:{} generators={:?} collector={} brokers={} topic={} body_limit={}B max_events={} \
+            "listen={}:{} generators={:?} collector={} brokers={} topic={} kafka_options={} body_limit={}B max_events={} \
              concurrency={} redis={} api_keys={}",
             self.host,
             self.port,
@@ -92,6 +92,7 @@ impl GatewayConfig {
             self.collector_url,
             redact_url(&self.kafka.brokers),
             self.kafka.raw_topic,
+            self.kafka.librdkafka_options,
             self.body_limit_bytes,
             self.ingest.max_events,
             self.max_concurrent_requests,
@@ -101,6 +102,7 @@ impl GatewayConfig {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.kafka.validate()?;
         if self.generator_urls.is_empty() {
             return Err(ConfigError::Invalid {
                 field: "generator_urls",

@@ -96,12 +96,13 @@ impl GeneratorConfig {
     /// One line for the startup log, with credentials redacted.
     pub fn summary(&self) -> String {
         format!(
-            "listen={}:{} instance={} brokers={} topic={} rate={}/s threads={} batch={} compression={} acks={} global_budget={}/s redis={}",
+            "listen={}:{} instance={} brokers={} topic={} kafka_options={} rate={}/s threads={} batch={} compression={} acks={} global_budget={}/s redis={}",
             self.host,
             self.port,
             self.instance_id,
             redact_url(&self.kafka.brokers),
             self.kafka.raw_topic,
+            self.kafka.librdkafka_options,
             self.defaults.rate_per_second,
             self.defaults.threads,
             self.defaults.batch_size,
@@ -113,6 +114,7 @@ impl GeneratorConfig {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.kafka.validate()?;
         const COMPRESSIONS: [&str; 5] = ["none", "gzip", "snappy", "lz4", "zstd"];
         if !COMPRESSIONS.contains(&self.producer.compression.as_str()) {
             return Err(ConfigError::Invalid {

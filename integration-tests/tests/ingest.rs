@@ -108,6 +108,58 @@ async fn ingest_returns_202_after_kafka_has_every_accepted_event_and_lists_the_r
     gw.stop().await;
 }
 
+/// Which partitions a gateway with these librdkafka options puts the 200 events of its second
+/// and third requests in. The first request's records wait for the topic's metadata and are
+/// placed one by one while the leader is not yet known, so librdkafka picks a new sticky
+/// partition for each of them whatever the setting: that request is left out.
+async fn partitions_used(name: &str, options: &[(&str, &str)]) -> BTreeSet<i32> {
+    let mut config = it::gateway_config(name);
+    let reader = config.kafka.clone();
+    for (k, v) in options {
+        config.kafka.librdkafka_options.insert(*k, *v);
+    }
+    config.validate().expect("the options pass");
+    let gw = it::start_gateway(config).await;
+    let client = reqwest::Client::new();
+    for r in 0..3 {
+        let body: Vec<Value> = (0..100)
+            .map(|i| event(&format!("{name}-{r}-{i}"), "svc", "INFO", "m"))
+            .collect();
+        let resp = it::send(client.post(gw.url("/api/v1/logs")).json(&body)).await;
+        assert_eq!(resp.status(), 202);
+    }
+    let records = it::consume_n(&reader, &reader.raw_topic, 300, WAIT).await;
+    gw.stop().await;
+    let first = format!("{name}-0-");
+    records
+        .iter()
+        .filter(|m| {
+            let e = logpipe_common::LogEvent::from_json(m.payload().unwrap()).unwrap();
+            !e.event_id.starts_with(&first)
+        })
+        .map(|m| m.partition())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operators_librdkafka_options_reach_the_gateways_producer() {
+    // The sticky partitioner keeps unkeyed records on one partition for
+    // `sticky.partitioning.linger.ms`: ten minutes holds both requests on one of the two
+    // partitions, 0 sends each record to a random one (all 200 on one: odds 2^-199).
+    let held = partitions_used(
+        &it::unique("opt-held"),
+        &[("sticky.partitioning.linger.ms", "600000")],
+    )
+    .await;
+    assert_eq!(held.len(), 1, "{held:?}");
+    let spread = partitions_used(
+        &it::unique("opt-spread"),
+        &[("sticky.partitioning.linger.ms", "0")],
+    )
+    .await;
+    assert_eq!(spread, BTreeSet::from([0, 1]));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingest_takes_ndjson_and_raw_lines_and_stable_ids_with_an_idempotency_key() {
     let name = it::unique("ingestfmt");

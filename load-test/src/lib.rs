@@ -197,6 +197,7 @@ async fn drive(
 
 /// Runs the scenario, writes the report; Ok(true) when every threshold was met.
 pub async fn run(args: Args) -> anyhow::Result<bool> {
+    ceiling::check_operator_options()?;
     let report_dir = args.report_dir.clone().unwrap_or_else(|| {
         PathBuf::from(format!(
             "load-test-reports/{}",

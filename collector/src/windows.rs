@@ -401,8 +401,12 @@ impl Aggregator {
     /// row of its own: the tumbling row holds the same events (see [`Spec::held_by`]).
     pub fn into_deltas(self, specs: &[Spec]) -> Vec<(WindowKey, Stats)> {
         let held: Vec<Option<Spec>> = specs.iter().map(|s| s.held_by(specs)).collect();
+        // Merged in key order, not the hash map's: a sum of floats depends on its order, so a
+        // batch retried, or a family aggregated alone, gives the same bits.
+        let mut seconds: Vec<_> = self.seconds.into_iter().collect();
+        seconds.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let mut rows: HashMap<WindowKey, Stats> = HashMap::new();
-        for ((service, level, sec), stats) in self.seconds {
+        for ((service, level, sec), stats) in seconds {
             for (&spec, held) in specs.iter().zip(&held) {
                 for start_secs in spec.starts(sec) {
                     if held.is_some_and(|t| start_secs.rem_euclid(t.width) == 0) {

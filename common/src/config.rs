@@ -22,6 +22,15 @@ pub enum ConfigError {
     Invalid { field: &'static str, reason: String },
 }
 
+impl From<crate::kafka::OptionError> for ConfigError {
+    fn from(e: crate::kafka::OptionError) -> Self {
+        ConfigError::Invalid {
+            field: "kafka.librdkafka_options",
+            reason: e.to_string(),
+        }
+    }
+}
+
 /// Defaults when `path` is `None`, else the file's values over the defaults (`#[serde(default)]`).
 pub fn load_toml<T: DeserializeOwned + Default>(path: Option<&Path>) -> Result<T, ConfigError> {
     let Some(path) = path else {

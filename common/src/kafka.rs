@@ -97,14 +97,10 @@ impl KafkaSettings {
         c
     }
 
-    /// The options' check (`LibrdkafkaOptions::check`), as a config error naming the field.
-    pub fn validate(&self) -> Result<(), crate::config::ConfigError> {
-        self.librdkafka_options
-            .check()
-            .map_err(|e| crate::config::ConfigError::Invalid {
-                field: "kafka.librdkafka_options",
-                reason: e.to_string(),
-            })
+    /// The options' check (`LibrdkafkaOptions::check`); a service's config reports it as
+    /// `kafka.librdkafka_options` (`config::ConfigError`'s `From`).
+    pub fn validate(&self) -> Result<(), OptionError> {
+        self.librdkafka_options.check()
     }
 
     /// The topics this deployment uses, with their partition counts.

@@ -6,12 +6,11 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use futures::TryStreamExt;
-use logpipe_common::kafka::LibrdkafkaOptions;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -123,34 +122,6 @@ pub async fn kafka(
 }
 
 /// A new topic of `partitions` partitions for a bare stage, and the admin client that deletes it.
-/// The librdkafka options the operator gives the services (`LOGPIPE_KAFKA_OPTIONS`; docs/configuration.md),
-/// read once and checked as the services check them.
-fn loaded_options() -> &'static Result<LibrdkafkaOptions, String> {
-    static OPTIONS: OnceLock<Result<LibrdkafkaOptions, String>> = OnceLock::new();
-    OPTIONS.get_or_init(|| match std::env::var("LOGPIPE_KAFKA_OPTIONS") {
-        Ok(list) => LibrdkafkaOptions::from_list(&list),
-        Err(_) => Ok(LibrdkafkaOptions::default()),
-    })
-}
-
-/// Refuse a run whose `LOGPIPE_KAFKA_OPTIONS` the services would refuse.
-pub fn check_operator_options() -> anyhow::Result<()> {
-    match loaded_options() {
-        Ok(_) => Ok(()),
-        Err(e) => bail!("LOGPIPE_KAFKA_OPTIONS: {e}"),
-    }
-}
-
-/// Lay the operator's options over a bare client too: a ceiling measured with other socket or
-/// partitioner settings than the pipeline's (or unable to reach a broker that asks for SASL)
-/// would not be its ceiling.
-pub(crate) fn with_operator_options(c: &mut ClientConfig) -> &mut ClientConfig {
-    if let Ok(options) = loaded_options() {
-        options.apply(c);
-    }
-    c
-}
-
 pub(crate) async fn new_topic(
     brokers: &str,
     partitions: i32,
@@ -162,7 +133,8 @@ pub(crate) async fn new_topic(
     );
     let mut base = ClientConfig::new();
     base.set("bootstrap.servers", brokers);
-    let admin: AdminClient<DefaultClientContext> = with_operator_options(&mut base).create()?;
+    let admin: AdminClient<DefaultClientContext> =
+        crate::options::with_operator_options(&mut base).create()?;
     let res = admin
         .create_topics(
             &[NewTopic::new(
@@ -208,7 +180,8 @@ pub(crate) fn bare_producer(
         .set("queue.buffering.max.messages", "2000000")
         .set("queue.buffering.max.kbytes", "2097151")
         .set("socket.nagle.disable", "true");
-    Ok(with_operator_options(&mut c).create_with_context(Counting(Arc::clone(delivered)))?)
+    Ok(crate::options::with_operator_options(&mut c)
+        .create_with_context(Counting(Arc::clone(delivered)))?)
 }
 
 fn produce_loop(

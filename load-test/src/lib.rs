@@ -8,7 +8,7 @@
 //! segments run through the generators; `ingest` is the HTTP scenario (open loop, coordinated
 //! omission corrected); `verify` reads the run back from Kafka and looks every id up in PostgreSQL;
 //! `ceiling` measures the produce, consume and COPY ceilings, `paced` the same bare clients at the
-//! rate the pipeline held; `summary` judges the run and writes
+//! rate the pipeline held (with the operator's librdkafka options, `options`); `summary` judges the run and writes
 //! `summary.md`; `report` draws the charts and the CSV. `run` below ties them together; every loop is bounded by the scenario's plan and its timeouts.
 //!
 //! The storage benchmark (`./storage-bench.sh`) is its own crate, `storage-bench/`, and the fault
@@ -23,6 +23,7 @@ pub mod args;
 pub mod ceiling;
 pub mod cpu;
 pub mod ingest;
+pub mod options;
 pub mod paced;
 pub mod report;
 pub mod sample;
@@ -197,7 +198,7 @@ async fn drive(
 
 /// Runs the scenario, writes the report; Ok(true) when every threshold was met.
 pub async fn run(args: Args) -> anyhow::Result<bool> {
-    ceiling::check_operator_options()?;
+    options::check_operator_options()?;
     let report_dir = args.report_dir.clone().unwrap_or_else(|| {
         PathBuf::from(format!(
             "load-test-reports/{}",

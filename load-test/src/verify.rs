@@ -38,7 +38,7 @@ pub fn tuned_consumer(brokers: &str) -> ClientConfig {
         .set("queued.min.messages", "1000000")
         .set("queued.max.messages.kbytes", "1048576")
         .set("socket.nagle.disable", "true");
-    crate::ceiling::with_operator_options(&mut c);
+    crate::options::with_operator_options(&mut c);
     c
 }
 

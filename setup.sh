@@ -156,7 +156,7 @@ BIN=$CARGO_TARGET_DIR/$PROFILE_DIR
 
 log "applying migrations to $DB_NAME"
 "$BIN/logpipe-collector" --migrate-only --database-url "$DATABASE_URL" >>"$RUN_DIR/logs/migrate.log" 2>&1 \
-    || { tail -20 "$RUN_DIR/logs/migrate.log" >&2; die "migrations failed"; }
+    || { tail -20 "$RUN_DIR/logs/migrate.log" >&2; die "the collector's --migrate-only step failed: its configuration or the migrations (the lines above say which)"; }
 
 # --- broker ---------------------------------------------------------------------------------------
 if pid_alive "$RUN_DIR/pids/broker.pid" "$BROKER_PROCESS"; then

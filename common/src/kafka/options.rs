@@ -104,10 +104,15 @@ const DECIDED: &[(&[&str], &str)] = &[
         &["debug"],
         "set LOGPIPE_KAFKA_DEBUG, which also raises librdkafka's log level",
     ),
+    (
+        &["log_level"],
+        "the rdkafka crate sets each client's log level after creating it, replacing this; \
+         set LOGPIPE_KAFKA_DEBUG for librdkafka's debug logs",
+    ),
 ];
 
 /// Why logpipe decides `name` itself, when it does.
-pub fn decided(name: &str) -> Option<&'static str> {
+pub(crate) fn decided(name: &str) -> Option<&'static str> {
     DECIDED
         .iter()
         .find(|(names, _)| names.contains(&name))

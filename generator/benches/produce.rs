@@ -29,6 +29,11 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 
 const ROUNDS: usize = 2;
 
+// The generator binary's allocator (with its C `malloc` override), so the engine and the bare
+// producer beside it run as the service does; without it both ran on glibc's malloc.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Pre-serialized records: key (the event id), payload, traceparent.
 type Records = Vec<(Vec<u8>, String)>;
 

@@ -3,7 +3,9 @@ use logpipe_generator::{config::Cli, Application};
 
 // Every event is built from small strings and a map, serialized and dropped: glibc's malloc and
 // free were about a fifth of the generator's CPU in a 40,000/s load test's profile (issue 32), as
-// they were in the collector's; mimalloc costs less.
+// they were in the collector's; mimalloc costs less. With the workspace's `override` feature it
+// also serves C's malloc, so librdkafka's per-record allocations leave glibc too (BENCHMARKS.md;
+// `tests/allocator.rs` keeps it so).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

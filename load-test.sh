@@ -77,14 +77,17 @@ if ! curl -fsS --max-time 2 "$GATEWAY/ready" >/dev/null 2>&1; then
     KEY_ARGS=()
     [ "$KEYS" = 1 ] && KEY_ARGS=(--with-keys)
     LOGPIPE_RUN_DIR=$RUN_DIR bash "$LOGPIPE_ROOT/setup.sh" --native --no-generate "${KEY_ARGS[@]}" >"$setup_log" 2>&1 \
-        || { tail -30 "$setup_log"; die "setup.sh failed"; }
+        || { tail -30 "$setup_log"; rm -f "$setup_log"; die "setup.sh failed"; }
     if [ "$KEYS" = 1 ]; then
         # setup.sh prints each key once ("  admin  lp_..."); they live only in this process.
         key_of() { awk -v role="$1" '$1 == role && $2 ~ /^lp_/ { print $2 }' "$setup_log"; }
         LOGPIPE_ADMIN_KEY=$(key_of admin)
         LOGPIPE_INGEST_KEY=$(key_of ingest)
         export LOGPIPE_ADMIN_KEY LOGPIPE_INGEST_KEY
-        rm -f "$setup_log"
+    fi
+    # Read once, then gone: it may hold keys, and every run without keys left one in /tmp too.
+    rm -f "$setup_log"
+    if [ "$KEYS" = 1 ]; then
         if [ -z "$LOGPIPE_ADMIN_KEY" ] || [ -z "$LOGPIPE_INGEST_KEY" ]; then
             die "setup.sh --with-keys printed no keys"
         fi

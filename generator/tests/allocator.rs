@@ -18,10 +18,12 @@ fn the_generator_binary_exports_malloc_and_free_so_librdkafka_allocates_through_
     let symbols = String::from_utf8_lossy(&output.stdout);
     let defined: Vec<&str> = symbols
         .lines()
-        .filter_map(|line| match line.split_whitespace().collect::<Vec<_>>()[..] {
-            [_, "T", name] => Some(name),
-            _ => None,
-        })
+        .filter_map(
+            |line| match line.split_whitespace().collect::<Vec<_>>()[..] {
+                [_, "T", name] => Some(name),
+                _ => None,
+            },
+        )
         .collect();
     for name in ["malloc", "free", "calloc", "realloc", "posix_memalign"] {
         assert!(

@@ -155,8 +155,15 @@ build_beside_broker logpipe 280 "$RUN_DIR/logs/build.log" \
 BIN=$CARGO_TARGET_DIR/$PROFILE_DIR
 
 log "applying migrations to $DB_NAME"
-"$BIN/logpipe-collector" --migrate-only --database-url "$DATABASE_URL" >>"$RUN_DIR/logs/migrate.log" 2>&1 \
-    || { tail -20 "$RUN_DIR/logs/migrate.log" >&2; die "the collector's --migrate-only step failed: its configuration or the migrations (the lines above say which)"; }
+MIGRATE_LOG=$RUN_DIR/logs/migrate.log
+seen=0
+[ -f "$MIGRATE_LOG" ] && seen=$(wc -l <"$MIGRATE_LOG")
+# This run's lines only (the log keeps every run's); the collector's error line is repeated last,
+# since with RUST_BACKTRACE set the 20 lines shown are the backtrace that follows it.
+"$BIN/logpipe-collector" --migrate-only --database-url "$DATABASE_URL" >>"$MIGRATE_LOG" 2>&1 \
+    || { tail -n +"$((seen + 1))" "$MIGRATE_LOG" | tail -20 >&2
+         why=$(tail -n +"$((seen + 1))" "$MIGRATE_LOG" | grep -m1 '^Error: ' || true)
+         die "the collector's --migrate-only step failed (its configuration or the migrations)${why:+: ${why#Error: }}"; }
 
 # --- broker ---------------------------------------------------------------------------------------
 if pid_alive "$RUN_DIR/pids/broker.pid" "$BROKER_PROCESS"; then

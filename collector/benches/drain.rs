@@ -4,6 +4,9 @@
 //!   LOGPIPE_BENCH_DATABASE_URL=postgres://postgres@127.0.0.1:5432/logpipe_bench \
 //!   cargo bench -p logpipe-collector --bench drain [-- N] [-- N warn] [-- N consume] [-- RATE alerts]
 //!
+//! Any of them takes `batch=M` besides: the collector's `consumer.batch_max_events` (5,000 unless
+//! given), to measure what the batch size does to a drain.
+//!
 //! The topic (6 partitions) is filled with N events of the generator's `steady` profile first; then,
 //! each on the same records:
 //! - ceiling "consume": a bare rdkafka consumer loop reading all N records (no parsing): the best of
@@ -295,6 +298,10 @@ fn collector_config(kafka: &KafkaSettings, db_url: &str, schema: &str) -> Collec
     config.database.url = db_url.to_owned();
     config.database.schema = schema.to_owned();
     config.consumer.group_id = format!("{schema}-group");
+    // `-- N batch=M`: the collector's `consumer.batch_max_events` (default 5,000).
+    if let Some(m) = std::env::args().find_map(|a| a.strip_prefix("batch=")?.parse().ok()) {
+        config.consumer.batch_max_events = m;
+    }
     config
 }
 

@@ -182,6 +182,9 @@ else
 fi
 
 # --- services -------------------------------------------------------------------------------------
+# Lines each service's log held before this run started it (the logs are appended to across runs):
+# a start that fails is explained from this run's lines only.
+declare -A LOG_SEEN=()
 start_service() {
     local name=$1 port=$2
     shift 2
@@ -190,7 +193,26 @@ start_service() {
         return 0
     fi
     port_open 127.0.0.1 "$port" && die "port $port is taken by a process this setup did not start"
+    LOG_SEEN[$name]=0
+    [ -f "$RUN_DIR/logs/$name.log" ] && LOG_SEEN[$name]=$(wc -l <"$RUN_DIR/logs/$name.log")
     start_bg "$name" "$RUN_DIR" "$RUN_DIR/logs/$name.log" "$RUN_DIR/pids/$name.pid" "$BIN/logpipe-$name" "$@"
+}
+
+# Wait for a service's /ready. One that exits meanwhile fails the setup at once, quoting its error,
+# instead of after the whole wait.
+wait_ready() {
+    local name=$1 port=$2 secs=$3 logfile="$RUN_DIR/logs/$1.log" why
+    for _ in $(seq 1 $((secs * 2))); do
+        internal_curl -fsS -o /dev/null --max-time 2 "http://127.0.0.1:$port/ready" 2>/dev/null && return 0
+        # Not `pid_alive`: just started, the process may not have exec'd the service yet. A
+        # zombie (exited, not reaped yet) counts as exited.
+        if ! grep -qs '^State:[[:space:]]*[^Z]' "/proc/$(cat "$RUN_DIR/pids/$name.pid")/status"; then
+            why=$(tail -n +"$((${LOG_SEEN[$name]:-0} + 1))" "$logfile" | grep -m1 '^Error: ' || true)
+            die "$name exited while starting${why:+: ${why#Error: }}; see $logfile"
+        fi
+        sleep 0.5
+    done
+    die "$name is not ready after $secs s; see $logfile"
 }
 
 # stop.sh reads where the collector listens, to wait for it to drain before the broker stops.
@@ -218,8 +240,7 @@ start_service gateway "$GATEWAY_PORT" --port "$GATEWAY_PORT" --brokers "$BROKERS
 for svc in collector:$COLLECTOR_PORT generator:$GENERATOR_PORT gateway:$GATEWAY_PORT; do
     name=${svc%%:*}
     port=${svc##*:}
-    wait_http "http://127.0.0.1:$port/ready" 90 \
-        || die "$name is not ready after 90 s; see $RUN_DIR/logs/$name.log"
+    wait_ready "$name" "$port" 90
     log "$name ready on http://127.0.0.1:$port"
 done
 

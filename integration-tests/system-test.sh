@@ -363,4 +363,18 @@ killed_stored=$(( $(distinct_ids) - ids_before_keyed ))
 check "after a crash, a restart and stop.sh every acknowledged event is stored ($killed_stored >= $killed_acked)" \
     test "$killed_acked" -gt 0 -a "$killed_stored" -ge "$killed_acked"
 
+# Starts a user gets wrong. A service that exits while starting fails setup.sh at once, quoting its
+# error (setup.sh used to wait 90 s for its /ready, then point at the log); an empty
+# LOGPIPE_KAFKA_OPTIONS adds no option (the services used to refuse it as "" is not name=value).
+bad_out=$(LOGPIPE_GATEWAY_HOST=256.1.1.1 LOGPIPE_ADMIN_KEY=$ADMIN_KEY \
+    bash "$ROOT/setup.sh" --native --no-generate 2>&1)
+bad_rc=$?
+printf '%s\n' "$bad_out" | tail -1 | sed 's/^/# /'
+check "setup.sh fails, naming the gateway's error, when the gateway exits while starting" \
+    test "$bad_rc" -ne 0 -a -n "$(printf '%s\n' "$bad_out" | grep 'gateway exited while starting: .')"
+bash "$ROOT/stop.sh" >/dev/null 2>&1
+check "setup.sh starts the stack with an empty LOGPIPE_KAFKA_OPTIONS" \
+    env LOGPIPE_KAFKA_OPTIONS= LOGPIPE_ADMIN_KEY="$ADMIN_KEY" bash "$ROOT/setup.sh" --native --no-generate
+check "stop.sh stops it" bash "$ROOT/stop.sh"
+
 finish

@@ -83,8 +83,8 @@ pub struct CommonCli {
     /// A librdkafka property for every Kafka client, `name=value` (repeatable; in the
     /// environment, `;` between pairs). Over the file's `[kafka.librdkafka_options]`.
     #[arg(long = "kafka-option", env = "LOGPIPE_KAFKA_OPTIONS", value_delimiter = ';',
-          value_parser = crate::kafka::parse_pair, hide_env_values = true)]
-    pub kafka_options: Vec<(String, String)>,
+          value_parser = crate::kafka::parse_listed_pair, hide_env_values = true)]
+    pub kafka_options: Vec<Option<(String, String)>>,
 }
 
 impl CommonCli {
@@ -103,7 +103,7 @@ impl CommonCli {
             self.partitions => kafka.raw_partitions,
             self.internal_token_file.map(Some) => *internal_token_file,
         );
-        for (name, value) in self.kafka_options {
+        for (name, value) in self.kafka_options.into_iter().flatten() {
             kafka.librdkafka_options.insert(name, value);
         }
     }
@@ -180,5 +180,61 @@ mod tests {
             redact_url("postgres://u:a@b@h/db?password=pw"),
             "postgres://u:***@h/db?password=***"
         );
+    }
+
+    /// The flags' and the environment's form of the options (clap splits at `;`), read as the
+    /// load test reads `LOGPIPE_KAFKA_OPTIONS` (`LibrdkafkaOptions::parse_list`).
+    #[derive(clap::Parser)]
+    struct Flags {
+        #[command(flatten)]
+        common: CommonCli,
+    }
+
+    fn from_flags(list: &str) -> Result<String, ()> {
+        let flags = <Flags as clap::Parser>::try_parse_from(["t", "--kafka-option", list])
+            .map_err(|_| ())?;
+        let mut kafka = crate::kafka::KafkaSettings::default();
+        flags.common.overlay(
+            &mut crate::telemetry::TracingSettings::default(),
+            &mut kafka,
+            &mut None,
+        );
+        Ok(kafka.librdkafka_options.to_string())
+    }
+
+    #[test]
+    fn an_empty_option_list_or_a_trailing_semicolon_adds_nothing() {
+        // `LOGPIPE_KAFKA_OPTIONS= ./setup.sh` refused to start the collector ("" is not
+        // name=value) while the load test took the same value.
+        assert_eq!(from_flags(""), Ok(String::new()));
+        assert_eq!(
+            from_flags("socket.timeout.ms=30000;"),
+            Ok("socket.timeout.ms=30000".into())
+        );
+        assert_eq!(from_flags(" ; ;"), Ok(String::new()));
+        assert!(from_flags("socket.timeout.ms").is_err());
+    }
+
+    proptest::proptest! {
+        /// Any list (pairs, blanks, stray `;`, names with spaces around them): the services and
+        /// the load test read the same options from it, or both refuse it.
+        #[test]
+        fn the_services_and_the_load_test_read_an_option_list_alike(
+            parts in proptest::collection::vec(
+                proptest::prop_oneof![
+                    "[ ]{0,2}[a-z]{1,6}(\\.[a-z]{1,6}){0,2}[ ]{0,2}=[ -:<-~]{0,8}",
+                    "[ ]{0,3}",
+                    "[a-z=]{1,6}",
+                ],
+                0..6,
+            )
+        ) {
+            let list = parts.join(";");
+            let services = from_flags(&list);
+            let load_test = crate::kafka::LibrdkafkaOptions::parse_list(&list)
+                .map(|o| o.to_string())
+                .map_err(|_| ());
+            proptest::prop_assert_eq!(services, load_test, "{:?}", list);
+        }
     }
 }

@@ -12,7 +12,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use serde::{Deserialize, Serialize};
 
 mod options;
-pub use options::{parse_pair, LibrdkafkaOptions, OptionError};
+pub use options::{parse_listed_pair, LibrdkafkaOptions, OptionError};
 
 pub const TOPIC_RAW: &str = "logs.raw";
 pub const TOPIC_DLQ: &str = "logs.dlq";

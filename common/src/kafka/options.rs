@@ -157,7 +157,16 @@ pub enum OptionError {
 
 /// `name=value`, split at the first `=` (a value may hold more), as a flag or the environment
 /// gives one.
-pub fn parse_pair(pair: &str) -> Result<(String, String), String> {
+/// One `name=value` of a list, `None` for a blank one (an empty `LOGPIPE_KAFKA_OPTIONS`, a `;` at
+/// the end): the services take a list as [`LibrdkafkaOptions::from_list`] does.
+pub fn parse_listed_pair(pair: &str) -> Result<Option<(String, String)>, String> {
+    if pair.trim().is_empty() {
+        return Ok(None);
+    }
+    parse_pair(pair).map(Some)
+}
+
+fn parse_pair(pair: &str) -> Result<(String, String), String> {
     match pair.split_once('=') {
         Some((name, value)) if !name.trim().is_empty() => {
             Ok((name.trim().to_owned(), value.to_owned()))
@@ -170,12 +179,19 @@ impl LibrdkafkaOptions {
     /// `LOGPIPE_KAFKA_OPTIONS`'s form: `name=value` pairs between `;`, checked (for a tool that
     /// makes its own clients beside the services, such as the load test's bare clients).
     pub fn from_list(list: &str) -> Result<LibrdkafkaOptions, String> {
-        let mut o = LibrdkafkaOptions::default();
-        for pair in list.split(';').filter(|p| !p.trim().is_empty()) {
-            let (name, value) = parse_pair(pair)?;
-            o.insert(name, value);
-        }
+        let o = Self::parse_list(list)?;
         o.check().map_err(|e| e.to_string())?;
+        Ok(o)
+    }
+
+    /// The list read, not checked yet; blank entries are skipped, as the services skip them.
+    pub fn parse_list(list: &str) -> Result<LibrdkafkaOptions, String> {
+        let mut o = LibrdkafkaOptions::default();
+        for pair in list.split(';') {
+            if let Some((name, value)) = parse_listed_pair(pair)? {
+                o.insert(name, value);
+            }
+        }
         Ok(o)
     }
 
@@ -210,7 +226,15 @@ impl LibrdkafkaOptions {
         probe.set_log_level(RDKafkaLogLevel::Emerg);
         let refused = |e: KafkaError| OptionError::Librdkafka(self.redact_message(&e.to_string()));
         probe.create_native_config().map_err(refused)?;
-        let _: BaseProducer = probe.create().map_err(refused)?;
+        // Every logpipe producer is idempotent (decided above), and librdkafka refuses some
+        // properties only in that company (`queue.buffering.backpressure.threshold` other than 1,
+        // for one): probing a plain producer let such an option pass the check, and the service
+        // then failed at its first producer, after it had started listening.
+        let _: BaseProducer = probe
+            .clone()
+            .set("enable.idempotence", "true")
+            .create()
+            .map_err(refused)?;
         let _: BaseConsumer = probe
             .clone()
             .set("group.id", "logpipe-options-check")
@@ -352,6 +376,21 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("OpenSSL not available"), "{err}");
+    }
+
+    #[test]
+    fn a_property_only_an_idempotent_producer_refuses_is_refused_by_the_check() {
+        // Found by trying it: librdkafka took this on the plain producer the check made, and
+        // the collector then failed at its DLQ producer, after it had started listening.
+        let err = options(&[("queue.buffering.backpressure.threshold", "10")])
+            .check()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("enable.idempotence"), "{err}");
+        assert_eq!(
+            options(&[("queue.buffering.backpressure.threshold", "1")]).check(),
+            Ok(())
+        );
     }
 
     #[test]

@@ -155,8 +155,6 @@ pub enum OptionError {
     Librdkafka(String),
 }
 
-/// `name=value`, split at the first `=` (a value may hold more), as a flag or the environment
-/// gives one.
 /// One `name=value` of a list, `None` for a blank one (an empty `LOGPIPE_KAFKA_OPTIONS`, a `;` at
 /// the end): the services take a list as [`LibrdkafkaOptions::from_list`] does.
 pub fn parse_listed_pair(pair: &str) -> Result<Option<(String, String)>, String> {
@@ -166,6 +164,8 @@ pub fn parse_listed_pair(pair: &str) -> Result<Option<(String, String)>, String>
     parse_pair(pair).map(Some)
 }
 
+/// `name=value`, split at the first `=` (a value may hold more), as a flag or the environment
+/// gives one.
 fn parse_pair(pair: &str) -> Result<(String, String), String> {
     match pair.split_once('=') {
         Some((name, value)) if !name.trim().is_empty() => {

@@ -32,6 +32,14 @@ pub fn event_age(age: Duration) {
     histogram!("collector_event_age_seconds").record(age.as_secs_f64());
 }
 
+/// A batch's plan, made while the batch before it committed, was written as made (`adopted`) or
+/// made again because that commit left the partitions otherwise than foreseen (`redone`: after a
+/// failed, split or fenced write, a rebalance, an idle move).
+pub fn plan_ahead(adopted: bool) {
+    let outcome = if adopted { "adopted" } else { "redone" };
+    counter!("collector_plans_ahead_total", "outcome" => outcome).increment(1);
+}
+
 pub fn events_filtered(n: u64) {
     counter!("collector_events_filtered_total").increment(n);
 }
@@ -80,6 +88,9 @@ pub fn describe(partitioned_tables: &[&'static str]) {
     events_consumed(0);
     events_stored(0);
     events_filtered(0);
+    for outcome in ["adopted", "redone"] {
+        counter!("collector_plans_ahead_total", "outcome" => outcome).increment(0);
+    }
     late_events(0);
     future_events(0);
     values_clamped("latency_ms", 0);

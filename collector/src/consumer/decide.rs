@@ -360,6 +360,8 @@ pub(super) enum Item {
 /// A batch turned into its write, plus what the loop learns from it.
 pub(super) struct Plan<'a> {
     pub(super) write: BatchWrite<'a>,
+    /// Where each of `write.events` sits in the batch (so a plan can be kept apart from it).
+    pub(super) rows: Vec<usize>,
     /// Per partition, the services (as counted: own name or the overflow key) of its on-time
     /// events, each with its newest event time.
     pub(super) services: BTreeMap<i32, BTreeMap<String, i64>>,
@@ -403,6 +405,7 @@ impl Planner<'_> {
         let mut agg = Aggregator::default();
         let mut plan = Plan {
             write: BatchWrite::default(),
+            rows: Vec::new(),
             services: BTreeMap::new(),
             filtered: 0,
             late: 0,
@@ -410,7 +413,7 @@ impl Planner<'_> {
             clamped_latencies: 0,
             overflow: Vec::new(),
         };
-        for p in batch {
+        for (i, p) in batch.iter().enumerate() {
             let Some(o) = own.get(&p.partition) else {
                 continue;
             };
@@ -464,6 +467,7 @@ impl Planner<'_> {
                     partition: p.partition,
                     offset: p.offset,
                 });
+                plan.rows.push(i);
             } else {
                 plan.filtered += 1;
             }
@@ -587,4 +591,4 @@ impl OrphanWatch {
 }
 
 #[cfg(test)]
-mod tests;
+pub(super) mod tests;

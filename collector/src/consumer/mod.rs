@@ -31,7 +31,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -59,6 +60,7 @@ use crate::telemetry;
 use crate::windows::Spec;
 
 mod accept;
+mod ahead;
 mod canary;
 mod context;
 mod decide;
@@ -69,6 +71,7 @@ mod watch;
 mod write;
 
 use crate::windows::{closed_upto, closed_window};
+use ahead::{Ahead, Effect, Planned};
 use context::*;
 use decide::*;
 use write::*;
@@ -117,8 +120,9 @@ pub struct ConsumerLoop {
     hold: Mutex<BrokerHold>,
     /// The cardinality caps, kept across batches (see `cardinality`).
     caps: Mutex<Caps>,
-    /// The writer waits for a batch: nothing is being written or queued.
-    writer_idle: AtomicBool,
+    /// Batches handed over by the consume loop that the writer has not finished (queued, being
+    /// planned or being written): 0 when the writer waits for a batch.
+    in_flight: AtomicUsize,
     /// `(partition, offset)`: partitions whose record before the stored offset is not the one
     /// stored (see `Owned::arrive`), for the loop to handle after `accept`.
     replaced: Mutex<Vec<(i32, i64)>>,
@@ -222,29 +226,36 @@ impl ConsumerLoop {
             check_offsets_now: AtomicBool::new(false),
             hold: Default::default(),
             caps: Mutex::new(caps),
-            writer_idle: AtomicBool::new(true),
+            in_flight: AtomicUsize::new(0),
             replaced: Mutex::default(),
         })
     }
 
-    /// Consume until cancelled, then write the last batch and leave the group.
-    /// Run until cancelled: this thread consumes and parses; a second thread writes (see
-    /// `write_loop`), so the next batch is read while the previous one commits.
+    /// Run until cancelled, then write the last batch and leave the group. This thread consumes
+    /// and parses; a second thread plans each batch (see `plan_loop`) while a third writes the
+    /// one before (see `write_loop`), so the next batch is read and planned while the previous
+    /// one commits.
     pub fn run(self) {
         self.health.running.store(true, Ordering::Relaxed);
         let _running = RunningGuard(self.health.clone());
         self.health.db_ok.store(true, Ordering::Relaxed);
         let (tx, rx) =
             std::sync::mpsc::sync_channel::<Vec<Pending>>(self.config.consumer.write_queue_batches);
+        // No queue between planner and writer: a plan is made against the commit in progress.
+        let (planned_tx, planned_rx) = std::sync::mpsc::sync_channel::<Planned>(0);
         std::thread::scope(|scope| {
+            let planner = std::thread::Builder::new()
+                .name("collector-planner".into())
+                .spawn_scoped(scope, || self.plan_loop(rx, planned_tx))
+                .expect("planner thread starts");
             let writer = std::thread::Builder::new()
                 .name("collector-writer".into())
-                .spawn_scoped(scope, || self.write_loop(rx))
+                .spawn_scoped(scope, || self.write_loop(planned_rx))
                 .expect("writer thread starts");
             self.consume_loop(tx);
-            if writer.join().is_err() {
-                // The writer panicked: `_running` marks the loop stopped as this thread unwinds.
-                panic!("the collector's writer thread panicked");
+            if planner.join().is_err() || writer.join().is_err() {
+                // `_running` marks the loop stopped as this thread unwinds.
+                panic!("the collector's planner or writer thread panicked");
             }
         });
         self.consumer.unsubscribe();
@@ -252,61 +263,96 @@ impl ConsumerLoop {
         tracing::info!("consumer stopped");
     }
 
+    /// The planner: plans each batch while the writer commits the one handed over before it,
+    /// against the partitions' standing as that commit will leave it (see `ahead`). Ends when the
+    /// consume loop does, or the writer.
+    fn plan_loop(&self, rx: Receiver<Vec<Pending>>, tx: SyncSender<Planned>) {
+        let width = i64::from(self.config.alerts.error_rate_window_secs);
+        let lateness = i64::from(self.config.windows.allowed_lateness_secs);
+        let mut before = Effect::default();
+        while let Ok(mut batch) = rx.recv() {
+            self.retain_owned(&mut batch);
+            let mut own = self
+                .ownership
+                .lock()
+                .expect("ownership lock")
+                .partitions
+                .clone();
+            before.project(&mut own, lateness, width);
+            let ahead = Ahead::new(self.plan_against(&batch, &own), &batch, &own);
+            before = ahead.effect();
+            let planned = Planned {
+                batch,
+                ahead: Some(ahead),
+            };
+            if tx.send(planned).is_err() {
+                return; // the writer stopped
+            }
+        }
+    }
+
     /// The writer: commits each batch in order (see `flush`), retrying a failed write with
     /// backoff (100 ms doubling to 5 s) while the consume loop, its queue full, keeps the
     /// partitions paused. After cancellation it drains what was handed over within
     /// `drain_timeout_ms`; what it cannot write by then is read again by the next owner.
-    fn write_loop(&self, rx: std::sync::mpsc::Receiver<Vec<Pending>>) {
+    fn write_loop(&self, rx: Receiver<Planned>) {
         let mut drain_deadline: Option<Instant> = None;
         let mut failing = false;
+        while let Ok(Planned { mut batch, ahead }) = rx.recv() {
+            self.write_one(&mut batch, ahead, &mut failing, &mut drain_deadline);
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        }
+        // The consume loop ended and everything handed over is done.
+    }
+
+    /// One batch, written or given up (revoked, fenced, or past the drain deadline).
+    fn write_one(
+        &self,
+        batch: &mut Vec<Pending>,
+        mut ahead: Option<Ahead>,
+        failing: &mut bool,
+        drain_deadline: &mut Option<Instant>,
+    ) {
+        let mut delay = Duration::from_millis(self.config.consumer.retry_initial_ms);
         loop {
-            self.writer_idle.store(true, Ordering::Release);
-            let Ok(mut batch) = rx.recv() else {
-                return; // the consume loop ended and everything handed over is done
-            };
-            self.writer_idle.store(false, Ordering::Release);
-            let mut delay = Duration::from_millis(self.config.consumer.retry_initial_ms);
-            loop {
-                // Records of partitions revoked meanwhile are not ours to write.
-                self.retain_owned(&mut batch);
-                if batch.is_empty() {
-                    // A failure that was about these records says nothing any more: without
-                    // this, `/ready` kept reporting a failing write on an idle collector (found
-                    // by the zombie test). The database itself is still checked by `/ready`.
-                    if std::mem::take(&mut failing) {
-                        tracing::info!(
-                            "the failing batch's partitions were revoked; nothing left to retry"
-                        );
-                        self.health.db_ok.store(true, Ordering::Relaxed);
-                    }
-                    break;
+            // Records of partitions revoked meanwhile are not ours to write.
+            self.retain_owned(batch);
+            if batch.is_empty() {
+                // A failure that was about these records says nothing any more: without this,
+                // `/ready` kept reporting a failing write on an idle collector (found by the
+                // zombie test). The database itself is still checked by `/ready`.
+                if std::mem::take(failing) {
+                    tracing::info!(
+                        "the failing batch's partitions were revoked; nothing left to retry"
+                    );
+                    self.health.db_ok.store(true, Ordering::Relaxed);
                 }
-                let error = match self.flush(&mut batch) {
-                    Ok(()) => {
-                        if std::mem::take(&mut failing) {
-                            tracing::info!("database writes succeed again");
-                        }
-                        break;
-                    }
-                    Err(e) => e,
-                };
-                failing = true;
-                if self.cancel.is_cancelled() {
-                    let deadline = *drain_deadline.get_or_insert_with(|| {
-                        Instant::now()
-                            + Duration::from_millis(self.config.consumer.drain_timeout_ms)
-                    });
-                    if Instant::now() + delay >= deadline {
-                        tracing::error!(error = %error, pending = batch.len(),
-                            "drain deadline passed; batch not stored (it will be re-read)");
-                        break;
-                    }
-                }
-                tracing::warn!(error = %error, retry_in_ms = delay.as_millis() as u64,
-                    pending = batch.len(), "batch write failed; retrying (partitions pause while the queue is full)");
-                std::thread::sleep(delay);
-                delay = (delay * 2).min(Duration::from_millis(self.config.consumer.retry_max_ms));
+                return;
             }
+            let error = match self.flush(batch, ahead.take()) {
+                Ok(()) => {
+                    if std::mem::take(failing) {
+                        tracing::info!("database writes succeed again");
+                    }
+                    return;
+                }
+                Err(e) => e,
+            };
+            *failing = true;
+            if self.cancel.is_cancelled() {
+                let deadline = *drain_deadline.get_or_insert_with(|| {
+                    Instant::now() + Duration::from_millis(self.config.consumer.drain_timeout_ms)
+                });
+                if Instant::now() + delay >= deadline {
+                    tracing::error!(error = %error, pending = batch.len(),
+                        "drain deadline passed; batch not stored (it will be re-read)");
+                    return;
+                }
+            }
+            tracing::warn!(error = %error, retry_in_ms = delay.as_millis() as u64,
+                pending = batch.len(), "batch write failed; retrying (partitions pause while the queue is full)");
+            std::thread::sleep(delay);
+            delay = (delay * 2).min(Duration::from_millis(self.config.consumer.retry_max_ms));
         }
     }
 

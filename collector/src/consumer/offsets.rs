@@ -164,7 +164,7 @@ impl ConsumerLoop {
             return;
         }
         // Records buffered from the lost log were acknowledged by it: store them first.
-        if batch.iter().any(|r| r.partition == p) && self.flush(batch).is_err() {
+        if batch.iter().any(|r| r.partition == p) && self.flush(batch, None).is_err() {
             return;
         }
         let Some(expected) = self

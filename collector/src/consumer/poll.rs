@@ -109,7 +109,10 @@ impl ConsumerLoop {
         self.retain_owned(&mut st.batch);
         st.last_records.stamp(&mut st.batch);
         if !st.batch.is_empty() {
-            let _ = tx.send(st.batch);
+            self.in_flight.fetch_add(1, Ordering::AcqRel);
+            if tx.send(st.batch).is_err() {
+                self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            }
         }
     }
 
@@ -207,7 +210,7 @@ impl ConsumerLoop {
         if due.idle_check
             && st.batch.is_empty()
             && !st.queue_full
-            && self.writer_idle.load(Ordering::Acquire)
+            && self.in_flight.load(Ordering::Acquire) == 0
         {
             // Only while nothing is being written: an idle move and a batch of the same
             // partition would otherwise race for its stored offset (one would be fenced).
@@ -233,15 +236,24 @@ impl ConsumerLoop {
         }
     }
 
-    /// Hand the batch to the writer. A full queue with a full batch in hand waits for a busy
-    /// writer a little (`WRITER_WAIT`), then pauses the partitions.
+    /// Hand the batch to the writer. A batch that is not full goes only to a writer with room
+    /// (idle, by default): it grows while the writer commits (group commit). A full one goes to
+    /// the planner as soon as it takes it, to be planned while the writer commits; a full queue
+    /// with a full batch in hand waits for a busy writer a little (`WRITER_WAIT`), then pauses
+    /// the partitions.
     fn hand_over(&self, st: &mut LoopState, tx: &SyncSender<Vec<Pending>>) -> Flow {
         let max_events = self.config.consumer.batch_max_events;
+        if st.batch.len() < max_events
+            && self.in_flight.load(Ordering::Acquire) > self.config.consumer.write_queue_batches
+        {
+            st.writer_busy = true;
+            return Flow::Continue;
+        }
         let consumed = self.health.consumed.load(Ordering::Relaxed);
         telemetry::events_consumed(consumed - st.consumed_counted);
         st.consumed_counted = consumed;
         st.last_records.stamp(&mut st.batch);
-        match tx.try_send(std::mem::take(&mut st.batch)) {
+        match self.try_hand(tx, std::mem::take(&mut st.batch)) {
             Ok(()) => {
                 st.handed_over(max_events);
                 if st.queue_full {
@@ -286,7 +298,7 @@ impl ConsumerLoop {
     fn wait_for_writer(&self, batch: &mut Vec<Pending>, tx: &SyncSender<Vec<Pending>>) -> bool {
         let until = Instant::now() + WRITER_WAIT;
         loop {
-            match tx.try_send(std::mem::take(batch)) {
+            match self.try_hand(tx, std::mem::take(batch)) {
                 Ok(()) => return true,
                 Err(TrySendError::Full(back)) => *batch = back,
                 Err(TrySendError::Disconnected(back)) => {
@@ -299,5 +311,17 @@ impl ConsumerLoop {
             }
             std::thread::sleep(WRITER_RETRY);
         }
+    }
+
+    /// Hand `batch` over if the queue takes it now, counting it in flight until the writer is
+    /// done with it.
+    fn try_hand(
+        &self,
+        tx: &SyncSender<Vec<Pending>>,
+        batch: Vec<Pending>,
+    ) -> Result<(), TrySendError<Vec<Pending>>> {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        tx.try_send(batch)
+            .inspect_err(|_| _ = self.in_flight.fetch_sub(1, Ordering::AcqRel))
     }
 }

@@ -15,16 +15,22 @@ use rdkafka::producer::BaseRecord;
 use crate::db::{BatchWrite, DbError};
 use crate::telemetry;
 
+use super::ahead::{move_on, note_services, Ahead};
 use super::canary::{canary_event, canary_write, describe_rows};
 use super::decide::*;
 use super::*;
 
 impl ConsumerLoop {
-    /// Write the batch. On success the batch is cleared; on a fence it is dropped and the
-    /// partitions re-read their stored offsets (the records come again to whoever owns them); a
-    /// transient error leaves the batch (less what committed) for a retry.
-    pub(super) fn flush(&self, batch: &mut Vec<Pending>) -> Result<(), FlushError> {
-        match self.write_isolating(batch) {
+    /// Write the batch, with the plan made `ahead` of it if that still stands. On success the
+    /// batch is cleared; on a fence it is dropped and the partitions re-read their stored offsets
+    /// (the records come again to whoever owns them); a transient error leaves the batch (less
+    /// what committed) for a retry.
+    pub(super) fn flush(
+        &self,
+        batch: &mut Vec<Pending>,
+        ahead: Option<Ahead>,
+    ) -> Result<(), FlushError> {
+        match self.write_isolating(batch, ahead) {
             Ok(()) => {
                 self.health.db_ok.store(true, Ordering::Relaxed);
                 telemetry::database_refuses_everything(false);
@@ -54,8 +60,12 @@ impl ConsumerLoop {
     /// Write the batch; if the database refuses it for good, split it until each refused record
     /// stands alone, send those to the DLQ and commit everything else in order. On an error the
     /// records that committed are removed from the batch.
-    pub(super) fn write_isolating(&self, batch: &mut Vec<Pending>) -> Result<(), FlushError> {
-        let err = match self.rt.block_on(self.write(batch)) {
+    pub(super) fn write_isolating(
+        &self,
+        batch: &mut Vec<Pending>,
+        ahead: Option<Ahead>,
+    ) -> Result<(), FlushError> {
+        let err = match self.rt.block_on(self.write(batch, ahead)) {
             Ok(()) => return Ok(()),
             Err(e) => e,
         };
@@ -86,7 +96,7 @@ impl ConsumerLoop {
         }
         let mid = lo + (hi - lo) / 2;
         for (a, b) in [(lo, mid), (mid, hi)] {
-            match self.rt.block_on(self.write(&mut batch[a..b])) {
+            match self.rt.block_on(self.write(&mut batch[a..b], None)) {
                 Ok(()) => *done = b,
                 Err(e) if refused_for_good(&e) => {
                     self.write_split(batch, a, b, &e, done)?;
@@ -161,12 +171,17 @@ impl ConsumerLoop {
             };
             telemetry::refused_by_database(1);
         }
-        self.rt.block_on(self.write(&mut batch[at..=at]))?;
+        self.rt.block_on(self.write(&mut batch[at..=at], None))?;
         *done = at + 1;
         Ok(())
     }
 
-    pub(super) async fn write(&self, batch: &mut [Pending]) -> Result<(), FlushError> {
+    /// Send the batch's poison records to the DLQ, then commit its plan (`ahead` if it stands).
+    pub(super) async fn write(
+        &self,
+        batch: &mut [Pending],
+        ahead: Option<Ahead>,
+    ) -> Result<(), FlushError> {
         // Poison records first: their offsets may only move once the DLQ has them.
         let dlq_sends: Vec<_> = batch
             .iter()
@@ -202,7 +217,10 @@ impl ConsumerLoop {
         if let Some(e) = first_err {
             return Err(e);
         }
-        let plan = self.plan(batch);
+        let plan = match ahead {
+            Some(a) => self.adopt(a, batch),
+            None => self.plan(batch),
+        };
         // One store span per sampled trace in the batch, covering the transaction.
         let mut traced = BTreeSet::new();
         let store_spans: Vec<tracing::Span> = batch
@@ -243,15 +261,7 @@ impl ConsumerLoop {
         let width = i64::from(self.config.alerts.error_rate_window_secs);
         let lateness = i64::from(self.config.windows.allowed_lateness_secs);
         let mut own = self.ownership.lock().expect("ownership lock");
-        for (p, services) in plan.services {
-            if let Some(o) = own.partitions.get_mut(&p) {
-                for (s, last) in services {
-                    let e = o.services.entry(s).or_insert(last);
-                    *e = (*e).max(last);
-                }
-                forget_services(&mut o.services, o.max_ts, lateness, width);
-            }
-        }
+        note_services(&mut own.partitions, &plan.services, lateness, width);
         Ok(())
     }
 
@@ -268,14 +278,10 @@ impl ConsumerLoop {
                 i64::from(self.config.windows.allowed_lateness_secs),
             )
             .await?;
-        let mut own = self.ownership.lock().expect("ownership lock");
-        for m in &write.moves {
-            if let Some(o) = own.partitions.get_mut(&m.partition) {
-                o.expected = m.next;
-                o.max_ts = m.max_event_ts;
-            }
-        }
-        drop(own);
+        move_on(
+            &mut self.ownership.lock().expect("ownership lock").partitions,
+            &write.moves,
+        );
         self.health
             .stored
             .fetch_add(outcome.stored, Ordering::Relaxed);
@@ -293,13 +299,32 @@ impl ConsumerLoop {
 
     /// The batch's write, planned by the pure core from the current filter and ownership.
     pub(super) fn plan<'a>(&self, batch: &'a [Pending]) -> Plan<'a> {
-        let filter = self.filter.current();
         let own = self
             .ownership
             .lock()
             .expect("ownership lock")
             .partitions
             .clone();
+        self.plan_against(batch, &own)
+    }
+
+    /// The plan made ahead of `batch`, if it still stands; else a new one.
+    fn adopt<'a>(&self, ahead: Ahead, batch: &'a [Pending]) -> Plan<'a> {
+        let adopted = {
+            let own = self.ownership.lock().expect("ownership lock");
+            ahead.adopt(batch, &own.partitions)
+        };
+        telemetry::plan_ahead(adopted.is_some());
+        adopted.unwrap_or_else(|| self.plan(batch))
+    }
+
+    /// The batch's write against `own`: the live ownership, or as it will be (see `ahead`).
+    pub(super) fn plan_against<'a>(
+        &self,
+        batch: &'a [Pending],
+        own: &HashMap<i32, Owned>,
+    ) -> Plan<'a> {
+        let filter = self.filter.current();
         let mut caps = self.caps.lock().expect("caps lock");
         Planner {
             filter: &filter,
@@ -310,7 +335,7 @@ impl ConsumerLoop {
             now: Utc::now(),
             caps: &mut caps,
         }
-        .plan(batch, &own)
+        .plan(batch, own)
     }
 
     pub(super) async fn send_dlq(

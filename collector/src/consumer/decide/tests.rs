@@ -82,7 +82,7 @@ fn a_partition_with_records_and_a_stored_offset_that_does_not_move_is_unstored()
     assert!(w.waiting.is_empty());
 }
 
-fn owned(next: i64) -> Owned {
+pub(in crate::consumer) fn owned(next: i64) -> Owned {
     Owned::new(
         1,
         Stored {
@@ -264,7 +264,11 @@ fn only_the_last_record_of_each_partition_in_a_batch_gets_its_fingerprint() {
     );
 }
 
-fn event(secs: i64, level: logpipe_common::Level, service: &str) -> RawEvent {
+pub(in crate::consumer) fn event(
+    secs: i64,
+    level: logpipe_common::Level,
+    service: &str,
+) -> RawEvent {
     let event = logpipe_common::LogEvent {
         event_id: format!("e{secs}{service}"),
         timestamp: DateTime::from_timestamp(1_800_000_000 + secs, 0).unwrap(),
@@ -280,7 +284,7 @@ fn event(secs: i64, level: logpipe_common::Level, service: &str) -> RawEvent {
     RawEvent::from_event(&event).unwrap()
 }
 
-fn pending(partition: i32, offset: i64, item: Item) -> Pending {
+pub(in crate::consumer) fn pending(partition: i32, offset: i64, item: Item) -> Pending {
     Pending {
         partition,
         offset,
@@ -294,18 +298,18 @@ fn pending(partition: i32, offset: i64, item: Item) -> Pending {
 }
 
 /// What a `Planner` borrows, owned by the test.
-struct PlanFixture {
+pub(in crate::consumer) struct PlanFixture {
     filter: Filter,
     detector: Detector,
     windows: WindowSettings,
     specs: Vec<Spec>,
     caps: Caps,
     /// The collector's clock: 300 s after the tests' epoch.
-    now: DateTime<Utc>,
+    pub(in crate::consumer) now: DateTime<Utc>,
 }
 
 impl PlanFixture {
-    fn new(min_level: logpipe_common::Level) -> Self {
+    pub(in crate::consumer) fn new(min_level: logpipe_common::Level) -> Self {
         let windows = WindowSettings::default(); // lateness 10 s
         PlanFixture {
             filter: Filter::new(crate::filter::FilterRules {
@@ -321,7 +325,7 @@ impl PlanFixture {
         }
     }
 
-    fn planner(&mut self) -> Planner<'_> {
+    pub(in crate::consumer) fn planner(&mut self) -> Planner<'_> {
         Planner {
             filter: &self.filter,
             detector: &self.detector,

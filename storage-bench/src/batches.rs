@@ -4,8 +4,8 @@
 //! `costs`. The layers, each the one before plus one part of what `Db::write_batch` commits:
 //!
 //! 1. the rows alone: one COPY per transaction;
-//! 2. `Db::write_batch` with the rows and the offset moves: the fenced `UPDATE` per partition and
-//!    the COPY under its savepoint;
+//! 2. `Db::write_batch` with the rows and the offset moves: one fenced `UPDATE` for every partition
+//!    (a fenced `UPDATE` per partition and a savepoint around the COPY before 2026-12-08);
 //! 3. and the window deltas of those rows as versions before 2026-12-07 wrote them: a 60/30
 //!    hopping window that starts on a minute written beside the minute's tumbling row;
 //! 4. and the window deltas as written now (one `INSERT … ON CONFLICT DO UPDATE` over arrays),
@@ -50,7 +50,7 @@ const LAYERS: [(&str, &str); 5] = [
     ),
     (
         "storage_bench_b_offsets",
-        "+ the offset moves (fenced UPDATE per partition) and the COPY's savepoint",
+        "+ the offset moves (one fenced UPDATE)",
     ),
     (
         "storage_bench_b_windows_twice",

@@ -6,7 +6,10 @@
 //!   goes to the DLQ (acknowledged before its offset commits) and never stops the partition.
 //! - A batch is written when it is full or its oldest record has waited `batch_max_ms`: the filter
 //!   picks the rows stored raw, every on-time event feeds the windows and detectors, and rows,
-//!   window deltas, alerts and offsets commit in one transaction.
+//!   window deltas, alerts and offsets commit in one transaction. Three threads: this one
+//!   consumes; a planner turns a batch into its write, a full one while the batch before it
+//!   commits (`ahead.rs`: the writer keeps that plan only if the partitions stand as it foresaw);
+//!   a writer commits.
 //! - Event time per partition: its newest event time, stored with the offset. Events older than
 //!   that minus the allowed lateness are late (stored raw, not windowed). An idle partition's event
 //!   time moves to the wall clock so its last windows close.

@@ -22,14 +22,27 @@ impl Db {
         settings: &AlertSettings,
         lateness_secs: i64,
     ) -> Result<BatchOutcome, DbError> {
+        self.write_ending(group, topic, batch, settings, lateness_secs, End::Commit)
+            .await
+    }
+
+    async fn write_ending(
+        &self,
+        group: &str,
+        topic: &str,
+        write: &BatchWrite<'_>,
+        settings: &AlertSettings,
+        lateness_secs: i64,
+        end: End,
+    ) -> Result<BatchOutcome, DbError> {
         let batch = Batch {
             group,
             topic,
-            write: batch,
+            write,
             settings,
             lateness_secs,
         };
-        self.transaction(&batch, End::Commit).await
+        self.transaction(&batch, end).await
     }
 
     /// The canary: `batch` written exactly as [`Db::write_batch`] writes, then rolled back. A
@@ -45,14 +58,9 @@ impl Db {
         settings: &AlertSettings,
         lateness_secs: i64,
     ) -> Result<(), DbError> {
-        let batch = Batch {
-            group,
-            topic,
-            write: batch,
-            settings,
-            lateness_secs,
-        };
-        self.transaction(&batch, End::Rollback).await.map(|_| ())
+        self.write_ending(group, topic, batch, settings, lateness_secs, End::Rollback)
+            .await
+            .map(|_| ())
     }
 
     /// The batch in one transaction, ended as `end` says. The rows go in by binary COPY, which

@@ -105,10 +105,12 @@ pub struct ConsumerSettings {
     /// broker that fails the conformance case `cooperative_sticky`.
     pub assignment_strategy: AssignmentStrategy,
     /// Batches that may wait for the writer while it commits the one before. The consume loop
-    /// reads and parses the next batch meanwhile either way. 0 (default): a batch is handed over
-    /// only to an idle writer, so the batch in hand grows while the writer commits (group commit):
-    /// an event waits for at most the commit in progress and its own. Each queued batch adds a
-    /// commit to that wait (the alert-latency bench's p99 went from 45 to 163 ms with 1).
+    /// reads and parses the next batch meanwhile either way. 0 (default): a batch that is not
+    /// full is handed over only to an idle writer, so the batch in hand grows while the writer
+    /// commits (group commit): an event waits for at most the commit in progress and its own. A
+    /// full batch goes to the planner at once, to be planned while the writer commits (see
+    /// `consumer/ahead.rs`). Each queued batch adds a commit to that wait (the alert-latency
+    /// bench's p99 went from 45 to 163 ms with 1).
     pub write_queue_batches: usize,
 }
 

@@ -87,10 +87,8 @@ if ! curl -fsS --max-time 2 "$GATEWAY/ready" >/dev/null 2>&1; then
     fi
     # Read once, then gone: it may hold keys, and every run without keys left one in /tmp too.
     rm -f "$setup_log"
-    if [ "$KEYS" = 1 ]; then
-        if [ -z "$LOGPIPE_ADMIN_KEY" ] || [ -z "$LOGPIPE_INGEST_KEY" ]; then
-            die "setup.sh --with-keys printed no keys"
-        fi
+    if [ "$KEYS" = 1 ] && { [ -z "$LOGPIPE_ADMIN_KEY" ] || [ -z "$LOGPIPE_INGEST_KEY" ]; }; then
+        die "setup.sh --with-keys printed no keys"
     fi
 fi
 

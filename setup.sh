@@ -154,6 +154,12 @@ build_beside_broker logpipe 280 "$RUN_DIR/logs/build.log" \
     || { tail -40 "$RUN_DIR/logs/build.log" >&2; die "build failed"; }
 BIN=$CARGO_TARGET_DIR/$PROFILE_DIR
 
+# The first `Error: ` line a service wrote to log $1 after its first $2 lines (this run's own; the
+# logs keep every run's), without the prefix; nothing when there is none.
+error_since() {
+    tail -n +"$(($2 + 1))" "$1" | grep -m1 '^Error: ' | sed 's/^Error: //' || true
+}
+
 log "applying migrations to $DB_NAME"
 MIGRATE_LOG=$RUN_DIR/logs/migrate.log
 seen=0
@@ -162,8 +168,8 @@ seen=0
 # since with RUST_BACKTRACE set the 20 lines shown are the backtrace that follows it.
 "$BIN/logpipe-collector" --migrate-only --database-url "$DATABASE_URL" >>"$MIGRATE_LOG" 2>&1 \
     || { tail -n +"$((seen + 1))" "$MIGRATE_LOG" | tail -20 >&2
-         why=$(tail -n +"$((seen + 1))" "$MIGRATE_LOG" | grep -m1 '^Error: ' || true)
-         die "the collector's --migrate-only step failed (its configuration or the migrations)${why:+: ${why#Error: }}"; }
+         why=$(error_since "$MIGRATE_LOG" "$seen")
+         die "the collector's --migrate-only step failed (its configuration or the migrations)${why:+: $why}"; }
 
 # --- broker ---------------------------------------------------------------------------------------
 if pid_alive "$RUN_DIR/pids/broker.pid" "$BROKER_PROCESS"; then
@@ -207,8 +213,8 @@ wait_ready() {
         # Not `pid_alive`: just started, the process may not have exec'd the service yet. A
         # zombie (exited, not reaped yet) counts as exited.
         if ! grep -qs '^State:[[:space:]]*[^Z]' "/proc/$(cat "$RUN_DIR/pids/$name.pid")/status"; then
-            why=$(tail -n +"$((${LOG_SEEN[$name]:-0} + 1))" "$logfile" | grep -m1 '^Error: ' || true)
-            die "$name exited while starting${why:+: ${why#Error: }}; see $logfile"
+            why=$(error_since "$logfile" "${LOG_SEEN[$name]:-0}")
+            die "$name exited while starting${why:+: $why}; see $logfile"
         fi
         sleep 0.5
     done

@@ -24,6 +24,14 @@
 //!   apart to a running collector, first on an idle topic, then while a producer loads the topic at
 //!   half the all-stored rate just measured; the latency is the alert row's `raised_at` minus the
 //!   event's timestamp, set when it was sent (p50/p99/max).
+//!
+//! Each of consume + parse, the bulk COPY and the two collector phases also prints its µs of CPU per
+//! event in this process, the broker (`LOGPIPE_BENCH_BROKER_PID`, else a local process named `nisshi`
+//! or `tansu`) and PostgreSQL (every `postgres` process). From those, the CPU ceiling of each drain:
+//! the cores ÷ what its bare stages cost per event (every event read and parsed; the share it stores
+//! copied as the bulk COPY costs per row), and the collector's rate and CPU per event against it. On
+//! a 2-core machine the broker and PostgreSQL take their share of the same cores, which the
+//! one-thread "consume + parse" rate does not count (BENCHMARKS.md, "Planning ahead").
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -35,10 +43,14 @@ use logpipe_collector::db::{Db, StoredEvent};
 use logpipe_common::kafka::{ensure_topics, KafkaSettings};
 use logpipe_common::{Level, LogEvent, RawEvent};
 use logpipe_generator::events::{EventFactory, Profile};
+use logpipe_load_test::cpu::PhaseCpu;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::Message;
 use tokio_util::sync::CancellationToken;
+
+#[path = "drain/cpu.rs"]
+mod cpu;
 
 const PARTITIONS: i32 = 6;
 
@@ -112,11 +124,13 @@ fn main() {
         );
 
         if warn_only {
-            let warn = collector(&kafka, &db_url, &format!("b_warn_{tag}"), Level::Warn, n).await;
+            let (warn, warn_cpu) =
+                collector(&kafka, &db_url, &format!("b_warn_{tag}"), Level::Warn, n).await;
             println!("collector (WARN+ stored)          {warn:>9.0} events/s");
+            println!("CPU, this process / broker / PostgreSQL: {}", cpu::line(&warn_cpu));
             return;
         }
-        let untuned = bare_consume(&kafka, n, &format!("{tag}-default"), &[], false);
+        let untuned = bare_consume(&kafka, n, &format!("{tag}-default"), &[], false).0;
         println!("reference consume, default fetch  {untuned:>9.0} events/s");
         // The ceiling is the best of these, each measured here: large fetches that wait for
         // data, and short waits (Tansu sleeps about `fetch.wait.max.ms` on every fetch).
@@ -128,7 +142,7 @@ fn main() {
             ("wait 5 ms, min 1 B", "5", "1"),
         ] {
             let fetch = tuned(wait, min_bytes);
-            let rate = bare_consume(&kafka, n, &format!("{tag}-w{wait}"), &fetch, false);
+            let rate = bare_consume(&kafka, n, &format!("{tag}-w{wait}"), &fetch, false).0;
             println!("          consume, {name:<21}{rate:>9.0} events/s");
             if rate > consume {
                 consume = rate;
@@ -141,14 +155,15 @@ fn main() {
         }
         // What one thread reads when it also parses and validates each record (the least the
         // collector must do with every event: windows and alerts see them all), best settings.
-        let parsed = bare_consume(&kafka, n, &format!("{tag}-parse"), &best, true);
+        let (parsed, parsed_cpu) = bare_consume(&kafka, n, &format!("{tag}-parse"), &best, true);
         println!("reference consume + parse, 1 thread {parsed:>7.0} events/s");
-        let batched = bare_copy(&db_url, &format!("{tag}_b"), &events, 5_000).await;
+        let (batched, _) = bare_copy(&db_url, &format!("{tag}_b"), &events, 5_000).await;
         println!("reference copy, batches of 5,000  {batched:>9.0} rows/s");
-        let copy = bare_copy(&db_url, &format!("{tag}_1"), &events, events.len()).await;
+        let (copy, copy_cpu) = bare_copy(&db_url, &format!("{tag}_1"), &events, events.len()).await;
         println!("ceiling   copy, one bulk COPY     {copy:>9.0} rows/s");
         let floor = consume.min(copy);
-        let all = collector(&kafka, &db_url, &format!("b_all_{tag}"), Level::Trace, n).await;
+        let (all, all_cpu) =
+            collector(&kafka, &db_url, &format!("b_all_{tag}"), Level::Trace, n).await;
         println!(
             "collector (all stored)            {:>9.0} events/s  = {:.2} x consume, {:.2} x copy, {:.2} x min",
             all,
@@ -156,7 +171,8 @@ fn main() {
             all / copy,
             all / floor
         );
-        let warn = collector(&kafka, &db_url, &format!("b_warn_{tag}"), Level::Warn, n).await;
+        let (warn, warn_cpu) =
+            collector(&kafka, &db_url, &format!("b_warn_{tag}"), Level::Warn, n).await;
         println!(
             "collector (WARN+ stored)          {:>9.0} events/s  = {:.2} x consume, {:.2} x copy, {:.2} x min, {:.2} x consume + parse",
             warn,
@@ -165,12 +181,37 @@ fn main() {
             warn / floor,
             warn / parsed
         );
+        print_cpu(&parsed_cpu, &copy_cpu, (&all_cpu, all), (&warn_cpu, warn), warn_share);
         let idle = alert_latency(&kafka, &db_url, &format!("b_alert_idle_{tag}"), 0.0).await;
         println!("FATAL -> alert row, idle pipeline             {idle}");
         let half = all / 2.0;
         let loaded = alert_latency(&kafka, &db_url, &format!("b_alert_load_{tag}"), half).await;
         println!("FATAL -> alert row, under {half:>6.0} events/s     {loaded}");
     });
+}
+
+/// Each phase's CPU per event, and each drain against the ceiling its bare stages' CPU sets.
+fn print_cpu(
+    parsed: &PhaseCpu,
+    copy: &PhaseCpu,
+    (all, all_rate): (&PhaseCpu, f64),
+    (warn, warn_rate): (&PhaseCpu, f64),
+    warn_share: f64,
+) {
+    println!("CPU per event, this process / broker / PostgreSQL:");
+    println!("  consume + parse, 1 thread       {}", cpu::line(parsed));
+    println!("  one bulk COPY (per row)         {}", cpu::line(copy));
+    println!("  collector (all stored)          {}", cpu::line(all));
+    println!("  collector (WARN+ stored)        {}", cpu::line(warn));
+    let cores = logpipe_load_test::cpu::cores();
+    println!(
+        "CPU ceiling, all stored:   {}",
+        cpu::judged(cpu::bare_us(parsed, copy, 1.0), cores, all_rate, all)
+    );
+    println!(
+        "CPU ceiling, WARN+ stored: {}",
+        cpu::judged(cpu::bare_us(parsed, copy, warn_share), cores, warn_rate, warn)
+    );
 }
 
 /// The tuned fetch settings of a bare consumer, with `fetch.wait.max.ms` and `fetch.min.bytes` given.
@@ -219,7 +260,7 @@ fn bare_consume(
     tag: &str,
     fetch: &[(&str, &str)],
     parse: bool,
-) -> f64 {
+) -> (f64, PhaseCpu) {
     let mut config = kafka.client_config("bench-consume");
     config
         .set("group.id", format!("bench-consume-{tag}"))
@@ -230,12 +271,16 @@ fn bare_consume(
     }
     let consumer: BaseConsumer = config.create().expect("consumer");
     consumer.subscribe(&[&kafka.raw_topic]).expect("subscribe");
-    let mut first: Option<Instant> = None;
+    let meter = cpu::meter();
+    let mut first: Option<(Instant, _)> = None;
     let mut seen = 0usize;
     let mut bytes = 0usize;
     while seen < n {
         if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-            first.get_or_insert_with(Instant::now);
+            first.get_or_insert_with(|| {
+                let before = meter.read();
+                (Instant::now(), before)
+            });
             let payload = m.payload().unwrap_or_default();
             bytes += if parse {
                 RawEvent::from_json(payload).map_or(0, |e| e.message().len())
@@ -246,12 +291,19 @@ fn bare_consume(
         }
     }
     std::hint::black_box(bytes);
-    n as f64 / first.expect("records").elapsed().as_secs_f64()
+    let (first, before) = first.expect("records");
+    let rate = n as f64 / first.elapsed().as_secs_f64();
+    (rate, meter.phase("consume", n as u64, &before))
 }
 
 /// Rows per second of a bare COPY of the same rows into a fresh, migrated schema, `chunk` rows per
-/// COPY and transaction.
-async fn bare_copy(db_url: &str, tag: &str, events: &[LogEvent], chunk: usize) -> f64 {
+/// COPY and transaction, and what they cost per row.
+async fn bare_copy(
+    db_url: &str,
+    tag: &str,
+    events: &[LogEvent],
+    chunk: usize,
+) -> (f64, PhaseCpu) {
     let mut settings = CollectorConfig::default().database;
     settings.url = db_url.to_owned();
     settings.schema = format!("b_copy_{tag}");
@@ -261,6 +313,8 @@ async fn bare_copy(db_url: &str, tag: &str, events: &[LogEvent], chunk: usize) -
         .iter()
         .map(|e| RawEvent::from_event(e).expect("a generated event is valid"))
         .collect();
+    let meter = cpu::meter();
+    let before = meter.read();
     let started = Instant::now();
     for (i, rows) in events.chunks(chunk).enumerate() {
         let mut enc = CopyEncoder::with_capacity(rows.len());
@@ -284,8 +338,10 @@ async fn bare_copy(db_url: &str, tag: &str, events: &[LogEvent], chunk: usize) -
         tx.commit().await.expect("commit");
     }
     let rate = events.len() as f64 / started.elapsed().as_secs_f64();
+    // Read before the pool closes: a PostgreSQL backend that exits takes its CPU time with it.
+    let spent = meter.phase("copy", events.len() as u64, &before);
     drop_schema(&db, &settings.schema).await;
-    rate
+    (rate, spent)
 }
 
 /// The collector as production runs it, on port 0, into its own schema and group.
@@ -306,8 +362,14 @@ fn collector_config(kafka: &KafkaSettings, db_url: &str, schema: &str) -> Collec
 }
 
 /// Events per second the collector drains: from its first consumed record until the offsets stored
-/// in Postgres cover all N.
-async fn collector(kafka: &KafkaSettings, db_url: &str, schema: &str, min: Level, n: usize) -> f64 {
+/// in Postgres cover all N, and what that cost per event.
+async fn collector(
+    kafka: &KafkaSettings,
+    db_url: &str,
+    schema: &str,
+    min: Level,
+    n: usize,
+) -> (f64, PhaseCpu) {
     let mut config = collector_config(kafka, db_url, schema);
     config.filter.min_level = min;
     let app = logpipe_collector::Application::build(config)
@@ -317,9 +379,11 @@ async fn collector(kafka: &KafkaSettings, db_url: &str, schema: &str, min: Level
     let db = app.db();
     let token = CancellationToken::new();
     let task = tokio::spawn(app.run_until_stopped(token.clone()));
+    let meter = cpu::meter();
     while health.consumed.load(Ordering::Relaxed) == 0 {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
+    let before = meter.read();
     let started = Instant::now();
     loop {
         let stored: i64 =
@@ -333,10 +397,11 @@ async fn collector(kafka: &KafkaSettings, db_url: &str, schema: &str, min: Level
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let rate = n as f64 / started.elapsed().as_secs_f64();
+    let spent = meter.phase("collector", n as u64, &before);
     token.cancel();
     let _ = task.await;
     drop_schema(&db, schema).await;
-    rate
+    (rate, spent)
 }
 
 async fn drop_schema(db: &Db, schema: &str) {

@@ -210,7 +210,12 @@ fn print_cpu(
     );
     println!(
         "CPU ceiling, WARN+ stored: {}",
-        cpu::judged(cpu::bare_us(parsed, copy, warn_share), cores, warn_rate, warn)
+        cpu::judged(
+            cpu::bare_us(parsed, copy, warn_share),
+            cores,
+            warn_rate,
+            warn
+        )
     );
 }
 
@@ -298,12 +303,7 @@ fn bare_consume(
 
 /// Rows per second of a bare COPY of the same rows into a fresh, migrated schema, `chunk` rows per
 /// COPY and transaction, and what they cost per row.
-async fn bare_copy(
-    db_url: &str,
-    tag: &str,
-    events: &[LogEvent],
-    chunk: usize,
-) -> (f64, PhaseCpu) {
+async fn bare_copy(db_url: &str, tag: &str, events: &[LogEvent], chunk: usize) -> (f64, PhaseCpu) {
     let mut settings = CollectorConfig::default().database;
     settings.url = db_url.to_owned();
     settings.schema = format!("b_copy_{tag}");

@@ -864,3 +864,48 @@ async fn a_query_over_its_budget_is_504_and_queries_cannot_starve_the_writer() {
     );
     s.stop().await;
 }
+
+/// The consume loop takes a backlog in bursts (records already queued, without its bookkeeping in
+/// between): a batch still holds at most `batch_max_events`, each its own transaction, and every
+/// event is stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_backlog_read_in_bursts_is_committed_in_batches_of_at_most_batch_max_events() {
+    let name = it::unique("burst_batches");
+    let mut config = it::collector_config(&name, 3);
+    config.consumer.batch_max_events = 7;
+    let kafka = config.kafka.clone();
+    let events = it::profile_events(
+        Profile::Steady,
+        11,
+        aligned_start(),
+        Duration::from_secs(60),
+        500,
+    );
+    logpipe_common::kafka::ensure_topics(&kafka, &kafka.topics())
+        .await
+        .unwrap();
+    it::produce_events(&it::producer(&kafka), &kafka.raw_topic, &events).await;
+    let (collector, _) = it::start_collector(config).await;
+    let pool = it::schema_pool(&name).await;
+    wait_drained(&pool, events.len()).await;
+    // `stored_at` is the writer's transaction time: one value per committed batch.
+    let (stored, distinct, batches, largest): (i64, i64, i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(DISTINCT event_id), count(DISTINCT stored_at), \
+                (SELECT max(n) FROM (SELECT count(*) AS n FROM log_events GROUP BY stored_at) b) \
+           FROM log_events",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!((stored, distinct), (500, 500), "every event once");
+    assert!(
+        largest <= 7,
+        "a batch of {largest} events, over batch_max_events"
+    );
+    assert!(
+        batches >= 72,
+        "{batches} batches for 500 events of at most 7"
+    );
+    collector.stop().await;
+    it::drop_schema(&pool, &name).await;
+}

@@ -11,7 +11,7 @@ use logpipe_load_test::stack::pids_named;
 /// The meter of every phase: the broker is `LOGPIPE_BENCH_BROKER_PID`, else the first process named
 /// `nisshi` or `tansu` (the brokers this project builds); none when neither is found, and the
 /// figures then say so.
-pub fn meter() -> CpuMeter {
+pub(crate) fn meter() -> CpuMeter {
     let broker = std::env::var("LOGPIPE_BENCH_BROKER_PID")
         .ok()
         .and_then(|p| p.parse::<u32>().ok())
@@ -20,12 +20,15 @@ pub fn meter() -> CpuMeter {
                 .iter()
                 .find_map(|n| pids_named(n).first().copied())
         });
-    let named: Vec<(String, u32)> = broker.map(|p| ("broker".to_owned(), p)).into_iter().collect();
+    let named: Vec<(String, u32)> = broker
+        .map(|p| ("broker".to_owned(), p))
+        .into_iter()
+        .collect();
     CpuMeter::for_ceilings(&named)
 }
 
 /// One phase's µs of CPU per event: this process, the broker, PostgreSQL, and their sum.
-pub fn line(p: &PhaseCpu) -> String {
+pub(crate) fn line(p: &PhaseCpu) -> String {
     let part = |process: &str| {
         p.us_per_event(process)
             .map_or_else(|| "  n/a".to_owned(), |us| format!("{us:>5.2}"))
@@ -42,14 +45,14 @@ pub fn line(p: &PhaseCpu) -> String {
 /// What a drain that stores `stored_share` of its events costs at least, in µs of CPU per event: every
 /// event read and parsed (`consume_parse`), and the stored share copied as one bulk COPY costs per row
 /// (`copy`).
-pub fn bare_us(consume_parse: &PhaseCpu, copy: &PhaseCpu, stored_share: f64) -> f64 {
+pub(crate) fn bare_us(consume_parse: &PhaseCpu, copy: &PhaseCpu, stored_share: f64) -> f64 {
     consume_parse.total_us_per_event() + stored_share * copy.total_us_per_event()
 }
 
 /// The ceiling and the collector against it, on one line: the bare stages' µs per event, the rate
 /// the cores allow at that cost, the collector's rate over it, and its CPU per event over the bare
 /// stages' (the ratio issue 32's pipeline goal takes).
-pub fn judged(bare_us: f64, cores: f64, rate: f64, collector: &PhaseCpu) -> String {
+pub(crate) fn judged(bare_us: f64, cores: f64, rate: f64, collector: &PhaseCpu) -> String {
     let ceiling = cores / (bare_us * 1e-6);
     format!(
         "bare stages {bare_us:.2} µs/event -> {cores:.0} cores allow {ceiling:>9.0} events/s; \
